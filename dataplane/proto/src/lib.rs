@@ -1,0 +1,14 @@
+//! Pure protocol logic of the wsedge dataplane.
+//!
+//! Everything here takes bytes, events and a tick and returns decisions; nothing here opens a
+//! socket, reads a clock or uses `unsafe`. The ring driver in `wsedge` (dataplane/runtime)
+//! feeds it completions and turns its outputs into io_uring submissions. Being pure, every
+//! piece is unit-tested and fuzzed without a kernel.
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod conn;
+pub mod handshake;
+pub mod response;
+pub mod route;
+pub mod wheel;

@@ -1,0 +1,2 @@
+//! wsedge dataplane binary (being written)
+fn main() {}
