@@ -1,0 +1,708 @@
+//! The configuration schema: TOML text in, validated [`Config`] out.
+//!
+//! Two layers: `Raw*` structs mirror the file (serde, unknown keys rejected), and the public
+//! types hold only valid states (addresses parsed, durations typed, route limits resolved
+//! against the `[limits]` defaults). Each dataplane worker keeps its own copy of a `Config`;
+//! the control process validates with the same code before it pushes anything.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Hard cap on `max_headers`: the head parser keeps its header array on the stack.
+pub const MAX_HEADERS_CAP: usize = 256;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub dataplane: DataplaneConfig,
+    pub access_log: AccessLogTarget,
+    pub relay: RelayConfig,
+    /// The `[limits]` table: the defaults every route starts from.
+    pub limits: Limits,
+    pub routes: Vec<Route>,
+}
+
+/// The `[dataplane]` table: process-wide settings read at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataplaneConfig {
+    pub listen: Vec<SocketAddr>,
+    /// `None` means one worker per online CPU.
+    pub workers: Option<usize>,
+    pub drain_timeout: Duration,
+    pub max_connections_per_worker: usize,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+/// The `[relay]` table: per-worker relay resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Bytes per provided buffer (a power of two, 1 KiB ..= 1 MiB).
+    pub buffer_size: u32,
+    /// Buffers in each worker's ring (a power of two, up to 32768).
+    pub buffer_count: u16,
+    pub max_in_flight: u32,
+    pub pipe_pool: usize,
+    pub pipe_size: u32,
+}
+
+/// Timers and limits; `[limits]` holds the defaults, a route may override the per-route ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub handshake_timeout: Duration,
+    pub origin_connect_timeout: Duration,
+    pub origin_handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connection_time: Duration,
+    /// Per cent (0..=50) of random jitter on `max_connection_time`.
+    pub max_connection_time_jitter: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            handshake_timeout: Duration::from_secs(10),
+            origin_connect_timeout: Duration::from_secs(5),
+            origin_handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_connection_time: Duration::from_secs(15 * 60),
+            max_connection_time_jitter: 5,
+        }
+    }
+}
+
+/// How the bytes of an upgraded connection travel between the two sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Recv into the worker's provided-buffer ring, then send.
+    Buffered,
+    /// socket -> pipe -> socket, pipes borrowed from the worker's pool while bytes are in flight.
+    Splice,
+}
+
+impl RelayMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayMode::Buffered => "buffered",
+            RelayMode::Splice => "splice",
+        }
+    }
+}
+
+/// Which `Host` values a route accepts (compared without the port, case-insensitively).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lower-case host name.
+    Exact(String),
+    /// Lower-case suffix including the leading dot: `*.example.com` is `.example.com`.
+    Suffix(String),
+}
+
+/// A validated route: where matching requests go and with which limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    pub host: HostMatch,
+    pub path_prefix: String,
+    /// Non-empty.
+    pub origins: Vec<SocketAddr>,
+    pub relay: RelayMode,
+    /// The `[limits]` defaults with this route's overrides applied.
+    pub limits: Limits,
+}
+
+/// Why a configuration was refused; the text names the file, line and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::from_toml(&text, &file)
+    }
+
+    /// Validates TOML text; `file` names its source in error messages.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        Validator { text, file }.config(raw)
+    }
+
+    /// The worker count to start: the configured one, or the number of online CPUs.
+    pub fn worker_count(&self) -> usize {
+        self.dataplane.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    dataplane: RawDataplane,
+    #[serde(default)]
+    access_log: RawAccessLog,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "route")]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDataplane {
+    listen: Spanned<Vec<String>>,
+    workers: Spanned<RawWorkers>,
+    drain_timeout: Option<Spanned<String>>,
+    max_connections_per_worker: usize,
+}
+
+impl Default for RawDataplane {
+    fn default() -> Self {
+        RawDataplane {
+            listen: Spanned::new(0..0, vec!["127.0.0.1:8080".to_owned()]),
+            workers: Spanned::new(0..0, RawWorkers::Auto(AutoWord::Auto)),
+            drain_timeout: None,
+            max_connections_per_worker: 50_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawWorkers {
+    Auto(AutoWord),
+    Count(i64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AutoWord {
+    Auto,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    target: String,
+}
+
+impl Default for RawAccessLog {
+    fn default() -> Self {
+        RawAccessLog {
+            target: "stdout".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRelay {
+    buffer_size: Spanned<u64>,
+    buffer_count: Spanned<u64>,
+    max_in_flight: Spanned<u64>,
+    pipe_pool: usize,
+    pipe_size: Spanned<u64>,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        RawRelay {
+            buffer_size: Spanned::new(0..0, 16 * 1024),
+            buffer_count: Spanned::new(0..0, 2048),
+            max_in_flight: Spanned::new(0..0, 64 * 1024),
+            pipe_pool: 256,
+            pipe_size: Spanned::new(0..0, 64 * 1024),
+        }
+    }
+}
+
+/// Every limit is optional in the file: absent keys keep the default (or the `[limits]` value).
+/// Durations stay text here so a bad one is reported with its own line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_head_bytes: Option<Spanned<u64>>,
+    max_headers: Option<Spanned<u64>>,
+    handshake_timeout: Option<Spanned<String>>,
+    origin_connect_timeout: Option<Spanned<String>>,
+    origin_handshake_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connection_time: Option<Spanned<String>>,
+    max_connection_time_jitter: Option<Spanned<u64>>,
+}
+
+/// The limits a route may override (a subset of [`RawLimits`]).
+#[derive(Debug)]
+struct RouteOverrides {
+    origin_connect_timeout: Option<Spanned<String>>,
+    origin_handshake_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connection_time: Option<Spanned<String>>,
+    max_connection_time_jitter: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    host: Option<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
+    #[serde(default = "no_origins")]
+    origins: Spanned<Vec<String>>,
+    #[serde(default = "default_relay")]
+    relay: RelayMode,
+    origin_connect_timeout: Option<Spanned<String>>,
+    origin_handshake_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_connection_time: Option<Spanned<String>>,
+    max_connection_time_jitter: Option<Spanned<u64>>,
+}
+
+fn no_origins() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+fn default_relay() -> RelayMode {
+    RelayMode::Buffered
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> ConfigError {
+        let line = self.text[..span.start.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1;
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let dataplane = self.dataplane(raw.dataplane)?;
+        let access_log = match raw.access_log.target.as_str() {
+            "stdout" | "-" => AccessLogTarget::Stdout,
+            "off" => AccessLogTarget::Off,
+            path => AccessLogTarget::File(PathBuf::from(path)),
+        };
+        let relay = self.relay(raw.relay)?;
+        let limits = self.limits(raw.limits)?;
+        let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+        for (index, spanned) in raw.routes.into_iter().enumerate() {
+            let span = spanned.span();
+            let route = self.route(index, spanned.into_inner(), &limits)?;
+            if routes.iter().any(|r| r.name == route.name) {
+                return Err(self.invalid(
+                    span,
+                    &format!("route[{index}].name"),
+                    format!("duplicate route name {:?}", route.name),
+                ));
+            }
+            routes.push(route);
+        }
+        Ok(Config {
+            dataplane,
+            access_log,
+            relay,
+            limits,
+            routes,
+        })
+    }
+
+    fn dataplane(&self, raw: RawDataplane) -> Result<DataplaneConfig, ConfigError> {
+        let span = raw.listen.span();
+        let mut listen = Vec::new();
+        for text in raw.listen.into_inner() {
+            let addr = text.parse::<SocketAddr>().map_err(|_| {
+                self.invalid(
+                    span.clone(),
+                    "dataplane.listen",
+                    format!("{text:?} is not an IP:port address"),
+                )
+            })?;
+            listen.push(addr);
+        }
+        if listen.is_empty() {
+            return Err(self.invalid(span, "dataplane.listen", "needs at least one address"));
+        }
+        let workers_span = raw.workers.span();
+        let workers = match raw.workers.into_inner() {
+            RawWorkers::Auto(AutoWord::Auto) => None,
+            RawWorkers::Count(n) if (1..=1024).contains(&n) => Some(n as usize),
+            RawWorkers::Count(n) => {
+                return Err(self.invalid(
+                    workers_span,
+                    "dataplane.workers",
+                    format!("{n} is out of range (1..=1024, or \"auto\")"),
+                ));
+            }
+        };
+        Ok(DataplaneConfig {
+            listen,
+            workers,
+            drain_timeout: self
+                .duration(raw.drain_timeout, "dataplane.drain_timeout")?
+                .unwrap_or(Duration::from_secs(10)),
+            max_connections_per_worker: raw.max_connections_per_worker.max(1),
+        })
+    }
+
+    fn relay(&self, raw: RawRelay) -> Result<RelayConfig, ConfigError> {
+        let size = *raw.buffer_size.get_ref();
+        if !(1024..=1 << 20).contains(&size) || !size.is_power_of_two() {
+            return Err(self.invalid(
+                raw.buffer_size.span(),
+                "relay.buffer_size",
+                "must be a power of two from 1024 to 1048576",
+            ));
+        }
+        let count = *raw.buffer_count.get_ref();
+        if !(1..=32768).contains(&count) || !count.is_power_of_two() {
+            return Err(self.invalid(
+                raw.buffer_count.span(),
+                "relay.buffer_count",
+                "must be a power of two from 1 to 32768",
+            ));
+        }
+        let in_flight = *raw.max_in_flight.get_ref();
+        if !(1024..=64 << 20).contains(&in_flight) {
+            return Err(self.invalid(
+                raw.max_in_flight.span(),
+                "relay.max_in_flight",
+                "must be from 1024 to 67108864 bytes",
+            ));
+        }
+        let pipe_size = *raw.pipe_size.get_ref();
+        if !(4096..=1 << 20).contains(&pipe_size) {
+            return Err(self.invalid(
+                raw.pipe_size.span(),
+                "relay.pipe_size",
+                "must be from 4096 to 1048576 bytes (the kernel's pipe-max-size)",
+            ));
+        }
+        Ok(RelayConfig {
+            buffer_size: size as u32,
+            buffer_count: count as u16,
+            max_in_flight: in_flight as u32,
+            pipe_pool: raw.pipe_pool,
+            pipe_size: pipe_size as u32,
+        })
+    }
+
+    fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        if let Some(v) = raw.max_head_bytes {
+            if !(512..=1 << 20).contains(v.get_ref()) {
+                return Err(self.invalid(
+                    v.span(),
+                    "limits.max_head_bytes",
+                    "must be from 512 to 1048576",
+                ));
+            }
+            limits.max_head_bytes = *v.get_ref() as usize;
+        }
+        if let Some(v) = raw.max_headers {
+            if !(1..=MAX_HEADERS_CAP as u64).contains(v.get_ref()) {
+                return Err(self.invalid(
+                    v.span(),
+                    "limits.max_headers",
+                    format!("must be from 1 to {MAX_HEADERS_CAP}"),
+                ));
+            }
+            limits.max_headers = *v.get_ref() as usize;
+        }
+        if let Some(d) = self.duration(raw.handshake_timeout, "limits.handshake_timeout")? {
+            limits.handshake_timeout = d;
+        }
+        let overrides = RouteOverrides {
+            origin_connect_timeout: raw.origin_connect_timeout,
+            origin_handshake_timeout: raw.origin_handshake_timeout,
+            idle_timeout: raw.idle_timeout,
+            max_connection_time: raw.max_connection_time,
+            max_connection_time_jitter: raw.max_connection_time_jitter,
+        };
+        self.apply_overrides(&mut limits, overrides, "limits")?;
+        Ok(limits)
+    }
+
+    fn duration(
+        &self,
+        value: Option<Spanned<String>>,
+        field: &str,
+    ) -> Result<Option<Duration>, ConfigError> {
+        value
+            .map(|v| {
+                crate::duration::parse_duration(v.get_ref())
+                    .map_err(|message| self.invalid(v.span(), field, message))
+            })
+            .transpose()
+    }
+
+    fn apply_overrides(
+        &self,
+        limits: &mut Limits,
+        raw: RouteOverrides,
+        table: &str,
+    ) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("{table}.{name}");
+        if let Some(d) =
+            self.duration(raw.origin_connect_timeout, &field("origin_connect_timeout"))?
+        {
+            limits.origin_connect_timeout = d;
+        }
+        if let Some(d) = self.duration(
+            raw.origin_handshake_timeout,
+            &field("origin_handshake_timeout"),
+        )? {
+            limits.origin_handshake_timeout = d;
+        }
+        if let Some(d) = self.duration(raw.idle_timeout, &field("idle_timeout"))? {
+            limits.idle_timeout = d;
+        }
+        if let Some(d) = self.duration(raw.max_connection_time, &field("max_connection_time"))? {
+            limits.max_connection_time = d;
+        }
+        if let Some(j) = raw.max_connection_time_jitter {
+            if *j.get_ref() > 50 {
+                return Err(self.invalid(
+                    j.span(),
+                    &field("max_connection_time_jitter"),
+                    "must be a per cent from 0 to 50",
+                ));
+            }
+            limits.max_connection_time_jitter = *j.get_ref() as u8;
+        }
+        Ok(())
+    }
+
+    fn route(&self, index: usize, raw: RawRoute, defaults: &Limits) -> Result<Route, ConfigError> {
+        let field = |name: &str| format!("route[{index}].{name}");
+        let name_span = raw.name.span();
+        let name = raw.name.into_inner();
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(self.invalid(
+                name_span,
+                &field("name"),
+                "must be 1-64 printable characters without spaces",
+            ));
+        }
+        let host = match raw.host {
+            None => HostMatch::Any,
+            Some(h) => {
+                let span = h.span();
+                let text = h.into_inner().to_ascii_lowercase();
+                let valid = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                };
+                if let Some(suffix) = text.strip_prefix("*.") {
+                    if !valid(suffix) {
+                        return Err(self.invalid(span, &field("host"), "invalid wildcard host"));
+                    }
+                    HostMatch::Suffix(format!(".{suffix}"))
+                } else if valid(&text) {
+                    HostMatch::Exact(text)
+                } else {
+                    return Err(self.invalid(
+                        span,
+                        &field("host"),
+                        "must be a host name (without port) or \"*.suffix\"",
+                    ));
+                }
+            }
+        };
+        let path_prefix = match raw.path_prefix {
+            None => "/".to_owned(),
+            Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+            Some(p) => {
+                return Err(self.invalid(p.span(), &field("path_prefix"), "must start with '/'"));
+            }
+        };
+        let origins_span = raw.origins.span();
+        let mut origins = Vec::new();
+        for text in raw.origins.into_inner() {
+            let addr = text.parse::<SocketAddr>().map_err(|_| {
+                self.invalid(
+                    origins_span.clone(),
+                    &field("origins"),
+                    format!("{text:?} is not an IP:port address"),
+                )
+            })?;
+            origins.push(addr);
+        }
+        if origins.is_empty() {
+            return Err(self.invalid(
+                name_span,
+                &field("origins"),
+                "a route needs at least one origin",
+            ));
+        }
+        let mut limits = *defaults;
+        let overrides = RouteOverrides {
+            origin_connect_timeout: raw.origin_connect_timeout,
+            origin_handshake_timeout: raw.origin_handshake_timeout,
+            idle_timeout: raw.idle_timeout,
+            max_connection_time: raw.max_connection_time,
+            max_connection_time_jitter: raw.max_connection_time_jitter,
+        };
+        self.apply_overrides(&mut limits, overrides, &format!("route[{index}]"))?;
+        Ok(Route {
+            name,
+            host,
+            path_prefix,
+            origins,
+            relay: raw.relay,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../docs/examples/wsedge.toml");
+
+    #[test]
+    fn example_file_is_valid() {
+        let config = Config::from_toml(EXAMPLE, "wsedge.toml").expect("example config");
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(
+            config.routes[0].host,
+            HostMatch::Exact("chat.example.com".into())
+        );
+        assert_eq!(config.routes[0].origins.len(), 2);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.dataplane.workers, None);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = Config::from_toml(
+            "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n",
+            "t",
+        )
+        .expect("valid");
+        let route = &config.routes[0];
+        assert_eq!(route.path_prefix, "/");
+        assert_eq!(route.host, HostMatch::Any);
+        assert_eq!(route.relay, RelayMode::Buffered);
+        assert_eq!(route.limits.max_connection_time, Duration::from_secs(900));
+        assert_eq!(config.access_log, AccessLogTarget::Stdout);
+    }
+
+    #[test]
+    fn route_overrides_defaults() {
+        let text = "[limits]\nidle_timeout = \"1m\"\n[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\nmax_connection_time = \"1s\"\nrelay = \"splice\"\nhost = \"*.Example.com\"\n";
+        let config = Config::from_toml(text, "t").expect("valid");
+        let route = &config.routes[0];
+        assert_eq!(route.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(route.limits.max_connection_time, Duration::from_secs(1));
+        assert_eq!(route.relay, RelayMode::Splice);
+        assert_eq!(route.host, HostMatch::Suffix(".example.com".into()));
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text, "edge.toml")
+            .expect_err("should be invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let msg = error_of("[[route]]\nname = \"a\"\norigins = [\"nowhere\"]\n");
+        assert_eq!(
+            msg,
+            "edge.toml:3: route[0].origins: \"nowhere\" is not an IP:port address"
+        );
+        let msg = error_of("[relay]\nbuffer_size = 1000\n");
+        assert!(msg.starts_with("edge.toml:2: relay.buffer_size:"), "{msg}");
+        let msg = error_of(
+            "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:2\"]\n",
+        );
+        assert!(msg.contains("duplicate route name"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_are_reported_with_position() {
+        let msg = error_of("[limits]\nidle_timeout = \"10 minutes\"\n");
+        assert!(
+            msg.starts_with("edge.toml:2: limits.idle_timeout: invalid duration"),
+            "{msg}"
+        );
+        let msg = error_of("[dataplane]\nlisten_on = []\n");
+        assert!(
+            msg.contains("unknown field") && msg.contains("line 2"),
+            "{msg}"
+        );
+        let msg =
+            error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\nrelay = \"tunnel\"\n");
+        assert!(msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn rejects_route_without_origins_and_bad_host() {
+        assert!(error_of("[[route]]\nname = \"a\"\n").contains("at least one origin"));
+        assert!(
+            error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\nhost = \"a b\"\n")
+                .contains("route[0].host")
+        );
+        assert!(error_of("[dataplane]\nworkers = 0\n").contains("dataplane.workers"));
+        assert!(error_of("[dataplane]\nworkers = \"many\"\n").contains("line 2"));
+    }
+}
