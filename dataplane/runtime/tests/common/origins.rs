@@ -1,0 +1,434 @@
+//! Origins on loopback: a tokio-tungstenite echo origin that records handshake requests and
+//! control frames, and raw-TCP origins with fixed behaviours.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::accept_hdr_async_with_config;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use super::raw::{Head, OP_TEXT, accept_for, head_end, server_frame};
+use super::ws_config;
+
+/// A handshake request as the echo origin received it.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordedRequest {
+    /// The request target (path and query).
+    pub(crate) path: String,
+    /// Header names (lower case) and values, as tungstenite parsed them.
+    pub(crate) headers: Vec<(String, String)>,
+    /// The exact head bytes received.
+    pub(crate) raw: String,
+}
+
+impl RecordedRequest {
+    pub(crate) fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The only value of `name`; panics if it appears more than once.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "header {name} appears {} times", all.len());
+        all.first().copied()
+    }
+}
+
+/// What the echo origin saw besides data messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OriginEvent {
+    Ping(Vec<u8>),
+    Close(Option<(u16, String)>),
+}
+
+/// A WebSocket echo origin (tokio-tungstenite). Echoes text and binary messages; tungstenite
+/// answers pings and replies to Close by itself.
+#[derive(Debug)]
+pub(crate) struct EchoOrigin {
+    pub(crate) addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    events: Arc<Mutex<Vec<OriginEvent>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for EchoOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EchoOrigin {
+    pub(crate) async fn start() -> EchoOrigin {
+        Self::start_inner(None).await
+    }
+
+    /// An echo origin that selects subprotocol `protocol` when the client offers it.
+    pub(crate) async fn with_protocol(protocol: &str) -> EchoOrigin {
+        Self::start_inner(Some(protocol.to_string())).await
+    }
+
+    async fn start_inner(protocol: Option<String>) -> EchoOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (a, r, e) = (accepted.clone(), requests.clone(), events.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(echo_conn(tcp, protocol.clone(), r.clone(), e.clone()));
+            }
+        });
+        EchoOrigin {
+            addr,
+            accepted,
+            requests,
+            events,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far (handshakes or not).
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Handshake requests received so far.
+    pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    pub(crate) fn events(&self) -> Vec<OriginEvent> {
+        self.events.lock().expect("lock").clone()
+    }
+}
+
+// The handshake callback's error type is tungstenite's.
+#[allow(clippy::result_large_err)]
+async fn echo_conn(
+    mut tcp: TcpStream,
+    protocol: Option<String>,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    events: Arc<Mutex<Vec<OriginEvent>>>,
+) {
+    // tungstenite's server handshake refuses bytes that follow the request head in the same
+    // read ("junk after request"), but a client may send its first frames right behind its
+    // head. So the head is read here and replayed to tungstenite on its own, then the rest.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let end = loop {
+        if let Some(end) = head_end(&buf) {
+            break end;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    };
+    let rest = buf.split_off(end);
+    let raw = String::from_utf8_lossy(&buf).into_owned();
+    let stream = HeadFirst {
+        head: buf,
+        head_pos: 0,
+        rest,
+        rest_pos: 0,
+        inner: tcp,
+    };
+    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        requests
+            .lock()
+            .expect("lock")
+            .push(RecordedRequest { path, headers, raw });
+        if let Some(p) = protocol {
+            let offered = req
+                .headers()
+                .get_all("sec-websocket-protocol")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim() == p);
+            if offered {
+                resp.headers_mut().insert(
+                    "Sec-WebSocket-Protocol",
+                    HeaderValue::from_str(&p).expect("header value"),
+                );
+            }
+        }
+        Ok(resp)
+    };
+    let Ok(mut ws) = accept_hdr_async_with_config(stream, callback, Some(ws_config())).await else {
+        return;
+    };
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                if ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Ping(p)) => {
+                events
+                    .lock()
+                    .expect("lock")
+                    .push(OriginEvent::Ping(p.to_vec()));
+            }
+            Ok(Message::Close(c)) => {
+                let c = c.map(|f| (u16::from(f.code), f.reason.as_str().to_string()));
+                events.lock().expect("lock").push(OriginEvent::Close(c));
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A stream that first yields an already-read request head (never together with later bytes),
+/// then the bytes read after it, then the socket.
+#[derive(Debug)]
+struct HeadFirst {
+    head: Vec<u8>,
+    head_pos: usize,
+    rest: Vec<u8>,
+    rest_pos: usize,
+    inner: TcpStream,
+}
+
+fn replay(src: &[u8], pos: &mut usize, buf: &mut ReadBuf<'_>) {
+    let n = buf.remaining().min(src.len() - *pos);
+    buf.put_slice(&src[*pos..*pos + n]);
+    *pos += n;
+}
+
+impl AsyncRead for HeadFirst {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.head_pos < this.head.len() {
+            replay(&this.head, &mut this.head_pos, buf);
+            return Poll::Ready(Ok(()));
+        }
+        if this.rest_pos < this.rest.len() {
+            replay(&this.rest, &mut this.rest_pos, buf);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for HeadFirst {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// What a raw origin does once it has read a request head.
+#[derive(Debug, Clone)]
+pub(crate) enum Behavior {
+    /// Writes these bytes and closes.
+    Respond(Vec<u8>),
+    /// Never answers; holds the connection until the peer closes it.
+    Silent,
+    /// Answers 101 (with a correct or a wrong accept key) followed, in the same write, by
+    /// `after`; then holds the connection until the peer closes it.
+    Upgrade { valid_accept: bool, after: Vec<u8> },
+}
+
+/// A raw-TCP origin recording every request head it receives.
+#[derive(Debug)]
+pub(crate) struct RawOrigin {
+    pub(crate) addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<Head>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) const FORBIDDEN_BODY: &str = "forbidden by origin";
+pub(crate) const PLAIN_BODY: &str = "hello from the plain origin";
+pub(crate) const GREETING: &str = "hello from origin";
+
+fn response(status_line: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status_line}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl RawOrigin {
+    pub(crate) async fn start(behavior: Behavior) -> RawOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (a, h) = (accepted.clone(), heads.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(raw_conn(tcp, behavior.clone(), h.clone()));
+            }
+        });
+        RawOrigin {
+            addr,
+            accepted,
+            heads,
+            task,
+        }
+    }
+
+    /// Answers `403 Forbidden` with body [`FORBIDDEN_BODY`].
+    pub(crate) async fn forbidden() -> RawOrigin {
+        Self::start(Behavior::Respond(response("403 Forbidden", FORBIDDEN_BODY))).await
+    }
+
+    /// A plain HTTP origin answering `200 OK` with body [`PLAIN_BODY`].
+    pub(crate) async fn plain() -> RawOrigin {
+        Self::start(Behavior::Respond(response("200 OK", PLAIN_BODY))).await
+    }
+
+    /// Accepts and never answers.
+    pub(crate) async fn silent() -> RawOrigin {
+        Self::start(Behavior::Silent).await
+    }
+
+    /// Answers 101 with a wrong `Sec-WebSocket-Accept`.
+    pub(crate) async fn wrong_accept() -> RawOrigin {
+        Self::start(Behavior::Upgrade {
+            valid_accept: false,
+            after: Vec::new(),
+        })
+        .await
+    }
+
+    /// Answers a valid 101 and, in the same write, a text frame [`GREETING`].
+    pub(crate) async fn greeting() -> RawOrigin {
+        Self::start(Behavior::Upgrade {
+            valid_accept: true,
+            after: server_frame(OP_TEXT, GREETING.as_bytes()),
+        })
+        .await
+    }
+
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn heads(&self) -> Vec<Head> {
+        self.heads.lock().expect("lock").clone()
+    }
+}
+
+async fn raw_conn(mut tcp: TcpStream, behavior: Behavior, heads: Arc<Mutex<Vec<Head>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let head = loop {
+        if let Some(end) = head_end(&buf) {
+            break Head::parse(&buf[..end]);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    };
+    heads.lock().expect("lock").push(head.clone());
+    match behavior {
+        Behavior::Respond(bytes) => {
+            let _ = tcp.write_all(&bytes).await;
+            let _ = tcp.shutdown().await;
+            // Let the peer read everything before the socket is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(5), drain(&mut tcp)).await;
+        }
+        Behavior::Silent => drain(&mut tcp).await,
+        Behavior::Upgrade {
+            valid_accept,
+            after,
+        } => {
+            let key = head.get("sec-websocket-key").unwrap_or("").to_string();
+            let accept = if valid_accept {
+                accept_for(&key)
+            } else {
+                accept_for("not the key the client sent")
+            };
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes();
+            out.extend_from_slice(&after);
+            if tcp.write_all(&out).await.is_err() {
+                return;
+            }
+            drain(&mut tcp).await;
+        }
+    }
+}
+
+/// Reads and discards until the peer closes.
+async fn drain(tcp: &mut TcpStream) {
+    let mut chunk = [0u8; 16384];
+    while let Ok(n) = tcp.read(&mut chunk).await {
+        if n == 0 {
+            return;
+        }
+    }
+}

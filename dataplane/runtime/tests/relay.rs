@@ -1,0 +1,225 @@
+//! Relaying through the real binary: echo at frame-length boundaries, control frames, early
+//! bytes in both directions, concurrency, subprotocols, header variants and forwarded headers.
+//! Relay behaviour is tested for both strategies (`buffered`, `splice`) with one body each.
+
+mod common;
+
+use common::origins::{EchoOrigin, GREETING, RawOrigin};
+use common::{
+    Config, Proxy, Route, assert_echo, next_data, scenarios, within, ws_connect, ws_connect_req,
+    ws_request,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A proxy with one catch-all route to `origin` using `relay`.
+async fn proxy_to(origin: std::net::SocketAddr, relay: &str) -> Proxy {
+    Proxy::start(&Config::new().route(Route::new("echo", &[origin]).relay(relay))).await
+}
+
+async fn echo_sizes(relay: &str) {
+    let origin = EchoOrigin::start().await;
+    let proxy = proxy_to(origin.addr, relay).await;
+    scenarios::echo_sizes(proxy.addr).await;
+    assert_eq!(
+        origin.requests().len(),
+        1,
+        "one handshake reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_text_and_binary_at_boundary_sizes_buffered() {
+    within(90, echo_sizes("buffered")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_text_and_binary_at_boundary_sizes_splice() {
+    within(90, echo_sizes("splice")).await;
+}
+
+async fn ping_pong(relay: &str) {
+    let origin = EchoOrigin::start().await;
+    let proxy = proxy_to(origin.addr, relay).await;
+    scenarios::ping_pong(proxy.addr, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reaches_origin_and_pong_comes_back_buffered() {
+    within(30, ping_pong("buffered")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reaches_origin_and_pong_comes_back_splice() {
+    within(30, ping_pong("splice")).await;
+}
+
+async fn close_handshake(relay: &str) {
+    let origin = EchoOrigin::start().await;
+    let mut proxy = proxy_to(origin.addr, relay).await;
+    scenarios::close_handshake(proxy.addr, &origin).await;
+    // The relay saw the connection through to its end.
+    proxy
+        .wait_log(
+            "for the closed connection",
+            std::time::Duration::from_secs(5),
+            |v| v.get("status").and_then(|s| s.as_u64()) == Some(101),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_handshake_passes_through_buffered() {
+    within(30, close_handshake("buffered")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_handshake_passes_through_splice() {
+    within(30, close_handshake("splice")).await;
+}
+
+async fn early_frame(relay: &str) {
+    let origin = EchoOrigin::start().await;
+    let proxy = proxy_to(origin.addr, relay).await;
+    let host = proxy.addr.to_string();
+    scenarios::early_frame(proxy.addr, &host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_frame_in_the_handshake_write_is_forwarded_buffered() {
+    within(30, early_frame("buffered")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_frame_in_the_handshake_write_is_forwarded_splice() {
+    within(30, early_frame("splice")).await;
+}
+
+async fn origin_bytes_after_101(relay: &str) {
+    let origin = RawOrigin::greeting().await;
+    let proxy = proxy_to(origin.addr, relay).await;
+    let mut ws = ws_connect(proxy.addr, "/greet").await;
+    assert_eq!(next_data(&mut ws).await, Message::text(GREETING));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_bytes_right_after_its_101_are_forwarded_buffered() {
+    within(30, origin_bytes_after_101("buffered")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_bytes_right_after_its_101_are_forwarded_splice() {
+    within(30, origin_bytes_after_101("splice")).await;
+}
+
+async fn concurrent(relay: &str) {
+    let origin = EchoOrigin::start().await;
+    let proxy = proxy_to(origin.addr, relay).await;
+    scenarios::concurrent_echo(proxy.addr, 200, 50).await;
+    assert_eq!(origin.requests().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_lose_and_reorder_nothing_buffered() {
+    within(120, concurrent("buffered")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_lose_and_reorder_nothing_splice() {
+    within(120, concurrent("splice")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subprotocol_negotiation_passes_through() {
+    within(30, async {
+        let origin = EchoOrigin::with_protocol("superchat").await;
+        let proxy = proxy_to(origin.addr, "buffered").await;
+        let mut req = ws_request(&proxy.ws_url("/sub"));
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "chat, superchat".parse().unwrap());
+        let (mut ws, resp) = ws_connect_req(proxy.addr, req)
+            .await
+            .expect("handshake through the proxy");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("superchat"),
+            "client sees the origin's choice"
+        );
+        let reqs = origin.requests();
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(
+            reqs[0].get("sec-websocket-protocol"),
+            Some("chat, superchat"),
+            "offer reaches the origin untouched; head was:\n{}",
+            reqs[0].raw
+        );
+        assert_echo(&mut ws, Message::text("over superchat")).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_header_variants_are_websocket_upgrades() {
+    within(30, async {
+        let origin = EchoOrigin::start().await;
+        let proxy = proxy_to(origin.addr, "buffered").await;
+        let variants = [
+            ("WebSocket", "Upgrade"),
+            ("websocket", "keep-alive, Upgrade"),
+            ("WebSocket", "keep-alive, Upgrade"),
+            ("websocket", "UPGRADE"),
+        ];
+        for (i, (upgrade, connection)) in variants.iter().enumerate() {
+            let mut req = ws_request(&proxy.ws_url(&format!("/variant/{i}")));
+            req.headers_mut()
+                .insert("Upgrade", upgrade.parse().unwrap());
+            req.headers_mut()
+                .insert("Connection", connection.parse().unwrap());
+            let (mut ws, resp) = ws_connect_req(proxy.addr, req).await.unwrap_or_else(|e| {
+                panic!("Upgrade: {upgrade} / Connection: {connection}: handshake failed: {e}")
+            });
+            assert_eq!(resp.status().as_u16(), 101);
+            assert_echo(&mut ws, Message::text(format!("variant {i}"))).await;
+        }
+        assert_eq!(origin.requests().len(), variants.len());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_head_to_origin_carries_forwarded_headers() {
+    within(30, async {
+        let origin = EchoOrigin::start().await;
+        let proxy = proxy_to(origin.addr, "buffered").await;
+        // Host names something else than the TCP peer; its port must be kept.
+        let mut req = ws_request("ws://edge.test:8080/fwd?x=1");
+        req.headers_mut()
+            .insert("X-Forwarded-For", "6.6.6.6".parse().unwrap());
+        req.headers_mut()
+            .insert("X-Custom", "kept".parse().unwrap());
+        let (mut ws, _) = ws_connect_req(proxy.addr, req)
+            .await
+            .expect("handshake through the proxy");
+        assert_echo(&mut ws, Message::text("fwd")).await;
+        let reqs = origin.requests();
+        assert_eq!(reqs.len(), 1);
+        let r = &reqs[0];
+        let head = &r.raw;
+        assert_eq!(r.path, "/fwd?x=1", "request target; head:\n{head}");
+        assert_eq!(r.get("host"), Some("edge.test:8080"), "head:\n{head}");
+        assert_eq!(
+            r.all("x-forwarded-for"),
+            vec!["127.0.0.1"],
+            "client-sent X-Forwarded-For replaced by the peer address; head:\n{head}"
+        );
+        assert_eq!(r.get("x-forwarded-proto"), Some("http"), "head:\n{head}");
+        let xfh = r.get("x-forwarded-host").unwrap_or("");
+        assert!(
+            xfh.starts_with("edge.test"),
+            "X-Forwarded-Host {xfh:?}; head:\n{head}"
+        );
+        assert_eq!(r.get("x-custom"), Some("kept"), "head:\n{head}");
+    })
+    .await;
+}
