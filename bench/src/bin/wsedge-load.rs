@@ -1,0 +1,158 @@
+//! `wsedge-load`: the benchmark load generator. Modes: `throughput`, `latency`, `handshakes`,
+//! `idle`. Prints a human summary, or one JSON object with `--json`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use wsedge_bench::load::{self, Common, client};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// N connections keep --depth messages in flight: messages/s and bytes/s each way.
+    Throughput,
+    /// A fixed total --rate over N connections: round-trip percentiles (from scheduled send time).
+    Latency,
+    /// --concurrency loops of connect, upgrade, one echo, close: sessions/s and percentiles.
+    Handshakes,
+    /// Open N connections and hold them: target RSS before, after and per connection.
+    Idle,
+}
+
+/// WebSocket load generator for wsedge benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "wsedge-load", version)]
+struct Args {
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Where to send load: ws://HOST:PORT/PATH (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+    target: String,
+    /// Connections (throughput, latency, idle).
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Message payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages in flight per connection (throughput).
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// Measured seconds (idle: seconds to hold after opening).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Total messages per second over all connections (latency).
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Concurrent connect/upgrade/echo/close loops (handshakes).
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Handshakes in flight while opening connections.
+    #[arg(long, default_value_t = 256)]
+    open_concurrency: usize,
+    /// Bind client sockets to these addresses in turn: "127.0.0.1-127.0.0.50" or a comma list.
+    #[arg(long)]
+    source_addrs: Option<String>,
+    /// Target process(es) whose CPU time and RSS are sampled (repeatable).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Origin process(es) whose CPU time is sampled (repeatable).
+    #[arg(long = "origin-pid")]
+    origin_pids: Vec<u32>,
+    /// Generator threads (throughput, handshakes, idle); latency mode uses --sender-threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Pacing threads in latency mode.
+    #[arg(long, default_value_t = 1)]
+    sender_threads: usize,
+    /// Idle mode: processes to spread connections over (raised to fit 19,000 per process).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Label of the target in the JSON (direct, wsedge-buffered, nginx, ...).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Scenario name in the JSON.
+    #[arg(long, default_value = "")]
+    scenario: String,
+    /// Print one JSON object instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    /// Internal: idle helper process.
+    #[arg(long, hide = true)]
+    child: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let rt = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(a))
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
+    let target = client::Target::parse(&a.target)?;
+    let src = Arc::new(client::SourceAddrs::parse(a.source_addrs.as_deref())?);
+    let c = Common {
+        connections: a.connections,
+        size: a.size,
+        depth: a.depth,
+        duration: Duration::from_secs_f64(a.duration),
+        warmup: Duration::from_secs_f64(a.warmup),
+        rate: a.rate,
+        concurrency: a.concurrency,
+        open_concurrency: a.open_concurrency,
+        pids: a.pids.clone(),
+        origin_pids: a.origin_pids.clone(),
+        sender_threads: a.sender_threads,
+    };
+    if a.child {
+        return load::idle::run_child(&c, target, src).await;
+    }
+    if !matches!(a.mode, Mode::Idle) {
+        anyhow::ensure!(
+            a.connections.max(a.concurrency) <= load::idle::PER_PROCESS_MAX,
+            "more than {} connections need several processes (20,000 fds each)",
+            load::idle::PER_PROCESS_MAX
+        );
+    }
+    let (name, out) = match a.mode {
+        Mode::Throughput => ("throughput", load::throughput::run(&c, target, src).await?),
+        Mode::Latency => ("latency", load::latency::run(&c, target, src).await?),
+        Mode::Handshakes => ("handshakes", load::handshakes::run(&c, target, src).await?),
+        Mode::Idle => {
+            let hold = c.duration;
+            let o = load::idle::run(
+                &c,
+                target,
+                src,
+                &a.target,
+                a.source_addrs.as_deref(),
+                a.processes,
+                hold,
+            )
+            .await?;
+            ("idle", o)
+        }
+    };
+    if a.json {
+        let rec = load::record(name, &a.label, &a.scenario, &a.target, &c, &out);
+        println!("{}", serde_json::to_string(&rec)?);
+    } else {
+        println!("{}", out.human);
+        if !matches!(a.mode, Mode::Idle) {
+            println!("{}", load::usage_line(&out.usage));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Client connections for the load generator: target URL and source-address parsing,
+//! TCP connect from a chosen source address, and the WebSocket opening handshake.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::frame;
+
+/// Where the load goes: `ws://HOST:PORT/PATH`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// `HOST:PORT` as written, for the Host header.
+    pub host: String,
+    /// Request path (with query), at least "/".
+    pub path: String,
+}
+
+impl Target {
+    /// Parses and resolves a `ws://` URL.
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("ws://")
+            .context("target must be a ws:// URL")?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let with_port = if host.contains(':') {
+            host.to_owned()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()?
+            .next()
+            .with_context(|| format!("cannot resolve {host}"))?;
+        if !addr.ip().is_loopback() {
+            bail!("load only goes to loopback addresses (127.0.0.0/8, ::1): {addr}");
+        }
+        Ok(Self {
+            addr,
+            host: host.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Source addresses client sockets bind to, used in turn.
+#[derive(Debug, Default)]
+pub struct SourceAddrs {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl SourceAddrs {
+    /// Parses `127.0.0.1-127.0.0.50` (an IPv4 range), a comma list, or a single address.
+    pub fn parse(spec: Option<&str>) -> anyhow::Result<Self> {
+        let mut addrs = Vec::new();
+        if let Some(spec) = spec {
+            for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if let Some((a, b)) = part.split_once('-') {
+                    let a: Ipv4Addr = a.trim().parse().context("bad range start")?;
+                    let b: Ipv4Addr = b.trim().parse().context("bad range end")?;
+                    let (a, b) = (u32::from(a), u32::from(b));
+                    if b < a || b - a > 1 << 20 {
+                        bail!("bad address range {part}");
+                    }
+                    addrs.extend((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))));
+                } else {
+                    addrs.push(part.parse().context("bad source address")?);
+                }
+            }
+        }
+        Ok(Self {
+            addrs,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Number of addresses (0 = let the kernel choose).
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// True when no source address was given.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// The next address in turn, if any were given.
+    pub fn pick(&self) -> Option<IpAddr> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.addrs[i % self.addrs.len()])
+    }
+}
+
+/// Opens a TCP connection to `addr`, bound to `src` if given (the port is chosen at connect
+/// time with IP_BIND_ADDRESS_NO_PORT, so each source address has its own port range).
+pub async fn connect(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = src {
+        set_bind_no_port(&sock);
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    let s = sock.connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn set_bind_no_port(sock: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a pointer to a live c_int of the size passed.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A fresh `Sec-WebSocket-Key` (not cryptographically random; servers only echo it back).
+fn make_key() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed) as u64;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
+    b[8..].copy_from_slice(&t.to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Sends the upgrade request and reads the 101; returns bytes that followed the response head.
+pub async fn handshake(s: &mut TcpStream, t: &Target) -> anyhow::Result<Vec<u8>> {
+    let key = make_key();
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        t.path, t.host
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(512);
+    let end = loop {
+        if let Some(e) = frame::head_end(&buf) {
+            break e;
+        }
+        if buf.len() > 16384 {
+            bail!("response head too large");
+        }
+        buf.reserve(512);
+        if s.read_buf(&mut buf).await? == 0 {
+            bail!("connection closed during handshake");
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(&buf[..end])?;
+    if resp.code != Some(101) {
+        bail!("handshake answered {:?}", resp.code);
+    }
+    let want = frame::accept_key(key.as_bytes());
+    let ok = resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == want.as_bytes());
+    if !ok {
+        bail!("bad Sec-WebSocket-Accept");
+    }
+    Ok(buf[end..].to_vec())
+}
+
+/// Connect + handshake in one call.
+pub async fn open(t: &Target, src: Option<IpAddr>) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    let mut s = connect(t.addr, src).await?;
+    let rest = handshake(&mut s, t).await?;
+    Ok((s, rest))
+}
+
+/// Incremental parser of server→client frames that skips payloads without copying them.
+#[derive(Debug, Default)]
+pub struct FrameCounter {
+    /// Payload bytes of the current frame still to skip.
+    skip: u64,
+    /// Bytes of a header split across reads.
+    partial: Vec<u8>,
+    /// FIN of the current frame.
+    fin: bool,
+}
+
+impl FrameCounter {
+    /// Consumes `data`; returns (complete data messages, payload bytes seen, saw close).
+    pub fn feed(&mut self, mut data: &[u8]) -> (u64, u64, bool) {
+        let (mut msgs, mut bytes, mut close) = (0u64, 0u64, false);
+        loop {
+            if self.skip > 0 {
+                let n = (self.skip as usize).min(data.len());
+                self.skip -= n as u64;
+                bytes += n as u64;
+                data = &data[n..];
+                if self.skip > 0 {
+                    return (msgs, bytes, close);
+                }
+                if self.fin {
+                    msgs += 1;
+                }
+                continue;
+            }
+            if data.is_empty() {
+                return (msgs, bytes, close);
+            }
+            let h = if self.partial.is_empty() {
+                match frame::parse_header(data) {
+                    Some(h) => {
+                        data = &data[h.header_len..];
+                        h
+                    }
+                    None => {
+                        self.partial.extend_from_slice(data);
+                        return (msgs, bytes, close);
+                    }
+                }
+            } else {
+                let old = self.partial.len();
+                self.partial.extend_from_slice(&data[..data.len().min(14)]);
+                match frame::parse_header(&self.partial) {
+                    Some(h) => {
+                        data = &data[h.header_len - old..];
+                        self.partial.clear();
+                        h
+                    }
+                    None => {
+                        self.partial.truncate(old);
+                        self.partial.extend_from_slice(data);
+                        return (msgs, bytes, close);
+                    }
+                }
+            };
+            if h.opcode == frame::OP_CLOSE {
+                close = true;
+            }
+            let is_data = h.opcode < 8;
+            self.fin = h.fin && is_data;
+            self.skip = h.len;
+            if h.len == 0 && self.fin {
+                msgs += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_split_frames() {
+        let mut wire = Vec::new();
+        for len in [0usize, 5, 200, 70_000] {
+            frame::write_header(&mut wire, frame::OP_BINARY, len, None);
+            wire.extend(std::iter::repeat_n(7u8, len));
+        }
+        for step in [1usize, 3, 13, 1000, wire.len()] {
+            let mut c = FrameCounter::default();
+            let (mut m, mut b) = (0, 0);
+            for chunk in wire.chunks(step) {
+                let (mm, bb, _) = c.feed(chunk);
+                m += mm;
+                b += bb;
+            }
+            assert_eq!((m, b), (4, 70_205), "step {step}");
+        }
+    }
+
+    #[test]
+    fn source_ranges() {
+        let s = SourceAddrs::parse(Some("127.0.0.1-127.0.0.3,127.0.1.1")).unwrap();
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.pick(), Some("127.0.0.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,161 @@
+//! `handshakes` mode: M concurrent loops that each connect, upgrade, exchange one message,
+//! close (WebSocket close handshake, then TCP) and start over; reports sessions/s and the
+//! latency of the handshake (TCP connect through the 101) and of the whole session.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::client::{self, FrameCounter, SourceAddrs, Target};
+use super::{Common, Outcome};
+use crate::frame;
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("histogram bounds")
+}
+
+/// One session; returns the handshake duration.
+async fn session(
+    t: &Target,
+    src: Option<std::net::IpAddr>,
+    msg: &[u8],
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let (mut s, rest) = client::open(t, src).await?;
+    let hs = t0.elapsed();
+    s.write_all(msg).await?;
+    let mut fc = FrameCounter::default();
+    let mut got = fc.feed(&rest).0;
+    let mut buf = [0u8; 4096];
+    while got == 0 {
+        let n = s.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "closed before the echo");
+        got += fc.feed(&buf[..n]).0;
+    }
+    let mut close = Vec::with_capacity(8);
+    frame::write_client_frame(
+        &mut close,
+        frame::OP_CLOSE,
+        &1000u16.to_be_bytes(),
+        [9, 8, 7, 6],
+    );
+    s.write_all(&close).await?;
+    // Wait for the peer's Close and its end of stream, so the server closes TCP first.
+    let wait = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    wait.await
+        .map_err(|_| anyhow::anyhow!("no close from the peer"))?;
+    Ok(hs)
+}
+
+/// Runs the handshakes mode.
+pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::Result<Outcome> {
+    let target = Arc::new(target);
+    let mut msg = Vec::new();
+    frame::write_client_frame(
+        &mut msg,
+        frame::OP_BINARY,
+        &vec![b'h'; c.size],
+        [1, 3, 5, 7],
+    );
+    let msg = Arc::new(msg);
+    let recording = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let sessions = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..c.concurrency.max(1) {
+        let (t, src, msg) = (target.clone(), src.clone(), msg.clone());
+        let (recording, stop, errors, sessions) = (
+            recording.clone(),
+            stop.clone(),
+            errors.clone(),
+            sessions.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut hs, mut total) = (hist(), hist());
+            let mut last_err = None;
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                match session(&t, src.pick(), &msg).await {
+                    Ok(d) if recording.load(Ordering::Relaxed) => {
+                        let _ = hs.record((d.as_nanos() as u64).max(1_000));
+                        let _ = total.record((t0.elapsed().as_nanos() as u64).max(1_000));
+                        sessions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if recording.load(Ordering::Relaxed) {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last_err = Some(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (hs, total, last_err)
+        }));
+    }
+    tokio::time::sleep(c.warmup).await;
+    recording.store(true, Ordering::Relaxed);
+    let probe = c.probe();
+    let n0 = sessions.load(Ordering::Relaxed);
+    tokio::time::sleep(c.duration).await;
+    let n1 = sessions.load(Ordering::Relaxed);
+    let usage = probe.finish();
+    recording.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let (mut hs, mut total) = (hist(), hist());
+    let mut last_err = None;
+    for t in tasks {
+        let (a, b, e) = t.await?;
+        hs.add(a)?;
+        total.add(b)?;
+        last_err = last_err.or(e);
+    }
+    let rate = (n1 - n0) as f64 / usage.wall_s;
+    let ms = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1e6;
+    let errs = errors.load(Ordering::Relaxed);
+    let mut human = format!(
+        "handshakes: {} loops: {:.0} sessions/s; handshake p50 {:.3} ms, p99 {:.3}, p99.9 {:.3}, max {:.3}; session p50 {:.3} ms, p99 {:.3}; {} errors",
+        c.concurrency,
+        rate,
+        ms(&hs, 0.5),
+        ms(&hs, 0.99),
+        ms(&hs, 0.999),
+        hs.max() as f64 / 1e6,
+        ms(&total, 0.5),
+        ms(&total, 0.99),
+        errs
+    );
+    if let Some(e) = &last_err {
+        human += &format!(" (last: {e})");
+    }
+    Ok(Outcome {
+        human,
+        results: json!({
+            "sessions_per_s": rate,
+            "handshake_p50_ms": ms(&hs, 0.5),
+            "handshake_p90_ms": ms(&hs, 0.9),
+            "handshake_p99_ms": ms(&hs, 0.99),
+            "handshake_p999_ms": ms(&hs, 0.999),
+            "handshake_max_ms": hs.max() as f64 / 1e6,
+            "session_p50_ms": ms(&total, 0.5),
+            "session_p99_ms": ms(&total, 0.99),
+            "errors": errs,
+            "last_error": last_err,
+        }),
+        usage,
+        relayed_bytes: (n1 - n0) as f64 * 2.0 * c.size as f64,
+    })
+}
