@@ -1,2 +1,196 @@
-//! wsedge dataplane binary (being written)
-fn main() {}
+//! `wsedge`, the dataplane binary: loads the config, binds one SO_REUSEPORT listener per
+//! worker and address, starts one pinned io_uring worker per core, and waits for a signal.
+//!
+//! Shutdown (SIGTERM/SIGINT): every worker stops accepting, lets live connections run up to
+//! `drain_timeout`, then closes them; the process exits 0. A worker that dies (panic or ring
+//! failure) takes the process down with exit code 70, so a supervisor restarts it instead of
+//! it running on at reduced capacity.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+mod access_log;
+mod driver;
+mod settings;
+mod stats;
+
+use driver::sys;
+use driver::worker::{Command, Worker, WorkerSpec};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// wsedge: a WebSocket reverse proxy for Linux edge hosts (io_uring, one worker per core).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); see docs/configuration.md.
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Worker threads (overrides `dataplane.workers`; default: online CPUs).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+const EXIT_CONFIG: u8 = 2;
+const EXIT_WORKER_DIED: u8 = 70;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WSEDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = match wsedge_command::Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsedge: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.check {
+        eprintln!("wsedge: {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    match run(config, cli.workers) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wsedge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: wsedge_command::Config, workers: Option<usize>) -> anyhow::Result<ExitCode> {
+    driver::ring::probe().map_err(anyhow::Error::msg)?;
+    let count = workers.unwrap_or_else(|| config.worker_count()).max(1);
+    let signals = sys::block_shutdown_signals().context("blocking signals")?;
+
+    // Listeners are created here, in a fixed order, so port 0 resolves once for all workers.
+    let mut per_worker: Vec<Vec<i32>> = vec![Vec::new(); count];
+    for addr in &config.dataplane.listen {
+        let mut bound: SocketAddr = *addr;
+        for listeners in per_worker.iter_mut() {
+            let fd = sys::reuseport_listener(&bound, 4096)
+                .with_context(|| format!("cannot listen on {bound}"))?;
+            if bound.port() == 0 {
+                bound = sys::local_addr(fd).context("reading the bound port")?;
+            }
+            listeners.push(fd);
+        }
+        eprintln!("wsedge: listening on {bound}");
+    }
+
+    let settings = settings::Settings::from_config(&config);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<stats::Stats, String>)>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut mailboxes = Vec::with_capacity(count);
+    let mut handles = Vec::with_capacity(count);
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel();
+        let wake_fd = sys::eventfd().context("creating a worker eventfd")?;
+        mailboxes.push((tx, wake_fd));
+        let spec = WorkerSpec {
+            index,
+            cpu: Some(index % cpus),
+            listeners,
+            settings: settings.clone(),
+            access_log: access_log::AccessLog::open(&config.access_log)
+                .context("opening the access log")?,
+            mailbox: rx,
+            wake_fd,
+        };
+        let done = done_tx.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("wsedge-w{index}"))
+            .spawn(move || {
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let worker = match Worker::new(spec) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let msg = format!("worker {index}: setup failed: {e}");
+                            let _ = ready.send(Err(msg.clone()));
+                            return Err(msg);
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    worker
+                        .run()
+                        .map_err(|e| format!("worker {index}: ring failed: {e}"))
+                }));
+                let result = outcome.unwrap_or_else(|_| Err(format!("worker {index} panicked")));
+                let _ = done.send((index, result));
+            })
+            .context("spawning a worker thread")?;
+        handles.push(handle);
+    }
+    drop(done_tx);
+    drop(ready_tx);
+    for _ in 0..count {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => anyhow::bail!(msg),
+            Err(_) => anyhow::bail!("a worker exited during setup"),
+        }
+    }
+    eprintln!("wsedge: ready workers={count}");
+
+    let mut total = stats::Stats::default();
+    let mut finished = 0;
+    let mut shutting_down = false;
+    let mut exit = ExitCode::SUCCESS;
+    while finished < count {
+        if let Some(sig) = sys::wait_signal(&signals, Duration::from_millis(200)) {
+            if sig == libc::SIGHUP {
+                tracing::info!("SIGHUP: configuration reload is done by the control process");
+            } else if !shutting_down {
+                shutting_down = true;
+                tracing::info!(signal = sig, "shutting down: draining connections");
+                for (tx, fd) in &mailboxes {
+                    let _ = tx.send(Command::Shutdown);
+                    sys::eventfd_signal(*fd);
+                }
+            }
+        }
+        while let Ok((index, result)) = done_rx.try_recv() {
+            finished += 1;
+            match result {
+                Ok(s) => total.add(&s),
+                Err(msg) => {
+                    tracing::error!("{msg}; exiting so a supervisor can restart wsedge");
+                    eprintln!("wsedge: {msg}");
+                    return Ok(ExitCode::from(EXIT_WORKER_DIED));
+                }
+            }
+            if !shutting_down {
+                tracing::error!(worker = index, "worker stopped unexpectedly");
+                exit = ExitCode::from(EXIT_WORKER_DIED);
+            }
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!(
+        accepted = total.accepted,
+        upgraded = total.upgraded,
+        plain_http = total.plain_http,
+        closed = ?total.closed,
+        "stopped"
+    );
+    Ok(exit)
+}

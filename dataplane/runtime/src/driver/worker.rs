@@ -1,0 +1,1415 @@
+//! One worker: an io_uring event loop that owns its listeners, connections, timers, buffers
+//! and counters, and shares none of them.
+//!
+//! The loop: advance the timer wheel, re-arm what needs it, submit and wait (until the next
+//! timer at most), then turn each completion into an event for the connection's pure state
+//! machine and its decision into submissions. See docs/architecture.md for who owns which
+//! buffer when.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types};
+use slab::Slab;
+use wsedge_command::RelayMode;
+use wsedge_proto::conn::{
+    CloseReason, Conn, ConnectAction, ConnectFailure, HeadAction, HeadContext, OriginAction, Phase,
+    Side,
+};
+use wsedge_proto::handshake::error_response;
+use wsedge_proto::route::RoundRobin;
+use wsedge_proto::wheel::{Tick, TimerId, TimerWheel};
+
+use super::bufring::{BUF_GROUP, BufRing};
+use super::pipes::{Pipe, PipePool};
+use super::ring::{Completion, Ring};
+use super::sys::{self, RawSockAddr};
+use super::token::{Kind, Token, next_generation};
+use crate::access_log::{AccessLog, Entry};
+use crate::settings::Settings;
+use crate::stats::Stats;
+
+/// Messages to a worker, delivered through its mailbox and a wake on its eventfd.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Stop accepting, let connections run up to the drain timeout, then close them and exit.
+    Shutdown,
+}
+
+/// How long a rejected client gets to read our answer before its socket is closed.
+const LINGER_MS: u64 = 2_000;
+/// Back-off after the process runs out of descriptors at accept.
+const ACCEPT_BACKOFF_MS: u64 = 100;
+const HEAD_BUF_START: usize = 2048;
+const RING_ENTRIES: u32 = 4096;
+
+/// Bytes queued for one socket. The front chunk may be in flight.
+#[derive(Debug)]
+enum Chunk {
+    /// A provided buffer: ours until this send completes, then given back to the ring.
+    Buf { bid: u16, off: u32, len: u32 },
+    /// Bytes we produced or collected (origin head, origin response head). `counted` says
+    /// whether the state machine counts them as relayed bytes.
+    Owned {
+        data: Vec<u8>,
+        off: usize,
+        counted: bool,
+        origin_head: bool,
+    },
+    /// A canned error response.
+    Static { data: &'static [u8], off: usize },
+}
+
+/// Where the splice relay of one direction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpliceStage {
+    Idle,
+    PollIn,
+    SpliceIn,
+    SpliceOut,
+    PollOut,
+}
+
+/// The I/O state of one socket of a connection.
+#[derive(Debug)]
+struct SideIo {
+    fd: RawFd,
+    /// A recv from this socket (head recv, or multishot relay recv) is in flight.
+    recv_armed: bool,
+    /// An AsyncCancel for that recv was sent (backpressure).
+    recv_cancelled: bool,
+    /// Bytes waiting to be written to this socket.
+    outq: VecDeque<Chunk>,
+    sending: bool,
+    /// Splice relay of the bytes coming from this socket.
+    splice: SpliceStage,
+    pipe: Option<Pipe>,
+    in_pipe: u32,
+}
+
+impl SideIo {
+    fn new(fd: RawFd) -> SideIo {
+        SideIo {
+            fd,
+            recv_armed: false,
+            recv_cancelled: false,
+            outq: VecDeque::new(),
+            sending: false,
+            splice: SpliceStage::Idle,
+            pipe: None,
+            in_pipe: 0,
+        }
+    }
+}
+
+/// One connection's resources; its decisions live in `conn`.
+#[derive(Debug)]
+struct Connection {
+    generation: u32,
+    conn: Conn,
+    peer: SocketAddr,
+    sides: [SideIo; 2],
+    /// Operations in flight (a multishot counts once, until its final completion).
+    ops: u32,
+    head: Vec<u8>,
+    head_bytes: u64,
+    origin_buf: Vec<u8>,
+    origin_head: Vec<u8>,
+    origin_pick: usize,
+    origin_addr: Option<SocketAddr>,
+    /// Kept at a stable heap address while the connect is in flight.
+    connect_addr: Option<Box<RawSockAddr>>,
+    connecting: bool,
+    relay: RelayMode,
+    /// Error-response bytes we sent on our own.
+    extra_to_client: u64,
+    /// After the client's queue drains: shut its write side, read and discard until EOF or
+    /// the linger deadline, then close with this reason.
+    after_send: Option<CloseReason>,
+    linger: Option<(Tick, CloseReason)>,
+    /// Deadline for an error answer to be written (a client that never reads).
+    send_deadline: Option<Tick>,
+    closing: Option<CloseReason>,
+    timer: Option<(TimerId, Tick)>,
+}
+
+#[derive(Debug)]
+struct Listener {
+    fd: RawFd,
+    armed: bool,
+}
+
+/// What a worker is given at start.
+#[derive(Debug)]
+pub(crate) struct WorkerSpec {
+    pub(crate) index: usize,
+    pub(crate) cpu: Option<usize>,
+    pub(crate) listeners: Vec<RawFd>,
+    pub(crate) settings: Settings,
+    pub(crate) access_log: AccessLog,
+    pub(crate) mailbox: Receiver<Command>,
+    pub(crate) wake_fd: RawFd,
+}
+
+/// Field order matters: the ring is dropped before the buffer ring it refers to.
+pub(crate) struct Worker {
+    ring: Ring,
+    bufs: BufRing,
+    index: usize,
+    settings: Settings,
+    round_robin: Vec<RoundRobin>,
+    conns: Slab<Connection>,
+    next_generation: u32,
+    wheel: TimerWheel<(u32, u32)>,
+    listeners: Vec<Listener>,
+    accept_paused_until: Option<Tick>,
+    wake_fd: RawFd,
+    /// The eventfd read lands here; boxed so its address is stable.
+    wake_buf: Box<u64>,
+    mailbox: Receiver<Command>,
+    pipes: PipePool,
+    starved: Vec<(u32, u32, Side)>,
+    log: AccessLog,
+    stats: Stats,
+    start: Instant,
+    rng: u64,
+    draining: Option<Tick>,
+    drain_forced: bool,
+    completions: Vec<Completion>,
+    expired: Vec<(u32, u32)>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn side_of_low_bit(kind: Kind) -> Side {
+    if (kind as u8) & 1 == 0 {
+        Side::Client
+    } else {
+        Side::Origin
+    }
+}
+
+fn recv_kind(side: Side) -> Kind {
+    match side {
+        Side::Client => Kind::RecvClient,
+        Side::Origin => Kind::RecvOrigin,
+    }
+}
+
+fn send_kind(side: Side) -> Kind {
+    match side {
+        Side::Client => Kind::SendClient,
+        Side::Origin => Kind::SendOrigin,
+    }
+}
+
+fn splice_kind(stage: SpliceStage, from: Side) -> Kind {
+    match (stage, from) {
+        (SpliceStage::PollIn, Side::Client) => Kind::PollInClient,
+        (SpliceStage::PollIn, Side::Origin) => Kind::PollInOrigin,
+        (SpliceStage::SpliceIn, Side::Client) => Kind::SpliceInClient,
+        (SpliceStage::SpliceIn, Side::Origin) => Kind::SpliceInOrigin,
+        (SpliceStage::PollOut, Side::Client) => Kind::PollOutClient,
+        (SpliceStage::PollOut, Side::Origin) => Kind::PollOutOrigin,
+        (SpliceStage::SpliceOut, Side::Client) => Kind::SpliceOutClient,
+        (_, Side::Origin) => Kind::SpliceOutOrigin,
+        (_, Side::Client) => Kind::SpliceOutClient,
+    }
+}
+
+fn reset_reason(side: Side) -> CloseReason {
+    match side {
+        Side::Client => CloseReason::ClientReset,
+        Side::Origin => CloseReason::OriginReset,
+    }
+}
+
+impl Worker {
+    /// Sets up the ring and buffers; errors here stop the process with a message.
+    pub(crate) fn new(spec: WorkerSpec) -> std::io::Result<Worker> {
+        if let Some(cpu) = spec.cpu
+            && let Err(e) = sys::pin_to_cpu(cpu)
+        {
+            tracing::warn!(worker = spec.index, cpu, error = %e, "cannot pin worker to its core");
+        }
+        let ring = Ring::new(RING_ENTRIES)?;
+        let relay = spec.settings.relay;
+        let bufs = BufRing::new(&ring.uring, relay.buffer_count, relay.buffer_size)?;
+        let start = Instant::now();
+        let seed =
+            start.elapsed().as_nanos() as u64 ^ (spec.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Ok(Worker {
+            ring,
+            bufs,
+            index: spec.index,
+            round_robin: vec![RoundRobin::default(); spec.settings.route_info.len()],
+            pipes: PipePool::new(relay.pipe_pool, relay.pipe_size),
+            settings: spec.settings,
+            conns: Slab::new(),
+            next_generation: 0,
+            wheel: TimerWheel::new(0),
+            listeners: spec
+                .listeners
+                .into_iter()
+                .map(|fd| Listener { fd, armed: false })
+                .collect(),
+            accept_paused_until: None,
+            wake_fd: spec.wake_fd,
+            wake_buf: Box::new(0),
+            mailbox: spec.mailbox,
+            starved: Vec::new(),
+            log: spec.access_log,
+            stats: Stats::default(),
+            start,
+            rng: seed | 1,
+            draining: None,
+            drain_forced: false,
+            completions: Vec::with_capacity(1024),
+            expired: Vec::new(),
+        })
+    }
+
+    fn now(&self) -> Tick {
+        self.start.elapsed().as_millis() as Tick
+    }
+
+    fn random(&mut self) -> u32 {
+        // xorshift64: jitter needs spread, not cryptographic quality.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 32) as u32
+    }
+
+    /// Queues an operation.
+    fn submit(&mut self, entry: squeue::Entry) {
+        // SAFETY: every entry built in this module refers only to (a) a connection's own
+        // heap buffers (`head`, `origin_buf`, `connect_addr`, owned chunks), which are neither
+        // moved nor mutated while an operation on them is in flight and are freed only when
+        // the connection's `ops` count is zero; (b) the provided-buffer ring, which lives as
+        // long as the worker; (c) `'static` bytes; (d) the boxed `wake_buf`; or (e) file
+        // descriptors that stay open until their operations completed.
+        unsafe { self.ring.push(entry) };
+    }
+
+    /// Runs until shut down and drained; returns the worker's counters.
+    pub(crate) fn run(mut self) -> std::io::Result<Stats> {
+        self.arm_wake();
+        loop {
+            let now = self.now();
+            self.fire_timers(now);
+            self.check_drain(now);
+            if self.draining.is_some() && self.conns.is_empty() {
+                break;
+            }
+            self.arm_listeners(now);
+            self.bufs.publish();
+            self.rearm_starved();
+            self.log.flush();
+            let timeout = self.wait_timeout(now);
+            self.ring.submit_and_wait(timeout)?;
+            let mut completions = std::mem::take(&mut self.completions);
+            self.ring.drain(&mut completions);
+            for c in completions.drain(..) {
+                self.on_completion(c);
+            }
+            self.completions = completions;
+        }
+        self.log.flush();
+        for l in &self.listeners {
+            sys::close(l.fd);
+        }
+        Ok(std::mem::take(&mut self.stats))
+    }
+
+    fn wait_timeout(&self, now: Tick) -> Option<Duration> {
+        let deadlines = [
+            self.wheel.next_expiration(),
+            self.accept_paused_until,
+            self.draining,
+        ];
+        deadlines
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| Duration::from_millis(t.saturating_sub(now).max(1)))
+    }
+
+    fn fire_timers(&mut self, now: Tick) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(now, &mut expired);
+        for (slot, generation) in expired.drain(..) {
+            self.on_timer(slot as usize, generation, now);
+        }
+        self.expired = expired;
+    }
+
+    fn check_drain(&mut self, now: Tick) {
+        if let Some(deadline) = self.draining
+            && now >= deadline
+            && !self.drain_forced
+        {
+            self.drain_forced = true;
+            let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for slot in slots {
+                self.begin_close(slot, CloseReason::Shutdown);
+            }
+        }
+    }
+
+    fn arm_listeners(&mut self, now: Tick) {
+        if self.draining.is_some() {
+            return;
+        }
+        if let Some(until) = self.accept_paused_until {
+            if now < until {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        for i in 0..self.listeners.len() {
+            if !self.listeners[i].armed {
+                let entry = opcode::AcceptMulti::new(types::Fd(self.listeners[i].fd))
+                    .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(Token::new(Kind::Accept, 0, i as u32).encode());
+                self.submit(entry);
+                self.listeners[i].armed = true;
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let ptr = (&raw mut *self.wake_buf).cast::<u8>();
+        let entry = opcode::Read::new(types::Fd(self.wake_fd), ptr, 8)
+            .build()
+            .user_data(Token::new(Kind::Wake, 0, 0).encode());
+        self.submit(entry);
+    }
+
+    fn on_wake(&mut self) {
+        loop {
+            match self.mailbox.try_recv() {
+                Ok(Command::Shutdown) => self.start_drain(),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.start_drain();
+                    break;
+                }
+            }
+        }
+        self.arm_wake();
+    }
+
+    fn start_drain(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        let now = self.now();
+        self.draining = Some(now + self.settings.drain_timeout.as_millis() as Tick);
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].armed {
+                let ud = Token::new(Kind::Accept, 0, i as u32).encode();
+                self.submit(
+                    opcode::AsyncCancel::new(ud)
+                        .build()
+                        .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
+                );
+            }
+        }
+        tracing::info!(worker = self.index, live = self.conns.len(), "draining");
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let Some(token) = Token::decode(c.user_data) else {
+            tracing::error!(user_data = c.user_data, "completion with unknown token");
+            return;
+        };
+        match token.kind {
+            Kind::Accept => self.on_accept(token.slot as usize, c.result, c.flags),
+            Kind::Wake => self.on_wake(),
+            Kind::Cancel => {}
+            _ => {
+                let slot = token.slot as usize;
+                let valid = self
+                    .conns
+                    .get(slot)
+                    .is_some_and(|conn| conn.generation == token.generation);
+                if !valid {
+                    // INVARIANT: a slot is freed only with no op in flight, so this is a bug.
+                    tracing::error!(?token, "completion for a freed connection");
+                    if let Some(bid) = cqueue::buffer_select(c.flags) {
+                        self.bufs.taken();
+                        self.bufs.give_back(bid);
+                    }
+                    return;
+                }
+                self.on_conn_completion(slot, token.kind, c);
+                self.maybe_free(slot);
+            }
+        }
+    }
+
+    fn on_conn_completion(&mut self, slot: usize, kind: Kind, c: Completion) {
+        let now = self.now();
+        match kind {
+            Kind::ClientHead => self.on_client_head(slot, c.result, now),
+            Kind::Connect => self.on_connect(slot, c.result, now),
+            Kind::OriginHead => self.on_origin_head(slot, c.result, now),
+            Kind::RecvClient | Kind::RecvOrigin => {
+                self.on_recv(slot, side_of_low_bit(kind), c.result, c.flags, now)
+            }
+            Kind::SendClient | Kind::SendOrigin => {
+                self.on_send(slot, side_of_low_bit(kind), c.result, now)
+            }
+            Kind::PollInClient | Kind::PollInOrigin => {
+                self.on_splice_poll_in(slot, side_of_low_bit(kind), c.result)
+            }
+            Kind::SpliceInClient | Kind::SpliceInOrigin => {
+                self.on_splice_in(slot, side_of_low_bit(kind), c.result, now)
+            }
+            Kind::SpliceOutClient | Kind::SpliceOutOrigin => {
+                self.on_splice_out(slot, side_of_low_bit(kind), c.result, now)
+            }
+            Kind::PollOutClient | Kind::PollOutOrigin => {
+                self.on_splice_poll_out(slot, side_of_low_bit(kind), c.result)
+            }
+            Kind::Accept | Kind::Wake | Kind::Cancel => {}
+        }
+        if self.conns.contains(slot) {
+            self.rearm_timer(slot);
+        }
+    }
+
+    // ----- accept and the client head -------------------------------------------------
+
+    fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
+        if !cqueue::more(flags)
+            && let Some(l) = self.listeners.get_mut(listener)
+        {
+            l.armed = false;
+        }
+        if res < 0 {
+            match -res {
+                libc::ECANCELED => {}
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    self.stats.accept_errors += 1;
+                    if self.accept_paused_until.is_none() {
+                        tracing::warn!(
+                            worker = self.index,
+                            error = %std::io::Error::from_raw_os_error(-res),
+                            "out of descriptors or memory at accept; pausing accept {ACCEPT_BACKOFF_MS} ms"
+                        );
+                    }
+                    self.accept_paused_until = Some(self.now() + ACCEPT_BACKOFF_MS);
+                }
+                e => {
+                    self.stats.accept_errors += 1;
+                    tracing::warn!(worker = self.index, error = %std::io::Error::from_raw_os_error(e), "accept failed");
+                }
+            }
+            return;
+        }
+        let fd = res;
+        self.stats.accepted += 1;
+        if self.draining.is_some() || self.conns.len() >= self.settings.max_connections {
+            *self
+                .stats
+                .closed
+                .entry(CloseReason::Overloaded.as_str())
+                .or_default() += 1;
+            sys::close(fd);
+            return;
+        }
+        let Ok(peer) = sys::peer_addr(fd) else {
+            // Gone between accept and now.
+            sys::close(fd);
+            return;
+        };
+        let _ = sys::set_nodelay(fd);
+        let now = self.now();
+        self.next_generation = next_generation(self.next_generation);
+        let slot = self.conns.insert(Connection {
+            generation: self.next_generation,
+            conn: Conn::new(
+                now,
+                self.settings.handshake_ms,
+                u64::from(self.settings.relay.max_in_flight),
+            ),
+            peer,
+            sides: [SideIo::new(fd), SideIo::new(-1)],
+            ops: 0,
+            head: Vec::with_capacity(HEAD_BUF_START),
+            head_bytes: 0,
+            origin_buf: Vec::new(),
+            origin_head: Vec::new(),
+            origin_pick: 0,
+            origin_addr: None,
+            connect_addr: None,
+            connecting: false,
+            relay: RelayMode::Buffered,
+            extra_to_client: 0,
+            after_send: None,
+            linger: None,
+            send_deadline: None,
+            closing: None,
+            timer: None,
+        });
+        self.arm_head_recv(slot, Side::Client);
+        self.rearm_timer(slot);
+    }
+
+    /// Single-shot recv into the connection's own head buffer (client or origin head).
+    fn arm_head_recv(&mut self, slot: usize, side: Side) {
+        let max = self.settings.head_limits.max_head_bytes;
+        let c = &mut self.conns[slot];
+        let buf = match side {
+            Side::Client => &mut c.head,
+            Side::Origin => &mut c.origin_buf,
+        };
+        if buf.capacity() == buf.len() {
+            let grow = buf
+                .capacity()
+                .max(HEAD_BUF_START)
+                .min(max.saturating_sub(buf.len()).max(1));
+            buf.reserve_exact(grow);
+        }
+        let spare = buf.capacity() - buf.len();
+        // Never read past the head limit (+1 so "over the limit" is detectable).
+        let len = spare.min(max + 1 - buf.len().min(max)) as u32;
+        // SAFETY: `len()` is within the allocation, so the offset pointer stays inside it.
+        let ptr = unsafe { buf.as_mut_ptr().add(buf.len()) };
+        let kind = match side {
+            Side::Client => Kind::ClientHead,
+            Side::Origin => Kind::OriginHead,
+        };
+        let entry = opcode::Recv::new(types::Fd(c.sides[side.index()].fd), ptr, len)
+            .build()
+            .user_data(Token::new(kind, c.generation, slot as u32).encode());
+        c.sides[side.index()].recv_armed = true;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    /// Accounts for `res` bytes the kernel wrote into a head buffer. Returns false on EOF or
+    /// error.
+    fn grow_head(&mut self, slot: usize, side: Side, res: i32) -> bool {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        c.sides[side.index()].recv_armed = false;
+        if res <= 0 {
+            return false;
+        }
+        let buf = match side {
+            Side::Client => &mut c.head,
+            Side::Origin => &mut c.origin_buf,
+        };
+        let new_len = buf.len() + res as usize;
+        debug_assert!(new_len <= buf.capacity());
+        // SAFETY: the kernel initialised `res` bytes of the spare capacity we passed it, and
+        // `res` is at most the length we asked for.
+        unsafe { buf.set_len(new_len.min(buf.capacity())) };
+        true
+    }
+
+    fn on_client_head(&mut self, slot: usize, res: i32, now: Tick) {
+        if self.conns[slot].closing.is_some() || self.conns[slot].after_send.is_some() {
+            self.conns[slot].ops -= 1;
+            self.conns[slot].sides[0].recv_armed = false;
+            return;
+        }
+        if !self.grow_head(slot, Side::Client, res) {
+            let reason = if res == 0 {
+                CloseReason::ClientGone
+            } else {
+                CloseReason::ClientReset
+            };
+            self.begin_close(slot, reason);
+            return;
+        }
+        let settings = &self.settings;
+        let c = &mut self.conns[slot];
+        let cx = HeadContext {
+            limits: &settings.head_limits,
+            routes: &settings.routes,
+            peer: c.peer.ip(),
+            proto: "http",
+        };
+        match c.conn.on_client_head(&c.head, now, &cx) {
+            HeadAction::NeedMore => self.arm_head_recv(slot, Side::Client),
+            HeadAction::Reject { status, reason } => self.respond_error(slot, status, reason),
+            HeadAction::Forward { route, origin_head } => {
+                c.head_bytes = c.head.len() as u64;
+                c.head = Vec::new();
+                c.origin_head = origin_head;
+                c.relay = settings.route_info[route].relay;
+                self.start_connect(slot, route, true, now);
+            }
+        }
+    }
+
+    // ----- the origin -------------------------------------------------------------------
+
+    fn start_connect(&mut self, slot: usize, route: usize, first: bool, now: Tick) {
+        let info = &self.settings.route_info[route];
+        let count = info.origins.len();
+        let c = &mut self.conns[slot];
+        c.origin_pick = if first {
+            self.round_robin[route].pick(count)
+        } else {
+            (c.origin_pick + 1) % count.max(1)
+        };
+        let addr = info.origins[c.origin_pick];
+        c.origin_addr = Some(addr);
+        c.conn.on_connect_start(now, info.timers);
+        let fd = match sys::tcp_socket(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(worker = self.index, error = %e, "cannot create origin socket");
+                let action = c
+                    .conn
+                    .on_connect_result(now, Err(ConnectFailure::Local), count);
+                self.apply_connect_action(slot, action, now);
+                return;
+            }
+        };
+        let _ = sys::set_nodelay(fd);
+        c.sides[Side::Origin.index()].fd = fd;
+        let raw = Box::new(RawSockAddr::from_std(addr));
+        let entry = opcode::Connect::new(types::Fd(fd), raw.as_ptr(), raw.len)
+            .build()
+            .user_data(Token::new(Kind::Connect, c.generation, slot as u32).encode());
+        c.connect_addr = Some(raw);
+        c.connecting = true;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    fn on_connect(&mut self, slot: usize, res: i32, now: Tick) {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        c.connecting = false;
+        c.connect_addr = None;
+        if c.closing.is_some() || c.after_send.is_some() {
+            return;
+        }
+        let result = if res >= 0 {
+            Ok(())
+        } else {
+            match -res {
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    Err(ConnectFailure::Local)
+                }
+                _ => Err(ConnectFailure::Refused),
+            }
+        };
+        let count = c
+            .conn
+            .route()
+            .map_or(0, |r| self.settings.route_info[r].origins.len());
+        let action = c.conn.on_connect_result(now, result, count);
+        self.apply_connect_action(slot, action, now);
+    }
+
+    fn apply_connect_action(&mut self, slot: usize, action: ConnectAction, now: Tick) {
+        match action {
+            ConnectAction::SendHead => {
+                let c = &mut self.conns[slot];
+                let data = std::mem::take(&mut c.origin_head);
+                c.origin_buf = Vec::with_capacity(1024);
+                c.sides[Side::Origin.index()].outq.push_back(Chunk::Owned {
+                    data,
+                    off: 0,
+                    counted: false,
+                    origin_head: true,
+                });
+                self.kick_send(slot, Side::Origin);
+                self.arm_head_recv(slot, Side::Origin);
+            }
+            ConnectAction::TryNext => {
+                let c = &mut self.conns[slot];
+                sys::close(c.sides[Side::Origin.index()].fd);
+                c.sides[Side::Origin.index()].fd = -1;
+                if let Some(route) = c.conn.route() {
+                    self.start_connect(slot, route, false, now);
+                }
+            }
+            ConnectAction::Fail { status, reason } => self.respond_error(slot, status, reason),
+        }
+    }
+
+    fn on_origin_head(&mut self, slot: usize, res: i32, now: Tick) {
+        if self.conns[slot].closing.is_some() || self.conns[slot].after_send.is_some() {
+            self.conns[slot].ops -= 1;
+            self.conns[slot].sides[1].recv_armed = false;
+            return;
+        }
+        if !self.grow_head(slot, Side::Origin, res) {
+            let reason = if res == 0 {
+                CloseReason::OriginHeadIncomplete
+            } else {
+                CloseReason::OriginReset
+            };
+            self.respond_error(slot, 502, reason);
+            return;
+        }
+        let c = &mut self.conns[slot];
+        match c
+            .conn
+            .on_origin_head(&c.origin_buf, now, &self.settings.head_limits)
+        {
+            OriginAction::NeedMore => self.arm_head_recv(slot, Side::Origin),
+            OriginAction::Fail { status, reason } => self.respond_error(slot, status, reason),
+            OriginAction::Relay { status } => {
+                let data = std::mem::take(&mut c.origin_buf);
+                c.sides[Side::Client.index()].outq.push_back(Chunk::Owned {
+                    data,
+                    off: 0,
+                    counted: true,
+                    origin_head: false,
+                });
+                if status == 101 {
+                    self.stats.upgraded += 1;
+                } else {
+                    self.stats.plain_http += 1;
+                    // A response relayed as is goes through the buffered path.
+                    c.relay = RelayMode::Buffered;
+                }
+                let random = self.random();
+                self.conns[slot].conn.start_relay_timers(random);
+                self.kick_send(slot, Side::Client);
+                self.after_progress(slot);
+            }
+        }
+    }
+
+    // ----- sending ----------------------------------------------------------------------
+
+    fn kick_send(&mut self, slot: usize, to: Side) {
+        let c = &mut self.conns[slot];
+        let io = &mut c.sides[to.index()];
+        if io.sending || io.fd < 0 {
+            return;
+        }
+        let Some(front) = io.outq.front() else {
+            return;
+        };
+        let (ptr, len) = match front {
+            Chunk::Buf { bid, off, len } => {
+                // SAFETY: off < len <= buffer size, inside the buffer.
+                (unsafe { self.bufs.ptr(*bid).add(*off as usize) }, len - off)
+            }
+            Chunk::Owned { data, off, .. } => (data[*off..].as_ptr(), (data.len() - off) as u32),
+            Chunk::Static { data, off } => (data[*off..].as_ptr(), (data.len() - off) as u32),
+        };
+        let entry = opcode::Send::new(types::Fd(io.fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Token::new(send_kind(to), c.generation, slot as u32).encode());
+        io.sending = true;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    fn on_send(&mut self, slot: usize, to: Side, res: i32, now: Tick) {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        c.sides[to.index()].sending = false;
+        if c.closing.is_some() {
+            return;
+        }
+        if res <= 0 {
+            let reason = c.after_send.unwrap_or(reset_reason(to));
+            self.begin_close(slot, reason);
+            return;
+        }
+        let n = res as usize;
+        let mut head_sent = false;
+        let mut done_bid = None;
+        let io = &mut c.sides[to.index()];
+        let finished = match io.outq.front_mut() {
+            Some(Chunk::Buf { bid, off, len }) => {
+                *off += n as u32;
+                c.conn.on_sent(to, n, now);
+                if *off >= *len {
+                    done_bid = Some(*bid);
+                    true
+                } else {
+                    false
+                }
+            }
+            Some(Chunk::Owned {
+                data,
+                off,
+                counted,
+                origin_head,
+            }) => {
+                *off += n;
+                if *counted {
+                    c.conn.on_sent(to, n, now);
+                }
+                head_sent = *origin_head && *off >= data.len();
+                *off >= data.len()
+            }
+            Some(Chunk::Static { data, off }) => {
+                *off += n;
+                *off >= data.len()
+            }
+            None => false,
+        };
+        if finished {
+            io.outq.pop_front();
+        }
+        if let Some(bid) = done_bid {
+            self.bufs.give_back(bid);
+        }
+        let c = &mut self.conns[slot];
+        if head_sent && c.conn.on_origin_head_sent() {
+            self.after_progress(slot);
+        }
+        let c = &mut self.conns[slot];
+        if c.sides[to.index()].outq.is_empty()
+            && to == Side::Client
+            && let Some(reason) = c.after_send.take()
+        {
+            self.start_linger(slot, reason, now);
+            return;
+        }
+        self.kick_send(slot, to);
+        self.after_progress(slot);
+    }
+
+    // ----- relay ------------------------------------------------------------------------
+
+    /// Re-evaluates a relaying connection after any event: start or stop reading each side,
+    /// pass half-closes on, and end it when both directions are done.
+    fn after_progress(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.closing.is_some() || c.after_send.is_some() || c.linger.is_some() {
+            return;
+        }
+        if c.conn.phase() != Phase::Relay && c.conn.phase() != Phase::OriginHead {
+            return;
+        }
+        for from in [Side::Client, Side::Origin] {
+            let to = from.other();
+            if self.conns[slot].conn.wants_shutdown(to) {
+                let c = &mut self.conns[slot];
+                sys::shutdown(c.sides[to.index()].fd, libc::SHUT_WR);
+                c.conn.mark_shutdown(to);
+            }
+            let c = &self.conns[slot];
+            let wants = c.conn.wants_read(from);
+            let upgraded = c.conn.status() == Some(101);
+            if c.relay == RelayMode::Splice && upgraded {
+                let io = &c.sides[from.index()];
+                if wants && io.splice == SpliceStage::Idle && c.sides[to.index()].outq.is_empty() {
+                    self.splice_arm_poll(slot, from, false);
+                }
+            } else {
+                let io = &c.sides[from.index()];
+                if wants && !io.recv_armed {
+                    self.arm_recv(slot, from);
+                } else if !wants && io.recv_armed && !io.recv_cancelled {
+                    self.cancel_recv(slot, from);
+                }
+            }
+        }
+        if let Some(reason) = self.conns[slot].conn.finished() {
+            if self.conns[slot].conn.status() == Some(101) {
+                self.begin_close(slot, reason);
+            } else {
+                let now = self.now();
+                self.start_linger(slot, reason, now);
+            }
+        }
+    }
+
+    fn arm_recv(&mut self, slot: usize, from: Side) {
+        let c = &mut self.conns[slot];
+        let io = &mut c.sides[from.index()];
+        if io.fd < 0 {
+            return;
+        }
+        let entry = opcode::RecvMulti::new(types::Fd(io.fd), BUF_GROUP)
+            .build()
+            .user_data(Token::new(recv_kind(from), c.generation, slot as u32).encode());
+        io.recv_armed = true;
+        io.recv_cancelled = false;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    fn cancel_recv(&mut self, slot: usize, from: Side) {
+        let c = &mut self.conns[slot];
+        c.sides[from.index()].recv_cancelled = true;
+        let target = Token::new(recv_kind(from), c.generation, slot as u32).encode();
+        self.submit(
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
+        );
+    }
+
+    fn on_recv(&mut self, slot: usize, from: Side, res: i32, flags: u32, now: Tick) {
+        let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            self.bufs.taken();
+        }
+        let c = &mut self.conns[slot];
+        if !cqueue::more(flags) {
+            c.ops -= 1;
+            c.sides[from.index()].recv_armed = false;
+            c.sides[from.index()].recv_cancelled = false;
+        }
+        if c.closing.is_some() || c.linger.is_some() {
+            // Discarding (lingering close) or tearing down.
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
+            if res <= 0
+                && let Some((_, reason)) = self.conns[slot].linger
+            {
+                self.begin_close(slot, reason);
+            }
+            return;
+        }
+        match res {
+            n if n > 0 => {
+                let Some(bid) = bid else {
+                    tracing::error!("recv completion without a buffer");
+                    self.begin_close(slot, reset_reason(from));
+                    return;
+                };
+                let forward = c.conn.on_recv(from, n as usize, now);
+                if forward > 0 {
+                    let to = from.other();
+                    c.sides[to.index()].outq.push_back(Chunk::Buf {
+                        bid,
+                        off: 0,
+                        len: forward as u32,
+                    });
+                    self.kick_send(slot, to);
+                } else {
+                    self.bufs.give_back(bid);
+                }
+            }
+            0 => c.conn.on_eof(from),
+            e if -e == libc::ENOBUFS => {
+                self.starved.push((slot as u32, c.generation, from));
+            }
+            e if -e == libc::ECANCELED => {}
+            _ => {
+                self.begin_close(slot, reset_reason(from));
+                return;
+            }
+        }
+        self.after_progress(slot);
+    }
+
+    fn rearm_starved(&mut self) {
+        if self.starved.is_empty()
+            || self.bufs.held() >= usize::from(self.settings.relay.buffer_count)
+        {
+            return;
+        }
+        let starved = std::mem::take(&mut self.starved);
+        for (slot, generation, _side) in starved {
+            let slot = slot as usize;
+            if self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.after_progress(slot);
+            }
+        }
+    }
+
+    // ----- splice relay -----------------------------------------------------------------
+
+    fn splice_arm_poll(&mut self, slot: usize, from: Side, out: bool) {
+        let c = &mut self.conns[slot];
+        let (fd, events, stage) = if out {
+            (
+                c.sides[from.other().index()].fd,
+                libc::POLLOUT,
+                SpliceStage::PollOut,
+            )
+        } else {
+            (c.sides[from.index()].fd, libc::POLLIN, SpliceStage::PollIn)
+        };
+        let entry = opcode::PollAdd::new(types::Fd(fd), events as u32)
+            .build()
+            .user_data(Token::new(splice_kind(stage, from), c.generation, slot as u32).encode());
+        c.sides[from.index()].splice = stage;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    fn on_splice_poll_in(&mut self, slot: usize, from: Side, res: i32) {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        c.sides[from.index()].splice = SpliceStage::Idle;
+        if c.closing.is_some() {
+            return;
+        }
+        if res < 0 {
+            self.begin_close(slot, reset_reason(from));
+            return;
+        }
+        let pipe = match self.pipes.take() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(worker = self.index, error = %e, "cannot create a splice pipe");
+                self.begin_close(slot, CloseReason::ResourceExhausted);
+                return;
+            }
+        };
+        let c = &mut self.conns[slot];
+        let entry = opcode::Splice::new(
+            types::Fd(c.sides[from.index()].fd),
+            -1,
+            types::Fd(pipe.write),
+            -1,
+            self.pipes.size(),
+        )
+        .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+        .build()
+        .user_data(
+            Token::new(
+                splice_kind(SpliceStage::SpliceIn, from),
+                c.generation,
+                slot as u32,
+            )
+            .encode(),
+        );
+        let io = &mut c.sides[from.index()];
+        io.pipe = Some(pipe);
+        io.splice = SpliceStage::SpliceIn;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    fn on_splice_in(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        let io = &mut c.sides[from.index()];
+        io.splice = SpliceStage::Idle;
+        if c.closing.is_some() {
+            if let Some(pipe) = io.pipe.take() {
+                self.pipes.discard(pipe);
+            }
+            return;
+        }
+        if res > 0 {
+            io.in_pipe = res as u32;
+            c.conn.on_recv(from, res as usize, now);
+            self.splice_out(slot, from);
+            return;
+        }
+        if let Some(pipe) = io.pipe.take() {
+            self.pipes.put(pipe);
+        }
+        match res {
+            0 => c.conn.on_eof(from),
+            e if -e == libc::EAGAIN => {}
+            _ => {
+                self.begin_close(slot, reset_reason(from));
+                return;
+            }
+        }
+        self.after_progress(slot);
+    }
+
+    fn splice_out(&mut self, slot: usize, from: Side) {
+        let c = &mut self.conns[slot];
+        let to_fd = c.sides[from.other().index()].fd;
+        let io = &mut c.sides[from.index()];
+        let Some(pipe) = io.pipe.as_ref() else {
+            return;
+        };
+        let entry = opcode::Splice::new(types::Fd(pipe.read), -1, types::Fd(to_fd), -1, io.in_pipe)
+            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+            .build()
+            .user_data(
+                Token::new(
+                    splice_kind(SpliceStage::SpliceOut, from),
+                    c.generation,
+                    slot as u32,
+                )
+                .encode(),
+            );
+        io.splice = SpliceStage::SpliceOut;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    fn on_splice_out(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        let io = &mut c.sides[from.index()];
+        io.splice = SpliceStage::Idle;
+        if c.closing.is_some() {
+            if let Some(pipe) = io.pipe.take() {
+                self.pipes.discard(pipe);
+            }
+            return;
+        }
+        match res {
+            n if n > 0 => {
+                io.in_pipe -= (n as u32).min(io.in_pipe);
+                let remaining = io.in_pipe;
+                c.conn.on_sent(from.other(), n as usize, now);
+                if remaining > 0 {
+                    self.splice_arm_poll(slot, from, true);
+                    return;
+                }
+                if let Some(pipe) = io.pipe.take() {
+                    self.pipes.put(pipe);
+                }
+                self.after_progress(slot);
+            }
+            e if -e == libc::EAGAIN => self.splice_arm_poll(slot, from, true),
+            _ => self.begin_close(slot, reset_reason(from.other())),
+        }
+    }
+
+    fn on_splice_poll_out(&mut self, slot: usize, from: Side, res: i32) {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        c.sides[from.index()].splice = SpliceStage::Idle;
+        if c.closing.is_some() {
+            if let Some(pipe) = c.sides[from.index()].pipe.take() {
+                self.pipes.discard(pipe);
+            }
+            return;
+        }
+        if res < 0 {
+            self.begin_close(slot, reset_reason(from.other()));
+            return;
+        }
+        self.splice_out(slot, from);
+    }
+
+    // ----- endings ----------------------------------------------------------------------
+
+    /// Answers `status` to the client (a canned response), tears the origin down, then
+    /// closes with a lingering close so the client can read the answer.
+    fn respond_error(&mut self, slot: usize, status: u16, reason: CloseReason) {
+        let c = &mut self.conns[slot];
+        if c.closing.is_some() || c.after_send.is_some() {
+            return;
+        }
+        c.conn.set_status(status);
+        c.conn.close();
+        self.teardown_origin(slot);
+        let now = self.now();
+        let c = &mut self.conns[slot];
+        let data = error_response(status);
+        c.extra_to_client += data.len() as u64;
+        c.after_send = Some(reason);
+        // Stop a pending head read; its completion is then ignored.
+        sys::shutdown(c.sides[Side::Client.index()].fd, libc::SHUT_RD);
+        c.sides[Side::Client.index()]
+            .outq
+            .push_back(Chunk::Static { data, off: 0 });
+        c.linger = None;
+        // The answer itself must go out within the linger time.
+        c.send_deadline = Some(now + LINGER_MS);
+        self.kick_send(slot, Side::Client);
+    }
+
+    fn teardown_origin(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.connecting {
+            let target = Token::new(Kind::Connect, c.generation, slot as u32).encode();
+            self.submit(
+                opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
+            );
+        } else {
+            sys::shutdown(c.sides[Side::Origin.index()].fd, libc::SHUT_RDWR);
+        }
+    }
+
+    /// Shuts the client's write side and discards what it still sends until EOF or the
+    /// linger deadline, so closing never resets an answer the client has not read yet.
+    fn start_linger(&mut self, slot: usize, reason: CloseReason, now: Tick) {
+        self.teardown_origin(slot);
+        let c = &mut self.conns[slot];
+        c.conn.close();
+        c.after_send = None;
+        c.send_deadline = None;
+        c.linger = Some((now + LINGER_MS, reason));
+        let fd = c.sides[Side::Client.index()].fd;
+        sys::shutdown(fd, libc::SHUT_WR);
+        // A head recv cut by SHUT_RD completes on its own; otherwise read to discard.
+        if !c.sides[Side::Client.index()].recv_armed {
+            // Re-open reading: SHUT_RD only affected the pending head read.
+            self.arm_recv(slot, Side::Client);
+        }
+    }
+
+    /// Ends a connection: logs it once, wakes every in-flight operation (shutdown, cancel),
+    /// and frees the slot when the last one has completed.
+    fn begin_close(&mut self, slot: usize, reason: CloseReason) {
+        let now = self.now();
+        let c = &mut self.conns[slot];
+        if c.closing.is_some() {
+            return;
+        }
+        c.closing = Some(reason);
+        c.conn.close();
+        if let Some((id, _)) = c.timer.take() {
+            self.wheel.cancel(id);
+        }
+        let c = &self.conns[slot];
+        let route = c
+            .conn
+            .route()
+            .map(|r| self.settings.route_info[r].name.as_str());
+        let from_client = c.head_bytes + c.conn.bytes_from(Side::Client);
+        let to_client = c.conn.bytes_from(Side::Origin) + c.extra_to_client;
+        self.stats.bytes_from_clients += from_client;
+        self.stats.bytes_to_clients += to_client;
+        *self.stats.closed.entry(reason.as_str()).or_default() += 1;
+        if self.log.enabled() {
+            self.log.record(&Entry {
+                worker: self.index,
+                client: c.peer,
+                route,
+                origin: c.origin_addr,
+                status: c.conn.status(),
+                bytes_from_client: from_client,
+                bytes_to_client: to_client,
+                duration_ms: now.saturating_sub(c.conn.accepted_at()),
+                reason: reason.as_str(),
+            });
+        }
+        if c.connecting {
+            let target = Token::new(Kind::Connect, c.generation, slot as u32).encode();
+            self.submit(
+                opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
+            );
+        }
+        let c = &self.conns[slot];
+        for side in [Side::Client, Side::Origin] {
+            sys::shutdown(c.sides[side.index()].fd, libc::SHUT_RDWR);
+        }
+        let generation = c.generation;
+        let armed: Vec<u64> = [Side::Client, Side::Origin]
+            .into_iter()
+            .filter(|s| c.sides[s.index()].recv_armed)
+            .map(|s| Token::new(recv_kind(s), generation, slot as u32).encode())
+            .collect();
+        for target in armed {
+            self.submit(
+                opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
+            );
+        }
+    }
+
+    fn maybe_free(&mut self, slot: usize) {
+        let Some(c) = self.conns.get(slot) else {
+            return;
+        };
+        if c.closing.is_none() || c.ops > 0 {
+            return;
+        }
+        let mut c = self.conns.remove(slot);
+        if let Some((id, _)) = c.timer.take() {
+            self.wheel.cancel(id);
+        }
+        for io in &mut c.sides {
+            for chunk in io.outq.drain(..) {
+                if let Chunk::Buf { bid, .. } = chunk {
+                    self.bufs.give_back(bid);
+                }
+            }
+            if let Some(pipe) = io.pipe.take() {
+                self.pipes.discard(pipe);
+            }
+            sys::close(io.fd);
+        }
+    }
+
+    // ----- timers -----------------------------------------------------------------------
+
+    fn rearm_timer(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.closing.is_some() {
+            return;
+        }
+        let want = [
+            c.conn.poll_timeout(),
+            c.linger.map(|(t, _)| t),
+            c.send_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match (c.timer, want) {
+            (Some((_, at)), Some(w)) if w >= at => {}
+            (current, Some(w)) => {
+                if let Some((id, _)) = current {
+                    self.wheel.cancel(id);
+                }
+                let id = self.wheel.insert(w, (slot as u32, c.generation));
+                c.timer = Some((id, w));
+            }
+            (Some((id, _)), None) => {
+                self.wheel.cancel(id);
+                c.timer = None;
+            }
+            (None, None) => {}
+        }
+    }
+
+    fn on_timer(&mut self, slot: usize, generation: u32, now: Tick) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if c.generation != generation || c.closing.is_some() {
+            return;
+        }
+        c.timer = None;
+        if let Some((deadline, reason)) = c.linger
+            && now >= deadline
+        {
+            self.begin_close(slot, reason);
+            return;
+        }
+        if let Some(deadline) = c.send_deadline
+            && now >= deadline
+        {
+            let reason = c.after_send.unwrap_or(CloseReason::ClientReset);
+            self.begin_close(slot, reason);
+            return;
+        }
+        match c.conn.on_timeout(now) {
+            Some((reason, Some(status))) => self.respond_error(slot, status, reason),
+            Some((reason, None)) => self.begin_close(slot, reason),
+            None => {}
+        }
+        if self.conns.contains(slot) {
+            self.rearm_timer(slot);
+            self.maybe_free(slot);
+        }
+    }
+}

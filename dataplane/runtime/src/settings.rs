@@ -1,0 +1,78 @@
+//! A worker's copy of the configuration, in the shape its event loop uses: the route table,
+//! per-route origins and timers in milliseconds, head limits and relay resources.
+//!
+//! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
+//! by messages (no sharing on the per-connection path).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use wsedge_command::{Config, HostMatch, RelayConfig, RelayMode};
+use wsedge_proto::conn::RouteTimers;
+use wsedge_proto::handshake::HeadLimits;
+use wsedge_proto::route::{HostPattern, RouteTable};
+
+/// One route as a worker needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteInfo {
+    pub(crate) name: String,
+    pub(crate) origins: Vec<SocketAddr>,
+    pub(crate) relay: RelayMode,
+    pub(crate) timers: RouteTimers,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) head_limits: HeadLimits,
+    pub(crate) handshake_ms: u64,
+    pub(crate) routes: RouteTable,
+    pub(crate) route_info: Vec<RouteInfo>,
+    pub(crate) relay: RelayConfig,
+    pub(crate) max_connections: usize,
+    pub(crate) drain_timeout: Duration,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Settings {
+    pub(crate) fn from_config(config: &Config) -> Settings {
+        let routes = RouteTable::new(config.routes.iter().map(|r| {
+            let host = match &r.host {
+                HostMatch::Any => HostPattern::Any,
+                HostMatch::Exact(h) => HostPattern::Exact(h.clone()),
+                HostMatch::Suffix(s) => HostPattern::Suffix(s.clone()),
+            };
+            (host, r.path_prefix.clone())
+        }));
+        let route_info = config
+            .routes
+            .iter()
+            .map(|r| RouteInfo {
+                name: r.name.clone(),
+                origins: r.origins.clone(),
+                relay: r.relay,
+                timers: RouteTimers {
+                    connect_ms: ms(r.limits.origin_connect_timeout),
+                    origin_handshake_ms: ms(r.limits.origin_handshake_timeout),
+                    idle_ms: ms(r.limits.idle_timeout),
+                    max_connection_ms: ms(r.limits.max_connection_time),
+                    jitter_pct: r.limits.max_connection_time_jitter,
+                },
+            })
+            .collect();
+        Settings {
+            head_limits: HeadLimits {
+                max_head_bytes: config.limits.max_head_bytes,
+                max_headers: config.limits.max_headers,
+            },
+            handshake_ms: ms(config.limits.handshake_timeout),
+            routes,
+            route_info,
+            relay: config.relay,
+            max_connections: config.dataplane.max_connections_per_worker,
+            drain_timeout: config.dataplane.drain_timeout,
+        }
+    }
+}
