@@ -437,10 +437,11 @@ pub(crate) async fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
     }
 }
 
-/// The next data or close message, skipping pings and pongs.
+/// The next data or close message, skipping pings and pongs; panics after 20 s without one.
 pub(crate) async fn next_data(ws: &mut Ws) -> Message {
     loop {
-        match ws.next().await {
+        let next = tokio::time::timeout(Duration::from_secs(20), ws.next()).await;
+        match next.expect("no message within 20 s") {
             Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => continue,
             Some(Ok(m)) => return m,
             Some(Err(e)) => panic!("WebSocket read failed: {e}"),

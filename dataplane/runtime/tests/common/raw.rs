@@ -343,12 +343,11 @@ impl RawConn {
 pub(crate) async fn http_exchange(addr: SocketAddr, request: &[u8]) -> (Head, Vec<u8>) {
     let mut c = RawConn::connect(addr).await;
     let _ = c.send(request).await;
-    let head = c.read_head().await.unwrap_or_else(|e| {
-        panic!(
-            "no response head for request {:?}: {e}",
-            String::from_utf8_lossy(&request[..request.len().min(300)])
-        )
-    });
+    let shown = String::from_utf8_lossy(&request[..request.len().min(300)]).into_owned();
+    let head = tokio::time::timeout(Duration::from_secs(15), c.read_head())
+        .await
+        .unwrap_or_else(|_| panic!("no response head within 15 s for request {shown:?}"))
+        .unwrap_or_else(|e| panic!("no response head for request {shown:?}: {e}"));
     let body = c.read_body(&head, Duration::from_secs(3)).await;
     (head, body)
 }

@@ -33,7 +33,8 @@ pub(crate) async fn ping_pong(addr: SocketAddr, origin: &EchoOrigin) {
     ws.send(Message::Ping(b"are you there".to_vec().into()))
         .await
         .expect("send ping");
-    let got = match ws.next().await {
+    let next = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    let got = match next.expect("no pong within 10 s") {
         Some(Ok(m @ Message::Pong(_))) => m,
         Some(Ok(m)) => panic!("expected a pong, got {}", describe(&m)),
         Some(Err(e)) => panic!("read failed while waiting for a pong: {e}"),
@@ -101,7 +102,10 @@ pub(crate) async fn early_frame(addr: SocketAddr, host: &str) {
         [0x11, 0x22, 0x33, 0x44],
     ));
     c.send(&bytes).await.expect("write head + frame");
-    let head = c.read_head().await.expect("response head");
+    let head = tokio::time::timeout(Duration::from_secs(10), c.read_head())
+        .await
+        .expect("no response head within 10 s")
+        .expect("response head");
     assert_eq!(head.status(), 101, "response: {}", head.text());
     assert_eq!(
         head.get("sec-websocket-accept"),
@@ -109,7 +113,10 @@ pub(crate) async fn early_frame(addr: SocketAddr, host: &str) {
         "accept key in {}",
         head.text()
     );
-    let f = c.read_frame().await.expect("echo frame");
+    let f = tokio::time::timeout(Duration::from_secs(10), c.read_frame())
+        .await
+        .expect("no echo of the early frame within 10 s")
+        .expect("echo frame");
     assert_eq!(f.opcode, OP_TEXT, "echo opcode: {f:?}");
     assert!(f.fin);
     assert!(!f.masked, "server frames are unmasked");
