@@ -246,8 +246,8 @@ impl Worker {
         let relay = spec.settings.relay;
         let bufs = BufRing::new(&ring.uring, relay.buffer_count, relay.buffer_size)?;
         let start = Instant::now();
-        let seed =
-            start.elapsed().as_nanos() as u64 ^ (spec.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = start.elapsed().as_nanos() as u64
+            ^ (spec.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Ok(Worker {
             ring,
             bufs,
@@ -601,6 +601,29 @@ impl Worker {
         self.submit(entry);
     }
 
+    /// A head recv completed after the connection started ending (error answer queued,
+    /// lingering or closing): account for it and, when lingering on the client, go on
+    /// reading to discard. Returns false when the connection is not ending.
+    fn head_recv_while_ending(&mut self, slot: usize, side: Side, res: i32) -> bool {
+        let c = &mut self.conns[slot];
+        if c.closing.is_none() && c.after_send.is_none() && c.linger.is_none() {
+            return false;
+        }
+        c.ops -= 1;
+        c.sides[side.index()].recv_armed = false;
+        if side == Side::Client
+            && c.closing.is_none()
+            && let Some((_, reason)) = c.linger
+        {
+            if res == 0 || (res < 0 && -res != libc::ECANCELED) {
+                self.begin_close(slot, reason);
+            } else {
+                self.arm_recv(slot, Side::Client);
+            }
+        }
+        true
+    }
+
     /// Accounts for `res` bytes the kernel wrote into a head buffer. Returns false on EOF or
     /// error.
     fn grow_head(&mut self, slot: usize, side: Side, res: i32) -> bool {
@@ -623,9 +646,7 @@ impl Worker {
     }
 
     fn on_client_head(&mut self, slot: usize, res: i32, now: Tick) {
-        if self.conns[slot].closing.is_some() || self.conns[slot].after_send.is_some() {
-            self.conns[slot].ops -= 1;
-            self.conns[slot].sides[0].recv_armed = false;
+        if self.head_recv_while_ending(slot, Side::Client, res) {
             return;
         }
         if !self.grow_head(slot, Side::Client, res) {
@@ -749,9 +770,7 @@ impl Worker {
     }
 
     fn on_origin_head(&mut self, slot: usize, res: i32, now: Tick) {
-        if self.conns[slot].closing.is_some() || self.conns[slot].after_send.is_some() {
-            self.conns[slot].ops -= 1;
-            self.conns[slot].sides[1].recv_armed = false;
+        if self.head_recv_while_ending(slot, Side::Origin, res) {
             return;
         }
         if !self.grow_head(slot, Side::Origin, res) {
@@ -1219,8 +1238,17 @@ impl Worker {
         let data = error_response(status);
         c.extra_to_client += data.len() as u64;
         c.after_send = Some(reason);
-        // Stop a pending head read; its completion is then ignored.
-        sys::shutdown(c.sides[Side::Client.index()].fd, libc::SHUT_RD);
+        if c.sides[Side::Client.index()].recv_armed {
+            // A pending head read: cancel it (not SHUT_RD, which would spoil the lingering
+            // close); its completion is handled by `head_recv_while_ending`.
+            let target = Token::new(Kind::ClientHead, c.generation, slot as u32).encode();
+            self.submit(
+                opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
+            );
+        }
+        let c = &mut self.conns[slot];
         c.sides[Side::Client.index()]
             .outq
             .push_back(Chunk::Static { data, off: 0 });
@@ -1255,9 +1283,8 @@ impl Worker {
         c.linger = Some((now + LINGER_MS, reason));
         let fd = c.sides[Side::Client.index()].fd;
         sys::shutdown(fd, libc::SHUT_WR);
-        // A head recv cut by SHUT_RD completes on its own; otherwise read to discard.
+        // Read to discard; a head recv still pending re-arms this when it completes.
         if !c.sides[Side::Client.index()].recv_armed {
-            // Re-open reading: SHUT_RD only affected the pending head read.
             self.arm_recv(slot, Side::Client);
         }
     }
