@@ -8,6 +8,8 @@
 
 pub mod accept;
 pub mod conn;
+pub mod firewall;
+pub mod frame;
 pub mod handshake;
 pub mod response;
 pub mod route;
