@@ -25,6 +25,41 @@ pub struct Config {
     /// The `[limits]` table: the defaults every route starts from.
     pub limits: Limits,
     pub routes: Vec<Route>,
+    pub control: ControlConfig,
+}
+
+/// The `[control]` table: the dataplane's control socket, the control process's own socket
+/// and state file, and the metrics endpoint. Read at start; not changed by pushes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// The dataplane's control socket; `None` = no control socket.
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file (default 0o600).
+    pub socket_mode: u32,
+    /// Group owning the socket file (so its members may connect with mode 0660).
+    pub socket_group: Option<String>,
+    /// Peer uids allowed besides the dataplane's own uid and root.
+    pub allowed_uids: Vec<u32>,
+    /// Where the control process (`wsedgectl daemon`) listens for the CLI.
+    pub daemon_socket: PathBuf,
+    /// Where the control process persists the applied configuration.
+    pub state_file: Option<PathBuf>,
+    /// Prometheus `/metrics` on this address; `None` = off.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: None,
+            socket_mode: 0o600,
+            socket_group: None,
+            allowed_uids: Vec::new(),
+            daemon_socket: PathBuf::from("/run/wsedge/control.sock"),
+            state_file: None,
+            metrics_listen: None,
+        }
+    }
 }
 
 /// The `[dataplane]` table: process-wide settings read at start.
@@ -191,6 +226,21 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    socket_mode: Option<Spanned<String>>,
+    socket_group: Option<String>,
+    #[serde(default)]
+    allowed_uids: Vec<u32>,
+    daemon_socket: Option<PathBuf>,
+    state_file: Option<PathBuf>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,12 +404,53 @@ impl Validator<'_> {
             }
             routes.push(route);
         }
+        let control = self.control(raw.control)?;
         Ok(Config {
             dataplane,
             access_log,
             relay,
             limits,
             routes,
+            control,
+        })
+    }
+
+    fn control(&self, raw: RawControl) -> Result<ControlConfig, ConfigError> {
+        let defaults = ControlConfig::default();
+        let socket_mode = match raw.socket_mode {
+            None => defaults.socket_mode,
+            Some(m) => {
+                let text = m.get_ref().trim_start_matches("0o");
+                match u32::from_str_radix(text, 8) {
+                    Ok(mode) if mode <= 0o777 => mode,
+                    _ => {
+                        return Err(self.invalid(
+                            m.span(),
+                            "control.socket_mode",
+                            "must be octal permission bits such as \"0600\" or \"0660\"",
+                        ));
+                    }
+                }
+            }
+        };
+        let metrics_listen = match raw.metrics_listen {
+            None => None,
+            Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.invalid(
+                    a.span(),
+                    "control.metrics_listen",
+                    format!("{:?} is not an IP:port address", a.get_ref()),
+                )
+            })?),
+        };
+        Ok(ControlConfig {
+            socket: raw.socket,
+            socket_mode,
+            socket_group: raw.socket_group,
+            allowed_uids: raw.allowed_uids,
+            daemon_socket: raw.daemon_socket.unwrap_or(defaults.daemon_socket),
+            state_file: raw.state_file,
+            metrics_listen,
         })
     }
 
@@ -693,6 +784,26 @@ mod tests {
         let msg =
             error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\nrelay = \"tunnel\"\n");
         assert!(msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn control_table() {
+        let text = "[control]\nsocket = \"/tmp/dp.sock\"\nsocket_mode = \"0660\"\nallowed_uids = [1000]\nmetrics_listen = \"127.0.0.1:9100\"\n";
+        let config = Config::from_toml(text, "t").expect("valid");
+        assert_eq!(
+            config.control.socket.as_deref(),
+            Some(Path::new("/tmp/dp.sock"))
+        );
+        assert_eq!(config.control.socket_mode, 0o660);
+        assert_eq!(config.control.allowed_uids, vec![1000]);
+        assert!(config.control.metrics_listen.is_some());
+        assert!(
+            error_of("[control]\nsocket_mode = \"999\"\n")
+                .starts_with("edge.toml:2: control.socket_mode")
+        );
+        assert!(
+            error_of("[control]\nmetrics_listen = \"nope\"\n").contains("control.metrics_listen")
+        );
     }
 
     #[test]

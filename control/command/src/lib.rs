@@ -10,6 +10,6 @@ pub mod config;
 pub mod duration;
 
 pub use config::{
-    AccessLogTarget, Config, ConfigError, DataplaneConfig, HostMatch, Limits, RelayConfig,
-    RelayMode, Route,
+    AccessLogTarget, Config, ConfigError, ControlConfig, DataplaneConfig, HostMatch, Limits,
+    RelayConfig, RelayMode, Route,
 };
