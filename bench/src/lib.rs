@@ -6,3 +6,4 @@ pub mod frame;
 pub mod load;
 pub mod origin;
 pub mod procstat;
+pub mod report;

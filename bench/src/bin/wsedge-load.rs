@@ -80,6 +80,9 @@ struct Args {
     /// Print one JSON object instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Also append the JSON object as one line to this file (the human summary still prints).
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<std::path::PathBuf>,
     /// Internal: idle helper process.
     #[arg(long, hide = true)]
     child: bool,
@@ -145,8 +148,16 @@ async fn run(a: Args) -> anyhow::Result<()> {
             ("idle", o)
         }
     };
+    let rec = load::record(name, &a.label, &a.scenario, &a.target, &c, &out);
+    if let Some(path) = &a.json_out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{}", serde_json::to_string(&rec)?)?;
+    }
     if a.json {
-        let rec = load::record(name, &a.label, &a.scenario, &a.target, &c, &out);
         println!("{}", serde_json::to_string(&rec)?);
     } else {
         println!("{}", out.human);

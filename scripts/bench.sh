@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# wsedge benchmark: the echo origin directly, wsedge (buffered and splice relays), nginx and
+# HAProxy, each scenario against each target in turn, on this host, loopback only.
+#
+#   scripts/bench.sh [--full|--quick|--smoke] [--no-build] [--out DIR]
+#
+#   --full   (default) 1 worker and all-cores variants of every proxy, 8 s per run (< 15 min)
+#   --quick  1-worker variants only, 2 s per run (< 2 min once built)
+#   --smoke  direct + wsedge only, ~1 s per run, no packages installed, no sysctls (CI)
+#
+# Writes bench/results/<UTC date-time>/: results.md, results.json, runs.jsonl (one line per
+# run), *.png charts and logs/. Starts processes itself, records their pids and kills exactly
+# those on exit. Fails loudly if wsedge (or any process it starts) does not come up.
+set -euo pipefail
+
+MODE=full
+BUILD=1
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --full) MODE=full ;;
+        --quick) MODE=quick ;;
+        --smoke) MODE=smoke ;;
+        --no-build) BUILD=0 ;;
+        --out) OUT="$2"; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/release
+STAMP=$(date -u +%Y-%m-%dT%H-%M-%SZ)
+OUT=${OUT:-$ROOT/bench/results/$STAMP}
+mkdir -p "$OUT/logs"
+RUN=$(mktemp -d /tmp/wsedge-bench.XXXXXX)
+JSONL=$OUT/runs.jsonl
+: > "$JSONL"
+
+ORIGIN_PORT=${ORIGIN_PORT:-19001}
+PROXY_PORT=${PROXY_PORT:-19080}
+ORIGIN=127.0.0.1:$ORIGIN_PORT
+CPUS=$(nproc)
+SRC=127.0.0.1-127.0.0.50
+
+case $MODE in
+    full)  DUR=8; WARM=1; IDLE_N=9000; IDLE_HOLD=2; VARIANTS="1 $CPUS" ;;
+    quick) DUR=2; WARM=0.5; IDLE_N=2000; IDLE_HOLD=1; VARIANTS="1" ;;
+    smoke) DUR=1; WARM=0.3; IDLE_N=200; IDLE_HOLD=0.5; VARIANTS="1" ;;
+esac
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+# --- processes we start: pids recorded here, and only these are killed -------------------
+PIDS=()
+OLD_PORT_RANGE=""
+cleanup() {
+    local rc=$?
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
+    if [ -n "$OLD_PORT_RANGE" ]; then
+        sysctl -qw net.ipv4.ip_local_port_range="$OLD_PORT_RANGE" || true
+    fi
+    cp "$RUN"/*.log "$OUT/logs/" 2>/dev/null || true
+    rm -rf "$RUN"
+    [ $rc -eq 0 ] || log "exit $rc; logs in $OUT/logs"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, logging to $RUN/NAME.log; sets STARTED.
+start() {
+    local name=$1; shift
+    "$@" > "$RUN/$name.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+# stop PID: kills one process we started and waits for it.
+stop() {
+    local pid=$1 keep=() p
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# wait_port PORT PID NAME: until PORT accepts, or fail loudly if PID died / 10 s passed.
+wait_port() {
+    local port=$1 pid=$2 name=$3 i
+    for i in $(seq 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -20 "$RUN/$name.log" >&2 || true
+            die "$name exited before listening on $port"
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -20 "$RUN/$name.log" >&2 || true
+    die "$name is not listening on $port after 10 s"
+}
+
+# --- setup ------------------------------------------------------------------------------
+if [ $BUILD = 1 ]; then
+    log "building (release): wsedge, wsedge-bench"
+    (cd "$ROOT" && cargo build --release -q -p wsedge -p wsedge-bench) || die "build failed"
+fi
+for b in wsedge wsedge-origin wsedge-load wsedge-report; do
+    [ -x "$BIN/$b" ] || die "missing $BIN/$b (build with: cargo build --release -p wsedge -p wsedge-bench)"
+done
+
+if [ $MODE != smoke ]; then
+    if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+        log "installing nginx and haproxy from the distribution's packages"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy \
+            || die "cannot install nginx/haproxy"
+    fi
+    # Host tuning: a wide ephemeral port range for the handshake loops (restored on exit).
+    if [ "$(id -u)" = 0 ]; then
+        OLD_PORT_RANGE=$(sysctl -n net.ipv4.ip_local_port_range | tr -s '\t ' ' ')
+        sysctl -qw net.ipv4.ip_local_port_range="1024 65000" || OLD_PORT_RANGE=""
+    fi
+fi
+
+cat > "$OUT/host.txt" <<EOF
+date_utc: $STAMP
+mode: $MODE
+kernel: $(uname -r)
+cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $CPUS
+memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+nofile: $(ulimit -n)
+port_range: $(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr -s '\t ' ' ')
+somaxconn: $(sysctl -n net.core.somaxconn 2>/dev/null)
+tcp_tw_reuse: $(sysctl -n net.ipv4.tcp_tw_reuse 2>/dev/null)
+nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///' || echo none)
+haproxy: $(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || echo none)
+git: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+EOF
+
+# The origin runs for the whole benchmark, with all cores.
+start origin "$BIN/wsedge-origin" --listen "$ORIGIN" --threads "$CPUS"
+ORIGIN_PID=$STARTED
+wait_port "$ORIGIN_PORT" "$ORIGIN_PID" origin
+
+# --- scenarios --------------------------------------------------------------------------
+# load LABEL SCENARIO MODE ARGS...: one wsedge-load run, its JSON appended to runs.jsonl.
+load() {
+    local label=$1 scenario=$2 mode=$3; shift 3
+    log "$label / $scenario"
+    if ! "$BIN/wsedge-load" "$mode" --target "$URL" --label "$label" --scenario "$scenario" \
+        --origin-pid "$ORIGIN_PID" "${TARGET_PIDS[@]/#/--pid=}" --json-out "$JSONL" "$@" \
+        2>&1 | sed 's/^/    /' >&2; then
+        die "$label / $scenario: wsedge-load failed"
+    fi
+}
+
+scenarios() {
+    local label=$1
+    load "$label" flood-16k throughput --connections 100 --size 16384 --depth 16 \
+        --duration "$DUR" --warmup "$WARM"
+    load "$label" flood-64 throughput --connections 100 --size 64 --depth 16 \
+        --duration "$DUR" --warmup "$WARM"
+    load "$label" latency-64-10k latency --connections 100 --size 64 --rate 10000 \
+        --duration "$DUR" --warmup "$WARM"
+    load "$label" cpu-16k-10k latency --connections 100 --size 16384 --rate 10000 \
+        --duration "$DUR" --warmup "$WARM"
+    load "$label" handshakes handshakes --concurrency 50 --size 64 \
+        --duration "$DUR" --warmup "$WARM" --source-addrs "$SRC"
+    load "$label" idle idle --connections "$IDLE_N" --duration "$IDLE_HOLD" \
+        --source-addrs "$SRC"
+}
+
+run_direct() {
+    URL="ws://$ORIGIN/ws"
+    TARGET_PIDS=("$ORIGIN_PID")
+    scenarios direct
+}
+
+run_wsedge() {
+    local relay=$1 workers=$2 label="wsedge-$1-w$2"
+    sed -e "s/@WORKERS@/$workers/" -e "s/@PORT@/$PROXY_PORT/" -e "s/@ORIGIN@/$ORIGIN/" \
+        -e "s/@RELAY@/$relay/" "$ROOT/bench/wsedge.toml.tmpl" > "$RUN/wsedge.toml"
+    start "$label" env WSEDGE_LOG=warn "$BIN/wsedge" --config "$RUN/wsedge.toml"
+    local pid=$STARTED
+    wait_port "$PROXY_PORT" "$pid" "$label"
+    URL="ws://127.0.0.1:$PROXY_PORT/ws"
+    TARGET_PIDS=("$pid")
+    # One echo through it first: fail loudly if wsedge does not relay.
+    "$BIN/wsedge-load" handshakes --target "$URL" --concurrency 1 --duration 0.3 --warmup 0 \
+        --json 2>&1 | grep -q '"errors":0' || {
+        tail -20 "$RUN/$label.log" >&2
+        die "$label does not relay a WebSocket echo"
+    }
+    scenarios "$label"
+    stop "$pid"
+}
+
+run_nginx() {
+    local workers=$1 label="nginx-w$1"
+    mkdir -p "$RUN/nginx-tmp"
+    sed -e "s/@WORKERS@/$workers/" -e "s/@PORT@/$PROXY_PORT/" -e "s/@ORIGIN@/$ORIGIN/" \
+        -e "s#@DIR@#$RUN#g" "$ROOT/bench/nginx.conf.tmpl" > "$RUN/nginx.conf"
+    start "$label" nginx -c "$RUN/nginx.conf" -p "$RUN"
+    local pid=$STARTED
+    wait_port "$PROXY_PORT" "$pid" "$label"
+    URL="ws://127.0.0.1:$PROXY_PORT/ws"
+    # The workers do the relaying: measure them (the master only supervises).
+    mapfile -t TARGET_PIDS < <(pgrep -P "$pid")
+    [ ${#TARGET_PIDS[@]} -gt 0 ] || die "no nginx workers under $pid"
+    scenarios "$label"
+    stop "$pid"
+}
+
+run_haproxy() {
+    local threads=$1 label="haproxy-w$1"
+    sed -e "s/@THREADS@/$threads/" -e "s/@PORT@/$PROXY_PORT/" -e "s/@ORIGIN@/$ORIGIN/" \
+        "$ROOT/bench/haproxy.cfg.tmpl" > "$RUN/haproxy.cfg"
+    start "$label" haproxy -db -f "$RUN/haproxy.cfg"
+    local pid=$STARTED
+    wait_port "$PROXY_PORT" "$pid" "$label"
+    URL="ws://127.0.0.1:$PROXY_PORT/ws"
+    TARGET_PIDS=("$pid")
+    scenarios "$label"
+    stop "$pid"
+}
+
+T0=$(date +%s)
+log "mode $MODE: results in $OUT"
+run_direct
+for w in $VARIANTS; do
+    run_wsedge buffered "$w"
+    run_wsedge splice "$w"
+    if [ $MODE != smoke ]; then
+        run_nginx "$w"
+        run_haproxy "$w"
+    fi
+done
+log "runs done in $(( $(date +%s) - T0 )) s; writing the report"
+"$BIN/wsedge-report" --runs "$JSONL" --host "$OUT/host.txt" --out "$OUT" \
+    || die "wsedge-report failed"
+log "done: $OUT/results.md"
