@@ -79,6 +79,8 @@ pub enum CloseReason {
     Overloaded,
     /// A local resource (descriptors, memory) ran out for this connection.
     ResourceExhausted,
+    /// An operator ended it (`wsedgectl kill`).
+    Killed,
 }
 
 impl CloseReason {
@@ -105,6 +107,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::Overloaded => "overloaded",
             CloseReason::ResourceExhausted => "resource_exhausted",
+            CloseReason::Killed => "killed",
         }
     }
 
@@ -129,7 +132,8 @@ impl CloseReason {
             | CloseReason::MaxConnectionTime
             | CloseReason::Shutdown
             | CloseReason::Overloaded
-            | CloseReason::ResourceExhausted => Fault::Proxy,
+            | CloseReason::ResourceExhausted
+            | CloseReason::Killed => Fault::Proxy,
         }
     }
 }
@@ -142,6 +146,19 @@ pub enum Phase {
     OriginHead,
     Relay,
     Done,
+}
+
+impl Phase {
+    /// A stable snake_case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::ClientHead => "client_head",
+            Phase::Connecting => "connecting",
+            Phase::OriginHead => "origin_head",
+            Phase::Relay => "relay",
+            Phase::Done => "done",
+        }
+    }
 }
 
 /// What the client asked for, once its head was accepted.

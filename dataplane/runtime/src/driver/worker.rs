@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
@@ -29,14 +30,70 @@ use super::ring::{Completion, Ring};
 use super::sys::{self, RawSockAddr};
 use super::token::{Kind, Token, next_generation};
 use crate::access_log::{AccessLog, Entry};
-use crate::settings::Settings;
+use crate::settings::{RouteInfo, Settings};
 use crate::stats::Stats;
 
-/// Messages to a worker, delivered through its mailbox and a wake on its eventfd.
+/// Messages to a worker, delivered through its mailbox and a wake on its eventfd. Replies
+/// travel back on the channel a request carries; the worker never blocks on them.
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Stop accepting, let connections run up to the drain timeout, then close them and exit.
     Shutdown,
+    /// Use these settings for new connections; live ones keep their route and origin.
+    Apply {
+        version: u64,
+        settings: Box<Settings>,
+    },
+    /// Stop accepting (listeners closed); close what is left after `timeout`, if given.
+    Drain {
+        timeout: Option<Duration>,
+    },
+    Report {
+        reply: Sender<WorkerReport>,
+    },
+    Connections {
+        route: Option<String>,
+        limit: usize,
+        reply: Sender<Vec<ConnectionInfo>>,
+    },
+    Kill {
+        id: u64,
+        reply: Sender<bool>,
+    },
+}
+
+/// A worker's answer to [`Command::Report`].
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerReport {
+    pub(crate) index: usize,
+    pub(crate) config_version: u64,
+    pub(crate) live: usize,
+    pub(crate) accepting: bool,
+    pub(crate) stats: Stats,
+}
+
+/// One live connection, for `wsedgectl connections`.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionInfo {
+    pub(crate) id: u64,
+    pub(crate) worker: usize,
+    pub(crate) client: SocketAddr,
+    pub(crate) route: Option<String>,
+    pub(crate) origin: Option<SocketAddr>,
+    pub(crate) age_ms: u64,
+    pub(crate) bytes_from_client: u64,
+    pub(crate) bytes_to_client: u64,
+    pub(crate) state: &'static str,
+}
+
+/// A connection id that names its worker, slot and incarnation.
+pub(crate) fn connection_id(worker: usize, slot: usize, generation: u32) -> u64 {
+    ((worker as u64) << 56) | (u64::from(generation) << 32) | slot as u64
+}
+
+/// The worker index of a connection id.
+pub(crate) fn connection_worker(id: u64) -> usize {
+    (id >> 56) as usize
 }
 
 /// How long a rejected client gets to read our answer before its socket is closed.
@@ -118,6 +175,8 @@ struct Connection {
     head_bytes: u64,
     origin_buf: Vec<u8>,
     origin_head: Vec<u8>,
+    /// The route this connection was established with (kept across config changes).
+    route: Option<Rc<RouteInfo>>,
     origin_pick: usize,
     origin_addr: Option<SocketAddr>,
     /// Kept at a stable heap address while the connect is in flight.
@@ -160,6 +219,9 @@ pub(crate) struct Worker {
     bufs: BufRing,
     index: usize,
     settings: Settings,
+    config_version: u64,
+    /// The routes of `settings`, shared with the connections established on them.
+    routes: Vec<Rc<RouteInfo>>,
     round_robin: Vec<RoundRobin>,
     conns: Slab<Connection>,
     next_generation: u32,
@@ -176,8 +238,11 @@ pub(crate) struct Worker {
     stats: Stats,
     start: Instant,
     rng: u64,
-    draining: Option<Tick>,
+    accepting: bool,
+    /// When live connections are closed during a drain or shutdown.
+    drain_deadline: Option<Tick>,
     drain_forced: bool,
+    exit_when_empty: bool,
     completions: Vec<Completion>,
     expired: Vec<(u32, u32)>,
 }
@@ -253,6 +318,14 @@ impl Worker {
             bufs,
             index: spec.index,
             round_robin: vec![RoundRobin::default(); spec.settings.route_info.len()],
+            routes: spec
+                .settings
+                .route_info
+                .iter()
+                .cloned()
+                .map(Rc::new)
+                .collect(),
+            config_version: 0,
             pipes: PipePool::new(relay.pipe_pool, relay.pipe_size),
             settings: spec.settings,
             conns: Slab::new(),
@@ -272,8 +345,10 @@ impl Worker {
             stats: Stats::default(),
             start,
             rng: seed | 1,
-            draining: None,
+            accepting: true,
+            drain_deadline: None,
             drain_forced: false,
+            exit_when_empty: false,
             completions: Vec::with_capacity(1024),
             expired: Vec::new(),
         })
@@ -309,7 +384,7 @@ impl Worker {
             let now = self.now();
             self.fire_timers(now);
             self.check_drain(now);
-            if self.draining.is_some() && self.conns.is_empty() {
+            if self.exit_when_empty && self.conns.is_empty() {
                 break;
             }
             self.arm_listeners(now);
@@ -336,7 +411,7 @@ impl Worker {
         let deadlines = [
             self.wheel.next_expiration(),
             self.accept_paused_until,
-            self.draining,
+            self.drain_deadline,
         ];
         deadlines
             .into_iter()
@@ -355,7 +430,7 @@ impl Worker {
     }
 
     fn check_drain(&mut self, now: Tick) {
-        if let Some(deadline) = self.draining
+        if let Some(deadline) = self.drain_deadline
             && now >= deadline
             && !self.drain_forced
         {
@@ -368,7 +443,7 @@ impl Worker {
     }
 
     fn arm_listeners(&mut self, now: Tick) {
-        if self.draining.is_some() {
+        if !self.accepting {
             return;
         }
         if let Some(until) = self.accept_paused_until {
@@ -400,10 +475,10 @@ impl Worker {
     fn on_wake(&mut self) {
         loop {
             match self.mailbox.try_recv() {
-                Ok(Command::Shutdown) => self.start_drain(),
+                Ok(command) => self.on_command(command),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    self.start_drain();
+                    self.on_command(Command::Shutdown);
                     break;
                 }
             }
@@ -411,12 +486,93 @@ impl Worker {
         self.arm_wake();
     }
 
-    fn start_drain(&mut self) {
-        if self.draining.is_some() {
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Shutdown => {
+                self.exit_when_empty = true;
+                let timeout = self.settings.drain_timeout;
+                self.start_drain(Some(timeout));
+            }
+            Command::Apply { version, settings } => self.apply(version, *settings),
+            Command::Drain { timeout } => self.start_drain(timeout),
+            Command::Report { reply } => {
+                let _ = reply.send(WorkerReport {
+                    index: self.index,
+                    config_version: self.config_version,
+                    live: self.conns.len(),
+                    accepting: self.accepting,
+                    stats: self.stats.clone(),
+                });
+            }
+            Command::Connections {
+                route,
+                limit,
+                reply,
+            } => {
+                let now = self.now();
+                let list = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.closing.is_none())
+                    .filter(|(_, c)| {
+                        route
+                            .as_deref()
+                            .is_none_or(|want| c.route.as_ref().is_some_and(|r| r.name == want))
+                    })
+                    .take(limit)
+                    .map(|(slot, c)| ConnectionInfo {
+                        id: connection_id(self.index, slot, c.generation),
+                        worker: self.index,
+                        client: c.peer,
+                        route: c.route.as_ref().map(|r| r.name.clone()),
+                        origin: c.origin_addr,
+                        age_ms: now.saturating_sub(c.conn.accepted_at()),
+                        bytes_from_client: c.head_bytes + c.conn.bytes_from(Side::Client),
+                        bytes_to_client: c.conn.bytes_from(Side::Origin) + c.extra_to_client,
+                        state: c.conn.phase().as_str(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Command::Kill { id, reply } => {
+                let slot = (id & 0xffff_ffff) as usize;
+                let generation = ((id >> 32) as u32) & 0x00ff_ffff;
+                let found = connection_worker(id) == self.index
+                    && self
+                        .conns
+                        .get(slot)
+                        .is_some_and(|c| c.generation == generation && c.closing.is_none());
+                if found {
+                    self.begin_close(slot, CloseReason::Killed);
+                    self.maybe_free(slot);
+                }
+                let _ = reply.send(found);
+            }
+        }
+    }
+
+    /// Swaps the settings new connections use. Live connections hold their own route.
+    fn apply(&mut self, version: u64, settings: Settings) {
+        self.routes = settings.route_info.iter().cloned().map(Rc::new).collect();
+        self.round_robin = vec![RoundRobin::default(); self.routes.len()];
+        self.settings = settings;
+        self.config_version = version;
+        tracing::info!(worker = self.index, version, "configuration applied");
+    }
+
+    /// Stops accepting: cancels the multishot accepts and closes the listeners, so the
+    /// kernel refuses new connections (a load balancer sees the host leave). Live
+    /// connections go on; with a timeout, what is left then is closed.
+    fn start_drain(&mut self, timeout: Option<Duration>) {
+        let now = self.now();
+        if let Some(t) = timeout {
+            let deadline = now + t.as_millis() as Tick;
+            self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+        }
+        if !self.accepting {
             return;
         }
-        let now = self.now();
-        self.draining = Some(now + self.settings.drain_timeout.as_millis() as Tick);
+        self.accepting = false;
         for i in 0..self.listeners.len() {
             if self.listeners[i].armed {
                 let ud = Token::new(Kind::Accept, 0, i as u32).encode();
@@ -426,6 +582,10 @@ impl Worker {
                         .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
                 );
             }
+            // The cancel names the operation, not the fd: closing now is safe, and the
+            // kernel stops queueing connections for this worker.
+            sys::close(self.listeners[i].fd);
+            self.listeners[i].fd = -1;
         }
         tracing::info!(worker = self.index, live = self.conns.len(), "draining");
     }
@@ -522,7 +682,7 @@ impl Worker {
         }
         let fd = res;
         self.stats.accepted += 1;
-        if self.draining.is_some() || self.conns.len() >= self.settings.max_connections {
+        if !self.accepting || self.conns.len() >= self.settings.max_connections {
             *self
                 .stats
                 .closed
@@ -553,6 +713,7 @@ impl Worker {
             head_bytes: 0,
             origin_buf: Vec::new(),
             origin_head: Vec::new(),
+            route: None,
             origin_pick: 0,
             origin_addr: None,
             connect_addr: None,
@@ -660,6 +821,7 @@ impl Worker {
         }
         let settings = &self.settings;
         let c = &mut self.conns[slot];
+        c.head_bytes = c.head.len() as u64;
         let cx = HeadContext {
             limits: &settings.head_limits,
             routes: &settings.routes,
@@ -670,10 +832,11 @@ impl Worker {
             HeadAction::NeedMore => self.arm_head_recv(slot, Side::Client),
             HeadAction::Reject { status, reason } => self.respond_error(slot, status, reason),
             HeadAction::Forward { route, origin_head } => {
-                c.head_bytes = c.head.len() as u64;
                 c.head = Vec::new();
                 c.origin_head = origin_head;
-                c.relay = settings.route_info[route].relay;
+                let info = Rc::clone(&self.routes[route]);
+                c.relay = info.relay;
+                c.route = Some(info);
                 self.start_connect(slot, route, true, now);
             }
         }
@@ -682,11 +845,15 @@ impl Worker {
     // ----- the origin -------------------------------------------------------------------
 
     fn start_connect(&mut self, slot: usize, route: usize, first: bool, now: Tick) {
-        let info = &self.settings.route_info[route];
-        let count = info.origins.len();
         let c = &mut self.conns[slot];
+        let Some(info) = c.route.clone() else {
+            return;
+        };
+        let count = info.origins.len();
         c.origin_pick = if first {
-            self.round_robin[route].pick(count)
+            self.round_robin
+                .get_mut(route)
+                .map_or(0, |rr| rr.pick(count))
         } else {
             (c.origin_pick + 1) % count.max(1)
         };
@@ -734,10 +901,7 @@ impl Worker {
                 _ => Err(ConnectFailure::Refused),
             }
         };
-        let count = c
-            .conn
-            .route()
-            .map_or(0, |r| self.settings.route_info[r].origins.len());
+        let count = c.route.as_ref().map_or(0, |r| r.origins.len());
         let action = c.conn.on_connect_result(now, result, count);
         self.apply_connect_action(slot, action, now);
     }
@@ -1303,10 +1467,7 @@ impl Worker {
             self.wheel.cancel(id);
         }
         let c = &self.conns[slot];
-        let route = c
-            .conn
-            .route()
-            .map(|r| self.settings.route_info[r].name.as_str());
+        let route = c.route.as_ref().map(|r| r.name.as_str());
         let from_client = c.head_bytes + c.conn.bytes_from(Side::Client);
         let to_client = c.conn.bytes_from(Side::Origin) + c.extra_to_client;
         self.stats.bytes_from_clients += from_client;
