@@ -65,6 +65,11 @@ pub async fn run(addr: SocketAddr) -> io::Result<()> {
     sock.bind(addr)?;
     let listener = sock.listen(4096)?;
     eprintln!("wsedge-origin: listening on {}", listener.local_addr()?);
+    serve_listener(listener).await
+}
+
+/// Serves connections accepted on `listener` until the process ends.
+pub async fn serve_listener(listener: tokio::net::TcpListener) -> io::Result<()> {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
