@@ -635,3 +635,367 @@ impl Conn {
         ConnectAction::Fail { status, reason }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Whole connection lives with no sockets: a simulated client, origin and clock drive
+    //! the state machine the way the ring driver does.
+
+    use super::*;
+    use crate::route::HostPattern;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+    const MAX_IN_FLIGHT: u64 = 1000;
+
+    fn upgrade_head() -> Vec<u8> {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: edge.test:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn timers() -> RouteTimers {
+        RouteTimers {
+            connect_ms: 5_000,
+            origin_handshake_ms: 10_000,
+            idle_ms: 60_000,
+            max_connection_ms: 900_000,
+            jitter_pct: 0,
+        }
+    }
+
+    /// A connection plus the context a worker would hold.
+    struct Sim {
+        conn: Conn,
+        now: Tick,
+        limits: HeadLimits,
+        routes: RouteTable,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            Sim {
+                conn: Conn::new(0, 10_000, MAX_IN_FLIGHT),
+                now: 0,
+                limits: HeadLimits::default(),
+                routes: RouteTable::new([(HostPattern::Any, "/ws".to_owned())]),
+            }
+        }
+
+        fn client_head(&mut self, buf: &[u8]) -> HeadAction {
+            let cx = HeadContext {
+                limits: &self.limits,
+                routes: &self.routes,
+                peer: "192.0.2.7".parse().expect("ip"),
+                proto: "http",
+            };
+            self.conn.on_client_head(buf, self.now, &cx)
+        }
+
+        /// Head accepted, connected, origin head sent.
+        fn to_origin_head(&mut self, head: &[u8], pool: usize) -> Vec<u8> {
+            let HeadAction::Forward { route, origin_head } = self.client_head(head) else {
+                panic!("head not forwarded");
+            };
+            assert_eq!(route, 0);
+            self.conn.on_connect_start(self.now, timers());
+            assert_eq!(
+                self.conn.on_connect_result(self.now, Ok(()), pool),
+                ConnectAction::SendHead
+            );
+            origin_head
+        }
+
+        fn upgraded() -> Sim {
+            let mut sim = Sim::new();
+            sim.to_origin_head(&upgrade_head(), 1);
+            assert!(!sim.conn.on_origin_head_sent());
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+            );
+            let action =
+                sim.conn
+                    .on_origin_head(response.as_bytes(), sim.now, &HeadLimits::default());
+            assert_eq!(action, OriginAction::Relay { status: 101 });
+            // The driver queues the response to the client and reports it written.
+            sim.conn.on_sent(Side::Client, response.len(), sim.now);
+            sim.conn.start_relay_timers(0);
+            sim
+        }
+    }
+
+    #[test]
+    fn upgrade_forwards_the_rewritten_head_and_the_early_bytes() {
+        let mut sim = Sim::new();
+        let mut head = upgrade_head();
+        head.extend_from_slice(b"\x81\x85early");
+        let origin_head = sim.to_origin_head(&head, 1);
+        let text = String::from_utf8_lossy(&origin_head);
+        assert!(text.contains("X-Forwarded-For: 192.0.2.7\r\n"), "{text}");
+        assert!(text.contains("Host: edge.test:8080\r\n"));
+        assert!(origin_head.ends_with(b"\r\n\r\n\x81\x85early"));
+        assert_eq!(sim.conn.upgrade(), Some(Upgrade::WebSocket));
+    }
+
+    #[test]
+    fn incomplete_head_needs_more_and_bad_heads_are_rejected() {
+        let mut sim = Sim::new();
+        let head = upgrade_head();
+        assert_eq!(sim.client_head(&head[..20]), HeadAction::NeedMore);
+        let mut bad = Sim::new();
+        let v8 = String::from_utf8(upgrade_head())
+            .expect("utf8")
+            .replace("Version: 13", "Version: 8");
+        match bad.client_head(v8.as_bytes()) {
+            HeadAction::Reject { status: 426, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bad.conn.status(), Some(426));
+        let mut unrouted = Sim::new();
+        let other_path = String::from_utf8(upgrade_head())
+            .expect("utf8")
+            .replace("GET /ws", "GET /elsewhere");
+        assert_eq!(
+            unrouted.client_head(other_path.as_bytes()),
+            HeadAction::Reject {
+                status: 404,
+                reason: CloseReason::NoRoute
+            }
+        );
+    }
+
+    #[test]
+    fn relay_applies_backpressure_and_propagates_half_close() {
+        let mut sim = Sim::upgraded();
+        assert!(sim.conn.wants_read(Side::Client) && sim.conn.wants_read(Side::Origin));
+        // The client floods; reading stops at the in-flight bound and resumes once written.
+        assert_eq!(sim.conn.on_recv(Side::Client, 600, 1), 600);
+        assert!(sim.conn.wants_read(Side::Client));
+        sim.conn.on_recv(Side::Client, 600, 1);
+        assert!(!sim.conn.wants_read(Side::Client));
+        sim.conn.on_sent(Side::Origin, 1000, 2);
+        assert!(sim.conn.wants_read(Side::Client));
+        // Client FIN: the origin's write side is shut only after the last bytes went out.
+        sim.conn.on_eof(Side::Client);
+        assert!(!sim.conn.wants_read(Side::Client));
+        assert!(!sim.conn.wants_shutdown(Side::Origin));
+        sim.conn.on_sent(Side::Origin, 200, 3);
+        assert!(sim.conn.wants_shutdown(Side::Origin));
+        sim.conn.mark_shutdown(Side::Origin);
+        assert_eq!(sim.conn.finished(), None);
+        // The origin answers and closes too.
+        sim.conn.on_recv(Side::Origin, 10, 4);
+        sim.conn.on_eof(Side::Origin);
+        assert!(!sim.conn.wants_shutdown(Side::Client));
+        sim.conn.on_sent(Side::Client, 10, 5);
+        assert!(sim.conn.wants_shutdown(Side::Client));
+        sim.conn.mark_shutdown(Side::Client);
+        assert_eq!(sim.conn.finished(), Some(CloseReason::ClientClosed));
+        assert_eq!(sim.conn.bytes_from(Side::Client), 1200);
+    }
+
+    #[test]
+    fn origin_closing_first_is_blamed_on_the_origin() {
+        let mut sim = Sim::upgraded();
+        sim.conn.on_eof(Side::Origin);
+        sim.conn.mark_shutdown(Side::Client);
+        sim.conn.on_eof(Side::Client);
+        sim.conn.mark_shutdown(Side::Origin);
+        assert_eq!(sim.conn.finished(), Some(CloseReason::OriginClosed));
+    }
+
+    #[test]
+    fn refused_connect_tries_the_next_origin_once() {
+        let mut sim = Sim::new();
+        let HeadAction::Forward { .. } = sim.client_head(&upgrade_head()) else {
+            panic!("not forwarded");
+        };
+        sim.conn.on_connect_start(0, timers());
+        assert_eq!(
+            sim.conn
+                .on_connect_result(0, Err(ConnectFailure::Refused), 2),
+            ConnectAction::TryNext
+        );
+        sim.conn.on_connect_start(0, timers());
+        assert_eq!(
+            sim.conn
+                .on_connect_result(0, Err(ConnectFailure::Refused), 2),
+            ConnectAction::Fail {
+                status: 502,
+                reason: CloseReason::OriginUnreachable
+            }
+        );
+        let mut single = Sim::new();
+        single.client_head(&upgrade_head());
+        single.conn.on_connect_start(0, timers());
+        assert!(matches!(
+            single
+                .conn
+                .on_connect_result(0, Err(ConnectFailure::Refused), 1),
+            ConnectAction::Fail { status: 502, .. }
+        ));
+    }
+
+    #[test]
+    fn each_phase_has_its_own_timeout_and_status() {
+        // Head: 408 when bytes came, silent close when none did.
+        let mut partial = Sim::new();
+        partial.client_head(b"GET /ws HT");
+        assert_eq!(partial.conn.poll_timeout(), Some(10_000));
+        assert_eq!(partial.conn.on_timeout(9_999), None);
+        assert_eq!(
+            partial.conn.on_timeout(10_000),
+            Some((CloseReason::HandshakeTimeout, Some(408)))
+        );
+        let mut silent = Sim::new();
+        assert_eq!(
+            silent.conn.on_timeout(10_000),
+            Some((CloseReason::HandshakeTimeout, None))
+        );
+        // Connect: 502 after the connect timeout.
+        let mut connecting = Sim::new();
+        connecting.client_head(&upgrade_head());
+        connecting.conn.on_connect_start(100, timers());
+        assert_eq!(connecting.conn.poll_timeout(), Some(5_100));
+        assert_eq!(
+            connecting.conn.on_timeout(5_100),
+            Some((CloseReason::OriginConnectTimeout, Some(502)))
+        );
+        // Origin head: 504 after the origin handshake timeout.
+        let mut waiting = Sim::new();
+        waiting.to_origin_head(&upgrade_head(), 1);
+        assert_eq!(
+            waiting.conn.on_timeout(10_000),
+            Some((CloseReason::OriginHandshakeTimeout, Some(504)))
+        );
+    }
+
+    #[test]
+    fn activity_pushes_the_idle_deadline_and_max_time_ends_it() {
+        let mut sim = Sim::upgraded();
+        assert_eq!(sim.conn.poll_timeout(), Some(60_000));
+        sim.conn.on_recv(Side::Origin, 5, 50_000);
+        assert_eq!(sim.conn.on_timeout(60_000), None);
+        assert_eq!(sim.conn.poll_timeout(), Some(110_000));
+        assert_eq!(
+            sim.conn.on_timeout(110_000),
+            Some((CloseReason::IdleTimeout, None))
+        );
+        let mut long = Sim::upgraded();
+        for t in (0..900_000).step_by(30_000) {
+            long.conn.on_recv(Side::Client, 1, t);
+            long.conn.on_sent(Side::Origin, 1, t);
+        }
+        assert_eq!(
+            long.conn.on_timeout(900_000),
+            Some((CloseReason::MaxConnectionTime, None))
+        );
+        long.conn.close();
+        assert_eq!(long.conn.poll_timeout(), None);
+    }
+
+    #[test]
+    fn jitter_stays_within_the_configured_share_below_the_maximum() {
+        for random in [0u32, 1, 12345, u32::MAX] {
+            let mut sim = Sim::new();
+            sim.to_origin_head(&upgrade_head(), 1);
+            let mut t = timers();
+            t.jitter_pct = 5;
+            sim.conn.on_connect_start(0, t);
+            sim.conn.on_connect_result(0, Ok(()), 1);
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
+            );
+            sim.conn
+                .on_origin_head(response.as_bytes(), 0, &HeadLimits::default());
+            sim.conn.start_relay_timers(random);
+            let deadline = sim.conn.max_deadline.expect("armed");
+            assert!((855_000..=900_000).contains(&deadline), "{deadline}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_accept_is_a_502_never_a_tunnel() {
+        let mut sim = Sim::new();
+        sim.to_origin_head(&upgrade_head(), 1);
+        let response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
+        match sim
+            .conn
+            .on_origin_head(response.as_bytes(), 0, &HeadLimits::default())
+        {
+            OriginAction::Fail {
+                status: 502,
+                reason: CloseReason::OriginBadHandshake(_),
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_ne!(sim.conn.phase(), Phase::Relay);
+    }
+
+    #[test]
+    fn a_non_101_answer_is_relayed_until_the_origin_closes() {
+        let mut sim = Sim::new();
+        sim.to_origin_head(&upgrade_head(), 1);
+        let response = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        assert_eq!(
+            sim.conn.on_origin_head(response, 0, &HeadLimits::default()),
+            OriginAction::Relay { status: 403 }
+        );
+        assert!(
+            !sim.conn.wants_read(Side::Client),
+            "nothing more goes to the origin"
+        );
+        assert!(sim.conn.wants_read(Side::Origin));
+        sim.conn.on_sent(Side::Client, response.len(), 1);
+        sim.conn.on_eof(Side::Origin);
+        assert_eq!(sim.conn.finished(), Some(CloseReason::NotUpgraded));
+        assert!(!sim.conn.wants_shutdown(Side::Client));
+    }
+
+    #[test]
+    fn a_plain_request_forwards_exactly_its_body() {
+        let mut sim = Sim::new();
+        let head = b"POST /ws/api HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 10\r\n\r\n0123";
+        let origin_head = sim.to_origin_head(head, 1);
+        assert!(origin_head.ends_with(b"\r\n\r\n0123"));
+        assert!(String::from_utf8_lossy(&origin_head).contains("Connection: close\r\n"));
+        // The rest of the body follows once the head is written; bytes past it are dropped.
+        assert!(sim.conn.on_origin_head_sent());
+        assert!(sim.conn.wants_read(Side::Client));
+        assert_eq!(sim.conn.on_recv(Side::Client, 4, 1), 4);
+        assert_eq!(sim.conn.on_recv(Side::Client, 10, 1), 2);
+        assert!(!sim.conn.wants_read(Side::Client));
+        let mut pipelined = Sim::new();
+        let head = b"GET /ws/x HTTP/1.1\r\nHost: edge.test\r\n\r\nGET /ws/y HTTP/1.1\r\n\r\n";
+        let origin_head = pipelined.to_origin_head(head, 1);
+        let text = String::from_utf8_lossy(&origin_head);
+        assert!(
+            text.ends_with("\r\n\r\n") && !text.contains("/ws/y"),
+            "pipelined request must not be forwarded: {text}"
+        );
+        assert!(!pipelined.conn.on_origin_head_sent());
+        let response = b"HTTP/1.1 200 OK\r\n\r\n";
+        pipelined
+            .conn
+            .on_origin_head(response, 2, &HeadLimits::default());
+        pipelined.conn.on_sent(Side::Client, response.len(), 3);
+        pipelined.conn.on_eof(Side::Origin);
+        assert_eq!(pipelined.conn.finished(), Some(CloseReason::HttpDone));
+    }
+
+    #[test]
+    fn close_reasons_have_labels_and_blame() {
+        assert_eq!(
+            CloseReason::MaxConnectionTime.as_str(),
+            "max_connection_time"
+        );
+        assert_eq!(CloseReason::OriginUnreachable.fault(), Fault::Origin);
+        assert_eq!(CloseReason::ClientClosed.fault(), Fault::Client);
+        assert_eq!(CloseReason::IdleTimeout.fault(), Fault::Proxy);
+        assert_eq!(
+            CloseReason::Rejected(Reject::HeadTooLarge).as_str(),
+            "head_too_large"
+        );
+    }
+}

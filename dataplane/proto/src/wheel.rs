@@ -457,7 +457,11 @@ mod tests {
                 let deadline = start + delta;
                 let mut wheel = TimerWheel::new(start);
                 wheel.insert(deadline, 7);
-                assert_eq!(drain(&mut wheel, deadline - 1), [], "{start} + {delta}");
+                assert_eq!(
+                    drain(&mut wheel, deadline - 1),
+                    Vec::<u64>::new(),
+                    "{start} + {delta}"
+                );
                 assert_eq!(wheel.len(), 1);
                 assert_eq!(drain(&mut wheel, deadline), [7], "{start} + {delta}");
                 assert!(wheel.is_empty());
@@ -546,7 +550,7 @@ mod tests {
         assert_eq!(wheel.cancel(c), Some(3));
         assert!(wheel.is_empty());
         assert_eq!(wheel.next_expiration(), None);
-        assert_eq!(drain(&mut wheel, 10_000), []);
+        assert_eq!(drain(&mut wheel, 10_000), Vec::<u64>::new());
     }
 
     #[test]
