@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod wire;
 
 pub use config::{
     AccessLogTarget, Config, ConfigError, ControlConfig, DataplaneConfig, HostMatch, Limits,

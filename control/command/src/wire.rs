@@ -1,0 +1,799 @@
+//! The control wire protocol, shared by the dataplane's control socket, the control process
+//! (`wsedgectl daemon`) and the CLI: typed requests and responses, their framing, and
+//! blocking read/write helpers with timeouts.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of JSON. The length is
+//! checked against [`MAX_FRAME`] before anything is allocated. The JSON is an [`Envelope`]:
+//! the protocol version, a request id chosen by the client (echoed in the response) and the
+//! body, a [`Request`] or a [`Response`] tagged by its `type` field. Configurations travel as
+//! TOML text and are validated by [`crate::Config::from_toml`] on both sides.
+//! docs/control-protocol.md is the reference.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, HostMatch, Limits, Route};
+use crate::duration::format_duration;
+
+/// The protocol version this build speaks. A receiver answers any other version with
+/// [`ErrorKind::UnsupportedVersion`]. Adding a request type or an optional field does not
+/// change it; changing the meaning of an existing one does.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame body accepted, in bytes (a configuration is a few KiB).
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// The JSON object every frame carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    pub version: u16,
+    /// Chosen by the client; the response carries the same id (0 when the request's id could
+    /// not be read).
+    pub id: u64,
+    pub body: B,
+}
+
+impl<B> Envelope<B> {
+    /// An envelope of the current protocol version.
+    pub fn new(id: u64, body: B) -> Self {
+        Envelope {
+            version: PROTOCOL_VERSION,
+            id,
+            body,
+        }
+    }
+}
+
+/// What a client asks. The first group is served by the dataplane and, forwarded, by the
+/// control process; the second only by the control process, which owns the desired state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Process, uptime, workers and the configuration version each runs.
+    Status,
+    /// Counters per worker and in total.
+    Stats,
+    /// Live connections, optionally of one route, at most `limit` (default 100).
+    Connections {
+        #[serde(default)]
+        route: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Close one connection (its id from `Connections`).
+    Kill { id: u64 },
+    /// Validate and apply a whole configuration. `source` names it in error messages;
+    /// `version`, when given, is the version to record (the control process numbers its
+    /// configurations); otherwise the receiver uses its current version + 1.
+    ApplyConfig {
+        toml: String,
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        version: Option<u64>,
+    },
+    /// The configuration in force (TOML text and version).
+    ConfigShow,
+    /// The routes in force.
+    RoutesList,
+    /// The limits in force: `[limits]`, or one route's resolved limits.
+    LimitsGet {
+        #[serde(default)]
+        route: Option<String>,
+    },
+    /// Stop accepting; close what is left after `timeout_ms` (none: never forced).
+    Drain {
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Control process: re-read its configuration file (as SIGHUP does).
+    Reload,
+    /// Control process: add an origin (`IP:port`) to a route.
+    OriginAdd { route: String, addr: String },
+    /// Control process: remove an origin from a route (a route keeps at least one).
+    OriginRemove { route: String, addr: String },
+    /// Control process: set one limit in `[limits]` or in a route, e.g. `idle_timeout`,
+    /// `"5m"`.
+    LimitsSet {
+        key: String,
+        value: String,
+        #[serde(default)]
+        route: Option<String>,
+    },
+}
+
+impl Request {
+    /// The `type` tag, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Stats => "stats",
+            Request::Connections { .. } => "connections",
+            Request::Kill { .. } => "kill",
+            Request::ApplyConfig { .. } => "apply_config",
+            Request::ConfigShow => "config_show",
+            Request::RoutesList => "routes_list",
+            Request::LimitsGet { .. } => "limits_get",
+            Request::Drain { .. } => "drain",
+            Request::Reload => "reload",
+            Request::OriginAdd { .. } => "origin_add",
+            Request::OriginRemove { .. } => "origin_remove",
+            Request::LimitsSet { .. } => "limits_set",
+        }
+    }
+}
+
+/// What a server answers: typed data, or an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Status(Status),
+    Stats(StatsReport),
+    Connections { connections: Vec<Connection> },
+    Killed { id: u64 },
+    Applied(Applied),
+    Config(ConfigText),
+    Routes { routes: Vec<RouteRow> },
+    Limits(LimitsView),
+    Draining { workers: usize, live: u64 },
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The frame was not a JSON envelope, or its body not a known request.
+    BadRequest,
+    /// The frame's length exceeded [`MAX_FRAME`]; the connection is closed after this reply.
+    FrameTooLarge,
+    UnsupportedVersion,
+    /// The peer's uid is not allowed; the connection is closed after this reply.
+    PermissionDenied,
+    /// A configuration (or an edit of it) failed validation; the running one stays in force.
+    InvalidConfig,
+    /// No such connection, route or origin.
+    NotFound,
+    /// The dataplane (or one of its workers) did not answer in time, or cannot be reached.
+    Unavailable,
+    /// This endpoint does not serve the request (e.g. an edit sent to the dataplane).
+    NotSupported,
+    /// Too many control connections at once.
+    Busy,
+    Internal,
+    /// An error kind this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::FrameTooLarge => "frame_too_large",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::NotSupported => "not_supported",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// Answer to [`Request::Status`]. The dataplane fills `dataplane`; the control process adds
+/// `daemon` (and leaves `dataplane` empty when it cannot reach it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub dataplane: Option<DataplaneStatus>,
+    #[serde(default)]
+    pub daemon: Option<DaemonStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    pub pid: u32,
+    /// The wsedge build version.
+    pub build: String,
+    pub uptime_ms: u64,
+    /// The version of the configuration the control socket last applied (0 = the file the
+    /// dataplane started with).
+    pub config_version: u64,
+    pub config_source: String,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub index: usize,
+    /// The configuration version this worker runs.
+    pub config_version: u64,
+    pub live: u64,
+    /// False once drained.
+    pub accepting: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub config_file: String,
+    /// The version of the desired configuration.
+    pub desired_version: u64,
+    pub dataplane_socket: String,
+    pub dataplane_reachable: bool,
+    /// The dataplane runs the desired version.
+    pub in_sync: bool,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Answer to [`Request::Stats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub workers: Vec<WorkerStats>,
+    pub total: WorkerStats,
+}
+
+/// One worker's counters (or their sum, with `worker` empty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub worker: Option<usize>,
+    pub config_version: u64,
+    pub live: u64,
+    pub accepted: u64,
+    pub upgraded: u64,
+    pub plain_http: u64,
+    pub accept_errors: u64,
+    pub bytes_from_clients: u64,
+    pub bytes_to_clients: u64,
+    /// Connections ended, by close reason (see [`is_rejection`]).
+    pub closed: BTreeMap<String, u64>,
+    /// Handshake latency; absent until the dataplane measures it.
+    #[serde(default)]
+    pub handshake_latency: Option<Percentiles>,
+}
+
+impl WorkerStats {
+    /// Adds `other`'s counters into `self` (`worker` and `config_version` are untouched).
+    pub fn add(&mut self, other: &WorkerStats) {
+        self.live += other.live;
+        self.accepted += other.accepted;
+        self.upgraded += other.upgraded;
+        self.plain_http += other.plain_http;
+        self.accept_errors += other.accept_errors;
+        self.bytes_from_clients += other.bytes_from_clients;
+        self.bytes_to_clients += other.bytes_to_clients;
+        for (reason, n) in &other.closed {
+            *self.closed.entry(reason.clone()).or_default() += n;
+        }
+    }
+
+    /// Connections refused or failed before relaying, by reason.
+    pub fn rejected(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.closed
+            .iter()
+            .filter(|(reason, _)| is_rejection(reason))
+            .map(|(r, n)| (r.as_str(), *n))
+    }
+}
+
+/// Whether a close reason means the connection was refused or failed (an error answer, no
+/// route, an unreachable origin...) rather than ended after it was served.
+pub fn is_rejection(reason: &str) -> bool {
+    !matches!(
+        reason,
+        "client_closed"
+            | "origin_closed"
+            | "client_reset"
+            | "origin_reset"
+            | "client_gone"
+            | "http_done"
+            | "not_upgraded"
+            | "idle_timeout"
+            | "max_connection_time"
+            | "shutdown"
+            | "killed"
+    )
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// One live connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Names the worker, slot and incarnation; use it with [`Request::Kill`].
+    pub id: u64,
+    pub worker: usize,
+    pub client: String,
+    pub route: Option<String>,
+    pub origin: Option<String>,
+    pub age_ms: u64,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    /// client_head, connecting, origin_head or relay.
+    pub state: String,
+}
+
+/// Answer to a configuration change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub version: u64,
+    pub source: String,
+    /// Whether the dataplane has it (the control process answers `false` when the dataplane
+    /// is unreachable: it pushes the configuration when the dataplane comes back).
+    pub pushed: bool,
+    /// Workers that confirmed running `version`.
+    pub workers_confirmed: usize,
+    /// Changed fields that take effect only when the dataplane restarts (listen addresses,
+    /// worker count, relay buffers, access log, the `[control]` table).
+    #[serde(default)]
+    pub restart_required: Vec<String>,
+}
+
+/// Answer to [`Request::ConfigShow`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigText {
+    pub version: u64,
+    pub source: String,
+    pub toml: String,
+}
+
+/// One route, for `routes list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub name: String,
+    /// `*` for any host.
+    pub host: String,
+    pub path_prefix: String,
+    pub origins: Vec<String>,
+    pub relay: String,
+}
+
+/// Answer to [`Request::LimitsGet`]: each limit as it is written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsView {
+    pub route: Option<String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+/// The routes of a configuration as [`RouteRow`]s.
+pub fn route_rows(config: &Config) -> Vec<RouteRow> {
+    config.routes.iter().map(route_row).collect()
+}
+
+fn route_row(r: &Route) -> RouteRow {
+    RouteRow {
+        name: r.name.clone(),
+        host: match &r.host {
+            HostMatch::Any => "*".to_owned(),
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Suffix(s) => format!("*{s}"),
+        },
+        path_prefix: r.path_prefix.clone(),
+        origins: r.origins.iter().map(|o| o.to_string()).collect(),
+        relay: r.relay.as_str().to_owned(),
+    }
+}
+
+/// The `[limits]` table, or one route's resolved limits; `None` if no route has that name.
+pub fn limits_view(config: &Config, route: Option<&str>) -> Option<LimitsView> {
+    let limits: &Limits = match route {
+        None => &config.limits,
+        Some(name) => &config.routes.iter().find(|r| r.name == name)?.limits,
+    };
+    let mut map = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        map.insert(k.to_owned(), v);
+    };
+    if route.is_none() {
+        put("max_head_bytes", limits.max_head_bytes.to_string());
+        put("max_headers", limits.max_headers.to_string());
+        put(
+            "handshake_timeout",
+            format_duration(limits.handshake_timeout),
+        );
+    }
+    put(
+        "origin_connect_timeout",
+        format_duration(limits.origin_connect_timeout),
+    );
+    put(
+        "origin_handshake_timeout",
+        format_duration(limits.origin_handshake_timeout),
+    );
+    put("idle_timeout", format_duration(limits.idle_timeout));
+    put(
+        "max_connection_time",
+        format_duration(limits.max_connection_time),
+    );
+    put(
+        "max_connection_time_jitter",
+        limits.max_connection_time_jitter.to_string(),
+    );
+    Some(LimitsView {
+        route: route.map(str::to_owned),
+        limits: map,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+// ---------------------------------------------------------------------------------------------
+
+/// Why a frame could not be read, written or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    #[error("truncated frame: the connection closed after {got} of {want} bytes")]
+    Truncated { got: usize, want: usize },
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    Version(u16),
+    #[error("response id {got} does not match request id {want}")]
+    IdMismatch { got: u64, want: u64 },
+}
+
+impl WireError {
+    /// Whether the error came from a read or write timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, WireError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; `Ok(n < len)` only at end of stream.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads one frame body. The announced length is checked against `max` before the body is
+/// allocated; a stream that ends inside a frame is [`WireError::Truncated`].
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, WireError> {
+    let mut len_bytes = [0u8; 4];
+    match read_full(r, &mut len_bytes)? {
+        0 => return Err(WireError::Closed),
+        4 => {}
+        got => return Err(WireError::Truncated { got, want: 4 }),
+    }
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    let got = read_full(r, &mut body)?;
+    if got < len {
+        return Err(WireError::Truncated {
+            got: got + 4,
+            want: len + 4,
+        });
+    }
+    Ok(body)
+}
+
+/// Writes one frame (length prefix and body in one write).
+pub fn write_frame(w: &mut impl Write, body: &[u8]) -> Result<(), WireError> {
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME,
+        });
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    w.write_all(&frame)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Encodes and writes one envelope.
+pub fn send<B: Serialize>(w: &mut impl Write, envelope: &Envelope<B>) -> Result<(), WireError> {
+    let body = serde_json::to_vec(envelope).map_err(|e| WireError::Malformed(e.to_string()))?;
+    write_frame(w, &body)
+}
+
+/// A request that could not be decoded, with what could be read of its envelope (so the
+/// error reply can carry the request's id).
+#[derive(Debug)]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Decodes a request frame body. Garbage, a missing field, an unknown `type` and another
+/// protocol version are all errors the server answers (with the request's id when it could
+/// be read).
+pub fn decode_request(body: &[u8]) -> Result<Envelope<Request>, DecodeError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| DecodeError {
+        id: None,
+        kind: ErrorKind::BadRequest,
+        message: format!("not a JSON message: {e}"),
+    })?;
+    let id = value.get("id").and_then(serde_json::Value::as_u64);
+    let version = value.get("version").and_then(serde_json::Value::as_u64);
+    match version {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(DecodeError {
+                id,
+                kind: ErrorKind::UnsupportedVersion,
+                message: format!(
+                    "protocol version {v} is not supported (this build speaks {PROTOCOL_VERSION})"
+                ),
+            });
+        }
+        None => {
+            return Err(DecodeError {
+                id,
+                kind: ErrorKind::BadRequest,
+                message: "the envelope has no numeric \"version\"".to_owned(),
+            });
+        }
+    }
+    serde_json::from_value(value).map_err(|e| DecodeError {
+        id,
+        kind: ErrorKind::BadRequest,
+        message: format!("not a valid request: {e}"),
+    })
+}
+
+/// Decodes a response frame body.
+pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, WireError> {
+    let envelope: Envelope<Response> =
+        serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if envelope.version != PROTOCOL_VERSION {
+        return Err(WireError::Version(envelope.version));
+    }
+    Ok(envelope)
+}
+
+/// A blocking client connection to a control socket (the dataplane's or the control
+/// process's), with read and write timeouts.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the socket at `path`; every later read and write waits at most `timeout`.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Client, WireError> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Client { stream, next_id: 1 })
+    }
+
+    /// Changes the read timeout (e.g. for a request that waits on workers).
+    pub fn set_read_timeout(&self, timeout: Duration) -> Result<(), WireError> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        Ok(())
+    }
+
+    /// Sends `request` and waits for its response.
+    pub fn call(&mut self, request: &Request) -> Result<Response, WireError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        send(&mut self.stream, &Envelope::new(id, request))?;
+        let body = read_frame(&mut self.stream, MAX_FRAME)?;
+        let envelope = decode_response(&body)?;
+        // id 0: the server could not read our id (it answers an undecodable request).
+        if envelope.id != id && envelope.id != 0 {
+            return Err(WireError::IdMismatch {
+                got: envelope.id,
+                want: id,
+            });
+        }
+        Ok(envelope.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn frame_of(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, body).expect("write");
+        out
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let requests = [
+            Request::Status,
+            Request::Connections {
+                route: Some("chat".into()),
+                limit: Some(5),
+            },
+            Request::Kill { id: 1 << 60 },
+            Request::ApplyConfig {
+                toml: "[[route]]\n".into(),
+                source: Some("f.toml".into()),
+                version: Some(7),
+            },
+            Request::Drain {
+                timeout_ms: Some(1500),
+            },
+            Request::LimitsSet {
+                key: "idle_timeout".into(),
+                value: "5m".into(),
+                route: None,
+            },
+        ];
+        for (i, request) in requests.into_iter().enumerate() {
+            let mut buf = Vec::new();
+            send(&mut buf, &Envelope::new(i as u64, &request)).expect("send");
+            let body = read_frame(&mut Cursor::new(buf), MAX_FRAME).expect("read");
+            let decoded = decode_request(&body).expect("decode");
+            assert_eq!(decoded.id, i as u64);
+            assert_eq!(decoded.body, request);
+        }
+    }
+
+    #[test]
+    fn response_round_trip() {
+        let response = Response::Stats(StatsReport {
+            workers: vec![WorkerStats {
+                worker: Some(0),
+                accepted: 3,
+                closed: [("no_route".to_owned(), 2)].into_iter().collect(),
+                ..WorkerStats::default()
+            }],
+            total: WorkerStats::default(),
+        });
+        let mut buf = Vec::new();
+        send(&mut buf, &Envelope::new(9, &response)).expect("send");
+        let body = read_frame(&mut Cursor::new(buf), MAX_FRAME).expect("read");
+        let decoded = decode_response(&body).expect("decode");
+        assert_eq!(decoded.body, response);
+        let err = Response::error(ErrorKind::NotFound, "no such connection");
+        let json = serde_json::to_string(&Envelope::new(1, &err)).expect("json");
+        assert_eq!(
+            json,
+            r#"{"version":1,"id":1,"body":{"type":"error","kind":"not_found","message":"no such connection"}}"#
+        );
+    }
+
+    /// A reader that fails the test if more than the length prefix is read.
+    struct OnlyPrefix {
+        data: [u8; 4],
+        pos: usize,
+    }
+
+    impl Read for OnlyPrefix {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            assert!(self.pos < 4, "read past the length prefix");
+            let n = buf.len().min(4 - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn oversize_length_rejected_before_reading_the_body() {
+        let mut r = OnlyPrefix {
+            data: u32::MAX.to_be_bytes(),
+            pos: 0,
+        };
+        match read_frame(&mut r, MAX_FRAME) {
+            Err(WireError::TooLarge { len, max }) => {
+                assert_eq!(len, u32::MAX as usize);
+                assert_eq!(max, MAX_FRAME);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_frames() {
+        assert!(matches!(
+            read_frame(&mut Cursor::new(Vec::new()), MAX_FRAME),
+            Err(WireError::Closed)
+        ));
+        assert!(matches!(
+            read_frame(&mut Cursor::new(vec![0, 0]), MAX_FRAME),
+            Err(WireError::Truncated { got: 2, want: 4 })
+        ));
+        let mut frame = frame_of(br#"{"version":1}"#);
+        frame.truncate(8);
+        assert!(matches!(
+            read_frame(&mut Cursor::new(frame), MAX_FRAME),
+            Err(WireError::Truncated { got: 8, want: 17 })
+        ));
+    }
+
+    #[test]
+    fn bad_requests_are_errors_with_the_id_when_known() {
+        let e = decode_request(b"\x00\xffgarbage").expect_err("garbage");
+        assert_eq!((e.id, e.kind), (None, ErrorKind::BadRequest));
+        let e = decode_request(br#"{"version":1,"id":4,"body":{"type":"self_destruct"}}"#)
+            .expect_err("unknown type");
+        assert_eq!((e.id, e.kind), (Some(4), ErrorKind::BadRequest));
+        assert!(e.message.contains("self_destruct"), "{}", e.message);
+        let e = decode_request(br#"{"version":9,"id":5,"body":{"type":"status"}}"#)
+            .expect_err("version");
+        assert_eq!((e.id, e.kind), (Some(5), ErrorKind::UnsupportedVersion));
+        let e = decode_request(br#"{"version":1,"id":6,"body":{"type":"kill"}}"#)
+            .expect_err("missing field");
+        assert_eq!((e.id, e.kind), (Some(6), ErrorKind::BadRequest));
+        let ok = decode_request(br#"{"version":1,"id":7,"body":{"type":"status","extra":1}}"#)
+            .expect("unknown fields are ignored");
+        assert_eq!(ok.body, Request::Status);
+    }
+
+    #[test]
+    fn unknown_error_kind_from_a_newer_peer() {
+        let body = br#"{"version":1,"id":1,"body":{"type":"error","kind":"quota","message":"m"}}"#;
+        let decoded = decode_response(body).expect("decode");
+        assert_eq!(
+            decoded.body,
+            Response::error(ErrorKind::Unknown, "m"),
+            "unknown kinds decode as Unknown"
+        );
+    }
+
+    #[test]
+    fn route_rows_and_limits() {
+        let config = Config::from_toml(
+            "[limits]\nidle_timeout = \"1m\"\n[[route]]\nname = \"a\"\nhost = \"*.x.org\"\norigins = [\"127.0.0.1:1\"]\nidle_timeout = \"90s\"\n",
+            "t",
+        )
+        .expect("valid");
+        let rows = route_rows(&config);
+        assert_eq!(rows[0].host, "*.x.org");
+        assert_eq!(rows[0].origins, vec!["127.0.0.1:1"]);
+        let global = limits_view(&config, None).expect("global");
+        assert_eq!(global.limits["idle_timeout"], "1m");
+        assert_eq!(global.limits["max_headers"], "64");
+        let route = limits_view(&config, Some("a")).expect("route");
+        assert_eq!(route.limits["idle_timeout"], "90s");
+        assert!(!route.limits.contains_key("max_headers"));
+        assert!(limits_view(&config, Some("zz")).is_none());
+    }
+}
