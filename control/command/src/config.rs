@@ -129,6 +129,9 @@ pub enum RelayMode {
     Buffered,
     /// socket -> pipe -> socket, pipes borrowed from the worker's pool while bytes are in flight.
     Splice,
+    /// Buffered, following WebSocket frame boundaries both ways: graceful Close on expiry
+    /// and drain, message limits, proxy keepalive.
+    Frames,
 }
 
 impl RelayMode {
@@ -136,6 +139,7 @@ impl RelayMode {
         match self {
             RelayMode::Buffered => "buffered",
             RelayMode::Splice => "splice",
+            RelayMode::Frames => "frames",
         }
     }
 }
@@ -161,6 +165,44 @@ pub struct Route {
     pub relay: RelayMode,
     /// The `[limits]` defaults with this route's overrides applied.
     pub limits: Limits,
+    /// What a `frames` relay enforces (ignored by the other relays).
+    pub frames: FrameOptions,
+}
+
+/// Per-route options of the `frames` relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameOptions {
+    /// Largest message from the client, in bytes (Close 1009 to it); `None` = no limit.
+    pub client_max_message: Option<u64>,
+    /// Largest message from the origin (Close 1009 to it); `None` = no limit.
+    pub origin_max_message: Option<u64>,
+    /// Messages per second a client may send on one connection (burst: the same number);
+    /// over it: Close 1008. `None` = no limit.
+    pub client_message_rate: Option<u32>,
+    /// Ping the client after this long without traffic; `None` = no keepalive.
+    pub keepalive_interval: Option<Duration>,
+    /// No pong within this after a keepalive ping: the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Close code and reason sent on expiry and drain.
+    pub close_code: u16,
+    pub close_reason: String,
+    /// How long to wait for the close handshake after sending Close.
+    pub close_grace: Duration,
+}
+
+impl Default for FrameOptions {
+    fn default() -> Self {
+        FrameOptions {
+            client_max_message: None,
+            origin_max_message: None,
+            client_message_rate: None,
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(10),
+            close_code: 1001,
+            close_reason: "going away".to_owned(),
+            close_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Why a configuration was refused; the text names the file, line and field.
@@ -352,6 +394,14 @@ struct RawRoute {
     idle_timeout: Option<Spanned<String>>,
     max_connection_time: Option<Spanned<String>>,
     max_connection_time_jitter: Option<Spanned<u64>>,
+    client_max_message: Option<Spanned<u64>>,
+    origin_max_message: Option<Spanned<u64>>,
+    client_message_rate: Option<Spanned<u64>>,
+    keepalive_interval: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    close_code: Option<Spanned<u64>>,
+    close_reason: Option<Spanned<String>>,
+    close_grace: Option<Spanned<String>>,
 }
 
 fn no_origins() -> Spanned<Vec<String>> {
@@ -360,6 +410,19 @@ fn no_origins() -> Spanned<Vec<String>> {
 
 fn default_relay() -> RelayMode {
     RelayMode::Buffered
+}
+
+/// The `frames` options of one route, as written.
+#[derive(Debug)]
+struct RawFrameOptions {
+    client_max_message: Option<Spanned<u64>>,
+    origin_max_message: Option<Spanned<u64>>,
+    client_message_rate: Option<Spanned<u64>>,
+    keepalive_interval: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
+    close_code: Option<Spanned<u64>>,
+    close_reason: Option<Spanned<String>>,
+    close_grace: Option<Spanned<String>>,
 }
 
 struct Validator<'a> {
@@ -620,8 +683,70 @@ impl Validator<'_> {
         Ok(())
     }
 
+    fn frame_options(
+        &self,
+        index: usize,
+        raw: &mut RawFrameOptions,
+    ) -> Result<FrameOptions, ConfigError> {
+        let field = |name: &str| format!("route[{index}].{name}");
+        let mut out = FrameOptions::default();
+        let positive = |v: &Option<Spanned<u64>>, name: &str| -> Result<Option<u64>, ConfigError> {
+            match v {
+                Some(v) if *v.get_ref() == 0 => {
+                    Err(self.invalid(v.span(), &field(name), "must be at least 1"))
+                }
+                Some(v) => Ok(Some(*v.get_ref())),
+                None => Ok(None),
+            }
+        };
+        out.client_max_message = positive(&raw.client_max_message, "client_max_message")?;
+        out.origin_max_message = positive(&raw.origin_max_message, "origin_max_message")?;
+        out.client_message_rate = positive(&raw.client_message_rate, "client_message_rate")?
+            .map(|n| n.min(u64::from(u32::MAX)) as u32);
+        out.keepalive_interval =
+            self.duration(raw.keepalive_interval.take(), &field("keepalive_interval"))?;
+        if let Some(d) = self.duration(raw.keepalive_timeout.take(), &field("keepalive_timeout"))? {
+            out.keepalive_timeout = d;
+        }
+        if let Some(d) = self.duration(raw.close_grace.take(), &field("close_grace"))? {
+            out.close_grace = d;
+        }
+        if let Some(code) = &raw.close_code {
+            let c = *code.get_ref();
+            if !(c == 1000 || c == 1001 || (3000..=4999).contains(&c)) {
+                return Err(self.invalid(
+                    code.span(),
+                    &field("close_code"),
+                    "must be 1000, 1001 or an application code from 3000 to 4999",
+                ));
+            }
+            out.close_code = c as u16;
+        }
+        if let Some(reason) = raw.close_reason.take() {
+            if reason.get_ref().len() > 123 {
+                return Err(self.invalid(
+                    reason.span(),
+                    &field("close_reason"),
+                    "must be at most 123 bytes (a Close frame carries 125)",
+                ));
+            }
+            out.close_reason = reason.into_inner();
+        }
+        Ok(out)
+    }
+
     fn route(&self, index: usize, raw: RawRoute, defaults: &Limits) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("route[{index}].{name}");
+        let mut raw_frames = RawFrameOptions {
+            client_max_message: raw.client_max_message,
+            origin_max_message: raw.origin_max_message,
+            client_message_rate: raw.client_message_rate,
+            keepalive_interval: raw.keepalive_interval,
+            keepalive_timeout: raw.keepalive_timeout,
+            close_code: raw.close_code,
+            close_reason: raw.close_reason,
+            close_grace: raw.close_grace,
+        };
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
         if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
@@ -692,6 +817,7 @@ impl Validator<'_> {
             max_connection_time_jitter: raw.max_connection_time_jitter,
         };
         self.apply_overrides(&mut limits, overrides, &format!("route[{index}]"))?;
+        let frames = self.frame_options(index, &mut raw_frames)?;
         Ok(Route {
             name,
             host,
@@ -699,6 +825,7 @@ impl Validator<'_> {
             origins,
             relay: raw.relay,
             limits,
+            frames,
         })
     }
 }
@@ -784,6 +911,33 @@ mod tests {
         let msg =
             error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\nrelay = \"tunnel\"\n");
         assert!(msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn frames_route_options() {
+        let text = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\nrelay = \"frames\"\nclient_max_message = 1024\nclient_message_rate = 50\nkeepalive_interval = \"30s\"\nclose_code = 4000\nclose_reason = \"bye\"\n";
+        let config = Config::from_toml(text, "t").expect("valid");
+        let f = &config.routes[0].frames;
+        assert_eq!(config.routes[0].relay, RelayMode::Frames);
+        assert_eq!(f.client_max_message, Some(1024));
+        assert_eq!(f.origin_max_message, None);
+        assert_eq!(f.client_message_rate, Some(50));
+        assert_eq!(f.keepalive_interval, Some(Duration::from_secs(30)));
+        assert_eq!(f.keepalive_timeout, Duration::from_secs(10));
+        assert_eq!((f.close_code, f.close_reason.as_str()), (4000, "bye"));
+        let base = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n";
+        assert!(
+            error_of(&format!("{base}close_code = 1006\n"))
+                .starts_with("edge.toml:4: route[0].close_code")
+        );
+        assert!(
+            error_of(&format!("{base}client_max_message = 0\n"))
+                .contains("route[0].client_max_message")
+        );
+        assert!(
+            error_of(&format!("{base}keepalive_interval = \"soon\"\n"))
+                .starts_with("edge.toml:4: route[0].keepalive_interval")
+        );
     }
 
     #[test]

@@ -11,6 +11,6 @@ pub mod duration;
 pub mod wire;
 
 pub use config::{
-    AccessLogTarget, Config, ConfigError, ControlConfig, DataplaneConfig, HostMatch, Limits,
-    RelayConfig, RelayMode, Route,
+    AccessLogTarget, Config, ConfigError, ControlConfig, DataplaneConfig, FrameOptions, HostMatch,
+    Limits, RelayConfig, RelayMode, Route,
 };
