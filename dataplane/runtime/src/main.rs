@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod access_log;
+mod control;
 mod driver;
 mod settings;
 mod stats;
@@ -53,7 +54,15 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let config = match wsedge_command::Config::load(&cli.config) {
+    // The text is kept: the control socket shows the configuration in force as written.
+    let source = cli.config.display().to_string();
+    let loaded = std::fs::read_to_string(&cli.config)
+        .map_err(|source_err| wsedge_command::ConfigError::Read {
+            file: source.clone(),
+            source: source_err,
+        })
+        .and_then(|text| wsedge_command::Config::from_toml(&text, &source).map(|c| (c, text)));
+    let (config, text) = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
@@ -64,7 +73,7 @@ fn main() -> ExitCode {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    match run(config, cli.workers) {
+    match run(config, (text, source), cli.workers) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
@@ -73,7 +82,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: wsedge_command::Config, workers: Option<usize>) -> anyhow::Result<ExitCode> {
+fn run(
+    config: wsedge_command::Config,
+    (text, source): (String, String),
+    workers: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     driver::ring::probe().map_err(anyhow::Error::msg)?;
     let count = workers.unwrap_or_else(|| config.worker_count()).max(1);
     let signals = sys::block_shutdown_signals().context("blocking signals")?;
@@ -147,6 +161,24 @@ fn run(config: wsedge_command::Config, workers: Option<usize>) -> anyhow::Result
             Err(_) => anyhow::bail!("a worker exited during setup"),
         }
     }
+
+    // Control socket and metrics (issue 4): their own threads, talking to the workers only
+    // through the mailboxes. The handle removes the socket file when `run` returns.
+    let _control = control::start(control::Startup {
+        config: config.clone(),
+        toml: text,
+        source,
+        mailboxes: mailboxes
+            .iter()
+            .map(|(tx, wake_fd)| control::Mailbox {
+                tx: tx.clone(),
+                wake_fd: *wake_fd,
+            })
+            .collect(),
+        started,
+    })
+    .context("starting the control plane")?;
+
     eprintln!("wsedge: ready workers={count}");
 
     let mut total = stats::Stats::default();

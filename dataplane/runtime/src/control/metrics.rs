@@ -1,0 +1,230 @@
+//! Prometheus `/metrics` in the text exposition format (0.0.4), on `[control]
+//! metrics_listen`.
+//!
+//! A scrape asks every worker for its report through its mailbox (the same path as
+//! `wsedgectl stats`): workers keep plain per-worker counters with no locks or atomics on the
+//! hot path, and the sum is made here. One std thread serves scrapes one at a time, with
+//! short timeouts, so a slow scraper delays only the next scrape.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wsedge_command::wire::{Response, WorkerStats};
+
+use super::Shared;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// Binds `addr` and starts the scrape thread; returns the bound address.
+pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("wsedge-metrics".to_owned())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(stream) => {
+                        if let Err(e) = serve(stream, &shared) {
+                            tracing::debug!(error = %e, "metrics request failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.len() > MAX_REQUEST_HEAD {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "");
+        }
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+    if method != b"GET" {
+        return respond(&mut stream, "405 Method Not Allowed", "only GET\n");
+    }
+    if path != b"/metrics" {
+        return respond(&mut stream, "404 Not Found", "try /metrics\n");
+    }
+    match shared.handle(wsedge_command::wire::Request::Stats) {
+        Response::Stats(stats) => {
+            let uptime = shared.started.elapsed().as_secs_f64();
+            respond(&mut stream, "200 OK", &render(&stats.workers, uptime))
+        }
+        Response::Error { message, .. } => respond(
+            &mut stream,
+            "503 Service Unavailable",
+            &format!("{message}\n"),
+        ),
+        _ => respond(&mut stream, "500 Internal Server Error", ""),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+/// The exposition text for these per-worker counters.
+pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
+    let mut out = String::with_capacity(4096);
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+    };
+    family(
+        &mut out,
+        "wsedge_uptime_seconds",
+        "gauge",
+        "Seconds since the dataplane started.",
+    );
+    let _ = writeln!(out, "wsedge_uptime_seconds {uptime_secs:.3}");
+    family(&mut out, "wsedge_workers", "gauge", "Worker threads.");
+    let _ = writeln!(out, "wsedge_workers {}", workers.len());
+
+    type Field = fn(&WorkerStats) -> u64;
+    let simple: [(&str, &str, &str, Field); 6] = [
+        (
+            "wsedge_config_version",
+            "gauge",
+            "Configuration version each worker runs.",
+            |w| w.config_version,
+        ),
+        (
+            "wsedge_connections_live",
+            "gauge",
+            "Connections held by each worker.",
+            |w| w.live,
+        ),
+        (
+            "wsedge_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |w| w.accepted,
+        ),
+        (
+            "wsedge_connections_upgraded_total",
+            "counter",
+            "Connections upgraded to WebSocket (origin answered 101).",
+            |w| w.upgraded,
+        ),
+        (
+            "wsedge_requests_plain_http_total",
+            "counter",
+            "Requests relayed as plain HTTP.",
+            |w| w.plain_http,
+        ),
+        (
+            "wsedge_accept_errors_total",
+            "counter",
+            "Accept failures.",
+            |w| w.accept_errors,
+        ),
+    ];
+    for (name, kind, help, field) in simple {
+        family(&mut out, name, kind, help);
+        for w in workers {
+            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", index(w), field(w));
+        }
+    }
+    family(
+        &mut out,
+        "wsedge_bytes_total",
+        "counter",
+        "Bytes relayed, by direction.",
+    );
+    for w in workers {
+        let i = index(w);
+        let _ = writeln!(
+            out,
+            "wsedge_bytes_total{{worker=\"{i}\",direction=\"from_clients\"}} {}",
+            w.bytes_from_clients
+        );
+        let _ = writeln!(
+            out,
+            "wsedge_bytes_total{{worker=\"{i}\",direction=\"to_clients\"}} {}",
+            w.bytes_to_clients
+        );
+    }
+    family(
+        &mut out,
+        "wsedge_connections_closed_total",
+        "counter",
+        "Connections ended, by reason (rejections included).",
+    );
+    for w in workers {
+        for (reason, n) in &w.closed {
+            // Reasons are the dataplane's own snake_case labels: nothing to escape.
+            let _ = writeln!(
+                out,
+                "wsedge_connections_closed_total{{worker=\"{}\",reason=\"{reason}\"}} {n}",
+                index(w)
+            );
+        }
+    }
+    out
+}
+
+fn index(w: &WorkerStats) -> String {
+    w.worker.map_or_else(|| "all".to_owned(), |i| i.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_exposition_format() {
+        let w = WorkerStats {
+            worker: Some(1),
+            config_version: 3,
+            live: 2,
+            accepted: 10,
+            bytes_from_clients: 99,
+            closed: [("no_route".to_owned(), 4)].into_iter().collect(),
+            ..WorkerStats::default()
+        };
+        let text = render(&[w], 1.5);
+        assert!(text.contains("# TYPE wsedge_connections_accepted_total counter\n"));
+        assert!(text.contains("wsedge_connections_accepted_total{worker=\"1\"} 10\n"));
+        assert!(text.contains("wsedge_config_version{worker=\"1\"} 3\n"));
+        assert!(text.contains("wsedge_bytes_total{worker=\"1\",direction=\"from_clients\"} 99\n"));
+        assert!(
+            text.contains("wsedge_connections_closed_total{worker=\"1\",reason=\"no_route\"} 4\n")
+        );
+        assert!(text.contains("wsedge_uptime_seconds 1.500\n"));
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().expect("value");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! The dataplane's control plane: the Unix control socket and the optional Prometheus
+//! endpoint, served by their own threads, off the workers' hot path.
+//!
+//! Requests reach the workers only as [`Command`]s in their mailboxes, followed by a wake on
+//! their eventfd; a worker applies them between completion batches. Replies come back on
+//! per-request channels, awaited with a deadline, so a stalled worker yields an error reply
+//! and never a hung control thread. The control plane keeps the configuration in force
+//! (TOML text, version, source); `apply_config` validates a new one with the same
+//! `wsedge_command::Config::from_toml` the control process uses, then sends every worker
+//! its own copy. No `unsafe` here: syscalls go through `crate::driver::sys`.
+
+mod metrics;
+mod socket;
+
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use wsedge_command::Config;
+use wsedge_command::wire::{
+    self, Applied, ConfigText, DataplaneStatus, ErrorKind, Request, Response, StatsReport, Status,
+    WorkerStats, WorkerStatus,
+};
+
+use crate::driver::sys;
+use crate::driver::worker::{Command, ConnectionInfo, WorkerReport, connection_worker};
+use crate::settings::Settings;
+
+/// How long a worker may take to answer a request before the reply is an error.
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections listed when the request names no limit.
+const DEFAULT_CONNECTION_LIMIT: u32 = 100;
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ControlError {
+    #[error("control socket {path}: {message}")]
+    Socket { path: PathBuf, message: String },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One worker's mailbox and the eventfd that wakes its ring.
+#[derive(Debug, Clone)]
+pub(crate) struct Mailbox {
+    pub(crate) tx: Sender<Command>,
+    pub(crate) wake_fd: RawFd,
+}
+
+/// What `main` hands over once the workers are ready.
+#[derive(Debug)]
+pub(crate) struct Startup {
+    pub(crate) config: Config,
+    /// The text `config` was validated from.
+    pub(crate) toml: String,
+    /// Where it came from (the file name).
+    pub(crate) source: String,
+    pub(crate) mailboxes: Vec<Mailbox>,
+    pub(crate) started: Instant,
+}
+
+/// The configuration in force.
+#[derive(Debug)]
+struct Current {
+    config: Config,
+    toml: String,
+    source: String,
+    version: u64,
+}
+
+/// State shared by the control threads (never touched by workers).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    current: Mutex<Current>,
+    mailboxes: Vec<Mailbox>,
+    started: Instant,
+    pid: u32,
+}
+
+/// Keeps the control threads' resources; removes the socket file when dropped.
+#[derive(Debug)]
+pub(crate) struct Handle {
+    socket_path: Option<PathBuf>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(path) = &self.socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Starts the control socket (when `[control] socket` is set) and the metrics endpoint
+/// (when `[control] metrics_listen` is set).
+pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
+    let control = startup.config.control.clone();
+    let shared = Arc::new(Shared {
+        current: Mutex::new(Current {
+            config: startup.config,
+            toml: startup.toml,
+            source: startup.source,
+            version: 0,
+        }),
+        mailboxes: startup.mailboxes,
+        started: startup.started,
+        pid: std::process::id(),
+    });
+    let mut handle = Handle { socket_path: None };
+    if let Some(path) = &control.socket {
+        socket::start(path, &control, shared.clone()).map_err(|e| ControlError::Socket {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        handle.socket_path = Some(path.clone());
+        eprintln!("wsedge: control socket {}", path.display());
+    }
+    if let Some(addr) = control.metrics_listen {
+        let bound = metrics::start(addr, shared)
+            .map_err(|source| ControlError::Metrics { addr, source })?;
+        eprintln!("wsedge: metrics on http://{bound}/metrics");
+    }
+    Ok(handle)
+}
+
+/// A failed request, as it is answered.
+#[derive(Debug)]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl Shared {
+    fn current(&self) -> MutexGuard<'_, Current> {
+        // A panic while holding the lock leaves `Current` whole (it is replaced in one
+        // assignment), so a poisoned lock is still usable.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `command` to worker `index` and wakes it; false if the worker is gone.
+    fn send(&self, index: usize, command: Command) -> bool {
+        let Some(mailbox) = self.mailboxes.get(index) else {
+            return false;
+        };
+        if mailbox.tx.send(command).is_err() {
+            return false;
+        }
+        sys::eventfd_signal(mailbox.wake_fd);
+        true
+    }
+
+    /// Asks every worker with `make` and collects the answers, all within one deadline.
+    fn ask_all<T>(
+        &self,
+        what: &str,
+        make: impl Fn(Sender<T>) -> Command,
+    ) -> Result<Vec<T>, Failure> {
+        let mut pending = Vec::with_capacity(self.mailboxes.len());
+        for index in 0..self.mailboxes.len() {
+            let (tx, rx) = mpsc::channel();
+            if !self.send(index, make(tx)) {
+                return Err(Failure::new(
+                    ErrorKind::Unavailable,
+                    format!("worker {index} is not running"),
+                ));
+            }
+            pending.push(rx);
+        }
+        let deadline = Instant::now() + WORKER_REPLY_TIMEOUT;
+        let mut out = Vec::with_capacity(pending.len());
+        for (index, rx) in pending.into_iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(v) => out.push(v),
+                Err(_) => {
+                    return Err(Failure::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "worker {index} did not answer {what} within {WORKER_REPLY_TIMEOUT:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
+        let mut reports = self.ask_all("a report request", |reply| Command::Report { reply })?;
+        reports.sort_by_key(|r| r.index);
+        Ok(reports)
+    }
+
+    /// Answers one request. Runs on a control thread; blocks at most a few seconds.
+    pub(crate) fn handle(&self, request: Request) -> Response {
+        match self.dispatch(request) {
+            Ok(response) => response,
+            Err(f) => Response::error(f.kind, f.message),
+        }
+    }
+
+    fn dispatch(&self, request: Request) -> Result<Response, Failure> {
+        match request {
+            Request::Status => self.status().map(Response::Status),
+            Request::Stats => self.stats().map(Response::Stats),
+            Request::Connections { route, limit } => {
+                let limit = limit.unwrap_or(DEFAULT_CONNECTION_LIMIT) as usize;
+                let lists =
+                    self.ask_all("a connections request", |reply| Command::Connections {
+                        route: route.clone(),
+                        limit,
+                        reply,
+                    })?;
+                let mut all: Vec<ConnectionInfo> = lists.into_iter().flatten().collect();
+                all.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
+                all.truncate(limit);
+                Ok(Response::Connections {
+                    connections: all.into_iter().map(connection_row).collect(),
+                })
+            }
+            Request::Kill { id } => self.kill(id),
+            Request::ApplyConfig {
+                toml,
+                source,
+                version,
+            } => self.apply(toml, source, version).map(Response::Applied),
+            Request::ConfigShow => {
+                let current = self.current();
+                Ok(Response::Config(ConfigText {
+                    version: current.version,
+                    source: current.source.clone(),
+                    toml: current.toml.clone(),
+                }))
+            }
+            Request::RoutesList => Ok(Response::Routes {
+                routes: wire::route_rows(&self.current().config),
+            }),
+            Request::LimitsGet { route } => {
+                wire::limits_view(&self.current().config, route.as_deref())
+                    .map(Response::Limits)
+                    .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no route with that name"))
+            }
+            Request::Drain { timeout_ms } => {
+                let timeout = timeout_ms.map(Duration::from_millis);
+                for index in 0..self.mailboxes.len() {
+                    self.send(index, Command::Drain { timeout });
+                }
+                tracing::info!(?timeout, "drain requested on the control socket");
+                // Reports queue behind the drain command, so they show accepting = false.
+                let live = self.reports()?.iter().map(|r| r.live as u64).sum();
+                Ok(Response::Draining {
+                    workers: self.mailboxes.len(),
+                    live,
+                })
+            }
+            Request::Reload
+            | Request::OriginAdd { .. }
+            | Request::OriginRemove { .. }
+            | Request::LimitsSet { .. } => Err(Failure::new(
+                ErrorKind::NotSupported,
+                "the dataplane applies whole configurations only (apply_config); edits are made by the control process, wsedgectl daemon",
+            )),
+        }
+    }
+
+    fn status(&self) -> Result<Status, Failure> {
+        let reports = self.reports()?;
+        let current = self.current();
+        Ok(Status {
+            dataplane: Some(DataplaneStatus {
+                pid: self.pid,
+                build: env!("CARGO_PKG_VERSION").to_owned(),
+                uptime_ms: millis(self.started.elapsed()),
+                config_version: current.version,
+                config_source: current.source.clone(),
+                workers: reports
+                    .iter()
+                    .map(|r| WorkerStatus {
+                        index: r.index,
+                        config_version: r.config_version,
+                        live: r.live as u64,
+                        accepting: r.accepting,
+                    })
+                    .collect(),
+            }),
+            daemon: None,
+        })
+    }
+
+    fn stats(&self) -> Result<StatsReport, Failure> {
+        let workers: Vec<WorkerStats> = self.reports()?.iter().map(worker_stats).collect();
+        let mut total = WorkerStats::default();
+        for w in &workers {
+            total.add(w);
+        }
+        total.config_version = self.current().version;
+        Ok(StatsReport { workers, total })
+    }
+
+    fn kill(&self, id: u64) -> Result<Response, Failure> {
+        let index = connection_worker(id);
+        let (tx, rx) = mpsc::channel();
+        if index >= self.mailboxes.len() || !self.send(index, Command::Kill { id, reply: tx }) {
+            return Err(Failure::new(
+                ErrorKind::NotFound,
+                format!("no connection {id}"),
+            ));
+        }
+        match rx.recv_timeout(WORKER_REPLY_TIMEOUT) {
+            Ok(true) => {
+                tracing::info!(id, "connection killed on the control socket");
+                Ok(Response::Killed { id })
+            }
+            Ok(false) => Err(Failure::new(
+                ErrorKind::NotFound,
+                format!("no connection {id} (already closed?)"),
+            )),
+            Err(_) => Err(Failure::new(
+                ErrorKind::Unavailable,
+                format!("worker {index} did not answer within {WORKER_REPLY_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    /// Validates `toml`, hands every worker its copy, and confirms which run it. The lock is
+    /// held throughout, so concurrent applies are serialised and versions stay ordered.
+    fn apply(
+        &self,
+        toml: String,
+        source: Option<String>,
+        version: Option<u64>,
+    ) -> Result<Applied, Failure> {
+        let source = source.unwrap_or_else(|| "control socket".to_owned());
+        let mut config = Config::from_toml(&toml, &source)
+            .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
+        let mut current = self.current();
+        let restart_required = restart_fields(&current.config, &config);
+        // Buffer rings and pipe pools are sized at start; workers keep theirs.
+        let running = current.config.relay;
+        config.relay.buffer_size = running.buffer_size;
+        config.relay.buffer_count = running.buffer_count;
+        config.relay.pipe_pool = running.pipe_pool;
+        config.relay.pipe_size = running.pipe_size;
+        let version = version.unwrap_or(current.version + 1);
+        let settings = Settings::from_config(&config);
+        for index in 0..self.mailboxes.len() {
+            let command = Command::Apply {
+                version,
+                settings: Box::new(settings.clone()),
+            };
+            if !self.send(index, command) {
+                return Err(Failure::new(
+                    ErrorKind::Unavailable,
+                    format!("worker {index} is not running"),
+                ));
+            }
+        }
+        *current = Current {
+            config,
+            toml,
+            source: source.clone(),
+            version,
+        };
+        drop(current);
+        tracing::info!(version, %source, "configuration pushed to the workers");
+        // Mailboxes are FIFO: a report sent after the apply shows the version it runs.
+        let workers_confirmed = self
+            .reports()
+            .map(|reports| {
+                reports
+                    .iter()
+                    .filter(|r| r.config_version == version)
+                    .count()
+            })
+            .unwrap_or(0);
+        Ok(Applied {
+            version,
+            source,
+            pushed: true,
+            workers_confirmed,
+            restart_required,
+        })
+    }
+}
+
+/// The fields of `new` that differ from `old` but only take effect at a restart.
+fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |changed: bool, name: &str| {
+        if changed {
+            out.push(name.to_owned());
+        }
+    };
+    check(
+        old.dataplane.listen != new.dataplane.listen,
+        "dataplane.listen",
+    );
+    check(
+        old.dataplane.workers != new.dataplane.workers,
+        "dataplane.workers",
+    );
+    check(
+        old.relay.buffer_size != new.relay.buffer_size,
+        "relay.buffer_size",
+    );
+    check(
+        old.relay.buffer_count != new.relay.buffer_count,
+        "relay.buffer_count",
+    );
+    check(
+        old.relay.pipe_pool != new.relay.pipe_pool,
+        "relay.pipe_pool",
+    );
+    check(
+        old.relay.pipe_size != new.relay.pipe_size,
+        "relay.pipe_size",
+    );
+    check(old.access_log != new.access_log, "access_log");
+    check(old.control != new.control, "control");
+    out
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn worker_stats(r: &WorkerReport) -> WorkerStats {
+    let s = &r.stats;
+    WorkerStats {
+        worker: Some(r.index),
+        config_version: r.config_version,
+        live: r.live as u64,
+        accepted: s.accepted,
+        upgraded: s.upgraded,
+        plain_http: s.plain_http,
+        accept_errors: s.accept_errors,
+        bytes_from_clients: s.bytes_from_clients,
+        bytes_to_clients: s.bytes_to_clients,
+        closed: s
+            .closed
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect::<BTreeMap<_, _>>(),
+        // Not measured by the workers yet.
+        handshake_latency: None,
+    }
+}
+
+fn connection_row(c: ConnectionInfo) -> wire::Connection {
+    wire::Connection {
+        id: c.id,
+        worker: c.worker,
+        client: c.client.to_string(),
+        route: c.route,
+        origin: c.origin.map(|o| o.to_string()),
+        age_ms: c.age_ms,
+        bytes_from_client: c.bytes_from_client,
+        bytes_to_client: c.bytes_to_client,
+        state: c.state.to_owned(),
+    }
+}
