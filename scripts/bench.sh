@@ -145,7 +145,12 @@ tcp_tw_reuse: $(sysctl -n net.ipv4.tcp_tw_reuse 2>/dev/null)
 nginx: $(nginx -v 2>&1 | sed 's/.*nginx\///' || echo none)
 haproxy: $(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || echo none)
 git: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+loadavg_at_start: $(cut -d' ' -f1-3 /proc/loadavg)
 EOF
+LOAD1=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$LOAD1" -v c="$CPUS" 'BEGIN { exit !(l > c / 2) }'; then
+    log "warning: load average $LOAD1 on $CPUS CPUs: other work will skew the figures"
+fi
 
 # The origin runs for the whole benchmark, with all cores.
 start origin "$BIN/wsedge-origin" --listen "$ORIGIN" --threads "$CPUS"
@@ -168,7 +173,7 @@ scenarios() {
     local label=$1
     load "$label" flood-16k throughput --connections 100 --size 16384 --depth 16 \
         --duration "$DUR" --warmup "$WARM"
-    load "$label" flood-64 throughput --connections 100 --size 64 --depth 16 \
+    load "$label" flood-64 throughput --connections 100 --size 64 --depth 256 \
         --duration "$DUR" --warmup "$WARM"
     load "$label" latency-64-10k latency --connections 100 --size 64 --rate 10000 \
         --duration "$DUR" --warmup "$WARM"
@@ -246,6 +251,8 @@ for w in $VARIANTS; do
     fi
 done
 log "runs done in $(( $(date +%s) - T0 )) s; writing the report"
+echo "loadavg_at_end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/host.txt"
+echo "runs_s: $(( $(date +%s) - T0 ))" >> "$OUT/host.txt"
 "$BIN/wsedge-report" --runs "$JSONL" --host "$OUT/host.txt" --out "$OUT" \
     || die "wsedge-report failed"
 log "done: $OUT/results.md"

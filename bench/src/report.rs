@@ -82,7 +82,7 @@ pub fn markdown(r: &Runs, host: &str, charts: bool) -> String {
     let _ = writeln!(s, "```\n{}\n```\n", host.trim());
     let _ = writeln!(
         s,
-        "100 connections unless noted. Floods keep 16 messages in flight per connection. \
+        "100 connections unless noted. Floods keep messages in flight on every connection: 16 for 16 KiB (256 KiB), 256 for 64 B (17 KiB). \
          Latency is measured from each message's scheduled send time (coordinated omission \
          accounted for). CPU is the target's user+system time during the measured window; for \
          `direct` the target is the origin itself.\n"
