@@ -81,6 +81,16 @@ pub enum CloseReason {
     ResourceExhausted,
     /// An operator ended it (`wsedgectl kill`).
     Killed,
+    /// The host was drained (`wsedgectl drain`).
+    Drained,
+    /// The client did not answer a keepalive ping in time.
+    KeepaliveTimeout,
+    /// A message exceeded the route's limit (Close 1009 to its sender).
+    MessageTooBig(Side),
+    /// Messages came faster than the route's rate limit (Close 1008).
+    MessageRate,
+    /// A protocol violation by that side (Close 1002, or 1007 for invalid UTF-8).
+    ProtocolError(Side),
 }
 
 impl CloseReason {
@@ -108,6 +118,13 @@ impl CloseReason {
             CloseReason::Overloaded => "overloaded",
             CloseReason::ResourceExhausted => "resource_exhausted",
             CloseReason::Killed => "killed",
+            CloseReason::Drained => "drained",
+            CloseReason::KeepaliveTimeout => "keepalive_timeout",
+            CloseReason::MessageTooBig(Side::Client) => "client_message_too_big",
+            CloseReason::MessageTooBig(Side::Origin) => "origin_message_too_big",
+            CloseReason::MessageRate => "message_rate",
+            CloseReason::ProtocolError(Side::Client) => "client_protocol_error",
+            CloseReason::ProtocolError(Side::Origin) => "origin_protocol_error",
         }
     }
 
@@ -133,7 +150,15 @@ impl CloseReason {
             | CloseReason::Shutdown
             | CloseReason::Overloaded
             | CloseReason::ResourceExhausted
-            | CloseReason::Killed => Fault::Proxy,
+            | CloseReason::Killed
+            | CloseReason::Drained => Fault::Proxy,
+            CloseReason::KeepaliveTimeout
+            | CloseReason::MessageRate
+            | CloseReason::MessageTooBig(Side::Client)
+            | CloseReason::ProtocolError(Side::Client) => Fault::Client,
+            CloseReason::MessageTooBig(Side::Origin) | CloseReason::ProtocolError(Side::Origin) => {
+                Fault::Origin
+            }
         }
     }
 }
@@ -179,6 +204,32 @@ pub struct RouteTimers {
     pub jitter_pct: u8,
 }
 
+/// Frame-aware behaviour of a `frames` route, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameTimers {
+    /// Ping the client after this long without a byte either way; `None` = no keepalive.
+    pub keepalive_ms: Option<u64>,
+    /// Close when the pong to a keepalive ping does not come within this.
+    pub keepalive_timeout_ms: u64,
+    /// After sending Close, how long to wait for the close handshake.
+    pub close_grace_ms: u64,
+}
+
+/// What a timer asks of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Close now; answer `status` first when given.
+    Close {
+        reason: CloseReason,
+        status: Option<u16>,
+    },
+    /// Send a keepalive Ping to the client (frames relay).
+    Ping,
+    /// Send Close frames to both sides at a frame boundary, then wait for the close
+    /// handshake up to the grace period (frames relay).
+    GracefulClose(CloseReason),
+}
+
 /// Everything the head decision needs besides the bytes.
 #[derive(Debug)]
 pub struct HeadContext<'a> {
@@ -197,8 +248,12 @@ pub enum HeadAction {
     /// Answer with `handshake::error_response(status)` and close.
     Reject { status: u16, reason: CloseReason },
     /// Connect to an origin of `route` and send `origin_head` (the rewritten head followed by
-    /// the bytes the client sent after its head).
-    Forward { route: usize, origin_head: Vec<u8> },
+    /// the bytes the client sent after its head: the last `tail_len` bytes).
+    Forward {
+        route: usize,
+        origin_head: Vec<u8>,
+        tail_len: usize,
+    },
 }
 
 /// Why a connect attempt failed, as far as retrying cares.
@@ -230,9 +285,11 @@ pub enum OriginAction {
         status: u16,
         reason: CloseReason,
     },
-    /// Send the whole origin buffer (head and what followed) to the client and relay.
+    /// Send the whole origin buffer (the `head_len` bytes of the head, then what followed)
+    /// to the client and relay.
     Relay {
         status: u16,
+        head_len: usize,
     },
 }
 
@@ -274,6 +331,14 @@ pub struct Conn {
     first_eof: Option<Side>,
     max_in_flight: u64,
     head_bytes_seen: bool,
+    /// Frame-aware timers, for `frames` routes.
+    frames: Option<FrameTimers>,
+    /// A keepalive ping is out; its pong must arrive by then.
+    ping_deadline: Option<Tick>,
+    /// A graceful close is under way: why, and when the grace period ends.
+    graceful: Option<(CloseReason, Tick)>,
+    /// A graceful close is scheduled (drain spread over a window).
+    close_at: Option<(Tick, CloseReason)>,
 }
 
 impl Conn {
@@ -297,6 +362,10 @@ impl Conn {
             first_eof: None,
             max_in_flight: max_in_flight.max(1),
             head_bytes_seen: false,
+            frames: None,
+            ping_deadline: None,
+            graceful: None,
+            close_at: None,
         }
     }
 
@@ -326,6 +395,11 @@ impl Conn {
         self.flows[from.index()].bytes
     }
 
+    /// Whether `from` sent EOF.
+    pub fn saw_eof(&self, from: Side) -> bool {
+        self.flows[from.index()].eof
+    }
+
     /// Records the status of a response the driver sent on its own (errors).
     pub fn set_status(&mut self, status: u16) {
         self.status = Some(status);
@@ -347,11 +421,13 @@ impl Conn {
         let mut origin_head = Vec::with_capacity(buf.len() + 128);
         handshake::rewrite_for_origin(&request, cx.peer, cx.proto, &mut origin_head);
         let tail = &buf[request.head_len..];
+        let tail_len;
         match request.kind {
             RequestKind::WebSocket { key } => {
                 self.upgrade = Some(Upgrade::WebSocket);
                 self.expected_accept = Some(accept_key(key));
                 origin_head.extend_from_slice(tail);
+                tail_len = tail.len();
             }
             RequestKind::Plain { body } => {
                 self.upgrade = Some(Upgrade::PlainHttp);
@@ -365,6 +441,7 @@ impl Conn {
                     BodyLength::Chunked => tail.len(),
                 };
                 origin_head.extend_from_slice(&tail[..forwarded]);
+                tail_len = forwarded;
                 self.body = match body {
                     BodyLength::Length(n) => BodyLength::Length(n - forwarded as u64),
                     other => other,
@@ -374,7 +451,11 @@ impl Conn {
         self.route = Some(route);
         self.phase = Phase::Connecting;
         self.phase_deadline = None;
-        HeadAction::Forward { route, origin_head }
+        HeadAction::Forward {
+            route,
+            origin_head,
+            tail_len,
+        }
     }
 
     /// The driver starts connecting for the chosen route, whose timers it passes.
@@ -467,6 +548,7 @@ impl Conn {
         self.origin_bytes_pending(buf.len() as u64);
         OriginAction::Relay {
             status: response.status,
+            head_len: response.head_len,
         }
     }
 
@@ -577,26 +659,92 @@ impl Conn {
         self.phase = Phase::Done;
     }
 
+    /// Makes this a frame-aware (`frames` relay) connection with these timers.
+    pub fn set_frame_timers(&mut self, timers: FrameTimers) {
+        self.frames = Some(timers);
+    }
+
+    pub fn is_frame_aware(&self) -> bool {
+        self.frames.is_some()
+    }
+
+    /// The client answered the keepalive ping.
+    pub fn on_pong(&mut self) {
+        self.ping_deadline = None;
+    }
+
+    /// Whether a keepalive ping is out.
+    pub fn ping_outstanding(&self) -> bool {
+        self.ping_deadline.is_some()
+    }
+
+    /// Schedules a graceful close at `at` (a drain spread over a window). An earlier
+    /// schedule wins.
+    pub fn schedule_close(&mut self, at: Tick, reason: CloseReason) {
+        if self.close_at.is_none_or(|(t, _)| at < t) {
+            self.close_at = Some((at, reason));
+        }
+    }
+
+    /// A graceful close started at `now` (Close frames queued to both sides); the sockets
+    /// close when both close handshakes are done or after the grace period.
+    pub fn begin_graceful_close(&mut self, now: Tick, reason: CloseReason) {
+        if self.graceful.is_none() {
+            let grace = self.frames.map_or(5_000, |f| f.close_grace_ms);
+            self.graceful = Some((reason, now.saturating_add(grace)));
+            self.ping_deadline = None;
+            self.close_at = None;
+        }
+    }
+
+    /// The graceful close under way, if any.
+    pub fn graceful_close(&self) -> Option<CloseReason> {
+        self.graceful.map(|(r, _)| r)
+    }
+
     /// The earliest tick at which [`Conn::on_timeout`] may have something to do.
     pub fn poll_timeout(&self) -> Option<Tick> {
         if self.phase == Phase::Done {
             return None;
         }
+        if let Some((_, grace_end)) = self.graceful {
+            return Some(grace_end);
+        }
         let idle = self.idle_ms.map(|ms| self.last_activity.saturating_add(ms));
-        [self.phase_deadline, idle, self.max_deadline]
-            .into_iter()
-            .flatten()
-            .min()
+        let ping_due = match (self.frames, self.ping_deadline, self.phase) {
+            (
+                Some(FrameTimers {
+                    keepalive_ms: Some(ms),
+                    ..
+                }),
+                None,
+                Phase::Relay,
+            ) => Some(self.last_activity.saturating_add(ms)),
+            _ => None,
+        };
+        [
+            self.phase_deadline,
+            idle,
+            self.max_deadline,
+            ping_due,
+            self.ping_deadline,
+            self.graceful.map(|(_, t)| t),
+            self.close_at.map(|(t, _)| t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Checks the timers at `now`. Returns the reason to close and the status to answer
-    /// first, if any; `None` when nothing expired (activity moved the idle deadline).
-    pub fn on_timeout(&mut self, now: Tick) -> Option<(CloseReason, Option<u16>)> {
+    /// Checks the timers at `now`; `None` when nothing is due (activity moved the idle
+    /// deadline, or a graceful close is waiting for its handshake).
+    pub fn on_timeout(&mut self, now: Tick) -> Option<TimerAction> {
         if self.phase == Phase::Done {
             return None;
         }
+        let close = |reason, status| Some(TimerAction::Close { reason, status });
         if self.phase_deadline.is_some_and(|d| now >= d) {
-            let outcome = match self.phase {
+            let (reason, status) = match self.phase {
                 Phase::ClientHead => (
                     CloseReason::HandshakeTimeout,
                     self.head_bytes_seen.then_some(408),
@@ -604,20 +752,64 @@ impl Conn {
                 Phase::Connecting => (CloseReason::OriginConnectTimeout, Some(502)),
                 _ => (CloseReason::OriginHandshakeTimeout, Some(504)),
             };
-            if let Some(status) = outcome.1 {
+            if let Some(status) = status {
                 self.status = Some(status);
             }
-            return Some(outcome);
+            return close(reason, status);
         }
+        if let Some((reason, grace_end)) = self.graceful {
+            // Only the grace period counts now: the close handshake is in progress.
+            return (now >= grace_end).then_some(TimerAction::Close {
+                reason,
+                status: None,
+            });
+        }
+        let graceful = |this: &mut Conn, reason| {
+            if this.frames.is_some() && this.phase == Phase::Relay && this.status == Some(101) {
+                Some(TimerAction::GracefulClose(reason))
+            } else {
+                Some(TimerAction::Close {
+                    reason,
+                    status: None,
+                })
+            }
+        };
         if self.max_deadline.is_some_and(|d| now >= d) {
-            return Some((CloseReason::MaxConnectionTime, None));
+            return graceful(self, CloseReason::MaxConnectionTime);
+        }
+        if let Some((at, reason)) = self.close_at
+            && now >= at
+        {
+            return graceful(self, reason);
+        }
+        if self.ping_deadline.is_some_and(|d| now >= d) {
+            return close(CloseReason::KeepaliveTimeout, None);
         }
         if let Some(ms) = self.idle_ms
             && now >= self.last_activity.saturating_add(ms)
         {
-            return Some((CloseReason::IdleTimeout, None));
+            return close(CloseReason::IdleTimeout, None);
+        }
+        if let Some(FrameTimers {
+            keepalive_ms: Some(ms),
+            keepalive_timeout_ms,
+            ..
+        }) = self.frames
+            && self.phase == Phase::Relay
+            && self.ping_deadline.is_none()
+            && now >= self.last_activity.saturating_add(ms)
+        {
+            self.ping_deadline = Some(now.saturating_add(keepalive_timeout_ms));
+            return Some(TimerAction::Ping);
         }
         None
+    }
+
+    /// Bytes counted in flight by [`Conn::on_recv`] that the driver dropped instead of
+    /// forwarding (an absorbed pong, data after a Close).
+    pub fn on_dropped(&mut self, from: Side, n: usize) {
+        let flow = &mut self.flows[from.index()];
+        flow.in_flight = flow.in_flight.saturating_sub(n as u64);
     }
 
     fn end_with(&mut self, status: u16) {
@@ -647,6 +839,10 @@ mod tests {
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
     const MAX_IN_FLIGHT: u64 = 1000;
+
+    fn close(reason: CloseReason, status: Option<u16>) -> Option<TimerAction> {
+        Some(TimerAction::Close { reason, status })
+    }
 
     fn upgrade_head() -> Vec<u8> {
         format!(
@@ -695,7 +891,10 @@ mod tests {
 
         /// Head accepted, connected, origin head sent.
         fn to_origin_head(&mut self, head: &[u8], pool: usize) -> Vec<u8> {
-            let HeadAction::Forward { route, origin_head } = self.client_head(head) else {
+            let HeadAction::Forward {
+                route, origin_head, ..
+            } = self.client_head(head)
+            else {
                 panic!("head not forwarded");
             };
             assert_eq!(route, 0);
@@ -717,7 +916,7 @@ mod tests {
             let action =
                 sim.conn
                     .on_origin_head(response.as_bytes(), sim.now, &HeadLimits::default());
-            assert_eq!(action, OriginAction::Relay { status: 101 });
+            assert!(matches!(action, OriginAction::Relay { status: 101, .. }));
             // The driver queues the response to the client and reports it written.
             sim.conn.on_sent(Side::Client, response.len(), sim.now);
             sim.conn.start_relay_timers(0);
@@ -846,12 +1045,12 @@ mod tests {
         assert_eq!(partial.conn.on_timeout(9_999), None);
         assert_eq!(
             partial.conn.on_timeout(10_000),
-            Some((CloseReason::HandshakeTimeout, Some(408)))
+            close(CloseReason::HandshakeTimeout, Some(408))
         );
         let mut silent = Sim::new();
         assert_eq!(
             silent.conn.on_timeout(10_000),
-            Some((CloseReason::HandshakeTimeout, None))
+            close(CloseReason::HandshakeTimeout, None)
         );
         // Connect: 502 after the connect timeout.
         let mut connecting = Sim::new();
@@ -860,14 +1059,14 @@ mod tests {
         assert_eq!(connecting.conn.poll_timeout(), Some(5_100));
         assert_eq!(
             connecting.conn.on_timeout(5_100),
-            Some((CloseReason::OriginConnectTimeout, Some(502)))
+            close(CloseReason::OriginConnectTimeout, Some(502))
         );
         // Origin head: 504 after the origin handshake timeout.
         let mut waiting = Sim::new();
         waiting.to_origin_head(&upgrade_head(), 1);
         assert_eq!(
             waiting.conn.on_timeout(10_000),
-            Some((CloseReason::OriginHandshakeTimeout, Some(504)))
+            close(CloseReason::OriginHandshakeTimeout, Some(504))
         );
     }
 
@@ -880,7 +1079,7 @@ mod tests {
         assert_eq!(sim.conn.poll_timeout(), Some(110_000));
         assert_eq!(
             sim.conn.on_timeout(110_000),
-            Some((CloseReason::IdleTimeout, None))
+            close(CloseReason::IdleTimeout, None)
         );
         let mut long = Sim::upgraded();
         for t in (0..900_000).step_by(30_000) {
@@ -889,7 +1088,7 @@ mod tests {
         }
         assert_eq!(
             long.conn.on_timeout(900_000),
-            Some((CloseReason::MaxConnectionTime, None))
+            close(CloseReason::MaxConnectionTime, None)
         );
         long.conn.close();
         assert_eq!(long.conn.poll_timeout(), None);
@@ -940,7 +1139,10 @@ mod tests {
         let response = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
         assert_eq!(
             sim.conn.on_origin_head(response, 0, &HeadLimits::default()),
-            OriginAction::Relay { status: 403 }
+            OriginAction::Relay {
+                status: 403,
+                head_len: response.len() - 2
+            }
         );
         assert!(
             !sim.conn.wants_read(Side::Client),
@@ -982,6 +1184,75 @@ mod tests {
         pipelined.conn.on_sent(Side::Client, response.len(), 3);
         pipelined.conn.on_eof(Side::Origin);
         assert_eq!(pipelined.conn.finished(), Some(CloseReason::HttpDone));
+    }
+
+    #[test]
+    fn frames_keepalive_pings_then_closes_without_a_pong() {
+        let mut sim = Sim::upgraded();
+        sim.conn.set_frame_timers(FrameTimers {
+            keepalive_ms: Some(20_000),
+            keepalive_timeout_ms: 5_000,
+            close_grace_ms: 3_000,
+        });
+        assert_eq!(sim.conn.poll_timeout(), Some(20_000));
+        assert_eq!(sim.conn.on_timeout(20_000), Some(TimerAction::Ping));
+        assert!(sim.conn.ping_outstanding());
+        assert_eq!(sim.conn.poll_timeout(), Some(25_000));
+        // Answered: no close, and the next ping is due after the next idle period.
+        sim.conn.on_recv(Side::Client, 6, 21_000);
+        sim.conn.on_pong();
+        assert_eq!(sim.conn.on_timeout(25_000), None);
+        assert_eq!(sim.conn.poll_timeout(), Some(41_000));
+        assert_eq!(sim.conn.on_timeout(41_000), Some(TimerAction::Ping));
+        assert_eq!(
+            sim.conn.on_timeout(46_000),
+            close(CloseReason::KeepaliveTimeout, None)
+        );
+    }
+
+    #[test]
+    fn frames_max_time_is_a_graceful_close_with_a_grace_period() {
+        let mut sim = Sim::upgraded();
+        sim.conn.set_frame_timers(FrameTimers {
+            keepalive_ms: None,
+            keepalive_timeout_ms: 0,
+            close_grace_ms: 3_000,
+        });
+        for t in (0..900_000).step_by(30_000) {
+            sim.conn.on_recv(Side::Client, 1, t);
+            sim.conn.on_sent(Side::Origin, 1, t);
+        }
+        assert_eq!(
+            sim.conn.on_timeout(900_000),
+            Some(TimerAction::GracefulClose(CloseReason::MaxConnectionTime))
+        );
+        sim.conn
+            .begin_graceful_close(900_000, CloseReason::MaxConnectionTime);
+        assert_eq!(sim.conn.poll_timeout(), Some(903_000));
+        assert_eq!(sim.conn.on_timeout(902_999), None);
+        assert_eq!(
+            sim.conn.on_timeout(903_000),
+            close(CloseReason::MaxConnectionTime, None)
+        );
+    }
+
+    #[test]
+    fn a_scheduled_drain_close_is_graceful_in_frames_mode_only() {
+        let mut framed = Sim::upgraded();
+        framed.conn.set_frame_timers(FrameTimers::default());
+        framed.conn.schedule_close(7_000, CloseReason::Drained);
+        framed.conn.schedule_close(9_000, CloseReason::Drained);
+        assert_eq!(framed.conn.poll_timeout(), Some(7_000));
+        assert_eq!(
+            framed.conn.on_timeout(7_000),
+            Some(TimerAction::GracefulClose(CloseReason::Drained))
+        );
+        let mut opaque = Sim::upgraded();
+        opaque.conn.schedule_close(7_000, CloseReason::Drained);
+        assert_eq!(
+            opaque.conn.on_timeout(7_000),
+            close(CloseReason::Drained, None)
+        );
     }
 
     #[test]

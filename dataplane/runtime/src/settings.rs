@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wsedge_command::{Config, HostMatch, RelayConfig, RelayMode};
+use wsedge_command::{Config, FrameOptions, HostMatch, RelayConfig, RelayMode};
 use wsedge_proto::conn::RouteTimers;
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
@@ -19,6 +19,7 @@ pub(crate) struct RouteInfo {
     pub(crate) origins: Vec<SocketAddr>,
     pub(crate) relay: RelayMode,
     pub(crate) timers: RouteTimers,
+    pub(crate) frames: FrameOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +61,7 @@ impl Settings {
                     max_connection_ms: ms(r.limits.max_connection_time),
                     jitter_pct: r.limits.max_connection_time_jitter,
                 },
+                frames: r.frames.clone(),
             })
             .collect();
         Settings {

@@ -13,6 +13,12 @@ pub(crate) struct Stats {
     pub(crate) bytes_to_clients: u64,
     /// Connections ended, by close reason label.
     pub(crate) closed: BTreeMap<&'static str, u64>,
+    /// WebSocket messages seen by `frames` relays, from clients and from origins.
+    pub(crate) messages_from_clients: u64,
+    pub(crate) messages_from_origins: u64,
+    /// Close codes seen in Close frames (from either side) and sent by the proxy, by route.
+    pub(crate) close_codes_seen: BTreeMap<(String, u16), u64>,
+    pub(crate) close_codes_sent: BTreeMap<(String, u16), u64>,
 }
 
 impl Stats {
@@ -25,6 +31,14 @@ impl Stats {
         self.bytes_to_clients += other.bytes_to_clients;
         for (reason, n) in &other.closed {
             *self.closed.entry(reason).or_default() += n;
+        }
+        self.messages_from_clients += other.messages_from_clients;
+        self.messages_from_origins += other.messages_from_origins;
+        for (key, n) in &other.close_codes_seen {
+            *self.close_codes_seen.entry(key.clone()).or_default() += n;
+        }
+        for (key, n) in &other.close_codes_sent {
+            *self.close_codes_sent.entry(key.clone()).or_default() += n;
         }
     }
 }

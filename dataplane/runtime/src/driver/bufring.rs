@@ -81,6 +81,14 @@ impl BufRing {
         unsafe { self.data.add(usize::from(bid) * self.size as usize) }
     }
 
+    /// The first `len` bytes of buffer `bid`, which a recv completion handed to us.
+    pub(crate) fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        let len = len.min(self.size as usize);
+        // SAFETY: the buffer lies inside the mapping; the kernel wrote it before posting the
+        // completion that gave us `bid`, and will not write it again until it is given back.
+        unsafe { std::slice::from_raw_parts(self.ptr(bid), len) }
+    }
+
     /// Notes that the kernel handed `bid` to us in a completion.
     pub(crate) fn taken(&mut self) {
         self.held += 1;

@@ -17,13 +17,14 @@ use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
 use wsedge_command::RelayMode;
 use wsedge_proto::conn::{
-    CloseReason, Conn, ConnectAction, ConnectFailure, HeadAction, HeadContext, OriginAction, Phase,
-    Side,
+    CloseReason, Conn, ConnectAction, ConnectFailure, FrameTimers, HeadAction, HeadContext,
+    OriginAction, Phase, Side, TimerAction,
 };
 use wsedge_proto::handshake::error_response;
 use wsedge_proto::route::RoundRobin;
 use wsedge_proto::wheel::{Tick, TimerId, TimerWheel};
 
+use self::frames::{FramesState, Piece};
 use super::bufring::{BUF_GROUP, BufRing};
 use super::pipes::{Pipe, PipePool};
 use super::ring::{Completion, Ring};
@@ -59,6 +60,11 @@ pub(crate) enum Command {
     Kill {
         id: u64,
         reply: Sender<bool>,
+    },
+    /// Spread graceful closes of the live connections over `over` (Close 1001 on `frames`
+    /// routes at a random moment of the window; a plain close on the others).
+    SpreadCloses {
+        over: Duration,
     },
 }
 
@@ -96,6 +102,8 @@ pub(crate) fn connection_worker(id: u64) -> usize {
     (id >> 56) as usize
 }
 
+mod frames;
+
 /// How long a rejected client gets to read our answer before its socket is closed.
 const LINGER_MS: u64 = 2_000;
 /// Back-off after the process runs out of descriptors at accept.
@@ -106,8 +114,15 @@ const RING_ENTRIES: u32 = 4096;
 /// Bytes queued for one socket. The front chunk may be in flight.
 #[derive(Debug)]
 enum Chunk {
-    /// A provided buffer: ours until this send completes, then given back to the ring.
-    Buf { bid: u16, off: u32, len: u32 },
+    /// Bytes `off..len` of a provided buffer. The buffer is ours until the send of the
+    /// chunk with `release` completes, then given back to the ring (a buffer split into
+    /// several chunks by the frames relay releases with its last one).
+    Buf {
+        bid: u16,
+        off: u32,
+        len: u32,
+        release: bool,
+    },
     /// Bytes we produced or collected (origin head, origin response head). `counted` says
     /// whether the state machine counts them as relayed bytes.
     Owned {
@@ -177,6 +192,11 @@ struct Connection {
     origin_head: Vec<u8>,
     /// The route this connection was established with (kept across config changes).
     route: Option<Rc<RouteInfo>>,
+    /// Frame state on a `frames` route once upgraded.
+    frames: Option<Box<FramesState>>,
+    /// On a `frames` route: the client's bytes after its head (already forwarded with it),
+    /// replayed through the frame tracker when the relay starts.
+    early_client: Vec<u8>,
     origin_pick: usize,
     origin_addr: Option<SocketAddr>,
     /// Kept at a stable heap address while the connect is in flight.
@@ -245,6 +265,7 @@ pub(crate) struct Worker {
     exit_when_empty: bool,
     completions: Vec<Completion>,
     expired: Vec<(u32, u32)>,
+    pieces: Vec<Piece>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -351,6 +372,7 @@ impl Worker {
             exit_when_empty: false,
             completions: Vec::with_capacity(1024),
             expired: Vec::new(),
+            pieces: Vec::new(),
         })
     }
 
@@ -534,6 +556,18 @@ impl Worker {
                     .collect();
                 let _ = reply.send(list);
             }
+            Command::SpreadCloses { over } => {
+                let now = self.now();
+                let window = over.as_millis().max(1) as u64;
+                let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for slot in slots {
+                    let at = now + u64::from(self.random()) % window;
+                    self.conns[slot]
+                        .conn
+                        .schedule_close(at, CloseReason::Drained);
+                    self.rearm_timer(slot);
+                }
+            }
             Command::Kill { id, reply } => {
                 let slot = (id & 0xffff_ffff) as usize;
                 let generation = ((id >> 32) as u32) & 0x00ff_ffff;
@@ -714,6 +748,8 @@ impl Worker {
             origin_buf: Vec::new(),
             origin_head: Vec::new(),
             route: None,
+            frames: None,
+            early_client: Vec::new(),
             origin_pick: 0,
             origin_addr: None,
             connect_addr: None,
@@ -831,10 +867,17 @@ impl Worker {
         match c.conn.on_client_head(&c.head, now, &cx) {
             HeadAction::NeedMore => self.arm_head_recv(slot, Side::Client),
             HeadAction::Reject { status, reason } => self.respond_error(slot, status, reason),
-            HeadAction::Forward { route, origin_head } => {
+            HeadAction::Forward {
+                route,
+                origin_head,
+                tail_len,
+            } => {
                 c.head = Vec::new();
-                c.origin_head = origin_head;
                 let info = Rc::clone(&self.routes[route]);
+                if info.relay == RelayMode::Frames && tail_len > 0 {
+                    c.early_client = origin_head[origin_head.len() - tail_len..].to_vec();
+                }
+                c.origin_head = origin_head;
                 c.relay = info.relay;
                 c.route = Some(info);
                 self.start_connect(slot, route, true, now);
@@ -953,20 +996,33 @@ impl Worker {
         {
             OriginAction::NeedMore => self.arm_head_recv(slot, Side::Origin),
             OriginAction::Fail { status, reason } => self.respond_error(slot, status, reason),
-            OriginAction::Relay { status } => {
-                let data = std::mem::take(&mut c.origin_buf);
+            OriginAction::Relay { status, head_len } => {
+                let mut data = std::mem::take(&mut c.origin_buf);
+                let framed = status == 101 && c.relay == RelayMode::Frames;
+                let early_origin = if framed && data.len() > head_len {
+                    data.split_off(head_len)
+                } else {
+                    Vec::new()
+                };
                 c.sides[Side::Client.index()].outq.push_back(Chunk::Owned {
                     data,
                     off: 0,
                     counted: true,
                     origin_head: false,
                 });
+                if framed {
+                    self.frames_start(slot, early_origin, now);
+                }
+                let c = &mut self.conns[slot];
                 if status == 101 {
                     self.stats.upgraded += 1;
                 } else {
                     self.stats.plain_http += 1;
                     // A response relayed as is goes through the buffered path.
                     c.relay = RelayMode::Buffered;
+                }
+                if self.conns[slot].closing.is_some() {
+                    return;
                 }
                 let random = self.random();
                 self.conns[slot].conn.start_relay_timers(random);
@@ -988,7 +1044,7 @@ impl Worker {
             return;
         };
         let (ptr, len) = match front {
-            Chunk::Buf { bid, off, len } => {
+            Chunk::Buf { bid, off, len, .. } => {
                 // SAFETY: off < len <= buffer size, inside the buffer.
                 (unsafe { self.bufs.ptr(*bid).add(*off as usize) }, len - off)
             }
@@ -1021,11 +1077,16 @@ impl Worker {
         let mut done_bid = None;
         let io = &mut c.sides[to.index()];
         let finished = match io.outq.front_mut() {
-            Some(Chunk::Buf { bid, off, len }) => {
+            Some(Chunk::Buf {
+                bid,
+                off,
+                len,
+                release,
+            }) => {
                 *off += n as u32;
                 c.conn.on_sent(to, n, now);
                 if *off >= *len {
-                    done_bid = Some(*bid);
+                    done_bid = release.then_some(*bid);
                     true
                 } else {
                     false
@@ -1108,8 +1169,17 @@ impl Worker {
                 }
             }
         }
+        let c = &self.conns[slot];
+        if let (Some(reason), Some(frames)) = (c.conn.graceful_close(), c.frames.as_ref()) {
+            let eof = [c.conn.saw_eof(Side::Client), c.conn.saw_eof(Side::Origin)];
+            if frames.handshake_done(eof) {
+                self.begin_close(slot, reason);
+                return;
+            }
+        }
         if let Some(reason) = self.conns[slot].conn.finished() {
             if self.conns[slot].conn.status() == Some(101) {
+                let reason = self.conns[slot].conn.graceful_close().unwrap_or(reason);
                 self.begin_close(slot, reason);
             } else {
                 let now = self.now();
@@ -1175,12 +1245,17 @@ impl Worker {
                     return;
                 };
                 let forward = c.conn.on_recv(from, n as usize, now);
+                if c.frames.is_some() {
+                    self.frames_on_recv(slot, from, bid, n as usize, now);
+                    return;
+                }
                 if forward > 0 {
                     let to = from.other();
                     c.sides[to.index()].outq.push_back(Chunk::Buf {
                         bid,
                         off: 0,
                         len: forward as u32,
+                        release: true,
                     });
                     self.kick_send(slot, to);
                 } else {
@@ -1217,6 +1292,207 @@ impl Worker {
                 self.after_progress(slot);
             }
         }
+    }
+
+    // ----- frames relay -----------------------------------------------------------------
+
+    /// Sets up frame tracking when a `frames` route upgraded: replays the client's early
+    /// bytes (already forwarded) through its tracker, and sends the origin's early bytes
+    /// through the origin's.
+    fn frames_start(&mut self, slot: usize, early_origin: Vec<u8>, now: Tick) {
+        let c = &mut self.conns[slot];
+        let Some(route) = c.route.clone() else {
+            return;
+        };
+        let options = &route.frames;
+        c.conn.set_frame_timers(FrameTimers {
+            keepalive_ms: options.keepalive_interval.map(|d| d.as_millis() as u64),
+            keepalive_timeout_ms: options.keepalive_timeout.as_millis() as u64,
+            close_grace_ms: options.close_grace.as_millis() as u64,
+        });
+        let mut state = FramesState::new(options, now);
+        let early_client = std::mem::take(&mut c.early_client);
+        let mut scratch = Vec::new();
+        let replay = state.on_chunk(Side::Client, &early_client, now, &mut scratch);
+        c.frames = Some(Box::new(state));
+        self.frames_outcome(slot, Side::Client, replay, now, false);
+        if !early_origin.is_empty() && self.conns[slot].closing.is_none() {
+            let mut pieces = std::mem::take(&mut self.pieces);
+            pieces.clear();
+            let Some(state) = self.conns[slot].frames.as_mut() else {
+                return;
+            };
+            let outcome = state.on_chunk(Side::Origin, &early_origin, now, &mut pieces);
+            let outq = &mut self.conns[slot].sides[Side::Client.index()].outq;
+            for piece in pieces.drain(..) {
+                let (data, counted) = match piece {
+                    Piece::Forward(range) => (early_origin[range].to_vec(), true),
+                    Piece::Inject(frame) => (frame, false),
+                };
+                outq.push_back(Chunk::Owned {
+                    data,
+                    off: 0,
+                    counted,
+                    origin_head: false,
+                });
+            }
+            self.pieces = pieces;
+            self.frames_outcome(slot, Side::Origin, outcome, now, true);
+        }
+    }
+
+    /// A chunk from `from` on a `frames` route: forwards its frames as ranges of the
+    /// buffer, with injected frames at boundaries, and acts on what the tracker saw.
+    fn frames_on_recv(&mut self, slot: usize, from: Side, bid: u16, n: usize, now: Tick) {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        pieces.clear();
+        let c = &mut self.conns[slot];
+        let Some(state) = c.frames.as_mut() else {
+            self.pieces = pieces;
+            return;
+        };
+        let outcome = state.on_chunk(from, self.bufs.bytes(bid, n), now, &mut pieces);
+        let last_forward = pieces.iter().rposition(|p| matches!(p, Piece::Forward(_)));
+        let to = from.other();
+        let outq = &mut c.sides[to.index()].outq;
+        for (i, piece) in pieces.drain(..).enumerate() {
+            outq.push_back(match piece {
+                Piece::Forward(range) => Chunk::Buf {
+                    bid,
+                    off: range.start as u32,
+                    len: range.end as u32,
+                    release: Some(i) == last_forward,
+                },
+                Piece::Inject(data) => Chunk::Owned {
+                    data,
+                    off: 0,
+                    counted: false,
+                    origin_head: false,
+                },
+            });
+        }
+        if last_forward.is_none() {
+            self.bufs.give_back(bid);
+        }
+        self.pieces = pieces;
+        self.kick_send(slot, to);
+        self.frames_outcome(slot, from, outcome, now, true);
+    }
+
+    fn frames_outcome(
+        &mut self,
+        slot: usize,
+        from: Side,
+        outcome: frames::ChunkOutcome,
+        _now: Tick,
+        counted: bool,
+    ) {
+        let c = &mut self.conns[slot];
+        if counted {
+            c.conn.on_dropped(from, outcome.dropped);
+        }
+        match from {
+            Side::Client => self.stats.messages_from_clients += outcome.messages,
+            Side::Origin => self.stats.messages_from_origins += outcome.messages,
+        }
+        let route = c
+            .route
+            .as_ref()
+            .map_or_else(String::new, |r| r.name.clone());
+        for code in &outcome.close_codes {
+            *self
+                .stats
+                .close_codes_seen
+                .entry((route.clone(), *code))
+                .or_default() += 1;
+        }
+        if outcome.pong {
+            c.conn.on_pong();
+        }
+        if let Some((code, reason)) = outcome.violation {
+            tracing::debug!(worker = self.index, side = ?from, code, reason = reason.as_str(), "frame rule broken");
+            self.frames_violation(slot, from, code, reason);
+        }
+        self.after_progress(slot);
+    }
+
+    /// Queues a frame the proxy originates toward `to`, at the next frame boundary.
+    fn frames_inject(&mut self, slot: usize, to: Side, frame: Vec<u8>, stop: bool) {
+        let c = &mut self.conns[slot];
+        let Some(state) = c.frames.as_mut() else {
+            return;
+        };
+        if let Some(data) = state.inject(to, frame, stop) {
+            c.sides[to.index()].outq.push_back(Chunk::Owned {
+                data,
+                off: 0,
+                counted: false,
+                origin_head: false,
+            });
+            self.kick_send(slot, to);
+        }
+    }
+
+    fn frames_send_close(&mut self, slot: usize, to: Side, code: u16, reason: &str) {
+        let mask = self.random().to_ne_bytes();
+        let frame = frames::close_frame(to, code, reason, mask);
+        if let Some(route) = self.conns[slot].route.as_ref() {
+            *self
+                .stats
+                .close_codes_sent
+                .entry((route.name.clone(), code))
+                .or_default() += 1;
+        }
+        self.frames_inject(slot, to, frame, true);
+    }
+
+    /// Ends a `frames` connection politely: Close (the route's code, 1001 by default) to both
+    /// sides at a frame boundary, then waits for the close handshake up to the grace period.
+    fn start_graceful_close(&mut self, slot: usize, reason: CloseReason) {
+        let now = self.now();
+        let c = &mut self.conns[slot];
+        let Some(state) = c.frames.as_mut() else {
+            self.begin_close(slot, reason);
+            return;
+        };
+        if state.graceful {
+            return;
+        }
+        state.graceful = true;
+        c.conn.begin_graceful_close(now, reason);
+        let (code, text) = c.route.as_ref().map_or((1001, String::new()), |r| {
+            (r.frames.close_code, r.frames.close_reason.clone())
+        });
+        self.frames_send_close(slot, Side::Client, code, &text);
+        self.frames_send_close(slot, Side::Origin, code, &text);
+        self.rearm_timer(slot);
+    }
+
+    /// A side broke the protocol or a limit: Close `code` to it, 1001 to the other side.
+    fn frames_violation(&mut self, slot: usize, violator: Side, code: u16, reason: CloseReason) {
+        let now = self.now();
+        let c = &mut self.conns[slot];
+        let Some(state) = c.frames.as_mut() else {
+            return;
+        };
+        // Its stream is broken: no close reply is expected from it.
+        state.close_received[violator.index()] = true;
+        if state.graceful {
+            return;
+        }
+        state.graceful = true;
+        c.conn.begin_graceful_close(now, reason);
+        self.frames_send_close(slot, violator, code, "");
+        self.frames_send_close(slot, violator.other(), 1001, "going away");
+        self.rearm_timer(slot);
+    }
+
+    fn send_keepalive_ping(&mut self, slot: usize) {
+        let Some(state) = self.conns[slot].frames.as_mut() else {
+            return;
+        };
+        let frame = state.ping_frame();
+        self.frames_inject(slot, Side::Client, frame, false);
     }
 
     // ----- splice relay -----------------------------------------------------------------
@@ -1526,7 +1802,10 @@ impl Worker {
         }
         for io in &mut c.sides {
             for chunk in io.outq.drain(..) {
-                if let Chunk::Buf { bid, .. } = chunk {
+                if let Chunk::Buf {
+                    bid, release: true, ..
+                } = chunk
+                {
                     self.bufs.give_back(bid);
                 }
             }
@@ -1591,8 +1870,16 @@ impl Worker {
             return;
         }
         match c.conn.on_timeout(now) {
-            Some((reason, Some(status))) => self.respond_error(slot, status, reason),
-            Some((reason, None)) => self.begin_close(slot, reason),
+            Some(TimerAction::Close {
+                reason,
+                status: Some(status),
+            }) => self.respond_error(slot, status, reason),
+            Some(TimerAction::Close {
+                reason,
+                status: None,
+            }) => self.begin_close(slot, reason),
+            Some(TimerAction::Ping) => self.send_keepalive_ping(slot),
+            Some(TimerAction::GracefulClose(reason)) => self.start_graceful_close(slot, reason),
             None => {}
         }
         if self.conns.contains(slot) {

@@ -93,6 +93,12 @@ impl Route {
         self
     }
 
+    /// A per-route key with a raw TOML value, e.g. `("client_max_message", "1000")`.
+    pub(crate) fn option(mut self, key: &str, raw_value: &str) -> Self {
+        self.extra.push((key.to_string(), raw_value.to_string()));
+        self
+    }
+
     /// A per-route duration override, e.g. `("idle_timeout", "1s")`.
     pub(crate) fn duration(mut self, key: &str, value: &str) -> Self {
         self.extra.push((key.to_string(), format!("{value:?}")));
