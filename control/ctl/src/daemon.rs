@@ -1,0 +1,624 @@
+//! `wsedgectl daemon`: the control process. It owns the desired configuration, validates and
+//! persists every change, pushes it to the dataplane's control socket, pushes again whenever
+//! the dataplane (re)appears or runs something else, reloads its file on SIGHUP, and serves
+//! the CLI on its own socket with the same wire protocol (forwarding dataplane-scope
+//! requests).
+//!
+//! Threads: the signal loop (the caller's thread), a sync loop (once a second), an accept
+//! loop, and one short-lived thread per CLI connection. One lock, `desired`, serialises every
+//! change and every push, so versions reach the dataplane in order.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use wsedge_command::Config;
+use wsedge_command::wire::{
+    self, Applied, Client, ConfigText, DaemonStatus, Envelope, ErrorKind, MAX_FRAME, Request,
+    Response, Status, WireError, decode_request,
+};
+
+use crate::edit::{self, EditError};
+use crate::state::{self, Desired};
+
+/// How often the daemon checks that the dataplane runs the desired configuration.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Timeout for one request to the dataplane (it waits up to 2 s on its workers).
+const DATAPLANE_TIMEOUT: Duration = Duration::from_secs(8);
+const MAX_PEERS: usize = 16;
+const PEER_IDLE: Duration = Duration::from_secs(30);
+const PEER_WRITE: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DaemonError {
+    /// The configuration file is invalid (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A failed request, as it is answered.
+#[derive(Debug)]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EditError> for Failure {
+    fn from(e: EditError) -> Failure {
+        let kind = match e {
+            EditError::NoRoute(_) | EditError::NoOrigin { .. } => ErrorKind::NotFound,
+            EditError::Document(_) | EditError::Invalid(_) => ErrorKind::InvalidConfig,
+        };
+        Failure::new(kind, e.to_string())
+    }
+}
+
+#[derive(Debug, Default)]
+struct SyncInfo {
+    reachable: bool,
+    in_sync: bool,
+    last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Daemon {
+    config_file: PathBuf,
+    dataplane: PathBuf,
+    state_file: Option<PathBuf>,
+    desired: Mutex<Desired>,
+    sync: Mutex<SyncInfo>,
+    started: Instant,
+    allowed_uids: Vec<u32>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every guarded value is replaced whole, so a poisoned lock still holds a valid one.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
+    let text = std::fs::read_to_string(config_file)
+        .map_err(|e| DaemonError::Config(format!("{}: cannot read: {e}", config_file.display())))?;
+    let source = config_file.display().to_string();
+    let bootstrap =
+        Config::from_toml(&text, &source).map_err(|e| DaemonError::Config(e.to_string()))?;
+    let control = bootstrap.control.clone();
+    let dataplane = control.socket.clone().ok_or_else(|| {
+        DaemonError::Config(format!(
+            "{source}: control.socket: the daemon needs the dataplane's control socket"
+        ))
+    })?;
+
+    // The persisted state wins over the file: it holds live edits made since the file was
+    // last applied. `wsedgectl reload` (or SIGHUP) goes back to the file.
+    let mut desired = Desired {
+        toml: text,
+        version: 1,
+        source,
+    };
+    if let Some(path) = &control.state_file {
+        match state::load(path) {
+            Ok(Some(saved)) => match Config::from_toml(&saved.toml, &path.display().to_string()) {
+                Ok(_) => {
+                    tracing::info!(
+                        version = saved.version,
+                        state = %path.display(),
+                        "desired configuration restored from the state file"
+                    );
+                    desired = saved;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "state file invalid; using the configuration file")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "state file unreadable; using the configuration file")
+            }
+        }
+    }
+
+    let daemon = Arc::new(Daemon {
+        config_file: config_file.to_owned(),
+        dataplane,
+        state_file: control.state_file.clone(),
+        desired: Mutex::new(desired),
+        sync: Mutex::new(SyncInfo::default()),
+        started: Instant::now(),
+        allowed_uids: control.allowed_uids.clone(),
+    });
+    if let Some(path) = &daemon.state_file {
+        let desired = lock(&daemon.desired).clone();
+        state::save(path, &desired).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    }
+
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
+
+    let socket_path = control.daemon_socket.clone();
+    let listener = bind(
+        &socket_path,
+        control.socket_mode,
+        control.socket_group.as_deref(),
+    )
+    .map_err(|e| DaemonError::Setup(format!("{}: {e}", socket_path.display())))?;
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(f)
+            .map(drop)
+            .map_err(|e| DaemonError::Setup(format!("cannot spawn a thread: {e}")))
+    };
+    let d = daemon.clone();
+    spawn(
+        "wsedgectl-accept",
+        Box::new(move || accept_loop(listener, &d)),
+    )?;
+    let d = daemon.clone();
+    spawn("wsedgectl-sync", Box::new(move || sync_loop(&d)))?;
+    eprintln!(
+        "wsedgectl daemon: listening on {}, dataplane {}",
+        socket_path.display(),
+        daemon.dataplane.display()
+    );
+    eprintln!("wsedgectl daemon: ready");
+
+    let mut signals = signals;
+    for signal in signals.forever() {
+        if signal == signal_hook::consts::SIGHUP {
+            tracing::info!("SIGHUP: reloading {}", daemon.config_file.display());
+            match daemon.reload() {
+                Ok(a) => tracing::info!(version = a.version, pushed = a.pushed, "reloaded"),
+                Err(f) => {
+                    tracing::error!(error = %f.message, "reload refused; the running configuration stays in force")
+                }
+            }
+        } else {
+            tracing::info!(
+                signal,
+                "stopping; the dataplane keeps serving its configuration"
+            );
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+impl Daemon {
+    fn call_dataplane(&self, request: &Request) -> Result<Response, WireError> {
+        let mut client = Client::connect(&self.dataplane, DATAPLANE_TIMEOUT)?;
+        client.call(request)
+    }
+
+    /// Forwards a dataplane-scope request.
+    fn forward(&self, request: &Request) -> Response {
+        match self.call_dataplane(request) {
+            Ok(response) => response,
+            Err(e) => Response::error(
+                ErrorKind::Unavailable,
+                format!(
+                    "cannot reach the dataplane at {}: {e}",
+                    self.dataplane.display()
+                ),
+            ),
+        }
+    }
+
+    /// Pushes `desired` to the dataplane.
+    fn push(&self, desired: &Desired) -> Result<Applied, Failure> {
+        let request = Request::ApplyConfig {
+            toml: desired.toml.clone(),
+            source: Some(desired.source.clone()),
+            version: Some(desired.version),
+        };
+        match self.call_dataplane(&request) {
+            Ok(Response::Applied(applied)) => Ok(applied),
+            Ok(Response::Error { kind, message }) => Err(Failure::new(kind, message)),
+            Ok(other) => Err(Failure::new(
+                ErrorKind::Internal,
+                format!("unexpected answer from the dataplane: {other:?}"),
+            )),
+            Err(e) => Err(Failure::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "cannot reach the dataplane at {}: {e}",
+                    self.dataplane.display()
+                ),
+            )),
+        }
+    }
+
+    /// Makes a change: `make` turns the desired state into new TOML text and its source. The
+    /// result is validated, persisted and pushed; if validation fails (here or in the
+    /// dataplane) nothing changes. An unreachable dataplane does not block the change: the
+    /// sync loop pushes it when the dataplane is back.
+    fn change(
+        &self,
+        make: impl FnOnce(&Desired) -> Result<(String, String), Failure>,
+    ) -> Result<Applied, Failure> {
+        let mut desired = lock(&self.desired);
+        let (toml, source) = make(&desired)?;
+        Config::from_toml(&toml, &source)
+            .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
+        let next = Desired {
+            toml,
+            version: desired.version + 1,
+            source,
+        };
+        if let Some(path) = &self.state_file {
+            state::save(path, &next)
+                .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))?;
+        }
+        let outcome = self.push(&next);
+        let mut sync = lock(&self.sync);
+        let applied = match outcome {
+            Ok(applied) => {
+                sync.reachable = true;
+                sync.in_sync = true;
+                sync.last_error = None;
+                applied
+            }
+            Err(f) if f.kind == ErrorKind::Unavailable => {
+                sync.reachable = false;
+                sync.in_sync = false;
+                sync.last_error = Some(f.message.clone());
+                tracing::warn!(error = %f.message, version = next.version, "dataplane unreachable; the change is pushed when it is back");
+                Applied {
+                    version: next.version,
+                    source: next.source.clone(),
+                    pushed: false,
+                    workers_confirmed: 0,
+                    restart_required: Vec::new(),
+                }
+            }
+            Err(f) => {
+                // The dataplane refused it: restore the persisted state, keep the old one.
+                if let Some(path) = &self.state_file
+                    && let Err(e) = state::save(path, &desired)
+                {
+                    tracing::error!(error = %e, "cannot restore the state file");
+                }
+                return Err(f);
+            }
+        };
+        tracing::info!(version = next.version, source = %next.source, pushed = applied.pushed, "configuration changed");
+        *desired = next;
+        Ok(applied)
+    }
+
+    fn reload(&self) -> Result<Applied, Failure> {
+        let file = self.config_file.clone();
+        self.change(|_| {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                Failure::new(
+                    ErrorKind::InvalidConfig,
+                    format!("{}: cannot read: {e}", file.display()),
+                )
+            })?;
+            Ok((text, file.display().to_string()))
+        })
+    }
+
+    /// Checks the dataplane runs the desired configuration; pushes it if not.
+    fn sync_once(&self) {
+        let desired = lock(&self.desired);
+        let shown = self.call_dataplane(&Request::ConfigShow);
+        let mut sync = lock(&self.sync);
+        let was_reachable = sync.reachable;
+        match shown {
+            Ok(Response::Config(running)) => {
+                sync.reachable = true;
+                if !was_reachable {
+                    tracing::info!(dataplane = %self.dataplane.display(), version = running.version, "dataplane reachable");
+                }
+                if running.version == desired.version && running.toml == desired.toml {
+                    sync.in_sync = true;
+                    return;
+                }
+                tracing::info!(
+                    running = running.version,
+                    desired = desired.version,
+                    "dataplane runs another configuration; pushing the desired one"
+                );
+                drop(sync);
+                let outcome = self.push(&desired);
+                let mut sync = lock(&self.sync);
+                match outcome {
+                    Ok(applied) => {
+                        sync.in_sync = true;
+                        sync.last_error = None;
+                        tracing::info!(
+                            version = applied.version,
+                            workers = applied.workers_confirmed,
+                            "dataplane re-synced"
+                        );
+                    }
+                    Err(f) => {
+                        sync.in_sync = false;
+                        if sync.last_error.as_deref() != Some(f.message.as_str()) {
+                            tracing::error!(error = %f.message, "push to the dataplane failed");
+                        }
+                        sync.last_error = Some(f.message);
+                    }
+                }
+            }
+            Ok(other) => {
+                sync.in_sync = false;
+                sync.last_error = Some(format!("unexpected answer to config_show: {other:?}"));
+            }
+            Err(e) => {
+                if was_reachable {
+                    tracing::warn!(dataplane = %self.dataplane.display(), error = %e, "dataplane unreachable");
+                }
+                sync.reachable = false;
+                sync.in_sync = false;
+                sync.last_error = Some(format!("cannot reach the dataplane: {e}"));
+            }
+        }
+    }
+
+    fn status(&self) -> Response {
+        let dataplane = match self.call_dataplane(&Request::Status) {
+            Ok(Response::Status(s)) => s.dataplane,
+            _ => None,
+        };
+        let desired_version = lock(&self.desired).version;
+        let sync = lock(&self.sync);
+        let in_sync = sync.in_sync
+            && dataplane.as_ref().is_some_and(|d| {
+                d.config_version == desired_version
+                    && d.workers
+                        .iter()
+                        .all(|w| w.config_version == desired_version)
+            });
+        Response::Status(Status {
+            daemon: Some(DaemonStatus {
+                pid: std::process::id(),
+                uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                config_file: self.config_file.display().to_string(),
+                desired_version,
+                dataplane_socket: self.dataplane.display().to_string(),
+                dataplane_reachable: dataplane.is_some(),
+                in_sync,
+                last_error: sync.last_error.clone(),
+            }),
+            dataplane,
+        })
+    }
+
+    fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => return self.status(),
+            Request::Stats
+            | Request::Connections { .. }
+            | Request::Kill { .. }
+            | Request::Drain { .. } => return self.forward(&request),
+            Request::ApplyConfig { toml, source, .. } => self
+                .change(|_| Ok((toml, source.unwrap_or_else(|| "wsedgectl apply".to_owned()))))
+                .map(Response::Applied),
+            Request::ConfigShow => {
+                let d = lock(&self.desired);
+                Ok(Response::Config(ConfigText {
+                    version: d.version,
+                    source: d.source.clone(),
+                    toml: d.toml.clone(),
+                }))
+            }
+            Request::RoutesList => self.desired_config().map(|c| Response::Routes {
+                routes: wire::route_rows(&c),
+            }),
+            Request::LimitsGet { route } => self.desired_config().and_then(|c| {
+                wire::limits_view(&c, route.as_deref())
+                    .map(Response::Limits)
+                    .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no route with that name"))
+            }),
+            Request::Reload => self.reload().map(Response::Applied),
+            Request::OriginAdd { route, addr } => self
+                .change(|d| Ok((edit::origin_add(&d.toml, &route, &addr)?, edited(&d.source))))
+                .map(Response::Applied),
+            Request::OriginRemove { route, addr } => self
+                .change(|d| {
+                    Ok((
+                        edit::origin_remove(&d.toml, &route, &addr)?,
+                        edited(&d.source),
+                    ))
+                })
+                .map(Response::Applied),
+            Request::LimitsSet { key, value, route } => self
+                .change(|d| {
+                    Ok((
+                        edit::limits_set(&d.toml, &key, &value, route.as_deref())?,
+                        edited(&d.source),
+                    ))
+                })
+                .map(Response::Applied),
+        };
+        result.unwrap_or_else(|f| Response::error(f.kind, f.message))
+    }
+
+    fn desired_config(&self) -> Result<Config, Failure> {
+        let d = lock(&self.desired);
+        Config::from_toml(&d.toml, &d.source)
+            .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))
+    }
+
+    fn permits(&self, uid: u32) -> bool {
+        uid == 0 || uid == nix::unistd::geteuid().as_raw() || self.allowed_uids.contains(&uid)
+    }
+}
+
+/// The source name of an edited configuration.
+fn edited(source: &str) -> String {
+    if source.ends_with(" + live edits") {
+        source.to_owned()
+    } else {
+        format!("{source} + live edits")
+    }
+}
+
+fn sync_loop(daemon: &Daemon) {
+    loop {
+        daemon.sync_once();
+        std::thread::sleep(SYNC_INTERVAL);
+    }
+}
+
+/// Binds under a temporary name, sets mode and group, then renames into place.
+fn bind(path: &Path, mode: u32, group: Option<&str>) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another daemon is serving this socket",
+                ));
+            }
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    let prepared = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if let Some(name) = group {
+            let group = nix::unistd::Group::from_name(name)
+                .map_err(std::io::Error::from)?
+                .ok_or_else(|| std::io::Error::other(format!("no group named {name:?}")))?;
+            std::os::unix::fs::chown(&tmp, None, Some(group.gid.as_raw()))?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = prepared {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+fn accept_loop(listener: UnixListener, daemon: &Arc<Daemon>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let mut stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let _ = stream.set_write_timeout(Some(PEER_WRITE));
+        let uid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .map(|c| c.uid());
+        let refusal = match uid {
+            Ok(uid) if daemon.permits(uid) => None,
+            Ok(uid) => Some((
+                ErrorKind::PermissionDenied,
+                format!("uid {uid} may not use this socket"),
+            )),
+            Err(e) => Some((
+                ErrorKind::PermissionDenied,
+                format!("peer credentials unavailable: {e}"),
+            )),
+        };
+        let refusal = refusal.or_else(|| {
+            (active.load(Ordering::Acquire) >= MAX_PEERS)
+                .then(|| (ErrorKind::Busy, "too many connections at once".to_owned()))
+        });
+        if let Some((kind, message)) = refusal {
+            tracing::warn!(%message, "CLI peer refused");
+            let _ = wire::send(
+                &mut stream,
+                &Envelope::new(0, Response::error(kind, message)),
+            );
+            continue;
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let (d, a) = (daemon.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("wsedgectl-peer".to_owned())
+            .spawn(move || {
+                serve_peer(stream, &d);
+                a.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn serve_peer(mut stream: UnixStream, daemon: &Daemon) {
+    if stream.set_read_timeout(Some(PEER_IDLE)).is_err() {
+        return;
+    }
+    loop {
+        let body = match wire::read_frame(&mut stream, MAX_FRAME) {
+            Ok(body) => body,
+            Err(e @ WireError::TooLarge { .. }) => {
+                let reply = Response::error(ErrorKind::FrameTooLarge, e.to_string());
+                let _ = wire::send(&mut stream, &Envelope::new(0, reply));
+                return;
+            }
+            Err(_) => return,
+        };
+        let (id, response) = match decode_request(&body) {
+            Ok(envelope) => {
+                tracing::debug!(request = envelope.body.kind(), "CLI request");
+                (envelope.id, daemon.handle(envelope.body))
+            }
+            Err(e) => (e.id.unwrap_or(0), Response::error(e.kind, e.message)),
+        };
+        if wire::send(&mut stream, &Envelope::new(id, response)).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edited_source_names() {
+        assert_eq!(edited("/etc/w.toml"), "/etc/w.toml + live edits");
+        assert_eq!(
+            edited("/etc/w.toml + live edits"),
+            "/etc/w.toml + live edits"
+        );
+    }
+}

@@ -1,0 +1,384 @@
+//! Human output of the CLI: aligned tables and short summaries. `--json` bypasses this module
+//! and prints the wire responses as they are.
+
+use std::fmt::Write as _;
+
+use wsedge_command::wire::{
+    Applied, Connection, LimitsView, Percentiles, RouteRow, StatsReport, Status, WorkerStats,
+};
+
+/// Left-aligned columns separated by two spaces; numbers are right-aligned.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let numeric: Vec<bool> = (0..headers.len())
+        .map(|i| {
+            !rows.is_empty()
+                && rows.iter().all(|r| {
+                    r.get(i).is_some_and(|c| {
+                        c.chars()
+                            .next()
+                            .is_some_and(|ch| ch.is_ascii_digit() || c == "n/a")
+                    })
+                })
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = (usize, &str)>| {
+        let mut text = String::new();
+        for (i, cell) in cells {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if numeric[i] {
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied().enumerate());
+    for row in rows {
+        line(
+            &mut row
+                .iter()
+                .map(String::as_str)
+                .enumerate()
+                .take(headers.len()),
+        );
+    }
+    out
+}
+
+/// `1h02m`, `3m05s`, `12.3s`, `250ms`.
+pub(crate) fn duration_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{}.{}s", s, (ms % 1000) / 100)
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+/// `512 B`, `1.5 KiB`, `3.2 MiB`, `1.0 GiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+pub(crate) fn status(s: &Status) -> String {
+    let mut out = String::new();
+    if let Some(d) = &s.daemon {
+        let _ = writeln!(
+            out,
+            "daemon     pid {}, up {}, desired config version {} ({})",
+            d.pid,
+            duration_ms(d.uptime_ms),
+            d.desired_version,
+            d.config_file
+        );
+        let _ = writeln!(
+            out,
+            "           dataplane socket {}: {}",
+            d.dataplane_socket,
+            match (d.dataplane_reachable, d.in_sync) {
+                (true, true) => "reachable, in sync".to_owned(),
+                (true, false) => "reachable, NOT in sync (pushing)".to_owned(),
+                (false, _) => format!(
+                    "UNREACHABLE{}",
+                    d.last_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+            }
+        );
+    }
+    match &s.dataplane {
+        None => {
+            let _ = writeln!(out, "dataplane  not reachable");
+        }
+        Some(d) => {
+            let live: u64 = d.workers.iter().map(|w| w.live).sum();
+            let _ = writeln!(
+                out,
+                "dataplane  pid {}, wsedge {}, up {}, {} workers, {} live connections",
+                d.pid,
+                d.build,
+                duration_ms(d.uptime_ms),
+                d.workers.len(),
+                live
+            );
+            let _ = writeln!(
+                out,
+                "           config version {} from {}",
+                d.config_version, d.config_source
+            );
+            out.push('\n');
+            let rows: Vec<Vec<String>> = d
+                .workers
+                .iter()
+                .map(|w| {
+                    vec![
+                        w.index.to_string(),
+                        w.config_version.to_string(),
+                        w.live.to_string(),
+                        yes_no(w.accepting).to_owned(),
+                    ]
+                })
+                .collect();
+            out.push_str(&table(&["WORKER", "CONFIG", "LIVE", "ACCEPTING"], &rows));
+        }
+    }
+    out
+}
+
+fn percentile(p: Option<Percentiles>, pick: fn(&Percentiles) -> u64) -> String {
+    match p {
+        Some(p) if p.count > 0 => duration_us(pick(&p)),
+        _ => "n/a".to_owned(),
+    }
+}
+
+fn duration_us(us: u64) -> String {
+    if us < 1000 {
+        format!("{us}us")
+    } else {
+        format!("{:.1}ms", us as f64 / 1000.0)
+    }
+}
+
+fn stats_row(label: String, w: &WorkerStats) -> Vec<String> {
+    let rejected: u64 = w.rejected().map(|(_, n)| n).sum();
+    vec![
+        label,
+        w.live.to_string(),
+        w.accepted.to_string(),
+        w.upgraded.to_string(),
+        w.plain_http.to_string(),
+        rejected.to_string(),
+        bytes(w.bytes_from_clients),
+        bytes(w.bytes_to_clients),
+        percentile(w.handshake_latency, |p| p.p50_us),
+        percentile(w.handshake_latency, |p| p.p90_us),
+        percentile(w.handshake_latency, |p| p.p99_us),
+    ]
+}
+
+pub(crate) fn stats(s: &StatsReport) -> String {
+    let mut rows: Vec<Vec<String>> = s
+        .workers
+        .iter()
+        .map(|w| stats_row(w.worker.map_or("?".into(), |i| i.to_string()), w))
+        .collect();
+    rows.push(stats_row("total".to_owned(), &s.total));
+    let mut out = table(
+        &[
+            "WORKER",
+            "LIVE",
+            "ACCEPTED",
+            "UPGRADED",
+            "HTTP",
+            "REJECTED",
+            "FROM_CLIENTS",
+            "TO_CLIENTS",
+            "HS_P50",
+            "HS_P90",
+            "HS_P99",
+        ],
+        &rows,
+    );
+    let rejected: Vec<String> = s
+        .total
+        .rejected()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    let ended: Vec<String> = s
+        .total
+        .closed
+        .iter()
+        .filter(|(r, _)| !wsedge_command::wire::is_rejection(r))
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "rejected by reason: {}",
+        if rejected.is_empty() {
+            "none".to_owned()
+        } else {
+            rejected.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "ended by reason:    {}",
+        if ended.is_empty() {
+            "none".to_owned()
+        } else {
+            ended.join(", ")
+        }
+    );
+    if s.total.handshake_latency.is_none() {
+        out.push_str("handshake latency:  n/a (not measured by this dataplane build)\n");
+    }
+    out
+}
+
+pub(crate) fn connections(list: &[Connection]) -> String {
+    if list.is_empty() {
+        return "no live connections\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.worker.to_string(),
+                c.client.clone(),
+                c.route.clone().unwrap_or_else(|| "-".into()),
+                c.origin.clone().unwrap_or_else(|| "-".into()),
+                duration_ms(c.age_ms),
+                bytes(c.bytes_from_client),
+                bytes(c.bytes_to_client),
+                c.state.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "WORKER",
+            "CLIENT",
+            "ROUTE",
+            "ORIGIN",
+            "AGE",
+            "FROM_CLIENT",
+            "TO_CLIENT",
+            "STATE",
+        ],
+        &rows,
+    )
+}
+
+pub(crate) fn routes(routes: &[RouteRow]) -> String {
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.host.clone(),
+                r.path_prefix.clone(),
+                r.relay.clone(),
+                r.origins.join(", "),
+            ]
+        })
+        .collect();
+    table(&["ROUTE", "HOST", "PATH", "RELAY", "ORIGINS"], &rows)
+}
+
+pub(crate) fn origins(routes: &[RouteRow]) -> String {
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .flat_map(|r| {
+            r.origins
+                .iter()
+                .map(move |o| vec![r.name.clone(), o.clone()])
+        })
+        .collect();
+    table(&["ROUTE", "ORIGIN"], &rows)
+}
+
+pub(crate) fn limits(view: &LimitsView) -> String {
+    let rows: Vec<Vec<String>> = view
+        .limits
+        .iter()
+        .map(|(k, v)| vec![k.clone(), v.clone()])
+        .collect();
+    let mut out = match &view.route {
+        Some(r) => format!("limits of route {r} ([limits] defaults with its overrides)\n"),
+        None => "[limits] (defaults for every route)\n".to_owned(),
+    };
+    out.push_str(&table(&["LIMIT", "VALUE"], &rows));
+    out
+}
+
+pub(crate) fn applied(a: &Applied) -> String {
+    let mut out = if a.pushed {
+        format!(
+            "applied config version {} ({}); {} workers run it\n",
+            a.version, a.source, a.workers_confirmed
+        )
+    } else {
+        format!(
+            "accepted config version {} ({}); the dataplane is unreachable, it is pushed when the dataplane is back\n",
+            a.version, a.source
+        )
+    };
+    if !a.restart_required.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: changed fields that take effect only after a dataplane restart: {}",
+            a.restart_required.join(", ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["ID", "NAME"],
+            &[
+                vec!["7".into(), "chat".into()],
+                vec!["1234".into(), "x".into()],
+            ],
+        );
+        assert_eq!(t, "  ID  NAME\n   7  chat\n1234  x\n");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(duration_ms(250), "250ms");
+        assert_eq!(duration_ms(12_345), "12.3s");
+        assert_eq!(duration_ms(185_000), "3m05s");
+        assert_eq!(duration_ms(3_720_000), "1h02m");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+    }
+}
