@@ -324,6 +324,7 @@ pub struct Conn {
     upgrade: Option<Upgrade>,
     body: BodyLength,
     expected_accept: Option<[u8; 28]>,
+    client_accept: Option<[u8; 28]>,
     route: Option<usize>,
     connect_attempts: u8,
     status: Option<u16>,
@@ -355,6 +356,7 @@ impl Conn {
             upgrade: None,
             body: BodyLength::None,
             expected_accept: None,
+            client_accept: None,
             route: None,
             connect_attempts: 0,
             status: None,
@@ -395,6 +397,30 @@ impl Conn {
         self.flows[from.index()].bytes
     }
 
+    /// The `Sec-WebSocket-Accept` value for the client's key (after a WebSocket head).
+    pub fn client_accept(&self) -> Option<[u8; 28]> {
+        self.client_accept
+    }
+
+    /// The accept value the origin's 101 must carry, when the edge sent its own key
+    /// (`bridge`) instead of forwarding the client's.
+    pub fn expect_origin_accept(&mut self, accept: [u8; 28]) {
+        self.expected_accept = Some(accept);
+    }
+
+    /// A built-in function answered the upgrade itself: the connection relays from now,
+    /// with only the client side, under the route's idle and max-time timers.
+    pub fn on_function_upgrade(&mut self, now: Tick, timers: RouteTimers, random: u32) {
+        self.timers = Some(timers);
+        self.status = Some(101);
+        self.phase = Phase::Relay;
+        self.phase_deadline = None;
+        self.last_activity = now;
+        self.idle_ms = Some(timers.idle_ms);
+        self.flows = [Flow::default(); 2];
+        self.start_relay_timers(random);
+    }
+
     /// Whether `from` sent EOF.
     pub fn saw_eof(&self, from: Side) -> bool {
         self.flows[from.index()].eof
@@ -426,6 +452,7 @@ impl Conn {
             RequestKind::WebSocket { key } => {
                 self.upgrade = Some(Upgrade::WebSocket);
                 self.expected_accept = Some(accept_key(key));
+                self.client_accept = self.expected_accept;
                 origin_head.extend_from_slice(tail);
                 tail_len = tail.len();
             }

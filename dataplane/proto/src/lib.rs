@@ -13,4 +13,5 @@ pub mod frame;
 pub mod handshake;
 pub mod response;
 pub mod route;
+pub mod upgrade;
 pub mod wheel;
