@@ -104,6 +104,13 @@ fn run(
             }
             listeners.push(fd);
         }
+        // One client address -> one worker, so per-address firewall state is exact.
+        if count > 1
+            && let Some(first) = per_worker.first().and_then(|l| l.last())
+            && let Err(e) = sys::steer_by_client_address(*first, count)
+        {
+            tracing::warn!(%bound, error = %e, "cannot attach the reuseport steering program; per-address limits become per worker");
+        }
         eprintln!("wsedge: listening on {bound}");
     }
 

@@ -343,3 +343,66 @@ pub(crate) fn group_gid(name: &str) -> io::Result<u32> {
     // SAFETY: non-null pointer to the group entry returned just above.
     Ok(unsafe { (*group).gr_gid })
 }
+
+/// Steers every connection from one client address to the same listener of a SO_REUSEPORT
+/// group of `workers` listeners (those that called `listen()` on this address, in that
+/// order), so per-address state (firewall rate limits and caps) stays in one worker.
+///
+/// A classic BPF program, attached once to any socket of the group: it hashes the IPv4
+/// source address, or the XOR of the four words of the IPv6 one, and returns the hash modulo
+/// `workers`.
+pub(crate) fn steer_by_client_address(fd: RawFd, workers: usize) -> io::Result<()> {
+    const NET: u32 = 0xfff0_0000; // SKF_NET_OFF: offsets relative to the network header
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let (ld, ldb, w, b, abs) = (
+        libc::BPF_LD,
+        libc::BPF_LD,
+        libc::BPF_W,
+        libc::BPF_B,
+        libc::BPF_ABS,
+    );
+    let alu = libc::BPF_ALU;
+    let program = [
+        op(ldb | b | abs, 0, 0, NET), // 0: A = first byte of the IP header
+        op(alu | libc::BPF_RSH | libc::BPF_K, 0, 0, 4), // 1: A = IP version
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 2, 0, 6), // 2: v6 -> 5
+        op(ld | w | abs, 0, 0, NET + 12), // 3: A = IPv4 source
+        op(libc::BPF_JMP | libc::BPF_JA, 0, 0, 11), // 4: -> 16
+        op(ld | w | abs, 0, 0, NET + 8), // 5: A = IPv6 source, word 0
+        op(libc::BPF_MISC | libc::BPF_TAX, 0, 0, 0), // 6: X = A
+        op(ld | w | abs, 0, 0, NET + 12), // 7
+        op(alu | libc::BPF_XOR | libc::BPF_X, 0, 0, 0), // 8: A ^= X
+        op(libc::BPF_MISC | libc::BPF_TAX, 0, 0, 0), // 9
+        op(ld | w | abs, 0, 0, NET + 16), // 10
+        op(alu | libc::BPF_XOR | libc::BPF_X, 0, 0, 0), // 11
+        op(libc::BPF_MISC | libc::BPF_TAX, 0, 0, 0), // 12
+        op(ld | w | abs, 0, 0, NET + 20), // 13
+        op(alu | libc::BPF_XOR | libc::BPF_X, 0, 0, 0), // 14
+        op(libc::BPF_JMP | libc::BPF_JA, 0, 0, 0), // 15: -> 16
+        op(alu | libc::BPF_MUL | libc::BPF_K, 0, 0, 0x9E37_79B1), // 16: spread the bits
+        op(alu | libc::BPF_RSH | libc::BPF_K, 0, 0, 16), // 17
+        op(alu | libc::BPF_MOD | libc::BPF_K, 0, 0, workers as u32), // 18: listener index
+        op(libc::BPF_RET | libc::BPF_A, 0, 0, 0), // 19
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `program`, both alive for the call; the kernel copies the
+    // program during setsockopt.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const prog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
