@@ -26,6 +26,8 @@ pub struct Config {
     pub limits: Limits,
     pub routes: Vec<Route>,
     pub control: ControlConfig,
+    /// The `[[list]]` network lists and `[[rule]]` firewall rules.
+    pub firewall: crate::firewall::FirewallConfig,
 }
 
 /// The `[control]` table: the dataplane's control socket, the control process's own socket
@@ -167,6 +169,9 @@ pub struct Route {
     pub limits: Limits,
     /// What a `frames` relay enforces (ignored by the other relays).
     pub frames: FrameOptions,
+    /// Debug rules: the access log carries a traceback of the route and firewall rules that
+    /// matched, and `Pragma: wsedge-debug` gets response headers naming them. Default off.
+    pub debug: bool,
 }
 
 /// Per-route options of the `frames` relay.
@@ -270,6 +275,10 @@ struct RawConfig {
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     control: RawControl,
+    #[serde(default, rename = "list")]
+    lists: Vec<Spanned<crate::firewall::RawList>>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<Spanned<crate::firewall::RawRule>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -402,6 +411,8 @@ struct RawRoute {
     close_code: Option<Spanned<u64>>,
     close_reason: Option<Spanned<String>>,
     close_grace: Option<Spanned<String>>,
+    #[serde(default)]
+    debug: bool,
 }
 
 fn no_origins() -> Spanned<Vec<String>> {
@@ -468,6 +479,9 @@ impl Validator<'_> {
             routes.push(route);
         }
         let control = self.control(raw.control)?;
+        let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let invalid = |span, field: &str, message: String| self.invalid(span, field, message);
+        let firewall = crate::firewall::validate(raw.lists, raw.rules, &route_names, &invalid)?;
         Ok(Config {
             dataplane,
             access_log,
@@ -475,6 +489,7 @@ impl Validator<'_> {
             limits,
             routes,
             control,
+            firewall,
         })
     }
 
@@ -826,6 +841,7 @@ impl Validator<'_> {
             relay: raw.relay,
             limits,
             frames,
+            debug: raw.debug,
         })
     }
 }
@@ -862,6 +878,17 @@ mod tests {
         assert_eq!(route.relay, RelayMode::Buffered);
         assert_eq!(route.limits.max_connection_time, Duration::from_secs(900));
         assert_eq!(config.access_log, AccessLogTarget::Stdout);
+        assert!(!route.debug);
+        assert!(config.firewall.rules.is_empty());
+    }
+
+    #[test]
+    fn route_debug_switch() {
+        let text = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\ndebug = true\n";
+        let config = Config::from_toml(text, "t").expect("valid");
+        assert!(config.routes[0].debug);
+        let msg = error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\ndebug = 1\n");
+        assert!(msg.contains("line 4"), "{msg}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod firewall;
 pub mod wire;
 
 pub use config::{
