@@ -378,6 +378,15 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");
+    if let Response::Status(s) = &response
+        && s.dataplane.is_none()
+    {
+        // For health checks: the daemon answered, the dataplane did not.
+        return Err(Fail::new(
+            EXIT_UNREACHABLE,
+            "the dataplane is not reachable",
+        ));
+    }
     Ok(())
 }
 

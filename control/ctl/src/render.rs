@@ -22,9 +22,9 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             !rows.is_empty()
                 && rows.iter().all(|r| {
                     r.get(i).is_some_and(|c| {
-                        c.chars()
-                            .next()
-                            .is_some_and(|ch| ch.is_ascii_digit() || c == "n/a")
+                        c.chars().next().is_some_and(|ch| {
+                            (ch.is_ascii_digit() && !c.contains(':')) || c == "n/a"
+                        })
                     })
                 })
         })
