@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod channels;
 pub mod conn;
+pub mod endpoint;
 pub mod firewall;
 pub mod frame;
 pub mod handshake;
