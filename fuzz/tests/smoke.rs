@@ -1,0 +1,241 @@
+//! The fuzz checks without libFuzzer: for machines without a nightly toolchain, and CI.
+//!
+//! Each test replays the committed corpus of its target (`corpus/<target>/`), then runs
+//! mutations of it from a small deterministic mutator (xorshift, fixed seed) until
+//! `WSEDGE_FUZZ_SMOKE_SECS` seconds (default 2) or `WSEDGE_FUZZ_SMOKE_RUNS` inputs have
+//! passed. A failing input is written to `artifacts/<target>/smoke-crash-<hash>` and the
+//! test fails naming it; replay it with `cargo fuzz run <target> <file>` or this test.
+//!
+//!   cargo test --release --no-default-features --test smoke
+//!   WSEDGE_FUZZ_REPLAY=artifacts/conn/crash-x cargo test --no-default-features --test smoke conn
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Tokens that matter to HTTP heads and TOML, spliced in by the mutator.
+const DICT: &[&[u8]] = &[
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\r",
+    b"\n",
+    b"\0",
+    b": ",
+    b" ",
+    b"\t",
+    b",",
+    b"Content-Length: 0\r\n",
+    b"Content-Length: 5\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Connection: Upgrade\r\n",
+    b"Upgrade: websocket\r\n",
+    b"Sec-WebSocket-Version: 13\r\n",
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n",
+    b"Host: a.example.com\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\n",
+    b"GET / HTTP/1.1\r\n",
+    b"[[route]]\n",
+    b"origins = [\"127.0.0.1:9\"]\n",
+    b"= \"10s\"\n",
+    b"= 4294967296\n",
+    b"[limits]\n",
+    b"\"",
+    b"'",
+    b"\xff",
+];
+
+/// xorshift64*: small, fast, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+/// One to four random edits of `input`, sometimes spliced with another corpus entry.
+fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        let len = v.len();
+        match rng.below(9) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                v[i] = rng.next() as u8;
+            }
+            2 => {
+                let i = rng.below(len + 1);
+                v.insert(i, rng.next() as u8);
+            }
+            3 if len > 0 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(16));
+                v.drain(i..i + n);
+            }
+            4 if len > 0 => {
+                // Duplicate a range (repeated headers, long lines).
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(64));
+                let copy = v[i..i + n].to_vec();
+                let at = rng.below(len + 1);
+                v.splice(at..at, copy);
+            }
+            5 | 6 => {
+                let tok = DICT[rng.below(DICT.len())];
+                let i = rng.below(len + 1);
+                v.splice(i..i, tok.iter().copied());
+            }
+            7 if !corpus.is_empty() => {
+                // Crossover: our prefix, another entry's suffix.
+                let other = &corpus[rng.below(corpus.len())];
+                let cut = rng.below(len + 1);
+                let from = rng.below(other.len() + 1);
+                v.truncate(cut);
+                v.extend_from_slice(&other[from..]);
+            }
+            _ if len > 0 => {
+                v.truncate(rng.below(len + 1));
+            }
+            _ => v.push(rng.next() as u8),
+        }
+    }
+    v.truncate(64 * 1024);
+    v
+}
+
+fn load_corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = root().join("corpus").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn run_one(target: &str, check: fn(&[u8]), input: &[u8]) {
+    if catch_unwind(AssertUnwindSafe(|| check(input))).is_err() {
+        let dir = root().join("artifacts").join(target);
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("smoke-crash-{:016x}", fnv(input)));
+        let _ = std::fs::write(&path, input);
+        panic!(
+            "{target}: check failed on a {}-byte input, saved to {}",
+            input.len(),
+            path.display()
+        );
+    }
+}
+
+fn smoke(target: &str, check: fn(&[u8])) {
+    if let Ok(file) = std::env::var("WSEDGE_FUZZ_REPLAY") {
+        let data = std::fs::read(Path::new(&file)).expect("read replay file");
+        check(&data);
+        return;
+    }
+    let corpus = load_corpus(target);
+    assert!(!corpus.is_empty(), "no seeds in corpus/{target}");
+    for input in &corpus {
+        run_one(target, check, input);
+    }
+    let secs = env_u64("WSEDGE_FUZZ_SMOKE_SECS").unwrap_or(2);
+    let max_runs = env_u64("WSEDGE_FUZZ_SMOKE_RUNS").unwrap_or(u64::MAX);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ fnv(target.as_bytes()));
+    // Keep mutants that were accepted into a small pool, so edits stack up.
+    let mut pool = corpus.clone();
+    let mut runs = 0u64;
+    while runs < max_runs && (!runs.is_multiple_of(256) || Instant::now() < deadline) {
+        let base = &pool[rng.below(pool.len())];
+        let input = mutate(&mut rng, base, &corpus);
+        run_one(target, check, &input);
+        if pool.len() < 4096 && rng.below(8) == 0 {
+            pool.push(input);
+        }
+        runs += 1;
+    }
+    println!(
+        "smoke {target}: {} seeds + {runs} mutations in {secs} s, no failure",
+        corpus.len()
+    );
+}
+
+#[test]
+fn handshake() {
+    smoke("handshake", wsedge_fuzz::handshake);
+}
+
+#[test]
+fn response() {
+    smoke("response", wsedge_fuzz::response);
+}
+
+#[test]
+fn config() {
+    smoke("config", wsedge_fuzz::config);
+}
+
+#[test]
+fn conn() {
+    smoke("conn", wsedge_fuzz::conn);
+}
+
+/// Prints where each `conn` input ends up (`cargo test --no-default-features --test smoke
+/// -- --ignored --nocapture conn_outcomes`; WSEDGE_FUZZ_DIR picks another directory).
+#[test]
+#[ignore = "a tool for choosing seeds, not a check"]
+fn conn_outcomes() {
+    let dir = std::env::var("WSEDGE_FUZZ_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("corpus").join("conn"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        let data = std::fs::read(&f).expect("read");
+        println!(
+            "{} {} {}",
+            data.len(),
+            wsedge_fuzz::conn_outcome(&data),
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn frame() {
+    smoke("frame", wsedge_fuzz::frame);
+}
