@@ -537,7 +537,7 @@ impl Driver {
 
     fn on_client_head(&mut self, cx: &HeadContext<'_>) {
         let buf = self.client_head.clone();
-        match self.conn.on_client_head(&buf, self.now, cx) {
+        match self.conn.on_client_head(&buf, self.now, cx, None) {
             HeadAction::NeedMore => {
                 assert!(buf.len() <= cx.limits.max_head_bytes);
                 assert_eq!(self.conn.phase(), Phase::ClientHead);

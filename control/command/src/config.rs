@@ -26,8 +26,56 @@ pub struct Config {
     pub limits: Limits,
     pub routes: Vec<Route>,
     pub control: ControlConfig,
+    pub functions: FunctionsConfig,
     /// The `[[list]]` network lists and `[[rule]]` firewall rules.
     pub firewall: crate::firewall::FirewallConfig,
+}
+
+/// The `[functions]` table: process-wide settings of the built-in functions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionsConfig {
+    /// The HTTP publish API (`POST /publish/<channel>`) on this address; `None` = off.
+    pub publish_listen: Option<SocketAddr>,
+}
+
+/// Which built-in function answers a route instead of origins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionKind {
+    /// The edge completes the handshake and echoes every message.
+    Echo,
+    /// Channels: clients subscribe and publish; messages fan out to every subscriber.
+    Broadcast,
+    /// The edge terminates the client's WebSocket and opens its own to `bridge_url`.
+    Bridge,
+}
+
+/// Where a `bridge` route connects: `ws://IP:port/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeTarget {
+    pub addr: SocketAddr,
+    /// The Host header sent (`IP:port` as written).
+    pub host: String,
+    /// Path and query sent in the request line.
+    pub path: String,
+}
+
+/// A route's built-in function and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionConfig {
+    pub kind: FunctionKind,
+    /// `bridge` only.
+    pub bridge: Option<BridgeTarget>,
+    /// `broadcast`: whether clients may publish (else only the publish API does).
+    pub publish: bool,
+    /// `broadcast`: whether a publisher receives its own messages.
+    pub echo_to_sender: bool,
+    /// `broadcast`: most subscribers of one channel on one worker.
+    pub max_subscribers: usize,
+    /// `broadcast`: most channels one client may subscribe to.
+    pub max_channels_per_client: usize,
+    /// Bytes queued to one client before it counts as a slow consumer and is closed (1013).
+    pub max_send_queue: usize,
 }
 
 /// The `[control]` table: the dataplane's control socket, the control process's own socket
@@ -169,6 +217,8 @@ pub struct Route {
     pub limits: Limits,
     /// What a `frames` relay enforces (ignored by the other relays).
     pub frames: FrameOptions,
+    /// A built-in function answering this route instead of `origins` (then empty).
+    pub function: Option<FunctionConfig>,
     /// Debug rules: the access log carries a traceback of the route and firewall rules that
     /// matched, and `Pragma: wsedge-debug` gets response headers naming them. Default off.
     pub debug: bool,
@@ -275,10 +325,18 @@ struct RawConfig {
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    functions: RawFunctions,
     #[serde(default, rename = "list")]
     lists: Vec<Spanned<crate::firewall::RawList>>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<crate::firewall::RawRule>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunctions {
+    publish_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -411,6 +469,13 @@ struct RawRoute {
     close_code: Option<Spanned<u64>>,
     close_reason: Option<Spanned<String>>,
     close_grace: Option<Spanned<String>>,
+    function: Option<Spanned<FunctionKind>>,
+    bridge_url: Option<Spanned<String>>,
+    publish: Option<bool>,
+    echo_to_sender: Option<bool>,
+    max_subscribers: Option<Spanned<u64>>,
+    max_channels_per_client: Option<Spanned<u64>>,
+    max_send_queue: Option<Spanned<u64>>,
     #[serde(default)]
     debug: bool,
 }
@@ -421,6 +486,18 @@ fn no_origins() -> Spanned<Vec<String>> {
 
 fn default_relay() -> RelayMode {
     RelayMode::Buffered
+}
+
+/// The function keys of one route, as written.
+#[derive(Debug)]
+struct RawFunction {
+    kind: Option<Spanned<FunctionKind>>,
+    bridge_url: Option<Spanned<String>>,
+    publish: Option<bool>,
+    echo_to_sender: Option<bool>,
+    max_subscribers: Option<Spanned<u64>>,
+    max_channels_per_client: Option<Spanned<u64>>,
+    max_send_queue: Option<Spanned<u64>>,
 }
 
 /// The `frames` options of one route, as written.
@@ -434,6 +511,30 @@ struct RawFrameOptions {
     close_code: Option<Spanned<u64>>,
     close_reason: Option<Spanned<String>>,
     close_grace: Option<Spanned<String>>,
+}
+
+/// Parses `ws://IP:port/path?query` (no name resolution: give an address).
+fn parse_bridge_url(url: &str) -> Result<BridgeTarget, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("{url:?} must start with ws:// (wss:// is not supported yet)"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{url:?}: {authority:?} is not an IP:port address"))?;
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!(
+            "{url:?}: the path has spaces or control characters"
+        ));
+    }
+    Ok(BridgeTarget {
+        addr,
+        host: authority.to_owned(),
+        path: path.to_owned(),
+    })
 }
 
 struct Validator<'a> {
@@ -479,6 +580,18 @@ impl Validator<'_> {
             routes.push(route);
         }
         let control = self.control(raw.control)?;
+        let functions = FunctionsConfig {
+            publish_listen: match raw.functions.publish_listen {
+                None => None,
+                Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    self.invalid(
+                        a.span(),
+                        "functions.publish_listen",
+                        format!("{:?} is not an IP:port address", a.get_ref()),
+                    )
+                })?),
+            },
+        };
         let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         let invalid = |span, field: &str, message: String| self.invalid(span, field, message);
         let firewall = crate::firewall::validate(raw.lists, raw.rules, &route_names, &invalid)?;
@@ -490,6 +603,7 @@ impl Validator<'_> {
             routes,
             control,
             firewall,
+            functions,
         })
     }
 
@@ -698,6 +812,70 @@ impl Validator<'_> {
         Ok(())
     }
 
+    fn function(
+        &self,
+        index: usize,
+        raw: &mut RawFunction,
+    ) -> Result<Option<FunctionConfig>, ConfigError> {
+        let field = |name: &str| format!("route[{index}].{name}");
+        let Some(kind) = raw.kind.take() else {
+            if let Some(url) = &raw.bridge_url {
+                return Err(self.invalid(
+                    url.span(),
+                    &field("bridge_url"),
+                    "needs function = \"bridge\"",
+                ));
+            }
+            return Ok(None);
+        };
+        let kind_span = kind.span();
+        let kind = kind.into_inner();
+        let bridge = match (kind, raw.bridge_url.take()) {
+            (FunctionKind::Bridge, Some(url)) => Some(
+                parse_bridge_url(url.get_ref())
+                    .map_err(|message| self.invalid(url.span(), &field("bridge_url"), message))?,
+            ),
+            (FunctionKind::Bridge, None) => {
+                return Err(self.invalid(
+                    kind_span,
+                    &field("bridge_url"),
+                    "a bridge needs bridge_url = \"ws://IP:port/path\"",
+                ));
+            }
+            (_, Some(url)) => {
+                return Err(self.invalid(
+                    url.span(),
+                    &field("bridge_url"),
+                    "only for function = \"bridge\"",
+                ));
+            }
+            (_, None) => None,
+        };
+        let count =
+            |v: &Option<Spanned<u64>>, name: &str, default: u64| -> Result<usize, ConfigError> {
+                match v {
+                    Some(v) if *v.get_ref() == 0 => {
+                        Err(self.invalid(v.span(), &field(name), "must be at least 1"))
+                    }
+                    Some(v) => Ok(*v.get_ref() as usize),
+                    None => Ok(default as usize),
+                }
+            };
+        Ok(Some(FunctionConfig {
+            kind,
+            bridge,
+            publish: raw.publish.unwrap_or(true),
+            echo_to_sender: raw.echo_to_sender.unwrap_or(false),
+            max_subscribers: count(&raw.max_subscribers, "max_subscribers", 100_000)?,
+            max_channels_per_client: count(
+                &raw.max_channels_per_client,
+                "max_channels_per_client",
+                16,
+            )?,
+            max_send_queue: count(&raw.max_send_queue, "max_send_queue", 1 << 20)?,
+        }))
+    }
+
     fn frame_options(
         &self,
         index: usize,
@@ -752,6 +930,15 @@ impl Validator<'_> {
 
     fn route(&self, index: usize, raw: RawRoute, defaults: &Limits) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("route[{index}].{name}");
+        let mut raw_function = RawFunction {
+            kind: raw.function,
+            bridge_url: raw.bridge_url,
+            publish: raw.publish,
+            echo_to_sender: raw.echo_to_sender,
+            max_subscribers: raw.max_subscribers,
+            max_channels_per_client: raw.max_channels_per_client,
+            max_send_queue: raw.max_send_queue,
+        };
         let mut raw_frames = RawFrameOptions {
             client_max_message: raw.client_max_message,
             origin_max_message: raw.origin_max_message,
@@ -816,12 +1003,23 @@ impl Validator<'_> {
             })?;
             origins.push(addr);
         }
-        if origins.is_empty() {
-            return Err(self.invalid(
-                name_span,
-                &field("origins"),
-                "a route needs at least one origin",
-            ));
+        let function = self.function(index, &mut raw_function)?;
+        match (&function, origins.is_empty()) {
+            (None, true) => {
+                return Err(self.invalid(
+                    name_span,
+                    &field("origins"),
+                    "a route needs at least one origin, or a function",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(self.invalid(
+                    origins_span,
+                    &field("origins"),
+                    "a route has either origins or a function, not both",
+                ));
+            }
+            _ => {}
         }
         let mut limits = *defaults;
         let overrides = RouteOverrides {
@@ -842,6 +1040,7 @@ impl Validator<'_> {
             limits,
             frames,
             debug: raw.debug,
+            function,
         })
     }
 }
@@ -965,6 +1164,40 @@ mod tests {
             error_of(&format!("{base}keepalive_interval = \"soon\"\n"))
                 .starts_with("edge.toml:4: route[0].keepalive_interval")
         );
+    }
+
+    #[test]
+    fn function_routes() {
+        let text = "[functions]\npublish_listen = \"127.0.0.1:9200\"\n[[route]]\nname = \"e\"\nfunction = \"echo\"\n[[route]]\nname = \"b\"\nfunction = \"broadcast\"\npath_prefix = \"/ch/\"\npublish = false\nmax_send_queue = 4096\n[[route]]\nname = \"g\"\nfunction = \"bridge\"\nbridge_url = \"ws://127.0.0.1:9000/feed?x=1\"\n";
+        let config = Config::from_toml(text, "t").expect("valid");
+        assert!(config.functions.publish_listen.is_some());
+        let echo = config.routes[0].function.as_ref().expect("function");
+        assert_eq!(echo.kind, FunctionKind::Echo);
+        assert!(config.routes[0].origins.is_empty());
+        let b = config.routes[1].function.as_ref().expect("function");
+        assert!(!b.publish && !b.echo_to_sender);
+        assert_eq!(b.max_send_queue, 4096);
+        let g = config.routes[2].function.as_ref().expect("function");
+        let target = g.bridge.as_ref().expect("bridge");
+        assert_eq!(target.path, "/feed?x=1");
+        assert_eq!(target.host, "127.0.0.1:9000");
+        let base = "[[route]]\nname = \"a\"\n";
+        assert!(
+            error_of(&format!("{base}function = \"bridge\"\n")).contains("route[0].bridge_url")
+        );
+        assert!(
+            error_of(&format!(
+                "{base}function = \"bridge\"\nbridge_url = \"ws://example.com/x\"\n"
+            ))
+            .starts_with("edge.toml:4: route[0].bridge_url")
+        );
+        assert!(
+            error_of(&format!(
+                "{base}function = \"echo\"\norigins = [\"127.0.0.1:1\"]\n"
+            ))
+            .contains("either origins or a function")
+        );
+        assert!(error_of(&format!("{base}function = \"telepathy\"\n")).contains("line 3"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod firewall;
 pub mod wire;
 
 pub use config::{
-    AccessLogTarget, Config, ConfigError, ControlConfig, DataplaneConfig, FrameOptions, HostMatch,
-    Limits, RelayConfig, RelayMode, Route,
+    AccessLogTarget, BridgeTarget, Config, ConfigError, ControlConfig, DataplaneConfig,
+    FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, Limits, RelayConfig,
+    RelayMode, Route,
 };

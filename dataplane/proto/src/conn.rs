@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use crate::accept::accept_key;
+use crate::firewall::{Firewall, FirewallState, TraceEntry, Verdict};
 use crate::handshake::{self, BodyLength, HeadLimits, Reject, RequestKind};
 use crate::response::{self, ResponseError};
 use crate::route::RouteTable;
@@ -91,6 +92,12 @@ pub enum CloseReason {
     MessageRate,
     /// A protocol violation by that side (Close 1002, or 1007 for invalid UTF-8).
     ProtocolError(Side),
+    /// A function route got a request that is not a WebSocket upgrade (426).
+    NotWebSocket,
+    /// A client's send queue passed its bound (Close 1013).
+    SlowConsumer,
+    /// A firewall rule refused the handshake (its verdict's label).
+    Firewall(&'static str),
 }
 
 impl CloseReason {
@@ -125,6 +132,9 @@ impl CloseReason {
             CloseReason::MessageRate => "message_rate",
             CloseReason::ProtocolError(Side::Client) => "client_protocol_error",
             CloseReason::ProtocolError(Side::Origin) => "origin_protocol_error",
+            CloseReason::NotWebSocket => "not_websocket",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Firewall(label) => label,
         }
     }
 
@@ -153,6 +163,9 @@ impl CloseReason {
             | CloseReason::Killed
             | CloseReason::Drained => Fault::Proxy,
             CloseReason::KeepaliveTimeout
+            | CloseReason::NotWebSocket
+            | CloseReason::Firewall(_)
+            | CloseReason::SlowConsumer
             | CloseReason::MessageRate
             | CloseReason::MessageTooBig(Side::Client)
             | CloseReason::ProtocolError(Side::Client) => Fault::Client,
@@ -230,6 +243,23 @@ pub enum TimerAction {
     GracefulClose(CloseReason),
 }
 
+/// The firewall as the head decision sees it: evaluated after routing, before any origin
+/// connection.
+#[derive(Debug)]
+pub struct FirewallGate<'a> {
+    pub firewall: &'a Firewall,
+    /// The worker's per-address and global counters.
+    pub state: &'a mut FirewallState,
+    /// Wall clock, unix seconds (network-list entries expire by it).
+    pub unix_now: u64,
+    /// Route names by route index (rules may be scoped to routes).
+    pub route_names: &'a [String],
+    /// Per route index: debug rules on (a traceback is collected).
+    pub route_debug: &'a [bool],
+    /// Filled with the evaluated rules when the route has debug rules on.
+    pub trace: &'a mut Vec<TraceEntry>,
+}
+
 /// Everything the head decision needs besides the bytes.
 #[derive(Debug)]
 pub struct HeadContext<'a> {
@@ -247,6 +277,9 @@ pub enum HeadAction {
     NeedMore,
     /// Answer with `handshake::error_response(status)` and close.
     Reject { status: u16, reason: CloseReason },
+    /// The firewall refused the handshake: answer `verdict`'s response (none for a drop)
+    /// and close.
+    Firewall { route: usize, verdict: Verdict },
     /// Connect to an origin of `route` and send `origin_head` (the rewritten head followed by
     /// the bytes the client sent after its head: the last `tail_len` bytes).
     Forward {
@@ -332,6 +365,10 @@ pub struct Conn {
     first_eof: Option<Side>,
     max_in_flight: u64,
     head_bytes_seen: bool,
+    /// The firewall counted this connection open (`on_connection_open`).
+    firewall_admitted: bool,
+    /// The request carried `Pragma: wsedge-debug`.
+    debug_pragma: bool,
     /// Frame-aware timers, for `frames` routes.
     frames: Option<FrameTimers>,
     /// A keepalive ping is out; its pong must arrive by then.
@@ -364,6 +401,8 @@ impl Conn {
             first_eof: None,
             max_in_flight: max_in_flight.max(1),
             head_bytes_seen: false,
+            firewall_admitted: false,
+            debug_pragma: false,
             frames: None,
             ping_deadline: None,
             graceful: None,
@@ -432,7 +471,24 @@ impl Conn {
     }
 
     /// Feeds the whole client head buffer received so far (not only the new bytes).
-    pub fn on_client_head(&mut self, buf: &[u8], now: Tick, cx: &HeadContext<'_>) -> HeadAction {
+    /// Whether the firewall counted this connection open: the driver then reports its close
+    /// with `FirewallState::on_connection_close`, exactly once.
+    pub fn firewall_admitted(&self) -> bool {
+        self.firewall_admitted
+    }
+
+    /// Whether the client asked for debug headers (`Pragma: wsedge-debug`).
+    pub fn debug_pragma(&self) -> bool {
+        self.debug_pragma
+    }
+
+    pub fn on_client_head(
+        &mut self,
+        buf: &[u8],
+        now: Tick,
+        cx: &HeadContext<'_>,
+        gate: Option<&mut FirewallGate<'_>>,
+    ) -> HeadAction {
         debug_assert_eq!(self.phase, Phase::ClientHead);
         self.head_bytes_seen |= !buf.is_empty();
         self.last_activity = now;
@@ -444,6 +500,35 @@ impl Conn {
         let Some(route) = cx.routes.find(request.host, request.path()) else {
             return self.reject(404, CloseReason::NoRoute);
         };
+        self.debug_pragma = request.header("pragma").is_some_and(|v| {
+            v.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"wsedge-debug"))
+        });
+        if let Some(gate) = gate
+            && !gate.firewall.is_empty()
+        {
+            let name = gate.route_names.get(route).map(String::as_str);
+            let debug = gate.route_debug.get(route).copied().unwrap_or(false);
+            gate.trace.clear();
+            let trace = if debug { Some(&mut *gate.trace) } else { None };
+            let verdict = gate.firewall.evaluate(
+                gate.state,
+                &request,
+                cx.peer,
+                name,
+                now,
+                gate.unix_now,
+                trace,
+            );
+            if verdict != Verdict::Allow {
+                self.route = Some(route);
+                self.status = verdict.status();
+                self.phase_deadline = None;
+                return HeadAction::Firewall { route, verdict };
+            }
+            gate.state.on_connection_open(cx.peer);
+            self.firewall_admitted = true;
+        }
         let mut origin_head = Vec::with_capacity(buf.len() + 128);
         handshake::rewrite_for_origin(&request, cx.peer, cx.proto, &mut origin_head);
         let tail = &buf[request.head_len..];
@@ -913,7 +998,7 @@ mod tests {
                 peer: "192.0.2.7".parse().expect("ip"),
                 proto: "http",
             };
-            self.conn.on_client_head(buf, self.now, &cx)
+            self.conn.on_client_head(buf, self.now, &cx, None)
         }
 
         /// Head accepted, connected, origin head sent.

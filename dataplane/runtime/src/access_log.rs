@@ -23,6 +23,8 @@ pub(crate) struct Entry<'a> {
     pub(crate) bytes_to_client: u64,
     pub(crate) duration_ms: u64,
     pub(crate) reason: &'static str,
+    /// Debug rules: the route and firewall rules that matched.
+    pub(crate) traceback: Option<&'a [String]>,
 }
 
 #[derive(Debug)]
@@ -94,11 +96,22 @@ impl AccessLog {
             }
             None => b.push_str("null"),
         }
-        let _ = writeln!(
+        let _ = write!(
             b,
-            ",\"bytes_from_client\":{},\"bytes_to_client\":{},\"duration_ms\":{},\"reason\":\"{}\"}}",
+            ",\"bytes_from_client\":{},\"bytes_to_client\":{},\"duration_ms\":{},\"reason\":\"{}\"",
             e.bytes_from_client, e.bytes_to_client, e.duration_ms, e.reason
         );
+        if let Some(traceback) = e.traceback {
+            b.push_str(",\"traceback\":[");
+            for (i, step) in traceback.iter().enumerate() {
+                if i > 0 {
+                    b.push(',');
+                }
+                push_json_str(b, step);
+            }
+            b.push(']');
+        }
+        b.push_str("}\n");
     }
 
     /// Writes what was recorded since the last flush.
@@ -162,11 +175,13 @@ mod tests {
             bytes_to_client: 20,
             duration_ms: 30,
             reason: "client_closed",
+            traceback: Some(&["route:a\"b".to_owned()]),
         });
         let v: serde_json::Value = serde_json::from_str(log.buf.trim()).expect("json");
         assert_eq!(v["route"], "a\"b");
         assert_eq!(v["origin"], serde_json::Value::Null);
         assert_eq!(v["status"], 101);
         assert_eq!(v["reason"], "client_closed");
+        assert_eq!(v["traceback"][0], "route:a\"b");
     }
 }

@@ -18,6 +18,7 @@ use clap::Parser;
 mod access_log;
 mod control;
 mod driver;
+mod firewall_config;
 mod settings;
 mod stats;
 
@@ -114,16 +115,27 @@ fn run(
         eprintln!("wsedge: listening on {bound}");
     }
 
-    let settings = settings::Settings::from_config(&config);
+    let settings = settings::Settings::from_config(&config, count).map_err(anyhow::Error::msg)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<stats::Stats, String>)>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut mailboxes = Vec::with_capacity(count);
-    let mut handles = Vec::with_capacity(count);
-    for (index, listeners) in per_worker.into_iter().enumerate() {
+    let mut receivers = Vec::with_capacity(count);
+    for _ in 0..count {
         let (tx, rx) = mpsc::channel();
         let wake_fd = sys::eventfd().context("creating a worker eventfd")?;
         mailboxes.push((tx, wake_fd));
+        receivers.push(rx);
+    }
+    let mut handles = Vec::with_capacity(count);
+    for ((index, listeners), rx) in per_worker.into_iter().enumerate().zip(receivers) {
+        let wake_fd = mailboxes[index].1;
+        let peers = mailboxes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, (tx, fd))| (tx.clone(), *fd))
+            .collect();
         let spec = WorkerSpec {
             index,
             cpu: Some(index % cpus),
@@ -133,6 +145,7 @@ fn run(
                 .context("opening the access log")?,
             mailbox: rx,
             wake_fd,
+            peers,
         };
         let done = done_tx.clone();
         let ready = ready_tx.clone();

@@ -7,8 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wsedge_command::{Config, FrameOptions, HostMatch, RelayConfig, RelayMode};
+use wsedge_command::{
+    Config, FrameOptions, FunctionConfig, FunctionKind, HostMatch, RelayConfig, RelayMode,
+};
 use wsedge_proto::conn::RouteTimers;
+use wsedge_proto::firewall::Firewall;
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 
@@ -16,14 +19,24 @@ use wsedge_proto::route::{HostPattern, RouteTable};
 #[derive(Debug, Clone)]
 pub(crate) struct RouteInfo {
     pub(crate) name: String,
+    pub(crate) path_prefix: String,
     pub(crate) origins: Vec<SocketAddr>,
     pub(crate) relay: RelayMode,
     pub(crate) timers: RouteTimers,
     pub(crate) frames: FrameOptions,
+    /// A built-in function answering the route (a `bridge` also has its target as origin).
+    pub(crate) function: Option<FunctionConfig>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// Firewall rules and network lists (each worker edits its copy's lists live).
+    pub(crate) firewall: Firewall,
+    /// Route names and debug switches, by route index (what the firewall gate needs).
+    pub(crate) route_names: Vec<String>,
+    pub(crate) route_debug: Vec<bool>,
+    /// Worker count (global firewall limits are shared out between workers).
+    pub(crate) workers: usize,
     pub(crate) head_limits: HeadLimits,
     pub(crate) handshake_ms: u64,
     pub(crate) routes: RouteTable,
@@ -38,7 +51,11 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Settings {
-    pub(crate) fn from_config(config: &Config) -> Settings {
+    /// The worker settings for `config`, run by `workers` workers. Fails only if the firewall
+    /// engine refuses what validation accepted (a bug, reported like an invalid config).
+    pub(crate) fn from_config(config: &Config, workers: usize) -> Result<Settings, String> {
+        let firewall = crate::firewall_config::build(&config.firewall)
+            .map_err(|e| format!("firewall: {e}"))?;
         let routes = RouteTable::new(config.routes.iter().map(|r| {
             let host = match &r.host {
                 HostMatch::Any => HostPattern::Any,
@@ -52,8 +69,16 @@ impl Settings {
             .iter()
             .map(|r| RouteInfo {
                 name: r.name.clone(),
-                origins: r.origins.clone(),
-                relay: r.relay,
+                path_prefix: r.path_prefix.clone(),
+                origins: match r.function.as_ref().and_then(|f| f.bridge.as_ref()) {
+                    Some(bridge) => vec![bridge.addr],
+                    None => r.origins.clone(),
+                },
+                // A bridge relays frames between the client and its own client connection.
+                relay: match r.function.as_ref().map(|f| f.kind) {
+                    Some(FunctionKind::Bridge) => RelayMode::Frames,
+                    _ => r.relay,
+                },
                 timers: RouteTimers {
                     connect_ms: ms(r.limits.origin_connect_timeout),
                     origin_handshake_ms: ms(r.limits.origin_handshake_timeout),
@@ -62,9 +87,14 @@ impl Settings {
                     jitter_pct: r.limits.max_connection_time_jitter,
                 },
                 frames: r.frames.clone(),
+                function: r.function.clone(),
             })
             .collect();
-        Settings {
+        Ok(Settings {
+            firewall,
+            route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
+            route_debug: config.routes.iter().map(|r| r.debug).collect(),
+            workers,
             head_limits: HeadLimits {
                 max_head_bytes: config.limits.max_head_bytes,
                 max_headers: config.limits.max_headers,
@@ -75,6 +105,6 @@ impl Settings {
             relay: config.relay,
             max_connections: config.dataplane.max_connections_per_worker,
             drain_timeout: config.dataplane.drain_timeout,
-        }
+        })
     }
 }

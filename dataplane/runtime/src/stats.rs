@@ -9,12 +9,16 @@ pub(crate) struct Stats {
     pub(crate) upgraded: u64,
     pub(crate) plain_http: u64,
     pub(crate) accept_errors: u64,
+    /// Handshakes a firewall rule refused.
+    pub(crate) firewall: u64,
     pub(crate) bytes_from_clients: u64,
     pub(crate) bytes_to_clients: u64,
     /// Connections ended, by close reason label.
     pub(crate) closed: BTreeMap<&'static str, u64>,
     /// WebSocket messages seen by `frames` relays, from clients and from origins.
     pub(crate) messages_from_clients: u64,
+    /// Broadcast subscribers closed because their send queue passed its bound.
+    pub(crate) slow_consumers: u64,
     pub(crate) messages_from_origins: u64,
     /// Close codes seen in Close frames (from either side) and sent by the proxy, by route.
     pub(crate) close_codes_seen: BTreeMap<(String, u16), u64>,
@@ -27,12 +31,14 @@ impl Stats {
         self.upgraded += other.upgraded;
         self.plain_http += other.plain_http;
         self.accept_errors += other.accept_errors;
+        self.firewall += other.firewall;
         self.bytes_from_clients += other.bytes_from_clients;
         self.bytes_to_clients += other.bytes_to_clients;
         for (reason, n) in &other.closed {
             *self.closed.entry(reason).or_default() += n;
         }
         self.messages_from_clients += other.messages_from_clients;
+        self.slow_consumers += other.slow_consumers;
         self.messages_from_origins += other.messages_from_origins;
         for (key, n) in &other.close_codes_seen {
             *self.close_codes_seen.entry(key.clone()).or_default() += n;

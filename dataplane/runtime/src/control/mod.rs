@@ -304,12 +304,23 @@ impl Shared {
     }
 
     fn stats(&self) -> Result<StatsReport, Failure> {
-        let workers: Vec<WorkerStats> = self.reports()?.iter().map(worker_stats).collect();
+        let reports = self.reports()?;
+        let workers: Vec<WorkerStats> = reports.iter().map(worker_stats).collect();
+        let mut merged: Option<hdrhistogram::Histogram<u64>> = None;
+        for r in &reports {
+            match merged.as_mut() {
+                None => merged = Some(r.handshake_us.clone()),
+                Some(m) => {
+                    let _ = m.add(&r.handshake_us);
+                }
+            }
+        }
         let mut total = WorkerStats::default();
         for w in &workers {
             total.add(w);
         }
         total.config_version = self.current().version;
+        total.handshake_latency = merged.as_ref().and_then(percentiles);
         Ok(StatsReport { workers, total })
     }
 
@@ -358,7 +369,8 @@ impl Shared {
         config.relay.pipe_pool = running.pipe_pool;
         config.relay.pipe_size = running.pipe_size;
         let version = version.unwrap_or(current.version + 1);
-        let settings = Settings::from_config(&config);
+        let settings = Settings::from_config(&config, self.mailboxes.len())
+            .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?;
         for index in 0..self.mailboxes.len() {
             let command = Command::Apply {
                 version,
@@ -457,9 +469,19 @@ fn worker_stats(r: &WorkerReport) -> WorkerStats {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect::<BTreeMap<_, _>>(),
-        // Not measured by the workers yet.
-        handshake_latency: None,
+        handshake_latency: percentiles(&r.handshake_us),
     }
+}
+
+/// Percentiles of a handshake-latency histogram (µs); `None` before any handshake.
+fn percentiles(h: &hdrhistogram::Histogram<u64>) -> Option<wire::Percentiles> {
+    (h.len() > 0).then(|| wire::Percentiles {
+        count: h.len(),
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        max_us: h.max(),
+    })
 }
 
 fn connection_row(c: ConnectionInfo) -> wire::Connection {

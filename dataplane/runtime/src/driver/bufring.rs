@@ -89,6 +89,14 @@ impl BufRing {
         unsafe { std::slice::from_raw_parts(self.ptr(bid), len) }
     }
 
+    /// Buffer `bid`'s first `len` bytes, writable: a function endpoint unmasks in place.
+    pub(crate) fn bytes_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        let len = len.min(self.size as usize);
+        // SAFETY: as for `bytes`; and no send refers to `bid` yet (it was just handed to us
+        // by a recv completion), so nothing else reads or writes it while we hold `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(bid).cast_mut(), len) }
+    }
+
     /// Notes that the kernel handed `bid` to us in a completion.
     pub(crate) fn taken(&mut self) {
         self.held += 1;

@@ -10,21 +10,25 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
-use wsedge_command::RelayMode;
+use wsedge_command::{FunctionKind, RelayMode};
 use wsedge_proto::conn::{
-    CloseReason, Conn, ConnectAction, ConnectFailure, FrameTimers, HeadAction, HeadContext,
-    OriginAction, Phase, Side, TimerAction,
+    CloseReason, Conn, ConnectAction, ConnectFailure, FirewallGate, FrameTimers, HeadAction,
+    HeadContext, OriginAction, Phase, Side, TimerAction,
 };
+use wsedge_proto::firewall::{FirewallState, TraceEntry, Verdict};
 use wsedge_proto::handshake::error_response;
 use wsedge_proto::route::RoundRobin;
+use wsedge_proto::upgrade::{bridge_request, switching_protocols};
 use wsedge_proto::wheel::{Tick, TimerId, TimerWheel};
 
 use self::frames::{FramesState, Piece};
+use self::functions::FunctionConn;
 use super::bufring::{BUF_GROUP, BufRing};
 use super::pipes::{Pipe, PipePool};
 use super::ring::{Completion, Ring};
@@ -61,6 +65,20 @@ pub(crate) enum Command {
         id: u64,
         reply: Sender<bool>,
     },
+    /// Deliver a message to this worker's subscribers of `channel` (broadcast function);
+    /// the reply, when asked for, is how many received it.
+    Publish {
+        channel: Arc<str>,
+        message: Arc<functions::Payload>,
+        /// The publisher's connection id, when it must not receive its own message.
+        skip: Option<u64>,
+        reply: Option<Sender<usize>>,
+    },
+    /// How many of this worker's clients are subscribed to `channel`.
+    Presence {
+        channel: String,
+        reply: Sender<usize>,
+    },
     /// Spread graceful closes of the live connections over `over` (Close 1001 on `frames`
     /// routes at a random moment of the window; a plain close on the others).
     SpreadCloses {
@@ -76,6 +94,8 @@ pub(crate) struct WorkerReport {
     pub(crate) live: usize,
     pub(crate) accepting: bool,
     pub(crate) stats: Stats,
+    /// Accept to response-head-queued, in microseconds, since the worker started.
+    pub(crate) handshake_us: hdrhistogram::Histogram<u64>,
 }
 
 /// One live connection, for `wsedgectl connections`.
@@ -103,6 +123,7 @@ pub(crate) fn connection_worker(id: u64) -> usize {
 }
 
 mod frames;
+mod functions;
 
 /// How long a rejected client gets to read our answer before its socket is closed.
 const LINGER_MS: u64 = 2_000;
@@ -133,6 +154,8 @@ enum Chunk {
     },
     /// A canned error response.
     Static { data: &'static [u8], off: usize },
+    /// A broadcast frame shared by every subscriber on this worker (framed once).
+    Shared { data: Rc<[u8]>, off: usize },
 }
 
 /// Where the splice relay of one direction stands.
@@ -155,6 +178,8 @@ struct SideIo {
     recv_cancelled: bool,
     /// Bytes waiting to be written to this socket.
     outq: VecDeque<Chunk>,
+    /// Bytes in `outq` not yet written (slow-consumer and backpressure checks).
+    queued: usize,
     sending: bool,
     /// Splice relay of the bytes coming from this socket.
     splice: SpliceStage,
@@ -162,13 +187,39 @@ struct SideIo {
     in_pipe: u32,
 }
 
+impl Chunk {
+    /// Bytes of this chunk not yet written.
+    fn remaining(&self) -> usize {
+        match self {
+            Chunk::Buf { off, len, .. } => len.saturating_sub(*off) as usize,
+            Chunk::Owned { data, off, .. } => data.len().saturating_sub(*off),
+            Chunk::Static { data, off } => data.len().saturating_sub(*off),
+            Chunk::Shared { data, off } => data.len().saturating_sub(*off),
+        }
+    }
+}
+
 impl SideIo {
+    /// Queues `chunk` for writing to this socket.
+    fn push(&mut self, chunk: Chunk) {
+        let n = chunk.remaining();
+        if n == 0 {
+            // Nothing to write (a zero-length send would read as a closed peer). A provided
+            // buffer still has to go back: the caller only pushes empty `Buf`s never.
+            debug_assert!(!matches!(chunk, Chunk::Buf { release: true, .. }));
+            return;
+        }
+        self.queued += n;
+        self.outq.push_back(chunk);
+    }
+
     fn new(fd: RawFd) -> SideIo {
         SideIo {
             fd,
             recv_armed: false,
             recv_cancelled: false,
             outq: VecDeque::new(),
+            queued: 0,
             sending: false,
             splice: SpliceStage::Idle,
             pipe: None,
@@ -186,6 +237,8 @@ struct Connection {
     sides: [SideIo; 2],
     /// Operations in flight (a multishot counts once, until its final completion).
     ops: u32,
+    /// When it was accepted, in µs since the worker started (handshake latency).
+    accepted_us: u64,
     head: Vec<u8>,
     head_bytes: u64,
     origin_buf: Vec<u8>,
@@ -194,6 +247,10 @@ struct Connection {
     route: Option<Rc<RouteInfo>>,
     /// Frame state on a `frames` route once upgraded.
     frames: Option<Box<FramesState>>,
+    /// Debug rules on: the route and firewall rules that matched (access log, headers).
+    traceback: Option<Vec<String>>,
+    /// A built-in function serving this connection (echo, broadcast).
+    function: Option<Box<FunctionConn>>,
     /// On a `frames` route: the client's bytes after its head (already forwarded with it),
     /// replayed through the frame tracker when the relay starts.
     early_client: Vec<u8>,
@@ -231,6 +288,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) access_log: AccessLog,
     pub(crate) mailbox: Receiver<Command>,
     pub(crate) wake_fd: RawFd,
+    /// The other workers' mailboxes (broadcast fan-out), with their eventfds.
+    pub(crate) peers: Vec<(Sender<Command>, RawFd)>,
 }
 
 /// Field order matters: the ring is dropped before the buffer ring it refers to.
@@ -252,6 +311,7 @@ pub(crate) struct Worker {
     /// The eventfd read lands here; boxed so its address is stable.
     wake_buf: Box<u64>,
     mailbox: Receiver<Command>,
+    peers: Vec<(Sender<Command>, RawFd)>,
     pipes: PipePool,
     starved: Vec<(u32, u32, Side)>,
     log: AccessLog,
@@ -266,6 +326,13 @@ pub(crate) struct Worker {
     completions: Vec<Completion>,
     expired: Vec<(u32, u32)>,
     pieces: Vec<Piece>,
+    /// Per-address and global firewall counters (exact per address: the reuseport program
+    /// sends every connection of an address to the same worker).
+    fw_state: FirewallState,
+    fw_trace: Vec<TraceEntry>,
+    handshake_us: hdrhistogram::Histogram<u64>,
+    /// Broadcast channels of this worker's clients, one hub per broadcast route.
+    hubs: std::collections::HashMap<String, wsedge_proto::channels::Hub<u64>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -313,6 +380,13 @@ fn splice_kind(stage: SpliceStage, from: Side) -> Kind {
     }
 }
 
+/// Wall clock in unix seconds (network-list entries expire by it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn reset_reason(side: Side) -> CloseReason {
     match side {
         Side::Client => CloseReason::ClientReset,
@@ -331,6 +405,7 @@ impl Worker {
         let ring = Ring::new(RING_ENTRIES)?;
         let relay = spec.settings.relay;
         let bufs = BufRing::new(&ring.uring, relay.buffer_count, relay.buffer_size)?;
+        let workers = spec.settings.workers;
         let start = Instant::now();
         let seed = start.elapsed().as_nanos() as u64
             ^ (spec.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -361,6 +436,7 @@ impl Worker {
             wake_fd: spec.wake_fd,
             wake_buf: Box::new(0),
             mailbox: spec.mailbox,
+            peers: spec.peers,
             starved: Vec::new(),
             log: spec.access_log,
             stats: Stats::default(),
@@ -373,7 +449,20 @@ impl Worker {
             completions: Vec::with_capacity(1024),
             expired: Vec::new(),
             pieces: Vec::new(),
+            hubs: std::collections::HashMap::new(),
+            fw_state: FirewallState::new(workers),
+            fw_trace: Vec::new(),
+            // 1 µs to 1 h, 2 significant digits: a few KiB per worker.
+            handshake_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .map_err(std::io::Error::other)?,
         })
+    }
+
+    /// Records the handshake latency of the connection in `slot` (response head queued now).
+    fn record_handshake(&mut self, slot: usize) {
+        let now_us = self.start.elapsed().as_micros() as u64;
+        let took = now_us.saturating_sub(self.conns[slot].accepted_us).max(1);
+        let _ = self.handshake_us.record(took);
     }
 
     fn now(&self) -> Tick {
@@ -524,6 +613,7 @@ impl Worker {
                     live: self.conns.len(),
                     accepting: self.accepting,
                     stats: self.stats.clone(),
+                    handshake_us: self.handshake_us.clone(),
                 });
             }
             Command::Connections {
@@ -555,6 +645,20 @@ impl Worker {
                     })
                     .collect();
                 let _ = reply.send(list);
+            }
+            Command::Publish {
+                channel,
+                message,
+                skip,
+                reply,
+            } => {
+                let delivered = self.deliver(&channel, &message, skip);
+                if let Some(reply) = reply {
+                    let _ = reply.send(delivered);
+                }
+            }
+            Command::Presence { channel, reply } => {
+                let _ = reply.send(self.presence(&channel));
             }
             Command::SpreadCloses { over } => {
                 let now = self.now();
@@ -743,12 +847,15 @@ impl Worker {
             peer,
             sides: [SideIo::new(fd), SideIo::new(-1)],
             ops: 0,
+            accepted_us: self.start.elapsed().as_micros() as u64,
             head: Vec::with_capacity(HEAD_BUF_START),
             head_bytes: 0,
             origin_buf: Vec::new(),
             origin_head: Vec::new(),
             route: None,
             frames: None,
+            traceback: None,
+            function: None,
             early_client: Vec::new(),
             origin_pick: 0,
             origin_addr: None,
@@ -864,16 +971,87 @@ impl Worker {
             peer: c.peer.ip(),
             proto: "http",
         };
-        match c.conn.on_client_head(&c.head, now, &cx) {
+        let mut gate = FirewallGate {
+            firewall: &settings.firewall,
+            state: &mut self.fw_state,
+            unix_now: unix_now(),
+            route_names: &settings.route_names,
+            route_debug: &settings.route_debug,
+            trace: &mut self.fw_trace,
+        };
+        let action = c.conn.on_client_head(&c.head, now, &cx, Some(&mut gate));
+        if let HeadAction::Forward { route, .. } | HeadAction::Firewall { route, .. } = &action
+            && settings.route_debug.get(*route).copied().unwrap_or(false)
+        {
+            let mut traceback = vec![format!("route:{}", settings.route_names[*route])];
+            traceback.extend(self.fw_trace.iter().map(|e| {
+                format!(
+                    "rule:{}={}",
+                    settings.firewall.rule_name(e.rule),
+                    e.outcome.as_str()
+                )
+            }));
+            c.traceback = Some(traceback);
+        }
+        match action {
+            HeadAction::Firewall { route, verdict } => {
+                c.route = Some(Rc::clone(&self.routes[route]));
+                self.stats.firewall += 1;
+                if verdict == Verdict::Drop {
+                    self.begin_close(slot, CloseReason::Firewall(verdict.reason()));
+                } else {
+                    let mut response = Vec::new();
+                    verdict.write_response(&mut response);
+                    let response = self.with_debug_headers(slot, response);
+                    let status = verdict.status().unwrap_or(403);
+                    self.respond(
+                        slot,
+                        status,
+                        Chunk::Owned {
+                            data: response,
+                            off: 0,
+                            counted: false,
+                            origin_head: false,
+                        },
+                        CloseReason::Firewall(verdict.reason()),
+                    );
+                }
+            }
             HeadAction::NeedMore => self.arm_head_recv(slot, Side::Client),
             HeadAction::Reject { status, reason } => self.respond_error(slot, status, reason),
             HeadAction::Forward {
                 route,
-                origin_head,
+                mut origin_head,
                 tail_len,
             } => {
-                c.head = Vec::new();
                 let info = Rc::clone(&self.routes[route]);
+                match info.function.as_ref().map(|f| f.kind) {
+                    Some(FunctionKind::Echo | FunctionKind::Broadcast) => {
+                        let tail = origin_head[origin_head.len() - tail_len..].to_vec();
+                        self.function_upgrade(slot, info, tail, now);
+                        return;
+                    }
+                    Some(FunctionKind::Bridge) => {
+                        // The edge's own client handshake, then the client's early frames.
+                        let random = [self.random(), self.random(), self.random(), self.random()];
+                        let mut key = [0u8; 16];
+                        for (i, r) in random.iter().enumerate() {
+                            key[i * 4..i * 4 + 4].copy_from_slice(&r.to_ne_bytes());
+                        }
+                        let c = &mut self.conns[slot];
+                        let target = info.function.as_ref().and_then(|f| f.bridge.as_ref());
+                        if let Some(target) = target {
+                            let (mut head, accept) =
+                                bridge_request(&target.host, &target.path, key, c.peer.ip());
+                            head.extend_from_slice(&origin_head[origin_head.len() - tail_len..]);
+                            origin_head = head;
+                            c.conn.expect_origin_accept(accept);
+                        }
+                    }
+                    None => {}
+                }
+                let c = &mut self.conns[slot];
+                c.head = Vec::new();
                 if info.relay == RelayMode::Frames && tail_len > 0 {
                     c.early_client = origin_head[origin_head.len() - tail_len..].to_vec();
                 }
@@ -955,7 +1133,7 @@ impl Worker {
                 let c = &mut self.conns[slot];
                 let data = std::mem::take(&mut c.origin_head);
                 c.origin_buf = Vec::with_capacity(1024);
-                c.sides[Side::Origin.index()].outq.push_back(Chunk::Owned {
+                c.sides[Side::Origin.index()].push(Chunk::Owned {
                     data,
                     off: 0,
                     counted: false,
@@ -998,13 +1176,48 @@ impl Worker {
             OriginAction::Fail { status, reason } => self.respond_error(slot, status, reason),
             OriginAction::Relay { status, head_len } => {
                 let mut data = std::mem::take(&mut c.origin_buf);
+                let mut head_len = head_len;
+                let bridged = c
+                    .route
+                    .as_ref()
+                    .and_then(|r| r.function.as_ref())
+                    .is_some_and(|f| f.kind == FunctionKind::Bridge);
+                if bridged
+                    && status == 101
+                    && let Some(accept) = c.conn.client_accept()
+                {
+                    // The client gets the edge's own 101, for its own key; the backend's head
+                    // is not relayed (and no longer counted as in flight).
+                    let own = switching_protocols(&accept, None);
+                    c.conn.on_dropped(Side::Origin, head_len);
+                    let early = data.split_off(head_len);
+                    c.extra_to_client += own.len() as u64;
+                    c.sides[Side::Client.index()].push(Chunk::Owned {
+                        data: own,
+                        off: 0,
+                        counted: false,
+                        origin_head: false,
+                    });
+                    data = early;
+                    head_len = 0;
+                }
+                if c.traceback.is_some() && c.conn.debug_pragma() {
+                    let before = data.len();
+                    data = self.with_debug_headers(slot, data);
+                    let c = &mut self.conns[slot];
+                    c.extra_to_client += (data.len() - before) as u64;
+                    if head_len > 0 {
+                        head_len += data.len() - before;
+                    }
+                }
+                let c = &mut self.conns[slot];
                 let framed = status == 101 && c.relay == RelayMode::Frames;
                 let early_origin = if framed && data.len() > head_len {
                     data.split_off(head_len)
                 } else {
                     Vec::new()
                 };
-                c.sides[Side::Client.index()].outq.push_back(Chunk::Owned {
+                c.sides[Side::Client.index()].push(Chunk::Owned {
                     data,
                     off: 0,
                     counted: true,
@@ -1013,6 +1226,7 @@ impl Worker {
                 if framed {
                     self.frames_start(slot, early_origin, now);
                 }
+                self.record_handshake(slot);
                 let c = &mut self.conns[slot];
                 if status == 101 {
                     self.stats.upgraded += 1;
@@ -1050,6 +1264,7 @@ impl Worker {
             }
             Chunk::Owned { data, off, .. } => (data[*off..].as_ptr(), (data.len() - off) as u32),
             Chunk::Static { data, off } => (data[*off..].as_ptr(), (data.len() - off) as u32),
+            Chunk::Shared { data, off } => (data[*off..].as_ptr(), (data.len() - off) as u32),
         };
         let entry = opcode::Send::new(types::Fd(io.fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
@@ -1073,6 +1288,11 @@ impl Worker {
             return;
         }
         let n = res as usize;
+        c.sides[to.index()].queued = c.sides[to.index()].queued.saturating_sub(n);
+        match to {
+            Side::Client => self.stats.bytes_to_clients += n as u64,
+            Side::Origin => self.stats.bytes_from_clients += n as u64,
+        }
         let mut head_sent = false;
         let mut done_bid = None;
         let io = &mut c.sides[to.index()];
@@ -1109,6 +1329,10 @@ impl Worker {
                 *off += n;
                 *off >= data.len()
             }
+            Some(Chunk::Shared { data, off }) => {
+                *off += n;
+                *off >= data.len()
+            }
             None => false,
         };
         if finished {
@@ -1130,7 +1354,11 @@ impl Worker {
             return;
         }
         self.kick_send(slot, to);
-        self.after_progress(slot);
+        if self.conns[slot].function.is_some() {
+            self.function_read(slot);
+        } else {
+            self.after_progress(slot);
+        }
     }
 
     // ----- relay ------------------------------------------------------------------------
@@ -1140,6 +1368,10 @@ impl Worker {
     fn after_progress(&mut self, slot: usize) {
         let c = &mut self.conns[slot];
         if c.closing.is_some() || c.after_send.is_some() || c.linger.is_some() {
+            return;
+        }
+        if c.function.is_some() {
+            self.function_read(slot);
             return;
         }
         if c.conn.phase() != Phase::Relay && c.conn.phase() != Phase::OriginHead {
@@ -1244,6 +1476,10 @@ impl Worker {
                     self.begin_close(slot, reset_reason(from));
                     return;
                 };
+                if c.function.is_some() {
+                    self.function_on_recv(slot, bid, n as usize, now);
+                    return;
+                }
                 let forward = c.conn.on_recv(from, n as usize, now);
                 if c.frames.is_some() {
                     self.frames_on_recv(slot, from, bid, n as usize, now);
@@ -1251,7 +1487,7 @@ impl Worker {
                 }
                 if forward > 0 {
                     let to = from.other();
-                    c.sides[to.index()].outq.push_back(Chunk::Buf {
+                    c.sides[to.index()].push(Chunk::Buf {
                         bid,
                         off: 0,
                         len: forward as u32,
@@ -1261,6 +1497,10 @@ impl Worker {
                 } else {
                     self.bufs.give_back(bid);
                 }
+            }
+            0 if c.function.is_some() => {
+                self.begin_close(slot, CloseReason::ClientClosed);
+                return;
             }
             0 => c.conn.on_eof(from),
             e if -e == libc::ENOBUFS => {
@@ -1323,13 +1563,13 @@ impl Worker {
                 return;
             };
             let outcome = state.on_chunk(Side::Origin, &early_origin, now, &mut pieces);
-            let outq = &mut self.conns[slot].sides[Side::Client.index()].outq;
+            let io = &mut self.conns[slot].sides[Side::Client.index()];
             for piece in pieces.drain(..) {
                 let (data, counted) = match piece {
                     Piece::Forward(range) => (early_origin[range].to_vec(), true),
                     Piece::Inject(frame) => (frame, false),
                 };
-                outq.push_back(Chunk::Owned {
+                io.push(Chunk::Owned {
                     data,
                     off: 0,
                     counted,
@@ -1354,9 +1594,9 @@ impl Worker {
         let outcome = state.on_chunk(from, self.bufs.bytes(bid, n), now, &mut pieces);
         let last_forward = pieces.iter().rposition(|p| matches!(p, Piece::Forward(_)));
         let to = from.other();
-        let outq = &mut c.sides[to.index()].outq;
+        let io = &mut c.sides[to.index()];
         for (i, piece) in pieces.drain(..).enumerate() {
-            outq.push_back(match piece {
+            io.push(match piece {
                 Piece::Forward(range) => Chunk::Buf {
                     bid,
                     off: range.start as u32,
@@ -1423,7 +1663,7 @@ impl Worker {
             return;
         };
         if let Some(data) = state.inject(to, frame, stop) {
-            c.sides[to.index()].outq.push_back(Chunk::Owned {
+            c.sides[to.index()].push(Chunk::Owned {
                 data,
                 off: 0,
                 counted: false,
@@ -1666,6 +1906,48 @@ impl Worker {
     /// Answers `status` to the client (a canned response), tears the origin down, then
     /// closes with a lingering close so the client can read the answer.
     fn respond_error(&mut self, slot: usize, status: u16, reason: CloseReason) {
+        let data = error_response(status);
+        self.respond(slot, status, Chunk::Static { data, off: 0 }, reason);
+    }
+
+    /// With debug rules on the route and `Pragma: wsedge-debug` on the request, adds headers
+    /// naming the route, origin, matched rules and worker to the response head at the
+    /// start of `response`. Otherwise returns it unchanged: nothing leaks when debug is off.
+    fn with_debug_headers(&self, slot: usize, mut response: Vec<u8>) -> Vec<u8> {
+        let c = &self.conns[slot];
+        let Some(traceback) = c.traceback.as_ref() else {
+            return response;
+        };
+        if !c.conn.debug_pragma() {
+            return response;
+        }
+        let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return response;
+        };
+        let route = c.route.as_ref().map_or("-", |r| r.name.as_str());
+        let origin = c
+            .origin_addr
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let rules: Vec<&str> = traceback
+            .iter()
+            .filter_map(|t| t.strip_prefix("rule:"))
+            .filter(|t| !t.ends_with("=not_matched"))
+            .collect();
+        let headers = format!(
+            "X-Wsedge-Route: {route}\r\nX-Wsedge-Origin: {origin}\r\nX-Wsedge-Rules: {}\r\nX-Wsedge-Worker: {}\r\n",
+            if rules.is_empty() {
+                "-".to_owned()
+            } else {
+                rules.join(", ")
+            },
+            self.index
+        );
+        response.splice(end + 2..end + 2, headers.into_bytes());
+        response
+    }
+
+    /// Sends `answer` (a complete response) and closes with a lingering close.
+    fn respond(&mut self, slot: usize, status: u16, answer: Chunk, reason: CloseReason) {
         let c = &mut self.conns[slot];
         if c.closing.is_some() || c.after_send.is_some() {
             return;
@@ -1675,8 +1957,7 @@ impl Worker {
         self.teardown_origin(slot);
         let now = self.now();
         let c = &mut self.conns[slot];
-        let data = error_response(status);
-        c.extra_to_client += data.len() as u64;
+        c.extra_to_client += answer.remaining() as u64;
         c.after_send = Some(reason);
         if c.sides[Side::Client.index()].recv_armed {
             // A pending head read: cancel it (not SHUT_RD, which would spoil the lingering
@@ -1689,9 +1970,7 @@ impl Worker {
             );
         }
         let c = &mut self.conns[slot];
-        c.sides[Side::Client.index()]
-            .outq
-            .push_back(Chunk::Static { data, off: 0 });
+        c.sides[Side::Client.index()].push(answer);
         c.linger = None;
         // The answer itself must go out within the linger time.
         c.send_deadline = Some(now + LINGER_MS);
@@ -1739,6 +2018,13 @@ impl Worker {
         }
         c.closing = Some(reason);
         c.conn.close();
+        if c.conn.firewall_admitted() {
+            self.fw_state.on_connection_close(c.peer.ip());
+        }
+        if c.function.is_some() {
+            self.broadcast_leave_all(slot);
+        }
+        let c = &mut self.conns[slot];
         if let Some((id, _)) = c.timer.take() {
             self.wheel.cancel(id);
         }
@@ -1746,8 +2032,6 @@ impl Worker {
         let route = c.route.as_ref().map(|r| r.name.as_str());
         let from_client = c.head_bytes + c.conn.bytes_from(Side::Client);
         let to_client = c.conn.bytes_from(Side::Origin) + c.extra_to_client;
-        self.stats.bytes_from_clients += from_client;
-        self.stats.bytes_to_clients += to_client;
         *self.stats.closed.entry(reason.as_str()).or_default() += 1;
         if self.log.enabled() {
             self.log.record(&Entry {
@@ -1760,6 +2044,7 @@ impl Worker {
                 bytes_to_client: to_client,
                 duration_ms: now.saturating_sub(c.conn.accepted_at()),
                 reason: reason.as_str(),
+                traceback: c.traceback.as_deref(),
             });
         }
         if c.connecting {
@@ -1874,6 +2159,10 @@ impl Worker {
                 reason,
                 status: Some(status),
             }) => self.respond_error(slot, status, reason),
+            Some(TimerAction::Close {
+                reason,
+                status: None,
+            }) if c.function.is_some() => self.function_close(slot, 1001, reason),
             Some(TimerAction::Close {
                 reason,
                 status: None,
