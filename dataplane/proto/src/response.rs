@@ -134,6 +134,10 @@ pub fn parse_response(
     let (Some(status), Some(minor_version)) = (parsed.code, parsed.version) else {
         return Err(ResponseError::Malformed);
     };
+    // httparse takes any three digits; statuses below 100 do not exist.
+    if status < 100 {
+        return Err(ResponseError::Malformed);
+    }
 
     if status != 101 {
         return Ok(Some(Response {
@@ -326,6 +330,12 @@ mod tests {
         buf[7] = b'0';
         assert_eq!(bad(&buf), BadUpgradeReason::Http10);
         assert_eq!(ResponseError::from(BadUpgradeReason::Http10).status(), 502);
+    }
+
+    #[test]
+    fn statuses_below_100_are_malformed() {
+        let r = parse_response(b"HTTP/1.1 099 Odd\r\n\r\n", &HeadLimits::default(), None);
+        assert_eq!(r, Err(ResponseError::Malformed));
     }
 
     #[test]

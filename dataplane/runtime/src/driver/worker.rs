@@ -307,6 +307,8 @@ pub(crate) struct Worker {
     wheel: TimerWheel<(u32, u32)>,
     listeners: Vec<Listener>,
     accept_paused_until: Option<Tick>,
+    /// Accept ran out of descriptors and has not succeeded since (warn once per episode).
+    accept_starved: bool,
     wake_fd: RawFd,
     /// The eventfd read lands here; boxed so its address is stable.
     wake_buf: Box<u64>,
@@ -433,6 +435,7 @@ impl Worker {
                 .map(|fd| Listener { fd, armed: false })
                 .collect(),
             accept_paused_until: None,
+            accept_starved: false,
             wake_fd: spec.wake_fd,
             wake_buf: Box::new(0),
             mailbox: spec.mailbox,
@@ -802,7 +805,8 @@ impl Worker {
                 libc::ECANCELED => {}
                 libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
                     self.stats.accept_errors += 1;
-                    if self.accept_paused_until.is_none() {
+                    if !self.accept_starved {
+                        self.accept_starved = true;
                         tracing::warn!(
                             worker = self.index,
                             error = %std::io::Error::from_raw_os_error(-res),
@@ -820,6 +824,10 @@ impl Worker {
         }
         let fd = res;
         self.stats.accepted += 1;
+        if self.accept_starved {
+            self.accept_starved = false;
+            tracing::info!(worker = self.index, "accepting again: descriptors are available");
+        }
         if !self.accepting || self.conns.len() >= self.settings.max_connections {
             *self
                 .stats
@@ -1401,11 +1409,19 @@ impl Worker {
                 }
             }
         }
-        let c = &self.conns[slot];
-        if let (Some(reason), Some(frames)) = (c.conn.graceful_close(), c.frames.as_ref()) {
+        let c = &mut self.conns[slot];
+        if let (Some(reason), Some(frames)) = (c.conn.graceful_close(), c.frames.as_mut()) {
             let eof = [c.conn.saw_eof(Side::Client), c.conn.saw_eof(Side::Origin)];
-            if frames.handshake_done(eof) {
-                self.begin_close(slot, reason);
+            if let Some((violator, code)) = frames.deferred_close {
+                let other = violator.other().index();
+                if frames.close_received[other] || eof[other] {
+                    frames.deferred_close = None;
+                    self.frames_send_close(slot, violator, code, "");
+                }
+            }
+            let c = &self.conns[slot];
+            if c.frames.as_ref().is_some_and(|f| f.deferred_close.is_none() && f.handshake_done(eof)) {
+                self.finish_after_flush(slot, reason);
                 return;
             }
         }
@@ -1457,8 +1473,8 @@ impl Worker {
             c.sides[from.index()].recv_armed = false;
             c.sides[from.index()].recv_cancelled = false;
         }
-        if c.closing.is_some() || c.linger.is_some() {
-            // Discarding (lingering close) or tearing down.
+        if c.closing.is_some() || c.linger.is_some() || c.after_send.is_some() {
+            // Discarding (lingering close, or a final answer being written) or tearing down.
             if let Some(bid) = bid {
                 self.bufs.give_back(bid);
             }
@@ -1686,6 +1702,20 @@ impl Worker {
         self.frames_inject(slot, to, frame, true);
     }
 
+    /// Closes once the client's queue (a Close frame, most likely) is written, with a bounded
+    /// wait; at once if nothing is queued.
+    fn finish_after_flush(&mut self, slot: usize, reason: CloseReason) {
+        let now = self.now();
+        let c = &mut self.conns[slot];
+        if c.sides[Side::Client.index()].outq.is_empty() {
+            self.begin_close(slot, reason);
+        } else {
+            c.conn.close();
+            c.after_send = Some(reason);
+            c.send_deadline = Some(now + LINGER_MS);
+        }
+    }
+
     /// Ends a `frames` connection politely: Close (the route's code, 1001 by default) to both
     /// sides at a frame boundary, then waits for the close handshake up to the grace period.
     fn start_graceful_close(&mut self, slot: usize, reason: CloseReason) {
@@ -1721,8 +1751,10 @@ impl Worker {
             return;
         }
         state.graceful = true;
+        // The other side first: what it still sends (answers to the violator's valid frames
+        // before the violation) reaches the violator before its Close, as it would directly.
+        state.deferred_close = Some((violator, code));
         c.conn.begin_graceful_close(now, reason);
-        self.frames_send_close(slot, violator, code, "");
         self.frames_send_close(slot, violator.other(), 1001, "going away");
         self.rearm_timer(slot);
     }

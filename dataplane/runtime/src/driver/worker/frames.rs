@@ -80,6 +80,9 @@ pub(super) struct FramesState {
     rate: Option<(u32, u64, Tick)>,
     /// The proxy is ending the connection: close replies are absorbed.
     pub(super) graceful: bool,
+    /// After a violation: the Close (side, code) owed to the violator, sent once the other
+    /// side finished (its answers to what came before the violation are still relayed).
+    pub(super) deferred_close: Option<(Side, u16)>,
 }
 
 impl FramesState {
@@ -107,6 +110,7 @@ impl FramesState {
                 .client_message_rate
                 .map(|r| (r, u64::from(r) * 1000, now)),
             graceful: false,
+            deferred_close: None,
         }
     }
 
