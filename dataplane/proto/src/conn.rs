@@ -1002,7 +1002,7 @@ mod tests {
         }
 
         /// Head accepted, connected, origin head sent.
-        fn to_origin_head(&mut self, head: &[u8], pool: usize) -> Vec<u8> {
+        fn head_to_origin(&mut self, head: &[u8], pool: usize) -> Vec<u8> {
             let HeadAction::Forward {
                 route, origin_head, ..
             } = self.client_head(head)
@@ -1020,7 +1020,7 @@ mod tests {
 
         fn upgraded() -> Sim {
             let mut sim = Sim::new();
-            sim.to_origin_head(&upgrade_head(), 1);
+            sim.head_to_origin(&upgrade_head(), 1);
             assert!(!sim.conn.on_origin_head_sent());
             let response = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {ACCEPT}\r\n\r\n"
@@ -1041,7 +1041,7 @@ mod tests {
         let mut sim = Sim::new();
         let mut head = upgrade_head();
         head.extend_from_slice(b"\x81\x85early");
-        let origin_head = sim.to_origin_head(&head, 1);
+        let origin_head = sim.head_to_origin(&head, 1);
         let text = String::from_utf8_lossy(&origin_head);
         assert!(text.contains("X-Forwarded-For: 192.0.2.7\r\n"), "{text}");
         assert!(text.contains("Host: edge.test:8080\r\n"));
@@ -1175,7 +1175,7 @@ mod tests {
         );
         // Origin head: 504 after the origin handshake timeout.
         let mut waiting = Sim::new();
-        waiting.to_origin_head(&upgrade_head(), 1);
+        waiting.head_to_origin(&upgrade_head(), 1);
         assert_eq!(
             waiting.conn.on_timeout(10_000),
             close(CloseReason::OriginHandshakeTimeout, Some(504))
@@ -1210,7 +1210,7 @@ mod tests {
     fn jitter_stays_within_the_configured_share_below_the_maximum() {
         for random in [0u32, 1, 12345, u32::MAX] {
             let mut sim = Sim::new();
-            sim.to_origin_head(&upgrade_head(), 1);
+            sim.head_to_origin(&upgrade_head(), 1);
             let mut t = timers();
             t.jitter_pct = 5;
             sim.conn.on_connect_start(0, t);
@@ -1229,7 +1229,7 @@ mod tests {
     #[test]
     fn a_wrong_accept_is_a_502_never_a_tunnel() {
         let mut sim = Sim::new();
-        sim.to_origin_head(&upgrade_head(), 1);
+        sim.head_to_origin(&upgrade_head(), 1);
         let response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n";
         match sim
             .conn
@@ -1247,7 +1247,7 @@ mod tests {
     #[test]
     fn a_non_101_answer_is_relayed_until_the_origin_closes() {
         let mut sim = Sim::new();
-        sim.to_origin_head(&upgrade_head(), 1);
+        sim.head_to_origin(&upgrade_head(), 1);
         let response = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
         assert_eq!(
             sim.conn.on_origin_head(response, 0, &HeadLimits::default()),
@@ -1271,7 +1271,7 @@ mod tests {
     fn a_plain_request_forwards_exactly_its_body() {
         let mut sim = Sim::new();
         let head = b"POST /ws/api HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 10\r\n\r\n0123";
-        let origin_head = sim.to_origin_head(head, 1);
+        let origin_head = sim.head_to_origin(head, 1);
         assert!(origin_head.ends_with(b"\r\n\r\n0123"));
         assert!(String::from_utf8_lossy(&origin_head).contains("Connection: close\r\n"));
         // The rest of the body follows once the head is written; bytes past it are dropped.
@@ -1282,7 +1282,7 @@ mod tests {
         assert!(!sim.conn.wants_read(Side::Client));
         let mut pipelined = Sim::new();
         let head = b"GET /ws/x HTTP/1.1\r\nHost: edge.test\r\n\r\nGET /ws/y HTTP/1.1\r\n\r\n";
-        let origin_head = pipelined.to_origin_head(head, 1);
+        let origin_head = pipelined.head_to_origin(head, 1);
         let text = String::from_utf8_lossy(&origin_head);
         assert!(
             text.ends_with("\r\n\r\n") && !text.contains("/ws/y"),

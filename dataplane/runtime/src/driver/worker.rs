@@ -123,7 +123,7 @@ pub(crate) fn connection_worker(id: u64) -> usize {
 }
 
 mod frames;
-mod functions;
+pub(crate) mod functions;
 
 /// How long a rejected client gets to read our answer before its socket is closed.
 const LINGER_MS: u64 = 2_000;
@@ -826,7 +826,10 @@ impl Worker {
         self.stats.accepted += 1;
         if self.accept_starved {
             self.accept_starved = false;
-            tracing::info!(worker = self.index, "accepting again: descriptors are available");
+            tracing::info!(
+                worker = self.index,
+                "accepting again: descriptors are available"
+            );
         }
         if !self.accepting || self.conns.len() >= self.settings.max_connections {
             *self
@@ -1420,7 +1423,10 @@ impl Worker {
                 }
             }
             let c = &self.conns[slot];
-            if c.frames.as_ref().is_some_and(|f| f.deferred_close.is_none() && f.handshake_done(eof)) {
+            if c.frames
+                .as_ref()
+                .is_some_and(|f| f.deferred_close.is_none() && f.handshake_done(eof))
+            {
                 self.finish_after_flush(slot, reason);
                 return;
             }
