@@ -205,11 +205,12 @@ impl FramesState {
                     self.at_boundary[f] = true;
                     if let Some(ctrl) = self.ctrl[f].take() {
                         match ctrl.opcode {
-                            OpCode::Pong if from == Side::Client => {
-                                if self.ping.is_some_and(|p| ctrl.payload == p) {
-                                    self.ping = None;
-                                    out.pong = true;
-                                }
+                            OpCode::Pong
+                                if from == Side::Client
+                                    && self.ping.is_some_and(|p| ctrl.payload == p) =>
+                            {
+                                self.ping = None;
+                                out.pong = true;
                             }
                             OpCode::Close => {
                                 self.close_received[f] = true;
