@@ -7,6 +7,7 @@
 #   --full   (default) 1 worker and all-cores variants of every proxy, 8 s per run (< 15 min)
 #   --quick  1-worker variants only, 2 s per run (< 2 min once built)
 #   --smoke  direct + wsedge only, ~1 s per run, no packages installed, no sysctls (CI)
+#   --only direct,wsedge,nginx,haproxy   run only these targets
 #
 # Writes bench/results/<UTC date-time>/: results.md, results.json, runs.jsonl (one line per
 # run), *.png charts and logs/. Starts processes itself, records their pids and kills exactly
@@ -16,6 +17,7 @@ set -euo pipefail
 MODE=full
 BUILD=1
 OUT=""
+ONLY=direct,wsedge,nginx,haproxy
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) MODE=full ;;
@@ -23,7 +25,8 @@ while [ $# -gt 0 ]; do
         --smoke) MODE=smoke ;;
         --no-build) BUILD=0 ;;
         --out) OUT="$2"; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --only) ONLY="$2"; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -241,14 +244,16 @@ run_haproxy() {
 
 T0=$(date +%s)
 log "mode $MODE: results in $OUT"
-run_direct
+want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+[ $MODE = smoke ] && ONLY=$(echo "$ONLY" | tr ',' '\n' | grep -E '^(direct|wsedge)$' | paste -sd, || true)
+if want direct; then run_direct; fi
 for w in $VARIANTS; do
-    run_wsedge buffered "$w"
-    run_wsedge splice "$w"
-    if [ $MODE != smoke ]; then
-        run_nginx "$w"
-        run_haproxy "$w"
+    if want wsedge; then
+        run_wsedge buffered "$w"
+        run_wsedge splice "$w"
     fi
+    if want nginx; then run_nginx "$w"; fi
+    if want haproxy; then run_haproxy "$w"; fi
 done
 log "runs done in $(( $(date +%s) - T0 )) s; writing the report"
 echo "loadavg_at_end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/host.txt"

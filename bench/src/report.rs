@@ -296,7 +296,7 @@ fn find_ttf(dir: &Path, out: &mut Vec<PathBuf>, depth: u32) {
 }
 
 fn color(i: usize) -> RGBColor {
-    const C: [RGBColor; 8] = [
+    const C: [RGBColor; 10] = [
         RGBColor(90, 90, 90),
         RGBColor(31, 119, 180),
         RGBColor(44, 160, 44),
@@ -305,6 +305,8 @@ fn color(i: usize) -> RGBColor {
         RGBColor(148, 103, 189),
         RGBColor(23, 190, 207),
         RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(188, 189, 34),
     ];
     C[i % C.len()]
 }
@@ -312,7 +314,8 @@ fn color(i: usize) -> RGBColor {
 /// A bar chart, one bar per label.
 /// Each bar is (label, value, colour index).
 pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64, usize)]) -> anyhow::Result<()> {
-    let root = BitMapBackend::new(path, (960, 540)).into_drawing_area();
+    let width = (150 * bars.len() as u32).max(960);
+    let root = BitMapBackend::new(path, (width, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1e-9) * 1.15;
     let n = bars.len().max(1);

@@ -50,7 +50,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
             let mut fc = FrameCounter::default();
             let mut buf = vec![0u8; 256 * 1024];
             let (m, b, _) = fc.feed(&rest);
-            let mut inflight = depth as u64 - m;
+            let mut inflight = (depth as u64).saturating_sub(m);
             counters.recv_msgs.fetch_add(m, Ordering::Relaxed);
             counters.recv_bytes.fetch_add(b, Ordering::Relaxed);
             if s.write_all(&batch).await.is_err() {
