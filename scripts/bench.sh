@@ -113,6 +113,13 @@ wait_port() {
     die "$name is not listening on $port after 10 s"
 }
 
+# need_free_port PORT: fail if something already listens there (it would answer for us).
+need_free_port() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+        die "port $1 is already in use (set ORIGIN_PORT / PROXY_PORT)"
+    fi
+}
+
 # --- setup ------------------------------------------------------------------------------
 if [ $BUILD = 1 ]; then
     log "building (release): wsedge, wsedge-bench"
@@ -156,6 +163,8 @@ if awk -v l="$LOAD1" -v c="$CPUS" 'BEGIN { exit !(l > c / 2) }'; then
 fi
 
 # The origin runs for the whole benchmark, with all cores.
+need_free_port "$ORIGIN_PORT"
+need_free_port "$PROXY_PORT"
 start origin "$BIN/wsedge-origin" --listen "$ORIGIN" --threads "$CPUS"
 ORIGIN_PID=$STARTED
 wait_port "$ORIGIN_PORT" "$ORIGIN_PID" origin
@@ -198,6 +207,7 @@ run_wsedge() {
     local relay=$1 workers=$2 label="wsedge-$1-w$2"
     sed -e "s/@WORKERS@/$workers/" -e "s/@PORT@/$PROXY_PORT/" -e "s/@ORIGIN@/$ORIGIN/" \
         -e "s/@RELAY@/$relay/" "$ROOT/bench/wsedge.toml.tmpl" > "$RUN/wsedge.toml"
+    need_free_port "$PROXY_PORT"
     start "$label" env WSEDGE_LOG=warn "$BIN/wsedge" --config "$RUN/wsedge.toml"
     local pid=$STARTED
     wait_port "$PROXY_PORT" "$pid" "$label"
@@ -218,6 +228,7 @@ run_nginx() {
     mkdir -p "$RUN/nginx-tmp"
     sed -e "s/@WORKERS@/$workers/" -e "s/@PORT@/$PROXY_PORT/" -e "s/@ORIGIN@/$ORIGIN/" \
         -e "s#@DIR@#$RUN#g" "$ROOT/bench/nginx.conf.tmpl" > "$RUN/nginx.conf"
+    need_free_port "$PROXY_PORT"
     start "$label" nginx -c "$RUN/nginx.conf" -p "$RUN"
     local pid=$STARTED
     wait_port "$PROXY_PORT" "$pid" "$label"
@@ -233,6 +244,7 @@ run_haproxy() {
     local threads=$1 label="haproxy-w$1"
     sed -e "s/@THREADS@/$threads/" -e "s/@PORT@/$PROXY_PORT/" -e "s/@ORIGIN@/$ORIGIN/" \
         "$ROOT/bench/haproxy.cfg.tmpl" > "$RUN/haproxy.cfg"
+    need_free_port "$PROXY_PORT"
     start "$label" haproxy -db -f "$RUN/haproxy.cfg"
     local pid=$STARTED
     wait_port "$PROXY_PORT" "$pid" "$label"
