@@ -28,6 +28,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// The largest frame body accepted, in bytes (a configuration is a few KiB).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 
+/// The largest message [`Request::Publish`] (and the HTTP publish API) accepts, in bytes.
+pub const MAX_PUBLISH: usize = 1024 * 1024;
+
 /// The JSON object every frame carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope<B> {
@@ -86,10 +89,28 @@ pub enum Request {
         #[serde(default)]
         route: Option<String>,
     },
-    /// Stop accepting; close what is left after `timeout_ms` (none: never forced).
+    /// Stop accepting; close what is left after `timeout_ms` (none: never forced). With
+    /// `over_ms`, also close every live connection gracefully at a random moment within that
+    /// window (Close 1001 on `frames` routes), so clients do not all reconnect at once.
     Drain {
         #[serde(default)]
         timeout_ms: Option<u64>,
+        #[serde(default)]
+        over_ms: Option<u64>,
+    },
+    /// Publish `message` on `channel` of every `broadcast` route, on every worker. The
+    /// message is text if it is UTF-8, else binary.
+    Publish {
+        channel: String,
+        #[serde(with = "base64_bytes", rename = "message_base64")]
+        message: Vec<u8>,
+    },
+    /// How many clients are subscribed to `channel` (all broadcast routes, all workers).
+    Presence { channel: String },
+    /// The `[[list]]` network lists (or one), without expired entries.
+    ListsShow {
+        #[serde(default)]
+        name: Option<String>,
     },
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
@@ -97,6 +118,16 @@ pub enum Request {
     OriginAdd { route: String, addr: String },
     /// Control process: remove an origin from a route (a route keeps at least one).
     OriginRemove { route: String, addr: String },
+    /// Control process: add `cidr` to network list `name` (created if absent), expiring at
+    /// `expires` (unix seconds) when given. An entry for the same network is replaced.
+    ListAdd {
+        name: String,
+        cidr: String,
+        #[serde(default)]
+        expires: Option<u64>,
+    },
+    /// Control process: remove `cidr` from network list `name`.
+    ListRemove { name: String, cidr: String },
     /// Control process: set one limit in `[limits]` or in a route, e.g. `idle_timeout`,
     /// `"5m"`.
     LimitsSet {
@@ -124,6 +155,11 @@ impl Request {
             Request::OriginAdd { .. } => "origin_add",
             Request::OriginRemove { .. } => "origin_remove",
             Request::LimitsSet { .. } => "limits_set",
+            Request::Publish { .. } => "publish",
+            Request::Presence { .. } => "presence",
+            Request::ListsShow { .. } => "lists_show",
+            Request::ListAdd { .. } => "list_add",
+            Request::ListRemove { .. } => "list_remove",
         }
     }
 }
@@ -134,14 +170,40 @@ impl Request {
 pub enum Response {
     Status(Status),
     Stats(StatsReport),
-    Connections { connections: Vec<Connection> },
-    Killed { id: u64 },
+    Connections {
+        connections: Vec<Connection>,
+    },
+    Killed {
+        id: u64,
+    },
     Applied(Applied),
     Config(ConfigText),
-    Routes { routes: Vec<RouteRow> },
+    Routes {
+        routes: Vec<RouteRow>,
+    },
     Limits(LimitsView),
-    Draining { workers: usize, live: u64 },
-    Error { kind: ErrorKind, message: String },
+    Draining {
+        workers: usize,
+        live: u64,
+    },
+    /// Answer to [`Request::Publish`]: how many subscribers it was queued to.
+    Published {
+        channel: String,
+        delivered: u64,
+    },
+    /// Answer to [`Request::Presence`].
+    Presence {
+        channel: String,
+        subscribers: u64,
+    },
+    /// Answer to [`Request::ListsShow`].
+    Lists {
+        lists: Vec<ListView>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 impl Response {
@@ -312,6 +374,7 @@ pub fn is_rejection(reason: &str) -> bool {
             | "max_connection_time"
             | "shutdown"
             | "killed"
+            | "drained"
     )
 }
 
@@ -381,6 +444,114 @@ pub struct RouteRow {
 pub struct LimitsView {
     pub route: Option<String>,
     pub limits: BTreeMap<String, String>,
+}
+
+/// One network list, for `lists show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListView {
+    pub name: String,
+    pub entries: Vec<ListEntryView>,
+}
+
+/// One entry of a network list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntryView {
+    /// `addr/len`.
+    pub cidr: String,
+    /// Unix seconds; absent = never.
+    #[serde(default)]
+    pub expires: Option<u64>,
+}
+
+/// The network lists of `config` (only the one named `name`, when given), without the
+/// entries expired at `unix_now`; `None` if no list has that name.
+pub fn list_views(config: &Config, name: Option<&str>, unix_now: u64) -> Option<Vec<ListView>> {
+    let lists: Vec<ListView> = config
+        .firewall
+        .lists
+        .iter()
+        .filter(|l| name.is_none_or(|n| n == l.name))
+        .map(|l| ListView {
+            name: l.name.clone(),
+            entries: l
+                .entries
+                .iter()
+                .filter(|e| e.expires.is_none_or(|x| unix_now < x))
+                .map(|e| ListEntryView {
+                    cidr: format!("{}/{}", e.addr, e.len),
+                    expires: e.expires,
+                })
+                .collect(),
+        })
+        .collect();
+    (name.is_none() || !lists.is_empty()).then_some(lists)
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Bytes as a standard base64 string in JSON (no dependency: the alphabet is 64 bytes).
+mod base64_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+        let text = text.as_bytes();
+        if !text.len().is_multiple_of(4) {
+            return None;
+        }
+        let quads = text.len() / 4;
+        let mut out = Vec::with_capacity(quads * 3);
+        for (q, quad) in text.chunks(4).enumerate() {
+            let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+            if pad > 2 || (pad > 0 && q + 1 != quads) {
+                return None;
+            }
+            let mut n = 0u32;
+            for &c in &quad[..4 - pad] {
+                let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+                n = (n << 6) | v;
+            }
+            n <<= 6 * pad as u32;
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..3 - pad]);
+        }
+        Some(out)
+    }
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        decode(&text).ok_or_else(|| D::Error::custom("not standard base64"))
+    }
 }
 
 /// The routes of a configuration as [`RouteRow`]s.
@@ -658,6 +829,23 @@ mod tests {
             },
             Request::Drain {
                 timeout_ms: Some(1500),
+                over_ms: None,
+            },
+            Request::Drain {
+                timeout_ms: None,
+                over_ms: Some(2000),
+            },
+            Request::Publish {
+                channel: "news".into(),
+                message: vec![0, 1, 2, 255, b'a'],
+            },
+            Request::Presence {
+                channel: "news".into(),
+            },
+            Request::ListAdd {
+                name: "blocked".into(),
+                cidr: "10.0.0.0/8".into(),
+                expires: Some(1_800_000_000),
             },
             Request::LimitsSet {
                 key: "idle_timeout".into(),
@@ -776,6 +964,52 @@ mod tests {
             Response::error(ErrorKind::Unknown, "m"),
             "unknown kinds decode as Unknown"
         );
+    }
+
+    #[test]
+    fn base64_round_trip() {
+        for n in 0..40usize {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + n) as u8).collect();
+            let text = base64_bytes::encode(&bytes);
+            assert_eq!(base64_bytes::decode(&text), Some(bytes), "{text}");
+        }
+        assert_eq!(base64_bytes::encode(b"hi!"), "aGkh");
+        assert_eq!(base64_bytes::encode(&[0, 1, 2, 255]), "AAEC/w==");
+        assert_eq!(base64_bytes::decode("AAEC/w=="), Some(vec![0, 1, 2, 255]));
+        for bad in ["A", "AA=A", "====", "AA==AAAA", "A\u{e9}A"] {
+            assert_eq!(base64_bytes::decode(bad), None, "{bad}");
+        }
+        let e = decode_request(
+            br#"{"version":1,"id":3,"body":{"type":"publish","channel":"c","message_base64":"**"}}"#,
+        )
+        .expect_err("bad base64");
+        assert_eq!((e.id, e.kind), (Some(3), ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn list_views_hide_expired_entries() {
+        let config = Config::from_toml(
+            "[[list]]\nname = \"a\"\nentries = [\"10.0.0.0/8\", { cidr = \"192.0.2.1\", expires = 100 }, { cidr = \"2001:db8::/32\", expires = 300 }]\n[[list]]\nname = \"b\"\n",
+            "t",
+        )
+        .expect("valid");
+        let all = list_views(&config, None, 200).expect("all");
+        assert_eq!(all.len(), 2);
+        let cidrs: Vec<&str> = all[0].entries.iter().map(|e| e.cidr.as_str()).collect();
+        assert_eq!(cidrs, ["10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(all[0].entries[1].expires, Some(300));
+        assert_eq!(
+            list_views(&config, Some("a"), 50).expect("a")[0]
+                .entries
+                .len(),
+            3
+        );
+        assert!(
+            list_views(&config, Some("b"), 0).expect("b")[0]
+                .entries
+                .is_empty()
+        );
+        assert!(list_views(&config, Some("zz"), 0).is_none());
     }
 
     #[test]

@@ -61,7 +61,10 @@ impl Failure {
 impl From<EditError> for Failure {
     fn from(e: EditError) -> Failure {
         let kind = match e {
-            EditError::NoRoute(_) | EditError::NoOrigin { .. } => ErrorKind::NotFound,
+            EditError::NoRoute(_)
+            | EditError::NoOrigin { .. }
+            | EditError::NoList(_)
+            | EditError::NoEntry { .. } => ErrorKind::NotFound,
             EditError::Document(_) | EditError::Invalid(_) => ErrorKind::InvalidConfig,
         };
         Failure::new(kind, e.to_string())
@@ -413,7 +416,9 @@ impl Daemon {
             Request::Stats
             | Request::Connections { .. }
             | Request::Kill { .. }
-            | Request::Drain { .. } => return self.forward(&request),
+            | Request::Drain { .. }
+            | Request::Publish { .. }
+            | Request::Presence { .. } => return self.forward(&request),
             Request::ApplyConfig { toml, source, .. } => self
                 .change(|_| Ok((toml, source.unwrap_or_else(|| "wsedgectl apply".to_owned()))))
                 .map(Response::Applied),
@@ -433,6 +438,26 @@ impl Daemon {
                     .map(Response::Limits)
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no route with that name"))
             }),
+            Request::ListsShow { name } => self.desired_config().and_then(|c| {
+                wire::list_views(&c, name.as_deref(), wire::unix_now())
+                    .map(|lists| Response::Lists { lists })
+                    .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
+            }),
+            Request::ListAdd {
+                name,
+                cidr,
+                expires,
+            } => self
+                .change(|d| {
+                    Ok((
+                        edit::list_add(&d.toml, &name, &cidr, expires)?,
+                        edited(&d.source),
+                    ))
+                })
+                .map(Response::Applied),
+            Request::ListRemove { name, cidr } => self
+                .change(|d| Ok((edit::list_remove(&d.toml, &name, &cidr)?, edited(&d.source))))
+                .map(Response::Applied),
             Request::Reload => self.reload().map(Response::Applied),
             Request::OriginAdd { route, addr } => self
                 .change(|d| Ok((edit::origin_add(&d.toml, &route, &addr)?, edited(&d.source))))

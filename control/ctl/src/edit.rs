@@ -1,11 +1,13 @@
-//! Live edits of the desired configuration (`origins add|remove`, `limits set`), made on the
+//! Live edits of the desired configuration (`origins add|remove`, `limits set`,
+//! `lists add|remove`), made on the
 //! TOML document itself with toml_edit so the operator's comments and layout survive. The
 //! result is text: the daemon validates it with `Config::from_toml` like any other
 //! configuration before it is persisted or pushed.
 
 use std::net::SocketAddr;
 
-use toml_edit::{DocumentMut, Item, Table, value};
+use toml_edit::{ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
+use wsedge_command::firewall::parse_cidr;
 
 /// Limits a route may override (the rest are `[limits]` only).
 const ROUTE_KEYS: [&str; 5] = [
@@ -32,6 +34,10 @@ pub(crate) enum EditError {
     NoRoute(String),
     #[error("{addr} is not an origin of route {route:?}")]
     NoOrigin { route: String, addr: String },
+    #[error("no network list named {0:?}")]
+    NoList(String),
+    #[error("{cidr} is not in network list {list:?}")]
+    NoEntry { list: String, cidr: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -106,6 +112,111 @@ pub(crate) fn origin_remove(text: &str, route: &str, addr: &str) -> Result<Strin
             addr: addr.to_owned(),
         }),
     }
+}
+
+/// The `[[list]]` array of tables, created when `create` and absent.
+fn lists(doc: &mut DocumentMut, create: bool) -> Result<Option<&mut ArrayOfTables>, EditError> {
+    if doc.get("list").is_none() {
+        if !create {
+            return Ok(None);
+        }
+        doc.insert("list", Item::ArrayOfTables(ArrayOfTables::new()));
+    }
+    doc.get_mut("list")
+        .and_then(Item::as_array_of_tables_mut)
+        .map(Some)
+        .ok_or_else(|| {
+            EditError::Invalid("list is not written as [[list]] tables; edit the file".to_owned())
+        })
+}
+
+/// The network of one `entries` element (a string, or an inline table's `cidr`).
+fn entry_network(v: &Value) -> Option<(std::net::IpAddr, u8)> {
+    let text = match v {
+        Value::String(s) => s.value().as_str(),
+        Value::InlineTable(t) => t.get("cidr")?.as_str()?,
+        _ => return None,
+    };
+    parse_cidr(text).ok()
+}
+
+/// Adds `cidr` to list `name` (the list is created if absent), with an expiry in unix
+/// seconds; an entry for the same network is replaced (so this also changes an expiry).
+pub(crate) fn list_add(
+    text: &str,
+    name: &str,
+    cidr: &str,
+    expires: Option<u64>,
+) -> Result<String, EditError> {
+    let (addr, len) = parse_cidr(cidr).map_err(EditError::Invalid)?;
+    let normal = format!("{addr}/{len}");
+    let mut doc = parse(text)?;
+    let tables = lists(&mut doc, true)?.ok_or_else(|| EditError::NoList(name.to_owned()))?;
+    let position = tables
+        .iter()
+        .position(|t| t.get("name").and_then(Item::as_str) == Some(name));
+    let table = match position {
+        Some(i) => tables
+            .get_mut(i)
+            .ok_or_else(|| EditError::NoList(name.to_owned()))?,
+        None => {
+            let mut t = Table::new();
+            t.insert("name", value(name));
+            tables.push(t);
+            let last = tables.len() - 1;
+            tables
+                .get_mut(last)
+                .ok_or_else(|| EditError::NoList(name.to_owned()))?
+        }
+    };
+    if table.get("entries").is_none() {
+        table.insert("entries", value(toml_edit::Array::new()));
+    }
+    let entries = table
+        .get_mut("entries")
+        .and_then(Item::as_array_mut)
+        .ok_or_else(|| EditError::Invalid(format!("list {name:?}: entries is not an array")))?;
+    entries.retain(|v| entry_network(v) != Some((addr, len)));
+    match expires {
+        None => entries.push(normal),
+        Some(at) => {
+            let at = i64::try_from(at)
+                .map_err(|_| EditError::Invalid(format!("expiry {at} is out of range")))?;
+            let mut entry = InlineTable::new();
+            entry.insert("cidr", normal.into());
+            entry.insert("expires", at.into());
+            entries.push(entry);
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Removes the entry for `cidr` from list `name` (the list stays, possibly empty: rules may
+/// name it).
+pub(crate) fn list_remove(text: &str, name: &str, cidr: &str) -> Result<String, EditError> {
+    let network = parse_cidr(cidr).map_err(EditError::Invalid)?;
+    let mut doc = parse(text)?;
+    let table = lists(&mut doc, false)?
+        .and_then(|tables| {
+            tables
+                .iter_mut()
+                .find(|t| t.get("name").and_then(Item::as_str) == Some(name))
+        })
+        .ok_or_else(|| EditError::NoList(name.to_owned()))?;
+    let no_entry = || EditError::NoEntry {
+        list: name.to_owned(),
+        cidr: cidr.to_owned(),
+    };
+    let entries = table
+        .get_mut("entries")
+        .and_then(Item::as_array_mut)
+        .ok_or_else(no_entry)?;
+    let before = entries.len();
+    entries.retain(|v| entry_network(v) != Some(network));
+    if entries.len() == before {
+        return Err(no_entry());
+    }
+    Ok(doc.to_string())
 }
 
 /// Sets one limit in `[limits]`, or in route `route`.
@@ -209,6 +320,60 @@ mod tests {
             origin_remove(BASE, "chat", "127.0.0.1:9001"),
             Err(EditError::Invalid(m)) if m.contains("last origin")
         ));
+    }
+
+    #[test]
+    fn edit_lists() {
+        let base = format!(
+            "{BASE}\n# the bad ones\n[[list]]\nname = \"blocked\"\nentries = [\"10.0.0.0/8\"] # keep\n\n[[rule]]\nname = \"deny\"\nwhen = {{ client_in = \"blocked\" }}\naction = \"deny\"\n"
+        );
+        let text = list_add(&base, "blocked", "127.0.0.5", Some(1_900_000_000)).expect("add");
+        assert!(
+            text.contains("# the bad ones") && text.contains("# keep"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{ cidr = \"127.0.0.5/32\", expires = 1900000000 }"),
+            "{text}"
+        );
+        let lists = &valid(&text).firewall.lists;
+        assert_eq!(lists[0].entries.len(), 2);
+        assert_eq!(lists[0].entries[1].expires, Some(1_900_000_000));
+        // The same network again replaces the entry (here: no expiry any more).
+        let text = list_add(&text, "blocked", "127.0.0.5/32", None).expect("replace");
+        let lists = &valid(&text).firewall.lists;
+        assert_eq!(lists[0].entries.len(), 2);
+        assert_eq!(lists[0].entries[1].expires, None);
+        // A new list is created.
+        let text = list_add(&text, "partners", "2001:db8::/32", None).expect("new list");
+        let lists = &valid(&text).firewall.lists;
+        assert_eq!(lists[1].name, "partners");
+        let text = list_remove(&text, "blocked", "10.0.0.0/8").expect("remove");
+        let text = list_remove(&text, "blocked", "127.0.0.5").expect("remove host");
+        let lists = &valid(&text).firewall.lists;
+        assert!(lists[0].entries.is_empty(), "the list stays for its rule");
+        assert_eq!(
+            list_remove(&text, "blocked", "10.0.0.0/8"),
+            Err(EditError::NoEntry {
+                list: "blocked".into(),
+                cidr: "10.0.0.0/8".into()
+            })
+        );
+        assert_eq!(
+            list_remove(BASE, "nope", "10.0.0.0/8"),
+            Err(EditError::NoList("nope".into()))
+        );
+        assert!(matches!(
+            list_add(BASE, "x", "10.0.0.1/8", None),
+            Err(EditError::Invalid(m)) if m.contains("bits set")
+        ));
+        assert!(matches!(
+            list_add(BASE, "x", "nonsense", None),
+            Err(EditError::Invalid(_))
+        ));
+        // No [[list]] yet: created.
+        let text = list_add(BASE, "first", "192.0.2.0/24", Some(5)).expect("first list");
+        assert_eq!(valid(&text).firewall.lists[0].entries[0].expires, Some(5));
     }
 
     #[test]

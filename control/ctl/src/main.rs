@@ -108,12 +108,39 @@ enum Cmd {
     },
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping live edits.
     Reload,
+    /// Publish a message on CHANNEL of every `broadcast` route (all workers). The message is
+    /// MESSAGE, or the bytes of --file, or standard input; text if it is UTF-8, else binary.
+    Publish {
+        /// Channel name (1 to 128 characters of A-Z a-z 0-9 . _ : -).
+        channel: String,
+        /// The message text.
+        #[arg(conflicts_with = "file")]
+        message: Option<String>,
+        /// Send the bytes of this file (`-` = standard input).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// How many clients are subscribed to CHANNEL (all broadcast routes, all workers).
+    Presence {
+        /// Channel name.
+        channel: String,
+    },
+    /// Network lists (`[[list]]`, used by firewall rules): show, add, remove (live; persisted
+    /// by the daemon; new connections see the change, live ones are not touched).
+    Lists {
+        #[command(subcommand)]
+        action: ListsCmd,
+    },
     /// Stop accepting on this host and wait until live connections end or the timeout passes
     /// (then they are closed). To take a host out of rotation; stop it with SIGTERM after.
     Drain {
         /// Close what is left after this long.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Also close every live connection gracefully at a random moment within this window
+        /// (Close 1001 on `frames` routes), so clients reconnect elsewhere spread out.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        over: Option<Duration>,
         /// Return at once instead of waiting for connections to end.
         #[arg(long)]
         no_wait: bool,
@@ -128,6 +155,26 @@ enum OriginsCmd {
     Add { route: String, addr: String },
     /// Remove ADDR from ROUTE's origins (live connections to it stay up).
     Remove { route: String, addr: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ListsCmd {
+    /// Every list (or NAME) with its entries and their expiry; expired entries are hidden.
+    Show { name: Option<String> },
+    /// Add CIDR (`203.0.113.0/24` or one address) to list NAME, created if absent. The same
+    /// network again replaces its entry (a new expiry).
+    Add {
+        name: String,
+        cidr: String,
+        /// The entry expires after this long (e.g. `1h`).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration, conflicts_with = "until")]
+        for_: Option<Duration>,
+        /// The entry expires at this time (unix seconds).
+        #[arg(long, value_name = "UNIX")]
+        until: Option<u64>,
+    },
+    /// Remove CIDR from list NAME.
+    Remove { name: String, cidr: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,13 +379,84 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             action: ConfigCmd::Show,
         } => Request::ConfigShow,
         Cmd::Reload => Request::Reload,
-        Cmd::Drain { timeout, .. } => Request::Drain {
-            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        Cmd::Drain { timeout, over, .. } => Request::Drain {
+            timeout_ms: Some(millis(*timeout)),
+            over_ms: over.map(millis),
+        },
+        Cmd::Publish {
+            channel,
+            message,
+            file,
+        } => {
+            check_channel(channel)?;
+            let message = match (message, file) {
+                (Some(text), _) => text.clone().into_bytes(),
+                (None, Some(path)) if path.as_os_str() != "-" => {
+                    std::fs::read(path).map_err(|e| {
+                        Fail::new(EXIT_USAGE, format!("{}: cannot read: {e}", path.display()))
+                    })?
+                }
+                (None, _) => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map_err(|e| {
+                        Fail::new(EXIT_USAGE, format!("cannot read standard input: {e}"))
+                    })?;
+                    bytes
+                }
+            };
+            if message.len() > wsedge_command::wire::MAX_PUBLISH {
+                return Err(Fail::new(
+                    EXIT_USAGE,
+                    format!(
+                        "a message of {} bytes exceeds the maximum of {}",
+                        message.len(),
+                        wsedge_command::wire::MAX_PUBLISH
+                    ),
+                ));
+            }
+            Request::Publish {
+                channel: channel.clone(),
+                message,
+            }
+        }
+        Cmd::Presence { channel } => {
+            check_channel(channel)?;
+            Request::Presence {
+                channel: channel.clone(),
+            }
+        }
+        Cmd::Lists { action } => match action {
+            ListsCmd::Show { name } => Request::ListsShow { name: name.clone() },
+            ListsCmd::Add {
+                name,
+                cidr,
+                for_,
+                until,
+            } => Request::ListAdd {
+                name: name.clone(),
+                cidr: cidr.clone(),
+                expires: match (for_, until) {
+                    (Some(d), _) => Some(
+                        wsedge_command::wire::unix_now()
+                            .saturating_add(d.as_secs_f64().ceil() as u64),
+                    ),
+                    (None, until) => *until,
+                },
+            },
+            ListsCmd::Remove { name, cidr } => Request::ListRemove {
+                name: name.clone(),
+                cidr: cidr.clone(),
+            },
         },
     };
     let mut session = Session::open(&path, cli.wait)?;
     let response = session.call(&request)?;
-    if let Cmd::Drain { timeout, no_wait } = &cli.command {
+    if let Cmd::Drain {
+        timeout,
+        no_wait,
+        over,
+    } = &cli.command
+    {
         if cli.json || *no_wait {
             return if cli.json {
                 print_json(&response)
@@ -346,7 +464,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 Ok(())
             };
         }
-        return wait_drained(&path, cli.wait, *timeout, &response);
+        return wait_drained(&path, cli.wait, *timeout, *over, &response);
     }
     if cli.json {
         return print_json(&response);
@@ -371,6 +489,17 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             }
             out
         }
+        (_, Response::Published { channel, delivered }) => {
+            format!("published on {channel}: delivered to {delivered} subscribers\n")
+        }
+        (
+            _,
+            Response::Presence {
+                channel,
+                subscribers,
+            },
+        ) => format!("{channel}: {subscribers} subscribers\n"),
+        (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => format!(
             "# config version {} from {}\n{}",
             c.version, c.source, c.toml
@@ -390,21 +519,46 @@ fn run(cli: &Cli) -> Result<(), Fail> {
     Ok(())
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A usage error unless `channel` is a channel name.
+fn check_channel(channel: &str) -> Result<(), Fail> {
+    if wsedge_proto::channels::is_valid_channel(channel) {
+        Ok(())
+    } else {
+        Err(Fail::new(
+            EXIT_USAGE,
+            format!(
+                "{channel:?} is not a channel name (1 to 128 characters of A-Z a-z 0-9 . _ : -)"
+            ),
+        ))
+    }
+}
+
 /// After a drain request: polls the status until no connection is left or the timeout (plus
 /// a grace for the forced closes) has passed.
 fn wait_drained(
     path: &Path,
     wait: Duration,
     timeout: Duration,
+    over: Option<Duration>,
     first: &Response,
 ) -> Result<(), Fail> {
     let Response::Draining { workers, live } = first else {
         return Err(unexpected(first));
     };
-    println!(
-        "draining: {workers} workers stopped accepting; {live} live connections; closing what is left after {}",
-        wsedge_command::duration::format_duration(timeout)
-    );
+    match over {
+        Some(over) => println!(
+            "draining: {workers} workers stopped accepting; closing {live} live connections spread over {}",
+            wsedge_command::duration::format_duration(over)
+        ),
+        None => println!(
+            "draining: {workers} workers stopped accepting; {live} live connections; closing what is left after {}",
+            wsedge_command::duration::format_duration(timeout)
+        ),
+    }
     let start = Instant::now();
     let deadline = start + timeout + Duration::from_secs(5);
     let mut last = *live;

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use wsedge_command::wire::{
-    Applied, Connection, LimitsView, Percentiles, RouteRow, StatsReport, Status, WorkerStats,
+    Applied, Connection, LimitsView, ListView, Percentiles, RouteRow, StatsReport, Status,
+    WorkerStats,
 };
 
 /// Left-aligned columns separated by two spaces; numbers are right-aligned.
@@ -333,6 +334,27 @@ pub(crate) fn limits(view: &LimitsView) -> String {
     out
 }
 
+/// Network lists with each entry's expiry (`never`, or unix seconds and how far off).
+pub(crate) fn lists(lists: &[ListView], unix_now: u64) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for l in lists {
+        if l.entries.is_empty() {
+            rows.push(vec![l.name.clone(), "(empty)".to_owned(), String::new()]);
+        }
+        for e in &l.entries {
+            let expires = match e.expires {
+                None => "never".to_owned(),
+                Some(at) => format!(
+                    "{at} (in {})",
+                    duration_ms(at.saturating_sub(unix_now).saturating_mul(1000))
+                ),
+            };
+            rows.push(vec![l.name.clone(), e.cidr.clone(), expires]);
+        }
+    }
+    table(&["LIST", "NETWORK", "EXPIRES"], &rows)
+}
+
 pub(crate) fn applied(a: &Applied) -> String {
     let mut out = if a.pushed {
         format!(
@@ -369,6 +391,34 @@ mod tests {
             ],
         );
         assert_eq!(t, "  ID  NAME\n   7  chat\n1234  x\n");
+    }
+
+    #[test]
+    fn list_table() {
+        use wsedge_command::wire::ListEntryView;
+        let views = [
+            ListView {
+                name: "blocked".into(),
+                entries: vec![
+                    ListEntryView {
+                        cidr: "10.0.0.0/8".into(),
+                        expires: None,
+                    },
+                    ListEntryView {
+                        cidr: "127.0.0.5/32".into(),
+                        expires: Some(1_000_090),
+                    },
+                ],
+            },
+            ListView {
+                name: "partners".into(),
+                entries: Vec::new(),
+            },
+        ];
+        assert_eq!(
+            lists(&views, 1_000_000),
+            "LIST      NETWORK       EXPIRES\nblocked   10.0.0.0/8    never\nblocked   127.0.0.5/32  1000090 (in 1m30s)\npartners  (empty)\n"
+        );
     }
 
     #[test]

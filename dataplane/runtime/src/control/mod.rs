@@ -1,5 +1,6 @@
-//! The dataplane's control plane: the Unix control socket and the optional Prometheus
-//! endpoint, served by their own threads, off the workers' hot path.
+//! The dataplane's control plane: the Unix control socket, the optional Prometheus endpoint
+//! and the optional HTTP publish API of the broadcast function, served by their own threads,
+//! off the workers' hot path.
 //!
 //! Requests reach the workers only as [`Command`]s in their mailboxes, followed by a wake on
 //! their eventfd; a worker applies them between completion batches. Replies come back on
@@ -10,6 +11,7 @@
 //! its own copy. No `unsafe` here: syscalls go through `crate::driver::sys`.
 
 mod metrics;
+mod publish;
 mod socket;
 
 use std::collections::BTreeMap;
@@ -26,6 +28,7 @@ use wsedge_command::wire::{
 };
 
 use crate::driver::sys;
+use crate::driver::worker::functions::Payload;
 use crate::driver::worker::{Command, ConnectionInfo, WorkerReport, connection_worker};
 use crate::settings::Settings;
 
@@ -41,6 +44,12 @@ pub(crate) enum ControlError {
     Socket { path: PathBuf, message: String },
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("publish API {addr}: {source}")]
+    Publish {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
@@ -102,6 +111,7 @@ impl Drop for Handle {
 /// (when `[control] metrics_listen` is set).
 pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
     let control = startup.config.control.clone();
+    let publish_listen = startup.config.functions.publish_listen;
     let shared = Arc::new(Shared {
         current: Mutex::new(Current {
             config: startup.config,
@@ -123,9 +133,14 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         eprintln!("wsedge: control socket {}", path.display());
     }
     if let Some(addr) = control.metrics_listen {
-        let bound = metrics::start(addr, shared)
+        let bound = metrics::start(addr, shared.clone())
             .map_err(|source| ControlError::Metrics { addr, source })?;
         eprintln!("wsedge: metrics on http://{bound}/metrics");
+    }
+    if let Some(addr) = publish_listen {
+        let bound = publish::start(addr, shared)
+            .map_err(|source| ControlError::Publish { addr, source })?;
+        eprintln!("wsedge: publish API on http://{bound}/publish/");
     }
     Ok(handle)
 }
@@ -256,12 +271,19 @@ impl Shared {
                     .map(Response::Limits)
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no route with that name"))
             }
-            Request::Drain { timeout_ms } => {
+            Request::Drain {
+                timeout_ms,
+                over_ms,
+            } => {
                 let timeout = timeout_ms.map(Duration::from_millis);
+                let over = over_ms.map(Duration::from_millis);
                 for index in 0..self.mailboxes.len() {
+                    if let Some(over) = over {
+                        self.send(index, Command::SpreadCloses { over });
+                    }
                     self.send(index, Command::Drain { timeout });
                 }
-                tracing::info!(?timeout, "drain requested on the control socket");
+                tracing::info!(?timeout, ?over, "drain requested on the control socket");
                 // Reports queue behind the drain command, so they show accepting = false.
                 let live = self.reports()?.iter().map(|r| r.live as u64).sum();
                 Ok(Response::Draining {
@@ -269,14 +291,67 @@ impl Shared {
                     live,
                 })
             }
+            Request::Publish { channel, message } => {
+                let delivered = self.publish(&channel, message)?;
+                Ok(Response::Published { channel, delivered })
+            }
+            Request::Presence { channel } => {
+                let subscribers = self.presence(&channel)?;
+                Ok(Response::Presence {
+                    channel,
+                    subscribers,
+                })
+            }
+            Request::ListsShow { name } => {
+                wire::list_views(&self.current().config, name.as_deref(), wire::unix_now())
+                    .map(|lists| Response::Lists { lists })
+                    .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
+            }
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }
+            | Request::ListAdd { .. }
+            | Request::ListRemove { .. }
             | Request::LimitsSet { .. } => Err(Failure::new(
                 ErrorKind::NotSupported,
                 "the dataplane applies whole configurations only (apply_config); edits are made by the control process, wsedgectl daemon",
             )),
         }
+    }
+
+    /// Delivers `body` to the subscribers of `channel` on every worker (each worker delivers
+    /// to its own subscribers only); the sum of their counts.
+    fn publish(&self, channel: &str, body: Vec<u8>) -> Result<u64, Failure> {
+        check_channel(channel)?;
+        if body.len() > wire::MAX_PUBLISH {
+            return Err(Failure::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "a message of {} bytes exceeds the maximum of {}",
+                    body.len(),
+                    wire::MAX_PUBLISH
+                ),
+            ));
+        }
+        let channel: Arc<str> = Arc::from(channel);
+        let message = Arc::new(Payload::from_body(body));
+        let counts = self.ask_all("a publish", |reply| Command::Publish {
+            channel: Arc::clone(&channel),
+            message: Arc::clone(&message),
+            skip: None,
+            reply: Some(reply),
+        })?;
+        Ok(counts.iter().map(|&n| n as u64).sum())
+    }
+
+    /// Subscribers of `channel` on every worker.
+    fn presence(&self, channel: &str) -> Result<u64, Failure> {
+        check_channel(channel)?;
+        let counts = self.ask_all("a presence request", |reply| Command::Presence {
+            channel: channel.to_owned(),
+            reply,
+        })?;
+        Ok(counts.iter().map(|&n| n as u64).sum())
     }
 
     fn status(&self) -> Result<Status, Failure> {
@@ -411,6 +486,20 @@ impl Shared {
     }
 }
 
+/// A `bad_request` unless `channel` is a channel name.
+fn check_channel(channel: &str) -> Result<(), Failure> {
+    if wsedge_proto::channels::is_valid_channel(channel) {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            ErrorKind::BadRequest,
+            format!(
+                "{channel:?} is not a channel name (1 to 128 characters of A-Z a-z 0-9 . _ : -)"
+            ),
+        ))
+    }
+}
+
 /// The fields of `new` that differ from `old` but only take effect at a restart.
 fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -445,6 +534,10 @@ fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
     );
     check(old.access_log != new.access_log, "access_log");
     check(old.control != new.control, "control");
+    check(
+        old.functions.publish_listen != new.functions.publish_listen,
+        "functions.publish_listen",
+    );
     out
 }
 
@@ -475,7 +568,7 @@ fn worker_stats(r: &WorkerReport) -> WorkerStats {
 
 /// Percentiles of a handshake-latency histogram (µs); `None` before any handshake.
 fn percentiles(h: &hdrhistogram::Histogram<u64>) -> Option<wire::Percentiles> {
-    (h.len() > 0).then(|| wire::Percentiles {
+    (!h.is_empty()).then(|| wire::Percentiles {
         count: h.len(),
         p50_us: h.value_at_quantile(0.5),
         p90_us: h.value_at_quantile(0.9),
