@@ -21,7 +21,7 @@ use wsedge_proto::conn::{
     CloseReason, Conn, ConnectAction, ConnectFailure, FirewallGate, FrameTimers, HeadAction,
     HeadContext, OriginAction, Phase, Side, TimerAction,
 };
-use wsedge_proto::firewall::{FirewallState, TraceEntry, Verdict};
+use wsedge_proto::firewall::{FirewallState, TraceEntry, TraceOutcome, Verdict};
 use wsedge_proto::handshake::error_response;
 use wsedge_proto::route::RoundRobin;
 use wsedge_proto::upgrade::{bridge_request, switching_protocols};
@@ -408,6 +408,7 @@ impl Worker {
         let relay = spec.settings.relay;
         let bufs = BufRing::new(&ring.uring, relay.buffer_count, relay.buffer_size)?;
         let workers = spec.settings.workers;
+        let capacity = spec.settings.max_connections.min(1 << 20);
         let start = Instant::now();
         let seed = start.elapsed().as_nanos() as u64
             ^ (spec.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -426,9 +427,11 @@ impl Worker {
             config_version: 0,
             pipes: PipePool::new(relay.pipe_pool, relay.pipe_size),
             settings: spec.settings,
-            conns: Slab::new(),
+            // Sized once for the worker's limit: the pages of unused slots are never touched, so
+            // they cost no memory, and the slab never copies itself while it grows.
+            conns: Slab::with_capacity(capacity),
             next_generation: 0,
-            wheel: TimerWheel::new(0),
+            wheel: TimerWheel::with_capacity(0, capacity),
             listeners: spec
                 .listeners
                 .into_iter()
@@ -1966,10 +1969,11 @@ impl Worker {
         let origin = c
             .origin_addr
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let not_matched = format!("={}", TraceOutcome::NotMatched.as_str());
         let rules: Vec<&str> = traceback
             .iter()
             .filter_map(|t| t.strip_prefix("rule:"))
-            .filter(|t| !t.ends_with("=not_matched"))
+            .filter(|t| !t.ends_with(not_matched.as_str()))
             .collect();
         let headers = format!(
             "X-Wsedge-Route: {route}\r\nX-Wsedge-Origin: {origin}\r\nX-Wsedge-Rules: {}\r\nX-Wsedge-Worker: {}\r\n",
