@@ -24,7 +24,7 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
                 && rows.iter().all(|r| {
                     r.get(i).is_some_and(|c| {
                         c.chars().next().is_some_and(|ch| {
-                            (ch.is_ascii_digit() && !c.contains(':')) || c == "n/a"
+                            (ch.is_ascii_digit() && !c.contains([':', '/'])) || c == "n/a"
                         })
                     })
                 })
