@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# wsedge benchmark: the echo origin directly, wsedge (buffered and splice relays), nginx and
-# HAProxy, each scenario against each target in turn, on this host, loopback only.
+# wsedge benchmark: the echo origin directly, wsedge (buffered, splice and frames relays),
+# nginx and HAProxy, each scenario against each target in turn, on this host, loopback only;
+# then wsedge's broadcast function fanning out to many subscribers (no nginx/HAProxy peer).
 #
 #   scripts/bench.sh [--full|--quick|--smoke] [--no-build] [--out DIR]
 #
-#   --full   (default) 1 worker and all-cores variants of every proxy, 8 s per run (< 15 min)
-#   --quick  1-worker variants only, 2 s per run (< 2 min once built)
-#   --smoke  direct + wsedge only, ~1 s per run, no packages installed, no sysctls (CI)
-#   --only direct,wsedge,nginx,haproxy   run only these targets
+#   --full   (default) 1 worker and all-cores variants of every proxy, 8 s per run (< 20 min)
+#   --quick  1-worker variants only, 2 s per run (< 3 min once built)
+#   --smoke  direct + wsedge (buffered, splice) only, ~1 s per run, no packages, no sysctls (CI)
+#   --only direct,wsedge,nginx,haproxy,fanout   run only these targets
 #
 # Writes bench/results/<UTC date-time>/: results.md, results.json, runs.jsonl (one line per
-# run), *.png charts and logs/. Starts processes itself, records their pids and kills exactly
+# run), fanout.jsonl (the fan-out runs), *.png charts and logs/. Starts processes itself, records their pids and kills exactly
 # those on exit. Fails loudly if wsedge (or any process it starts) does not come up.
 set -euo pipefail
 
 MODE=full
 BUILD=1
 OUT=""
-ONLY=direct,wsedge,nginx,haproxy
+ONLY=direct,wsedge,nginx,haproxy,fanout
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) MODE=full ;;
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --out) OUT="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -48,10 +49,14 @@ ORIGIN=127.0.0.1:$ORIGIN_PORT
 CPUS=$(nproc)
 SRC=127.0.0.1-127.0.0.50
 
+# RELAYS: wsedge relay modes run; FANOUT_N: subscriber counts of the fan-out runs.
 case $MODE in
-    full)  DUR=8; WARM=1; IDLE_N=9000; IDLE_HOLD=2; VARIANTS="1 $CPUS" ;;
-    quick) DUR=2; WARM=0.5; IDLE_N=2000; IDLE_HOLD=1; VARIANTS="1" ;;
-    smoke) DUR=1; WARM=0.3; IDLE_N=200; IDLE_HOLD=0.5; VARIANTS="1" ;;
+    full)  DUR=8; WARM=1; IDLE_N=9000; IDLE_HOLD=2; VARIANTS="1 $CPUS"
+           RELAYS="buffered splice frames"; FANOUT_N="1000 9000" ;;
+    quick) DUR=2; WARM=0.5; IDLE_N=2000; IDLE_HOLD=1; VARIANTS="1"
+           RELAYS="buffered splice frames"; FANOUT_N="1000" ;;
+    smoke) DUR=1; WARM=0.3; IDLE_N=200; IDLE_HOLD=0.5; VARIANTS="1"
+           RELAYS="buffered splice"; FANOUT_N="" ;;
 esac
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -223,6 +228,45 @@ run_wsedge() {
     stop "$pid"
 }
 
+# run_fanout WORKERS: wsedge with one broadcast route; for each subscriber count N, a fixed
+# publish rate of 100,000/N msg/s (100k deliveries/s: latency to the last subscriber) and a
+# closed loop, 16 messages outstanding (the most deliveries/s). The records go to
+# fanout.jsonl (results.md covers the relay scenarios only).
+run_fanout() {
+    local workers=$1 label="wsedge-broadcast-w$1" n spec
+    cat > "$RUN/wsedge-fanout.toml" <<EOF
+[dataplane]
+listen = ["127.0.0.1:$PROXY_PORT"]
+workers = $workers
+
+[access_log]
+target = "off"
+
+[[route]]
+name = "fanout"
+path_prefix = "/ch/"
+function = "broadcast"
+max_send_queue = 67108864
+EOF
+    need_free_port "$PROXY_PORT"
+    start "$label" env WSEDGE_LOG=warn "$BIN/wsedge" --config "$RUN/wsedge-fanout.toml"
+    local pid=$STARTED
+    wait_port "$PROXY_PORT" "$pid" "$label"
+    local url="ws://127.0.0.1:$PROXY_PORT/ch/bench" src=127.0.0.1-127.0.0.200
+    for n in $FANOUT_N; do
+        for spec in "rate-$((100000 / n)):--rate $((100000 / n))" "closed-d16:--rate 0 --depth 16"; do
+            log "$label / fanout-$n-${spec%%:*}"
+            # shellcheck disable=SC2086 # the spec holds several arguments
+            "$BIN/wsedge-load" fanout --target "$url" --connections "$n" --size 64 \
+                ${spec#*:} --duration "$DUR" --warmup "$WARM" --source-addrs "$src" \
+                --label "$label" --scenario "fanout-$n-${spec%%:*}" --pid "$pid" \
+                --json-out "$OUT/fanout.jsonl" 2>&1 | sed 's/^/    /' >&2 \
+                || die "$label / fanout-$n: wsedge-load failed"
+        done
+    done
+    stop "$pid"
+}
+
 run_nginx() {
     local workers=$1 label="nginx-w$1"
     mkdir -p "$RUN/nginx-tmp"
@@ -261,12 +305,14 @@ want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 if want direct; then run_direct; fi
 for w in $VARIANTS; do
     if want wsedge; then
-        run_wsedge buffered "$w"
-        run_wsedge splice "$w"
+        for relay in $RELAYS; do run_wsedge "$relay" "$w"; done
     fi
     if want nginx; then run_nginx "$w"; fi
     if want haproxy; then run_haproxy "$w"; fi
 done
+if want fanout && [ -n "$FANOUT_N" ]; then
+    for w in $VARIANTS; do run_fanout "$w"; done
+fi
 log "runs done in $(( $(date +%s) - T0 )) s; writing the report"
 echo "loadavg_at_end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/host.txt"
 echo "runs_s: $(( $(date +%s) - T0 ))" >> "$OUT/host.txt"

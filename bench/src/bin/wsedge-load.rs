@@ -1,5 +1,5 @@
 //! `wsedge-load`: the benchmark load generator. Modes: `throughput`, `latency`, `handshakes`,
-//! `idle`. Prints a human summary, or one JSON object with `--json`.
+//! `idle`, `fanout`. Prints a human summary, or one JSON object with `--json`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,9 @@ enum Mode {
     Handshakes,
     /// Open N connections and hold them: target RSS before, after and per connection.
     Idle,
+    /// N subscribers and one publisher on a broadcast channel (--target ws://HOST/ch/NAME):
+    /// deliveries/s and publish-to-last-subscriber percentiles; --rate 0 = --depth outstanding.
+    Fanout,
 }
 
 /// WebSocket load generator for wsedge benchmarks.
@@ -35,7 +38,7 @@ struct Args {
     /// Message payload size in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// Messages in flight per connection (throughput).
+    /// Messages in flight per connection (throughput); outstanding messages (fanout, --rate 0).
     #[arg(long, default_value_t = 16)]
     depth: usize,
     /// Measured seconds (idle: seconds to hold after opening).
@@ -44,7 +47,8 @@ struct Args {
     /// Seconds run before measuring.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Total messages per second over all connections (latency).
+    /// Total messages per second over all connections (latency); published per second
+    /// (fanout, 0 = keep --depth outstanding).
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
     /// Concurrent connect/upgrade/echo/close loops (handshakes).
@@ -133,6 +137,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         Mode::Throughput => ("throughput", load::throughput::run(&c, target, src).await?),
         Mode::Latency => ("latency", load::latency::run(&c, target, src).await?),
         Mode::Handshakes => ("handshakes", load::handshakes::run(&c, target, src).await?),
+        Mode::Fanout => ("fanout", load::fanout::run(&c, target, src).await?),
         Mode::Idle => {
             let hold = c.duration;
             let o = load::idle::run(

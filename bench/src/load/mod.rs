@@ -3,6 +3,7 @@
 //! human output. Each mode lives in its own module.
 
 pub mod client;
+pub mod fanout;
 pub mod handshakes;
 pub mod idle;
 pub mod latency;
