@@ -96,8 +96,47 @@ pub enum CloseReason {
     NotWebSocket,
     /// A client's send queue passed its bound (Close 1013).
     SlowConsumer,
-    /// A firewall rule refused the handshake (its verdict's label).
-    Firewall(&'static str),
+    /// A firewall rule refused the handshake.
+    Firewall(Refusal),
+}
+
+/// How the firewall refused a handshake: a small copy of the verdict for logs and counters
+/// (keeps [`CloseReason`] small, and every connection holds a few of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    Deny,
+    Drop,
+    Respond,
+    RateLimited,
+    AddressCap,
+    GlobalCap,
+}
+
+impl Refusal {
+    /// The refusal a verdict stands for; `None` for `Allow`.
+    pub fn of(verdict: &Verdict) -> Option<Refusal> {
+        Some(match verdict {
+            Verdict::Allow => return None,
+            Verdict::Deny => Refusal::Deny,
+            Verdict::Drop => Refusal::Drop,
+            Verdict::Respond { .. } => Refusal::Respond,
+            Verdict::RateLimited { .. } => Refusal::RateLimited,
+            Verdict::PerAddressCap => Refusal::AddressCap,
+            Verdict::GlobalCap => Refusal::GlobalCap,
+        })
+    }
+
+    /// The label, the same as the verdict's (`Verdict::reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Deny => "firewall_deny",
+            Refusal::Drop => "firewall_drop",
+            Refusal::Respond => "firewall_respond",
+            Refusal::RateLimited => "firewall_rate_limited",
+            Refusal::AddressCap => "firewall_address_cap",
+            Refusal::GlobalCap => "firewall_global_cap",
+        }
+    }
 }
 
 impl CloseReason {
@@ -134,7 +173,7 @@ impl CloseReason {
             CloseReason::ProtocolError(Side::Origin) => "origin_protocol_error",
             CloseReason::NotWebSocket => "not_websocket",
             CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::Firewall(label) => label,
+            CloseReason::Firewall(refusal) => refusal.as_str(),
         }
     }
 
@@ -1365,6 +1404,29 @@ mod tests {
             opaque.conn.on_timeout(7_000),
             close(CloseReason::Drained, None)
         );
+    }
+
+    #[test]
+    fn refusal_labels_match_the_verdicts() {
+        use std::sync::Arc;
+        for verdict in [
+            Verdict::Deny,
+            Verdict::Drop,
+            Verdict::Respond {
+                status: 401,
+                body: Arc::from("no"),
+            },
+            Verdict::RateLimited {
+                retry_after_secs: 1,
+            },
+            Verdict::PerAddressCap,
+            Verdict::GlobalCap,
+        ] {
+            let refusal = Refusal::of(&verdict).expect("a refusal");
+            assert_eq!(refusal.as_str(), verdict.reason());
+        }
+        assert_eq!(Refusal::of(&Verdict::Allow), None);
+        assert!(std::mem::size_of::<CloseReason>() <= 8);
     }
 
     #[test]

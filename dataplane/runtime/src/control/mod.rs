@@ -336,6 +336,7 @@ impl Shared {
         let channel: Arc<str> = Arc::from(channel);
         let message = Arc::new(Payload::from_body(body));
         let counts = self.ask_all("a publish", |reply| Command::Publish {
+            route: None,
             channel: Arc::clone(&channel),
             message: Arc::clone(&message),
             skip: None,

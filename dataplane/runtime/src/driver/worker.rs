@@ -19,7 +19,7 @@ use slab::Slab;
 use wsedge_command::{FunctionKind, RelayMode};
 use wsedge_proto::conn::{
     CloseReason, Conn, ConnectAction, ConnectFailure, FirewallGate, FrameTimers, HeadAction,
-    HeadContext, OriginAction, Phase, Side, TimerAction,
+    HeadContext, OriginAction, Phase, Refusal, Side, TimerAction,
 };
 use wsedge_proto::firewall::{FirewallState, TraceEntry, TraceOutcome, Verdict};
 use wsedge_proto::handshake::error_response;
@@ -68,6 +68,9 @@ pub(crate) enum Command {
     /// Deliver a message to this worker's subscribers of `channel` (broadcast function);
     /// the reply, when asked for, is how many received it.
     Publish {
+        /// The broadcast route whose channel it is; `None` (the publish API): every
+        /// broadcast route's channel of that name.
+        route: Option<Arc<str>>,
         channel: Arc<str>,
         message: Arc<functions::Payload>,
         /// The publisher's connection id, when it must not receive its own message.
@@ -129,7 +132,9 @@ pub(crate) mod functions;
 const LINGER_MS: u64 = 2_000;
 /// Back-off after the process runs out of descriptors at accept.
 const ACCEPT_BACKOFF_MS: u64 = 100;
-const HEAD_BUF_START: usize = 2048;
+/// First sizes of the head buffers (a browser's upgrade head is ~600 bytes, a 101 ~150).
+const HEAD_BUF_START: usize = 1024;
+const ORIGIN_HEAD_BUF_START: usize = 512;
 const RING_ENTRIES: u32 = 4096;
 
 /// Bytes queued for one socket. The front chunk may be in flight.
@@ -228,6 +233,28 @@ impl SideIo {
     }
 }
 
+/// What a connection needs while its handshake runs.
+#[derive(Debug, Default)]
+struct Handshake {
+    /// The client's head (single-shot recvs write into its spare capacity).
+    head: Vec<u8>,
+    /// The origin's response head.
+    origin_buf: Vec<u8>,
+    /// The rewritten head to send to the origin.
+    origin_head: Vec<u8>,
+    /// On a `frames` route: the client's bytes after its head (already forwarded with it),
+    /// replayed through the frame tracker when the relay starts.
+    early_client: Vec<u8>,
+    /// The origin address, at a stable heap address (inside the box) while the connect is
+    /// in flight.
+    connect_addr: Option<RawSockAddr>,
+}
+
+/// The handshake buffers, created on first use.
+fn handshake(hs: &mut Option<Box<Handshake>>) -> &mut Handshake {
+    hs.get_or_insert_with(Box::default)
+}
+
 /// One connection's resources; its decisions live in `conn`.
 #[derive(Debug)]
 struct Connection {
@@ -239,10 +266,10 @@ struct Connection {
     ops: u32,
     /// When it was accepted, in µs since the worker started (handshake latency).
     accepted_us: u64,
-    head: Vec<u8>,
+    /// Buffers needed only until the relay starts (boxed, and freed then: an idle
+    /// connection should cost as little as possible).
+    hs: Option<Box<Handshake>>,
     head_bytes: u64,
-    origin_buf: Vec<u8>,
-    origin_head: Vec<u8>,
     /// The route this connection was established with (kept across config changes).
     route: Option<Rc<RouteInfo>>,
     /// Frame state on a `frames` route once upgraded.
@@ -251,13 +278,8 @@ struct Connection {
     traceback: Option<Vec<String>>,
     /// A built-in function serving this connection (echo, broadcast).
     function: Option<Box<FunctionConn>>,
-    /// On a `frames` route: the client's bytes after its head (already forwarded with it),
-    /// replayed through the frame tracker when the relay starts.
-    early_client: Vec<u8>,
     origin_pick: usize,
     origin_addr: Option<SocketAddr>,
-    /// Kept at a stable heap address while the connect is in flight.
-    connect_addr: Option<Box<RawSockAddr>>,
     connecting: bool,
     relay: RelayMode,
     /// Error-response bytes we sent on our own.
@@ -653,12 +675,13 @@ impl Worker {
                 let _ = reply.send(list);
             }
             Command::Publish {
+                route,
                 channel,
                 message,
                 skip,
                 reply,
             } => {
-                let delivered = self.deliver(&channel, &message, skip);
+                let delivered = self.deliver(route.as_deref(), &channel, &message, skip);
                 if let Some(reply) = reply {
                     let _ = reply.send(delivered);
                 }
@@ -862,18 +885,17 @@ impl Worker {
             sides: [SideIo::new(fd), SideIo::new(-1)],
             ops: 0,
             accepted_us: self.start.elapsed().as_micros() as u64,
-            head: Vec::with_capacity(HEAD_BUF_START),
+            hs: Some(Box::new(Handshake {
+                head: Vec::with_capacity(HEAD_BUF_START),
+                ..Handshake::default()
+            })),
             head_bytes: 0,
-            origin_buf: Vec::new(),
-            origin_head: Vec::new(),
             route: None,
             frames: None,
             traceback: None,
             function: None,
-            early_client: Vec::new(),
             origin_pick: 0,
             origin_addr: None,
-            connect_addr: None,
             connecting: false,
             relay: RelayMode::Buffered,
             extra_to_client: 0,
@@ -891,9 +913,10 @@ impl Worker {
     fn arm_head_recv(&mut self, slot: usize, side: Side) {
         let max = self.settings.head_limits.max_head_bytes;
         let c = &mut self.conns[slot];
+        let hs = handshake(&mut c.hs);
         let buf = match side {
-            Side::Client => &mut c.head,
-            Side::Origin => &mut c.origin_buf,
+            Side::Client => &mut hs.head,
+            Side::Origin => &mut hs.origin_buf,
         };
         if buf.capacity() == buf.len() {
             let grow = buf
@@ -951,9 +974,10 @@ impl Worker {
         if res <= 0 {
             return false;
         }
+        let hs = handshake(&mut c.hs);
         let buf = match side {
-            Side::Client => &mut c.head,
-            Side::Origin => &mut c.origin_buf,
+            Side::Client => &mut hs.head,
+            Side::Origin => &mut hs.origin_buf,
         };
         let new_len = buf.len() + res as usize;
         debug_assert!(new_len <= buf.capacity());
@@ -978,7 +1002,8 @@ impl Worker {
         }
         let settings = &self.settings;
         let c = &mut self.conns[slot];
-        c.head_bytes = c.head.len() as u64;
+        let head = &handshake(&mut c.hs).head;
+        c.head_bytes = head.len() as u64;
         let cx = HeadContext {
             limits: &settings.head_limits,
             routes: &settings.routes,
@@ -993,7 +1018,7 @@ impl Worker {
             route_debug: &settings.route_debug,
             trace: &mut self.fw_trace,
         };
-        let action = c.conn.on_client_head(&c.head, now, &cx, Some(&mut gate));
+        let action = c.conn.on_client_head(head, now, &cx, Some(&mut gate));
         if let HeadAction::Forward { route, .. } | HeadAction::Firewall { route, .. } = &action
             && settings.route_debug.get(*route).copied().unwrap_or(false)
         {
@@ -1011,8 +1036,9 @@ impl Worker {
             HeadAction::Firewall { route, verdict } => {
                 c.route = Some(Rc::clone(&self.routes[route]));
                 self.stats.firewall += 1;
+                let refusal = Refusal::of(&verdict).unwrap_or(Refusal::Deny);
                 if verdict == Verdict::Drop {
-                    self.begin_close(slot, CloseReason::Firewall(verdict.reason()));
+                    self.begin_close(slot, CloseReason::Firewall(refusal));
                 } else {
                     let mut response = Vec::new();
                     verdict.write_response(&mut response);
@@ -1027,7 +1053,7 @@ impl Worker {
                             counted: false,
                             origin_head: false,
                         },
-                        CloseReason::Firewall(verdict.reason()),
+                        CloseReason::Firewall(refusal),
                     );
                 }
             }
@@ -1065,11 +1091,12 @@ impl Worker {
                     None => {}
                 }
                 let c = &mut self.conns[slot];
-                c.head = Vec::new();
+                let hs = handshake(&mut c.hs);
+                hs.head = Vec::new();
                 if info.relay == RelayMode::Frames && tail_len > 0 {
-                    c.early_client = origin_head[origin_head.len() - tail_len..].to_vec();
+                    hs.early_client = origin_head[origin_head.len() - tail_len..].to_vec();
                 }
-                c.origin_head = origin_head;
+                hs.origin_head = origin_head;
                 c.relay = info.relay;
                 c.route = Some(info);
                 self.start_connect(slot, route, true, now);
@@ -1108,11 +1135,12 @@ impl Worker {
         };
         let _ = sys::set_nodelay(fd);
         c.sides[Side::Origin.index()].fd = fd;
-        let raw = Box::new(RawSockAddr::from_std(addr));
+        let raw = handshake(&mut c.hs)
+            .connect_addr
+            .insert(RawSockAddr::from_std(addr));
         let entry = opcode::Connect::new(types::Fd(fd), raw.as_ptr(), raw.len)
             .build()
             .user_data(Token::new(Kind::Connect, c.generation, slot as u32).encode());
-        c.connect_addr = Some(raw);
         c.connecting = true;
         c.ops += 1;
         self.submit(entry);
@@ -1122,7 +1150,9 @@ impl Worker {
         let c = &mut self.conns[slot];
         c.ops -= 1;
         c.connecting = false;
-        c.connect_addr = None;
+        if let Some(hs) = c.hs.as_mut() {
+            hs.connect_addr = None;
+        }
         if c.closing.is_some() || c.after_send.is_some() {
             return;
         }
@@ -1145,8 +1175,9 @@ impl Worker {
         match action {
             ConnectAction::SendHead => {
                 let c = &mut self.conns[slot];
-                let data = std::mem::take(&mut c.origin_head);
-                c.origin_buf = Vec::with_capacity(1024);
+                let hs = handshake(&mut c.hs);
+                let data = std::mem::take(&mut hs.origin_head);
+                hs.origin_buf = Vec::with_capacity(ORIGIN_HEAD_BUF_START);
                 c.sides[Side::Origin.index()].push(Chunk::Owned {
                     data,
                     off: 0,
@@ -1182,14 +1213,15 @@ impl Worker {
             return;
         }
         let c = &mut self.conns[slot];
-        match c
-            .conn
-            .on_origin_head(&c.origin_buf, now, &self.settings.head_limits)
-        {
+        match c.conn.on_origin_head(
+            &handshake(&mut c.hs).origin_buf,
+            now,
+            &self.settings.head_limits,
+        ) {
             OriginAction::NeedMore => self.arm_head_recv(slot, Side::Origin),
             OriginAction::Fail { status, reason } => self.respond_error(slot, status, reason),
             OriginAction::Relay { status, head_len } => {
-                let mut data = std::mem::take(&mut c.origin_buf);
+                let mut data = std::mem::take(&mut handshake(&mut c.hs).origin_buf);
                 let mut head_len = head_len;
                 let bridged = c
                     .route
@@ -1252,6 +1284,8 @@ impl Worker {
                 if self.conns[slot].closing.is_some() {
                     return;
                 }
+                // No head recv or connect is in flight now: the buffers can go.
+                self.conns[slot].hs = None;
                 let random = self.random();
                 self.conns[slot].conn.start_relay_timers(random);
                 self.kick_send(slot, Side::Client);
@@ -1576,7 +1610,10 @@ impl Worker {
             close_grace_ms: options.close_grace.as_millis() as u64,
         });
         let mut state = FramesState::new(options, now);
-        let early_client = std::mem::take(&mut c.early_client);
+        let early_client =
+            c.hs.as_mut()
+                .map(|hs| std::mem::take(&mut hs.early_client))
+                .unwrap_or_default();
         let mut scratch = Vec::new();
         let replay = state.on_chunk(Side::Client, &early_client, now, &mut scratch);
         c.frames = Some(Box::new(state));

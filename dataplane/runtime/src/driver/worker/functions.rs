@@ -119,7 +119,8 @@ impl Worker {
         let limits = self.settings.head_limits;
         let random = self.random();
         let c = &mut self.conns[slot];
-        let request = parse_request(&c.head, &limits).ok().flatten();
+        let hs = c.hs.take().unwrap_or_default();
+        let request = parse_request(&hs.head, &limits).ok().flatten();
         let offered = request
             .as_ref()
             .and_then(|r| r.header("sec-websocket-protocol"))
@@ -131,13 +132,13 @@ impl Worker {
             Some(Ok(channel)) => channel.map(str::to_owned),
             // A path that names no valid channel: refused before the upgrade.
             Some(Err(_)) | None if config.kind == FunctionKind::Broadcast => {
-                c.head = Vec::new();
                 self.respond_error(slot, 400, CloseReason::NoRoute);
                 return;
             }
             _ => None,
         };
-        c.head = Vec::new();
+        drop(request);
+        drop(hs);
         c.route = Some(Rc::clone(&info));
         let Some(accept) = c.conn.client_accept() else {
             self.respond_error(slot, 426, CloseReason::NotWebSocket);
@@ -376,7 +377,7 @@ impl Worker {
                     Some(channel) if config.publish => {
                         let message =
                             Payload::from_published(Published::from_message(opcode, &payload));
-                        self.publish(&channel, Arc::new(message), skip);
+                        self.publish(&route.name, &channel, Arc::new(message), skip);
                     }
                     // Raw clients that may not publish are told so by a policy close.
                     _ => self.function_close(slot, 1008, CloseReason::MessageRate),
@@ -385,7 +386,7 @@ impl Worker {
             Ok(ClientOp::Publish { channel, data }) => {
                 if config.publish {
                     let message = Payload::Json(data.to_owned());
-                    self.publish(&channel, Arc::new(message), skip);
+                    self.publish(&route.name, &channel, Arc::new(message), skip);
                 } else {
                     self.function_send(slot, error_envelope("publish not allowed", Some(&channel)));
                 }
@@ -408,14 +409,17 @@ impl Worker {
     /// Publishes `message` on `channel`: delivered here, and sent to every other worker.
     pub(super) fn publish(
         &mut self,
+        route: &str,
         channel: &str,
         message: Arc<Payload>,
         skip: Option<u64>,
     ) -> usize {
-        let delivered = self.deliver(channel, &message, skip);
+        let delivered = self.deliver(Some(route), channel, &message, skip);
         let channel: Arc<str> = Arc::from(channel);
+        let route: Arc<str> = Arc::from(route);
         for (tx, fd) in &self.peers {
             let sent = tx.send(Command::Publish {
+                route: Some(Arc::clone(&route)),
                 channel: Arc::clone(&channel),
                 message: Arc::clone(&message),
                 skip,
@@ -430,12 +434,21 @@ impl Worker {
 
     /// Queues `message` to this worker's subscribers of `channel`: framed once per format
     /// and shared by every send. A subscriber whose queue passes its bound is closed (1013).
-    pub(super) fn deliver(&mut self, channel: &str, message: &Payload, skip: Option<u64>) -> usize {
+    /// `route`: only that broadcast route's channel; `None`: every broadcast route's.
+    pub(super) fn deliver(
+        &mut self,
+        route: Option<&str>,
+        channel: &str,
+        message: &Payload,
+        skip: Option<u64>,
+    ) -> usize {
         let mut raw: Option<Rc<[u8]>> = None;
         let mut v1: Option<Rc<[u8]>> = None;
         let mut targets: Vec<u64> = Vec::new();
-        for hub in self.hubs.values() {
-            targets.extend(hub.subscribers(channel).filter(|k| Some(*k) != skip));
+        for (name, hub) in &self.hubs {
+            if route.is_none_or(|r| r == name) {
+                targets.extend(hub.subscribers(channel).filter(|k| Some(*k) != skip));
+            }
         }
         let mut delivered = 0;
         for key in targets {
