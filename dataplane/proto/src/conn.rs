@@ -96,6 +96,8 @@ pub enum CloseReason {
     NotWebSocket,
     /// A client's send queue passed its bound (Close 1013).
     SlowConsumer,
+    /// A client published where clients may not (Close 1008).
+    PublishForbidden,
     /// A firewall rule refused the handshake.
     Firewall(Refusal),
 }
@@ -173,6 +175,7 @@ impl CloseReason {
             CloseReason::ProtocolError(Side::Origin) => "origin_protocol_error",
             CloseReason::NotWebSocket => "not_websocket",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::PublishForbidden => "publish_forbidden",
             CloseReason::Firewall(refusal) => refusal.as_str(),
         }
     }
@@ -205,6 +208,7 @@ impl CloseReason {
             | CloseReason::NotWebSocket
             | CloseReason::Firewall(_)
             | CloseReason::SlowConsumer
+            | CloseReason::PublishForbidden
             | CloseReason::MessageRate
             | CloseReason::MessageTooBig(Side::Client)
             | CloseReason::ProtocolError(Side::Client) => Fault::Client,

@@ -269,6 +269,8 @@ struct Connection {
     /// Buffers needed only until the relay starts (boxed, and freed then: an idle
     /// connection should cost as little as possible).
     hs: Option<Box<Handshake>>,
+    /// The handshake's send queues still hold their capacity: released once both drain.
+    compact: bool,
     head_bytes: u64,
     /// The route this connection was established with (kept across config changes).
     route: Option<Rc<RouteInfo>>,
@@ -890,6 +892,7 @@ impl Worker {
                 ..Handshake::default()
             })),
             head_bytes: 0,
+            compact: false,
             route: None,
             frames: None,
             traceback: None,
@@ -1286,6 +1289,7 @@ impl Worker {
                 }
                 // No head recv or connect is in flight now: the buffers can go.
                 self.conns[slot].hs = None;
+                self.conns[slot].compact = true;
                 let random = self.random();
                 self.conns[slot].conn.start_relay_timers(random);
                 self.kick_send(slot, Side::Client);
@@ -1385,6 +1389,13 @@ impl Worker {
         };
         if finished {
             io.outq.pop_front();
+        }
+        if c.compact && c.sides.iter().all(|io| io.outq.is_empty()) {
+            // The handshake's queues drained: an idle connection keeps no allocation.
+            c.compact = false;
+            for io in &mut c.sides {
+                io.outq = VecDeque::new();
+            }
         }
         if let Some(bid) = done_bid {
             self.bufs.give_back(bid);

@@ -10,11 +10,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use wsedge_command::{FunctionConfig, FunctionKind};
 use wsedge_proto::conn::{CloseReason, Side};
-use wsedge_proto::endpoint::{EndpointConfig, EndpointEvent, Mode, ServerEndpoint};
+use wsedge_proto::endpoint::{EndpointConfig, EndpointEvent, Mode, ServerEndpoint, frame_message};
 
 use wsedge_proto::channels::{
-    ClientOp, Hub, HubLimits, Published, error_envelope, parse_client_message, path_channel,
-    raw_frame, subscribed_envelope, unsubscribed_envelope, v1_frame,
+    ClientOp, Hub, HubLimits, ProtocolError, Published, error_envelope, parse_client_message,
+    path_channel, raw_frame, subscribed_envelope, unsubscribed_envelope, v1_frame,
 };
 use wsedge_proto::frame::OpCode;
 use wsedge_proto::handshake::parse_request;
@@ -132,7 +132,7 @@ impl Worker {
             Some(Ok(channel)) => channel.map(str::to_owned),
             // A path that names no valid channel: refused before the upgrade.
             Some(Err(_)) | None if config.kind == FunctionKind::Broadcast => {
-                self.respond_error(slot, 400, CloseReason::NoRoute);
+                self.respond_error(slot, 404, CloseReason::NoRoute);
                 return;
             }
             _ => None,
@@ -146,6 +146,17 @@ impl Worker {
         };
         let v1 = config.kind == FunctionKind::Broadcast
             && offers_protocol(offered.as_deref(), BROADCAST_V1);
+        // A path channel is joined before the upgrade, so a full channel is an HTTP answer.
+        if config.kind == FunctionKind::Broadcast
+            && let Some(name) = channel.as_deref()
+        {
+            let key = self.conn_key(slot);
+            if let Err(e) = self.hub(&info).subscribe(key, name) {
+                self.respond_error(slot, e.http_status(), CloseReason::Overloaded);
+                return;
+            }
+        }
+        let c = &mut self.conns[slot];
         let answer = switching_protocols(&accept, v1.then_some(BROADCAST_V1));
         c.extra_to_client += answer.len() as u64;
         c.sides[Side::Client.index()].push(Chunk::Owned {
@@ -155,6 +166,7 @@ impl Worker {
             origin_head: false,
         });
         c.conn.on_function_upgrade(now, info.timers, random);
+        c.compact = true;
         let max_message = info.frames.client_max_message.unwrap_or(u64::MAX);
         let mut function = FunctionConn::new(&config, v1, max_message);
         function.path_channel = channel;
@@ -162,12 +174,6 @@ impl Worker {
         self.stats.upgraded += 1;
         self.record_handshake(slot);
         self.kick_send(slot, Side::Client);
-        if config.kind == FunctionKind::Broadcast {
-            self.broadcast_join_path_channel(slot, &info);
-            if self.conns[slot].closing.is_some() {
-                return;
-            }
-        }
         if !tail.is_empty() {
             self.function_input(slot, &mut tail, now);
         }
@@ -256,6 +262,13 @@ impl Worker {
         self.function_read(slot);
     }
 
+    /// Sends `json` to the client as one text message (a `wsedge.v1` envelope).
+    fn function_send_text(&mut self, slot: usize, json: &[u8]) {
+        let mut frame = Vec::with_capacity(json.len() + 4);
+        frame_message(OpCode::Text, json, &mut frame);
+        self.function_send(slot, frame);
+    }
+
     fn function_send(&mut self, slot: usize, bytes: Vec<u8>) {
         if bytes.is_empty() {
             return;
@@ -321,22 +334,6 @@ impl Worker {
             .or_insert_with(|| Hub::new(limits))
     }
 
-    /// Subscribes a new broadcast client to the channel its path names.
-    fn broadcast_join_path_channel(&mut self, slot: usize, info: &RouteInfo) {
-        let key = self.conn_key(slot);
-        let Some(channel) = self.conns[slot]
-            .function
-            .as_ref()
-            .and_then(|f| f.path_channel.clone())
-        else {
-            return;
-        };
-        if let Err(e) = self.hub(info).subscribe(key, &channel) {
-            tracing::debug!(worker = self.index, channel, error = %e, "subscribe refused");
-            self.function_close(slot, 1008, CloseReason::Overloaded);
-        }
-    }
-
     /// Leaves every channel (the connection is ending).
     pub(super) fn broadcast_leave_all(&mut self, slot: usize) {
         let Some(route) = self.conns[slot].route.clone() else {
@@ -380,7 +377,7 @@ impl Worker {
                         self.publish(&route.name, &channel, Arc::new(message), skip);
                     }
                     // Raw clients that may not publish are told so by a policy close.
-                    _ => self.function_close(slot, 1008, CloseReason::MessageRate),
+                    _ => self.function_close(slot, 1008, CloseReason::PublishForbidden),
                 }
             }
             Ok(ClientOp::Publish { channel, data }) => {
@@ -388,7 +385,8 @@ impl Worker {
                     let message = Payload::Json(data.to_owned());
                     self.publish(&route.name, &channel, Arc::new(message), skip);
                 } else {
-                    self.function_send(slot, error_envelope("publish not allowed", Some(&channel)));
+                    let error = ProtocolError::PublishForbidden.as_str();
+                    self.function_send_text(slot, &error_envelope(error, Some(&channel)));
                 }
             }
             Ok(ClientOp::Subscribe { channel }) => {
@@ -396,13 +394,13 @@ impl Worker {
                     Ok(count) => subscribed_envelope(&channel, count),
                     Err(e) => error_envelope(e.as_str(), Some(&channel)),
                 };
-                self.function_send(slot, reply);
+                self.function_send_text(slot, &reply);
             }
             Ok(ClientOp::Unsubscribe { channel }) => {
                 self.hub(&route).unsubscribe(key, &channel);
-                self.function_send(slot, unsubscribed_envelope(&channel));
+                self.function_send_text(slot, &unsubscribed_envelope(&channel));
             }
-            Err(e) => self.function_send(slot, error_envelope(e.as_str(), None)),
+            Err(e) => self.function_send_text(slot, &error_envelope(e.as_str(), None)),
         }
     }
 
