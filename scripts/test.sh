@@ -16,7 +16,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test (unit + integration)"
 cargo test --workspace
 
-for script in scripts/fuzz.sh scripts/bench.sh scripts/autobahn.sh; do
+for script in scripts/fuzz.sh scripts/bench.sh scripts/autobahn.sh scripts/browser-check.sh scripts/soak.sh; do
   if [ -x "$script" ]; then
     step "$script --smoke"
     "$script" --smoke
