@@ -332,6 +332,17 @@ pub struct WorkerStats {
     /// Handshake latency; absent until the dataplane measures it.
     #[serde(default)]
     pub handshake_latency: Option<Percentiles>,
+    /// WebSocket messages seen by `frames` relays, from clients and from origins.
+    #[serde(default)]
+    pub messages_from_clients: u64,
+    #[serde(default)]
+    pub messages_from_origins: u64,
+    /// Close codes in Close frames seen (from either side) and sent by the proxy, by route:
+    /// `"route/code"` -> count.
+    #[serde(default)]
+    pub close_codes_seen: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub close_codes_sent: BTreeMap<String, u64>,
 }
 
 impl WorkerStats {
@@ -346,6 +357,14 @@ impl WorkerStats {
         self.bytes_to_clients += other.bytes_to_clients;
         for (reason, n) in &other.closed {
             *self.closed.entry(reason.clone()).or_default() += n;
+        }
+        self.messages_from_clients += other.messages_from_clients;
+        self.messages_from_origins += other.messages_from_origins;
+        for (key, n) in &other.close_codes_seen {
+            *self.close_codes_seen.entry(key.clone()).or_default() += n;
+        }
+        for (key, n) in &other.close_codes_sent {
+            *self.close_codes_sent.entry(key.clone()).or_default() += n;
         }
     }
 

@@ -94,12 +94,14 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
 }
 
 /// The exposition text for these per-worker counters.
+/// Writes a metric family's HELP and TYPE lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
     let mut out = String::with_capacity(4096);
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-    };
     family(
         &mut out,
         "wsedge_uptime_seconds",
@@ -190,7 +192,49 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
             );
         }
     }
+    render_frames(&mut out, workers);
     out
+}
+
+/// The `frames` relay's message and close-code counters.
+fn render_frames(out: &mut String, workers: &[WorkerStats]) {
+    family(
+        out,
+        "wsedge_messages_total",
+        "counter",
+        "WebSocket messages seen by frames relays, by direction.",
+    );
+    for w in workers {
+        let i = index(w);
+        let _ = writeln!(
+            out,
+            "wsedge_messages_total{{worker=\"{i}\",direction=\"from_clients\"}} {}",
+            w.messages_from_clients
+        );
+        let _ = writeln!(
+            out,
+            "wsedge_messages_total{{worker=\"{i}\",direction=\"from_origins\"}} {}",
+            w.messages_from_origins
+        );
+    }
+    family(
+        out,
+        "wsedge_close_codes_total",
+        "counter",
+        "Close codes in Close frames seen from peers and sent by the proxy, by route.",
+    );
+    for w in workers {
+        let i = index(w);
+        for (kind, map) in [("seen", &w.close_codes_seen), ("sent", &w.close_codes_sent)] {
+            for (key, n) in map {
+                let (route, code) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
+                let _ = writeln!(
+                    out,
+                    "wsedge_close_codes_total{{worker=\"{i}\",route=\"{route}\",code=\"{code}\",kind=\"{kind}\"}} {n}"
+                );
+            }
+        }
+    }
 }
 
 fn index(w: &WorkerStats) -> String {
@@ -210,6 +254,8 @@ mod tests {
             accepted: 10,
             bytes_from_clients: 99,
             closed: [("no_route".to_owned(), 4)].into_iter().collect(),
+            messages_from_clients: 7,
+            close_codes_sent: [("chat/1001".to_owned(), 2)].into_iter().collect(),
             ..WorkerStats::default()
         };
         let text = render(&[w], 1.5);
@@ -221,6 +267,12 @@ mod tests {
             text.contains("wsedge_connections_closed_total{worker=\"1\",reason=\"no_route\"} 4\n")
         );
         assert!(text.contains("wsedge_uptime_seconds 1.500\n"));
+        assert!(
+            text.contains("wsedge_messages_total{worker=\"1\",direction=\"from_clients\"} 7\n")
+        );
+        assert!(text.contains(
+            "wsedge_close_codes_total{worker=\"1\",route=\"chat\",code=\"1001\",kind=\"sent\"} 2\n"
+        ));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().expect("value");

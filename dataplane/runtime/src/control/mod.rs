@@ -564,7 +564,18 @@ fn worker_stats(r: &WorkerReport) -> WorkerStats {
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect::<BTreeMap<_, _>>(),
         handshake_latency: percentiles(&r.handshake_us),
+        messages_from_clients: s.messages_from_clients,
+        messages_from_origins: s.messages_from_origins,
+        close_codes_seen: by_route_and_code(&s.close_codes_seen),
+        close_codes_sent: by_route_and_code(&s.close_codes_sent),
     }
+}
+
+/// `(route, code) -> n` as `"route/code" -> n` (a JSON object key).
+fn by_route_and_code(map: &BTreeMap<(String, u16), u64>) -> BTreeMap<String, u64> {
+    map.iter()
+        .map(|((route, code), n)| (format!("{route}/{code}"), *n))
+        .collect()
 }
 
 /// Percentiles of a handshake-latency histogram (µs); `None` before any handshake.
