@@ -1845,11 +1845,25 @@ impl Worker {
         self.submit(entry);
     }
 
-    fn on_splice_poll_in(&mut self, slot: usize, from: Side, res: i32) {
+    /// Accounts for a finished operation of the splice relay of bytes from `from`. Returns
+    /// false when the connection is closing: a pipe the direction held is discarded (it may
+    /// still hold bytes), and nothing more is done.
+    fn splice_op_done(&mut self, slot: usize, from: Side) -> bool {
         let c = &mut self.conns[slot];
         c.ops -= 1;
-        c.sides[from.index()].splice = SpliceStage::Idle;
+        let io = &mut c.sides[from.index()];
+        io.splice = SpliceStage::Idle;
         if c.closing.is_some() {
+            if let Some(pipe) = io.pipe.take() {
+                self.pipes.discard(pipe);
+            }
+            return false;
+        }
+        true
+    }
+
+    fn on_splice_poll_in(&mut self, slot: usize, from: Side, res: i32) {
+        if !self.splice_op_done(slot, from) {
             return;
         }
         if res < 0 {
@@ -1890,16 +1904,11 @@ impl Worker {
     }
 
     fn on_splice_in(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
-        let c = &mut self.conns[slot];
-        c.ops -= 1;
-        let io = &mut c.sides[from.index()];
-        io.splice = SpliceStage::Idle;
-        if c.closing.is_some() {
-            if let Some(pipe) = io.pipe.take() {
-                self.pipes.discard(pipe);
-            }
+        if !self.splice_op_done(slot, from) {
             return;
         }
+        let c = &mut self.conns[slot];
+        let io = &mut c.sides[from.index()];
         if res > 0 {
             io.in_pipe = res as u32;
             c.conn.on_recv(from, res as usize, now);
@@ -1944,16 +1953,11 @@ impl Worker {
     }
 
     fn on_splice_out(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
-        let c = &mut self.conns[slot];
-        c.ops -= 1;
-        let io = &mut c.sides[from.index()];
-        io.splice = SpliceStage::Idle;
-        if c.closing.is_some() {
-            if let Some(pipe) = io.pipe.take() {
-                self.pipes.discard(pipe);
-            }
+        if !self.splice_op_done(slot, from) {
             return;
         }
+        let c = &mut self.conns[slot];
+        let io = &mut c.sides[from.index()];
         match res {
             n if n > 0 => {
                 io.in_pipe -= (n as u32).min(io.in_pipe);
@@ -1974,13 +1978,7 @@ impl Worker {
     }
 
     fn on_splice_poll_out(&mut self, slot: usize, from: Side, res: i32) {
-        let c = &mut self.conns[slot];
-        c.ops -= 1;
-        c.sides[from.index()].splice = SpliceStage::Idle;
-        if c.closing.is_some() {
-            if let Some(pipe) = c.sides[from.index()].pipe.take() {
-                self.pipes.discard(pipe);
-            }
+        if !self.splice_op_done(slot, from) {
             return;
         }
         if res < 0 {
