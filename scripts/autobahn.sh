@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # WebSocket conformance: Autobahn|Testsuite's fuzzingclient against the bundled echo origin
-# directly (the baseline) and through wsedge in each relay mode, then a per-case comparison.
+# directly (the baseline) and through wsedge in each relay mode, then a per-case comparison;
+# and against wsedge's own `echo` function.
 #
-#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames] [--keep]
+#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames,echo] [--keep]
 #
 #   --smoke   a representative subset of cases (scripts/autobahn/cases.json), ~5 s per
 #             server; what CI runs (scripts/test.sh)
-#   --modes   relay modes to put wsedge in (default: buffered,splice,frames). A mode this
-#             build's `wsedge --check` rejects is skipped with a loud message, never passed.
+#   --modes   relay modes to put wsedge in, and `echo` for the echo function (default: all
+#             four). A mode this build's `wsedge --check` rejects is skipped with a loud
+#             message, never passed.
 #   --keep    keep the work directory (configs, specs, process logs) even on success
 #
 # Passes (exit 0) only if no case is FAILED in any run and every case's behavior through
-# wsedge equals the direct run's. Reports (HTML + index.json) land in target/autobahn/<mode>/,
+# wsedge equals the direct run's (the echo function is an endpoint of its own: it must pass
+# every case, and may be stricter than the bundled origin). Reports (HTML + index.json) land in target/autobahn/<mode>/,
 # the summary in target/autobahn/summary.md. The first run installs the suite (Python 2.7.18
 # from pyenv, a virtualenv from PyPI) into target/autobahn-venv/; later runs reuse it.
 # Every process is started here, recorded by pid, and only those pids are stopped on exit.
@@ -19,7 +22,7 @@
 set -euo pipefail
 
 SET=full
-MODES=buffered,splice,frames
+MODES=buffered,splice,frames,echo
 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,8 +54,8 @@ banner() { printf '\n!!!!!!!!!!\n!!! %s\n!!!!!!!!!!\n\n' "$*" >&2; }
 IFS=, read -r -a MODE_LIST <<< "$MODES"
 for m in "${MODE_LIST[@]}"; do
     case "$m" in
-        buffered|splice|frames) ;;
-        *) echo "autobahn.sh: unknown relay mode '$m' (buffered, splice, frames)" >&2; exit 2 ;;
+        buffered|splice|frames|echo) ;;
+        *) echo "autobahn.sh: unknown mode '$m' (buffered, splice, frames, echo)" >&2; exit 2 ;;
     esac
 done
 command -v python3 >/dev/null || die "python3 is needed for the result comparison"
@@ -207,7 +210,12 @@ run_suite direct "ws://$ORIGIN"
 
 for mode in "${MODE_LIST[@]}"; do
     cfg=$WORK/wsedge-$mode.toml
-    sed -e "s/@ORIGIN@/$ORIGIN/" -e "s/@RELAY@/$mode/" "$HERE/wsedge.toml.in" > "$cfg"
+    if [ "$mode" = echo ]; then
+        # The edge's own echo function: the same file with the route answered by wsedge.
+        sed -e '/^origins = /d' -e 's/^relay = .*/function = "echo"/' "$HERE/wsedge.toml.in" > "$cfg"
+    else
+        sed -e "s/@ORIGIN@/$ORIGIN/" -e "s/@RELAY@/$mode/" "$HERE/wsedge.toml.in" > "$cfg"
+    fi
     # A relay mode this build does not know is rejected by the config check. "frames" is
     # still being built, so it may legitimately be missing; buffered and splice may not.
     if ! "$BIN/wsedge" --check --config "$cfg" > "$WORK/check-$mode.log" 2>&1; then
@@ -235,6 +243,7 @@ stop "$ORIGIN_PID"
 printf '\n== Autobahn|Testsuite %s, %s cases, %s s of suite time\n\n' "$SUITE_VERSION" "$SET" "$SUITE_SECONDS"
 skip_args=()
 for m in "${SKIPPED[@]+"${SKIPPED[@]}"}"; do skip_args+=(--skipped "$m"); done
+for m in "${MODE_LIST[@]}"; do [ "$m" = echo ] && skip_args+=(--endpoint echo); done
 rc=0
 python3 "$HERE/report.py" compare "${skip_args[@]+"${skip_args[@]}"}" \
     --markdown "$OUT/summary.md" "${RUNS[@]}" || rc=$?

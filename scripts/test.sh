@@ -13,6 +13,9 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo build (the binaries the integration tests start: wsedge, wsedgectl, ...)"
+cargo build --workspace --bins
+
 step "cargo test (unit + integration)"
 cargo test --workspace
 
