@@ -807,7 +807,21 @@ impl Client {
     pub fn call(&mut self, request: &Request) -> Result<Response, WireError> {
         let id = self.next_id;
         self.next_id += 1;
-        send(&mut self.stream, &Envelope::new(id, request))?;
+        if let Err(e) = send(&mut self.stream, &Envelope::new(id, request)) {
+            // A server that refuses a peer answers at once and closes, so writing the request
+            // can fail while its answer already waits to be read: prefer the answer.
+            let peer_gone = matches!(&e, WireError::Io(io) if matches!(
+                io.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ));
+            if !peer_gone {
+                return Err(e);
+            }
+            return match read_frame(&mut self.stream, MAX_FRAME) {
+                Ok(body) => Ok(decode_response(&body)?.body),
+                Err(_) => Err(e),
+            };
+        }
         let body = read_frame(&mut self.stream, MAX_FRAME)?;
         let envelope = decode_response(&body)?;
         // id 0: the server could not read our id (it answers an undecodable request).
