@@ -163,6 +163,38 @@ enum Chunk {
     Shared { data: Rc<[u8]>, off: usize },
 }
 
+/// Most queued chunks written by one send (`SendMsg` with an iovec each).
+const MAX_BATCH: usize = 16;
+
+/// The iovecs and message header of a batched send.
+///
+/// INVARIANT: while a `SendMsg` built from it is in flight, the box is neither moved out of
+/// its `SideIo` nor written (a new batch is built only after that send completed).
+struct SendBatch {
+    iov: [libc::iovec; MAX_BATCH],
+    msg: libc::msghdr,
+}
+
+impl SendBatch {
+    fn new() -> Box<SendBatch> {
+        Box::new(SendBatch {
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_BATCH],
+            // SAFETY: msghdr is plain old data; all-zero (no name, no control, no iovecs) is
+            // a valid value.
+            msg: unsafe { std::mem::zeroed() },
+        })
+    }
+}
+
+impl std::fmt::Debug for SendBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendBatch").finish_non_exhaustive()
+    }
+}
+
 /// Where the splice relay of one direction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SpliceStage {
@@ -185,6 +217,8 @@ struct SideIo {
     outq: VecDeque<Chunk>,
     /// Bytes in `outq` not yet written (slow-consumer and backpressure checks).
     queued: usize,
+    /// For writing several queued chunks with one send; made on first use.
+    batch: Option<Box<SendBatch>>,
     sending: bool,
     /// Splice relay of the bytes coming from this socket.
     splice: SpliceStage,
@@ -225,6 +259,7 @@ impl SideIo {
             recv_cancelled: false,
             outq: VecDeque::new(),
             queued: 0,
+            batch: None,
             sending: false,
             splice: SpliceStage::Idle,
             pipe: None,
@@ -510,7 +545,8 @@ impl Worker {
     /// Queues an operation.
     fn submit(&mut self, entry: squeue::Entry) {
         // SAFETY: every entry built in this module refers only to (a) a connection's own
-        // heap buffers (`head`, `origin_buf`, `connect_addr`, owned chunks), which are neither
+        // heap buffers (the boxed handshake buffers and connect address, queued chunks, the
+        // boxed `SendBatch` whose iovecs point at queued chunks), which are neither
         // moved nor mutated while an operation on them is in flight and are freed only when
         // the connection's `ops` count is zero; (b) the provided-buffer ring, which lives as
         // long as the worker; (c) `'static` bytes; (d) the boxed `wake_buf`; or (e) file
@@ -1300,31 +1336,61 @@ impl Worker {
 
     // ----- sending ----------------------------------------------------------------------
 
-    fn kick_send(&mut self, slot: usize, to: Side) {
-        let c = &mut self.conns[slot];
-        let io = &mut c.sides[to.index()];
-        if io.sending || io.fd < 0 {
-            return;
-        }
-        let Some(front) = io.outq.front() else {
-            return;
-        };
-        let (ptr, len) = match front {
+    /// Where the unwritten bytes of `chunk` start, and how many there are.
+    fn chunk_bytes(&self, chunk: &Chunk) -> (*const u8, u32) {
+        match chunk {
             Chunk::Buf { bid, off, len, .. } => {
-                // SAFETY: off < len <= buffer size, inside the buffer.
+                // SAFETY: off < len <= buffer size, so the offset stays inside the buffer.
                 (unsafe { self.bufs.ptr(*bid).add(*off as usize) }, len - off)
             }
             Chunk::Owned { data, off, .. } => (data[*off..].as_ptr(), (data.len() - off) as u32),
             Chunk::Static { data, off } => (data[*off..].as_ptr(), (data.len() - off) as u32),
             Chunk::Shared { data, off } => (data[*off..].as_ptr(), (data.len() - off) as u32),
+        }
+    }
+
+    /// Writes the front of `to`'s queue: one `Send` for a single chunk, one `SendMsg` with an
+    /// iovec per chunk for up to [`MAX_BATCH`] of them.
+    fn kick_send(&mut self, slot: usize, to: Side) {
+        let c = &self.conns[slot];
+        let io = &c.sides[to.index()];
+        if io.sending || io.fd < 0 || io.outq.is_empty() {
+            return;
+        }
+        let token = Token::new(send_kind(to), c.generation, slot as u32).encode();
+        let fd = io.fd;
+        let entry = if io.outq.len() == 1 {
+            let (ptr, len) = self.chunk_bytes(&io.outq[0]);
+            opcode::Send::new(types::Fd(fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; MAX_BATCH];
+            let mut count = 0;
+            for chunk in io.outq.iter().take(MAX_BATCH) {
+                let (ptr, len) = self.chunk_bytes(chunk);
+                iov[count] = libc::iovec {
+                    iov_base: ptr.cast_mut().cast(),
+                    iov_len: len as usize,
+                };
+                count += 1;
+            }
+            let io = &mut self.conns[slot].sides[to.index()];
+            let batch = io.batch.get_or_insert_with(SendBatch::new);
+            batch.iov = iov;
+            batch.msg.msg_iov = batch.iov.as_mut_ptr();
+            batch.msg.msg_iovlen = count as _;
+            opcode::SendMsg::new(types::Fd(fd), &raw const batch.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
         };
-        let entry = opcode::Send::new(types::Fd(io.fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(Token::new(send_kind(to), c.generation, slot as u32).encode());
-        io.sending = true;
+        let c = &mut self.conns[slot];
+        c.sides[to.index()].sending = true;
         c.ops += 1;
-        self.submit(entry);
+        self.submit(entry.user_data(token));
     }
 
     fn on_send(&mut self, slot: usize, to: Side, res: i32, now: Tick) {
@@ -1345,60 +1411,59 @@ impl Worker {
             Side::Client => self.stats.bytes_to_clients += n as u64,
             Side::Origin => self.stats.bytes_from_clients += n as u64,
         }
+        // A batched send may have written several chunks, the last one perhaps in part.
         let mut head_sent = false;
-        let mut done_bid = None;
-        let io = &mut c.sides[to.index()];
-        let finished = match io.outq.front_mut() {
-            Some(Chunk::Buf {
-                bid,
-                off,
-                len,
-                release,
-            }) => {
-                *off += n as u32;
-                c.conn.on_sent(to, n, now);
-                if *off >= *len {
-                    done_bid = release.then_some(*bid);
-                    true
-                } else {
-                    false
+        let mut left = n;
+        while left > 0 {
+            let io = &mut c.sides[to.index()];
+            let Some(front) = io.outq.front_mut() else {
+                break;
+            };
+            let take = left.min(front.remaining());
+            left -= take;
+            let mut release = None;
+            match front {
+                Chunk::Buf {
+                    bid,
+                    off,
+                    len,
+                    release: last,
+                } => {
+                    *off += take as u32;
+                    if *off >= *len && *last {
+                        release = Some(*bid);
+                    }
+                    c.conn.on_sent(to, take, now);
                 }
-            }
-            Some(Chunk::Owned {
-                data,
-                off,
-                counted,
-                origin_head,
-            }) => {
-                *off += n;
-                if *counted {
-                    c.conn.on_sent(to, n, now);
+                Chunk::Owned {
+                    data,
+                    off,
+                    counted,
+                    origin_head,
+                } => {
+                    *off += take;
+                    if *counted {
+                        c.conn.on_sent(to, take, now);
+                    }
+                    head_sent |= *origin_head && *off >= data.len();
                 }
-                head_sent = *origin_head && *off >= data.len();
-                *off >= data.len()
+                Chunk::Static { off, .. } | Chunk::Shared { off, .. } => *off += take,
             }
-            Some(Chunk::Static { data, off }) => {
-                *off += n;
-                *off >= data.len()
+            let io = &mut c.sides[to.index()];
+            if io.outq.front().is_some_and(|f| f.remaining() == 0) {
+                io.outq.pop_front();
             }
-            Some(Chunk::Shared { data, off }) => {
-                *off += n;
-                *off >= data.len()
+            if let Some(bid) = release {
+                self.bufs.give_back(bid);
             }
-            None => false,
-        };
-        if finished {
-            io.outq.pop_front();
         }
         if c.compact && c.sides.iter().all(|io| io.outq.is_empty()) {
             // The handshake's queues drained: an idle connection keeps no allocation.
             c.compact = false;
             for io in &mut c.sides {
                 io.outq = VecDeque::new();
+                io.batch = None;
             }
-        }
-        if let Some(bid) = done_bid {
-            self.bufs.give_back(bid);
         }
         let c = &mut self.conns[slot];
         if head_sent && c.conn.on_origin_head_sent() {
