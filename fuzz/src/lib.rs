@@ -581,6 +581,10 @@ impl Driver {
                 }
                 self.conn.on_connect_start(self.now, TIMERS);
             }
+            // No firewall gate is given here, so no firewall verdict can come back.
+            HeadAction::Firewall { verdict, .. } => {
+                panic!("firewall verdict {verdict:?} without a firewall")
+            }
         }
     }
 
