@@ -66,11 +66,12 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 
 # --- processes we start: pids recorded here, and only these are stopped ------------------
-PIDS=()
+PROC_LOG_DIR=$WORK
+# shellcheck source=lib/processes.sh
+. "$ROOT/scripts/lib/processes.sh"
 cleanup() {
-    local rc=$? p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    local rc=$?
+    stop_all
     if [ $rc -ne 0 ]; then
         log "exit $rc; configs, specs and logs kept in $WORK"
     elif [ $KEEP = 1 ]; then
@@ -82,23 +83,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log; sets STARTED.
-start() {
-    local name=$1; shift
-    "$@" > "$WORK/$name.log" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
-
-# stop PID: stops one process we started and forgets it.
-stop() {
-    local pid=$1 keep=() p
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
 
 # listening_addr NAME PID PREFIX: waits for "PREFIX ADDR" in NAME's log and prints ADDR.
 # Both servers bind port 0 and print the port the kernel chose: no free-port guessing.

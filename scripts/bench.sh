@@ -63,16 +63,13 @@ log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
 
 # --- processes we start: pids recorded here, and only these are killed -------------------
-PIDS=()
+PROC_LOG_DIR=$RUN
+# shellcheck source=lib/processes.sh
+. "$ROOT/scripts/lib/processes.sh"
 OLD_PORT_RANGE=""
 cleanup() {
     local rc=$?
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
+    stop_all
     if [ -n "$OLD_PORT_RANGE" ]; then
         sysctl -qw net.ipv4.ip_local_port_range="$OLD_PORT_RANGE" || true
     fi
@@ -83,40 +80,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# start NAME CMD...: runs CMD in the background, logging to $RUN/NAME.log; sets STARTED.
-start() {
-    local name=$1; shift
-    "$@" > "$RUN/$name.log" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
-
-# stop PID: kills one process we started and waits for it.
-stop() {
-    local pid=$1 keep=() p
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
-
-# wait_port PORT PID NAME: until PORT accepts, or fail loudly if PID died / 10 s passed.
-wait_port() {
-    local port=$1 pid=$2 name=$3 i
-    for i in $(seq 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -20 "$RUN/$name.log" >&2 || true
-            die "$name exited before listening on $port"
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    tail -20 "$RUN/$name.log" >&2 || true
-    die "$name is not listening on $port after 10 s"
-}
 
 # need_free_port PORT: fail if something already listens there (it would answer for us).
 need_free_port() {

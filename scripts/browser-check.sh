@@ -73,15 +73,12 @@ WSEDGECTL=$CARGO_TARGET_DIR/debug/wsedgectl
 [ -x "$WSEDGECTL" ] || die "no binary at $WSEDGECTL"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsedge-browser.XXXXXX")
-PIDS=()
+PROC_LOG_DIR=$WORK
+# shellcheck source=lib/processes.sh
+. "$ROOT/scripts/lib/processes.sh"
 cleanup() {
     local rc=$?
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_all
     if [ "$rc" = 0 ] && [ "$KEEP" = 0 ]; then
         rm -rf "$WORK"
     else
