@@ -37,7 +37,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$CARGO_TARGET_DIR/release
 STAMP=$(date -u +%Y-%m-%dT%H-%M-%SZ)
-OUT=${OUT:-$ROOT/bench/results/$STAMP}
+# Smoke runs (CI, scripts/test.sh) only check that the scripts work: their results go under
+# target/, not into the committed bench/results/.
+if [ "$MODE" = smoke ]; then
+    OUT=${OUT:-$CARGO_TARGET_DIR/bench-smoke/$STAMP}
+else
+    OUT=${OUT:-$ROOT/bench/results/$STAMP}
+fi
 mkdir -p "$OUT/logs"
 RUN=$(mktemp -d /tmp/wsedge-bench.XXXXXX)
 JSONL=$OUT/runs.jsonl
