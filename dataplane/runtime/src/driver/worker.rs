@@ -554,6 +554,16 @@ impl Worker {
         unsafe { self.ring.push(entry) };
     }
 
+    /// Asks the kernel to cancel the operation whose `user_data` is `target`. The cancel's
+    /// own completion is ignored; the target's completion still arrives and is counted.
+    fn submit_cancel(&mut self, target: u64) {
+        self.submit(
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
+        );
+    }
+
     /// Runs until shut down and drained; returns the worker's counters.
     pub(crate) fn run(mut self) -> std::io::Result<Stats> {
         self.arm_wake();
@@ -781,11 +791,7 @@ impl Worker {
         for i in 0..self.listeners.len() {
             if self.listeners[i].armed {
                 let ud = Token::new(Kind::Accept, 0, i as u32).encode();
-                self.submit(
-                    opcode::AsyncCancel::new(ud)
-                        .build()
-                        .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
-                );
+                self.submit_cancel(ud);
             }
             // The cancel names the operation, not the fd: closing now is safe, and the
             // kernel stops queueing connections for this worker.
@@ -1574,11 +1580,7 @@ impl Worker {
         let c = &mut self.conns[slot];
         c.sides[from.index()].recv_cancelled = true;
         let target = Token::new(recv_kind(from), c.generation, slot as u32).encode();
-        self.submit(
-            opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
-        );
+        self.submit_cancel(target);
     }
 
     fn on_recv(&mut self, slot: usize, from: Side, res: i32, flags: u32, now: Tick) {
@@ -2116,11 +2118,7 @@ impl Worker {
             // A pending head read: cancel it (not SHUT_RD, which would spoil the lingering
             // close); its completion is handled by `head_recv_while_ending`.
             let target = Token::new(Kind::ClientHead, c.generation, slot as u32).encode();
-            self.submit(
-                opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
-            );
+            self.submit_cancel(target);
         }
         let c = &mut self.conns[slot];
         c.sides[Side::Client.index()].push(answer);
@@ -2134,11 +2132,7 @@ impl Worker {
         let c = &mut self.conns[slot];
         if c.connecting {
             let target = Token::new(Kind::Connect, c.generation, slot as u32).encode();
-            self.submit(
-                opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
-            );
+            self.submit_cancel(target);
         } else {
             sys::shutdown(c.sides[Side::Origin.index()].fd, libc::SHUT_RDWR);
         }
@@ -2202,11 +2196,7 @@ impl Worker {
         }
         if c.connecting {
             let target = Token::new(Kind::Connect, c.generation, slot as u32).encode();
-            self.submit(
-                opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
-            );
+            self.submit_cancel(target);
         }
         let c = &self.conns[slot];
         for side in [Side::Client, Side::Origin] {
@@ -2219,11 +2209,7 @@ impl Worker {
             .map(|s| Token::new(recv_kind(s), generation, slot as u32).encode())
             .collect();
         for target in armed {
-            self.submit(
-                opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(Token::new(Kind::Cancel, 0, 0).encode()),
-            );
+            self.submit_cancel(target);
         }
     }
 

@@ -92,6 +92,20 @@ impl FunctionConn {
     }
 }
 
+impl FunctionConn {
+    /// Client bytes through the endpoint (unmasked in place): the bytes to send back (the
+    /// echo) and what else happened.
+    fn feed(&mut self, chunk: &mut [u8]) -> (Vec<u8>, Vec<EndpointEvent>) {
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        match self.kind {
+            FunctionKind::Echo => self.endpoint.echo(chunk, &mut out, &mut events),
+            _ => self.endpoint.on_bytes(chunk, &mut events),
+        }
+        (out, events)
+    }
+}
+
 /// Why a function connection ended, from the endpoint's `Closed` event.
 pub(super) fn closed_reason(event: &EndpointEvent) -> Option<CloseReason> {
     match event {
@@ -209,13 +223,7 @@ impl Worker {
             self.bufs.give_back(bid);
             return;
         };
-        let mut out = Vec::new();
-        let mut events = Vec::new();
-        let chunk = self.bufs.bytes_mut(bid, n);
-        match f.kind {
-            FunctionKind::Echo => f.endpoint.echo(chunk, &mut out, &mut events),
-            _ => f.endpoint.on_bytes(chunk, &mut events),
-        }
+        let (out, events) = f.feed(self.bufs.bytes_mut(bid, n));
         self.bufs.give_back(bid);
         self.function_output(slot, out, events, now);
     }
@@ -226,12 +234,7 @@ impl Worker {
         let Some(f) = c.function.as_mut() else {
             return;
         };
-        let mut out = Vec::new();
-        let mut events = Vec::new();
-        match f.kind {
-            FunctionKind::Echo => f.endpoint.echo(bytes, &mut out, &mut events),
-            _ => f.endpoint.on_bytes(bytes, &mut events),
-        }
+        let (out, events) = f.feed(bytes);
         self.function_output(slot, out, events, now);
     }
 
