@@ -128,6 +128,55 @@ async fn two_hundred_concurrent_connections_lose_and_reorder_nothing_splice() {
     within(120, concurrent("splice")).await;
 }
 
+/// The client writes 64 MiB of echoes (more than all the socket buffers on the way) and does
+/// not read for half a second: every buffer fills, the relay has to wait for the client to
+/// drain (and stop reading the origin meanwhile), then everything must arrive, in order and
+/// intact.
+async fn paused_reader(relay: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    const MESSAGES: u32 = 256;
+    fn payload(i: u32) -> Vec<u8> {
+        (0..256 * 1024u32)
+            .map(|j| (j.wrapping_mul(31) ^ i) as u8)
+            .collect()
+    }
+    let origin = EchoOrigin::start().await;
+    let proxy = proxy_to(origin.addr, relay).await;
+    let (mut tx, mut rx) = ws_connect(proxy.addr, "/").await.split();
+    let writer = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            tx.send(Message::Binary(payload(i).into()))
+                .await
+                .expect("send");
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for i in 0..MESSAGES {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(20), rx.next())
+            .await
+            .expect("no echo within 20 s")
+            .expect("stream ended")
+            .expect("read");
+        assert!(
+            got == Message::Binary(payload(i).into()),
+            "echo {i} differs: {}",
+            common::describe(&got)
+        );
+    }
+    writer.await.expect("writer");
+    drop(rx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_gets_everything_in_order_buffered() {
+    within(60, paused_reader("buffered")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_gets_everything_in_order_splice() {
+    within(60, paused_reader("splice")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subprotocol_negotiation_passes_through() {
     within(30, async {

@@ -151,6 +151,9 @@ pub(crate) fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<
     let setup = || -> io::Result<()> {
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        // Accepted sockets inherit TCP_NODELAY from their listener (Linux copies it into
+        // the child): one setsockopt here instead of one per connection.
+        set_nodelay(fd)?;
         if addr.is_ipv6() {
             set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
         }
@@ -217,6 +220,29 @@ pub(crate) fn pipe(size: u32) -> io::Result<(RawFd, RawFd)> {
     // SAFETY: plain fcntl on a pipe we own; failure leaves the default size, which is fine.
     unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, size as libc::c_int) };
     Ok((fds[0], fds[1]))
+}
+
+/// One non-blocking `splice(2)` of up to `len` bytes from `from` to `to` (one of them a
+/// pipe). Runs on the worker thread: an io_uring splice would be handed to a kernel worker
+/// thread (`iou-wrk`) on every call. Both fds must be `O_NONBLOCK` (sockets ignore
+/// `SPLICE_F_NONBLOCK`).
+pub(crate) fn splice(from: RawFd, to: RawFd, len: u32) -> io::Result<usize> {
+    // SAFETY: plain syscall on fds the caller owns; null offsets mean "current position".
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len as usize,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// A non-blocking eventfd that wakes a worker's ring.

@@ -25,16 +25,13 @@ pub(crate) enum Kind {
     /// Send to a side.
     SendClient = 10,
     SendOrigin = 11,
-    /// Splice relay of bytes coming from a side: poll for input, splice in, poll for output,
-    /// splice out.
+    /// Splice relay of bytes coming from a side: wait until the side is readable, or until
+    /// the other side can take what the pipe still holds (the splices themselves are
+    /// synchronous syscalls on the worker).
     PollInClient = 12,
     PollInOrigin = 13,
-    SpliceInClient = 14,
-    SpliceInOrigin = 15,
     PollOutClient = 16,
     PollOutOrigin = 17,
-    SpliceOutClient = 18,
-    SpliceOutOrigin = 19,
 }
 
 impl Kind {
@@ -52,12 +49,8 @@ impl Kind {
             11 => Kind::SendOrigin,
             12 => Kind::PollInClient,
             13 => Kind::PollInOrigin,
-            14 => Kind::SpliceInClient,
-            15 => Kind::SpliceInOrigin,
             16 => Kind::PollOutClient,
             17 => Kind::PollOutOrigin,
-            18 => Kind::SpliceOutClient,
-            19 => Kind::SpliceOutOrigin,
             _ => return None,
         })
     }
@@ -113,7 +106,7 @@ mod tests {
         for kind in [
             Kind::Accept,
             Kind::Wake,
-            Kind::SpliceOutOrigin,
+            Kind::PollOutOrigin,
             Kind::RecvClient,
         ] {
             for (generation, slot) in [(0, 0), (GEN_MASK, u32::MAX), (77, 12345)] {

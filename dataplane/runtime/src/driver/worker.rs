@@ -195,13 +195,13 @@ impl std::fmt::Debug for SendBatch {
     }
 }
 
-/// Where the splice relay of one direction stands.
+/// Where the splice relay of one direction stands: which poll, if any, it waits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SpliceStage {
     Idle,
+    /// Waiting for the source to become readable.
     PollIn,
-    SpliceIn,
-    SpliceOut,
+    /// The pipe holds bytes the destination did not take: waiting for it to be writable.
     PollOut,
 }
 
@@ -429,15 +429,10 @@ fn send_kind(side: Side) -> Kind {
 
 fn splice_kind(stage: SpliceStage, from: Side) -> Kind {
     match (stage, from) {
-        (SpliceStage::PollIn, Side::Client) => Kind::PollInClient,
-        (SpliceStage::PollIn, Side::Origin) => Kind::PollInOrigin,
-        (SpliceStage::SpliceIn, Side::Client) => Kind::SpliceInClient,
-        (SpliceStage::SpliceIn, Side::Origin) => Kind::SpliceInOrigin,
         (SpliceStage::PollOut, Side::Client) => Kind::PollOutClient,
         (SpliceStage::PollOut, Side::Origin) => Kind::PollOutOrigin,
-        (SpliceStage::SpliceOut, Side::Client) => Kind::SpliceOutClient,
-        (_, Side::Origin) => Kind::SpliceOutOrigin,
-        (_, Side::Client) => Kind::SpliceOutClient,
+        (_, Side::Client) => Kind::PollInClient,
+        (_, Side::Origin) => Kind::PollInOrigin,
     }
 }
 
@@ -844,16 +839,10 @@ impl Worker {
                 self.on_send(slot, side_of_low_bit(kind), c.result, now)
             }
             Kind::PollInClient | Kind::PollInOrigin => {
-                self.on_splice_poll_in(slot, side_of_low_bit(kind), c.result)
-            }
-            Kind::SpliceInClient | Kind::SpliceInOrigin => {
-                self.on_splice_in(slot, side_of_low_bit(kind), c.result, now)
-            }
-            Kind::SpliceOutClient | Kind::SpliceOutOrigin => {
-                self.on_splice_out(slot, side_of_low_bit(kind), c.result, now)
+                self.on_splice_poll_in(slot, side_of_low_bit(kind), c.result, now)
             }
             Kind::PollOutClient | Kind::PollOutOrigin => {
-                self.on_splice_poll_out(slot, side_of_low_bit(kind), c.result)
+                self.on_splice_poll_out(slot, side_of_low_bit(kind), c.result, now)
             }
             Kind::Accept | Kind::Wake | Kind::Cancel => {}
         }
@@ -915,7 +904,6 @@ impl Worker {
             sys::close(fd);
             return;
         };
-        let _ = sys::set_nodelay(fd);
         let now = self.now();
         self.next_generation = next_generation(self.next_generation);
         let slot = self.conns.insert(Connection {
@@ -1929,7 +1917,7 @@ impl Worker {
         true
     }
 
-    fn on_splice_poll_in(&mut self, slot: usize, from: Side, res: i32) {
+    fn on_splice_poll_in(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
         if !self.splice_op_done(slot, from) {
             return;
         }
@@ -1937,114 +1925,10 @@ impl Worker {
             self.begin_close(slot, reset_reason(from));
             return;
         }
-        let pipe = match self.pipes.take() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(worker = self.index, error = %e, "cannot create a splice pipe");
-                self.begin_close(slot, CloseReason::ResourceExhausted);
-                return;
-            }
-        };
-        let c = &mut self.conns[slot];
-        let entry = opcode::Splice::new(
-            types::Fd(c.sides[from.index()].fd),
-            -1,
-            types::Fd(pipe.write),
-            -1,
-            self.pipes.size(),
-        )
-        .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-        .build()
-        .user_data(
-            Token::new(
-                splice_kind(SpliceStage::SpliceIn, from),
-                c.generation,
-                slot as u32,
-            )
-            .encode(),
-        );
-        let io = &mut c.sides[from.index()];
-        io.pipe = Some(pipe);
-        io.splice = SpliceStage::SpliceIn;
-        c.ops += 1;
-        self.submit(entry);
+        self.splice_pump(slot, from, now);
     }
 
-    fn on_splice_in(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
-        if !self.splice_op_done(slot, from) {
-            return;
-        }
-        let c = &mut self.conns[slot];
-        let io = &mut c.sides[from.index()];
-        if res > 0 {
-            io.in_pipe = res as u32;
-            c.conn.on_recv(from, res as usize, now);
-            self.splice_out(slot, from);
-            return;
-        }
-        if let Some(pipe) = io.pipe.take() {
-            self.pipes.put(pipe);
-        }
-        match res {
-            0 => c.conn.on_eof(from),
-            e if -e == libc::EAGAIN => {}
-            _ => {
-                self.begin_close(slot, reset_reason(from));
-                return;
-            }
-        }
-        self.after_progress(slot);
-    }
-
-    fn splice_out(&mut self, slot: usize, from: Side) {
-        let c = &mut self.conns[slot];
-        let to_fd = c.sides[from.other().index()].fd;
-        let io = &mut c.sides[from.index()];
-        let Some(pipe) = io.pipe.as_ref() else {
-            return;
-        };
-        let entry = opcode::Splice::new(types::Fd(pipe.read), -1, types::Fd(to_fd), -1, io.in_pipe)
-            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-            .build()
-            .user_data(
-                Token::new(
-                    splice_kind(SpliceStage::SpliceOut, from),
-                    c.generation,
-                    slot as u32,
-                )
-                .encode(),
-            );
-        io.splice = SpliceStage::SpliceOut;
-        c.ops += 1;
-        self.submit(entry);
-    }
-
-    fn on_splice_out(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
-        if !self.splice_op_done(slot, from) {
-            return;
-        }
-        let c = &mut self.conns[slot];
-        let io = &mut c.sides[from.index()];
-        match res {
-            n if n > 0 => {
-                io.in_pipe -= (n as u32).min(io.in_pipe);
-                let remaining = io.in_pipe;
-                c.conn.on_sent(from.other(), n as usize, now);
-                if remaining > 0 {
-                    self.splice_arm_poll(slot, from, true);
-                    return;
-                }
-                if let Some(pipe) = io.pipe.take() {
-                    self.pipes.put(pipe);
-                }
-                self.after_progress(slot);
-            }
-            e if -e == libc::EAGAIN => self.splice_arm_poll(slot, from, true),
-            _ => self.begin_close(slot, reset_reason(from.other())),
-        }
-    }
-
-    fn on_splice_poll_out(&mut self, slot: usize, from: Side, res: i32) {
+    fn on_splice_poll_out(&mut self, slot: usize, from: Side, res: i32, now: Tick) {
         if !self.splice_op_done(slot, from) {
             return;
         }
@@ -2052,7 +1936,101 @@ impl Worker {
             self.begin_close(slot, reset_reason(from.other()));
             return;
         }
-        self.splice_out(slot, from);
+        if self.splice_flush(slot, from, now) {
+            self.splice_pump(slot, from, now);
+        }
+    }
+
+    /// Moves bytes from `from` through a pipe to the other side with synchronous
+    /// non-blocking splices until the source is empty or gave less than a pipeful (then
+    /// waits for input again), the destination is full (waits for it), or the per-wakeup
+    /// budget is spent (polls again, which completes at once: other connections get their
+    /// turn in between).
+    fn splice_pump(&mut self, slot: usize, from: Side, now: Tick) {
+        const ROUNDS_PER_WAKEUP: usize = 8;
+        for _ in 0..ROUNDS_PER_WAKEUP {
+            let c = &mut self.conns[slot];
+            let io = &mut c.sides[from.index()];
+            let pipe = match io.pipe.take() {
+                Some(p) => p,
+                None => match self.pipes.take() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(worker = self.index, error = %e, "cannot create a splice pipe");
+                        self.begin_close(slot, CloseReason::ResourceExhausted);
+                        return;
+                    }
+                },
+            };
+            match sys::splice(io.fd, pipe.write, self.pipes.size()) {
+                Ok(0) => {
+                    self.pipes.put(pipe);
+                    c.conn.on_eof(from);
+                    self.after_progress(slot);
+                    return;
+                }
+                Ok(n) => {
+                    io.pipe = Some(pipe);
+                    io.in_pipe = n as u32;
+                    c.conn.on_recv(from, n, now);
+                    // Less than a pipeful: the source is most likely empty now. Polling
+                    // again (which checks readiness first) is cheaper than a splice that
+                    // would only say EAGAIN.
+                    if n < self.pipes.size() as usize {
+                        if self.splice_flush(slot, from, now) {
+                            self.after_progress(slot);
+                        }
+                        return;
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    self.pipes.put(pipe);
+                    self.after_progress(slot);
+                    return;
+                }
+                Err(_) => {
+                    self.pipes.put(pipe);
+                    self.begin_close(slot, reset_reason(from));
+                    return;
+                }
+            }
+            if !self.splice_flush(slot, from, now) {
+                return;
+            }
+        }
+        self.splice_arm_poll(slot, from, false);
+    }
+
+    /// Writes what the pipe of `from`'s direction holds to the other side. True when the
+    /// pipe is empty (and back in the pool); false when it waits for the destination to
+    /// drain or the connection is closing.
+    fn splice_flush(&mut self, slot: usize, from: Side, now: Tick) -> bool {
+        let c = &mut self.conns[slot];
+        let to_fd = c.sides[from.other().index()].fd;
+        let io = &mut c.sides[from.index()];
+        let Some(pipe) = io.pipe.as_ref() else {
+            return true;
+        };
+        while io.in_pipe > 0 {
+            match sys::splice(pipe.read, to_fd, io.in_pipe) {
+                Ok(n) => {
+                    io.in_pipe -= (n as u32).min(io.in_pipe);
+                    c.conn.on_sent(from.other(), n, now);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    self.splice_arm_poll(slot, from, true);
+                    return false;
+                }
+                Err(_) => {
+                    self.begin_close(slot, reset_reason(from.other()));
+                    return false;
+                }
+            }
+        }
+        if let Some(pipe) = io.pipe.take() {
+            self.pipes.put(pipe);
+        }
+        true
     }
 
     // ----- endings ----------------------------------------------------------------------
@@ -2199,8 +2177,13 @@ impl Worker {
             self.submit_cancel(target);
         }
         let c = &self.conns[slot];
-        for side in [Side::Client, Side::Origin] {
-            sys::shutdown(c.sides[side.index()].fd, libc::SHUT_RDWR);
+        // Shutting down completes what is still pending on the sockets; after a clean end
+        // (both sides at EOF, nothing in flight) there is nothing to wake, so spare the
+        // syscalls: `close` in `maybe_free` ends the connection.
+        if c.ops > 0 {
+            for side in [Side::Client, Side::Origin] {
+                sys::shutdown(c.sides[side.index()].fd, libc::SHUT_RDWR);
+            }
         }
         let generation = c.generation;
         let armed: Vec<u64> = [Side::Client, Side::Origin]
