@@ -120,6 +120,9 @@ pub struct DataplaneConfig {
     pub workers: Option<usize>,
     pub drain_timeout: Duration,
     pub max_connections_per_worker: usize,
+    /// Pin worker `i` to CPU `i % cpus` (the default). Off lets the scheduler move workers,
+    /// which suits hosts where the proxy shares its cores with other busy processes.
+    pub pin_workers: bool,
 }
 
 /// Where access-log lines go.
@@ -359,6 +362,7 @@ struct RawDataplane {
     workers: Spanned<RawWorkers>,
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_worker: usize,
+    pin_workers: bool,
 }
 
 impl Default for RawDataplane {
@@ -368,6 +372,7 @@ impl Default for RawDataplane {
             workers: Spanned::new(0..0, RawWorkers::Auto(AutoWord::Auto)),
             drain_timeout: None,
             max_connections_per_worker: 50_000,
+            pin_workers: true,
         }
     }
 }
@@ -412,8 +417,8 @@ struct RawRelay {
 impl Default for RawRelay {
     fn default() -> Self {
         RawRelay {
-            buffer_size: Spanned::new(0..0, 16 * 1024),
-            buffer_count: Spanned::new(0..0, 2048),
+            buffer_size: Spanned::new(0..0, 32 * 1024),
+            buffer_count: Spanned::new(0..0, 1024),
             max_in_flight: Spanned::new(0..0, 64 * 1024),
             pipe_pool: 256,
             pipe_size: Spanned::new(0..0, 64 * 1024),
@@ -681,6 +686,7 @@ impl Validator<'_> {
                 .duration(raw.drain_timeout, "dataplane.drain_timeout")?
                 .unwrap_or(Duration::from_secs(10)),
             max_connections_per_worker: raw.max_connections_per_worker.max(1),
+            pin_workers: raw.pin_workers,
         })
     }
 
@@ -1079,6 +1085,17 @@ mod tests {
         assert_eq!(config.access_log, AccessLogTarget::Stdout);
         assert!(!route.debug);
         assert!(config.firewall.rules.is_empty());
+        assert!(config.dataplane.pin_workers);
+        assert_eq!(config.relay.buffer_size, 32 * 1024);
+    }
+
+    #[test]
+    fn worker_pinning_can_be_switched_off() {
+        let text = "[dataplane]\npin_workers = false\n[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n";
+        let config = Config::from_toml(text, "t").expect("valid");
+        assert!(!config.dataplane.pin_workers);
+        let msg = error_of("[dataplane]\npin_workers = \"no\"\n");
+        assert!(msg.contains("line 2"), "{msg}");
     }
 
     #[test]

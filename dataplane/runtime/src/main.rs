@@ -138,7 +138,7 @@ fn run(
             .collect();
         let spec = WorkerSpec {
             index,
-            cpu: Some(index % cpus),
+            cpu: config.dataplane.pin_workers.then_some(index % cpus),
             listeners,
             settings: settings.clone(),
             access_log: access_log::AccessLog::open(&config.access_log)

@@ -518,6 +518,10 @@ fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
         "dataplane.workers",
     );
     check(
+        old.dataplane.pin_workers != new.dataplane.pin_workers,
+        "dataplane.pin_workers",
+    );
+    check(
         old.relay.buffer_size != new.relay.buffer_size,
         "relay.buffer_size",
     );
