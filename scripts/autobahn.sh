@@ -3,12 +3,12 @@
 # directly (the baseline) and through wsedge in each relay mode, then a per-case comparison;
 # and against wsedge's own `echo` function.
 #
-#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames,echo] [--keep]
+#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames,auto,echo] [--keep]
 #
 #   --smoke   a representative subset of cases (scripts/autobahn/cases.json), ~5 s per
 #             server; what CI runs (scripts/test.sh)
 #   --modes   relay modes to put wsedge in, and `echo` for the echo function (default: all
-#             four). A mode this build's `wsedge --check` rejects is skipped with a loud
+#             five). A mode this build's `wsedge --check` rejects is skipped with a loud
 #             message, never passed.
 #   --keep    keep the work directory (configs, specs, process logs) even on success
 #
@@ -22,7 +22,7 @@
 set -euo pipefail
 
 SET=full
-MODES=buffered,splice,frames,echo
+MODES=buffered,splice,frames,auto,echo
 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -54,8 +54,8 @@ banner() { printf '\n!!!!!!!!!!\n!!! %s\n!!!!!!!!!!\n\n' "$*" >&2; }
 IFS=, read -r -a MODE_LIST <<< "$MODES"
 for m in "${MODE_LIST[@]}"; do
     case "$m" in
-        buffered|splice|frames|echo) ;;
-        *) echo "autobahn.sh: unknown mode '$m' (buffered, splice, frames, echo)" >&2; exit 2 ;;
+        buffered|splice|frames|auto|echo) ;;
+        *) echo "autobahn.sh: unknown mode '$m' (buffered, splice, frames, auto, echo)" >&2; exit 2 ;;
     esac
 done
 command -v python3 >/dev/null || die "python3 is needed for the result comparison"

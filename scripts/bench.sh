@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# wsedge benchmark: the echo origin directly, wsedge (buffered, splice and frames relays),
+# wsedge benchmark: the echo origin directly, wsedge (buffered, splice, auto and frames relays),
 # nginx and HAProxy, each scenario against each target in turn, on this host, loopback only;
 # then wsedge's broadcast function fanning out to many subscribers (no nginx/HAProxy peer).
 #
@@ -7,7 +7,7 @@
 #
 #   --full   (default) 1 worker and all-cores variants of every proxy, 8 s per run (< 20 min)
 #   --quick  1-worker variants only, 2 s per run (< 3 min once built)
-#   --smoke  direct + wsedge (buffered, splice) only, ~1 s per run, no packages, no sysctls (CI)
+#   --smoke  direct + wsedge (buffered, splice, auto) only, ~1 s per run, no packages, no sysctls (CI)
 #   --only direct,wsedge,nginx,haproxy,fanout   run only these targets
 #
 # Writes bench/results/<UTC date-time>/: results.md, results.json, runs.jsonl (one line per
@@ -58,11 +58,11 @@ SRC=127.0.0.1-127.0.0.50
 # RELAYS: wsedge relay modes run; FANOUT_N: subscriber counts of the fan-out runs.
 case $MODE in
     full)  DUR=8; WARM=1; IDLE_N=9000; IDLE_HOLD=2; VARIANTS="1 $CPUS"
-           RELAYS="buffered splice frames"; FANOUT_N="1000 9000" ;;
+           RELAYS="buffered splice auto frames"; FANOUT_N="1000 9000" ;;
     quick) DUR=2; WARM=0.5; IDLE_N=2000; IDLE_HOLD=1; VARIANTS="1"
-           RELAYS="buffered splice frames"; FANOUT_N="1000" ;;
+           RELAYS="buffered splice auto frames"; FANOUT_N="1000" ;;
     smoke) DUR=1; WARM=0.3; IDLE_N=200; IDLE_HOLD=0.5; VARIANTS="1"
-           RELAYS="buffered splice"; FANOUT_N="" ;;
+           RELAYS="buffered splice auto"; FANOUT_N="" ;;
 esac
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }

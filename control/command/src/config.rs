@@ -185,6 +185,9 @@ pub enum RelayMode {
     /// Buffered, following WebSocket frame boundaries both ways: graceful Close on expiry
     /// and drain, message limits, proxy keepalive.
     Frames,
+    /// Buffered until a direction fills a whole relay buffer in one recv (bulk traffic);
+    /// that direction then splices for the rest of the connection.
+    Auto,
 }
 
 impl RelayMode {
@@ -193,6 +196,7 @@ impl RelayMode {
             RelayMode::Buffered => "buffered",
             RelayMode::Splice => "splice",
             RelayMode::Frames => "frames",
+            RelayMode::Auto => "auto",
         }
     }
 }

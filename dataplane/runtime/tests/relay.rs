@@ -1,6 +1,8 @@
 //! Relaying through the real binary: echo at frame-length boundaries, control frames, early
 //! bytes in both directions, concurrency, subprotocols, header variants and forwarded headers.
-//! Relay behaviour is tested for both strategies (`buffered`, `splice`) with one body each.
+//! Relay behaviour is tested for both strategies (`buffered`, `splice`) with one body each,
+//! and the bodies that move large messages also for `auto` (buffered, then splice once a
+//! direction goes bulk).
 
 mod common;
 
@@ -35,6 +37,11 @@ async fn echo_text_and_binary_at_boundary_sizes_buffered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_text_and_binary_at_boundary_sizes_splice() {
     within(90, echo_sizes("splice")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_text_and_binary_at_boundary_sizes_auto() {
+    within(90, echo_sizes("auto")).await;
 }
 
 async fn ping_pong(relay: &str) {
@@ -75,6 +82,11 @@ async fn close_handshake_passes_through_buffered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_handshake_passes_through_splice() {
     within(30, close_handshake("splice")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_handshake_passes_through_auto() {
+    within(30, close_handshake("auto")).await;
 }
 
 async fn early_frame(relay: &str) {
@@ -128,6 +140,11 @@ async fn two_hundred_concurrent_connections_lose_and_reorder_nothing_splice() {
     within(120, concurrent("splice")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_connections_lose_and_reorder_nothing_auto() {
+    within(120, concurrent("auto")).await;
+}
+
 /// The client writes 64 MiB of echoes (more than all the socket buffers on the way) and does
 /// not read for half a second: every buffer fills, the relay has to wait for the client to
 /// drain (and stop reading the origin meanwhile), then everything must arrive, in order and
@@ -175,6 +192,67 @@ async fn a_paused_reader_gets_everything_in_order_buffered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_reader_gets_everything_in_order_splice() {
     within(60, paused_reader("splice")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_gets_everything_in_order_auto() {
+    within(60, paused_reader("auto")).await;
+}
+
+/// Pipes the process holds (`/proc/PID/fd` entries that are pipes): the splice relay's
+/// pool keeps the pipes it made, so a count above the start's shows splicing happened.
+fn pipes_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_relay_buffers_small_messages_and_splices_bulk() {
+    use futures_util::{SinkExt, StreamExt};
+    within(60, async {
+        let origin = EchoOrigin::start().await;
+        let proxy = proxy_to(origin.addr, "auto").await;
+        let before = pipes_of(proxy.pid());
+        let mut ws = ws_connect(proxy.addr, "/").await;
+        for i in 0..200u32 {
+            assert_echo(&mut ws, Message::Binary(i.to_be_bytes().repeat(16).into())).await;
+        }
+        assert_eq!(
+            pipes_of(proxy.pid()),
+            before,
+            "small messages were spliced: no recv fills a 32 KiB buffer"
+        );
+        // Bulk on the same connection: 32 MiB written while the echoes are read.
+        let (mut tx, mut rx) = ws.split();
+        let payload = |i: u32| -> Vec<u8> { (0..256 * 1024u32).map(|j| (j ^ i) as u8).collect() };
+        let writer = tokio::spawn(async move {
+            for i in 0..128u32 {
+                tx.send(Message::Binary(payload(i).into()))
+                    .await
+                    .expect("send");
+            }
+        });
+        for i in 0..128u32 {
+            let got = tokio::time::timeout(std::time::Duration::from_secs(20), rx.next())
+                .await
+                .expect("no echo within 20 s")
+                .expect("stream ended")
+                .expect("read");
+            assert!(
+                got == Message::Binary(payload(i).into()),
+                "bulk echo {i} differs"
+            );
+        }
+        writer.await.expect("writer");
+        assert!(
+            pipes_of(proxy.pid()) > before,
+            "bulk messages did not switch the connection to splice"
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

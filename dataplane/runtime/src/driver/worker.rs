@@ -220,6 +220,9 @@ struct SideIo {
     /// For writing several queued chunks with one send; made on first use.
     batch: Option<Box<SendBatch>>,
     sending: bool,
+    /// `relay = "auto"`: a recv from this socket filled a whole buffer, so its bytes
+    /// switch to the splice relay once the buffered ones are written.
+    bulk: bool,
     /// Splice relay of the bytes coming from this socket.
     splice: SpliceStage,
     pipe: Option<Pipe>,
@@ -261,6 +264,7 @@ impl SideIo {
             queued: 0,
             batch: None,
             sending: false,
+            bulk: false,
             splice: SpliceStage::Idle,
             pipe: None,
             in_pipe: 0,
@@ -1505,9 +1509,19 @@ impl Worker {
             let c = &self.conns[slot];
             let wants = c.conn.wants_read(from);
             let upgraded = c.conn.status() == Some(101);
-            if c.relay == RelayMode::Splice && upgraded {
-                let io = &c.sides[from.index()];
-                if wants && io.splice == SpliceStage::Idle && c.sides[to.index()].outq.is_empty() {
+            let io = &c.sides[from.index()];
+            let splice = c.relay == RelayMode::Splice || (c.relay == RelayMode::Auto && io.bulk);
+            if splice && upgraded {
+                if io.recv_armed {
+                    // `auto` going bulk: the multishot recv ends first (what it still
+                    // delivers is forwarded as usual), then the buffered bytes drain.
+                    if !io.recv_cancelled {
+                        self.cancel_recv(slot, from);
+                    }
+                } else if wants
+                    && io.splice == SpliceStage::Idle
+                    && c.sides[to.index()].outq.is_empty()
+                {
                     self.splice_arm_poll(slot, from, false);
                 }
             } else {
@@ -1606,6 +1620,9 @@ impl Worker {
                     return;
                 }
                 let forward = c.conn.on_recv(from, n as usize, now);
+                if c.relay == RelayMode::Auto && n as u32 == self.settings.relay.buffer_size {
+                    c.sides[from.index()].bulk = true;
+                }
                 if c.frames.is_some() {
                     self.frames_on_recv(slot, from, bid, n as usize, now);
                     return;
