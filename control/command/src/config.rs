@@ -494,7 +494,7 @@ fn no_origins() -> Spanned<Vec<String>> {
 }
 
 fn default_relay() -> RelayMode {
-    RelayMode::Buffered
+    RelayMode::Auto
 }
 
 /// The function keys of one route, as written.
@@ -1084,7 +1084,7 @@ mod tests {
         let route = &config.routes[0];
         assert_eq!(route.path_prefix, "/");
         assert_eq!(route.host, HostMatch::Any);
-        assert_eq!(route.relay, RelayMode::Buffered);
+        assert_eq!(route.relay, RelayMode::Auto);
         assert_eq!(route.limits.max_connection_time, Duration::from_secs(900));
         assert_eq!(config.access_log, AccessLogTarget::Stdout);
         assert!(!route.debug);
