@@ -5,7 +5,7 @@
 #
 #   scripts/bench.sh [--full|--quick|--smoke] [--no-build] [--out DIR]
 #
-#   --full   (default) 1 worker and all-cores variants of every proxy, 8 s per run (< 20 min)
+#   --full   (default) 1 worker and all-cores variants of every proxy, 8 s per run (~12 min)
 #   --quick  1-worker variants only, 2 s per run (< 3 min once built)
 #   --smoke  direct + wsedge (buffered, splice, auto) only, ~1 s per run, no packages, no sysctls (CI)
 #   --only direct,wsedge,nginx,haproxy,fanout   run only these targets
