@@ -343,6 +343,9 @@ pub struct WorkerStats {
     pub close_codes_seen: BTreeMap<String, u64>,
     #[serde(default)]
     pub close_codes_sent: BTreeMap<String, u64>,
+    /// Splice directions relayed buffered because no pipe could be created (fd exhaustion).
+    #[serde(default)]
+    pub splice_fallbacks: u64,
 }
 
 impl WorkerStats {
@@ -360,6 +363,7 @@ impl WorkerStats {
         }
         self.messages_from_clients += other.messages_from_clients;
         self.messages_from_origins += other.messages_from_origins;
+        self.splice_fallbacks += other.splice_fallbacks;
         for (key, n) in &other.close_codes_seen {
             *self.close_codes_seen.entry(key.clone()).or_default() += n;
         }

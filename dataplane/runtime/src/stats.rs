@@ -19,6 +19,8 @@ pub(crate) struct Stats {
     pub(crate) messages_from_clients: u64,
     /// Broadcast subscribers closed because their send queue passed its bound.
     pub(crate) slow_consumers: u64,
+    /// Splice directions relayed buffered instead because no pipe could be created.
+    pub(crate) splice_fallbacks: u64,
     pub(crate) messages_from_origins: u64,
     /// Close codes seen in Close frames (from either side) and sent by the proxy, by route.
     pub(crate) close_codes_seen: BTreeMap<(String, u16), u64>,
@@ -39,6 +41,7 @@ impl Stats {
         }
         self.messages_from_clients += other.messages_from_clients;
         self.slow_consumers += other.slow_consumers;
+        self.splice_fallbacks += other.splice_fallbacks;
         self.messages_from_origins += other.messages_from_origins;
         for (key, n) in &other.close_codes_seen {
             *self.close_codes_seen.entry(key.clone()).or_default() += n;

@@ -696,6 +696,15 @@ async fn fd_exhaustion_at_origin_connect_gives_502_and_recovers() {
         );
         let mut ws = ws_connect(proxy.addr, "/live").await;
         assert_echo(&mut ws, Message::binary(binary_payload(MIB))).await;
+        // The 1 MiB message made the `auto` relay go bulk, and no descriptor was left for a
+        // splice pipe: the direction stayed buffered instead of failing the connection.
+        let fallback = proxy
+            .wait_stderr("relaying this direction buffered", Duration::from_secs(5))
+            .await;
+        assert!(
+            fallback.contains("Too many open files"),
+            "warning names the error: {fallback}"
+        );
         assert_echo(&mut live, Message::text("live still echoes")).await;
         let _ = ws.close(None).await;
         drop(ws);

@@ -113,7 +113,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
     let _ = writeln!(out, "wsedge_workers {}", workers.len());
 
     type Field = fn(&WorkerStats) -> u64;
-    let simple: [(&str, &str, &str, Field); 6] = [
+    let simple: [(&str, &str, &str, Field); 7] = [
         (
             "wsedge_config_version",
             "gauge",
@@ -149,6 +149,12 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
             "counter",
             "Accept failures.",
             |w| w.accept_errors,
+        ),
+        (
+            "wsedge_splice_fallbacks_total",
+            "counter",
+            "Splice directions relayed buffered because no pipe could be created.",
+            |w| w.splice_fallbacks,
         ),
     ];
     for (name, kind, help, field) in simple {

@@ -570,6 +570,7 @@ fn worker_stats(r: &WorkerReport) -> WorkerStats {
         handshake_latency: percentiles(&r.handshake_us),
         messages_from_clients: s.messages_from_clients,
         messages_from_origins: s.messages_from_origins,
+        splice_fallbacks: s.splice_fallbacks,
         close_codes_seen: by_route_and_code(&s.close_codes_seen),
         close_codes_sent: by_route_and_code(&s.close_codes_sent),
     }

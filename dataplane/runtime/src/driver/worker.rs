@@ -223,6 +223,9 @@ struct SideIo {
     /// `relay = "auto"`: a recv from this socket filled a whole buffer, so its bytes
     /// switch to the splice relay once the buffered ones are written.
     bulk: bool,
+    /// No pipe could be had for this direction (descriptors exhausted): it stays buffered
+    /// rather than failing a connection that works.
+    no_splice: bool,
     /// Splice relay of the bytes coming from this socket.
     splice: SpliceStage,
     pipe: Option<Pipe>,
@@ -265,6 +268,7 @@ impl SideIo {
             batch: None,
             sending: false,
             bulk: false,
+            no_splice: false,
             splice: SpliceStage::Idle,
             pipe: None,
             in_pipe: 0,
@@ -1510,7 +1514,8 @@ impl Worker {
             let wants = c.conn.wants_read(from);
             let upgraded = c.conn.status() == Some(101);
             let io = &c.sides[from.index()];
-            let splice = c.relay == RelayMode::Splice || (c.relay == RelayMode::Auto && io.bulk);
+            let splice = !io.no_splice
+                && (c.relay == RelayMode::Splice || (c.relay == RelayMode::Auto && io.bulk));
             if splice && upgraded {
                 if io.recv_armed {
                     // `auto` going bulk: the multishot recv ends first (what it still
@@ -1973,8 +1978,12 @@ impl Worker {
                 None => match self.pipes.take() {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::warn!(worker = self.index, error = %e, "cannot create a splice pipe");
-                        self.begin_close(slot, CloseReason::ResourceExhausted);
+                        // Nothing was read yet: the buffered relay takes this direction
+                        // over without losing a byte.
+                        tracing::warn!(worker = self.index, error = %e, "cannot create a splice pipe; relaying this direction buffered");
+                        self.stats.splice_fallbacks += 1;
+                        io.no_splice = true;
+                        self.after_progress(slot);
                         return;
                     }
                 },

@@ -66,14 +66,14 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    /// A route named `name` for any host and path "/", relay "buffered".
+    /// A route named `name` for any host and path "/", relay "auto" (the product default).
     pub(crate) fn new(name: &str, origins: &[SocketAddr]) -> Self {
         Route {
             name: name.to_string(),
             host: None,
             path_prefix: "/".to_string(),
             origins: origins.iter().map(|a| a.to_string()).collect(),
-            relay: "buffered".to_string(),
+            relay: "auto".to_string(),
             extra: Vec::new(),
         }
     }
