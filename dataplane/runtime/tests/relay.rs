@@ -145,30 +145,25 @@ async fn two_hundred_concurrent_connections_lose_and_reorder_nothing_auto() {
     within(120, concurrent("auto")).await;
 }
 
-/// The client writes 64 MiB of echoes (more than all the socket buffers on the way) and does
-/// not read for half a second: every buffer fills, the relay has to wait for the client to
-/// drain (and stop reading the origin meanwhile), then everything must arrive, in order and
-/// intact.
-async fn paused_reader(relay: &str) {
+/// Writes `messages` binary messages of 256 KiB on `ws` from a task, waits `pause`, then
+/// reads the echoes and checks that each arrives intact and in order.
+async fn bulk_echo(ws: common::Ws, messages: u32, pause: std::time::Duration) {
     use futures_util::{SinkExt, StreamExt};
-    const MESSAGES: u32 = 256;
     fn payload(i: u32) -> Vec<u8> {
         (0..256 * 1024u32)
             .map(|j| (j.wrapping_mul(31) ^ i) as u8)
             .collect()
     }
-    let origin = EchoOrigin::start().await;
-    let proxy = proxy_to(origin.addr, relay).await;
-    let (mut tx, mut rx) = ws_connect(proxy.addr, "/").await.split();
+    let (mut tx, mut rx) = ws.split();
     let writer = tokio::spawn(async move {
-        for i in 0..MESSAGES {
+        for i in 0..messages {
             tx.send(Message::Binary(payload(i).into()))
                 .await
                 .expect("send");
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    for i in 0..MESSAGES {
+    tokio::time::sleep(pause).await;
+    for i in 0..messages {
         let got = tokio::time::timeout(std::time::Duration::from_secs(20), rx.next())
             .await
             .expect("no echo within 20 s")
@@ -181,7 +176,17 @@ async fn paused_reader(relay: &str) {
         );
     }
     writer.await.expect("writer");
-    drop(rx);
+}
+
+/// The client writes 64 MiB of echoes (more than all the socket buffers on the way) and does
+/// not read for half a second: every buffer fills, the relay has to wait for the client to
+/// drain (and stop reading the origin meanwhile), then everything must arrive, in order and
+/// intact.
+async fn paused_reader(relay: &str) {
+    let origin = EchoOrigin::start().await;
+    let proxy = proxy_to(origin.addr, relay).await;
+    let ws = ws_connect(proxy.addr, "/").await;
+    bulk_echo(ws, 256, std::time::Duration::from_millis(500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +216,6 @@ fn pipes_of(pid: u32) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_relay_buffers_small_messages_and_splices_bulk() {
-    use futures_util::{SinkExt, StreamExt};
     within(60, async {
         let origin = EchoOrigin::start().await;
         let proxy = proxy_to(origin.addr, "auto").await;
@@ -226,27 +230,7 @@ async fn auto_relay_buffers_small_messages_and_splices_bulk() {
             "small messages were spliced: no recv fills a 32 KiB buffer"
         );
         // Bulk on the same connection: 32 MiB written while the echoes are read.
-        let (mut tx, mut rx) = ws.split();
-        let payload = |i: u32| -> Vec<u8> { (0..256 * 1024u32).map(|j| (j ^ i) as u8).collect() };
-        let writer = tokio::spawn(async move {
-            for i in 0..128u32 {
-                tx.send(Message::Binary(payload(i).into()))
-                    .await
-                    .expect("send");
-            }
-        });
-        for i in 0..128u32 {
-            let got = tokio::time::timeout(std::time::Duration::from_secs(20), rx.next())
-                .await
-                .expect("no echo within 20 s")
-                .expect("stream ended")
-                .expect("read");
-            assert!(
-                got == Message::Binary(payload(i).into()),
-                "bulk echo {i} differs"
-            );
-        }
-        writer.await.expect("writer");
+        bulk_echo(ws, 128, std::time::Duration::ZERO).await;
         assert!(
             pipes_of(proxy.pid()) > before,
             "bulk messages did not switch the connection to splice"
