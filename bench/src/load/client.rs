@@ -267,6 +267,32 @@ impl FrameCounter {
     }
 }
 
+/// Writes all of `buf` on a blocking-API socket whose file is non-blocking (it is shared with
+/// a reader's tokio handle): on a full send buffer, waits for POLLOUT. The paced senders of
+/// the latency and fan-out modes write from plain threads with it.
+pub fn write_all_blocking(s: &mut std::net::TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut p = libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut p, 1, 100) };
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

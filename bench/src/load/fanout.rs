@@ -21,7 +21,6 @@
 //! toward completion, without a latency), and at the end every subscriber's total is
 //! compared with what was published.
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,8 +31,8 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::client::{SourceAddrs, Target};
-use super::{Common, Outcome};
+use super::client::{SourceAddrs, Target, write_all_blocking};
+use super::{Common, Outcome, hist, set_timer_slack};
 use crate::frame;
 
 const MASK: [u8; 4] = [0x5a, 0x3c, 0x96, 0xe1];
@@ -43,10 +42,6 @@ const STAMP: usize = 16;
 const STALL: Duration = Duration::from_secs(5);
 /// After the last send: how long with no delivery before counting what is missing.
 const QUIET: Duration = Duration::from_secs(3);
-
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("histogram bounds")
-}
 
 /// State shared by the publisher and every subscriber.
 struct Shared {
@@ -511,35 +506,4 @@ async fn subscriber(
             _ = done.changed() => {}
         }
     }
-}
-
-fn set_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
-    }
-}
-
-/// Writes all of `buf` on a non-blocking socket shared with a tokio reader: on a full send
-/// buffer, waits for POLLOUT.
-fn write_all_blocking(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    while !buf.is_empty() {
-        match s.write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut p = libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut p, 1, 100) };
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -11,12 +11,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{self, FrameCounter, SourceAddrs, Target};
-use super::{Common, Outcome};
+use super::{Common, Outcome, hist};
 use crate::frame;
-
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("histogram bounds")
-}
 
 /// One session; returns the handshake duration.
 async fn session(

@@ -9,7 +9,6 @@
 //! blocking reader thread. The sender's own lag behind schedule is reported separately, so a
 //! generator that could not keep up is visible.
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,22 +16,11 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::client::{SourceAddrs, Target};
-use super::{Common, Outcome};
+use super::client::{SourceAddrs, Target, write_all_blocking};
+use super::{Common, Outcome, hist, set_timer_slack};
 use crate::frame;
 
 const MASK: [u8; 4] = [0xa1, 0xb2, 0xc3, 0xd4];
-
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 120_000_000_000, 3).expect("histogram bounds")
-}
-
-fn set_timer_slack() {
-    // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
-    }
-}
 
 /// Runs the latency mode.
 pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::Result<Outcome> {
@@ -267,28 +255,4 @@ async fn reader(
         }
     }
     (h, n)
-}
-
-/// Writes all of `buf` on a socket whose file is non-blocking (it is shared with the reader's
-/// tokio handle): on a full send buffer, waits for POLLOUT.
-fn write_all_blocking(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    while !buf.is_empty() {
-        match s.write(buf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let mut p = libc::pollfd {
-                    fd: s.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut p, 1, 100) };
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
