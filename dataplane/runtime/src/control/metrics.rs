@@ -95,6 +95,9 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
 
 /// The exposition text for these per-worker counters.
 /// Writes a metric family's HELP and TYPE lines.
+/// One counter or gauge of a worker's stats.
+type Field = fn(&WorkerStats) -> u64;
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -112,7 +115,6 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
     family(&mut out, "wsedge_workers", "gauge", "Worker threads.");
     let _ = writeln!(out, "wsedge_workers {}", workers.len());
 
-    type Field = fn(&WorkerStats) -> u64;
     let simple: [(&str, &str, &str, Field); 7] = [
         (
             "wsedge_config_version",
@@ -163,25 +165,16 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
             let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", index(w), field(w));
         }
     }
-    family(
+    by_direction(
         &mut out,
+        workers,
         "wsedge_bytes_total",
-        "counter",
         "Bytes relayed, by direction.",
+        [
+            ("from_clients", |w| w.bytes_from_clients),
+            ("to_clients", |w| w.bytes_to_clients),
+        ],
     );
-    for w in workers {
-        let i = index(w);
-        let _ = writeln!(
-            out,
-            "wsedge_bytes_total{{worker=\"{i}\",direction=\"from_clients\"}} {}",
-            w.bytes_from_clients
-        );
-        let _ = writeln!(
-            out,
-            "wsedge_bytes_total{{worker=\"{i}\",direction=\"to_clients\"}} {}",
-            w.bytes_to_clients
-        );
-    }
     family(
         &mut out,
         "wsedge_connections_closed_total",
@@ -204,25 +197,16 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
 
 /// The `frames` relay's message and close-code counters.
 fn render_frames(out: &mut String, workers: &[WorkerStats]) {
-    family(
+    by_direction(
         out,
+        workers,
         "wsedge_messages_total",
-        "counter",
         "WebSocket messages seen by frames relays, by direction.",
+        [
+            ("from_clients", |w| w.messages_from_clients),
+            ("from_origins", |w| w.messages_from_origins),
+        ],
     );
-    for w in workers {
-        let i = index(w);
-        let _ = writeln!(
-            out,
-            "wsedge_messages_total{{worker=\"{i}\",direction=\"from_clients\"}} {}",
-            w.messages_from_clients
-        );
-        let _ = writeln!(
-            out,
-            "wsedge_messages_total{{worker=\"{i}\",direction=\"from_origins\"}} {}",
-            w.messages_from_origins
-        );
-    }
     family(
         out,
         "wsedge_close_codes_total",
@@ -239,6 +223,27 @@ fn render_frames(out: &mut String, workers: &[WorkerStats]) {
                     "wsedge_close_codes_total{{worker=\"{i}\",route=\"{route}\",code=\"{code}\",kind=\"{kind}\"}} {n}"
                 );
             }
+        }
+    }
+}
+
+/// A counter family with one line per worker and direction.
+fn by_direction(
+    out: &mut String,
+    workers: &[WorkerStats],
+    name: &str,
+    help: &str,
+    directions: [(&str, Field); 2],
+) {
+    family(out, name, "counter", help);
+    for w in workers {
+        let i = index(w);
+        for (direction, value) in directions {
+            let _ = writeln!(
+                out,
+                "{name}{{worker=\"{i}\",direction=\"{direction}\"}} {}",
+                value(w)
+            );
         }
     }
 }
