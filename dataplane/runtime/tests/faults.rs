@@ -638,7 +638,8 @@ async fn fd_exhaustion_at_accept_pauses_accept_and_recovers() {
 async fn fd_exhaustion_at_origin_connect_gives_502_and_recovers() {
     within(90, async {
         let echo = EchoOrigin::start().await;
-        let config = Config::new().route(Route::new("live", &[echo.addr]));
+        // `auto`: the 1 MiB echo below goes bulk and has to fall back when no pipe fits.
+        let config = Config::new().route(Route::new("live", &[echo.addr]).relay("auto"));
         let mut proxy = LoggedProxy::start(&config).await;
         let pid = proxy.pid();
         let (_, hard) = nofile(pid);
