@@ -12,6 +12,7 @@
 use std::net::IpAddr;
 
 use crate::accept::accept_key;
+use crate::body::{BodyEnd, Fed};
 use crate::firewall::{Firewall, FirewallState, TraceEntry, Verdict};
 use crate::handshake::{self, BodyLength, HeadLimits, Reject, RequestKind};
 use crate::response::{self, ResponseError};
@@ -57,7 +58,8 @@ pub enum CloseReason {
     OriginClosed,
     ClientReset,
     OriginReset,
-    /// The client went away before its head was complete.
+    /// The client went away before the handshake completed: before its head was complete,
+    /// or while the origin's answer was awaited.
     ClientGone,
     HandshakeTimeout,
     Rejected(Reject),
@@ -323,12 +325,14 @@ pub enum HeadAction {
     /// The firewall refused the handshake: answer `verdict`'s response (none for a drop)
     /// and close.
     Firewall { route: usize, verdict: Verdict },
-    /// Connect to an origin of `route` and send `origin_head` (the rewritten head followed by
-    /// the bytes the client sent after its head: the last `tail_len` bytes).
+    /// Connect to an origin of `route` and send `origin_head` (the rewritten head, followed
+    /// for a plain request by the part of its body that came with the head). `held`: what a
+    /// WebSocket client sent after its head (early frames), held back until the origin's 101
+    /// is checked and forwarded only then (never behind a declined upgrade).
     Forward {
         route: usize,
         origin_head: Vec<u8>,
-        tail_len: usize,
+        held: Vec<u8>,
     },
 }
 
@@ -353,7 +357,7 @@ pub enum ConnectAction {
 }
 
 /// The decision after new origin response bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OriginAction {
     NeedMore,
     /// Answer `status` (502) to the client and close: never a tunnel.
@@ -361,11 +365,15 @@ pub enum OriginAction {
         status: u16,
         reason: CloseReason,
     },
-    /// Send the whole origin buffer (the `head_len` bytes of the head, then what followed)
-    /// to the client and relay.
+    /// Relay the response to the client: its head (the first `head_len` bytes of the origin
+    /// buffer, or `head` in their place when the proxy rewrote it), then the `body_len` bytes
+    /// that followed it (a 101's early frames, or the part of the response body that came with
+    /// the head; anything after the body's end is not part of the response and is dropped).
     Relay {
         status: u16,
         head_len: usize,
+        head: Option<Vec<u8>>,
+        body_len: usize,
     },
 }
 
@@ -376,9 +384,10 @@ struct Flow {
     in_flight: u64,
     /// Total bytes forwarded.
     bytes: u64,
-    /// Bytes the source may still send (plain HTTP bodies); `None` = unlimited.
-    budget: Option<u64>,
-    /// No more bytes will be read from the source (EOF, budget spent, or never started).
+    /// Where the message the source is sending ends (a plain request's body, a response that
+    /// is not a 101); `None` = a stream with no end but EOF (the relay).
+    body: Option<BodyEnd>,
+    /// No more bytes will be read from the source (EOF, body complete, or never started).
     eof: bool,
     /// The destination's write side was shut down after the source's EOF.
     shut: bool,
@@ -391,6 +400,10 @@ struct Flow {
 pub struct Conn {
     phase: Phase,
     accepted_at: Tick,
+    /// The request was a HEAD (its response has no body).
+    head_request: bool,
+    /// The side that sent the first WebSocket Close frame, when the relay follows frames.
+    first_close: Option<Side>,
     /// Deadline of the current handshake phase (head, connect, origin head).
     phase_deadline: Option<Tick>,
     last_activity: Tick,
@@ -428,6 +441,8 @@ impl Conn {
         Conn {
             phase: Phase::ClientHead,
             accepted_at: now,
+            head_request: false,
+            first_close: None,
             phase_deadline: Some(now.saturating_add(handshake_ms)),
             last_activity: now,
             idle_ms: None,
@@ -574,33 +589,38 @@ impl Conn {
         }
         let mut origin_head = Vec::with_capacity(buf.len() + 128);
         handshake::rewrite_for_origin(&request, cx.peer, cx.proto, &mut origin_head);
+        self.head_request = request.method == "HEAD";
         let tail = &buf[request.head_len..];
-        let tail_len;
+        let mut held = Vec::new();
         match request.kind {
             RequestKind::WebSocket { key } => {
                 self.upgrade = Some(Upgrade::WebSocket);
                 self.expected_accept = Some(accept_key(key));
                 self.client_accept = self.expected_accept;
-                origin_head.extend_from_slice(tail);
-                tail_len = tail.len();
+                held.extend_from_slice(tail);
             }
             RequestKind::Plain { body } => {
                 self.upgrade = Some(Upgrade::PlainHttp);
+                self.body = body;
                 // Forward at most the declared body: bytes past it would be a pipelined
                 // request, which never reaches the origin unvalidated.
-                let forwarded = match body {
-                    BodyLength::None => 0,
-                    BodyLength::Length(n) => {
-                        tail.len().min(usize::try_from(n).unwrap_or(usize::MAX))
+                let mut framing = BodyEnd::of_request(body);
+                let forwarded = match framing.as_mut().map(|f| f.feed(tail)) {
+                    None => 0,
+                    Some(Ok(Fed::More)) => tail.len(),
+                    Some(Ok(Fed::Done(n))) => {
+                        framing = None;
+                        n
                     }
-                    BodyLength::Chunked => tail.len(),
+                    Some(Err(_)) => {
+                        let reject = handshake::Reject::from(
+                            handshake::BadRequestReason::MalformedChunkedBody,
+                        );
+                        return self.reject(reject.status(), CloseReason::Rejected(reject));
+                    }
                 };
                 origin_head.extend_from_slice(&tail[..forwarded]);
-                tail_len = forwarded;
-                self.body = match body {
-                    BodyLength::Length(n) => BodyLength::Length(n - forwarded as u64),
-                    other => other,
-                };
+                self.flows[Side::Client.index()].body = framing;
             }
         }
         self.route = Some(route);
@@ -609,7 +629,7 @@ impl Conn {
         HeadAction::Forward {
             route,
             origin_head,
-            tail_len,
+            held,
         }
     }
 
@@ -647,17 +667,11 @@ impl Conn {
     /// client now (a plain request with a body still to come).
     pub fn on_origin_head_sent(&mut self) -> bool {
         let client = &mut self.flows[Side::Client.index()];
-        match (self.upgrade, self.body) {
-            (Some(Upgrade::PlainHttp), BodyLength::Length(n)) if n > 0 => {
-                client.budget = Some(n);
-                client.started = true;
-                true
-            }
-            (Some(Upgrade::PlainHttp), BodyLength::Chunked) => {
-                client.started = true;
-                true
-            }
-            _ => false,
+        if self.upgrade == Some(Upgrade::PlainHttp) && client.body.is_some() {
+            client.started = true;
+            true
+        } else {
+            false
         }
     }
 
@@ -681,6 +695,7 @@ impl Conn {
         self.phase = Phase::Relay;
         self.phase_deadline = None;
         self.last_activity = now;
+        let after_head = &buf[response.head_len..];
         let timers = self.timers.unwrap_or(RouteTimers {
             connect_ms: 5_000,
             origin_handshake_ms: 10_000,
@@ -691,19 +706,57 @@ impl Conn {
         self.idle_ms = Some(timers.idle_ms);
         if response.upgraded {
             self.flows = [Flow::default(); 2];
-        } else {
-            // Relay the response until the origin closes; nothing more goes to the origin
-            // unless a plain request's body is still flowing.
-            let client = &mut self.flows[Side::Client.index()];
-            if !client.started || self.upgrade == Some(Upgrade::WebSocket) {
-                client.eof = true;
-                client.shut = true;
-            }
+            self.origin_bytes_pending(buf.len() as u64);
+            return OriginAction::Relay {
+                status: response.status,
+                head_len: response.head_len,
+                head: None,
+                body_len: after_head.len(),
+            };
         }
-        self.origin_bytes_pending(buf.len() as u64);
+        // Nothing more goes to the origin unless a plain request's body is still flowing.
+        let client = &mut self.flows[Side::Client.index()];
+        if !client.started || self.upgrade == Some(Upgrade::WebSocket) {
+            client.eof = true;
+            client.shut = true;
+        }
+        let (head, framing) = if response.status < 200 {
+            // An interim answer (100, 103): the final one follows on the stream, which is
+            // relayed as it is until the origin closes.
+            (None, Some(BodyEnd::UntilClose))
+        } else {
+            // The proxy ends the exchange once the response is written (RFC 9112 §9.6),
+            // whether the origin keeps its connection alive or not, and says so.
+            let framing = if self.head_request {
+                None
+            } else {
+                response.body
+            };
+            (
+                Some(response::closing_head(&buf[..response.head_len])),
+                framing,
+            )
+        };
+        let origin = &mut self.flows[Side::Origin.index()];
+        origin.body = framing;
+        let body_len = match origin.body.as_mut().map(|f| f.feed(after_head)) {
+            Some(Ok(Fed::More)) => after_head.len(),
+            Some(Ok(Fed::Done(n))) => {
+                origin.eof = true;
+                n
+            }
+            None | Some(Err(_)) => {
+                origin.eof = true;
+                0
+            }
+        };
+        let head_out = head.as_ref().map_or(response.head_len, Vec::len);
+        self.origin_bytes_pending((head_out + body_len) as u64);
         OriginAction::Relay {
             status: response.status,
             head_len: response.head_len,
+            head,
+            body_len,
         }
     }
 
@@ -732,27 +785,51 @@ impl Conn {
         let flow = &self.flows[from.index()];
         self.phase != Phase::Done
             && !flow.eof
-            && flow.budget != Some(0)
             && flow.in_flight < self.max_in_flight
             && (self.phase == Phase::Relay || flow.started)
     }
 
-    /// `n` bytes arrived from `from`. Returns how many to forward (less than `n` only when a
-    /// plain request's body ends inside them; the rest is dropped).
+    /// `n` bytes arrived from `from` on a stream with no message framing (the relay after a
+    /// 101; the splice relay, which never sees the bytes). Returns `n`.
     pub fn on_recv(&mut self, from: Side, n: usize, now: Tick) -> usize {
+        debug_assert!(self.flows[from.index()].body.is_none());
         self.last_activity = now;
         let flow = &mut self.flows[from.index()];
-        let mut forward = n as u64;
-        if let Some(budget) = flow.budget.as_mut() {
-            forward = forward.min(*budget);
-            *budget -= forward;
-            if *budget == 0 {
+        flow.in_flight += n as u64;
+        flow.bytes += n as u64;
+        n
+    }
+
+    /// `data` arrived from `from`. Returns how many of its bytes to forward: fewer only when
+    /// the message being relayed (a plain request's body, a response that is not a 101) ends
+    /// inside them; what follows is dropped, and that source is done. A chunked body that
+    /// breaks the grammar ends the source there too (nothing more of it is relayed).
+    pub fn on_recv_data(&mut self, from: Side, data: &[u8], now: Tick) -> usize {
+        let flow = &mut self.flows[from.index()];
+        let forward = match flow.body.as_mut().map(|f| f.feed(data)) {
+            None | Some(Ok(Fed::More)) => data.len(),
+            Some(Ok(Fed::Done(n))) => {
+                flow.body = None;
                 flow.eof = true;
+                n
             }
-        }
-        flow.in_flight += forward;
-        flow.bytes += forward;
-        forward as usize
+            Some(Err(_)) => {
+                flow.body = None;
+                flow.eof = true;
+                0
+            }
+        };
+        self.last_activity = now;
+        let flow = &mut self.flows[from.index()];
+        flow.in_flight += forward as u64;
+        flow.bytes += forward as u64;
+        forward
+    }
+
+    /// A WebSocket Close frame from `from` (known only to a relay that follows frames): the
+    /// side that sent the first one started the close, whoever's FIN comes first.
+    pub fn on_close_frame(&mut self, from: Side) {
+        self.first_close.get_or_insert(from);
     }
 
     /// `n` bytes were written to `to`.
@@ -795,7 +872,7 @@ impl Conn {
         let [client, origin] = &self.flows;
         let drained = client.in_flight == 0 && origin.in_flight == 0;
         if self.status == Some(101) {
-            let closer = match self.first_eof {
+            let closer = match self.first_close.or(self.first_eof) {
                 Some(Side::Origin) => CloseReason::OriginClosed,
                 _ => CloseReason::ClientClosed,
             };
@@ -1080,15 +1157,24 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_forwards_the_rewritten_head_and_the_early_bytes() {
+    fn upgrade_forwards_the_rewritten_head_and_holds_the_early_bytes() {
         let mut sim = Sim::new();
         let mut head = upgrade_head();
         head.extend_from_slice(b"\x81\x85early");
-        let origin_head = sim.head_to_origin(&head, 1);
+        let HeadAction::Forward {
+            origin_head, held, ..
+        } = sim.client_head(&head)
+        else {
+            panic!("head not forwarded");
+        };
         let text = String::from_utf8_lossy(&origin_head);
         assert!(text.contains("X-Forwarded-For: 192.0.2.7\r\n"), "{text}");
         assert!(text.contains("Host: edge.test:8080\r\n"));
-        assert!(origin_head.ends_with(b"\r\n\r\n\x81\x85early"));
+        assert!(
+            origin_head.ends_with(b"\r\n\r\n"),
+            "early bytes never travel with the head: {text}"
+        );
+        assert_eq!(held, b"\x81\x85early", "held until the 101 is checked");
         assert_eq!(sim.conn.upgrade(), Some(Upgrade::WebSocket));
     }
 
@@ -1288,26 +1374,112 @@ mod tests {
     }
 
     #[test]
-    fn a_non_101_answer_is_relayed_until_the_origin_closes() {
+    fn a_declined_upgrade_is_relayed_with_connection_close_and_ends_with_its_body() {
         let mut sim = Sim::new();
         sim.head_to_origin(&upgrade_head(), 1);
-        let response = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        let response =
+            b"HTTP/1.1 403 Forbidden\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nno";
+        let closing = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\nConnection: close\r\n\r\n";
         assert_eq!(
             sim.conn.on_origin_head(response, 0, &HeadLimits::default()),
             OriginAction::Relay {
                 status: 403,
-                head_len: response.len() - 2
+                head_len: response.len() - 2,
+                head: Some(closing.to_vec()),
+                body_len: 2,
             }
         );
         assert!(
             !sim.conn.wants_read(Side::Client),
             "nothing more goes to the origin"
         );
-        assert!(sim.conn.wants_read(Side::Origin));
-        sim.conn.on_sent(Side::Client, response.len(), 1);
-        sim.conn.on_eof(Side::Origin);
+        assert!(
+            !sim.conn.wants_read(Side::Origin),
+            "the whole response is in: a keep-alive origin is not waited for"
+        );
+        assert_eq!(sim.conn.finished(), None, "not written yet");
+        sim.conn.on_sent(Side::Client, closing.len() + 2, 1);
         assert_eq!(sim.conn.finished(), Some(CloseReason::NotUpgraded));
         assert!(!sim.conn.wants_shutdown(Side::Client));
+    }
+
+    #[test]
+    fn a_declined_upgrade_with_a_chunked_body_ends_at_its_last_chunk() {
+        let mut sim = Sim::new();
+        sim.head_to_origin(&upgrade_head(), 1);
+        let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+        let OriginAction::Relay { head, body_len, .. } =
+            sim.conn.on_origin_head(response, 0, &HeadLimits::default())
+        else {
+            panic!("not relayed");
+        };
+        let head = head.expect("rewritten");
+        assert_eq!(body_len, 8);
+        assert!(sim.conn.wants_read(Side::Origin));
+        // The rest of the body, then what a keep-alive origin would never send: more bytes.
+        assert_eq!(
+            sim.conn
+                .on_recv_data(Side::Origin, b"0\r\n\r\nHTTP/1.1 200 OK\r\n", 1),
+            5
+        );
+        assert!(!sim.conn.wants_read(Side::Origin));
+        sim.conn.on_sent(Side::Client, head.len() + 8 + 5, 2);
+        assert_eq!(sim.conn.finished(), Some(CloseReason::NotUpgraded));
+    }
+
+    #[test]
+    fn the_answer_to_head_has_no_body_and_interim_answers_relay_until_close() {
+        let mut sim = Sim::new();
+        sim.head_to_origin(b"HEAD /ws/x HTTP/1.1\r\nHost: edge.test\r\n\r\n", 1);
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+        let OriginAction::Relay { body_len: 0, .. } =
+            sim.conn.on_origin_head(response, 0, &HeadLimits::default())
+        else {
+            panic!("not relayed");
+        };
+        assert!(!sim.conn.wants_read(Side::Origin), "no body follows");
+        let mut interim = Sim::new();
+        interim.head_to_origin(&upgrade_head(), 1);
+        let early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n";
+        assert_eq!(
+            interim
+                .conn
+                .on_origin_head(early_hints, 0, &HeadLimits::default()),
+            OriginAction::Relay {
+                status: 103,
+                head_len: early_hints.len(),
+                head: None,
+                body_len: 0,
+            }
+        );
+        assert!(
+            interim.conn.wants_read(Side::Origin),
+            "the final answer follows"
+        );
+    }
+
+    #[test]
+    fn a_chunked_request_body_is_forwarded_up_to_its_end_only() {
+        let mut sim = Sim::new();
+        let head = b"POST /ws/api HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab";
+        let origin_head = sim.head_to_origin(head, 1);
+        assert!(origin_head.ends_with(b"\r\n\r\n2\r\nab"));
+        assert!(sim.conn.on_origin_head_sent());
+        let smuggled = b"\r\n0\r\n\r\nGET /internal HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(sim.conn.on_recv_data(Side::Client, smuggled, 1), 7);
+        assert!(!sim.conn.wants_read(Side::Client));
+        let mut whole = Sim::new();
+        let head = b"POST /ws/api HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /internal HTTP/1.1\r\n\r\n";
+        let origin_head = whole.head_to_origin(head, 1);
+        assert!(origin_head.ends_with(b"\r\n\r\n0\r\n\r\n"));
+        assert!(!whole.conn.on_origin_head_sent(), "the body is complete");
+        let mut bad = Sim::new();
+        let head =
+            b"POST /ws/api HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert!(matches!(
+            bad.client_head(head),
+            HeadAction::Reject { status: 400, .. }
+        ));
     }
 
     #[test]
@@ -1320,8 +1492,8 @@ mod tests {
         // The rest of the body follows once the head is written; bytes past it are dropped.
         assert!(sim.conn.on_origin_head_sent());
         assert!(sim.conn.wants_read(Side::Client));
-        assert_eq!(sim.conn.on_recv(Side::Client, 4, 1), 4);
-        assert_eq!(sim.conn.on_recv(Side::Client, 10, 1), 2);
+        assert_eq!(sim.conn.on_recv_data(Side::Client, b"4567", 1), 4);
+        assert_eq!(sim.conn.on_recv_data(Side::Client, b"89GET /ws/y", 1), 2);
         assert!(!sim.conn.wants_read(Side::Client));
         let mut pipelined = Sim::new();
         let head = b"GET /ws/x HTTP/1.1\r\nHost: edge.test\r\n\r\nGET /ws/y HTTP/1.1\r\n\r\n";
@@ -1333,10 +1505,17 @@ mod tests {
         );
         assert!(!pipelined.conn.on_origin_head_sent());
         let response = b"HTTP/1.1 200 OK\r\n\r\n";
-        pipelined
+        let OriginAction::Relay {
+            head: Some(closing),
+            ..
+        } = pipelined
             .conn
-            .on_origin_head(response, 2, &HeadLimits::default());
-        pipelined.conn.on_sent(Side::Client, response.len(), 3);
+            .on_origin_head(response, 2, &HeadLimits::default())
+        else {
+            panic!("not relayed with Connection: close");
+        };
+        assert_eq!(closing, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        pipelined.conn.on_sent(Side::Client, closing.len(), 3);
         pipelined.conn.on_eof(Side::Origin);
         assert_eq!(pipelined.conn.finished(), Some(CloseReason::HttpDone));
     }

@@ -180,6 +180,9 @@ pub enum BadRequestReason {
     /// A `Sec-WebSocket-Key` that is not base64 of 16 bytes.
     #[error("invalid Sec-WebSocket-Key")]
     InvalidKey,
+    /// A chunked request body that breaks the chunk grammar.
+    #[error("malformed chunked body")]
+    MalformedChunkedBody,
 }
 
 impl BadRequestReason {
@@ -206,6 +209,7 @@ impl BadRequestReason {
             MissingKey => "bad_request_ws_key_missing",
             DuplicateKey => "bad_request_ws_key_duplicate",
             InvalidKey => "bad_request_ws_key_invalid",
+            MalformedChunkedBody => "bad_request_malformed_chunked_body",
         }
     }
 }

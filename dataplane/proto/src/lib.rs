@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod body;
 pub mod channels;
 pub mod conn;
 pub mod endpoint;

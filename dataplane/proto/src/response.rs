@@ -9,6 +9,7 @@
 use std::mem::MaybeUninit;
 
 use crate::accept::trim_ows;
+use crate::body::{BodyEnd, ChunkedBody};
 use crate::handshake::{HeadLimits, MAX_HEADERS_CAP, has_token};
 
 /// What matters of the origin's response head.
@@ -22,6 +23,10 @@ pub struct Response {
     /// True only for a 101 that completes the client's WebSocket upgrade: `Upgrade: websocket`,
     /// `Connection: upgrade` and the expected `Sec-WebSocket-Accept`.
     pub upgraded: bool,
+    /// Where the body of a response that is not a 101 ends (RFC 9112 §6.3), as the head
+    /// declares it for a GET; `None` for no body (1xx, 204, 304, a 101). The answer to a HEAD
+    /// request has no body whatever this says.
+    pub body: Option<BodyEnd>,
 }
 
 /// Why a 101 from the origin cannot become a tunnel.
@@ -144,6 +149,7 @@ pub fn parse_response(
             status,
             head_len,
             upgraded: false,
+            body: body_framing(status, parsed.headers)?,
         }));
     }
 
@@ -180,9 +186,95 @@ pub fn parse_response(
             status,
             head_len,
             upgraded: true,
+            body: None,
         })),
         Some(_) => Err(BadUpgradeReason::WrongAccept.into()),
     }
+}
+
+/// How the body of a response with `status` (not 101) ends, from its headers (RFC 9112
+/// §6.3): none for 1xx, 204 and 304; chunked when that is the final transfer coding; until the
+/// origin closes for any other coding; else `Content-Length`; else until close. A malformed or
+/// conflicting `Content-Length` is refused: relaying it would let the two ends disagree on
+/// where the response ends.
+fn body_framing(
+    status: u16,
+    headers: &[httparse::Header<'_>],
+) -> Result<Option<BodyEnd>, ResponseError> {
+    if status < 200 || status == 204 || status == 304 {
+        return Ok(None);
+    }
+    let mut length: Option<u64> = None;
+    let mut coding: Option<&[u8]> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            coding = Some(trim_ows(h.value));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_length(trim_ows(h.value)).ok_or(ResponseError::Malformed)?;
+            if length.is_some_and(|m| m != n) {
+                return Err(ResponseError::Malformed);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(Some(match (coding, length) {
+        (Some(te), _) => {
+            let last = te.rsplit(|&b| b == b',').next().map(trim_ows);
+            if last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
+                BodyEnd::Chunked(ChunkedBody::default())
+            } else {
+                BodyEnd::UntilClose
+            }
+        }
+        (None, Some(0)) => return Ok(None),
+        (None, Some(n)) => BodyEnd::Length(n),
+        (None, None) => BodyEnd::UntilClose,
+    }))
+}
+
+/// A `Content-Length` value: decimal digits fitting in u64 (a list of equal values, which
+/// RFC 9110 §8.6 allows a recipient to accept, is taken as one).
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let mut result = None;
+    for part in value.split(|&b| b == b',') {
+        let part = trim_ows(part);
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = std::str::from_utf8(part).ok()?.parse::<u64>().ok()?;
+        if result.is_some_and(|m| m != n) {
+            return None;
+        }
+        result = Some(n);
+    }
+    result
+}
+
+/// The head of a response the proxy relays and then ends the exchange after (RFC 9112 §9.6):
+/// the same status line and headers, without `Connection` and `Keep-Alive`, with
+/// `Connection: close`. `head` is a complete response head that [`parse_response`] accepted.
+pub fn closing_head(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + 19);
+    let mut lines = head.split(|&b| b == b'\n');
+    if let Some(status_line) = lines.next() {
+        out.extend_from_slice(status_line);
+        out.push(b'\n');
+    }
+    for line in lines {
+        let text = line.strip_suffix(b"\r").unwrap_or(line);
+        if text.is_empty() {
+            break;
+        }
+        let name = text.split(|&b| b == b':').next().unwrap_or(text);
+        let name = trim_ows(name);
+        if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out
 }
 
 #[cfg(test)]
@@ -231,7 +323,8 @@ mod tests {
             Ok(Some(Response {
                 status: 101,
                 head_len: GOOD_101.len(),
-                upgraded: true
+                upgraded: true,
+                body: None,
             }))
         );
         // Case, lists and OWS in the header values.
@@ -347,7 +440,8 @@ mod tests {
                 Ok(Some(Response {
                     status: 403,
                     head_len: buf.len(),
-                    upgraded: false
+                    upgraded: false,
+                    body: None,
                 }))
             );
         }
@@ -357,7 +451,8 @@ mod tests {
             Ok(Some(Response {
                 status: 100,
                 head_len: 25,
-                upgraded: false
+                upgraded: false,
+                body: None,
             }))
         );
         let buf = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody";
@@ -369,6 +464,64 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn response_bodies_are_framed() {
+        let body =
+            |head: &str| parse(head.as_bytes(), Some(ACCEPT)).map(|r| r.and_then(|r| r.body));
+        assert_eq!(
+            body("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"),
+            Ok(Some(BodyEnd::Length(12)))
+        );
+        assert_eq!(
+            body("HTTP/1.1 200 OK\r\nContent-Length: 12, 12\r\n\r\n"),
+            Ok(Some(BodyEnd::Length(12)))
+        );
+        assert_eq!(
+            body(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
+            Ok(Some(BodyEnd::Chunked(ChunkedBody::default())))
+        );
+        assert_eq!(
+            body("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Ok(Some(BodyEnd::UntilClose))
+        );
+        assert_eq!(
+            body("HTTP/1.1 404 Not Found\r\n\r\n"),
+            Ok(Some(BodyEnd::UntilClose))
+        );
+        for none in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\n\r\n",
+            "HTTP/1.1 103 Early Hints\r\n\r\n",
+            "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert_eq!(body(none), Ok(None), "{none}");
+        }
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert_eq!(body(bad), Err(ResponseError::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn closing_head_replaces_keep_alive() {
+        let head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+            Content-Length: 2\r\nX-Keep: Connection\r\n\r\n";
+        assert_eq!(
+            closing_head(head),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Keep: Connection\r\n\
+              Connection: close\r\n\r\n"
+                .to_vec()
+        );
+        let parsed = parse(&closing_head(head), None);
+        assert!(matches!(parsed, Ok(Some(Response { status: 200, .. }))));
     }
 
     #[test]

@@ -575,3 +575,57 @@ async fn metrics_connections_kill_and_drain() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_with_a_timeout_ends_frames_connections_with_close_1001() {
+    within(60, async {
+        let origin = EchoOrigin::start().await;
+        let dir = ControlDir::new("drain-frames");
+        let config = Config::new().route(
+            Route::new("f", &[origin.addr])
+                .relay("frames")
+                .duration("close_grace", "1s"),
+        );
+        let proxy = dir.start_dataplane(&dir.toml(&config, "")).await;
+        let mut ws = ws_connect(proxy.addr, "/").await;
+        assert_echo(&mut ws, Message::text("alive")).await;
+        let start = std::time::Instant::now();
+        let socket = dir.dataplane_socket.display().to_string();
+        let drain = tokio::spawn(async move {
+            let args = ["--dataplane", &socket, "drain", "--timeout", "3s"];
+            run_ctl(&args.map(str::to_owned), None).await
+        });
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("a Close within the drain")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+                Some(Ok(Message::Close(None))) => panic!("Close without a code"),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended without a Close frame: {other:?}"),
+            }
+        };
+        let closed_after = start.elapsed();
+        // Reading on lets tungstenite answer the Close; the proxy then ends the connection,
+        // and the drain, before the deadline.
+        while let Some(Ok(_)) = ws.next().await {}
+        let out = drain.await.expect("drain task");
+        assert!(
+            out.ok().contains("drained: no live connections"),
+            "{out:#?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_millis(2900),
+            "drained after {:?}: the close handshake should end it before the 3 s deadline",
+            start.elapsed()
+        );
+        assert_eq!(code, 1001);
+        assert!(
+            closed_after >= Duration::from_millis(1500)
+                && closed_after < Duration::from_millis(2900),
+            "Close after {closed_after:?} (deadline 3 s, grace 1 s)"
+        );
+    })
+    .await;
+}

@@ -709,6 +709,23 @@ async fn fd_exhaustion_at_origin_connect_gives_502_and_recovers() {
         assert_echo(&mut live, Message::text("live still echoes")).await;
         let _ = ws.close(None).await;
         drop(ws);
+        // Raise the limit only once the proxy has ended that connection: a direction still
+        // going bulk could otherwise get its pipe after all, which the pool keeps (by design).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while proxy
+            .access_log()
+            .iter()
+            .filter(|l| l["status"] == 101)
+            .count()
+            < 2
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the spare and the last connection were not logged as ended: {:?}",
+                proxy.access_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(proxy.alive(), "the dataplane exited");
         set_nofile(pid, hard, hard);
         assert_eq!(

@@ -310,3 +310,61 @@ async fn frames_client_answering_pings_outlives_the_idle_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_ends_frames_connections_with_close_1001_before_the_deadline() {
+    within(30, async {
+        let origin = EchoOrigin::start().await;
+        let mut proxy = Proxy::start(
+            &Config::new().drain_timeout("3s").route(
+                Route::new("f", &[origin.addr])
+                    .relay("frames")
+                    .duration("close_grace", "1s"),
+            ),
+        )
+        .await;
+        let mut ws = ws_connect(proxy.addr, "/").await;
+        assert_echo(&mut ws, Message::text("alive")).await;
+        let start = Instant::now();
+        proxy.sigterm();
+        // The Close comes at a frame boundary, close_grace (1 s) before the 3 s deadline, so
+        // the close handshake can finish before the process exits; never a bare TCP close.
+        assert_eq!(ws_wait_close(&mut ws).await, 1001);
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_millis(2900),
+            "Close after {elapsed:?}"
+        );
+        assert_eq!(origin_close_code(&origin).await, 1001);
+        let status = proxy
+            .wait_exit(Duration::from_secs(5))
+            .await
+            .expect("the dataplane exits after the drain");
+        assert!(status.success(), "{status:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_the_client_started_is_logged_as_the_clients() {
+    within(30, async {
+        // The echo origin answers the client's Close and closes its TCP side at once (as a
+        // server does, RFC 6455 §7.1.1): its FIN reaches the proxy before the client's.
+        let origin = EchoOrigin::start().await;
+        let mut proxy =
+            Proxy::start(&Config::new().route(Route::new("f", &[origin.addr]).relay("frames")))
+                .await;
+        let mut ws = ws_connect(proxy.addr, "/").await;
+        assert_echo(&mut ws, Message::text("bye soon")).await;
+        ws.close(None).await.expect("send close");
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        let line = proxy
+            .wait_log("the connection's end", Duration::from_secs(5), |v| {
+                v["status"] == 101
+            })
+            .await;
+        assert_eq!(line["reason"], "client_closed", "{line}");
+    })
+    .await;
+}

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::origins::{EchoOrigin, FORBIDDEN_BODY, PLAIN_BODY, RawOrigin};
+use common::origins::{
+    DECLINED_BODY, EchoOrigin, FORBIDDEN_BODY, KeepAliveOrigin, PLAIN_BODY, RawOrigin, SECRET_BODY,
+};
 use common::raw::{RawConn, TEST_KEY, http_exchange, upgrade_head};
 use common::{Config, Proxy, Route, dead_addr, within, ws_connect_req, ws_request};
 
@@ -341,6 +343,141 @@ async fn no_matching_route_gives_404() {
             .expect("handshake for the routed host");
         assert_eq!(resp.status().as_u16(), 101);
         assert_eq!(origin.requests().len(), 1);
+    })
+    .await;
+}
+
+/// A catch-all route to `origin`, and a route for `/internal` that the firewall closes.
+fn closed_internal_route(origin: std::net::SocketAddr) -> String {
+    let mut toml = Config::new()
+        .route(Route::new("internal", &[origin]).path("/internal"))
+        .route(Route::new("app", &[origin]))
+        .to_toml();
+    toml.push_str("\n[[rule]]\nname = \"closed\"\nroutes = [\"internal\"]\naction = \"deny\"\n");
+    toml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_behind_a_declined_upgrade_never_reaches_the_origin() {
+    within(30, async {
+        let origin = KeepAliveOrigin::start().await;
+        let proxy = Proxy::start_toml(&closed_internal_route(origin.addr)).await;
+        // The closed route answers a direct request itself.
+        let direct = "GET /internal HTTP/1.1\r\nHost: app.test\r\n\r\n";
+        let (head, body) = http_exchange(proxy.addr, direct.as_bytes()).await;
+        assert_eq!(head.status(), 403, "closed route: {}", head.text());
+        assert!(!String::from_utf8_lossy(&body).contains("SECRET"));
+
+        // One write: an upgrade the origin declines (keep-alive), then a request for the
+        // closed path.
+        let mut c = RawConn::connect(proxy.addr).await;
+        let mut bytes = upgrade_head("/declined", "app.test", &[]).into_bytes();
+        bytes.extend_from_slice(b"GET /internal HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        c.send(&bytes).await.expect("send");
+        let head = c.read_head().await.expect("response head");
+        assert_eq!(head.status(), 200, "{}", head.text());
+        let rest = c
+            .read_until_closed(Duration::from_secs(5))
+            .await
+            .expect("the proxy ends the exchange after a declined upgrade");
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.starts_with(DECLINED_BODY), "body: {rest:?}");
+        assert!(
+            !rest.contains("SECRET"),
+            "the closed route's content leaked: {rest:?}"
+        );
+        assert!(!rest.contains(SECRET_BODY));
+        assert_eq!(
+            origin.requests(),
+            vec!["GET /declined HTTP/1.1".to_string()],
+            "the origin saw only the upgrade request"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_upgrade_is_relayed_with_connection_close_and_both_sides_closed() {
+    within(30, async {
+        let origin = KeepAliveOrigin::start().await;
+        let mut proxy = Proxy::start(&Config::new().route(Route::new("r", &[origin.addr]))).await;
+        for (n, path) in [(1, "/declined"), (2, "/chunked")] {
+            let start = Instant::now();
+            let mut c = RawConn::connect(proxy.addr).await;
+            c.send(upgrade_head(path, "app.test", &[]).as_bytes())
+                .await
+                .expect("send");
+            let head = c.read_head().await.expect("response head");
+            assert_eq!(head.status(), 200, "{}", head.text());
+            assert_eq!(
+                head.all("connection"),
+                vec!["close"],
+                "the origin's keep-alive is replaced: {}",
+                head.text()
+            );
+            assert!(head.all("keep-alive").is_empty(), "{}", head.text());
+            let rest = c
+                .read_until_closed(Duration::from_secs(3))
+                .await
+                .expect("the client connection is closed once the response is written");
+            assert!(
+                String::from_utf8_lossy(&rest).contains(DECLINED_BODY),
+                "{path}: {rest:?}"
+            );
+            assert!(
+                origin.wait_closed(n, Duration::from_secs(2)).await,
+                "{path}: the origin connection is closed too: {:?}",
+                origin.events()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{path}: took {:?}",
+                start.elapsed()
+            );
+            let line = proxy
+                .wait_log_reason("not_upgraded", Duration::from_secs(5))
+                .await;
+            assert_eq!(line["status"], 200, "{line}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_during_the_origin_handshake_tears_the_origin_down() {
+    within(30, async {
+        let origin = RawOrigin::silent().await;
+        let mut proxy = Proxy::start(
+            &Config::new()
+                .duration("origin_handshake_timeout", "10s")
+                .route(Route::new("r", &[origin.addr])),
+        )
+        .await;
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(upgrade_head("/", "app.test", &[]).as_bytes())
+            .await
+            .expect("send");
+        // The origin has the request and is not answering.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while origin.heads().is_empty() {
+            assert!(Instant::now() < deadline, "the origin never got the head");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = Instant::now();
+        drop(c);
+        let line = proxy
+            .wait_log_reason("client_gone", Duration::from_secs(3))
+            .await;
+        assert!(
+            left.elapsed() < Duration::from_secs(2),
+            "noticed {:?} after the client left (origin timeout 10 s)",
+            left.elapsed()
+        );
+        assert!(line["status"].is_null(), "no answer was sent: {line}");
+        assert!(
+            origin.closed_within(Duration::from_secs(2)).await,
+            "the origin connection is torn down at once"
+        );
     })
     .await;
 }

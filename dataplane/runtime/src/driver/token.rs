@@ -32,6 +32,8 @@ pub(crate) enum Kind {
     PollInOrigin = 13,
     PollOutClient = 16,
     PollOutOrigin = 17,
+    /// A poll for the client's close (FIN or reset) while the origin handshake is pending.
+    WatchClient = 18,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             13 => Kind::PollInOrigin,
             16 => Kind::PollOutClient,
             17 => Kind::PollOutOrigin,
+            18 => Kind::WatchClient,
             _ => return None,
         })
     }

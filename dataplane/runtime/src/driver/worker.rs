@@ -285,9 +285,10 @@ struct Handshake {
     origin_buf: Vec<u8>,
     /// The rewritten head to send to the origin.
     origin_head: Vec<u8>,
-    /// On a `frames` route: the client's bytes after its head (already forwarded with it),
-    /// replayed through the frame tracker when the relay starts.
-    early_client: Vec<u8>,
+    /// What the client sent after its upgrade head: held until the origin's 101 is checked,
+    /// then forwarded (through the frame tracker on a `frames` route); dropped if the origin
+    /// declines the upgrade.
+    held: Vec<u8>,
     /// The origin address, at a stable heap address (inside the box) while the connect is
     /// in flight.
     connect_addr: Option<RawSockAddr>,
@@ -326,6 +327,8 @@ struct Connection {
     origin_pick: usize,
     origin_addr: Option<SocketAddr>,
     connecting: bool,
+    /// A poll for the client's close is in flight (while the origin handshake is pending).
+    watching: bool,
     relay: RelayMode,
     /// Error-response bytes we sent on our own.
     extra_to_client: u64,
@@ -786,6 +789,10 @@ impl Worker {
         if let Some(t) = timeout {
             let deadline = now + t.as_millis() as Tick;
             self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+            let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for slot in slots {
+                self.schedule_drain_close(slot);
+            }
         }
         if !self.accepting {
             return;
@@ -802,6 +809,33 @@ impl Worker {
             self.listeners[i].fd = -1;
         }
         tracing::info!(worker = self.index, live = self.conns.len(), "draining");
+    }
+
+    /// During a drain with a deadline, a connection that can end with a Close frame (a
+    /// `frames` relay after its 101, a function) is sent one in time to finish its close
+    /// handshake by the deadline (the route's `close_grace` before it); the others are closed
+    /// at the deadline.
+    fn schedule_drain_close(&mut self, slot: usize) {
+        let Some(deadline) = self.drain_deadline else {
+            return;
+        };
+        let reason = if self.exit_when_empty {
+            CloseReason::Shutdown
+        } else {
+            CloseReason::Drained
+        };
+        let now = self.now();
+        let c = &mut self.conns[slot];
+        if c.closing.is_some() || (c.frames.is_none() && c.function.is_none()) {
+            return;
+        }
+        let grace = c
+            .route
+            .as_ref()
+            .map_or(0, |r| r.frames.close_grace.as_millis() as u64);
+        c.conn
+            .schedule_close(deadline.saturating_sub(grace).max(now), reason);
+        self.rearm_timer(slot);
     }
 
     fn on_completion(&mut self, c: Completion) {
@@ -852,6 +886,7 @@ impl Worker {
             Kind::PollOutClient | Kind::PollOutOrigin => {
                 self.on_splice_poll_out(slot, side_of_low_bit(kind), c.result, now)
             }
+            Kind::WatchClient => self.on_watch_client(slot, c.result),
             Kind::Accept | Kind::Wake | Kind::Cancel => {}
         }
         if self.conns.contains(slot) {
@@ -938,6 +973,7 @@ impl Worker {
             origin_pick: 0,
             origin_addr: None,
             connecting: false,
+            watching: false,
             relay: RelayMode::Buffered,
             extra_to_client: 0,
             after_send: None,
@@ -1103,13 +1139,15 @@ impl Worker {
             HeadAction::Forward {
                 route,
                 mut origin_head,
-                tail_len,
+                held,
             } => {
                 let info = Rc::clone(&self.routes[route]);
+                // The client's early bytes wait for the origin's 101 (or are never forwarded):
+                // they count as received from the client only once relayed.
+                self.conns[slot].head_bytes -= held.len() as u64;
                 match info.function.as_ref().map(|f| f.kind) {
                     Some(FunctionKind::Echo | FunctionKind::Broadcast) => {
-                        let tail = origin_head[origin_head.len() - tail_len..].to_vec();
-                        self.function_upgrade(slot, info, tail, now);
+                        self.function_upgrade(slot, info, held, now);
                         return;
                     }
                     Some(FunctionKind::Bridge) => {
@@ -1122,9 +1160,8 @@ impl Worker {
                         let c = &mut self.conns[slot];
                         let target = info.function.as_ref().and_then(|f| f.bridge.as_ref());
                         if let Some(target) = target {
-                            let (mut head, accept) =
+                            let (head, accept) =
                                 bridge_request(&target.host, &target.path, key, c.peer.ip());
-                            head.extend_from_slice(&origin_head[origin_head.len() - tail_len..]);
                             origin_head = head;
                             c.conn.expect_origin_accept(accept);
                         }
@@ -1134,15 +1171,50 @@ impl Worker {
                 let c = &mut self.conns[slot];
                 let hs = handshake(&mut c.hs);
                 hs.head = Vec::new();
-                if info.relay == RelayMode::Frames && tail_len > 0 {
-                    hs.early_client = origin_head[origin_head.len() - tail_len..].to_vec();
-                }
+                hs.held = held;
                 hs.origin_head = origin_head;
                 c.relay = info.relay;
                 c.route = Some(info);
                 self.start_connect(slot, route, true, now);
+                self.watch_client(slot);
             }
         }
+    }
+
+    /// Watches the client for a close (FIN or reset) while the origin handshake is pending,
+    /// without reading it: its early bytes stay in the kernel until the 101 is checked. A
+    /// client that leaves then takes the origin side down at once.
+    fn watch_client(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.watching || c.closing.is_some() {
+            return;
+        }
+        let entry = opcode::PollAdd::new(
+            types::Fd(c.sides[Side::Client.index()].fd),
+            libc::POLLRDHUP as u32,
+        )
+        .build()
+        .user_data(Token::new(Kind::WatchClient, c.generation, slot as u32).encode());
+        c.watching = true;
+        c.ops += 1;
+        self.submit(entry);
+    }
+
+    fn on_watch_client(&mut self, slot: usize, res: i32) {
+        let c = &mut self.conns[slot];
+        c.ops -= 1;
+        c.watching = false;
+        let waiting = matches!(c.conn.phase(), Phase::Connecting | Phase::OriginHead);
+        if !waiting || c.closing.is_some() || c.after_send.is_some() || c.linger.is_some() {
+            // Cancelled when the relay started, or the connection is ending anyway.
+            return;
+        }
+        let reason = if res < 0 || res & i32::from(libc::POLLERR) != 0 {
+            CloseReason::ClientReset
+        } else {
+            CloseReason::ClientGone
+        };
+        self.begin_close(slot, reason);
     }
 
     // ----- the origin -------------------------------------------------------------------
@@ -1261,79 +1333,130 @@ impl Worker {
         ) {
             OriginAction::NeedMore => self.arm_head_recv(slot, Side::Origin),
             OriginAction::Fail { status, reason } => self.respond_error(slot, status, reason),
-            OriginAction::Relay { status, head_len } => {
-                let mut data = std::mem::take(&mut handshake(&mut c.hs).origin_buf);
-                let mut head_len = head_len;
-                let bridged = c
-                    .route
-                    .as_ref()
-                    .and_then(|r| r.function.as_ref())
-                    .is_some_and(|f| f.kind == FunctionKind::Bridge);
-                if bridged
-                    && status == 101
-                    && let Some(accept) = c.conn.client_accept()
-                {
-                    // The client gets the edge's own 101, for its own key; the backend's head
-                    // is not relayed (and no longer counted as in flight).
-                    let own = switching_protocols(&accept, None);
-                    c.conn.on_dropped(Side::Origin, head_len);
-                    let early = data.split_off(head_len);
-                    c.extra_to_client += own.len() as u64;
-                    c.sides[Side::Client.index()].push(Chunk::Owned {
-                        data: own,
-                        off: 0,
-                        counted: false,
-                        origin_head: false,
-                    });
-                    data = early;
-                    head_len = 0;
-                }
-                if c.traceback.is_some() && c.conn.debug_pragma() {
-                    let before = data.len();
-                    data = self.with_debug_headers(slot, data);
-                    let c = &mut self.conns[slot];
-                    c.extra_to_client += (data.len() - before) as u64;
-                    if head_len > 0 {
-                        head_len += data.len() - before;
-                    }
-                }
-                let c = &mut self.conns[slot];
-                let framed = status == 101 && c.relay == RelayMode::Frames;
-                let early_origin = if framed && data.len() > head_len {
-                    data.split_off(head_len)
-                } else {
-                    Vec::new()
-                };
-                c.sides[Side::Client.index()].push(Chunk::Owned {
-                    data,
-                    off: 0,
-                    counted: true,
-                    origin_head: false,
-                });
-                if framed {
-                    self.frames_start(slot, early_origin, now);
-                }
-                self.record_handshake(slot);
-                let c = &mut self.conns[slot];
-                if status == 101 {
-                    self.stats.upgraded += 1;
-                } else {
-                    self.stats.plain_http += 1;
-                    // A response relayed as is goes through the buffered path.
-                    c.relay = RelayMode::Buffered;
-                }
-                if self.conns[slot].closing.is_some() {
-                    return;
-                }
-                // No head recv or connect is in flight now: the buffers can go.
-                self.conns[slot].hs = None;
-                self.conns[slot].compact = true;
-                let random = self.random();
-                self.conns[slot].conn.start_relay_timers(random);
-                self.kick_send(slot, Side::Client);
-                self.after_progress(slot);
+            OriginAction::Relay {
+                status,
+                head_len,
+                head,
+                body_len,
+            } => self.relay_response(slot, status, head_len, head, body_len, now),
+        }
+    }
+
+    /// Queues the origin's response (its head, or the proxy's rewrite of it, and the bytes that
+    /// followed) to the client and starts relaying: on a 101, first the client's held early
+    /// bytes to the origin.
+    fn relay_response(
+        &mut self,
+        slot: usize,
+        status: u16,
+        head_len: usize,
+        head: Option<Vec<u8>>,
+        body_len: usize,
+        now: Tick,
+    ) {
+        let c = &mut self.conns[slot];
+        if c.watching {
+            // The relay reads the client from now on (and sees its EOF itself).
+            let target = Token::new(Kind::WatchClient, c.generation, slot as u32).encode();
+            self.submit_cancel(target);
+        }
+        let c = &mut self.conns[slot];
+        let buf = std::mem::take(&mut handshake(&mut c.hs).origin_buf);
+        let held = std::mem::take(&mut handshake(&mut c.hs).held);
+        let mut head_len = head_len;
+        let mut data = match head {
+            Some(mut rewritten) => {
+                let body = &buf[head_len..head_len + body_len];
+                head_len = rewritten.len();
+                rewritten.extend_from_slice(body);
+                rewritten
+            }
+            None => {
+                let mut buf = buf;
+                buf.truncate(head_len + body_len);
+                buf
+            }
+        };
+        let bridged = c
+            .route
+            .as_ref()
+            .and_then(|r| r.function.as_ref())
+            .is_some_and(|f| f.kind == FunctionKind::Bridge);
+        if bridged
+            && status == 101
+            && let Some(accept) = c.conn.client_accept()
+        {
+            // The client gets the edge's own 101, for its own key; the backend's head
+            // is not relayed (and no longer counted as in flight).
+            let own = switching_protocols(&accept, None);
+            c.conn.on_dropped(Side::Origin, head_len);
+            let early = data.split_off(head_len);
+            c.extra_to_client += own.len() as u64;
+            c.sides[Side::Client.index()].push(Chunk::Owned {
+                data: own,
+                off: 0,
+                counted: false,
+                origin_head: false,
+            });
+            data = early;
+            head_len = 0;
+        }
+        if c.traceback.is_some() && c.conn.debug_pragma() {
+            let before = data.len();
+            data = self.with_debug_headers(slot, data);
+            let c = &mut self.conns[slot];
+            c.extra_to_client += (data.len() - before) as u64;
+            if head_len > 0 {
+                head_len += data.len() - before;
             }
         }
+        let c = &mut self.conns[slot];
+        let framed = status == 101 && c.relay == RelayMode::Frames;
+        let early_origin = if framed && data.len() > head_len {
+            data.split_off(head_len)
+        } else {
+            Vec::new()
+        };
+        c.sides[Side::Client.index()].push(Chunk::Owned {
+            data,
+            off: 0,
+            counted: true,
+            origin_head: false,
+        });
+        if framed {
+            self.frames_start(slot, held, early_origin, now);
+            self.schedule_drain_close(slot);
+        } else if status == 101 && !held.is_empty() {
+            // The upgrade is checked: what the client sent after its head goes on now.
+            let c = &mut self.conns[slot];
+            c.conn.on_recv(Side::Client, held.len(), now);
+            c.sides[Side::Origin.index()].push(Chunk::Owned {
+                data: held,
+                off: 0,
+                counted: true,
+                origin_head: false,
+            });
+            self.kick_send(slot, Side::Origin);
+        }
+        self.record_handshake(slot);
+        let c = &mut self.conns[slot];
+        if status == 101 {
+            self.stats.upgraded += 1;
+        } else {
+            self.stats.plain_http += 1;
+            // A response relayed as is goes through the buffered path.
+            c.relay = RelayMode::Buffered;
+        }
+        if self.conns[slot].closing.is_some() {
+            return;
+        }
+        // No head recv or connect is in flight now: the buffers can go.
+        self.conns[slot].hs = None;
+        self.conns[slot].compact = true;
+        let random = self.random();
+        self.conns[slot].conn.start_relay_timers(random);
+        self.kick_send(slot, Side::Client);
+        self.after_progress(slot);
     }
 
     // ----- sending ----------------------------------------------------------------------
@@ -1624,7 +1747,14 @@ impl Worker {
                     self.function_on_recv(slot, bid, n as usize, now);
                     return;
                 }
-                let forward = c.conn.on_recv(from, n as usize, now);
+                let forward = if c.frames.is_some() {
+                    c.conn.on_recv(from, n as usize, now)
+                } else {
+                    // A plain request's body or a declined upgrade's response ends inside
+                    // these bytes at most once: what follows it is never relayed.
+                    c.conn
+                        .on_recv_data(from, self.bufs.bytes(bid, n as usize), now)
+                };
                 if c.relay == RelayMode::Auto && n as u32 == self.settings.relay.buffer_size {
                     c.sides[from.index()].bulk = true;
                 }
@@ -1683,10 +1813,9 @@ impl Worker {
 
     // ----- frames relay -----------------------------------------------------------------
 
-    /// Sets up frame tracking when a `frames` route upgraded: replays the client's early
-    /// bytes (already forwarded) through its tracker, and sends the origin's early bytes
-    /// through the origin's.
-    fn frames_start(&mut self, slot: usize, early_origin: Vec<u8>, now: Tick) {
+    /// Sets up frame tracking when a `frames` route upgraded: the client's held early bytes
+    /// go to the origin and the origin's early bytes to the client, each through its tracker.
+    fn frames_start(&mut self, slot: usize, held: Vec<u8>, early_origin: Vec<u8>, now: Tick) {
         let c = &mut self.conns[slot];
         let Some(route) = c.route.clone() else {
             return;
@@ -1697,26 +1826,26 @@ impl Worker {
             keepalive_timeout_ms: options.keepalive_timeout.as_millis() as u64,
             close_grace_ms: options.close_grace.as_millis() as u64,
         });
-        let mut state = FramesState::new(options, now);
-        let early_client =
-            c.hs.as_mut()
-                .map(|hs| std::mem::take(&mut hs.early_client))
-                .unwrap_or_default();
-        let mut scratch = Vec::new();
-        let replay = state.on_chunk(Side::Client, &early_client, now, &mut scratch);
-        c.frames = Some(Box::new(state));
-        self.frames_outcome(slot, Side::Client, replay, now, false);
-        if !early_origin.is_empty() && self.conns[slot].closing.is_none() {
+        c.frames = Some(Box::new(FramesState::new(options, now)));
+        for (from, early) in [(Side::Client, held), (Side::Origin, early_origin)] {
+            if early.is_empty() || self.conns[slot].closing.is_some() {
+                continue;
+            }
             let mut pieces = std::mem::take(&mut self.pieces);
             pieces.clear();
-            let Some(state) = self.conns[slot].frames.as_mut() else {
+            let c = &mut self.conns[slot];
+            if from == Side::Client {
+                // The origin's early bytes were counted with the response head; these were held.
+                c.conn.on_recv(from, early.len(), now);
+            }
+            let Some(state) = c.frames.as_mut() else {
                 return;
             };
-            let outcome = state.on_chunk(Side::Origin, &early_origin, now, &mut pieces);
-            let io = &mut self.conns[slot].sides[Side::Client.index()];
+            let outcome = state.on_chunk(from, &early, now, &mut pieces);
+            let io = &mut c.sides[from.other().index()];
             for piece in pieces.drain(..) {
                 let (data, counted) = match piece {
-                    Piece::Forward(range) => (early_origin[range].to_vec(), true),
+                    Piece::Forward(range) => (early[range].to_vec(), true),
                     Piece::Inject(frame) => (frame, false),
                 };
                 io.push(Chunk::Owned {
@@ -1727,7 +1856,8 @@ impl Worker {
                 });
             }
             self.pieces = pieces;
-            self.frames_outcome(slot, Side::Origin, outcome, now, true);
+            self.kick_send(slot, from.other());
+            self.frames_outcome(slot, from, outcome, now, true);
         }
     }
 
@@ -1785,16 +1915,18 @@ impl Worker {
             Side::Client => self.stats.messages_from_clients += outcome.messages,
             Side::Origin => self.stats.messages_from_origins += outcome.messages,
         }
-        let route = c
-            .route
-            .as_ref()
-            .map_or_else(String::new, |r| r.name.clone());
-        for code in &outcome.close_codes {
-            *self
-                .stats
-                .close_codes_seen
-                .entry((route.clone(), *code))
-                .or_default() += 1;
+        if !outcome.close_codes.is_empty() {
+            let route = c.route.as_ref().map_or("", |r| r.name.as_str());
+            for code in &outcome.close_codes {
+                *self
+                    .stats
+                    .close_codes_seen
+                    .entry((route.to_owned(), *code))
+                    .or_default() += 1;
+            }
+        }
+        if outcome.close_received {
+            c.conn.on_close_frame(from);
         }
         if outcome.pong {
             c.conn.on_pong();

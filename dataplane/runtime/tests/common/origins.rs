@@ -289,6 +289,8 @@ pub(crate) enum Behavior {
 pub(crate) struct RawOrigin {
     pub(crate) addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// Connections that ended (the peer closed or reset them, or the behaviour finished).
+    closed: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<Head>>>,
     task: JoinHandle<()>,
 }
@@ -317,20 +319,26 @@ impl RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (a, h) = (accepted.clone(), heads.clone());
+        let (a, c, h) = (accepted.clone(), closed.clone(), heads.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 a.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(raw_conn(tcp, behavior.clone(), h.clone()));
+                let (behavior, h, c) = (behavior.clone(), h.clone(), c.clone());
+                tokio::spawn(async move {
+                    raw_conn(tcp, behavior, h).await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         RawOrigin {
             addr,
             accepted,
+            closed,
             heads,
             task,
         }
@@ -375,6 +383,22 @@ impl RawOrigin {
 
     pub(crate) fn heads(&self) -> Vec<Head> {
         self.heads.lock().expect("lock").clone()
+    }
+
+    /// Waits until every accepted connection has ended; false if one is still open after
+    /// `limit`.
+    pub(crate) async fn closed_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let accepted = self.accepted.load(Ordering::SeqCst);
+            if accepted > 0 && self.closed.load(Ordering::SeqCst) >= accepted {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -429,6 +453,131 @@ async fn drain(tcp: &mut TcpStream) {
     while let Ok(n) = tcp.read(&mut chunk).await {
         if n == 0 {
             return;
+        }
+    }
+}
+
+/// What a [`KeepAliveOrigin`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeepAliveEvent {
+    /// A request line, as received.
+    Request(String),
+    /// A connection ended (the peer closed or reset it).
+    Closed,
+}
+
+/// A raw HTTP/1.1 origin that keeps connections alive and serves every request it reads on
+/// one: an upgrade to `/declined` gets `200` with a body (declining it, keep-alive), a request
+/// for `/chunked` a chunked `200`, anything else (`/internal`, say) [`SECRET_BODY`]. It
+/// records every request line and every connection end, so a test can tell what reached it.
+#[derive(Debug)]
+pub(crate) struct KeepAliveOrigin {
+    pub(crate) addr: SocketAddr,
+    events: Arc<Mutex<Vec<KeepAliveEvent>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for KeepAliveOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What [`KeepAliveOrigin`] serves for paths that a closed route stands for.
+pub(crate) const SECRET_BODY: &str = "SECRET internal content";
+/// Its body for a declined upgrade.
+pub(crate) const DECLINED_BODY: &str = "no upgrade here";
+
+impl KeepAliveOrigin {
+    pub(crate) async fn start() -> KeepAliveOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(keep_alive_conn(tcp, recorded.clone()));
+            }
+        });
+        KeepAliveOrigin { addr, events, task }
+    }
+
+    pub(crate) fn events(&self) -> Vec<KeepAliveEvent> {
+        self.events.lock().expect("lock").clone()
+    }
+
+    /// The request lines received so far.
+    pub(crate) fn requests(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                KeepAliveEvent::Request(line) => Some(line),
+                KeepAliveEvent::Closed => None,
+            })
+            .collect()
+    }
+
+    /// Waits until `n` connections ended; false if they did not within `limit`.
+    pub(crate) async fn wait_closed(&self, n: usize, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let closed = self
+                .events()
+                .iter()
+                .filter(|e| **e == KeepAliveEvent::Closed)
+                .count();
+            if closed >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+}
+
+async fn keep_alive_conn(mut tcp: TcpStream, events: Arc<Mutex<Vec<KeepAliveEvent>>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        while let Some(end) = head_end(&buf) {
+            let head = Head::parse(&buf[..end]);
+            buf.drain(..end);
+            events
+                .lock()
+                .expect("lock")
+                .push(KeepAliveEvent::Request(head.start_line.clone()));
+            let target = head.target().to_string();
+            let response = if target.starts_with("/declined") {
+                format!(
+                    "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=30\r\n\
+                     Content-Length: {}\r\n\r\n{DECLINED_BODY}",
+                    DECLINED_BODY.len()
+                )
+            } else if target.starts_with("/chunked") {
+                format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{DECLINED_BODY}\r\n0\r\n\r\n",
+                    DECLINED_BODY.len()
+                )
+            } else {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{SECRET_BODY}",
+                    SECRET_BODY.len()
+                )
+            };
+            if tcp.write_all(response.as_bytes()).await.is_err() {
+                events.lock().expect("lock").push(KeepAliveEvent::Closed);
+                return;
+            }
+        }
+        match tcp.read(&mut chunk).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => {
+                events.lock().expect("lock").push(KeepAliveEvent::Closed);
+                return;
+            }
         }
     }
 }

@@ -188,6 +188,7 @@ impl Worker {
         self.stats.upgraded += 1;
         self.record_handshake(slot);
         self.kick_send(slot, Side::Client);
+        self.schedule_drain_close(slot);
         if !tail.is_empty() {
             self.function_input(slot, &mut tail, now);
         }
