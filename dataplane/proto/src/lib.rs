@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod body;
 pub mod channels;
+pub mod chunk;
 pub mod conn;
 pub mod endpoint;
 pub mod firewall;
