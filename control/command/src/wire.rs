@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, HostMatch, Limits, Route};
 use crate::duration::format_duration;
+pub use crate::unix_now;
+
+/// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
+/// once in `wsedge_proto::channels` and used from here by every control client.
+pub use wsedge_proto::channels::{MAX_CHANNEL_LEN, is_valid_channel};
 
 /// The protocol version this build speaks. A receiver answers any other version with
 /// [`ErrorKind::UnsupportedVersion`]. Adding a request type or an optional field does not
@@ -501,7 +506,7 @@ pub fn list_views(config: &Config, name: Option<&str>, unix_now: u64) -> Option<
                 .iter()
                 .filter(|e| e.expires.is_none_or(|x| unix_now < x))
                 .map(|e| ListEntryView {
-                    cidr: format!("{}/{}", e.addr, e.len),
+                    cidr: e.cidr.to_string(),
                     expires: e.expires,
                 })
                 .collect(),
@@ -510,11 +515,16 @@ pub fn list_views(config: &Config, name: Option<&str>, unix_now: u64) -> Option<
     (name.is_none() || !lists.is_empty()).then_some(lists)
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Checks the channel of a [`Request::Publish`] or [`Request::Presence`] by
+/// [`is_valid_channel`]; the error says what a channel name is.
+pub fn check_channel(channel: &str) -> Result<(), String> {
+    if is_valid_channel(channel) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{channel:?} is not a channel name (1 to {MAX_CHANNEL_LEN} characters of A-Z a-z 0-9 . _ : -)"
+        ))
+    }
 }
 
 /// Bytes as a standard base64 string in JSON (no dependency: the alphabet is 64 bytes).
@@ -1021,6 +1031,18 @@ mod tests {
         )
         .expect_err("bad base64");
         assert_eq!((e.id, e.kind), (Some(3), ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn channel_names_checked_by_the_dataplane_rule() {
+        assert_eq!(check_channel("news.eu:1_a-b"), Ok(()));
+        let e = check_channel("a b").expect_err("space");
+        assert_eq!(
+            e,
+            "\"a b\" is not a channel name (1 to 128 characters of A-Z a-z 0-9 . _ : -)"
+        );
+        assert!(check_channel("").is_err());
+        assert!(check_channel(&"x".repeat(MAX_CHANNEL_LEN + 1)).is_err());
     }
 
     #[test]

@@ -489,16 +489,7 @@ impl Shared {
 
 /// A `bad_request` unless `channel` is a channel name.
 fn check_channel(channel: &str) -> Result<(), Failure> {
-    if wsedge_proto::channels::is_valid_channel(channel) {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            ErrorKind::BadRequest,
-            format!(
-                "{channel:?} is not a channel name (1 to 128 characters of A-Z a-z 0-9 . _ : -)"
-            ),
-        ))
-    }
+    wire::check_channel(channel).map_err(|m| Failure::new(ErrorKind::BadRequest, m))
 }
 
 /// The fields of `new` that differ from `old` but only take effect at a restart.
