@@ -5,7 +5,11 @@
 //! the control process validates the same schema before pushing it. Validation turns the
 //! TOML text into types that cannot hold an invalid state, and every error names the file,
 //! the line and the field. The firewall part validates straight into the engine's own types
-//! (`wsedge_proto::firewall`), so the model is defined once.
+//! (`wsedge_proto::firewall`), so the model is defined once. [`wire`] is the control protocol:
+//! its messages, framing, the blocking client and the control-socket server both processes
+//! serve with.
+
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod duration;

@@ -7,6 +7,8 @@
 //! scripts. Exit codes: 0 ok, 1 the request failed, 2 usage error or invalid configuration,
 //! 3 the daemon or dataplane cannot be reached.
 
+#![forbid(unsafe_code)]
+
 mod daemon;
 mod edit;
 mod render;

@@ -1,6 +1,6 @@
 //! The control wire protocol, shared by the dataplane's control socket, the control process
-//! (`wsedgectl daemon`) and the CLI: typed requests and responses, their framing, and the
-//! blocking client.
+//! (`wsedgectl daemon`) and the CLI: typed requests and responses, their framing, the
+//! blocking client, and the server both sockets run.
 //!
 //! A frame is a 4-byte big-endian length followed by that many bytes of JSON. The length is
 //! checked against [`MAX_FRAME`] before anything is allocated. The JSON is an [`Envelope`]:
@@ -11,11 +11,13 @@
 //!
 //! By job: `messages` (envelope, requests, responses, error kinds), `views` (the answers'
 //! bodies, and how routes, limits and lists are read off a configuration), `framing`
-//! (length-checked frames, the envelope codec) and `client` (blocking [`Client`]).
+//! (length-checked frames, the envelope codec), `client` (blocking [`Client`]) and
+//! [`server`] (bind, peer credentials, serving, [`server::Failure`]).
 
 mod client;
 mod framing;
 mod messages;
+pub mod server;
 mod views;
 
 pub use crate::unix_now;
