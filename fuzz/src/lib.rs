@@ -259,6 +259,10 @@ pub fn config(data: &[u8]) {
                 assert!((512..=1 << 20).contains(&l.max_head_bytes));
                 assert!(l.max_connection_time_jitter <= 50);
             }
+            // Validation is complete: the engine accepts every firewall that passed it.
+            if let Err(e) = c.firewall.build() {
+                panic!("validated firewall refused by the engine: {e}");
+            }
             // Deterministic: the same text validates to the same config.
             let again = wsedge_command::Config::from_toml(text, "fuzz.toml").expect("again");
             assert_eq!(again, c);

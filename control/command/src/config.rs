@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use wsedge_proto::handshake::MAX_HEADERS_CAP;
 
-/// Hard cap on `max_headers`: the head parser keeps its header array on the stack.
-pub const MAX_HEADERS_CAP: usize = 256;
+use crate::error::ConfigError;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,26 +265,6 @@ impl Default for FrameOptions {
             close_grace: Duration::from_secs(5),
         }
     }
-}
-
-/// Why a configuration was refused; the text names the file, line and field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
-    #[error("{file}:{line}: {field}: {message}")]
-    Invalid {
-        file: String,
-        line: usize,
-        field: String,
-        message: String,
-    },
 }
 
 impl Config {

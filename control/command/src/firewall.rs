@@ -1,13 +1,13 @@
 //! The firewall part of the configuration schema: `[[list]]` network lists and `[[rule]]`
 //! firewall rules, validated into [`FirewallConfig`].
 //!
-//! The dataplane's pure firewall engine (`wsedge_proto::firewall`, evaluated by the
-//! connection state machine before any origin connection) has its own types; the runtime
-//! converts a [`FirewallConfig`] into them (one-to-one: every type here mirrors one there).
-//! Validation here is complete, so that conversion cannot fail on a config that passed:
-//! list and route names are resolved, CIDRs parsed, and regexes compiled exactly as the
-//! engine compiles them (bytes regex, same size limits), so a bad pattern is reported with
-//! its file and line by the control process too, before anything is pushed.
+//! The model is the dataplane engine's own (`wsedge_proto::firewall`, evaluated by the
+//! connection state machine before any origin connection): rules validate straight into
+//! [`Rule`]s and list entries into [`Cidr`]s, and [`FirewallConfig::build`] hands them to
+//! [`Firewall::new`]. Validation here is complete, so that build cannot fail on a config
+//! that passed: list and route names are resolved, CIDRs parsed, header names checked and
+//! regexes compiled by the engine's own functions, so a bad pattern is reported with its
+//! file and line by the control process too, before anything is pushed.
 //!
 //! ```toml
 //! [[list]]
@@ -31,21 +31,23 @@
 //! action = { rate_limit = { per = "address", rate = 10, every = "1s", burst = 20 } }
 //! ```
 
-use std::net::IpAddr;
 use std::ops::Range;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use wsedge_proto::firewall::{
+    CidrError, FirewallError, MAX_RESPONSE_BODY, NetList, compile_regex, is_header_name,
+};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
-/// Longest custom response body (the engine's `MAX_RESPONSE_BODY`).
-pub const MAX_RESPONSE_BODY: usize = 4096;
-/// Longest regex source (the engine's limit).
-const MAX_PATTERN_LEN: usize = 4096;
-/// Compiled-size limit given to the regex crate (the engine's limit).
-const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// The model a [`FirewallConfig`] is made of: the engine's own types, so users of the
+/// configuration name them without depending on the engine's crate.
+pub use wsedge_proto::firewall::{
+    Action, Cidr, Criterion, Firewall, LimitScope, MatchOp, Matcher, RateLimit, Rule,
+};
+
 /// Deepest nesting of `all` / `any` / `not`.
 const MAX_DEPTH: usize = 16;
 
@@ -53,11 +55,14 @@ const MAX_DEPTH: usize = 16;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FirewallConfig {
     pub lists: Vec<NetListConfig>,
-    /// In evaluation order.
-    pub rules: Vec<RuleConfig>,
+    /// In evaluation order; every rule passes [`Firewall::new`]: its criteria name defined
+    /// lists and valid headers, its patterns compile, its action is within the engine's
+    /// bounds, and `routes` names defined routes only.
+    pub rules: Vec<Rule>,
 }
 
-/// A named network list.
+/// A named network list, as written: entries in file order (the engine's [`NetList`] sorts
+/// and merges them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetListConfig {
     pub name: String,
@@ -67,86 +72,27 @@ pub struct NetListConfig {
 /// One network of a list, with its expiry (unix seconds; `None` = never).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListEntry {
-    /// Network address (host bits clear).
-    pub addr: IpAddr,
-    /// Prefix length (at most 32 for IPv4, 128 for IPv6).
-    pub len: u8,
+    pub cidr: Cidr,
     pub expires: Option<u64>,
 }
 
-/// A firewall rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleConfig {
-    pub name: String,
-    /// Route names (all defined); `None` = every route.
-    pub routes: Option<Vec<String>>,
-    /// `None` = always.
-    pub when: Option<CriterionConfig>,
-    pub action: ActionConfig,
-}
-
-/// A condition (mirrors `wsedge_proto::firewall::Criterion`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CriterionConfig {
-    All(Vec<CriterionConfig>),
-    Any(Vec<CriterionConfig>),
-    Not(Box<CriterionConfig>),
-    /// A defined list's name.
-    ClientIn(String),
-    Host(MatcherConfig),
-    Method(MatcherConfig),
-    Path(MatcherConfig),
-    Query {
-        name: String,
-        matcher: MatcherConfig,
-    },
-    Header {
-        name: String,
-        matcher: MatcherConfig,
-    },
-}
-
-/// A test on one value (mirrors `wsedge_proto::firewall::Matcher`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatcherConfig {
-    pub op: MatchOpConfig,
-    pub negate: bool,
-}
-
-/// How a value is tested (mirrors `wsedge_proto::firewall::MatchOp`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MatchOpConfig {
-    Exists,
-    Equals(String),
-    StartsWith(String),
-    /// A pattern that compiles.
-    Matches(String),
-}
-
-/// What a rule does (mirrors `wsedge_proto::firewall::Action`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionConfig {
-    Allow,
-    Deny,
-    Drop,
-    /// Status 200..=499, body at most [`MAX_RESPONSE_BODY`] bytes.
-    Respond {
-        status: u16,
-        body: String,
-    },
-    RateLimit {
-        per_address: bool,
-        /// At least 1.
-        rate: u32,
-        /// 1 ms ..= 1 h.
-        every: Duration,
-        /// At least 1; defaults to `rate`.
-        burst: u32,
-    },
-    /// At least 1.
-    AddressCap(u32),
-    /// At least 1.
-    GlobalCap(u32),
+impl FirewallConfig {
+    /// The engine for this configuration: lists indexed, rules compiled. Each dataplane
+    /// worker builds its own copy. Cannot fail on a configuration that passed validation;
+    /// an error here is reported like an invalid configuration.
+    pub fn build(&self) -> Result<Firewall, FirewallError> {
+        let lists = self
+            .lists
+            .iter()
+            .map(|l| {
+                NetList::new(
+                    l.name.clone(),
+                    l.entries.iter().map(|e| (e.cidr, e.expires)),
+                )
+            })
+            .collect();
+        Firewall::new(self.rules.clone(), lists)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,12 +212,12 @@ pub(crate) fn validate(
                 RawEntry::Plain(c) => (c, None),
                 RawEntry::Full(e) => (e.cidr, e.expires),
             };
-            let (addr, len) = parse_cidr(&cidr).map_err(|m| invalid(span.clone(), &f, m))?;
+            let cidr = parse_cidr(&cidr).map_err(|m| invalid(span.clone(), &f, m))?;
             let expires = expires
                 .map(|v| parse_expiry(&v))
                 .transpose()
                 .map_err(|m| invalid(span.clone(), &f, m))?;
-            entries.push(ListEntry { addr, len, expires });
+            entries.push(ListEntry { cidr, expires });
         }
         out.lists.push(NetListConfig { name, entries });
     }
@@ -308,7 +254,7 @@ pub(crate) fn validate(
             Some(w) => Some(criterion(w, &field("when"), &out.lists, invalid, 0)?),
         };
         let action = action(raw.action, &field("action"), invalid)?;
-        out.rules.push(RuleConfig {
+        out.rules.push(Rule {
             name,
             routes: rule_routes,
             when,
@@ -332,7 +278,7 @@ fn criterion(
     lists: &[NetListConfig],
     invalid: Invalid<'_>,
     depth: usize,
-) -> Result<CriterionConfig, ConfigError> {
+) -> Result<Criterion, ConfigError> {
     let span = raw.span();
     let err = |m: String| invalid(span.clone(), field, m);
     if depth > MAX_DEPTH {
@@ -360,14 +306,14 @@ fn criterion(
             .collect::<Result<Vec<_>, _>>()
     };
     if let Some(cs) = c.all {
-        return Ok(CriterionConfig::All(many(cs, "all")?));
+        return Ok(Criterion::All(many(cs, "all")?));
     }
     if let Some(cs) = c.any {
-        return Ok(CriterionConfig::Any(many(cs, "any")?));
+        return Ok(Criterion::Any(many(cs, "any")?));
     }
     if let Some(inner) = c.not {
         let inner = criterion(*inner, &format!("{field}.not"), lists, invalid, depth + 1)?;
-        return Ok(CriterionConfig::Not(Box::new(inner)));
+        return Ok(Criterion::Not(Box::new(inner)));
     }
     if let Some(list) = c.client_in {
         if !lists.iter().any(|l| l.name == list) {
@@ -375,17 +321,16 @@ fn criterion(
                 "client_in: no list named {list:?} (lists are defined with [[list]])"
             )));
         }
-        return Ok(CriterionConfig::ClientIn(list));
+        return Ok(Criterion::ClientIn(list));
     }
     let ops = [
-        c.equals.map(|v| (MatchOpConfig::Equals(v), false)),
-        c.not_equals.map(|v| (MatchOpConfig::Equals(v), true)),
-        c.starts_with.map(|v| (MatchOpConfig::StartsWith(v), false)),
-        c.not_starts_with
-            .map(|v| (MatchOpConfig::StartsWith(v), true)),
-        c.matches.map(|v| (MatchOpConfig::Matches(v), false)),
-        c.not_matches.map(|v| (MatchOpConfig::Matches(v), true)),
-        c.exists.map(|e| (MatchOpConfig::Exists, !e)),
+        c.equals.map(|v| (MatchOp::Equals(v), false)),
+        c.not_equals.map(|v| (MatchOp::Equals(v), true)),
+        c.starts_with.map(|v| (MatchOp::StartsWith(v), false)),
+        c.not_starts_with.map(|v| (MatchOp::StartsWith(v), true)),
+        c.matches.map(|v| (MatchOp::Matches(v), false)),
+        c.not_matches.map(|v| (MatchOp::Matches(v), true)),
+        c.exists.map(|e| (MatchOp::Exists, !e)),
     ];
     let mut ops = ops.into_iter().flatten();
     let (Some((op, negate)), None) = (ops.next(), ops.next()) else {
@@ -400,23 +345,24 @@ fn criterion(
         return Err(err("needs exactly one of field, header, query".to_owned()));
     }
     let case_insensitive = c.field.as_deref() == Some("host");
-    if let MatchOpConfig::Matches(pattern) = &op {
-        check_regex(pattern, case_insensitive).map_err(|m| err(format!("invalid regex: {m}")))?;
+    if let MatchOp::Matches(pattern) = &op {
+        // Compiled as the engine compiles it (bytes regex, same limits), then dropped.
+        compile_regex(pattern, case_insensitive).map_err(|m| err(format!("invalid regex: {m}")))?;
     }
-    let matcher = MatcherConfig { op, negate };
+    let matcher = Matcher { op, negate };
     if let Some(name) = c.header {
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
+        if !is_header_name(&name) {
             return Err(err(format!("{name:?} is not a header name")));
         }
-        return Ok(CriterionConfig::Header { name, matcher });
+        return Ok(Criterion::Header { name, matcher });
     }
     if let Some(name) = c.query {
-        return Ok(CriterionConfig::Query { name, matcher });
+        return Ok(Criterion::Query { name, matcher });
     }
     match c.field.as_deref() {
-        Some("host") => Ok(CriterionConfig::Host(matcher)),
-        Some("method") => Ok(CriterionConfig::Method(matcher)),
-        Some("path") => Ok(CriterionConfig::Path(matcher)),
+        Some("host") => Ok(Criterion::Host(matcher)),
+        Some("method") => Ok(Criterion::Method(matcher)),
+        Some("path") => Ok(Criterion::Path(matcher)),
         other => Err(err(format!(
             "field {:?}: must be \"host\", \"method\" or \"path\" (use header = \"...\" or \
              query = \"...\" for those)",
@@ -425,37 +371,19 @@ fn criterion(
     }
 }
 
-/// Compiles a pattern as the engine does (`regex::bytes`, same limits).
-fn check_regex(pattern: &str, case_insensitive: bool) -> Result<(), String> {
-    if pattern.len() > MAX_PATTERN_LEN {
-        return Err(format!("pattern longer than {MAX_PATTERN_LEN} bytes"));
-    }
-    regex::bytes::RegexBuilder::new(pattern)
-        .case_insensitive(case_insensitive)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
-/// RFC 9110 token characters (header names).
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 fn action(
     raw: Spanned<RawAction>,
     field: &str,
     invalid: Invalid<'_>,
-) -> Result<ActionConfig, ConfigError> {
+) -> Result<Action, ConfigError> {
     let span = raw.span();
     let err = |m: &str| invalid(span.clone(), field, m.to_owned());
     let table = match raw.into_inner() {
         RawAction::Word(w) => {
             return match w.as_str() {
-                "allow" => Ok(ActionConfig::Allow),
-                "deny" => Ok(ActionConfig::Deny),
-                "drop" => Ok(ActionConfig::Drop),
+                "allow" => Ok(Action::Allow),
+                "deny" => Ok(Action::Deny),
+                "drop" => Ok(Action::Drop),
                 _ => Err(err(
                     "must be \"allow\", \"deny\", \"drop\", or a table with one of respond, \
                      rate_limit, address_cap, global_cap",
@@ -491,15 +419,15 @@ fn action(
         if r.body.len() > MAX_RESPONSE_BODY {
             return Err(err("respond.body must be at most 4096 bytes"));
         }
-        return Ok(ActionConfig::Respond {
+        return Ok(Action::Respond {
             status: r.status as u16,
             body: r.body,
         });
     }
     if let Some(r) = table.rate_limit {
-        let per_address = match r.per.as_str() {
-            "address" => true,
-            "global" => false,
+        let scope = match r.per.as_str() {
+            "address" => LimitScope::Address,
+            "global" => LimitScope::Global,
             _ => return Err(err("rate_limit.per must be \"address\" or \"global\"")),
         };
         let rate = positive_u32(r.rate, "rate_limit.rate")?;
@@ -512,55 +440,43 @@ fn action(
             None => rate,
             Some(b) => positive_u32(b, "rate_limit.burst")?,
         };
-        return Ok(ActionConfig::RateLimit {
-            per_address,
+        return Ok(Action::RateLimit(RateLimit {
+            scope,
             rate,
-            every,
+            // At most an hour: always fits.
+            period_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
             burst,
-        });
+        }));
     }
     if let Some(max) = table.address_cap {
-        return Ok(ActionConfig::AddressCap(positive_u32(max, "address_cap")?));
+        return Ok(Action::AddressCap {
+            max: positive_u32(max, "address_cap")?,
+        });
     }
     match table.global_cap {
-        Some(max) => Ok(ActionConfig::GlobalCap(positive_u32(max, "global_cap")?)),
+        Some(max) => Ok(Action::GlobalCap {
+            max: positive_u32(max, "global_cap")?,
+        }),
         None => Err(err("needs one action")),
     }
 }
 
-/// Parses `"addr/len"` or a bare address; host bits must be clear.
-pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
-    let bad = || format!("{text:?} is not an IP address or CIDR (e.g. \"203.0.113.0/24\")");
-    let (addr_text, len_text) = match text.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr_text.parse().map_err(|_| bad())?;
-    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len_text {
-        None => max,
-        Some(l) if !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) => {
-            l.parse::<u8>().map_err(|_| bad())?
+/// Parses `"addr/len"` or a bare address into the engine's [`Cidr`]; host bits must be
+/// clear. The engine's parser decides; the messages are the configuration's.
+pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    text.parse::<Cidr>().map_err(|e| match e {
+        CidrError::Syntax(_) => {
+            format!("{text:?} is not an IP address or CIDR (e.g. \"203.0.113.0/24\")")
         }
-        Some(_) => return Err(bad()),
-    };
-    if len > max {
-        return Err(format!("{text:?}: prefix length above {max}"));
-    }
-    let host_bits = match addr {
-        IpAddr::V4(a) => {
-            u32::from(a) & !u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0) != 0
+        CidrError::PrefixLength(_) => {
+            // The address parsed, so a colon means IPv6.
+            let max = if text.contains(':') { 128 } else { 32 };
+            format!("{text:?}: prefix length above {max}")
         }
-        IpAddr::V6(a) => {
-            u128::from(a) & !u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0) != 0
+        CidrError::HostBits(..) => {
+            format!("{text:?}: address has bits set after the prefix length")
         }
-    };
-    if host_bits {
-        return Err(format!(
-            "{text:?}: address has bits set after the prefix length"
-        ));
-    }
-    Ok((addr, len))
+    })
 }
 
 /// An expiry: unix seconds (integer) or a TOML offset date-time (`2026-12-01T00:00:00Z`).
@@ -676,18 +592,15 @@ action = { global_cap = 100000 }
             fw.lists[0].entries,
             vec![
                 ListEntry {
-                    addr: "203.0.113.0".parse().expect("ip"),
-                    len: 24,
+                    cidr: Cidr::new("203.0.113.0".parse().expect("ip"), 24).expect("cidr"),
                     expires: None
                 },
                 ListEntry {
-                    addr: "2001:db8::".parse().expect("ip"),
-                    len: 32,
+                    cidr: Cidr::new("2001:db8::".parse().expect("ip"), 32).expect("cidr"),
                     expires: Some(1_796_083_200)
                 },
                 ListEntry {
-                    addr: "198.51.100.7".parse().expect("ip"),
-                    len: 32,
+                    cidr: Cidr::new("198.51.100.7".parse().expect("ip"), 32).expect("cidr"),
                     expires: Some(1_795_000_000)
                 },
             ]
@@ -695,61 +608,80 @@ action = { global_cap = 100000 }
         assert_eq!(fw.rules.len(), 7);
         assert_eq!(
             fw.rules[0].when,
-            Some(CriterionConfig::ClientIn("blocked".into()))
+            Some(Criterion::ClientIn("blocked".into()))
         );
         assert_eq!(fw.rules[1].routes, Some(vec!["chat".to_owned()]));
         assert_eq!(
             fw.rules[1].when,
-            Some(CriterionConfig::All(vec![
-                CriterionConfig::Header {
+            Some(Criterion::All(vec![
+                Criterion::Header {
                     name: "Origin".into(),
-                    matcher: MatcherConfig {
-                        op: MatchOpConfig::Equals("https://app.example.com".into()),
+                    matcher: Matcher {
+                        op: MatchOp::Equals("https://app.example.com".into()),
                         negate: true
                     }
                 },
-                CriterionConfig::Not(Box::new(CriterionConfig::Path(MatcherConfig {
-                    op: MatchOpConfig::StartsWith("/public".into()),
+                Criterion::Not(Box::new(Criterion::Path(Matcher {
+                    op: MatchOp::StartsWith("/public".into()),
                     negate: false
                 }))),
             ]))
         );
-        let Some(CriterionConfig::Any(any)) = &fw.rules[2].when else {
+        let Some(Criterion::Any(any)) = &fw.rules[2].when else {
             panic!("any expected");
         };
         assert_eq!(
             any[1],
-            CriterionConfig::Header {
+            Criterion::Header {
                 name: "User-Agent".into(),
-                matcher: MatcherConfig {
-                    op: MatchOpConfig::Exists,
+                matcher: Matcher {
+                    op: MatchOp::Exists,
                     negate: true
                 }
             }
         );
-        assert!(matches!(any[3], CriterionConfig::Host(_)));
-        assert_eq!(fw.rules[2].action, ActionConfig::Drop);
+        assert!(matches!(any[3], Criterion::Host(_)));
+        assert_eq!(fw.rules[2].action, Action::Drop);
         assert_eq!(
             fw.rules[3].action,
-            ActionConfig::RateLimit {
-                per_address: true,
+            Action::RateLimit(RateLimit {
+                scope: LimitScope::Address,
                 rate: 10,
-                every: Duration::from_secs(1),
+                period_ms: 1_000,
                 burst: 20
-            }
+            })
         );
         assert_eq!(
             fw.rules[4].action,
-            ActionConfig::RateLimit {
-                per_address: false,
+            Action::RateLimit(RateLimit {
+                scope: LimitScope::Global,
                 rate: 6000,
-                every: Duration::from_secs(60),
+                period_ms: 60_000,
                 burst: 6000
-            }
+            })
         );
-        assert_eq!(fw.rules[5].action, ActionConfig::AddressCap(50));
-        assert_eq!(fw.rules[6].action, ActionConfig::GlobalCap(100_000));
+        assert_eq!(fw.rules[5].action, Action::AddressCap { max: 50 });
+        assert_eq!(fw.rules[6].action, Action::GlobalCap { max: 100_000 });
         assert!(fw.rules[6].when.is_none());
+    }
+
+    #[test]
+    fn validated_firewall_builds_into_the_engine() {
+        let config = load(
+            "[[list]]\nname = \"l\"\nentries = [\"10.0.0.0/8\", \"::ffff:192.0.2.0/120\"]\n\
+             [[rule]]\nname = \"r\"\nroutes = [\"chat\"]\n\
+             when = { any = [ { client_in = \"l\" }, { field = \"host\", matches = \"^A\" } ] }\n\
+             action = { rate_limit = { per = \"address\", rate = 2, every = \"500ms\" } }\n",
+        )
+        .expect("valid");
+        let firewall = config.firewall.build().expect("the engine accepts it");
+        assert_eq!(firewall.rule_count(), 1);
+        assert_eq!(firewall.rule_name(0), "r");
+        let list = firewall.list("l").expect("list");
+        // The IPv4-mapped network is the IPv4 one to the engine.
+        assert!(list.contains("192.0.2.7".parse().expect("ip"), 0));
+        assert!(list.contains("10.1.2.3".parse().expect("ip"), 0));
+        assert!(!list.contains("11.0.0.1".parse().expect("ip"), 0));
     }
 
     #[test]
@@ -850,10 +782,13 @@ action = { global_cap = 100000 }
 
     #[test]
     fn cidrs_and_dates() {
-        assert_eq!(parse_cidr("::/0"), Ok(("::".parse().expect("ip"), 0)));
+        assert_eq!(
+            parse_cidr("::/0"),
+            Ok(Cidr::new("::".parse().expect("ip"), 0).expect("cidr"))
+        );
         assert_eq!(
             parse_cidr("10.1.2.3"),
-            Ok(("10.1.2.3".parse().expect("ip"), 32))
+            Ok(Cidr::new("10.1.2.3".parse().expect("ip"), 32).expect("cidr"))
         );
         for bad in [
             "",

@@ -4,15 +4,30 @@
 //! The dataplane (dataplane/runtime) validates its bootstrap file with [`config::Config`];
 //! the control process validates the same schema before pushing it. Validation turns the
 //! TOML text into types that cannot hold an invalid state, and every error names the file,
-//! the line and the field.
+//! the line and the field. The firewall part validates straight into the engine's own types
+//! (`wsedge_proto::firewall`), so the model is defined once. [`wire`] is the control protocol:
+//! its messages, framing, the blocking client and the control-socket server both processes
+//! serve with.
+
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod duration;
+pub mod error;
 pub mod firewall;
 pub mod wire;
 
 pub use config::{
-    AccessLogTarget, BridgeTarget, Config, ConfigError, ControlConfig, DataplaneConfig,
-    FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, Limits, RelayConfig,
-    RelayMode, Route,
+    AccessLogTarget, BridgeTarget, Config, ControlConfig, DataplaneConfig, FrameOptions,
+    FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, Limits, RelayConfig, RelayMode,
+    Route,
 };
+pub use error::ConfigError;
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the wall clock network-list
+/// entries expire by, read by the dataplane's workers and the control views alike.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

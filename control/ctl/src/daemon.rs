@@ -4,21 +4,20 @@
 //! the CLI on its own socket with the same wire protocol (forwarding dataplane-scope
 //! requests).
 //!
-//! Threads: the signal loop (the caller's thread), a sync loop (once a second), an accept
-//! loop, and one short-lived thread per CLI connection. One lock, `desired`, serialises every
-//! change and every push, so versions reach the dataplane in order.
+//! Threads: the signal loop (the caller's thread), a sync loop (once a second), and the
+//! control-socket server's accept loop with one short-lived thread per CLI connection (the
+//! same server the dataplane runs, `wsedge_command::wire::server`). One lock, `desired`,
+//! serialises every change and every push, so versions reach the dataplane in order.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use wsedge_command::Config;
+use wsedge_command::wire::server::{Failure, Server, Threads};
 use wsedge_command::wire::{
-    self, Applied, Client, ConfigText, DaemonStatus, Envelope, ErrorKind, MAX_FRAME, Request,
-    Response, Status, WireError, decode_request,
+    self, Applied, Client, ConfigText, DaemonStatus, ErrorKind, Request, Response, Status,
+    WireError,
 };
 
 use crate::edit::{self, EditError};
@@ -28,9 +27,6 @@ use crate::state::{self, Desired};
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeout for one request to the dataplane (it waits up to 2 s on its workers).
 const DATAPLANE_TIMEOUT: Duration = Duration::from_secs(8);
-const MAX_PEERS: usize = 16;
-const PEER_IDLE: Duration = Duration::from_secs(30);
-const PEER_WRITE: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,22 +36,6 @@ pub(crate) enum DaemonError {
     Config(String),
     #[error("{0}")]
     Setup(String),
-}
-
-/// A failed request, as it is answered.
-#[derive(Debug)]
-struct Failure {
-    kind: ErrorKind,
-    message: String,
-}
-
-impl Failure {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
-        Failure {
-            kind,
-            message: message.into(),
-        }
-    }
 }
 
 impl From<EditError> for Failure {
@@ -86,7 +66,6 @@ struct Daemon {
     desired: Mutex<Desired>,
     sync: Mutex<SyncInfo>,
     started: Instant,
-    allowed_uids: Vec<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,7 +123,6 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         desired: Mutex::new(desired),
         sync: Mutex::new(SyncInfo::default()),
         started: Instant::now(),
-        allowed_uids: control.allowed_uids.clone(),
     });
     if let Some(path) = &daemon.state_file {
         let desired = lock(&daemon.desired).clone();
@@ -159,12 +137,8 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
     .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
 
     let socket_path = control.daemon_socket.clone();
-    let listener = bind(
-        &socket_path,
-        control.socket_mode,
-        control.socket_group.as_deref(),
-    )
-    .map_err(|e| DaemonError::Setup(format!("{}: {e}", socket_path.display())))?;
+    let server = Server::bind(&socket_path, &control)
+        .map_err(|e| DaemonError::Setup(format!("{}: {e}", socket_path.display())))?;
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new()
             .name(name.to_owned())
@@ -172,11 +146,14 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
             .map(drop)
             .map_err(|e| DaemonError::Setup(format!("cannot spawn a thread: {e}")))
     };
+    let threads = Threads {
+        accept: "wsedgectl-accept",
+        peer: "wsedgectl-peer",
+    };
     let d = daemon.clone();
-    spawn(
-        "wsedgectl-accept",
-        Box::new(move || accept_loop(listener, &d)),
-    )?;
+    server
+        .spawn(threads, move |request| d.handle(request))
+        .map_err(|e| DaemonError::Setup(format!("cannot spawn a thread: {e}")))?;
     let d = daemon.clone();
     spawn("wsedgectl-sync", Box::new(move || sync_loop(&d)))?;
     eprintln!(
@@ -479,17 +456,13 @@ impl Daemon {
                 })
                 .map(Response::Applied),
         };
-        result.unwrap_or_else(|f| Response::error(f.kind, f.message))
+        result.unwrap_or_else(Response::from)
     }
 
     fn desired_config(&self) -> Result<Config, Failure> {
         let d = lock(&self.desired);
         Config::from_toml(&d.toml, &d.source)
             .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))
-    }
-
-    fn permits(&self, uid: u32) -> bool {
-        uid == 0 || uid == nix::unistd::geteuid().as_raw() || self.allowed_uids.contains(&uid)
     }
 }
 
@@ -506,131 +479,6 @@ fn sync_loop(daemon: &Daemon) {
     loop {
         daemon.sync_once();
         std::thread::sleep(SYNC_INTERVAL);
-    }
-}
-
-/// Binds under a temporary name, sets mode and group, then renames into place.
-fn bind(path: &Path, mode: u32, group: Option<&str>) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another daemon is serving this socket",
-                ));
-            }
-        }
-        Ok(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)?;
-    let prepared = (|| {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        if let Some(name) = group {
-            let group = nix::unistd::Group::from_name(name)
-                .map_err(std::io::Error::from)?
-                .ok_or_else(|| std::io::Error::other(format!("no group named {name:?}")))?;
-            std::os::unix::fs::chown(&tmp, None, Some(group.gid.as_raw()))?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = prepared {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(listener)
-}
-
-fn accept_loop(listener: UnixListener, daemon: &Arc<Daemon>) {
-    let active = Arc::new(AtomicUsize::new(0));
-    loop {
-        let mut stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let _ = stream.set_write_timeout(Some(PEER_WRITE));
-        let uid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-            .map(|c| c.uid());
-        let refusal = match uid {
-            Ok(uid) if daemon.permits(uid) => None,
-            Ok(uid) => Some((
-                ErrorKind::PermissionDenied,
-                format!("uid {uid} may not use this socket"),
-            )),
-            Err(e) => Some((
-                ErrorKind::PermissionDenied,
-                format!("peer credentials unavailable: {e}"),
-            )),
-        };
-        let refusal = refusal.or_else(|| {
-            (active.load(Ordering::Acquire) >= MAX_PEERS)
-                .then(|| (ErrorKind::Busy, "too many connections at once".to_owned()))
-        });
-        if let Some((kind, message)) = refusal {
-            tracing::warn!(%message, "CLI peer refused");
-            let _ = wire::send(
-                &mut stream,
-                &Envelope::new(0, Response::error(kind, message)),
-            );
-            continue;
-        }
-        active.fetch_add(1, Ordering::AcqRel);
-        let (d, a) = (daemon.clone(), active.clone());
-        let spawned = std::thread::Builder::new()
-            .name("wsedgectl-peer".to_owned())
-            .spawn(move || {
-                serve_peer(stream, &d);
-                a.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-fn serve_peer(mut stream: UnixStream, daemon: &Daemon) {
-    if stream.set_read_timeout(Some(PEER_IDLE)).is_err() {
-        return;
-    }
-    loop {
-        let body = match wire::read_frame(&mut stream, MAX_FRAME) {
-            Ok(body) => body,
-            Err(e @ WireError::TooLarge { .. }) => {
-                let reply = Response::error(ErrorKind::FrameTooLarge, e.to_string());
-                let _ = wire::send(&mut stream, &Envelope::new(0, reply));
-                return;
-            }
-            Err(_) => return,
-        };
-        let (id, response) = match decode_request(&body) {
-            Ok(envelope) => {
-                tracing::debug!(request = envelope.body.kind(), "CLI request");
-                (envelope.id, daemon.handle(envelope.body))
-            }
-            Err(e) => (e.id.unwrap_or(0), Response::error(e.kind, e.message)),
-        };
-        if wire::send(&mut stream, &Envelope::new(id, response)).is_err() {
-            return;
-        }
     }
 }
 

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use toml_edit::{ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
-use wsedge_command::firewall::parse_cidr;
+use wsedge_command::firewall::{Cidr, parse_cidr};
 
 /// Limits a route may override (the rest are `[limits]` only).
 const ROUTE_KEYS: [&str; 5] = [
@@ -131,7 +131,7 @@ fn lists(doc: &mut DocumentMut, create: bool) -> Result<Option<&mut ArrayOfTable
 }
 
 /// The network of one `entries` element (a string, or an inline table's `cidr`).
-fn entry_network(v: &Value) -> Option<(std::net::IpAddr, u8)> {
+fn entry_network(v: &Value) -> Option<Cidr> {
     let text = match v {
         Value::String(s) => s.value().as_str(),
         Value::InlineTable(t) => t.get("cidr")?.as_str()?,
@@ -148,8 +148,8 @@ pub(crate) fn list_add(
     cidr: &str,
     expires: Option<u64>,
 ) -> Result<String, EditError> {
-    let (addr, len) = parse_cidr(cidr).map_err(EditError::Invalid)?;
-    let normal = format!("{addr}/{len}");
+    let network = parse_cidr(cidr).map_err(EditError::Invalid)?;
+    let normal = network.to_string();
     let mut doc = parse(text)?;
     let tables = lists(&mut doc, true)?.ok_or_else(|| EditError::NoList(name.to_owned()))?;
     let position = tables
@@ -176,7 +176,7 @@ pub(crate) fn list_add(
         .get_mut("entries")
         .and_then(Item::as_array_mut)
         .ok_or_else(|| EditError::Invalid(format!("list {name:?}: entries is not an array")))?;
-    entries.retain(|v| entry_network(v) != Some((addr, len)));
+    entries.retain(|v| entry_network(v) != Some(network));
     match expires {
         None => entries.push(normal),
         Some(at) => {

@@ -7,6 +7,8 @@
 //! scripts. Exit codes: 0 ok, 1 the request failed, 2 usage error or invalid configuration,
 //! 3 the daemon or dataplane cannot be reached.
 
+#![forbid(unsafe_code)]
+
 mod daemon;
 mod edit;
 mod render;
@@ -525,16 +527,7 @@ fn millis(d: Duration) -> u64 {
 
 /// A usage error unless `channel` is a channel name.
 fn check_channel(channel: &str) -> Result<(), Fail> {
-    if wsedge_proto::channels::is_valid_channel(channel) {
-        Ok(())
-    } else {
-        Err(Fail::new(
-            EXIT_USAGE,
-            format!(
-                "{channel:?} is not a channel name (1 to 128 characters of A-Z a-z 0-9 . _ : -)"
-            ),
-        ))
-    }
+    wsedge_command::wire::check_channel(channel).map_err(|m| Fail::new(EXIT_USAGE, m))
 }
 
 /// After a drain request: polls the status until no connection is left or the timeout (plus

@@ -18,7 +18,6 @@ use clap::Parser;
 mod access_log;
 mod control;
 mod driver;
-mod firewall_config;
 mod settings;
 mod stats;
 

@@ -54,7 +54,9 @@ impl Settings {
     /// The worker settings for `config`, run by `workers` workers. Fails only if the firewall
     /// engine refuses what validation accepted (a bug, reported like an invalid config).
     pub(crate) fn from_config(config: &Config, workers: usize) -> Result<Settings, String> {
-        let firewall = crate::firewall_config::build(&config.firewall)
+        let firewall = config
+            .firewall
+            .build()
             .map_err(|e| format!("firewall: {e}"))?;
         let routes = RouteTable::new(config.routes.iter().map(|r| {
             let host = match &r.host {

@@ -3,7 +3,7 @@
 //!
 //! Part of the pure firewall engine ([`crate::firewall`]), evaluated by the dataplane's
 //! connection state machine on the parsed head before any origin connection is opened.
-//! [`Criterion`] is plain data (what the control plane's config converts to);
+//! [`Criterion`] is plain data (what the control plane's config validates into);
 //! [`crate::firewall::Firewall::new`] compiles it once: regexes built, list names resolved to
 //! indices, header names interned so each handshake scans its headers once.
 //!
@@ -168,7 +168,7 @@ impl Compiler<'_> {
                 Compiled::Query(name.as_bytes().into(), self.matcher(matcher, false)?)
             }
             Criterion::Header { name, matcher } => {
-                if name.is_empty() || !name.bytes().all(is_token_byte) {
+                if !is_header_name(name) {
                     return Err(FirewallError::HeaderName {
                         rule: self.rule.to_owned(),
                         name: name.clone(),
@@ -224,6 +224,12 @@ pub fn compile_regex(pattern: &str, ignore_case: bool) -> Result<Regex, String> 
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// Whether `name` is a header name (an RFC 9110 token) a rule may test. Exposed, like
+/// [`compile_regex`], so the control plane can validate names early.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(is_token_byte)
 }
 
 /// RFC 9110 token characters (header names).

@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use criteria::{Criterion, MatchOp, Matcher, compile_regex};
+pub use criteria::{Criterion, MatchOp, Matcher, compile_regex, is_header_name};
 pub use netlist::{Cidr, CidrError, NetList};
 pub use state::{DEFAULT_MAX_TRACKED_ADDRESSES, FirewallState};
 

@@ -8,11 +8,12 @@
 //! and never a hung control thread. The control plane keeps the configuration in force
 //! (TOML text, version, source); `apply_config` validates a new one with the same
 //! `wsedge_command::Config::from_toml` the control process uses, then sends every worker
-//! its own copy. No `unsafe` here: syscalls go through `crate::driver::sys`.
+//! its own copy. The control socket itself (bind, peer credentials, framing, failures) is
+//! `wsedge_command::wire::server`, the same server the control process runs; this module is
+//! its handler. No `unsafe` here: syscalls go through `crate::driver::sys`.
 
 mod metrics;
 mod publish;
-mod socket;
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use wsedge_command::Config;
+use wsedge_command::wire::server::{Failure, Server, Threads};
 use wsedge_command::wire::{
     self, Applied, ConfigText, DataplaneStatus, ErrorKind, Request, Response, StatsReport, Status,
     WorkerStats, WorkerStatus,
@@ -125,10 +127,17 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
     });
     let mut handle = Handle { socket_path: None };
     if let Some(path) = &control.socket {
-        socket::start(path, &control, shared.clone()).map_err(|e| ControlError::Socket {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let threads = Threads {
+            accept: "wsedge-control",
+            peer: "wsedge-ctl-peer",
+        };
+        let served = shared.clone();
+        Server::bind(path, &control)
+            .and_then(|server| server.spawn(threads, move |request| served.handle(request)))
+            .map_err(|e| ControlError::Socket {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         handle.socket_path = Some(path.clone());
         eprintln!("wsedge: control socket {}", path.display());
     }
@@ -143,22 +152,6 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         eprintln!("wsedge: publish API on http://{bound}/publish/");
     }
     Ok(handle)
-}
-
-/// A failed request, as it is answered.
-#[derive(Debug)]
-struct Failure {
-    kind: ErrorKind,
-    message: String,
-}
-
-impl Failure {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
-        Failure {
-            kind,
-            message: message.into(),
-        }
-    }
 }
 
 impl Shared {
@@ -224,10 +217,7 @@ impl Shared {
 
     /// Answers one request. Runs on a control thread; blocks at most a few seconds.
     pub(crate) fn handle(&self, request: Request) -> Response {
-        match self.dispatch(request) {
-            Ok(response) => response,
-            Err(f) => Response::error(f.kind, f.message),
-        }
+        self.dispatch(request).unwrap_or_else(Response::from)
     }
 
     fn dispatch(&self, request: Request) -> Result<Response, Failure> {
@@ -489,16 +479,7 @@ impl Shared {
 
 /// A `bad_request` unless `channel` is a channel name.
 fn check_channel(channel: &str) -> Result<(), Failure> {
-    if wsedge_proto::channels::is_valid_channel(channel) {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            ErrorKind::BadRequest,
-            format!(
-                "{channel:?} is not a channel name (1 to 128 characters of A-Z a-z 0-9 . _ : -)"
-            ),
-        ))
-    }
+    wire::check_channel(channel).map_err(|m| Failure::new(ErrorKind::BadRequest, m))
 }
 
 /// The fields of `new` that differ from `old` but only take effect at a restart.

@@ -332,44 +332,6 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, len: usize) {
     unsafe { libc::munmap(ptr.cast(), len) };
 }
 
-/// The uid of the process on the other end of a Unix socket (SO_PEERCRED).
-pub(crate) fn peer_uid(fd: RawFd) -> io::Result<u32> {
-    // SAFETY: ucred is plain old data; all-zero is valid.
-    let mut cred: libc::ucred = unsafe { zeroed() };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid out-parameters of the stated size.
-    check(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    })?;
-    Ok(cred.uid)
-}
-
-/// This process's effective uid.
-pub(crate) fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// The gid of a group name, from the system's group database.
-pub(crate) fn group_gid(name: &str) -> io::Result<u32> {
-    let cname =
-        std::ffi::CString::new(name).map_err(|_| io::Error::other("group name has a NUL byte"))?;
-    // SAFETY: `cname` is a valid C string; getgrnam's result is read at once, before any other
-    // call could reuse its static storage (only the control thread calls this, at start).
-    let group = unsafe { libc::getgrnam(cname.as_ptr()) };
-    if group.is_null() {
-        return Err(io::Error::other(format!("no group named {name:?}")));
-    }
-    // SAFETY: non-null pointer to the group entry returned just above.
-    Ok(unsafe { (*group).gr_gid })
-}
-
 /// Steers every connection from one client address to the same listener of a SO_REUSEPORT
 /// group of `workers` listeners (those that called `listen()` on this address, in that
 /// order), so per-address state (firewall rate limits and caps) stays in one worker.

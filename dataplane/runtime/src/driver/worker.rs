@@ -447,13 +447,6 @@ fn splice_kind(stage: SpliceStage, from: Side) -> Kind {
     }
 }
 
-/// Wall clock in unix seconds (network-list entries expire by it).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn reset_reason(side: Side) -> CloseReason {
     match side {
         Side::Client => CloseReason::ClientReset,
@@ -1090,7 +1083,7 @@ impl Worker {
         let mut gate = FirewallGate {
             firewall: &settings.firewall,
             state: &mut self.fw_state,
-            unix_now: unix_now(),
+            unix_now: wsedge_command::unix_now(),
             route_names: &settings.route_names,
             route_debug: &settings.route_debug,
             trace: &mut self.fw_trace,

@@ -1,0 +1,23 @@
+//! Why a configuration was refused: the one error type of [`crate::config`] and
+//! [`crate::firewall`] validation, on its own so both modules use it without importing each
+//! other.
+
+/// Why a configuration was refused; the text names the file, line and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+    },
+}

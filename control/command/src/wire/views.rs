@@ -1,0 +1,372 @@
+//! The bodies of the control protocol's answers: status, stats, connections, configuration
+//! changes, routes, limits and network lists, and how the configuration-backed ones are read
+//! off a [`Config`] ([`route_rows`], [`limits_view`], [`list_views`]), by the dataplane and
+//! the control process alike.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(doc)]
+use super::Request;
+use crate::config::{Config, HostMatch, Limits, Route};
+use crate::duration::format_duration;
+
+/// Answer to [`Request::Status`]. The dataplane fills `dataplane`; the control process adds
+/// `daemon` (and leaves `dataplane` empty when it cannot reach it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub dataplane: Option<DataplaneStatus>,
+    #[serde(default)]
+    pub daemon: Option<DaemonStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    pub pid: u32,
+    /// The wsedge build version.
+    pub build: String,
+    pub uptime_ms: u64,
+    /// The version of the configuration the control socket last applied (0 = the file the
+    /// dataplane started with).
+    pub config_version: u64,
+    pub config_source: String,
+    pub workers: Vec<WorkerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub index: usize,
+    /// The configuration version this worker runs.
+    pub config_version: u64,
+    pub live: u64,
+    /// False once drained.
+    pub accepting: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub config_file: String,
+    /// The version of the desired configuration.
+    pub desired_version: u64,
+    pub dataplane_socket: String,
+    pub dataplane_reachable: bool,
+    /// The dataplane runs the desired version.
+    pub in_sync: bool,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// Answer to [`Request::Stats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub workers: Vec<WorkerStats>,
+    pub total: WorkerStats,
+}
+
+/// One worker's counters (or their sum, with `worker` empty).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    pub worker: Option<usize>,
+    pub config_version: u64,
+    pub live: u64,
+    pub accepted: u64,
+    pub upgraded: u64,
+    pub plain_http: u64,
+    pub accept_errors: u64,
+    pub bytes_from_clients: u64,
+    pub bytes_to_clients: u64,
+    /// Connections ended, by close reason (see [`is_rejection`]).
+    pub closed: BTreeMap<String, u64>,
+    /// Handshake latency; absent until the dataplane measures it.
+    #[serde(default)]
+    pub handshake_latency: Option<Percentiles>,
+    /// WebSocket messages seen by `frames` relays, from clients and from origins.
+    #[serde(default)]
+    pub messages_from_clients: u64,
+    #[serde(default)]
+    pub messages_from_origins: u64,
+    /// Close codes in Close frames seen (from either side) and sent by the proxy, by route:
+    /// `"route/code"` -> count.
+    #[serde(default)]
+    pub close_codes_seen: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub close_codes_sent: BTreeMap<String, u64>,
+    /// Splice directions relayed buffered because no pipe could be created (fd exhaustion).
+    #[serde(default)]
+    pub splice_fallbacks: u64,
+}
+
+impl WorkerStats {
+    /// Adds `other`'s counters into `self` (`worker` and `config_version` are untouched).
+    pub fn add(&mut self, other: &WorkerStats) {
+        self.live += other.live;
+        self.accepted += other.accepted;
+        self.upgraded += other.upgraded;
+        self.plain_http += other.plain_http;
+        self.accept_errors += other.accept_errors;
+        self.bytes_from_clients += other.bytes_from_clients;
+        self.bytes_to_clients += other.bytes_to_clients;
+        for (reason, n) in &other.closed {
+            *self.closed.entry(reason.clone()).or_default() += n;
+        }
+        self.messages_from_clients += other.messages_from_clients;
+        self.messages_from_origins += other.messages_from_origins;
+        self.splice_fallbacks += other.splice_fallbacks;
+        for (key, n) in &other.close_codes_seen {
+            *self.close_codes_seen.entry(key.clone()).or_default() += n;
+        }
+        for (key, n) in &other.close_codes_sent {
+            *self.close_codes_sent.entry(key.clone()).or_default() += n;
+        }
+    }
+
+    /// Connections refused or failed before relaying, by reason.
+    pub fn rejected(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.closed
+            .iter()
+            .filter(|(reason, _)| is_rejection(reason))
+            .map(|(r, n)| (r.as_str(), *n))
+    }
+}
+
+/// Whether a close reason means the connection was refused or failed (an error answer, no
+/// route, an unreachable origin...) rather than ended after it was served.
+pub fn is_rejection(reason: &str) -> bool {
+    !matches!(
+        reason,
+        "client_closed"
+            | "origin_closed"
+            | "client_reset"
+            | "origin_reset"
+            | "client_gone"
+            | "http_done"
+            | "not_upgraded"
+            | "idle_timeout"
+            | "max_connection_time"
+            | "shutdown"
+            | "killed"
+            | "drained"
+    )
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// One live connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Names the worker, slot and incarnation; use it with [`Request::Kill`].
+    pub id: u64,
+    pub worker: usize,
+    pub client: String,
+    pub route: Option<String>,
+    pub origin: Option<String>,
+    pub age_ms: u64,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    /// client_head, connecting, origin_head or relay.
+    pub state: String,
+}
+
+/// Answer to a configuration change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub version: u64,
+    pub source: String,
+    /// Whether the dataplane has it (the control process answers `false` when the dataplane
+    /// is unreachable: it pushes the configuration when the dataplane comes back).
+    pub pushed: bool,
+    /// Workers that confirmed running `version`.
+    pub workers_confirmed: usize,
+    /// Changed fields that take effect only when the dataplane restarts (listen addresses,
+    /// worker count, relay buffers, access log, the `[control]` table).
+    #[serde(default)]
+    pub restart_required: Vec<String>,
+}
+
+/// Answer to [`Request::ConfigShow`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigText {
+    pub version: u64,
+    pub source: String,
+    pub toml: String,
+}
+
+/// One route, for `routes list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub name: String,
+    /// `*` for any host.
+    pub host: String,
+    pub path_prefix: String,
+    pub origins: Vec<String>,
+    pub relay: String,
+}
+
+/// Answer to [`Request::LimitsGet`]: each limit as it is written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitsView {
+    pub route: Option<String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+/// One network list, for `lists show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListView {
+    pub name: String,
+    pub entries: Vec<ListEntryView>,
+}
+
+/// One entry of a network list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEntryView {
+    /// `addr/len`.
+    pub cidr: String,
+    /// Unix seconds; absent = never.
+    #[serde(default)]
+    pub expires: Option<u64>,
+}
+
+/// The network lists of `config` (only the one named `name`, when given), without the
+/// entries expired at `unix_now`; `None` if no list has that name.
+pub fn list_views(config: &Config, name: Option<&str>, unix_now: u64) -> Option<Vec<ListView>> {
+    let lists: Vec<ListView> = config
+        .firewall
+        .lists
+        .iter()
+        .filter(|l| name.is_none_or(|n| n == l.name))
+        .map(|l| ListView {
+            name: l.name.clone(),
+            entries: l
+                .entries
+                .iter()
+                .filter(|e| e.expires.is_none_or(|x| unix_now < x))
+                .map(|e| ListEntryView {
+                    cidr: e.cidr.to_string(),
+                    expires: e.expires,
+                })
+                .collect(),
+        })
+        .collect();
+    (name.is_none() || !lists.is_empty()).then_some(lists)
+}
+
+/// The routes of a configuration as [`RouteRow`]s.
+pub fn route_rows(config: &Config) -> Vec<RouteRow> {
+    config.routes.iter().map(route_row).collect()
+}
+
+fn route_row(r: &Route) -> RouteRow {
+    RouteRow {
+        name: r.name.clone(),
+        host: match &r.host {
+            HostMatch::Any => "*".to_owned(),
+            HostMatch::Exact(h) => h.clone(),
+            HostMatch::Suffix(s) => format!("*{s}"),
+        },
+        path_prefix: r.path_prefix.clone(),
+        origins: r.origins.iter().map(|o| o.to_string()).collect(),
+        relay: r.relay.as_str().to_owned(),
+    }
+}
+
+/// The `[limits]` table, or one route's resolved limits; `None` if no route has that name.
+pub fn limits_view(config: &Config, route: Option<&str>) -> Option<LimitsView> {
+    let limits: &Limits = match route {
+        None => &config.limits,
+        Some(name) => &config.routes.iter().find(|r| r.name == name)?.limits,
+    };
+    let mut map = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        map.insert(k.to_owned(), v);
+    };
+    if route.is_none() {
+        put("max_head_bytes", limits.max_head_bytes.to_string());
+        put("max_headers", limits.max_headers.to_string());
+        put(
+            "handshake_timeout",
+            format_duration(limits.handshake_timeout),
+        );
+    }
+    put(
+        "origin_connect_timeout",
+        format_duration(limits.origin_connect_timeout),
+    );
+    put(
+        "origin_handshake_timeout",
+        format_duration(limits.origin_handshake_timeout),
+    );
+    put("idle_timeout", format_duration(limits.idle_timeout));
+    put(
+        "max_connection_time",
+        format_duration(limits.max_connection_time),
+    );
+    put(
+        "max_connection_time_jitter",
+        limits.max_connection_time_jitter.to_string(),
+    );
+    Some(LimitsView {
+        route: route.map(str::to_owned),
+        limits: map,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_views_hide_expired_entries() {
+        let config = Config::from_toml(
+            "[[list]]\nname = \"a\"\nentries = [\"10.0.0.0/8\", { cidr = \"192.0.2.1\", expires = 100 }, { cidr = \"2001:db8::/32\", expires = 300 }]\n[[list]]\nname = \"b\"\n",
+            "t",
+        )
+        .expect("valid");
+        let all = list_views(&config, None, 200).expect("all");
+        assert_eq!(all.len(), 2);
+        let cidrs: Vec<&str> = all[0].entries.iter().map(|e| e.cidr.as_str()).collect();
+        assert_eq!(cidrs, ["10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(all[0].entries[1].expires, Some(300));
+        assert_eq!(
+            list_views(&config, Some("a"), 50).expect("a")[0]
+                .entries
+                .len(),
+            3
+        );
+        assert!(
+            list_views(&config, Some("b"), 0).expect("b")[0]
+                .entries
+                .is_empty()
+        );
+        assert!(list_views(&config, Some("zz"), 0).is_none());
+    }
+
+    #[test]
+    fn route_rows_and_limits() {
+        let config = Config::from_toml(
+            "[limits]\nidle_timeout = \"1m\"\n[[route]]\nname = \"a\"\nhost = \"*.x.org\"\norigins = [\"127.0.0.1:1\"]\nidle_timeout = \"90s\"\n",
+            "t",
+        )
+        .expect("valid");
+        let rows = route_rows(&config);
+        assert_eq!(rows[0].host, "*.x.org");
+        assert_eq!(rows[0].origins, vec!["127.0.0.1:1"]);
+        let global = limits_view(&config, None).expect("global");
+        assert_eq!(global.limits["idle_timeout"], "1m");
+        assert_eq!(global.limits["max_headers"], "64");
+        let route = limits_view(&config, Some("a")).expect("route");
+        assert_eq!(route.limits["idle_timeout"], "90s");
+        assert!(!route.limits.contains_key("max_headers"));
+        assert!(limits_view(&config, Some("zz")).is_none());
+    }
+}
