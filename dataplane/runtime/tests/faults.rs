@@ -639,7 +639,11 @@ async fn fd_exhaustion_at_origin_connect_gives_502_and_recovers() {
     within(90, async {
         let echo = EchoOrigin::start().await;
         // `auto`: the 1 MiB echo below goes bulk and has to fall back when no pipe fits.
-        let config = Config::new().route(Route::new("live", &[echo.addr]).relay("auto"));
+        // 1 KiB relay buffers make "a recv filled a whole buffer" certain for it, whatever the
+        // timing (with 32 KiB ones a busy host sometimes reads it in smaller pieces).
+        let config = Config::new()
+            .route(Route::new("live", &[echo.addr]).relay("auto"))
+            .table("[relay]\nbuffer_size = 1024");
         let mut proxy = LoggedProxy::start(&config).await;
         let pid = proxy.pid();
         let (_, hard) = nofile(pid);

@@ -117,6 +117,8 @@ pub(crate) struct Config {
     /// `[limits]` keys with their raw TOML values.
     limits: Vec<(String, String)>,
     routes: Vec<Route>,
+    /// Raw TOML tables appended at the end (e.g. a `[relay]` table).
+    tables: Vec<String>,
 }
 
 impl Default for Config {
@@ -145,7 +147,14 @@ impl Config {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             routes: Vec::new(),
+            tables: Vec::new(),
         }
+    }
+
+    /// Appends a raw TOML table, e.g. `"[relay]\nbuffer_size = 1024"`.
+    pub(crate) fn table(mut self, toml: &str) -> Self {
+        self.tables.push(toml.to_string());
+        self
     }
 
     pub(crate) fn workers(mut self, n: usize) -> Self {
@@ -203,6 +212,9 @@ impl Config {
             for (k, v) in &r.extra {
                 s.push_str(&format!("{k} = {v}\n"));
             }
+        }
+        for table in &self.tables {
+            s.push_str(&format!("\n{table}\n"));
         }
         s
     }
