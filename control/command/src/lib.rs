@@ -13,6 +13,6 @@ pub mod wire;
 
 pub use config::{
     AccessLogTarget, BridgeTarget, Config, ConfigError, ControlConfig, DataplaneConfig,
-    FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, Limits, RelayConfig,
-    RelayMode, Route,
+    EncodedSlashes, Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig,
+    HostMatch, HttpConfig, Limits, RelayConfig, RelayMode, Route, XRealIp,
 };

@@ -1,5 +1,6 @@
 //! A worker's copy of the configuration, in the shape its event loop uses: the route table,
-//! per-route origins and timers in milliseconds, head limits and relay resources.
+//! per-route origins, timers in milliseconds and forwarding policy, head limits (with the
+//! path rules) and relay resources.
 //!
 //! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
 //! by messages (no sharing on the per-connection path).
@@ -8,11 +9,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use wsedge_command::{
-    Config, FrameOptions, FunctionConfig, FunctionKind, HostMatch, RelayConfig, RelayMode,
+    Config, EncodedSlashes, FrameOptions, FunctionConfig, FunctionKind, HostMatch, RelayConfig,
+    RelayMode, XRealIp,
 };
 use wsedge_proto::conn::RouteTimers;
-use wsedge_proto::firewall::Firewall;
+use wsedge_proto::firewall::{Cidr, Firewall};
+use wsedge_proto::forwarding::{self, Forwarding};
 use wsedge_proto::handshake::HeadLimits;
+use wsedge_proto::path;
 use wsedge_proto::route::{HostPattern, RouteTable};
 
 /// One route as a worker needs it.
@@ -35,6 +39,8 @@ pub(crate) struct Settings {
     /// Route names and debug switches, by route index (what the firewall gate needs).
     pub(crate) route_names: Vec<String>,
     pub(crate) route_debug: Vec<bool>,
+    /// Forwarding-header policy by route index (what the head decision needs).
+    pub(crate) forwarding: Vec<Forwarding>,
     /// Worker count (global firewall limits are shared out between workers).
     pub(crate) workers: usize,
     pub(crate) head_limits: HeadLimits,
@@ -94,10 +100,20 @@ impl Settings {
             firewall,
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
             route_debug: config.routes.iter().map(|r| r.debug).collect(),
+            forwarding: config
+                .routes
+                .iter()
+                .map(|r| forwarding_of(&r.forwarding))
+                .collect::<Result<_, _>>()?,
             workers,
             head_limits: HeadLimits {
                 max_head_bytes: config.limits.max_head_bytes,
                 max_headers: config.limits.max_headers,
+                encoded_slashes: match config.http.encoded_slashes {
+                    EncodedSlashes::Reject => path::EncodedSlashes::Reject,
+                    EncodedSlashes::Keep => path::EncodedSlashes::Keep,
+                    EncodedSlashes::Decode => path::EncodedSlashes::Decode,
+                },
             },
             handshake_ms: ms(config.limits.handshake_timeout),
             routes,
@@ -107,4 +123,22 @@ impl Settings {
             drain_timeout: config.dataplane.drain_timeout,
         })
     }
+}
+
+/// A route's forwarding policy as the head rewrite uses it.
+fn forwarding_of(f: &wsedge_command::Forwarding) -> Result<Forwarding, String> {
+    let trusted_proxies = f
+        .trusted_proxies
+        .iter()
+        .map(|&(addr, len)| {
+            Cidr::new(addr, len).ok_or_else(|| format!("trusted_proxies: {addr}/{len} is invalid"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Forwarding {
+        trusted_proxies,
+        x_real_ip: match f.x_real_ip {
+            XRealIp::Set => forwarding::XRealIp::Set,
+            XRealIp::Remove => forwarding::XRealIp::Remove,
+        },
+    })
 }
