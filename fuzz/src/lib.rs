@@ -5,11 +5,13 @@
 //! when an invariant breaks (a panic inside the code under test fails the same way).
 //!
 //! - [`handshake`] checks `handshake::parse_request` + `rewrite_for_origin`.
+//! - [`path`] checks `path::normalize` on its own and through `parse_request`.
 //! - [`response`] checks `response::parse_response`.
 //! - [`config`] checks `wsedge_command::Config::from_toml`.
 //! - [`conn`] checks the connection state machine `conn::Conn`, driven by a sequence of events
 //!   decoded with `arbitrary`, the way the ring driver drives it.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -18,6 +20,8 @@ use wsedge_proto::conn::{
     CloseReason, Conn, ConnectAction, ConnectFailure, HeadAction, HeadContext, OriginAction, Phase,
     RouteTimers, Side, TimerAction, Upgrade,
 };
+use wsedge_proto::firewall::Cidr;
+use wsedge_proto::forwarding::{Forwarding, XRealIp};
 use wsedge_proto::frame::tracker::Event as FrameEvent;
 use wsedge_proto::frame::{
     FrameError, FrameHeader, FrameTracker, LengthRule, MAX_HEADER_LEN, OpCode, Role, TrackerConfig,
@@ -27,6 +31,7 @@ use wsedge_proto::handshake::{
     BodyLength, HeadLimits, MAX_HEADERS_CAP, Request, RequestKind, parse_request,
     rewrite_for_origin,
 };
+use wsedge_proto::path::{EncodedSlashes, normalize};
 use wsedge_proto::response::{ResponseError, parse_response};
 use wsedge_proto::route::{HostPattern, RouteTable};
 use wsedge_proto::wheel::Tick;
@@ -34,26 +39,38 @@ use wsedge_proto::wheel::Tick;
 /// The key of RFC 6455's example and its accept value.
 pub const TEST_KEY: &[u8] = b"dGhlIHNhbXBsZSBub25jZQ==";
 
-/// Limits that accept anything the rewriter can produce from a head within the defaults.
-fn roomy(len: usize) -> HeadLimits {
+/// Limits that accept anything the rewriter can produce from a head within `limits`.
+fn roomy(len: usize, limits: &HeadLimits) -> HeadLimits {
     HeadLimits {
         max_head_bytes: len + 1,
         max_headers: MAX_HEADERS_CAP,
+        ..*limits
     }
 }
+
+const SLASH_MODES: [EncodedSlashes; 3] = [
+    EncodedSlashes::Reject,
+    EncodedSlashes::Keep,
+    EncodedSlashes::Decode,
+];
 
 // ---------------------------------------------------------------------------------------------
 // handshake
 // ---------------------------------------------------------------------------------------------
 
-/// `parse_request` under the default limits and under small ones; every accepted head is
-/// rewritten for the origin and checked.
+/// `parse_request` under the default limits, under small ones and with each encoded-slash
+/// mode; every accepted head is rewritten for the origin and checked.
 pub fn handshake(data: &[u8]) {
     let small = HeadLimits {
         max_head_bytes: 512,
         max_headers: 8,
+        encoded_slashes: EncodedSlashes::Keep,
     };
-    for limits in [HeadLimits::default(), small] {
+    let decode = HeadLimits {
+        encoded_slashes: EncodedSlashes::Decode,
+        ..HeadLimits::default()
+    };
+    for limits in [HeadLimits::default(), small, decode] {
         check_request(data, &limits);
     }
 }
@@ -87,6 +104,12 @@ fn check_accepted(data: &[u8], limits: &HeadLimits, req: &Request<'_>) {
     assert!(req.headers.len() <= limits.max_headers);
     assert!(req.minor_version <= 1);
     assert!(req.target.starts_with('/') || req.target == "*");
+    assert!(!req.target.contains('#'), "a fragment was accepted");
+    if req.target != "*" {
+        let raw = req.target.split_once('?').map_or(req.target, |(p, _)| p);
+        let normal = normalize(raw, limits.encoded_slashes).expect("accepted path normalizes");
+        assert_eq!(req.path(), &*normal);
+    }
     if let RequestKind::WebSocket { key } = req.kind {
         assert_eq!(req.method, "GET");
         assert_eq!(req.minor_version, 1);
@@ -111,15 +134,37 @@ fn check_accepted(data: &[u8], limits: &HeadLimits, req: &Request<'_>) {
         IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
     ];
     let peer = peers[data.len() % peers.len()];
+    // Trust nobody; then trust every peer above (the client's chain is kept and extended),
+    // without X-Real-IP.
+    let trusting = Forwarding {
+        trusted_proxies: vec![
+            Cidr::V4 {
+                addr: 0xcb00_7100,
+                len: 24,
+            },
+            Cidr::V4 {
+                addr: 0x0a00_0000,
+                len: 8,
+            },
+            Cidr::V6 {
+                addr: 0x2001_0db8 << 96,
+                len: 32,
+            },
+        ],
+        x_real_ip: XRealIp::Remove,
+    };
     let mut out = Vec::new();
-    rewrite_for_origin(req, peer, "http", &mut out);
-    check_rewritten(req, peer, &out);
+    for forwarding in [&Forwarding::default(), &trusting] {
+        out.clear();
+        rewrite_for_origin(req, peer, "http", forwarding, &mut out);
+        check_rewritten(req, peer, forwarding, limits, &out);
+    }
 
     // Head + tail: the rewritten head ends where it says, and the tail follows unchanged.
     let tail = &data[n..];
     let mut joined = out.clone();
     joined.extend_from_slice(tail);
-    let re = parse_request(&joined, &roomy(joined.len()))
+    let re = parse_request(&joined, &roomy(joined.len(), limits))
         .expect("rewritten head + tail")
         .expect("complete");
     assert_eq!(
@@ -134,8 +179,14 @@ fn check_accepted(data: &[u8], limits: &HeadLimits, req: &Request<'_>) {
     );
 }
 
-fn check_rewritten(req: &Request<'_>, peer: IpAddr, out: &[u8]) {
-    let re = match parse_request(out, &roomy(out.len())) {
+fn check_rewritten(
+    req: &Request<'_>,
+    peer: IpAddr,
+    forwarding: &Forwarding,
+    limits: &HeadLimits,
+    out: &[u8],
+) {
+    let re = match parse_request(out, &roomy(out.len(), limits)) {
         Ok(Some(r)) => r,
         other => panic!(
             "rewritten head does not re-parse: {other:?}\n{}",
@@ -144,7 +195,13 @@ fn check_rewritten(req: &Request<'_>, peer: IpAddr, out: &[u8]) {
     };
     assert_eq!(re.head_len, out.len());
     assert_eq!(re.method, req.method);
-    assert_eq!(re.target, req.target);
+    // The normalized path, the query as sent.
+    assert_eq!(re.path(), req.path());
+    assert_eq!(
+        re.target.split_once('?').map_or(re.target, |(p, _)| p),
+        req.path()
+    );
+    assert_eq!(re.query(), req.query());
     assert_eq!(re.minor_version, req.minor_version);
     assert_eq!(re.host, req.host);
     assert_eq!(re.kind, req.kind, "classification changed by the rewrite");
@@ -155,12 +212,47 @@ fn check_rewritten(req: &Request<'_>, peer: IpAddr, out: &[u8]) {
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .count()
     };
-    let xff = peer.to_canonical().to_string();
+    let sent = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    };
+    let peer_text = peer.to_canonical().to_string();
+    let trusted = forwarding.trusts(peer);
     assert_eq!(count("x-forwarded-for"), 1);
-    assert_eq!(re.header("x-forwarded-for"), Some(xff.as_bytes()));
-    assert_eq!(count("x-forwarded-proto"), 1);
-    assert_eq!(count("forwarded"), 0, "a client Forwarded header survived");
-    assert_eq!(count("x-forwarded-host"), usize::from(req.host.is_some()));
+    let xff = re.header("x-forwarded-for").unwrap_or_default();
+    if trusted {
+        // The client's chain, then the peer.
+        let chain: Vec<&[u8]> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for"))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|e| !e.is_empty())
+            .chain(std::iter::once(peer_text.as_bytes()))
+            .collect();
+        assert_eq!(xff, chain.join(&b", "[..]).as_slice());
+        assert_eq!(count("forwarded"), sent("forwarded"));
+        assert_eq!(count("x-forwarded-proto"), sent("x-forwarded-proto").max(1));
+        let host = sent("x-forwarded-host").max(usize::from(req.host.is_some()));
+        assert_eq!(count("x-forwarded-host"), host);
+    } else {
+        assert_eq!(xff, peer_text.as_bytes());
+        assert_eq!(count("x-forwarded-proto"), 1);
+        assert_eq!(count("forwarded"), 0, "a client Forwarded header survived");
+        assert_eq!(count("x-forwarded-host"), usize::from(req.host.is_some()));
+    }
+    match forwarding.x_real_ip {
+        XRealIp::Remove => assert_eq!(count("x-real-ip"), 0),
+        XRealIp::Set => {
+            assert_eq!(count("x-real-ip"), 1);
+            if !trusted {
+                assert_eq!(re.header("x-real-ip"), Some(peer_text.as_bytes()));
+            }
+        }
+    }
     if !req.is_websocket() {
         assert_eq!(count("upgrade"), 0);
         assert_eq!(count("connection"), 1);
@@ -171,7 +263,97 @@ fn check_rewritten(req: &Request<'_>, peer: IpAddr, out: &[u8]) {
         }
     }
     // The origin never sees more header lines than we accepted, plus ours.
-    assert!(re.headers.len() <= req.headers.len() + 4);
+    assert!(re.headers.len() <= req.headers.len() + 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// path
+// ---------------------------------------------------------------------------------------------
+
+/// `path::normalize` in every encoded-slash mode: an accepted path's normal form starts with
+/// `/`, has no empty (but a trailing), `.` or `..` segment, no escaped unreserved character,
+/// only upper-case escapes (`%2F`/`%5C` only when kept), no `\` or `#`, and is its own normal
+/// form (returned borrowed). The same bytes as a request-target: `parse_request` routes on
+/// exactly that normal form, and the rewritten head carries it.
+pub fn path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    for mode in SLASH_MODES {
+        let Ok(normal) = normalize(text, mode) else {
+            continue;
+        };
+        check_normal(text, &normal, mode);
+        match normalize(&normal, mode) {
+            Ok(Cow::Borrowed(again)) => assert_eq!(again, &*normal),
+            other => panic!("{text:?} -> {normal:?} -> {other:?}: not idempotent"),
+        }
+        if matches!(normal, Cow::Borrowed(_)) {
+            assert_eq!(&*normal, text, "borrowed but changed");
+        }
+    }
+    if text.len() > 4096 || text.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?') {
+        return;
+    }
+    let head = format!("GET {text} HTTP/1.1\r\nHost: h\r\n\r\n");
+    for mode in SLASH_MODES {
+        let limits = HeadLimits {
+            encoded_slashes: mode,
+            ..HeadLimits::default()
+        };
+        let parsed = parse_request(head.as_bytes(), &limits);
+        let want = normalize(text, mode);
+        match (&parsed, &want) {
+            (Ok(Some(r)), Ok(n)) => {
+                assert_eq!(r.path(), &**n);
+                let mut out = Vec::new();
+                rewrite_for_origin(
+                    r,
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    "http",
+                    &Forwarding::default(),
+                    &mut out,
+                );
+                let line_end = out.iter().position(|&b| b == b'\r').unwrap_or(out.len());
+                let line = String::from_utf8_lossy(&out[..line_end]);
+                assert_eq!(line, format!("GET {n} HTTP/1.1"));
+            }
+            // Both refuse: the request is a 400, never forwarded.
+            (Err(_), Err(_)) => {}
+            _ => panic!("{text:?}: parse_request gave {parsed:?} but normalize {want:?}"),
+        }
+    }
+}
+
+fn check_normal(input: &str, n: &str, mode: EncodedSlashes) {
+    assert!(n.starts_with('/'), "{input:?} -> {n:?}");
+    let segs: Vec<&str> = n[1..].split('/').collect();
+    for (k, s) in segs.iter().enumerate() {
+        assert!(!s.is_empty() || k + 1 == segs.len(), "{input:?} -> {n:?}");
+        let name = s.split(';').next().unwrap_or("");
+        assert!(
+            !(matches!(name, "." | "..") || (s.contains(';') && name.is_empty())),
+            "{input:?} -> {n:?}: dot-like segment {s:?}"
+        );
+    }
+    assert!(!n.contains('\\') && !n.contains('#'), "{input:?} -> {n:?}");
+    let b = n.as_bytes();
+    for (k, _) in n.match_indices('%') {
+        let hex = |i: usize| {
+            b.get(i)
+                .filter(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+                .map(|&c| (c as char).to_digit(16).unwrap_or(0) as u8)
+        };
+        let (Some(hi), Some(lo)) = (hex(k + 1), hex(k + 2)) else {
+            panic!("{input:?} -> {n:?}: escape not two upper-case hex digits");
+        };
+        let v = hi << 4 | lo;
+        let unreserved = v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~');
+        assert!(!unreserved && v >= 0x20 && v != 0x7f, "{input:?} -> {n:?}");
+        if v == b'/' || v == b'\\' {
+            assert_eq!(mode, EncodedSlashes::Keep, "{input:?} -> {n:?}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -184,6 +366,7 @@ pub fn response(data: &[u8]) {
     let small = HeadLimits {
         max_head_bytes: 512,
         max_headers: 8,
+        ..HeadLimits::default()
     };
     for limits in [HeadLimits::default(), small] {
         for accept in [None, Some(&expected)] {
@@ -384,6 +567,7 @@ fn run_conn(data: &[u8]) -> Driver {
     let limits = HeadLimits {
         max_head_bytes: 1024,
         max_headers: 16,
+        ..HeadLimits::default()
     };
     let routes = RouteTable::new([
         (
@@ -401,6 +585,7 @@ fn run_conn(data: &[u8]) -> Driver {
         routes: &routes,
         peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
         proto: "http",
+        forwarding: &[],
     };
     let mut u = Unstructured::new(data);
     let mut d = Driver {
@@ -563,7 +748,7 @@ impl Driver {
                 assert!(route < cx.routes.len());
                 assert_eq!(self.conn.phase(), Phase::Connecting);
                 // What goes to the origin starts with a head that parses.
-                let re = parse_request(&origin_head, &roomy(origin_head.len()));
+                let re = parse_request(&origin_head, &roomy(origin_head.len(), cx.limits));
                 assert!(matches!(re, Ok(Some(_))), "forwarded head: {re:?}");
                 if let Ok(Some(r)) = re {
                     let ws = self.conn.upgrade() == Some(Upgrade::WebSocket);

@@ -51,6 +51,15 @@ const DICT: &[&[u8]] = &[
     b"\"",
     b"'",
     b"\xff",
+    b"/../",
+    b"/./",
+    b"//",
+    b"%2e",
+    b"%2F",
+    b"%5c",
+    b"\\",
+    b";",
+    b"%",
 ];
 
 /// xorshift64*: small, fast, deterministic.
@@ -238,4 +247,9 @@ fn conn_outcomes() {
 #[test]
 fn frame() {
     smoke("frame", wsedge_fuzz::frame);
+}
+
+#[test]
+fn path() {
+    smoke("path", wsedge_fuzz::path);
 }

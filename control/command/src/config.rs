@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use wsedge_proto::firewall::Cidr;
+pub use wsedge_proto::forwarding::{Forwarding, XRealIp};
 use wsedge_proto::handshake::MAX_HEADERS_CAP;
+pub use wsedge_proto::path::EncodedSlashes;
 
 use crate::error::ConfigError;
 
@@ -24,6 +27,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The `[limits]` table: the defaults every route starts from.
     pub limits: Limits,
+    /// The `[http]` table: how request paths are read, and the forwarding defaults.
+    pub http: HttpConfig,
     pub routes: Vec<Route>,
     pub control: ControlConfig,
     pub functions: FunctionsConfig,
@@ -174,6 +179,52 @@ impl Default for Limits {
     }
 }
 
+/// `[http] encoded_slashes` as written: validated into `wsedge_proto::path::EncodedSlashes`
+/// (a raw spelling only; the model is proto's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawEncodedSlashes {
+    Reject,
+    Keep,
+    Decode,
+}
+
+impl From<RawEncodedSlashes> for EncodedSlashes {
+    fn from(raw: RawEncodedSlashes) -> Self {
+        match raw {
+            RawEncodedSlashes::Reject => EncodedSlashes::Reject,
+            RawEncodedSlashes::Keep => EncodedSlashes::Keep,
+            RawEncodedSlashes::Decode => EncodedSlashes::Decode,
+        }
+    }
+}
+
+/// `x_real_ip` as written: validated into `wsedge_proto::forwarding::XRealIp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawXRealIp {
+    Set,
+    Remove,
+}
+
+impl From<RawXRealIp> for XRealIp {
+    fn from(raw: RawXRealIp) -> Self {
+        match raw {
+            RawXRealIp::Set => XRealIp::Set,
+            RawXRealIp::Remove => XRealIp::Remove,
+        }
+    }
+}
+
+/// The `[http]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HttpConfig {
+    /// Global: the path is normalized before a route is known.
+    pub encoded_slashes: EncodedSlashes,
+    /// The forwarding policy of routes that do not set their own.
+    pub forwarding: Forwarding,
+}
+
 /// How the bytes of an upgraded connection travel between the two sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -229,6 +280,8 @@ pub struct Route {
     /// Debug rules: the access log carries a traceback of the route and firewall rules that
     /// matched, and `Pragma: wsedge-debug` gets response headers naming them. Default off.
     pub debug: bool,
+    /// The `[http]` forwarding defaults with this route's overrides applied.
+    pub forwarding: Forwarding,
 }
 
 /// Per-route options of the `frames` relay.
@@ -308,6 +361,8 @@ struct RawConfig {
     relay: RawRelay,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    http: RawHttp,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
     #[serde(default)]
@@ -425,6 +480,14 @@ struct RawLimits {
     max_connection_time_jitter: Option<Spanned<u64>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    encoded_slashes: Option<RawEncodedSlashes>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
+    x_real_ip: Option<RawXRealIp>,
+}
+
 /// The limits a route may override (a subset of [`RawLimits`]).
 #[derive(Debug)]
 struct RouteOverrides {
@@ -467,6 +530,8 @@ struct RawRoute {
     max_send_queue: Option<Spanned<u64>>,
     #[serde(default)]
     debug: bool,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
+    x_real_ip: Option<RawXRealIp>,
 }
 
 fn no_origins() -> Spanned<Vec<String>> {
@@ -555,10 +620,19 @@ impl Validator<'_> {
         };
         let relay = self.relay(raw.relay)?;
         let limits = self.limits(raw.limits)?;
+        let http = HttpConfig {
+            encoded_slashes: raw.http.encoded_slashes.map(Into::into).unwrap_or_default(),
+            forwarding: Forwarding {
+                trusted_proxies: self
+                    .trusted_proxies(raw.http.trusted_proxies, "http.trusted_proxies")?
+                    .unwrap_or_default(),
+                x_real_ip: raw.http.x_real_ip.map(Into::into).unwrap_or_default(),
+            },
+        };
         let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
         for (index, spanned) in raw.routes.into_iter().enumerate() {
             let span = spanned.span();
-            let route = self.route(index, spanned.into_inner(), &limits)?;
+            let route = self.route(index, spanned.into_inner(), &limits, &http)?;
             if routes.iter().any(|r| r.name == route.name) {
                 return Err(self.invalid(
                     span,
@@ -589,6 +663,7 @@ impl Validator<'_> {
             access_log,
             relay,
             limits,
+            http,
             routes,
             control,
             firewall,
@@ -918,7 +993,33 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    fn route(&self, index: usize, raw: RawRoute, defaults: &Limits) -> Result<Route, ConfigError> {
+    /// A `trusted_proxies` list: each entry a CIDR or a bare address.
+    fn trusted_proxies(
+        &self,
+        raw: Option<Spanned<Vec<String>>>,
+        field: &str,
+    ) -> Result<Option<Vec<Cidr>>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let span = raw.span();
+        raw.into_inner()
+            .iter()
+            .map(|text| {
+                crate::firewall::parse_cidr(text)
+                    .map_err(|message| self.invalid(span.clone(), field, message))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    fn route(
+        &self,
+        index: usize,
+        raw: RawRoute,
+        defaults: &Limits,
+        http: &HttpConfig,
+    ) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("route[{index}].{name}");
         let mut raw_function = RawFunction {
             kind: raw.function,
@@ -976,10 +1077,18 @@ impl Validator<'_> {
         };
         let path_prefix = match raw.path_prefix {
             None => "/".to_owned(),
-            Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
-            Some(p) => {
-                return Err(self.invalid(p.span(), &field("path_prefix"), "must start with '/'"));
-            }
+            Some(p) => match prefix_problem(p.get_ref(), http.encoded_slashes) {
+                None => p.into_inner(),
+                Some(message) => {
+                    return Err(self.invalid(p.span(), &field("path_prefix"), message));
+                }
+            },
+        };
+        let forwarding = Forwarding {
+            trusted_proxies: self
+                .trusted_proxies(raw.trusted_proxies, &field("trusted_proxies"))?
+                .unwrap_or_else(|| http.forwarding.trusted_proxies.clone()),
+            x_real_ip: raw.x_real_ip.map_or(http.forwarding.x_real_ip, Into::into),
         };
         let origins_span = raw.origins.span();
         let mut origins = Vec::new();
@@ -1031,8 +1140,67 @@ impl Validator<'_> {
             frames,
             debug: raw.debug,
             function,
+            forwarding,
         })
     }
+}
+
+/// Why `prefix` can never match a request path, if it cannot: request paths are matched in
+/// their normal form (docs/configuration.md, "How paths are matched"), so a prefix must be in
+/// that form too.
+fn prefix_problem(prefix: &str, slashes: EncodedSlashes) -> Option<String> {
+    let fail = |why: &str| Some(format!("{prefix:?} {why}"));
+    if !prefix.starts_with('/') {
+        return fail("must start with '/'");
+    }
+    let b = prefix.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'?' | b'#' => return fail("must not hold '?' or '#': only the path is matched"),
+            b'\\' => return fail("must not hold '\\' (a request path never does once normalized)"),
+            0..=0x20 | 0x7f => return fail("must not hold spaces or control characters"),
+            b'%' => {
+                let hex = |k: usize| b.get(k).copied().filter(u8::is_ascii_hexdigit);
+                let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                    return fail("has a '%' not followed by two hex digits");
+                };
+                if hi.is_ascii_lowercase() || lo.is_ascii_lowercase() {
+                    return fail("must write percent-escapes in upper case (%2F, not %2f)");
+                }
+                let digit = |h: u8| (h as char).to_digit(16).unwrap_or(0) as u8;
+                let v = digit(hi) << 4 | digit(lo);
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    return Some(format!(
+                        "{prefix:?} must write {:?} instead of %{}{}: request paths are matched decoded",
+                        v as char, hi as char, lo as char
+                    ));
+                }
+                if v < 0x20 || v == 0x7f {
+                    return fail("must not hold an escaped control character");
+                }
+                if (v == b'/' || v == b'\\') && slashes != EncodedSlashes::Keep {
+                    return fail(
+                        "holds %2F or %5C, which only [http] encoded_slashes = \"keep\" leaves in a path",
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let segments: Vec<&str> = prefix[1..].split('/').collect();
+    for (k, seg) in segments.iter().enumerate() {
+        let name = seg.split(';').next().unwrap_or("");
+        if (seg.is_empty() && k + 1 < segments.len())
+            || *seg == "."
+            || *seg == ".."
+            || (seg.contains(';') && matches!(name, "" | "." | ".."))
+        {
+            return fail(
+                "is not a normalized path (no '//', no '.' or '..' segments): request paths are matched normalized",
+            );
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -1219,6 +1387,96 @@ mod tests {
         assert!(
             error_of("[control]\nmetrics_listen = \"nope\"\n").contains("control.metrics_listen")
         );
+    }
+
+    #[test]
+    fn http_table_and_route_forwarding_overrides() {
+        let config = Config::from_toml(
+            "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(config.http, HttpConfig::default());
+        assert_eq!(config.http.encoded_slashes, EncodedSlashes::Reject);
+        assert_eq!(config.routes[0].forwarding, Forwarding::default());
+        assert_eq!(config.routes[0].forwarding.x_real_ip, XRealIp::Set);
+
+        let text = "[http]\nencoded_slashes = \"keep\"\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nx_real_ip = \"remove\"\n\
+            [[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\npath_prefix = \"/a%2Fb\"\n\
+            [[route]]\nname = \"b\"\norigins = [\"127.0.0.1:1\"]\ntrusted_proxies = []\nx_real_ip = \"set\"\n";
+        let config = Config::from_toml(text, "t").expect("valid");
+        assert_eq!(config.http.encoded_slashes, EncodedSlashes::Keep);
+        let ten: std::net::IpAddr = "10.0.0.0".parse().expect("ip");
+        let v6: std::net::IpAddr = "2001:db8::1".parse().expect("ip");
+        let inherited = &config.routes[0].forwarding;
+        assert_eq!(
+            inherited.trusted_proxies,
+            vec![
+                Cidr::new(ten, 8).expect("cidr"),
+                Cidr::new(v6, 128).expect("cidr")
+            ]
+        );
+        assert_eq!(inherited.x_real_ip, XRealIp::Remove);
+        let own = &config.routes[1].forwarding;
+        assert!(own.trusted_proxies.is_empty());
+        assert_eq!(own.x_real_ip, XRealIp::Set);
+
+        let base = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n";
+        assert_eq!(
+            error_of(&format!("{base}trusted_proxies = [\"10.0.0.1/8\"]\n")),
+            "edge.toml:4: route[0].trusted_proxies: \"10.0.0.1/8\": address has bits set after the prefix length"
+        );
+        assert!(
+            error_of("[http]\ntrusted_proxies = [\"proxy.local\"]\n")
+                .starts_with("edge.toml:2: http.trusted_proxies: \"proxy.local\" is not an IP")
+        );
+        assert!(error_of("[http]\nencoded_slashes = \"allow\"\n").contains("line 2"));
+        assert!(error_of(&format!("{base}x_real_ip = \"spoof\"\n")).contains("line 4"));
+        assert!(error_of("[http]\nmerge_slashes = false\n").contains("unknown field"));
+    }
+
+    #[test]
+    fn path_prefixes_must_be_normalized() {
+        let with = |prefix: &str| {
+            format!(
+                "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\npath_prefix = {prefix:?}\n"
+            )
+        };
+        for good in [
+            "/",
+            "/ws",
+            "/ws/",
+            "/a.b/..c/",
+            "/caf%C3%A9",
+            "/a;b",
+            "/.well-known",
+        ] {
+            let config = Config::from_toml(&with(good), "t").expect(good);
+            assert_eq!(config.routes[0].path_prefix, good);
+        }
+        for (bad, why) in [
+            ("ws", "must start with '/'"),
+            ("/a/../b", "not a normalized path"),
+            ("/a/./b", "not a normalized path"),
+            ("/a/.", "not a normalized path"),
+            ("//a", "not a normalized path"),
+            ("/a//", "not a normalized path"),
+            ("/..;/a", "not a normalized path"),
+            ("/%69nternal", "must write 'i' instead of %69"),
+            ("/caf%c3%a9", "upper case"),
+            ("/%2", "two hex digits"),
+            ("/%00", "control"),
+            ("/a%2Fb", "encoded_slashes = \"keep\""),
+            ("/a\\b", "'\\'"),
+            ("/a?x", "'?'"),
+            ("/a b", "spaces"),
+        ] {
+            let msg = error_of(&with(bad));
+            assert!(
+                msg.starts_with("edge.toml:4: route[0].path_prefix:") && msg.contains(why),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -18,9 +18,9 @@ pub mod firewall;
 pub mod wire;
 
 pub use config::{
-    AccessLogTarget, BridgeTarget, Config, ControlConfig, DataplaneConfig, FrameOptions,
-    FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, Limits, RelayConfig, RelayMode,
-    Route,
+    AccessLogTarget, BridgeTarget, Config, ControlConfig, DataplaneConfig, EncodedSlashes,
+    Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, HttpConfig,
+    Limits, RelayConfig, RelayMode, Route, XRealIp,
 };
 pub use error::ConfigError;
 

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wsedge_proto::accept::accept_key;
+use wsedge_proto::forwarding::Forwarding;
 use wsedge_proto::handshake::{HeadLimits, parse_request, rewrite_for_origin};
 use wsedge_proto::response::parse_response;
 
@@ -23,6 +24,7 @@ const ORIGIN_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\
 fn bench(c: &mut Criterion) {
     let limits = HeadLimits::default();
     let peer = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 45));
+    let forwarding = Forwarding::default();
 
     let mut g = c.benchmark_group("handshake");
     g.throughput(Throughput::Bytes(BROWSER_UPGRADE.len() as u64));
@@ -34,7 +36,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             if let Ok(Some(req)) = parse_request(black_box(BROWSER_UPGRADE), &limits) {
-                rewrite_for_origin(&req, peer, "http", &mut out);
+                rewrite_for_origin(&req, peer, "http", &forwarding, &mut out);
             }
             black_box(out.len())
         })

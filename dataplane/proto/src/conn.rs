@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use crate::accept::accept_key;
 use crate::body::{BodyEnd, Fed};
 use crate::firewall::{Firewall, FirewallState, TraceEntry, Verdict};
+use crate::forwarding::{DEFAULT_FORWARDING, Forwarding};
 use crate::handshake::{self, BodyLength, HeadLimits, RequestKind};
 use crate::response;
 use crate::route::RouteTable;
@@ -113,6 +114,9 @@ pub struct HeadContext<'a> {
     pub peer: IpAddr,
     /// `X-Forwarded-Proto` value: `http` until TLS termination exists.
     pub proto: &'a str,
+    /// Forwarding-header policy by route index (a route without one gets
+    /// [`DEFAULT_FORWARDING`]).
+    pub forwarding: &'a [Forwarding],
 }
 
 /// The decision after new client head bytes.
@@ -388,7 +392,8 @@ impl Conn {
             self.firewall_admitted = true;
         }
         let mut origin_head = Vec::with_capacity(buf.len() + 128);
-        handshake::rewrite_for_origin(&request, cx.peer, cx.proto, &mut origin_head);
+        let forwarding = cx.forwarding.get(route).unwrap_or(&DEFAULT_FORWARDING);
+        handshake::rewrite_for_origin(&request, cx.peer, cx.proto, forwarding, &mut origin_head);
         self.head_request = request.method == "HEAD";
         let tail = &buf[request.head_len..];
         let mut held = Vec::new();
@@ -866,6 +871,7 @@ mod tests {
     //! the state machine the way the ring driver does.
 
     use super::*;
+    use crate::firewall::Cidr;
     use crate::handshake::Reject;
     use crate::route::HostPattern;
 
@@ -918,6 +924,7 @@ mod tests {
                 routes: &self.routes,
                 peer: "192.0.2.7".parse().expect("ip"),
                 proto: "http",
+                forwarding: &[],
             };
             self.conn.on_client_head(buf, self.now, &cx, None)
         }
@@ -1044,6 +1051,71 @@ mod tests {
         sim.conn.on_eof(Side::Client);
         sim.conn.mark_shutdown(Side::Origin);
         assert_eq!(sim.conn.finished(), Some(CloseReason::OriginClosed));
+    }
+
+    #[test]
+    fn routes_on_the_normalized_path_and_forwards_it_with_the_route_policy() {
+        let routes = RouteTable::new([
+            (HostPattern::Any, "/".to_owned()),
+            (HostPattern::Any, "/internal".to_owned()),
+        ]);
+        let trusted = Forwarding {
+            trusted_proxies: vec![Cidr::V4 {
+                addr: 0xc000_0200,
+                len: 24,
+            }],
+            x_real_ip: crate::forwarding::XRealIp::Set,
+        };
+        // Route 0 trusts the peer's network, route 1 has no policy of its own.
+        let forwarding = [trusted];
+        let cx = HeadContext {
+            limits: &HeadLimits::default(),
+            routes: &routes,
+            peer: "192.0.2.7".parse().expect("ip"),
+            proto: "http",
+            forwarding: &forwarding,
+        };
+        let head = |target: &str| {
+            format!(
+                "GET {target} HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\r\n"
+            )
+            .into_bytes()
+        };
+        for (target, want_route, want_line) in [
+            ("/x/../internal", 1, "GET /internal HTTP/1.1"),
+            ("/%69nternal/a?q=1", 1, "GET /internal/a?q=1 HTTP/1.1"),
+            ("//internal", 1, "GET /internal HTTP/1.1"),
+            ("/ws/./chat", 0, "GET /ws/chat HTTP/1.1"),
+        ] {
+            let mut conn = Conn::new(0, 10_000, MAX_IN_FLIGHT);
+            let HeadAction::Forward {
+                route, origin_head, ..
+            } = conn.on_client_head(&head(target), 0, &cx, None)
+            else {
+                panic!("{target}: not forwarded");
+            };
+            let text = String::from_utf8_lossy(&origin_head);
+            assert_eq!(route, want_route, "{target}");
+            assert!(text.starts_with(&format!("{want_line}\r\n")), "{text}");
+            let (xff, real) = if route == 0 {
+                ("6.6.6.6, 192.0.2.7", "6.6.6.6")
+            } else {
+                ("192.0.2.7", "192.0.2.7")
+            };
+            assert!(
+                text.contains(&format!("\r\nX-Forwarded-For: {xff}\r\n")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("\r\nX-Real-IP: {real}\r\n")),
+                "{text}"
+            );
+        }
+        let mut conn = Conn::new(0, 10_000, MAX_IN_FLIGHT);
+        assert!(matches!(
+            conn.on_client_head(&head("/%2e%2e/internal"), 0, &cx, None),
+            HeadAction::Reject { status: 400, .. }
+        ));
     }
 
     #[test]

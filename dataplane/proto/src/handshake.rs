@@ -9,29 +9,36 @@
 //!
 //! Strictness is deliberate: the head is relayed to origins whose parsers we do not know, so
 //! every shape two parsers might read differently (CL+TE, duplicate CL, obs-fold, bare CR or
-//! LF, control bytes, a second Host) is a 400 here, before any origin is contacted.
+//! LF, control bytes, a second Host, a Host that is not `host[:port]`, a path that cannot be
+//! normalized safely) is a 400 here, before any origin is contacted. The path is normalized
+//! once ([`crate::path`]): routing, the firewall and the origin all see the same one.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::mem::MaybeUninit;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::accept::{is_valid_key, trim_ows};
+use crate::forwarding::{Forwarding, XRealIp};
+use crate::path::{self, EncodedSlashes, PathError};
 
 /// Upper bound of [`HeadLimits::max_headers`]; the config caps it, parsers size their stack
 /// header array with it.
 pub const MAX_HEADERS_CAP: usize = 256;
 
-/// Size limits of a head (request or response).
+/// Limits of a head (request or response), and what a request path may hold.
 ///
 /// `max_head_bytes` bounds the head including its final blank line; `max_headers` bounds the
 /// number of header lines and is clamped to [`MAX_HEADERS_CAP`]. Exceeding either is a 431
-/// for a client ([`Reject::HeadTooLarge`]).
+/// for a client ([`Reject::HeadTooLarge`]). `encoded_slashes` applies to request paths only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadLimits {
     /// Longest accepted head in bytes, blank line included (default 16384).
     pub max_head_bytes: usize,
     /// Most header lines accepted (default 64, at most [`MAX_HEADERS_CAP`]).
     pub max_headers: usize,
+    /// What `%2F`, `%5C` and `\` in a request path mean (default: a 400).
+    pub encoded_slashes: EncodedSlashes,
 }
 
 impl Default for HeadLimits {
@@ -39,6 +46,7 @@ impl Default for HeadLimits {
         Self {
             max_head_bytes: 16 * 1024,
             max_headers: 64,
+            encoded_slashes: EncodedSlashes::Reject,
         }
     }
 }
@@ -79,7 +87,10 @@ pub struct Request<'b> {
     /// The method token as sent, e.g. `GET`.
     pub method: &'b str,
     /// The request-target as sent: origin-form (`/path?query`), or `*` for `OPTIONS`.
+    /// Route and match on [`Request::path`] instead: this is the raw text.
     pub target: &'b str,
+    /// The normalized path ([`crate::path::normalize`]); `*` for `OPTIONS *`.
+    path: Cow<'b, str>,
     /// 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub minor_version: u8,
     /// Every header line as `(name, value)`, in order; values without surrounding OWS.
@@ -101,12 +112,10 @@ impl<'b> Request<'b> {
             .map(|&(_, v)| v)
     }
 
-    /// The request-target without its query (everything before the first `?`).
-    pub fn path(&self) -> &'b str {
-        match self.target.split_once('?') {
-            Some((path, _)) => path,
-            None => self.target,
-        }
+    /// The normalized path (the request-target before the first `?`, normalized by
+    /// [`crate::path::normalize`]): what routing, the firewall and the origin see.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// The query string after the first `?`, if the target has one (possibly empty).
@@ -156,12 +165,17 @@ pub enum BadRequestReason {
     /// More than one `Host` line.
     #[error("duplicate Host")]
     DuplicateHost,
-    /// A `Host` value with bytes outside an authority (`host[:port]`).
+    /// A `Host` value that is not `uri-host [":" port]` (RFC 9110 §7.2): a reg-name (no
+    /// percent-escapes), an IPv4 address or a bracketed IPv6 literal, then a decimal port up
+    /// to 65535.
     #[error("invalid Host")]
     InvalidHost,
     /// A request-target that is not origin-form (`/...`), nor `*` with OPTIONS.
     #[error("request-target not in origin form")]
     TargetForm,
+    /// A path that cannot be normalized safely (see [`crate::path`]).
+    #[error("invalid path: {0}")]
+    InvalidPath(PathError),
     /// An upgrade with a method other than GET.
     #[error("WebSocket upgrade with a method other than GET")]
     UpgradeMethod,
@@ -203,6 +217,7 @@ impl BadRequestReason {
             DuplicateHost => "bad_request_duplicate_host",
             InvalidHost => "bad_request_invalid_host",
             TargetForm => "bad_request_target_form",
+            InvalidPath(e) => e.reason(),
             UpgradeMethod => "bad_request_upgrade_method",
             UpgradeHttp10 => "bad_request_upgrade_http10",
             UpgradeBody => "bad_request_upgrade_body",
@@ -382,6 +397,15 @@ pub fn parse_request<'b>(
     if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
         return Err(BadRequestReason::TargetForm.into());
     }
+    if target.contains('#') {
+        return Err(BadRequestReason::InvalidPath(PathError::Fragment).into());
+    }
+    let raw_path = target.split_once('?').map_or(target, |(p, _)| p);
+    let path = if target == "*" {
+        Cow::Borrowed(target)
+    } else {
+        path::normalize(raw_path, limits.encoded_slashes).map_err(BadRequestReason::InvalidPath)?
+    };
 
     let kind = if upgrade_websocket && connection_upgrade {
         if method != "GET" {
@@ -410,6 +434,7 @@ pub fn parse_request<'b>(
     Ok(Some(Request {
         method,
         target,
+        path,
         minor_version,
         headers,
         head_len,
@@ -514,48 +539,85 @@ fn parse_content_length(value: &[u8]) -> Result<u64, Reject> {
     Ok(n)
 }
 
-/// Checks a `Host` value is an authority without userinfo: reg-name / IP literal and port
-/// characters only (may be empty, RFC 9112 §3.2).
+/// Checks a `Host` value is `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2).
+///
+/// The host is a bracketed IPv6 literal (no zone, no IPvFuture) or a non-empty reg-name of
+/// unreserved and sub-delim characters (which covers IPv4 addresses; percent-escapes are
+/// refused: no client sends them and an origin might decode them); the port, if a `:` is
+/// there, is decimal digits up to 65535 (may be empty, as RFC 3986 allows). The value may be
+/// empty as a whole (RFC 9112 §3.2). So `::1:80`, `user@host`, `a b` and `[::1` are refused.
 fn validate_host(value: &[u8]) -> Result<&str, Reject> {
-    let ok = value.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'%'
-            )
-    });
-    if !ok {
-        return Err(BadRequestReason::InvalidHost.into());
+    let invalid = || Reject::from(BadRequestReason::InvalidHost);
+    let text = std::str::from_utf8(value).map_err(|_| invalid())?;
+    if text.is_empty() {
+        return Ok(text);
     }
-    // All bytes checked above are ASCII, so this cannot fail; map it anyway.
-    std::str::from_utf8(value).map_err(|_| BadRequestReason::InvalidHost.into())
+    let port = if let Some(rest) = text.strip_prefix('[') {
+        let (literal, after) = rest.split_once(']').ok_or_else(invalid)?;
+        literal.parse::<Ipv6Addr>().map_err(|_| invalid())?;
+        match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(invalid)?),
+        }
+    } else {
+        let (name, port) = match text.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (text, None),
+        };
+        let reg_name = |b: u8| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        };
+        if name.is_empty() || !name.bytes().all(reg_name) {
+            return Err(invalid());
+        }
+        port
+    };
+    if let Some(port) = port {
+        let digits = port.bytes().all(|b| b.is_ascii_digit());
+        if !digits || port.len() > 5 || port.parse::<u32>().is_ok_and(|p| p > 65535) {
+            return Err(invalid());
+        }
+    }
+    Ok(text)
 }
 
-/// Headers a client may not set: we write our own.
-fn is_forwarding_header(name: &str) -> bool {
+/// The forwarding headers: who the client is, as the client (or a proxy) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForwardingHeader {
+    Forwarded,
+    XForwardedFor,
+    XForwardedHost,
+    XForwardedProto,
+    XRealIp,
+}
+
+fn forwarding_header(name: &str) -> Option<ForwardingHeader> {
+    use ForwardingHeader::*;
+    let is = |canonical: &str| name.eq_ignore_ascii_case(canonical);
     match name.len() {
-        9 => name.eq_ignore_ascii_case("forwarded"),
-        15 => name.eq_ignore_ascii_case("x-forwarded-for"),
-        16 => name.eq_ignore_ascii_case("x-forwarded-host"),
-        17 => name.eq_ignore_ascii_case("x-forwarded-proto"),
-        _ => false,
+        9 if is("forwarded") => Some(Forwarded),
+        9 if is("x-real-ip") => Some(XRealIp),
+        15 if is("x-forwarded-for") => Some(XForwardedFor),
+        16 if is("x-forwarded-host") => Some(XForwardedHost),
+        17 if is("x-forwarded-proto") => Some(XForwardedProto),
+        _ => None,
     }
 }
 
@@ -587,15 +649,30 @@ fn is_plain_connection_token(t: &[u8]) -> bool {
 
 /// Writes the request head to send to the origin into `out` (appended, not cleared).
 ///
-/// The request line is `METHOD target HTTP/1.x` as sent. Headers follow in order, as sent,
-/// except that the client's `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
-/// `Forwarded` are dropped; for a [`RequestKind::Plain`] request `Upgrade`, `Connection`,
-/// `Keep-Alive`, `Proxy-Connection` and the headers named in `Connection` are dropped too
-/// (never `Host`, `Content-Length` or `Transfer-Encoding`) and `Connection: close` is added.
-/// Then `X-Forwarded-For: <peer>` (IPv4-mapped addresses written as IPv4),
-/// `X-Forwarded-Proto: <proto>` and, if the client sent a Host, `X-Forwarded-Host: <host>`;
-/// then the blank line. The tail `buf[req.head_len..]` is not included.
-pub fn rewrite_for_origin(req: &Request<'_>, peer: IpAddr, proto: &str, out: &mut Vec<u8>) {
+/// The request line is `METHOD path[?query] HTTP/1.x` with the normalized path
+/// ([`Request::path`], what was routed on) and the query as sent. Headers follow in order,
+/// as sent, except:
+/// - the forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
+///   `Forwarded`, `X-Real-IP`) are dropped, unless `peer` is one of `forwarding`'s trusted
+///   proxies: then `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host` stay as sent and
+///   only `X-Forwarded-For` and `X-Real-IP` are dropped (and rewritten below);
+/// - for a [`RequestKind::Plain`] request `Upgrade`, `Connection`, `Keep-Alive`,
+///   `Proxy-Connection` and the headers named in `Connection` are dropped too (never `Host`,
+///   `Content-Length` or `Transfer-Encoding`) and `Connection: close` is added.
+///
+/// Then `X-Forwarded-For: <peer>` (IPv4-mapped addresses written as IPv4; from a trusted
+/// proxy, the client's chain, comma-joined, then `, <peer>`), `X-Forwarded-Proto: <proto>`
+/// and, if the client sent a Host, `X-Forwarded-Host: <host>` (both only if a trusted proxy
+/// did not send its own), and `X-Real-IP: <client>` unless [`XRealIp::Remove`] (the peer, or
+/// from a trusted proxy [`Forwarding::client_address`]); then the blank line. The tail
+/// `buf[req.head_len..]` is not included.
+pub fn rewrite_for_origin(
+    req: &Request<'_>,
+    peer: IpAddr,
+    proto: &str,
+    forwarding: &Forwarding,
+    out: &mut Vec<u8>,
+) {
     let plain = !req.is_websocket();
     // Only look for Connection-named headers if some Connection token names one.
     let named_hops = plain
@@ -604,11 +681,18 @@ pub fn rewrite_for_origin(req: &Request<'_>, peer: IpAddr, proto: &str, out: &mu
                 && v.split(|&b| b == b',')
                     .any(|t| !is_plain_connection_token(trim_ows(t)))
         });
+    let trusted = !forwarding.trusted_proxies.is_empty() && forwarding.trusts(peer);
+    let mut kept_proto = false;
+    let mut kept_host = false;
 
-    out.reserve(req.head_len + 128);
+    out.reserve(req.head_len + 160);
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.target.as_bytes());
+    out.extend_from_slice(req.path().as_bytes());
+    if let Some(query) = req.query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
     out.extend_from_slice(if req.minor_version == 0 {
         b" HTTP/1.0\r\n"
     } else {
@@ -616,8 +700,13 @@ pub fn rewrite_for_origin(req: &Request<'_>, peer: IpAddr, proto: &str, out: &mu
     });
 
     for &(name, value) in &req.headers {
-        if is_forwarding_header(name) {
-            continue;
+        if let Some(which) = forwarding_header(name) {
+            match which {
+                ForwardingHeader::Forwarded if trusted => {}
+                ForwardingHeader::XForwardedProto if trusted => kept_proto = true,
+                ForwardingHeader::XForwardedHost if trusted => kept_host = true,
+                _ => continue,
+            }
         }
         if plain {
             if is_plain_hop_header(name) {
@@ -637,17 +726,48 @@ pub fn rewrite_for_origin(req: &Request<'_>, peer: IpAddr, proto: &str, out: &mu
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
+    if trusted {
+        for value in client_xff(req) {
+            for entry in value.split(|&b| b == b',').map(trim_ows) {
+                if !entry.is_empty() {
+                    out.extend_from_slice(entry);
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+    }
     // Writing into a Vec cannot fail.
     let _ = write!(out, "{}", peer.to_canonical());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(host) = req.host {
+    if !kept_proto {
+        out.extend_from_slice(b"X-Forwarded-Proto: ");
+        out.extend_from_slice(proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(host) = req.host
+        && !kept_host
+    {
         out.extend_from_slice(b"X-Forwarded-Host: ");
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if forwarding.x_real_ip == XRealIp::Set {
+        let client = if trusted {
+            forwarding.client_address(peer, client_xff(req))
+        } else {
+            peer.to_canonical()
+        };
+        let _ = write!(out, "X-Real-IP: {client}\r\n");
+    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The values of the client's `X-Forwarded-For` lines, in order.
+fn client_xff<'r>(req: &'r Request<'_>) -> impl DoubleEndedIterator<Item = &'r [u8]> {
+    req.headers
+        .iter()
+        .filter(|(n, _)| forwarding_header(n) == Some(ForwardingHeader::XForwardedFor))
+        .map(|&(_, v)| v)
 }
 
 /// True if some `Connection` header of `req` lists `name` as a token.
@@ -1166,6 +1286,117 @@ mod tests {
         assert_eq!(ok(&buf).host, Some(""));
     }
 
+    #[test]
+    fn host_must_be_uri_host_and_port() {
+        for good in [
+            "example.com",
+            "Example.COM:8080",
+            "example.com.",
+            "example.com:",
+            "a-b_c~d.example",
+            "192.0.2.1",
+            "192.0.2.1:80",
+            "[::1]",
+            "[::1]:80",
+            "[2001:DB8::1]:443",
+            "[::ffff:192.0.2.1]:1",
+            "localhost:65535",
+            "h:0",
+            "h:00080",
+            "x!$&'()*+,;=y",
+        ] {
+            let line = format!("Host: {good}");
+            let buf = head("GET / HTTP/1.1", &[&line]);
+            assert_eq!(ok(&buf).host, Some(good), "{good}");
+        }
+        for bad_host in [
+            "::1:80",
+            "::1",
+            "2001:db8::1",
+            "[::1",
+            "::1]",
+            "[::1]x",
+            "[::1]:x",
+            "[::1]:80:80",
+            "[]",
+            "[192.0.2.1]",
+            "[fe80::1%25eth0]",
+            "[v1.fe80::a]",
+            "h:80:80",
+            "h:8o",
+            "h:-1",
+            "h:65536",
+            "h:123456",
+            ":80",
+            ":",
+            "ex%61mple.com",
+            "user@h",
+            "h@",
+            "[::1]@h",
+            "a\"b",
+            "h/",
+            "h?",
+            "h#",
+        ] {
+            let line = format!("Host: {bad_host}");
+            let buf = head("GET / HTTP/1.1", &[&line]);
+            assert_eq!(bad(&buf), BadRequestReason::InvalidHost, "{bad_host}");
+        }
+    }
+
+    #[test]
+    fn path_is_normalized_once_for_everyone() {
+        for (target, path, query) in [
+            ("/x/../internal", "/internal", None),
+            ("/%69nternal?x=1", "/internal", Some("x=1")),
+            ("//internal/./?a=/../", "/internal/", Some("a=/../")),
+            ("/ws/%2e/chat", "/ws/chat", None),
+            ("/caf%c3%a9", "/caf%C3%A9", None),
+        ] {
+            let buf = head(&format!("GET {target} HTTP/1.1"), &["Host: h"]);
+            let r = ok(&buf);
+            assert_eq!(r.target, target, "the raw target is kept");
+            assert_eq!((r.path(), r.query()), (path, query), "{target}");
+        }
+        let buf = head("OPTIONS * HTTP/1.1", &["Host: h"]);
+        assert_eq!(ok(&buf).path(), "*");
+        for (target, e) in [
+            ("/%2e%2e/internal", PathError::AboveRoot),
+            ("/..", PathError::AboveRoot),
+            ("/%2Finternal", PathError::EncodedSlash),
+            ("/a\\b", PathError::EncodedSlash),
+            ("/%zz", PathError::BadEscape),
+            ("/%00", PathError::EncodedControl),
+            ("/x/..;/internal", PathError::SegmentParams),
+            ("/a#b", PathError::Fragment),
+            ("/a?b#c", PathError::Fragment),
+        ] {
+            let buf = head(&format!("GET {target} HTTP/1.1"), &["Host: h"]);
+            assert_eq!(bad(&buf), BadRequestReason::InvalidPath(e), "{target}");
+            let reject = Reject::BadRequest(BadRequestReason::InvalidPath(e));
+            assert_eq!((reject.status(), reject.reason()), (400, e.reason()));
+        }
+        // Absolute-form stays refused: it would name an authority besides Host.
+        let buf = head("GET http://h/internal HTTP/1.1", &["Host: h"]);
+        assert_eq!(bad(&buf), BadRequestReason::TargetForm);
+        // The encoded-slash option is read from the limits.
+        let buf = head("GET /a%2fb HTTP/1.1", &["Host: h"]);
+        for (mode, want) in [
+            (EncodedSlashes::Keep, "/a%2Fb"),
+            (EncodedSlashes::Decode, "/a/b"),
+        ] {
+            let limits = HeadLimits {
+                encoded_slashes: mode,
+                ..HeadLimits::default()
+            };
+            let r = parse_request(&buf, &limits);
+            assert_eq!(
+                r.ok().flatten().map(|r| r.path().to_owned()).as_deref(),
+                Some(want)
+            );
+        }
+    }
+
     /// The obvious byte-at-a-time version of `scan_head`, for differential testing.
     fn scan_head_simple(buf: &[u8], limit: usize) -> Result<Option<usize>, Reject> {
         let n = buf.len().min(limit);
@@ -1301,6 +1532,7 @@ mod tests {
         let limits = HeadLimits {
             max_head_bytes: UPGRADE.len(),
             max_headers: 64,
+            ..HeadLimits::default()
         };
         // Exactly at the limit is fine.
         assert!(matches!(parse_request(UPGRADE, &limits), Ok(Some(_))));
@@ -1344,6 +1576,7 @@ mod tests {
         let limits = HeadLimits {
             max_head_bytes: 1 << 20,
             max_headers: 10_000,
+            ..HeadLimits::default()
         };
         let many: Vec<String> = (0..300).map(|i| format!("X-H{i}: v")).collect();
         let mut lines: Vec<&str> = vec!["Host: h"];
@@ -1357,7 +1590,7 @@ mod tests {
     fn rewrite(buf: &[u8], peer: IpAddr) -> String {
         let r = ok(buf);
         let mut out = Vec::new();
-        rewrite_for_origin(&r, peer, "http", &mut out);
+        rewrite_for_origin(&r, peer, "http", &Forwarding::default(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
@@ -1390,6 +1623,7 @@ mod tests {
             X-Forwarded-For: 192.0.2.7\r\n\
             X-Forwarded-Proto: http\r\n\
             X-Forwarded-Host: Example.com:8080\r\n\
+            X-Real-IP: 192.0.2.7\r\n\
             \r\n"
         );
     }
@@ -1421,6 +1655,7 @@ mod tests {
             X-Forwarded-For: 2001:db8::1\r\n\
             X-Forwarded-Proto: http\r\n\
             X-Forwarded-Host: h:81\r\n\
+            X-Real-IP: 2001:db8::1\r\n\
             \r\n"
         );
     }
@@ -1431,7 +1666,11 @@ mod tests {
         let peer = IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped());
         let mut out = Vec::from(&b"keep"[..]);
         let r = ok(buf);
-        rewrite_for_origin(&r, peer, "https", &mut out);
+        let no_real_ip = Forwarding {
+            x_real_ip: XRealIp::Remove,
+            ..Forwarding::default()
+        };
+        rewrite_for_origin(&r, peer, "https", &no_real_ip, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "keepGET /x HTTP/1.0\r\n\
@@ -1441,6 +1680,107 @@ mod tests {
             X-Forwarded-Proto: https\r\n\
             \r\n"
         );
+    }
+
+    /// A head with every forwarding header a client might send, two lines of XFF included.
+    const SPOOFED: &[u8] = b"GET /a/./b?q=%2e%2e HTTP/1.1\r\n\
+        Host: app.test\r\n\
+        X-Real-IP: 6.6.6.6\r\n\
+        X-Forwarded-For: 6.6.6.6, 203.0.113.5\r\n\
+        x-real-ip: 7.7.7.7\r\n\
+        Forwarded: for=6.6.6.6;proto=https\r\n\
+        X-Forwarded-For: 10.9.9.9\r\n\
+        X-Forwarded-Proto: https\r\n\
+        X-Forwarded-Host: public.test\r\n\
+        Accept: */*\r\n\
+        \r\n";
+
+    fn rewrite_with(buf: &[u8], peer: &str, forwarding: &Forwarding) -> String {
+        let r = ok(buf);
+        let mut out = Vec::new();
+        let peer: IpAddr = peer.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        rewrite_for_origin(&r, peer, "http", forwarding, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn trusting_ten() -> Forwarding {
+        Forwarding {
+            trusted_proxies: vec![
+                "10.0.0.0/8"
+                    .parse()
+                    .unwrap_or(crate::firewall::Cidr::V4 { addr: 0, len: 32 }),
+            ],
+            x_real_ip: XRealIp::Set,
+        }
+    }
+
+    #[test]
+    fn rewrite_replaces_every_forwarding_header_from_an_untrusted_peer() {
+        let want = "GET /a/b?q=%2e%2e HTTP/1.1\r\n\
+            Host: app.test\r\n\
+            Accept: */*\r\n\
+            Connection: close\r\n\
+            X-Forwarded-For: 192.0.2.7\r\n\
+            X-Forwarded-Proto: http\r\n\
+            X-Forwarded-Host: app.test\r\n\
+            X-Real-IP: 192.0.2.7\r\n\
+            \r\n";
+        assert_eq!(
+            rewrite_with(SPOOFED, "192.0.2.7", &Forwarding::default()),
+            want
+        );
+        // The same from a peer outside the trusted ranges.
+        assert_eq!(rewrite_with(SPOOFED, "192.0.2.7", &trusting_ten()), want);
+        let remove = Forwarding {
+            x_real_ip: XRealIp::Remove,
+            ..trusting_ten()
+        };
+        let out = rewrite_with(SPOOFED, "192.0.2.7", &remove);
+        assert!(!out.to_ascii_lowercase().contains("x-real-ip"), "{out}");
+    }
+
+    #[test]
+    fn rewrite_keeps_and_extends_the_chain_of_a_trusted_proxy() {
+        assert_eq!(
+            rewrite_with(SPOOFED, "::ffff:10.0.0.1", &trusting_ten()),
+            "GET /a/b?q=%2e%2e HTTP/1.1\r\n\
+            Host: app.test\r\n\
+            Forwarded: for=6.6.6.6;proto=https\r\n\
+            X-Forwarded-Proto: https\r\n\
+            X-Forwarded-Host: public.test\r\n\
+            Accept: */*\r\n\
+            Connection: close\r\n\
+            X-Forwarded-For: 6.6.6.6, 203.0.113.5, 10.9.9.9, 10.0.0.1\r\n\
+            X-Real-IP: 203.0.113.5\r\n\
+            \r\n"
+        );
+        // A trusted proxy that sent no forwarding headers: ours are added.
+        let out = rewrite_with(UPGRADE, "10.0.0.1", &trusting_ten());
+        assert!(
+            out.ends_with(
+                "X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n\
+                 X-Forwarded-Host: example.com:8080\r\nX-Real-IP: 10.0.0.1\r\n\r\n"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn rewrite_forwards_the_normalized_path_and_the_query_as_sent() {
+        for (line, want) in [
+            ("GET /ws/./chat HTTP/1.1", "GET /ws/chat HTTP/1.1"),
+            (
+                "GET //ws/%63hat?a=%2F&b=/../x HTTP/1.1",
+                "GET /ws/chat?a=%2F&b=/../x HTTP/1.1",
+            ),
+            ("GET /x/../ws? HTTP/1.1", "GET /ws? HTTP/1.1"),
+            ("GET /ws HTTP/1.0", "GET /ws HTTP/1.0"),
+            ("OPTIONS * HTTP/1.1", "OPTIONS * HTTP/1.1"),
+        ] {
+            let buf = head(line, &["Host: h"]);
+            let out = rewrite(&buf, IpAddr::V4(Ipv4Addr::LOCALHOST));
+            assert!(out.starts_with(&format!("{want}\r\n")), "{line}: {out}");
+        }
     }
 
     #[test]
@@ -1507,6 +1847,13 @@ mod tests {
             BadRequestReason::DuplicateHost,
             BadRequestReason::InvalidHost,
             BadRequestReason::TargetForm,
+            BadRequestReason::InvalidPath(PathError::NotAbsolute),
+            BadRequestReason::InvalidPath(PathError::BadEscape),
+            BadRequestReason::InvalidPath(PathError::EncodedControl),
+            BadRequestReason::InvalidPath(PathError::EncodedSlash),
+            BadRequestReason::InvalidPath(PathError::AboveRoot),
+            BadRequestReason::InvalidPath(PathError::SegmentParams),
+            BadRequestReason::InvalidPath(PathError::Fragment),
             BadRequestReason::UpgradeMethod,
             BadRequestReason::UpgradeHttp10,
             BadRequestReason::UpgradeBody,

@@ -540,6 +540,7 @@ mod tests {
         let small = HeadLimits {
             max_head_bytes: GOOD_101.len() - 1,
             max_headers: 64,
+            ..HeadLimits::default()
         };
         assert_eq!(
             parse_response(GOOD_101, &small, Some(ACCEPT)),
@@ -556,6 +557,7 @@ mod tests {
         let few = HeadLimits {
             max_head_bytes: 16384,
             max_headers: 2,
+            ..HeadLimits::default()
         };
         assert_eq!(
             parse_response(GOOD_101, &few, Some(ACCEPT)),

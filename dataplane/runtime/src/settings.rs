@@ -1,5 +1,6 @@
 //! A worker's copy of the configuration, in the shape its event loop uses: the route table,
-//! per-route origins and timers in milliseconds, head limits and relay resources.
+//! per-route origins, timers in milliseconds and forwarding policy, head limits (with the
+//! path rules) and relay resources.
 //!
 //! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
 //! by messages (no sharing on the per-connection path).
@@ -12,6 +13,7 @@ use wsedge_command::{
 };
 use wsedge_proto::conn::RouteTimers;
 use wsedge_proto::firewall::Firewall;
+use wsedge_proto::forwarding::Forwarding;
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 
@@ -35,6 +37,8 @@ pub(crate) struct Settings {
     /// Route names and debug switches, by route index (what the firewall gate needs).
     pub(crate) route_names: Vec<String>,
     pub(crate) route_debug: Vec<bool>,
+    /// Forwarding-header policy by route index (what the head decision needs).
+    pub(crate) forwarding: Vec<Forwarding>,
     /// Worker count (global firewall limits are shared out between workers).
     pub(crate) workers: usize,
     pub(crate) head_limits: HeadLimits,
@@ -96,10 +100,12 @@ impl Settings {
             firewall,
             route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
             route_debug: config.routes.iter().map(|r| r.debug).collect(),
+            forwarding: config.routes.iter().map(|r| r.forwarding.clone()).collect(),
             workers,
             head_limits: HeadLimits {
                 max_head_bytes: config.limits.max_head_bytes,
                 max_headers: config.limits.max_headers,
+                encoded_slashes: config.http.encoded_slashes,
             },
             handshake_ms: ms(config.limits.handshake_timeout),
             routes,

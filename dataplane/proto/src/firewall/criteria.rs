@@ -14,6 +14,9 @@
 //! - a header present several times matches if any of its values matches;
 //! - header names are case-insensitive; header values, path, method and query are compared
 //!   byte for byte (use `(?i)` in a regex for case-insensitive values);
+//! - the path is the normalized one ([`crate::path`]): escapes of unreserved characters
+//!   decoded, dot-segments removed, duplicate slashes merged, so `/x/../admin`,
+//!   `/%61dmin` and `//admin` are all `/admin` to a rule, as they are to routing;
 //! - Host is compared without its port and trailing dot, case-insensitively (its regex is
 //!   compiled case-insensitive);
 //! - query arguments are the `&`-separated `name=value` pairs of the target after `?`; a
@@ -243,8 +246,8 @@ pub(super) struct Subject<'r, 'b> {
     pub(super) req: &'r Request<'b>,
     /// The Host value without port, computed once.
     pub(super) host: Option<&'b [u8]>,
-    /// The path, computed once.
-    pub(super) path: &'b [u8],
+    /// The normalized path, computed once.
+    pub(super) path: &'r [u8],
     /// The query string (empty if none), computed once.
     pub(super) query: &'b str,
     /// Offsets `(name_start, name_end, value_end)` of the query pairs (the value starts at

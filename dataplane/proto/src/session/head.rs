@@ -165,7 +165,13 @@ pub(super) fn decide(
         };
     }
     let mut origin_head = Vec::with_capacity(buf.len() + 128);
-    handshake::rewrite_for_origin(&request, peer, cx.proto, &mut origin_head);
+    handshake::rewrite_for_origin(
+        &request,
+        peer,
+        cx.proto,
+        &route.forwarding,
+        &mut origin_head,
+    );
     let mut forward = Forward {
         route,
         origin_head,

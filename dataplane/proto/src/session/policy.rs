@@ -9,6 +9,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 
+use crate::forwarding::Forwarding;
 use crate::function::FunctionSpec;
 use crate::handshake::HeadLimits;
 
@@ -84,6 +85,8 @@ pub struct Route {
     /// Debug rules on: a traceback is collected, and debug headers answer `Pragma:
     /// wsedge-debug`.
     pub debug: bool,
+    /// Which forwarding headers the origin gets, and whom to trust for them.
+    pub forwarding: Forwarding,
     /// Round robin over `origins`, per worker (the route is never shared between threads).
     next_origin: Cell<usize>,
 }
@@ -99,6 +102,7 @@ impl Route {
         frames: FrameLimits,
         function: Option<FunctionSpec>,
         debug: bool,
+        forwarding: Forwarding,
     ) -> Route {
         Route {
             name,
@@ -109,6 +113,7 @@ impl Route {
             frames,
             function,
             debug,
+            forwarding,
             next_origin: Cell::new(0),
         }
     }

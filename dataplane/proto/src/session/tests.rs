@@ -53,6 +53,7 @@ fn route(relay: RelayMode, origins: &[&str]) -> Route {
         frame_limits(),
         None,
         false,
+        crate::forwarding::DEFAULT_FORWARDING.clone(),
     )
 }
 
@@ -66,6 +67,7 @@ fn function_route(spec: FunctionSpec) -> Route {
         frame_limits(),
         Some(spec),
         false,
+        crate::forwarding::DEFAULT_FORWARDING.clone(),
     )
 }
 

@@ -1079,6 +1079,7 @@ impl Worker {
             routes: &settings.routes,
             peer: c.peer.ip(),
             proto: "http",
+            forwarding: &settings.forwarding,
         };
         let mut gate = FirewallGate {
             firewall: &settings.firewall,
