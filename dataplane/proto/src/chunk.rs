@@ -121,12 +121,6 @@ mod tests {
         assert_eq!(b.remaining(), 6);
         assert_eq!(b.releases(), Some(BufId(3)));
         assert!(!Chunk::own(vec![1]).is_relayed());
-        assert!(
-            !Chunk::Static {
-                data: b"x",
-                off: 0
-            }
-            .is_relayed()
-        );
+        assert!(!Chunk::Static { data: b"x", off: 0 }.is_relayed());
     }
 }
