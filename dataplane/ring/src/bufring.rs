@@ -323,3 +323,73 @@ impl Drop for BufRing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered ring no recv selects from: `taken` stands in for the kernel.
+    fn bufs() -> (IoUring, BufRing) {
+        let uring = IoUring::new(8).unwrap_or_else(|e| panic!("io_uring is required: {e}"));
+        let bufs = BufRing::new(&uring, 4, 32)
+            .unwrap_or_else(|e| panic!("a provided-buffer ring is required: {e}"));
+        (uring, bufs)
+    }
+
+    #[test]
+    fn buffers_in_the_ring_are_not_the_applications() {
+        let (_uring, mut bufs) = bufs();
+        assert_eq!((bufs.held(), bufs.count(), bufs.size()), (0, 4, 32));
+        assert!(bufs.bytes(BufId(0), 8).is_empty());
+        assert!(bufs.bytes_mut(BufId(1), 8).is_empty());
+        bufs.give_back(BufId(2));
+        bufs.give_back(BufId(9));
+        assert_eq!(bufs.misuses(), 4);
+        assert_eq!(bufs.held(), 0);
+        assert!(!bufs.taken(9), "an id out of range");
+    }
+
+    #[test]
+    fn a_held_buffer_is_readable_writable_and_given_back_once() {
+        let (_uring, mut bufs) = bufs();
+        assert!(bufs.taken(1));
+        assert!(!bufs.taken(1), "the kernel cannot hand out a held buffer");
+        assert_eq!(bufs.held(), 1);
+        bufs.bytes_mut(BufId(1), 100).copy_from_slice(&[7; 32]);
+        assert_eq!(bufs.bytes(BufId(1), 100), [7; 32], "clamped to the size");
+        bufs.give_back(BufId(1));
+        assert_eq!(bufs.held(), 0);
+        bufs.give_back(BufId(1));
+        assert_eq!(bufs.held(), 0);
+        assert_eq!(
+            bufs.misuses(),
+            2,
+            "the first taken(1) twice, then the second give_back"
+        );
+    }
+
+    #[test]
+    fn a_buffer_lent_to_a_send_returns_when_the_send_completes() {
+        let (_uring, mut bufs) = bufs();
+        assert!(bufs.taken(3));
+        assert!(bufs.lend(3));
+        assert!(bufs.lend(3), "two chunks of one buffer in one send");
+        assert_eq!(
+            bufs.bytes(BufId(3), 4).len(),
+            4,
+            "reading is fine while the kernel reads"
+        );
+        assert!(
+            bufs.bytes_mut(BufId(3), 4).is_empty(),
+            "no writing while a send reads it"
+        );
+        bufs.give_back(BufId(3));
+        assert_eq!(bufs.held(), 1, "deferred until the send completes");
+        bufs.unlend(3);
+        assert_eq!(bufs.held(), 1);
+        bufs.unlend(3);
+        assert_eq!(bufs.held(), 0, "back in the ring");
+        assert!(!bufs.lend(3), "cannot send from a buffer in the ring");
+        assert_eq!(bufs.misuses(), 2);
+    }
+}

@@ -379,4 +379,22 @@ mod tests {
         assert_eq!(asks[..4], [1024, 2048, 4096, 8192]);
         assert_eq!(*asks.last().unwrap_or(&0), max + 1);
     }
+
+    #[test]
+    fn head_buffers_with_room_past_the_limit_ask_for_one_byte_over_it() {
+        let mut buf = Vec::with_capacity(4096);
+        assert_eq!(prepare_head(&mut buf, 100), 101);
+        assert_eq!(buf.capacity(), 4096, "no growth when there is room");
+        buf.resize(60, 0);
+        assert_eq!(prepare_head(&mut buf, 100), 41);
+        buf.resize(101, 0);
+        // Already over the limit (the caller should have stopped): one byte, as before.
+        assert_eq!(prepare_head(&mut buf, 100), 1);
+        let mut none = Vec::new();
+        assert_eq!(
+            prepare_head(&mut none, 0),
+            1,
+            "a zero limit still detects a byte"
+        );
+    }
 }
