@@ -43,7 +43,7 @@ struct Slot {
 ///
 /// INVARIANT: `entries` maps `count` ring entries and `data` maps `count * size` bytes, both
 /// alive until drop (or leaked, if the ring could not reap every operation); the ring is
-/// registered with the owning [`crate::Ring`]'s io_uring under [`BUF_GROUP`].
+/// registered with the owning [`crate::Ring`]'s io_uring under `BUF_GROUP`.
 ///
 /// INVARIANT: `slots[id].in_ring` is true exactly for the ids between the kernel's head and
 /// the local `tail` (so at most `count` entries are ever outstanding and a new entry never
