@@ -6,6 +6,8 @@
 //! failure) takes the process down with exit code 70, so a supervisor restarts it instead of
 //! it running on at reduced capacity.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,13 +18,17 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod access_log;
+mod bus;
+mod conn_id;
 mod control;
-mod driver;
 mod settings;
 mod stats;
+mod transport;
+mod worker;
 
-use driver::sys;
-use driver::worker::{Command, Worker, WorkerSpec};
+use worker::mailbox::{Command, Mailbox};
+use worker::{Worker, WorkerSpec};
+use wsedge_ring::sys;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -88,8 +94,18 @@ fn run(
     workers: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    driver::ring::probe().map_err(anyhow::Error::msg)?;
+    wsedge_ring::probe().map_err(anyhow::Error::msg)?;
     let count = workers.unwrap_or_else(|| config.worker_count()).max(1);
+    anyhow::ensure!(
+        count <= conn_id::MAX_WORKERS,
+        "at most {} workers (a connection id names its worker in 8 bits)",
+        conn_id::MAX_WORKERS
+    );
+    // Names this host on channel messages (a broker bridge drops its own echoes by it).
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
     let signals = sys::block_shutdown_signals().context("blocking signals")?;
 
     // Listeners are created here, in a fixed order, so port 0 resolves once for all workers.
@@ -123,17 +139,17 @@ fn run(
     for _ in 0..count {
         let (tx, rx) = mpsc::channel();
         let wake_fd = sys::eventfd().context("creating a worker eventfd")?;
-        mailboxes.push((tx, wake_fd));
+        mailboxes.push(Mailbox { tx, wake_fd });
         receivers.push(rx);
     }
     let mut handles = Vec::with_capacity(count);
     for ((index, listeners), rx) in per_worker.into_iter().enumerate().zip(receivers) {
-        let wake_fd = mailboxes[index].1;
+        let wake_fd = mailboxes[index].wake_fd;
         let peers = mailboxes
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != index)
-            .map(|(_, (tx, fd))| (tx.clone(), *fd))
+            .map(|(_, mailbox)| mailbox.clone())
             .collect();
         let spec = WorkerSpec {
             index,
@@ -145,6 +161,7 @@ fn run(
             mailbox: rx,
             wake_fd,
             peers,
+            host,
         };
         let done = done_tx.clone();
         let ready = ready_tx.clone();
@@ -187,13 +204,7 @@ fn run(
         config: config.clone(),
         toml: text,
         source,
-        mailboxes: mailboxes
-            .iter()
-            .map(|(tx, wake_fd)| control::Mailbox {
-                tx: tx.clone(),
-                wake_fd: *wake_fd,
-            })
-            .collect(),
+        mailboxes: mailboxes.clone(),
         started,
     })
     .context("starting the control plane")?;
@@ -211,9 +222,8 @@ fn run(
             } else if !shutting_down {
                 shutting_down = true;
                 tracing::info!(signal = sig, "shutting down: draining connections");
-                for (tx, fd) in &mailboxes {
-                    let _ = tx.send(Command::Shutdown);
-                    sys::eventfd_signal(*fd);
+                for mailbox in &mailboxes {
+                    mailbox.send(Command::Shutdown);
                 }
             }
         }

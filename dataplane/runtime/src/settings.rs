@@ -1,50 +1,31 @@
-//! A worker's copy of the configuration, in the shape its event loop uses: the route table,
-//! per-route origins, timers in milliseconds and forwarding policy, head limits (with the
-//! path rules) and relay resources.
+//! A worker's copy of the configuration, in the shape its event loop uses: the route table
+//! and one [`Route`] record per route (origins with their round robin, relay, timers in
+//! milliseconds, frame limits, function, forwarding policy), head limits (with the path
+//! rules), the firewall and the relay resources.
 //!
 //! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
 //! by messages (no sharing on the per-connection path).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use wsedge_command::{
-    Config, FrameOptions, FunctionConfig, FunctionKind, HostMatch, RelayConfig, RelayMode,
-};
-use wsedge_proto::conn::RouteTimers;
+use wsedge_command::{Config, FunctionKind, HostMatch, RelayConfig};
+use wsedge_proto::channels::HubLimits;
 use wsedge_proto::firewall::Firewall;
-use wsedge_proto::forwarding::Forwarding;
+use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec};
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
-
-/// One route as a worker needs it.
-#[derive(Debug, Clone)]
-pub(crate) struct RouteInfo {
-    pub(crate) name: String,
-    pub(crate) path_prefix: String,
-    pub(crate) origins: Vec<SocketAddr>,
-    pub(crate) relay: RelayMode,
-    pub(crate) timers: RouteTimers,
-    pub(crate) frames: FrameOptions,
-    /// A built-in function answering the route (a `bridge` also has its target as origin).
-    pub(crate) function: Option<FunctionConfig>,
-}
+use wsedge_proto::session::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     /// Firewall rules and network lists (each worker edits its copy's lists live).
     pub(crate) firewall: Firewall,
-    /// Route names and debug switches, by route index (what the firewall gate needs).
-    pub(crate) route_names: Vec<String>,
-    pub(crate) route_debug: Vec<bool>,
-    /// Forwarding-header policy by route index (what the head decision needs).
-    pub(crate) forwarding: Vec<Forwarding>,
     /// Worker count (global firewall limits are shared out between workers).
     pub(crate) workers: usize,
-    pub(crate) head_limits: HeadLimits,
-    pub(crate) handshake_ms: u64,
-    pub(crate) routes: RouteTable,
-    pub(crate) route_info: Vec<RouteInfo>,
+    pub(crate) session: SessionConfig,
+    /// Host and path prefix -> index into `routes`.
+    pub(crate) table: RouteTable,
+    pub(crate) routes: Vec<Route>,
     pub(crate) relay: RelayConfig,
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
@@ -62,7 +43,7 @@ impl Settings {
             .firewall
             .build()
             .map_err(|e| format!("firewall: {e}"))?;
-        let routes = RouteTable::new(config.routes.iter().map(|r| {
+        let table = RouteTable::new(config.routes.iter().map(|r| {
             let host = match &r.host {
                 HostMatch::Any => HostPattern::Any,
                 HostMatch::Exact(h) => HostPattern::Exact(h.clone()),
@@ -70,49 +51,85 @@ impl Settings {
             };
             (host, r.path_prefix.clone())
         }));
-        let route_info = config
-            .routes
-            .iter()
-            .map(|r| RouteInfo {
-                name: r.name.clone(),
-                path_prefix: r.path_prefix.clone(),
-                origins: match r.function.as_ref().and_then(|f| f.bridge.as_ref()) {
-                    Some(bridge) => vec![bridge.addr],
-                    None => r.origins.clone(),
-                },
-                // A bridge relays frames between the client and its own client connection.
-                relay: match r.function.as_ref().map(|f| f.kind) {
-                    Some(FunctionKind::Bridge) => RelayMode::Frames,
-                    _ => r.relay,
-                },
-                timers: RouteTimers {
-                    connect_ms: ms(r.limits.origin_connect_timeout),
-                    origin_handshake_ms: ms(r.limits.origin_handshake_timeout),
-                    idle_ms: ms(r.limits.idle_timeout),
-                    max_connection_ms: ms(r.limits.max_connection_time),
-                    jitter_pct: r.limits.max_connection_time_jitter,
-                },
-                frames: r.frames.clone(),
-                function: r.function.clone(),
-            })
-            .collect();
+        let routes = config.routes.iter().map(route).collect();
         Ok(Settings {
             firewall,
-            route_names: config.routes.iter().map(|r| r.name.clone()).collect(),
-            route_debug: config.routes.iter().map(|r| r.debug).collect(),
-            forwarding: config.routes.iter().map(|r| r.forwarding.clone()).collect(),
             workers,
-            head_limits: HeadLimits {
-                max_head_bytes: config.limits.max_head_bytes,
-                max_headers: config.limits.max_headers,
-                encoded_slashes: config.http.encoded_slashes,
+            session: SessionConfig {
+                head_limits: HeadLimits {
+                    max_head_bytes: config.limits.max_head_bytes,
+                    max_headers: config.limits.max_headers,
+                    encoded_slashes: config.http.encoded_slashes,
+                },
+                handshake_ms: ms(config.limits.handshake_timeout),
+                max_in_flight: u64::from(config.relay.max_in_flight),
+                buffer_size: config.relay.buffer_size,
+                linger_ms: LINGER_MS,
             },
-            handshake_ms: ms(config.limits.handshake_timeout),
+            table,
             routes,
-            route_info,
             relay: config.relay,
             max_connections: config.dataplane.max_connections_per_worker,
             drain_timeout: config.dataplane.drain_timeout,
         })
     }
+}
+
+/// One route as the session holds it.
+fn route(r: &wsedge_command::Route) -> Route {
+    let relay = match r.relay {
+        wsedge_command::RelayMode::Buffered => RelayMode::Buffered,
+        wsedge_command::RelayMode::Splice => RelayMode::Splice,
+        wsedge_command::RelayMode::Frames => RelayMode::Frames,
+        wsedge_command::RelayMode::Auto => RelayMode::Auto,
+    };
+    let f = &r.frames;
+    let frames = FrameLimits {
+        client_max_message: f.client_max_message.unwrap_or(u64::MAX),
+        origin_max_message: f.origin_max_message.unwrap_or(u64::MAX),
+        client_message_rate: f.client_message_rate,
+        keepalive_ms: f.keepalive_interval.map(ms),
+        keepalive_timeout_ms: ms(f.keepalive_timeout),
+        close_code: f.close_code,
+        close_reason: f.close_reason.clone(),
+        close_grace_ms: ms(f.close_grace),
+    };
+    let function = r.function.as_ref().map(|f| match f.kind {
+        FunctionKind::Echo => FunctionSpec::Echo,
+        FunctionKind::Broadcast => FunctionSpec::Broadcast(BroadcastSpec {
+            publish: f.publish,
+            echo_to_sender: f.echo_to_sender,
+            limits: HubLimits {
+                max_subscribers: f.max_subscribers,
+                max_channels_per_client: f.max_channels_per_client,
+            },
+            max_send_queue: f.max_send_queue,
+        }),
+        FunctionKind::Bridge => match &f.bridge {
+            Some(b) => FunctionSpec::Bridge(BridgeSpec {
+                addr: b.addr,
+                host: b.host.clone(),
+                path: b.path.clone(),
+            }),
+            // Validation requires a bridge_url for a bridge.
+            None => FunctionSpec::Echo,
+        },
+    });
+    Route::new(
+        r.name.clone(),
+        r.path_prefix.clone(),
+        r.origins.clone(),
+        relay,
+        RouteTimers {
+            connect_ms: ms(r.limits.origin_connect_timeout),
+            origin_handshake_ms: ms(r.limits.origin_handshake_timeout),
+            idle_ms: ms(r.limits.idle_timeout),
+            max_connection_ms: ms(r.limits.max_connection_time),
+            jitter_pct: r.limits.max_connection_time_jitter,
+        },
+        frames,
+        function,
+        r.debug,
+        r.forwarding.clone(),
+    )
 }

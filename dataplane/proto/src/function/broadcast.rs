@@ -160,7 +160,7 @@ impl FunctionSession for Broadcast {
         self.finish(CloseReason::ClientClosed, cx);
     }
 
-    fn on_delivery(&mut self, delivery: &mut Delivery<'_>, cx: &mut FnCx<'_>) {
+    fn on_delivery(&mut self, delivery: &mut Delivery, cx: &mut FnCx<'_>) {
         if self.done || !self.endpoint.is_open() {
             return;
         }

@@ -20,6 +20,7 @@
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::channels::{HubError, HubLimits, Published};
 use crate::chunk::Chunk;
@@ -118,15 +119,15 @@ impl Payload {
 /// A channel message being delivered to this worker's subscribers: framed at most once per
 /// format, the frames shared by every subscriber's send queue.
 #[derive(Debug)]
-pub struct Delivery<'a> {
-    pub channel: &'a str,
-    pub payload: &'a Payload,
+pub struct Delivery {
+    pub channel: Arc<str>,
+    pub payload: Arc<Payload>,
     raw: Option<Rc<[u8]>>,
     v1: Option<Rc<[u8]>>,
 }
 
-impl<'a> Delivery<'a> {
-    pub fn new(channel: &'a str, payload: &'a Payload) -> Self {
+impl Delivery {
+    pub fn new(channel: Arc<str>, payload: Arc<Payload>) -> Self {
         Delivery {
             channel,
             payload,
@@ -137,7 +138,7 @@ impl<'a> Delivery<'a> {
 
     /// The message as a raw WebSocket frame (text or binary), framed on first use.
     pub fn raw_frame(&mut self) -> Rc<[u8]> {
-        let payload = self.payload;
+        let payload = &self.payload;
         Rc::clone(
             self.raw
                 .get_or_insert_with(|| Rc::from(crate::channels::raw_frame(payload.published()))),
@@ -146,7 +147,7 @@ impl<'a> Delivery<'a> {
 
     /// The message in a `wsedge.v1` envelope, framed on first use.
     pub fn v1_frame(&mut self) -> Rc<[u8]> {
-        let (channel, payload) = (self.channel, self.payload);
+        let (channel, payload) = (&self.channel, &self.payload);
         Rc::clone(self.v1.get_or_insert_with(|| {
             Rc::from(crate::channels::v1_frame(channel, payload.published()))
         }))
@@ -285,7 +286,7 @@ pub trait FunctionSession: Debug {
     /// Its peer opened, failed or closed.
     fn on_peer_event(&mut self, _event: PeerEvent, _cx: &mut FnCx<'_>) {}
     /// A channel message for this client.
-    fn on_delivery(&mut self, _delivery: &mut Delivery<'_>, _cx: &mut FnCx<'_>) {}
+    fn on_delivery(&mut self, _delivery: &mut Delivery, _cx: &mut FnCx<'_>) {}
     /// The edge ends the connection (drain, maximum connection time, idle time, an
     /// operator): send the client Close `code` and finish.
     fn on_shutdown(&mut self, code: u16, reason: CloseReason, cx: &mut FnCx<'_>);

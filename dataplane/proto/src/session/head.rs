@@ -34,7 +34,6 @@ pub struct HeadContext<'a> {
     pub route_list: &'a [Rc<Route>],
     pub gate: Option<FirewallGate<'a>>,
     pub functions: &'a mut dyn FunctionHost,
-    pub bus: &'a mut dyn Bus,
     /// This connection's public id.
     pub conn: ConnKey,
     /// `X-Forwarded-Proto`: `http` on a plain listener.
@@ -104,10 +103,10 @@ pub(super) struct HeadFacts {
 pub(super) fn decide(
     buf: &[u8],
     limits: &HeadLimits,
-    max_message: impl Fn(&Route) -> u64,
     peer: IpAddr,
     now: Tick,
     cx: &mut HeadContext<'_>,
+    bus: &mut dyn Bus,
     facts: &mut HeadFacts,
 ) -> HeadDecision {
     let request = match handshake::parse_request(buf, limits) {
@@ -153,9 +152,9 @@ pub(super) fn decide(
             client_accept: facts.client_accept,
             peer,
             conn: cx.conn,
-            max_message: max_message(&route),
+            max_message: route.frames.client_max_message,
         };
-        return match cx.functions.open(&function_request, cx.bus) {
+        return match cx.functions.open(&function_request, bus) {
             Ok(function) => HeadDecision::Function {
                 route,
                 function,

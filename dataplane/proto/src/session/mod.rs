@@ -157,7 +157,7 @@ pub enum Input<'a> {
     /// End now (an operator's kill, a forced shutdown).
     Abort(CloseReason),
     /// A channel message for a function's client.
-    Deliver(&'a mut Delivery<'a>),
+    Deliver(&'a mut Delivery),
 }
 
 impl std::fmt::Debug for Input<'_> {
@@ -692,14 +692,13 @@ impl Session {
             return self.respond_error(404, CloseReason::NoRoute, env);
         };
         let mut facts = HeadFacts::default();
-        let frames_max = |r: &Route| r.frames.client_max_message;
         let decision = head::decide(
             &buf,
             &env.cfg.head_limits,
-            frames_max,
             self.peer.ip(),
             env.now,
             cx,
+            &mut *env.bus,
             &mut facts,
         );
         self.head_bytes = buf.len() as u64;
@@ -1328,7 +1327,7 @@ impl Session {
         let flow = &self.flows[to.other().index()];
         self.websocket
             && self.status == Some(101)
-            && matches!(self.stage, Stage::Stream(_))
+            && matches!(self.stage, Stage::Stream(_) | Stage::Frames(_))
             && flow.eof
             && !flow.shut
             && flow.in_flight == 0
@@ -1346,11 +1345,7 @@ impl Session {
                 Some(Side::Origin) => CloseReason::OriginClosed,
                 _ => CloseReason::ClientClosed,
             };
-            let shut = match self.stage {
-                Stage::Frames(_) => true,
-                _ => client.shut && origin.shut,
-            };
-            (client.eof && origin.eof && shut && drained).then_some(closer)
+            (client.eof && origin.eof && client.shut && origin.shut && drained).then_some(closer)
         } else {
             // A response relayed as is: over when the origin is done and all of it was sent.
             (origin.eof && origin.in_flight == 0).then_some(if self.websocket {
@@ -1728,7 +1723,7 @@ impl Session {
         }
     }
 
-    fn on_deliver(&mut self, delivery: &mut Delivery<'_>, env: &mut Env<'_>) {
+    fn on_deliver(&mut self, delivery: &mut Delivery, env: &mut Env<'_>) {
         if self.ending != Ending::Open {
             return;
         }

@@ -71,7 +71,7 @@ pub struct FrameLimits {
 }
 
 /// One route as a worker holds it: matched by index from the route table.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
     pub path_prefix: String,

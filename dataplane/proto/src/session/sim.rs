@@ -205,7 +205,6 @@ impl Sim {
             crate::firewall::Firewall::new(Vec::new(), Vec::new()).expect("an empty firewall");
         let mut trace = Vec::new();
         let mut functions = Builtins;
-        let mut bus = NoBus;
         let route_list = std::mem::take(&mut self.route_list);
         let routes = std::mem::take(&mut self.routes);
         let mut cx = HeadContext {
@@ -218,7 +217,6 @@ impl Sim {
                 trace: &mut trace,
             }),
             functions: &mut functions,
-            bus: &mut bus,
             conn: 1,
             proto: "http",
         };

@@ -10,13 +10,12 @@
 //! `wsedge_command::Config::from_toml` the control process uses, then sends every worker
 //! its own copy. The control socket itself (bind, peer credentials, framing, failures) is
 //! `wsedge_command::wire::server`, the same server the control process runs; this module is
-//! its handler. No `unsafe` here: syscalls go through `crate::driver::sys`.
+//! its handler. No `unsafe` here.
 
 mod metrics;
 mod publish;
 
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,10 +28,11 @@ use wsedge_command::wire::{
     WorkerStats, WorkerStatus,
 };
 
-use crate::driver::sys;
-use crate::driver::worker::functions::Payload;
-use crate::driver::worker::{Command, ConnectionInfo, WorkerReport, connection_worker};
+use wsedge_proto::function::Payload;
+
+use crate::conn_id::ConnId;
 use crate::settings::Settings;
+use crate::worker::mailbox::{Command, ConnectionInfo, Mailbox, WorkerReport};
 
 /// How long a worker may take to answer a request before the reply is an error.
 const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -56,13 +56,6 @@ pub(crate) enum ControlError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// One worker's mailbox and the eventfd that wakes its ring.
-#[derive(Debug, Clone)]
-pub(crate) struct Mailbox {
-    pub(crate) tx: Sender<Command>,
-    pub(crate) wake_fd: RawFd,
 }
 
 /// What `main` hands over once the workers are ready.
@@ -163,14 +156,9 @@ impl Shared {
 
     /// Sends `command` to worker `index` and wakes it; false if the worker is gone.
     fn send(&self, index: usize, command: Command) -> bool {
-        let Some(mailbox) = self.mailboxes.get(index) else {
-            return false;
-        };
-        if mailbox.tx.send(command).is_err() {
-            return false;
-        }
-        sys::eventfd_signal(mailbox.wake_fd);
-        true
+        self.mailboxes
+            .get(index)
+            .is_some_and(|mailbox| mailbox.send(command))
     }
 
     /// Asks every worker with `make` and collects the answers, all within one deadline.
@@ -391,7 +379,7 @@ impl Shared {
     }
 
     fn kill(&self, id: u64) -> Result<Response, Failure> {
-        let index = connection_worker(id);
+        let (index, _) = ConnId::from_public(id);
         let (tx, rx) = mpsc::channel();
         if index >= self.mailboxes.len() || !self.send(index, Command::Kill { id, reply: tx }) {
             return Err(Failure::new(

@@ -1,0 +1,418 @@
+//! One worker: an io_uring event loop and the tables it owns (its ring, listeners,
+//! connections, timer wheel, buffers, pipes, mailbox, bus and counters), shared with no other
+//! thread. It has no policy: every completion becomes an input of a connection's
+//! [`Session`](wsedge_proto::session::Session), and every output of a session becomes an
+//! operation (`conn.rs`); the loop's own work is accepting (`accept.rs`), the mailbox
+//! (`commands.rs`), timers and the splice pump (`splice.rs`).
+//!
+//! The loop: fire expired timers, re-arm what needs it, submit and wait (until the next timer
+//! at most), then dispatch each completion. See docs/architecture.md for who owns which
+//! buffer when.
+
+mod accept;
+mod commands;
+mod conn;
+pub(crate) mod mailbox;
+mod splice;
+
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use wsedge_proto::firewall::{FirewallState, TraceEntry};
+use wsedge_proto::function::{Builtins, Delivery};
+use wsedge_proto::session::{CloseReason, Input, Output, Route};
+use wsedge_proto::wheel::{Tick, TimerWheel};
+use wsedge_ring::pipes::PipePool;
+use wsedge_ring::{Completion, OpId, Owner, Ring, RingConfig, sys};
+
+use self::accept::Listener;
+use self::conn::Conn;
+use self::mailbox::{Command, Mailbox};
+use crate::access_log::AccessLog;
+use crate::bus::{Bus, BusMessage};
+use crate::conn_id::ConnId;
+use crate::settings::Settings;
+use crate::stats::Stats;
+
+const RING_ENTRIES: u32 = 4096;
+
+/// Owner tags of the loop's own operations (a connection's tags have a purpose below these
+/// in their top byte).
+const OWNER_WAKE: u64 = 0xff << 56;
+const OWNER_ACCEPT: u64 = 0xfe << 56;
+
+/// What the timer wheel holds: a connection's one timer, or one of the loop's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerKey {
+    Conn(ConnId),
+    /// Accepting resumes after running out of descriptors.
+    AcceptResume,
+    /// A drain's deadline: what is left is closed.
+    DrainDeadline,
+}
+
+/// What a worker is given at start.
+#[derive(Debug)]
+pub(crate) struct WorkerSpec {
+    pub(crate) index: usize,
+    pub(crate) cpu: Option<usize>,
+    pub(crate) listeners: Vec<RawFd>,
+    pub(crate) settings: Settings,
+    pub(crate) access_log: AccessLog,
+    pub(crate) mailbox: Receiver<Command>,
+    pub(crate) wake_fd: RawFd,
+    /// The other workers' mailboxes (channel fan-out).
+    pub(crate) peers: Vec<Mailbox>,
+    /// Names this host on bus messages.
+    pub(crate) host: u64,
+}
+
+/// Field order matters: the ring (which owns the buffer ring) goes last, after every
+/// connection was dropped.
+pub(crate) struct Worker {
+    index: usize,
+    settings: Settings,
+    config_version: u64,
+    /// The routes of `settings`, shared with the connections established on them.
+    routes: Vec<Rc<Route>>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    wheel: TimerWheel<TimerKey>,
+    listeners: Vec<Listener>,
+    accepting: bool,
+    /// Accept ran out of descriptors and has not succeeded since (warn once per episode).
+    accept_starved: bool,
+    accept_paused: bool,
+    wake_fd: RawFd,
+    mailbox: Receiver<Command>,
+    bus: Bus,
+    functions: Builtins,
+    pipes: PipePool,
+    /// Stream reads that ended for want of provided buffers: re-armed when buffers are back.
+    starved: Vec<(ConnId, wsedge_proto::session::Side)>,
+    log: AccessLog,
+    stats: Stats,
+    start: Instant,
+    rng: u64,
+    /// When live connections are closed during a drain or shutdown.
+    drain_deadline: Option<Tick>,
+    exit_when_empty: bool,
+    completions: Vec<Completion>,
+    expired: Vec<TimerKey>,
+    /// The outputs of the session being handled (reused).
+    out: Vec<Output>,
+    /// Inputs the worker produced while applying outputs, fed after them.
+    deferred: Vec<(ConnId, Deferred)>,
+    /// Per-address and global firewall counters (exact per address: the reuseport program
+    /// sends every connection of an address to the same worker).
+    fw_state: FirewallState,
+    fw_trace: Vec<TraceEntry>,
+    handshake_us: hdrhistogram::Histogram<u64>,
+    ring: Ring,
+}
+
+/// An input the worker itself produces while applying an output.
+#[derive(Debug, Clone, Copy)]
+enum Deferred {
+    /// The connect could not even start (no socket): a local failure.
+    ConnectFailed,
+    /// A stop asked for a read that was not armed.
+    ReadEnded(wsedge_proto::session::Side),
+    /// A drain with a deadline is on: a connection that just upgraded hears of it.
+    DrainBy(Tick),
+    /// A splice direction could not get a pipe.
+    SpliceUnavailable(wsedge_proto::session::Side),
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .field("connections", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Sets up the ring and buffers; errors here stop the process with a message.
+    pub(crate) fn new(spec: WorkerSpec) -> std::io::Result<Worker> {
+        if let Some(cpu) = spec.cpu
+            && let Err(e) = sys::pin_to_cpu(cpu)
+        {
+            tracing::warn!(worker = spec.index, cpu, error = %e, "cannot pin worker to its core");
+        }
+        let relay = spec.settings.relay;
+        let ring = Ring::new(RingConfig {
+            entries: RING_ENTRIES,
+            buffer_count: relay.buffer_count,
+            buffer_size: relay.buffer_size,
+        })?;
+        let workers = spec.settings.workers;
+        let capacity = spec.settings.max_connections.min(1 << 20);
+        let start = Instant::now();
+        let seed = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64))
+            ^ (spec.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Ok(Worker {
+            index: spec.index,
+            routes: spec.settings.routes.iter().cloned().map(Rc::new).collect(),
+            config_version: 0,
+            pipes: PipePool::new(relay.pipe_pool, relay.pipe_size),
+            settings: spec.settings,
+            // Sized once for the worker's limit: the pages of unused slots are never
+            // touched, so they cost no memory, and the slab never copies itself as it grows.
+            conns: Slab::with_capacity(capacity),
+            next_generation: 0,
+            wheel: TimerWheel::with_capacity(0, capacity),
+            listeners: spec.listeners.into_iter().map(Listener::new).collect(),
+            accepting: true,
+            accept_starved: false,
+            accept_paused: false,
+            wake_fd: spec.wake_fd,
+            mailbox: spec.mailbox,
+            bus: Bus::new(spec.peers, spec.host),
+            functions: Builtins,
+            starved: Vec::new(),
+            log: spec.access_log,
+            stats: Stats::default(),
+            start,
+            rng: seed | 1,
+            drain_deadline: None,
+            exit_when_empty: false,
+            completions: Vec::with_capacity(1024),
+            expired: Vec::new(),
+            out: Vec::with_capacity(16),
+            deferred: Vec::new(),
+            fw_state: FirewallState::new(workers),
+            fw_trace: Vec::new(),
+            // 1 µs to 1 h, 2 significant digits: a few KiB per worker.
+            handshake_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .map_err(std::io::Error::other)?,
+            ring,
+        })
+    }
+
+    fn now(&self) -> Tick {
+        self.start.elapsed().as_millis() as Tick
+    }
+
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64: jitter and seeds need spread, not cryptographic quality.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// Runs until shut down and drained; returns the worker's counters.
+    pub(crate) fn run(mut self) -> std::io::Result<Stats> {
+        self.ring.read_wake(Owner(OWNER_WAKE), self.wake_fd);
+        loop {
+            let now = self.now();
+            self.fire_timers(now);
+            if self.exit_when_empty && self.conns.is_empty() {
+                break;
+            }
+            self.arm_listeners();
+            self.rearm_starved();
+            self.log.flush();
+            let timeout = self
+                .wheel
+                .next_expiration()
+                .map(|t| Duration::from_millis(t.saturating_sub(now).max(1)));
+            self.ring.submit_and_wait(timeout)?;
+            let mut completions = std::mem::take(&mut self.completions);
+            self.ring.drain(&mut completions);
+            for c in completions.drain(..) {
+                self.dispatch(c);
+            }
+            self.completions = completions;
+        }
+        self.log.flush();
+        self.close_listeners();
+        Ok(std::mem::take(&mut self.stats))
+    }
+
+    fn fire_timers(&mut self, now: Tick) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(now, &mut expired);
+        for key in expired.drain(..) {
+            match key {
+                TimerKey::Conn(id) => {
+                    if let Some(slot) = self.live_slot(id) {
+                        self.conns[slot].timer = None;
+                        self.feed(slot, Input::Timeout);
+                    }
+                }
+                TimerKey::AcceptResume => self.accept_paused = false,
+                TimerKey::DrainDeadline => {
+                    let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for slot in slots {
+                        self.feed(slot, Input::Abort(CloseReason::Shutdown));
+                    }
+                }
+            }
+        }
+        self.expired = expired;
+    }
+
+    /// The slot of a live connection with this id (a stale id names none).
+    fn live_slot(&self, id: ConnId) -> Option<usize> {
+        let slot = id.slot as usize;
+        self.conns
+            .get(slot)
+            .is_some_and(|c| c.id == id)
+            .then_some(slot)
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        match c.owner.0 {
+            OWNER_WAKE => {
+                self.on_wake();
+                return;
+            }
+            o if o & (0xff << 56) == OWNER_ACCEPT => {
+                self.on_accept((o & 0xffff_ffff) as usize, c.result, c.more);
+                return;
+            }
+            _ => {}
+        }
+        let (id, purpose) = ConnId::from_owner(c.owner.0);
+        let Some(slot) = self.live_slot(id) else {
+            // INVARIANT: a slot is freed only with no op in flight, so this is a bug; the
+            // ring still hands back what the operation held.
+            tracing::error!(owner = c.owner.0, "completion for a freed connection");
+            self.ring.discard(c);
+            return;
+        };
+        self.on_conn_completion(slot, purpose, c);
+        self.drain_bus();
+        self.maybe_free(slot);
+    }
+
+    fn on_wake(&mut self) {
+        loop {
+            match self.mailbox.try_recv() {
+                Ok(command) => self.on_command(command),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.on_command(Command::Shutdown);
+                    break;
+                }
+            }
+        }
+        self.drain_bus();
+        self.ring.read_wake(Owner(OWNER_WAKE), self.wake_fd);
+    }
+
+    /// Delivers the messages published on this worker (or arrived from others) to its
+    /// subscribers: each framed at most once per format, shared by every send.
+    fn drain_bus(&mut self) {
+        let mut targets = Vec::new();
+        while let Some(message) = self.bus.next_local() {
+            self.deliver(&message, &mut targets);
+        }
+    }
+
+    /// Delivers one message here; returns how many subscribers it reached.
+    fn deliver(&mut self, message: &BusMessage, targets: &mut Vec<u64>) -> usize {
+        targets.clear();
+        self.bus
+            .subscribers(message.route.as_deref(), &message.channel, targets);
+        // Framed at most once per format, for every subscriber of this worker.
+        let mut delivery = Delivery::new(message.channel.clone(), message.payload.clone());
+        let mut delivered = 0;
+        for &key in targets.iter() {
+            if Some(key) == message.skip {
+                continue;
+            }
+            let (worker, id) = ConnId::from_public(key);
+            let Some(slot) = self.live_slot(id).filter(|_| worker == self.index) else {
+                continue;
+            };
+            if self.conns[slot].session.is_closed() {
+                continue;
+            }
+            self.feed(slot, Input::Deliver(&mut delivery));
+            delivered += 1;
+            self.maybe_free(slot);
+        }
+        delivered
+    }
+
+    // ----- timers -----------------------------------------------------------------------
+
+    /// Puts the connection's one wheel entry at its session's next deadline.
+    fn rearm_timer(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        let want = c.session.poll_timeout();
+        match (c.timer, want) {
+            (Some((_, at)), Some(w)) if w >= at => {}
+            (current, Some(w)) => {
+                if let Some((timer, _)) = current {
+                    self.wheel.cancel(timer);
+                }
+                let timer = self.wheel.insert(w, TimerKey::Conn(c.id));
+                c.timer = Some((timer, w));
+            }
+            (Some((timer, _)), None) => {
+                self.wheel.cancel(timer);
+                c.timer = None;
+            }
+            (None, None) => {}
+        }
+    }
+
+    // ----- draining ---------------------------------------------------------------------
+
+    /// Stops accepting (the listeners close, so the kernel refuses new connections and a
+    /// load balancer sees the host leave). Live connections go on; with a timeout, those that
+    /// can end with a Close frame are sent one in time, and what is left is closed then.
+    fn start_drain(&mut self, timeout: Option<Duration>) {
+        let now = self.now();
+        if let Some(t) = timeout {
+            let deadline = now + t.as_millis() as Tick;
+            if self.drain_deadline.is_none_or(|d| deadline < d) {
+                self.drain_deadline = Some(deadline);
+                self.wheel.insert(deadline, TimerKey::DrainDeadline);
+            }
+            let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for slot in slots {
+                self.feed_drain(slot);
+            }
+        }
+        if !self.accepting {
+            return;
+        }
+        self.accepting = false;
+        self.close_listeners();
+        tracing::info!(worker = self.index, live = self.conns.len(), "draining");
+    }
+
+    /// Tells a connection of the drain's deadline, if one is on.
+    fn feed_drain(&mut self, slot: usize) {
+        if let Some(deadline) = self.drain_deadline {
+            let reason = if self.exit_when_empty {
+                CloseReason::Shutdown
+            } else {
+                CloseReason::Drained
+            };
+            self.feed(slot, Input::DrainBy { deadline, reason });
+        }
+    }
+
+    /// Cancels an operation (its completion still arrives and is counted).
+    fn cancel(&mut self, op: Option<OpId>) {
+        if let Some(op) = op {
+            self.ring.cancel(op);
+        }
+    }
+}
