@@ -679,6 +679,8 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     };
     let ms = |v: u64| v as f64 / 1e6;
     let q = |h: &Histogram<u64>, p: f64| ms(h.value_at_quantile(p));
+    // Percentiles of an empty histogram are no figure (nothing came back in the window).
+    let qj = |h: &Histogram<u64>, p: f64| (!h.is_empty()).then(|| q(h, p));
     let seq_errors = shared.seq_errors.load(Ordering::Relaxed);
     let conn_errors = shared.conn_errors.load(Ordering::Relaxed);
     let bad_frames = shared.bad_frames.load(Ordering::Relaxed);
@@ -760,10 +762,10 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
             "ok": p.ok,
             "failed": p.errors,
             "timeouts": p.timeouts,
-            "p50_ms": q(&p.h, 0.5),
-            "p90_ms": q(&p.h, 0.9),
-            "p99_ms": q(&p.h, 0.99),
-            "max_ms": ms(p.h.max()),
+            "p50_ms": qj(&p.h, 0.5),
+            "p90_ms": qj(&p.h, 0.9),
+            "p99_ms": qj(&p.h, 0.99),
+            "max_ms": qj(&p.h, 1.0),
             "last_error": p.last_error,
         })
     });
@@ -786,14 +788,14 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
             "per_conn_max_msgs_per_s": fmax,
             "per_conn_starved": starved,
             "in_flight_end": in_flight,
-            "p50_ms": q(&lat, 0.5),
-            "p90_ms": q(&lat, 0.9),
-            "p99_ms": q(&lat, 0.99),
-            "max_ms": ms(lat.max()),
+            "p50_ms": qj(&lat, 0.5),
+            "p90_ms": qj(&lat, 0.9),
+            "p99_ms": qj(&lat, 0.99),
+            "max_ms": qj(&lat, 1.0),
             "recorded": lat.len(),
             "probe": probe_json,
-            "probe_p50_ms": probes.as_ref().map(|p| q(&p.h, 0.5)),
-            "probe_p99_ms": probes.as_ref().map(|p| q(&p.h, 0.99)),
+            "probe_p50_ms": probes.as_ref().and_then(|p| qj(&p.h, 0.5)),
+            "probe_p99_ms": probes.as_ref().and_then(|p| qj(&p.h, 0.99)),
             "target_cpu_us_per_msg": per_msg(usage.target_cpu_s),
             "origin_cpu_us_per_msg": per_msg(usage.origin_cpu_s),
             "load_cpu_us_per_msg": per_msg(Some(usage.load_cpu_s)),

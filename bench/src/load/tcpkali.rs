@@ -5,7 +5,7 @@
 //!
 //! It runs `tcpkali --websocket --connections N --duration D --message <size bytes>` in its
 //! default shape otherwise (connections opened at 100/s, each writing as fast as TCP lets
-//! it, two worker threads on two cores), plus any `--tcpkali-arg`. tcpkali measures over
+//! it, one worker thread per core), plus any `--tcpkali-arg`. tcpkali measures over
 //! its steady state, after the ramp-up; this mode samples the CPU of the target, the origin
 //! and tcpkali itself over the same span (from its "Ramped up" line to its exit) and turns
 //! its byte counts into messages: tcpkali sends every message as one client frame (a 6, 8
