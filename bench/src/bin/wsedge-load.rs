@@ -1,5 +1,7 @@
-//! `wsedge-load`: the benchmark load generator. Modes: `throughput`, `latency`, `handshakes`,
-//! `idle`, `fanout`. Prints a human summary, or one JSON object with `--json`.
+//! `wsedge-load`: the benchmark load generator. Modes: `throughput`, `flood`, `latency`,
+//! `handshakes`, `idle`, `fanout`, and `tcpkali` (drives an independent generator). Prints a
+//! human summary, or one JSON object with `--json`; exits 3 when a run found corrupted or
+//! misrouted messages (after writing its record).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,12 @@ use wsedge_bench::load::{self, Common, client};
 enum Mode {
     /// N connections keep --depth messages in flight: messages/s and bytes/s each way.
     Throughput,
+    /// N connections write as fast as the socket accepts (no depth limit) and count the
+    /// echoes: msg/s and bytes/s each way, fairness, latency under flood, CPU per message,
+    /// handshake latency of new clients during the flood.
+    Flood,
+    /// The unbounded flood run by tcpkali (--tcpkali PATH), reported in our format.
+    Tcpkali,
     /// A fixed total --rate over N connections: round-trip percentiles (from scheduled send time).
     Latency,
     /// --concurrency loops of connect, upgrade, one echo, close: sessions/s and percentiles.
@@ -72,6 +80,27 @@ struct Args {
     /// Pacing threads in latency mode.
     #[arg(long, default_value_t = 1)]
     sender_threads: usize,
+    /// Flood: bytes of frames per write syscall (at least one frame).
+    #[arg(long, default_value_t = 256 * 1024)]
+    write_bytes: usize,
+    /// Flood: open connections at this rate (per second), each flooding once open; 0 = open
+    /// all before flooding.
+    #[arg(long, default_value_t = 0.0)]
+    connect_rate: f64,
+    /// Flood: open a fresh connection this often (seconds) during the measured window and
+    /// time its connect + upgrade; 0 = no probes.
+    #[arg(long, default_value_t = 0.1)]
+    probe_interval: f64,
+    /// Flood, tcpkali: after closing every connection, wait this long (seconds) and count
+    /// the connections still established on the target's port; 0 = skip.
+    #[arg(long, default_value_t = 0.0)]
+    settle: f64,
+    /// Tcpkali mode: the tcpkali binary.
+    #[arg(long, default_value = "tcpkali")]
+    tcpkali: std::path::PathBuf,
+    /// Tcpkali mode: one more argument for tcpkali (repeatable), e.g. --tcpkali-arg=--workers=1.
+    #[arg(long = "tcpkali-arg", allow_hyphen_values = true)]
+    tcpkali_args: Vec<String>,
     /// Idle mode: processes to spread connections over (raised to fit 19,000 per process).
     #[arg(long, default_value_t = 1)]
     processes: usize,
@@ -122,6 +151,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
         pids: a.pids.clone(),
         origin_pids: a.origin_pids.clone(),
         sender_threads: a.sender_threads,
+        write_bytes: a.write_bytes,
+        connect_rate: a.connect_rate,
+        probe_interval: Duration::from_secs_f64(a.probe_interval),
+        settle: Duration::from_secs_f64(a.settle),
     };
     if a.child {
         return load::idle::run_child(&c, target, src).await;
@@ -135,6 +168,14 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     let (name, out) = match a.mode {
         Mode::Throughput => ("throughput", load::throughput::run(&c, target, src).await?),
+        Mode::Flood => ("flood", load::flood::run(&c, target, src).await?),
+        Mode::Tcpkali => {
+            let opts = load::tcpkali::Options {
+                path: a.tcpkali.clone(),
+                extra: a.tcpkali_args.clone(),
+            };
+            ("tcpkali", load::tcpkali::run(&c, &target, &opts).await?)
+        }
         Mode::Latency => ("latency", load::latency::run(&c, target, src).await?),
         Mode::Handshakes => ("handshakes", load::handshakes::run(&c, target, src).await?),
         Mode::Fanout => ("fanout", load::fanout::run(&c, target, src).await?),
@@ -169,6 +210,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
         if !matches!(a.mode, Mode::Idle) {
             println!("{}", load::usage_line(&out.usage));
         }
+    }
+    if let Some(p) = out.results["problem"].as_str() {
+        eprintln!("wsedge-load: {name}: {p}");
+        std::process::exit(3);
     }
     Ok(())
 }

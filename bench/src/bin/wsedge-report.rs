@@ -1,5 +1,6 @@
 //! `wsedge-report`: turns the runs scripts/bench.sh collected (JSON lines) into
-//! results.json, results.md (table + target checks) and PNG charts.
+//! results.json, results.md (medians and spreads, target checks) and PNG charts; with
+//! `--check-floor`, also the CI regression check (exit 1 on a gross regression).
 
 use std::path::PathBuf;
 
@@ -16,9 +17,19 @@ struct Args {
     /// Free-text host description for the report header.
     #[arg(long)]
     host: Option<PathBuf>,
-    /// Output directory.
+    /// Output directory (results.md, results.json, charts); without it, only the check runs.
+    #[arg(long, required_unless_present = "check_floor")]
+    out: Option<PathBuf>,
+    /// Regression check: fail (exit 1) when --check-label delivers less than this fraction
+    /// of `direct`'s messages/s in --check-scenario (medians).
     #[arg(long)]
-    out: PathBuf,
+    check_floor: Option<f64>,
+    /// Regression check: the wsedge label compared with `direct`.
+    #[arg(long, default_value = "wsedge-auto-w1")]
+    check_label: String,
+    /// Regression check: the scenario (an unbounded flood).
+    #[arg(long, default_value = wsedge_bench::report::UFLOOD_64)]
+    check_scenario: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,11 +40,19 @@ fn main() -> anyhow::Result<()> {
         Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
         None => String::new(),
     };
-    std::fs::create_dir_all(&a.out)?;
-    wsedge_bench::report::write_all(&runs, &host, &a.out)?;
-    eprintln!(
-        "wsedge-report: wrote {}",
-        a.out.join("results.md").display()
-    );
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out)?;
+        wsedge_bench::report::write_all(&runs, &host, out)?;
+        eprintln!("wsedge-report: wrote {}", out.join("results.md").display());
+    }
+    if let Some(floor) = a.check_floor {
+        let r = wsedge_bench::report::Runs::parse(&runs)?;
+        let (line, ok) =
+            wsedge_bench::report::regression_check(&r, &a.check_label, &a.check_scenario, floor)?;
+        println!("{line}");
+        if !ok {
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }

@@ -150,14 +150,37 @@ fn make_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// The upgrade request for `t` with `key`.
+fn upgrade_request(t: &Target, key: &str) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        t.path, t.host
+    )
+}
+
+/// Checks a response head (through its blank line) is a 101 accepting `key`.
+fn check_upgrade_response(head: &[u8], key: &str) -> anyhow::Result<()> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(head)?;
+    if resp.code != Some(101) {
+        bail!("handshake answered {:?}", resp.code);
+    }
+    let want = frame::accept_key(key.as_bytes());
+    let ok = resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == want.as_bytes());
+    if !ok {
+        bail!("bad Sec-WebSocket-Accept");
+    }
+    Ok(())
+}
+
 /// Sends the upgrade request and reads the 101; returns bytes that followed the response head.
 pub async fn handshake(s: &mut TcpStream, t: &Target) -> anyhow::Result<Vec<u8>> {
     let key = make_key();
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        t.path, t.host
-    );
-    s.write_all(req.as_bytes()).await?;
+    s.write_all(upgrade_request(t, &key).as_bytes()).await?;
     let mut buf = Vec::with_capacity(512);
     let end = loop {
         if let Some(e) = frame::head_end(&buf) {
@@ -171,20 +194,33 @@ pub async fn handshake(s: &mut TcpStream, t: &Target) -> anyhow::Result<Vec<u8>>
             bail!("connection closed during handshake");
         }
     };
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(&buf[..end])?;
-    if resp.code != Some(101) {
-        bail!("handshake answered {:?}", resp.code);
-    }
-    let want = frame::accept_key(key.as_bytes());
-    let ok = resp
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == want.as_bytes());
-    if !ok {
-        bail!("bad Sec-WebSocket-Accept");
-    }
+    check_upgrade_response(&buf[..end], &key)?;
+    Ok(buf[end..].to_vec())
+}
+
+/// The same handshake on a blocking socket (its read timeout bounds each read); returns the
+/// bytes that followed the response head. For probes timed on their own thread, so the
+/// generator's event loop does not add to what they measure.
+pub fn handshake_blocking(s: &mut std::net::TcpStream, t: &Target) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let key = make_key();
+    s.write_all(upgrade_request(t, &key).as_bytes())?;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    let end = loop {
+        if let Some(e) = frame::head_end(&buf) {
+            break e;
+        }
+        if buf.len() > 16384 {
+            bail!("response head too large");
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed during handshake");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    check_upgrade_response(&buf[..end], &key)?;
     Ok(buf[end..].to_vec())
 }
 

@@ -4,9 +4,11 @@
 
 pub mod client;
 pub mod fanout;
+pub mod flood;
 pub mod handshakes;
 pub mod idle;
 pub mod latency;
+pub mod tcpkali;
 pub mod throughput;
 
 use std::net::IpAddr;
@@ -61,6 +63,15 @@ pub struct Common {
     pub origin_pids: Vec<u32>,
     /// Sender threads (latency).
     pub sender_threads: usize,
+    /// Bytes of frames per write (flood).
+    pub write_bytes: usize,
+    /// New connections per second while ramping up, 0 = all before the flood (flood).
+    pub connect_rate: f64,
+    /// A fresh connection's handshake is timed this often during the window, 0 = never (flood).
+    pub probe_interval: Duration,
+    /// After the run, wait this long and count connections still established on the
+    /// target's port, 0 = skip (flood, tcpkali).
+    pub settle: Duration,
 }
 
 impl Common {
@@ -167,8 +178,15 @@ pub fn record(
 ) -> Value {
     let u = o.usage;
     let gb = o.relayed_bytes / 1e9;
+    // Every figure says which generator produced it: ours, or tcpkali driven by `tcpkali` mode.
+    let generator = if mode == "tcpkali" {
+        "tcpkali"
+    } else {
+        "wsedge-load"
+    };
     json!({
         "mode": mode,
+        "generator": generator,
         "label": label,
         "scenario": scenario,
         "target": url,
@@ -179,6 +197,9 @@ pub fn record(
             "duration_s": c.duration.as_secs_f64(),
             "rate": c.rate,
             "concurrency": c.concurrency,
+            "write_bytes": c.write_bytes,
+            "connect_rate": c.connect_rate,
+            "probe_interval_s": c.probe_interval.as_secs_f64(),
         },
         "results": o.results,
         "usage": {
@@ -187,11 +208,32 @@ pub fn record(
             "origin_cpu_s": u.origin_cpu_s,
             "load_cpu_s": u.load_cpu_s,
             "target_cpu_pct": u.target_cpu_s.map(|s| 100.0 * s / u.wall_s),
+            "origin_cpu_pct": u.origin_cpu_s.map(|s| 100.0 * s / u.wall_s),
             "load_cpu_pct": 100.0 * u.load_cpu_s / u.wall_s,
             "relayed_bytes": o.relayed_bytes,
             "target_cpu_s_per_gb": u.target_cpu_s.filter(|_| gb > 0.0).map(|s| s / gb),
         },
     })
+}
+
+/// A human line about the kernel's TCP counters over a window (the non-zero ones): a run
+/// with retransmits or memory pressure on loopback was shaped by the host.
+pub fn kernel_line(k: &Value) -> String {
+    let nz: Vec<String> = k
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+    if nz.is_empty() {
+        "kernel TCP counters (host-wide) during the window: no retransmits, drops or memory pressure".into()
+    } else {
+        format!(
+            "kernel TCP counters (host-wide) during the window: {}",
+            nz.join(", ")
+        )
+    }
 }
 
 /// A human line about CPU use.
