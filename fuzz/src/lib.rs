@@ -9,6 +9,15 @@
 //! - [`config`] checks `wsedge_command::Config::from_toml`.
 //! - [`conn`] checks the connection state machine `conn::Conn`, driven by a sequence of events
 //!   decoded with `arbitrary`, the way the ring driver drives it.
+//! - [`frame`] checks the frame codec.
+//! - [`endpoint()`] checks the built-in functions' `endpoint::ServerEndpoint` (module
+//!   [`mod@endpoint`]).
+
+mod channels;
+mod endpoint;
+
+pub use channels::channels;
+pub use endpoint::endpoint;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

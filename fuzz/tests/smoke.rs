@@ -239,3 +239,13 @@ fn conn_outcomes() {
 fn frame() {
     smoke("frame", wsedge_fuzz::frame);
 }
+
+#[test]
+fn endpoint() {
+    smoke("endpoint", wsedge_fuzz::endpoint);
+}
+
+#[test]
+fn channels() {
+    smoke("channels", wsedge_fuzz::channels);
+}
