@@ -13,11 +13,14 @@
 //! - [`endpoint()`] checks the built-in functions' `endpoint::ServerEndpoint` (module
 //!   [`mod@endpoint`]).
 
+mod alloc;
 mod channels;
 mod endpoint;
+mod wire;
 
 pub use channels::channels;
 pub use endpoint::endpoint;
+pub use wire::wire;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -249,3 +249,8 @@ fn endpoint() {
 fn channels() {
     smoke("channels", wsedge_fuzz::channels);
 }
+
+#[test]
+fn wire() {
+    smoke("wire", wsedge_fuzz::wire);
+}
