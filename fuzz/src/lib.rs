@@ -16,10 +16,12 @@
 mod alloc;
 mod channels;
 mod endpoint;
+mod firewall;
 mod wire;
 
 pub use channels::channels;
 pub use endpoint::endpoint;
+pub use firewall::firewall;
 pub use wire::wire;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

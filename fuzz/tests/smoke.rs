@@ -254,3 +254,8 @@ fn channels() {
 fn wire() {
     smoke("wire", wsedge_fuzz::wire);
 }
+
+#[test]
+fn firewall() {
+    smoke("firewall", wsedge_fuzz::firewall);
+}
