@@ -54,7 +54,7 @@ const EDGE_CODES: [u16; 4] = [
 ///   (none, 0, 16, 1000), bit 7 a structured stream (frames built from the rest).
 /// - `seed`: the chunk cuts (as in the `frame` target).
 /// - `close`: bit 7 set: the edge calls `close()` before chunk `close & 31` with one of
-///   [`EDGE_CODES`] (bits 5-6).
+///   `EDGE_CODES` (bits 5-6).
 pub fn endpoint(data: &[u8]) {
     let [flags, seed, close, rest @ ..] = data else {
         return;

@@ -61,7 +61,7 @@ impl Read for Trickle<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.rng = self.rng.wrapping_mul(1_103_515_245).wrapping_add(12_345);
         let r = self.rng >> 16;
-        if r % 7 == 0 {
+        if r.is_multiple_of(7) {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let n = (1 + r as usize % 300)
