@@ -10,6 +10,31 @@
 //! - [`config`] checks `wsedge_command::Config::from_toml`.
 //! - [`conn`] checks the connection state machine `conn::Conn`, driven by a sequence of events
 //!   decoded with `arbitrary`, the way the ring driver drives it.
+//! - [`frame`] checks the frame codec.
+//!
+//! The newer targets live in their own modules, each with its invariants in its `//!`:
+//! - [`endpoint()`]: the built-in functions' `endpoint::ServerEndpoint`, against itself
+//!   (chunking, modes, `echo`) and, for structured inputs, the frames it was given;
+//! - [`channels()`]: the broadcast client protocol against `serde_json`'s reading, and the
+//!   channel `Hub` against a model;
+//! - [`firewall()`]: rule evaluation against a model of the documented semantics;
+//! - [`wire()`]: the control protocol's framing and decoding, with the allocator watched.
+//!
+//! `unsafe` is denied but for the allocation watch (`alloc.rs`), which forwards to the system
+//! allocator.
+
+#![deny(unsafe_code)]
+
+mod alloc;
+mod channels;
+mod endpoint;
+mod firewall;
+mod wire;
+
+pub use channels::channels;
+pub use endpoint::endpoint;
+pub use firewall::firewall;
+pub use wire::wire;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

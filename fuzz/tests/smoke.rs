@@ -253,3 +253,23 @@ fn frame() {
 fn path() {
     smoke("path", wsedge_fuzz::path);
 }
+
+#[test]
+fn endpoint() {
+    smoke("endpoint", wsedge_fuzz::endpoint);
+}
+
+#[test]
+fn channels() {
+    smoke("channels", wsedge_fuzz::channels);
+}
+
+#[test]
+fn wire() {
+    smoke("wire", wsedge_fuzz::wire);
+}
+
+#[test]
+fn firewall() {
+    smoke("firewall", wsedge_fuzz::firewall);
+}

@@ -104,6 +104,34 @@ pub struct Request<'b> {
 }
 
 impl<'b> Request<'b> {
+    /// A request assembled from its parts (tests, fuzz models, a function's outbound
+    /// request): the path is `target`'s, normalized with `slashes`; `None` if it cannot be.
+    pub fn from_parts(
+        method: &'b str,
+        target: &'b str,
+        headers: Vec<(&'b str, &'b [u8])>,
+        host: Option<&'b str>,
+        kind: RequestKind<'b>,
+        slashes: crate::path::EncodedSlashes,
+    ) -> Option<Request<'b>> {
+        let raw = target.split_once('?').map_or(target, |(p, _)| p);
+        let path = if raw == "*" {
+            Cow::Borrowed(raw)
+        } else {
+            crate::path::normalize(raw, slashes).ok()?
+        };
+        Some(Request {
+            method,
+            target,
+            path,
+            minor_version: 1,
+            headers,
+            head_len: 0,
+            host,
+            kind,
+        })
+    }
+
     /// The value of the first header called `name` (ASCII case-insensitive), if any.
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
         self.headers

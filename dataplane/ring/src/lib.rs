@@ -45,12 +45,14 @@
 mod bufring;
 mod op;
 pub mod pipes;
+mod probe;
 mod ring;
 mod send;
 pub mod sys;
 
 pub use bufring::BufRing;
 pub use op::{Completion, OpData, OpId, OpKind, Owner};
-pub use ring::{Ring, RingConfig, probe};
+pub use probe::probe;
+pub use ring::{Ring, RingConfig};
 pub use send::{SendQueue, SentChunks, Written};
 pub use wsedge_proto::chunk::{BufId, Chunk};

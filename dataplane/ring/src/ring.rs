@@ -424,28 +424,6 @@ impl Drop for Ring {
     }
 }
 
-/// Checks that io_uring can be set up here, with a message an operator can act on.
-pub fn probe() -> Result<(), String> {
-    match IoUring::new(8) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let hint = match e.raw_os_error() {
-                Some(libc::ENOSYS) => {
-                    "the kernel has no io_uring (CONFIG_IO_URING) or a seccomp filter blocks io_uring_setup"
-                }
-                Some(libc::EPERM) => {
-                    "io_uring is disabled: check `sysctl kernel.io_uring_disabled` (must be 0, or 1 with this user in kernel.io_uring_group) and any seccomp profile (containers often block io_uring)"
-                }
-                Some(libc::ENOMEM) => {
-                    "the locked-memory limit is too low for a ring: raise `ulimit -l`"
-                }
-                _ => "io_uring_setup failed",
-            };
-            Err(format!("cannot set up io_uring: {e}: {hint}"))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
