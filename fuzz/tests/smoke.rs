@@ -7,7 +7,7 @@
 //! test fails naming it; replay it with `cargo fuzz run <target> <file>` or this test.
 //!
 //!   cargo test --release --no-default-features --test smoke
-//!   WSEDGE_FUZZ_REPLAY=artifacts/conn/crash-x cargo test --no-default-features --test smoke conn
+//!   WSEDGE_FUZZ_REPLAY=artifacts/session/crash-x cargo test --no-default-features --test smoke session
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -216,32 +216,8 @@ fn config() {
 }
 
 #[test]
-fn conn() {
-    smoke("conn", wsedge_fuzz::conn);
-}
-
-/// Prints where each `conn` input ends up (`cargo test --no-default-features --test smoke
-/// -- --ignored --nocapture conn_outcomes`; WSEDGE_FUZZ_DIR picks another directory).
-#[test]
-#[ignore = "a tool for choosing seeds, not a check"]
-fn conn_outcomes() {
-    let dir = std::env::var("WSEDGE_FUZZ_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("corpus").join("conn"));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("corpus dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    for f in files {
-        let data = std::fs::read(&f).expect("read");
-        println!(
-            "{} {} {}",
-            data.len(),
-            wsedge_fuzz::conn_outcome(&data),
-            f.display()
-        );
-    }
+fn session() {
+    smoke("session", wsedge_fuzz::session);
 }
 
 #[test]

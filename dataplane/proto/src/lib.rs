@@ -10,7 +10,6 @@ pub mod accept;
 pub mod body;
 pub mod channels;
 pub mod chunk;
-pub mod conn;
 pub mod endpoint;
 pub mod firewall;
 pub mod forwarding;

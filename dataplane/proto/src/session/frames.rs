@@ -305,6 +305,14 @@ impl FramesState {
         out
     }
 
+    /// Whether the proxy still owes `to` frames of its own (a Close deferred after a
+    /// violation, or frames waiting for a boundary): its write side must stay open for them.
+    pub fn owes(&self, to: Side) -> bool {
+        self.deferred_close
+            .is_some_and(|(violator, _)| violator == to)
+            || !self.pending[to.index()].is_empty()
+    }
+
     /// Whether both sides are done with the close handshake (replied with Close, or gone).
     pub fn handshake_done(&self, eof: [bool; 2]) -> bool {
         (0..2).all(|i| self.close_received[i] || eof[i])

@@ -1258,6 +1258,12 @@ impl Session {
             return;
         }
         let upgraded = self.status == Some(101);
+        if let Stage::Frames(_) = self.stage {
+            self.frames_progress(env);
+            if self.ending != Ending::Open {
+                return;
+            }
+        }
         for from in [Side::Client, Side::Origin] {
             let to = from.other();
             if self.wants_shutdown(to) {
@@ -1298,12 +1304,6 @@ impl Session {
                 env.out.push(Output::StopRead(from));
             }
         }
-        if let Stage::Frames(_) = self.stage {
-            self.frames_progress(env);
-            if self.ending != Ending::Open {
-                return;
-            }
-        }
         if let Some(reason) = self.finished() {
             if upgraded {
                 let reason = self.graceful.map_or(reason, |(r, _)| r);
@@ -1325,9 +1325,15 @@ impl Session {
     /// written (the half-close travels on).
     fn wants_shutdown(&self, to: Side) -> bool {
         let flow = &self.flows[to.other().index()];
+        let relaying = match &self.stage {
+            Stage::Stream(_) => true,
+            // The proxy's own frames to `to` (a deferred Close) go before its FIN.
+            Stage::Frames(state) => !state.owes(to),
+            _ => false,
+        };
         self.websocket
             && self.status == Some(101)
-            && matches!(self.stage, Stage::Stream(_) | Stage::Frames(_))
+            && relaying
             && flow.eof
             && !flow.shut
             && flow.in_flight == 0
@@ -1431,6 +1437,11 @@ impl Session {
 
     /// Queues a frame the proxy originates toward `to`, at the next frame boundary.
     fn frames_inject(&mut self, to: Side, frame: Vec<u8>, stop: bool, env: &mut Env<'_>) {
+        if self.flows[to.other().index()].shut {
+            // Its write half is already shut (its peer's FIN was passed on): nothing more
+            // can reach it.
+            return;
+        }
         let Stage::Frames(state) = &mut self.stage else {
             return;
         };
@@ -1902,8 +1913,8 @@ impl Session {
         env.out.push(Output::Close(reason));
     }
 
-    /// Checks the session's own invariants (debug builds, after every event).
-    #[cfg(debug_assertions)]
+    /// Checks the session's own invariants; panics when one is broken (debug builds run it
+    /// after every event, the fuzz target after every event in any build).
     pub fn check_invariants(&self) {
         for side in [Side::Client, Side::Origin] {
             let flow = &self.flows[side.index()];

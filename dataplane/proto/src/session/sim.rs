@@ -138,7 +138,11 @@ impl Sim {
                 Output::UnwatchClient => self.watching = false,
                 Output::Send { to, chunk } => {
                     let s = &mut self.sides[to.index()];
-                    assert!(!s.shut_write, "bytes queued to {to:?} after its shutdown");
+                    assert!(
+                        !s.shut_write,
+                        "bytes queued to {to:?} after its shutdown: {output:?}; outputs before: {:?}",
+                        self.log.iter().rev().take(6).collect::<Vec<_>>()
+                    );
                     s.queue.push_back(match chunk {
                         Chunk::Buf {
                             buf,

@@ -1,4 +1,0 @@
-//! libFuzzer entry for the `conn` checks (see src/lib.rs).
-#![no_main]
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| wsedge_fuzz::conn(data));
