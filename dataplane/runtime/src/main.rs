@@ -1,12 +1,12 @@
 //! `wsedge`, the dataplane binary: loads the config, binds one SO_REUSEPORT listener per
-//! worker and address, starts one pinned io_uring worker per core, and waits for a signal.
+//! worker and address (refusing an address another process listens on, unless
+//! `--takeover`), starts one pinned io_uring worker per core, and waits for a signal.
 //!
 //! Shutdown (SIGTERM/SIGINT): every worker stops accepting, lets live connections run up to
 //! `drain_timeout`, then closes them; the process exits 0. A worker that dies (panic or ring
 //! failure) takes the process down with exit code 70, so a supervisor restarts it instead of
 //! it running on at reduced capacity.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -19,6 +19,7 @@ mod access_log;
 mod control;
 mod driver;
 mod firewall_config;
+mod listeners;
 mod settings;
 mod stats;
 
@@ -41,6 +42,11 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Share the `listen` addresses with the process already listening on them (a wsedge of
+    /// the same user) instead of refusing to start: both receive new connections until the
+    /// old one stops listening. Without it, an address in use is an error.
+    #[arg(long)]
+    takeover: bool,
 }
 
 const EXIT_CONFIG: u8 = 2;
@@ -74,7 +80,7 @@ fn main() -> ExitCode {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    match run(config, (text, source), cli.workers) {
+    match run(config, (text, source), cli.workers, cli.takeover) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
@@ -87,33 +93,20 @@ fn run(
     config: wsedge_command::Config,
     (text, source): (String, String),
     workers: Option<usize>,
+    takeover: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     driver::ring::probe().map_err(anyhow::Error::msg)?;
     let count = workers.unwrap_or_else(|| config.worker_count()).max(1);
     let signals = sys::block_shutdown_signals().context("blocking signals")?;
 
-    // Listeners are created here, in a fixed order, so port 0 resolves once for all workers.
-    let mut per_worker: Vec<Vec<i32>> = vec![Vec::new(); count];
-    for addr in &config.dataplane.listen {
-        let mut bound: SocketAddr = *addr;
-        for listeners in per_worker.iter_mut() {
-            let fd = sys::reuseport_listener(&bound, 4096)
-                .with_context(|| format!("cannot listen on {bound}"))?;
-            if bound.port() == 0 {
-                bound = sys::local_addr(fd).context("reading the bound port")?;
-            }
-            listeners.push(fd);
-        }
-        // One client address -> one worker, so per-address firewall state is exact.
-        if count > 1
-            && let Some(first) = per_worker.first().and_then(|l| l.last())
-            && let Err(e) = sys::steer_by_client_address(*first, count)
-        {
-            tracing::warn!(%bound, error = %e, "cannot attach the reuseport steering program; per-address limits become per worker");
-        }
+    // Listeners are created here, in a fixed order, so port 0 resolves once for all workers;
+    // an address another process listens on is refused unless --takeover.
+    let listeners = listeners::open(&config.dataplane.listen, count, takeover)?;
+    for bound in &listeners.bound {
         eprintln!("wsedge: listening on {bound}");
     }
+    let per_worker = listeners.per_worker;
 
     let settings = settings::Settings::from_config(&config, count).map_err(anyhow::Error::msg)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
