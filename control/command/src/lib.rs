@@ -7,6 +7,7 @@
 //! the line and the field.
 
 pub mod config;
+pub mod connection_id;
 pub mod duration;
 pub mod firewall;
 pub mod wire;
@@ -16,3 +17,4 @@ pub use config::{
     FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, Limits, RelayConfig,
     RelayMode, Route,
 };
+pub use connection_id::ConnectionId;

@@ -18,12 +18,17 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, HostMatch, Limits, Route};
+pub use crate::connection_id::ConnectionId;
 use crate::duration::format_duration;
 
 /// The protocol version this build speaks. A receiver answers any other version with
 /// [`ErrorKind::UnsupportedVersion`]. Adding a request type or an optional field does not
 /// change it; changing the meaning of an existing one does.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: connection ids are text (`1-42-7`, [`ConnectionId`]); configuration versions are the
+/// dataplane's own (`apply_config` no longer carries one) and every configuration is also
+/// named by its content hash.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame body accepted, in bytes (a configuration is a few KiB).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
@@ -69,16 +74,14 @@ pub enum Request {
         limit: Option<u32>,
     },
     /// Close one connection (its id from `Connections`).
-    Kill { id: u64 },
-    /// Validate and apply a whole configuration. `source` names it in error messages;
-    /// `version`, when given, is the version to record (the control process numbers its
-    /// configurations); otherwise the receiver uses its current version + 1.
+    Kill { id: ConnectionId },
+    /// Validate and apply a whole configuration. `source` names it in error messages. The
+    /// dataplane numbers what it runs itself (its current version + 1, see
+    /// [`DataplaneStatus::config_version`]); nobody else assigns versions.
     ApplyConfig {
         toml: String,
         #[serde(default)]
         source: Option<String>,
-        #[serde(default)]
-        version: Option<u64>,
     },
     /// The configuration in force (TOML text and version).
     ConfigShow,
@@ -174,7 +177,7 @@ pub enum Response {
         connections: Vec<Connection>,
     },
     Killed {
-        id: u64,
+        id: ConnectionId,
     },
     Applied(Applied),
     Config(ConfigText),
@@ -276,9 +279,13 @@ pub struct DataplaneStatus {
     /// The wsedge build version.
     pub build: String,
     pub uptime_ms: u64,
-    /// The version of the configuration the control socket last applied (0 = the file the
-    /// dataplane started with).
+    /// The version of the configuration in force, numbered by this dataplane process: 0 is
+    /// the file it started with, each applied configuration is the previous version + 1, so
+    /// it never goes backwards while the process runs (a restarted dataplane starts at 0
+    /// again: `config_hash` names a configuration across restarts).
     pub config_version: u64,
+    /// [`config_hash`] of the configuration in force.
+    pub config_hash: String,
     pub config_source: String,
     pub workers: Vec<WorkerStatus>,
 }
@@ -298,11 +305,12 @@ pub struct DaemonStatus {
     pub pid: u32,
     pub uptime_ms: u64,
     pub config_file: String,
-    /// The version of the desired configuration.
-    pub desired_version: u64,
+    /// [`config_hash`] of the desired configuration (the daemon does not number
+    /// configurations: the dataplane does).
+    pub desired_hash: String,
     pub dataplane_socket: String,
     pub dataplane_reachable: bool,
-    /// The dataplane runs the desired version.
+    /// The dataplane, and each of its workers, runs the desired configuration.
     pub in_sync: bool,
     #[serde(default)]
     pub last_error: Option<String>,
@@ -415,7 +423,7 @@ pub struct Percentiles {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     /// Names the worker, slot and incarnation; use it with [`Request::Kill`].
-    pub id: u64,
+    pub id: ConnectionId,
     pub worker: usize,
     pub client: String,
     pub route: Option<String>,
@@ -430,7 +438,11 @@ pub struct Connection {
 /// Answer to a configuration change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
-    pub version: u64,
+    /// The version the dataplane runs it as (see [`DataplaneStatus::config_version`]);
+    /// absent when the control process could not push it (`pushed: false`).
+    pub version: Option<u64>,
+    /// [`config_hash`] of the configuration.
+    pub hash: String,
     pub source: String,
     /// Whether the dataplane has it (the control process answers `false` when the dataplane
     /// is unreachable: it pushes the configuration when the dataplane comes back).
@@ -446,7 +458,11 @@ pub struct Applied {
 /// Answer to [`Request::ConfigShow`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigText {
-    pub version: u64,
+    /// The dataplane: the version in force. The control process: the version the dataplane
+    /// runs the desired configuration as, absent while it does not run it.
+    pub version: Option<u64>,
+    /// [`config_hash`] of `toml`.
+    pub hash: String,
     pub source: String,
     pub toml: String,
 }
@@ -508,6 +524,21 @@ pub fn list_views(config: &Config, name: Option<&str>, unix_now: u64) -> Option<
         })
         .collect();
     (name.is_none() || !lists.is_empty()).then_some(lists)
+}
+
+/// The identity of a configuration: the first 12 hex digits (48 bits) of the SHA-1 of its
+/// TOML text, exactly as applied (comments and layout included). Equal texts have equal
+/// hashes whoever applied them and whatever version a dataplane gave them; it is an
+/// identity, not a security check.
+pub fn config_hash(toml: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(toml.as_bytes());
+    let mut out = String::with_capacity(12);
+    for b in &digest[..6] {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -858,11 +889,12 @@ mod tests {
                 route: Some("chat".into()),
                 limit: Some(5),
             },
-            Request::Kill { id: 1 << 60 },
+            Request::Kill {
+                id: ConnectionId::new(3, 17, 5),
+            },
             Request::ApplyConfig {
                 toml: "[[route]]\n".into(),
                 source: Some("f.toml".into()),
-                version: Some(7),
             },
             Request::Drain {
                 timeout_ms: Some(1500),
@@ -920,7 +952,7 @@ mod tests {
         let json = serde_json::to_string(&Envelope::new(1, &err)).expect("json");
         assert_eq!(
             json,
-            r#"{"version":1,"id":1,"body":{"type":"error","kind":"not_found","message":"no such connection"}}"#
+            r#"{"version":2,"id":1,"body":{"type":"error","kind":"not_found","message":"no such connection"}}"#
         );
     }
 
@@ -977,24 +1009,67 @@ mod tests {
     fn bad_requests_are_errors_with_the_id_when_known() {
         let e = decode_request(b"\x00\xffgarbage").expect_err("garbage");
         assert_eq!((e.id, e.kind), (None, ErrorKind::BadRequest));
-        let e = decode_request(br#"{"version":1,"id":4,"body":{"type":"self_destruct"}}"#)
+        let e = decode_request(br#"{"version":2,"id":4,"body":{"type":"self_destruct"}}"#)
             .expect_err("unknown type");
         assert_eq!((e.id, e.kind), (Some(4), ErrorKind::BadRequest));
         assert!(e.message.contains("self_destruct"), "{}", e.message);
         let e = decode_request(br#"{"version":9,"id":5,"body":{"type":"status"}}"#)
             .expect_err("version");
         assert_eq!((e.id, e.kind), (Some(5), ErrorKind::UnsupportedVersion));
-        let e = decode_request(br#"{"version":1,"id":6,"body":{"type":"kill"}}"#)
+        let e = decode_request(br#"{"version":2,"id":6,"body":{"type":"kill"}}"#)
             .expect_err("missing field");
         assert_eq!((e.id, e.kind), (Some(6), ErrorKind::BadRequest));
-        let ok = decode_request(br#"{"version":1,"id":7,"body":{"type":"status","extra":1}}"#)
+        let ok = decode_request(br#"{"version":2,"id":7,"body":{"type":"status","extra":1}}"#)
             .expect("unknown fields are ignored");
         assert_eq!(ok.body, Request::Status);
     }
 
     #[test]
+    fn protocol_1_peers_are_told_the_version_changed() {
+        let e = decode_request(br#"{"version":1,"id":5,"body":{"type":"status"}}"#)
+            .expect_err("version 1");
+        assert_eq!((e.id, e.kind), (Some(5), ErrorKind::UnsupportedVersion));
+        assert!(e.message.contains("this build speaks 2"), "{}", e.message);
+    }
+
+    #[test]
+    fn kill_takes_the_text_id_or_the_old_integer() {
+        let id = ConnectionId::new(1, 42, 7);
+        for body in [
+            r#"{"version":2,"id":1,"body":{"type":"kill","id":"1-42-7"}}"#.to_owned(),
+            format!(
+                r#"{{"version":2,"id":1,"body":{{"type":"kill","id":{}}}}}"#,
+                id.to_raw()
+            ),
+        ] {
+            let decoded = decode_request(body.as_bytes()).expect(&body);
+            assert_eq!(decoded.body, Request::Kill { id });
+        }
+        let e = decode_request(br#"{"version":2,"id":2,"body":{"type":"kill","id":"1-42"}}"#)
+            .expect_err("bad id");
+        assert_eq!((e.id, e.kind), (Some(2), ErrorKind::BadRequest));
+        assert!(e.message.contains("not a connection id"), "{}", e.message);
+        let json = serde_json::to_string(&Response::Killed { id }).expect("json");
+        assert_eq!(json, r#"{"type":"killed","id":"1-42-7"}"#);
+    }
+
+    #[test]
+    fn config_hash_is_short_stable_and_content_only() {
+        let a = config_hash("[[route]]\nname = \"a\"\n");
+        assert_eq!(a.len(), 12);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(a, config_hash("[[route]]\nname = \"a\"\n"));
+        assert_ne!(a, config_hash("[[route]]\nname = \"b\"\n"));
+        // SHA-1 of the empty string starts da39a3ee5e6b.
+        assert_eq!(config_hash(""), "da39a3ee5e6b");
+    }
+
+    #[test]
     fn unknown_error_kind_from_a_newer_peer() {
-        let body = br#"{"version":1,"id":1,"body":{"type":"error","kind":"quota","message":"m"}}"#;
+        let body = br#"{"version":2,"id":1,"body":{"type":"error","kind":"quota","message":"m"}}"#;
         let decoded = decode_response(body).expect("decode");
         assert_eq!(
             decoded.body,
@@ -1017,7 +1092,7 @@ mod tests {
             assert_eq!(base64_bytes::decode(bad), None, "{bad}");
         }
         let e = decode_request(
-            br#"{"version":1,"id":3,"body":{"type":"publish","channel":"c","message_base64":"**"}}"#,
+            br#"{"version":2,"id":3,"body":{"type":"publish","channel":"c","message_base64":"**"}}"#,
         )
         .expect_err("bad base64");
         assert_eq!((e.id, e.kind), (Some(3), ErrorKind::BadRequest));

@@ -6,7 +6,13 @@
 //!
 //! Threads: the signal loop (the caller's thread), a sync loop (once a second), an accept
 //! loop, and one short-lived thread per CLI connection. One lock, `desired`, serialises every
-//! change and every push, so versions reach the dataplane in order.
+//! change and every push, so configurations reach the dataplane in order.
+//!
+//! The daemon does not number configurations: the dataplane numbers what it runs (each apply
+//! is its previous version + 1), so a version never goes backwards or names two
+//! configurations, whoever pushes. The daemon names its desired configuration by its content
+//! hash (`wire::config_hash`) and knows the dataplane runs it when the dataplane's text is
+//! the same.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -75,6 +81,8 @@ impl From<EditError> for Failure {
 struct SyncInfo {
     reachable: bool,
     in_sync: bool,
+    /// The dataplane's version for the desired configuration, while it runs it.
+    running_version: Option<u64>,
     last_error: Option<String>,
 }
 
@@ -110,17 +118,13 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
 
     // The persisted state wins over the file: it holds live edits made since the file was
     // last applied. `wsedgectl reload` (or SIGHUP) goes back to the file.
-    let mut desired = Desired {
-        toml: text,
-        version: 1,
-        source,
-    };
+    let mut desired = Desired { toml: text, source };
     if let Some(path) = &control.state_file {
         match state::load(path) {
             Ok(Some(saved)) => match Config::from_toml(&saved.toml, &path.display().to_string()) {
                 Ok(_) => {
                     tracing::info!(
-                        version = saved.version,
+                        hash = %saved.hash(),
                         state = %path.display(),
                         "desired configuration restored from the state file"
                     );
@@ -191,7 +195,9 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         if signal == signal_hook::consts::SIGHUP {
             tracing::info!("SIGHUP: reloading {}", daemon.config_file.display());
             match daemon.reload() {
-                Ok(a) => tracing::info!(version = a.version, pushed = a.pushed, "reloaded"),
+                Ok(a) => {
+                    tracing::info!(version = %version_text(a.version), hash = %a.hash, pushed = a.pushed, "reloaded")
+                }
                 Err(f) => {
                     tracing::error!(error = %f.message, "reload refused; the running configuration stays in force")
                 }
@@ -233,7 +239,6 @@ impl Daemon {
         let request = Request::ApplyConfig {
             toml: desired.toml.clone(),
             source: Some(desired.source.clone()),
-            version: Some(desired.version),
         };
         match self.call_dataplane(&request) {
             Ok(Response::Applied(applied)) => Ok(applied),
@@ -264,11 +269,7 @@ impl Daemon {
         let (toml, source) = make(&desired)?;
         Config::from_toml(&toml, &source)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
-        let next = Desired {
-            toml,
-            version: desired.version + 1,
-            source,
-        };
+        let next = Desired { toml, source };
         if let Some(path) = &self.state_file {
             state::save(path, &next)
                 .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))?;
@@ -279,16 +280,19 @@ impl Daemon {
             Ok(applied) => {
                 sync.reachable = true;
                 sync.in_sync = true;
+                sync.running_version = applied.version;
                 sync.last_error = None;
                 applied
             }
             Err(f) if f.kind == ErrorKind::Unavailable => {
                 sync.reachable = false;
                 sync.in_sync = false;
+                sync.running_version = None;
                 sync.last_error = Some(f.message.clone());
-                tracing::warn!(error = %f.message, version = next.version, "dataplane unreachable; the change is pushed when it is back");
+                tracing::warn!(error = %f.message, hash = %next.hash(), "dataplane unreachable; the change is pushed when it is back");
                 Applied {
-                    version: next.version,
+                    version: None,
+                    hash: next.hash(),
                     source: next.source.clone(),
                     pushed: false,
                     workers_confirmed: 0,
@@ -305,7 +309,7 @@ impl Daemon {
                 return Err(f);
             }
         };
-        tracing::info!(version = next.version, source = %next.source, pushed = applied.pushed, "configuration changed");
+        tracing::info!(version = %version_text(applied.version), hash = %applied.hash, source = %next.source, pushed = applied.pushed, "configuration changed");
         *desired = next;
         Ok(applied)
     }
@@ -333,15 +337,18 @@ impl Daemon {
             Ok(Response::Config(running)) => {
                 sync.reachable = true;
                 if !was_reachable {
-                    tracing::info!(dataplane = %self.dataplane.display(), version = running.version, "dataplane reachable");
+                    tracing::info!(dataplane = %self.dataplane.display(), version = %version_text(running.version), hash = %running.hash, "dataplane reachable");
                 }
-                if running.version == desired.version && running.toml == desired.toml {
+                // Same text, same configuration: whatever version the dataplane gave it.
+                if running.toml == desired.toml {
                     sync.in_sync = true;
+                    sync.running_version = running.version;
                     return;
                 }
                 tracing::info!(
-                    running = running.version,
-                    desired = desired.version,
+                    running_version = %version_text(running.version),
+                    running = %running.hash,
+                    desired = %desired.hash(),
                     "dataplane runs another configuration; pushing the desired one"
                 );
                 drop(sync);
@@ -350,15 +357,18 @@ impl Daemon {
                 match outcome {
                     Ok(applied) => {
                         sync.in_sync = true;
+                        sync.running_version = applied.version;
                         sync.last_error = None;
                         tracing::info!(
-                            version = applied.version,
+                            version = %version_text(applied.version),
+                            hash = %applied.hash,
                             workers = applied.workers_confirmed,
                             "dataplane re-synced"
                         );
                     }
                     Err(f) => {
                         sync.in_sync = false;
+                        sync.running_version = None;
                         if sync.last_error.as_deref() != Some(f.message.as_str()) {
                             tracing::error!(error = %f.message, "push to the dataplane failed");
                         }
@@ -368,6 +378,7 @@ impl Daemon {
             }
             Ok(other) => {
                 sync.in_sync = false;
+                sync.running_version = None;
                 sync.last_error = Some(format!("unexpected answer to config_show: {other:?}"));
             }
             Err(e) => {
@@ -376,6 +387,7 @@ impl Daemon {
                 }
                 sync.reachable = false;
                 sync.in_sync = false;
+                sync.running_version = None;
                 sync.last_error = Some(format!("cannot reach the dataplane: {e}"));
             }
         }
@@ -386,21 +398,21 @@ impl Daemon {
             Ok(Response::Status(s)) => s.dataplane,
             _ => None,
         };
-        let desired_version = lock(&self.desired).version;
+        let desired_hash = lock(&self.desired).hash();
         let sync = lock(&self.sync);
         let in_sync = sync.in_sync
             && dataplane.as_ref().is_some_and(|d| {
-                d.config_version == desired_version
+                d.config_hash == desired_hash
                     && d.workers
                         .iter()
-                        .all(|w| w.config_version == desired_version)
+                        .all(|w| w.config_version == d.config_version)
             });
         Response::Status(Status {
             daemon: Some(DaemonStatus {
                 pid: std::process::id(),
                 uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 config_file: self.config_file.display().to_string(),
-                desired_version,
+                desired_hash,
                 dataplane_socket: self.dataplane.display().to_string(),
                 dataplane_reachable: dataplane.is_some(),
                 in_sync,
@@ -424,8 +436,10 @@ impl Daemon {
                 .map(Response::Applied),
             Request::ConfigShow => {
                 let d = lock(&self.desired);
+                let sync = lock(&self.sync);
                 Ok(Response::Config(ConfigText {
-                    version: d.version,
+                    version: sync.in_sync.then_some(sync.running_version).flatten(),
+                    hash: d.hash(),
                     source: d.source.clone(),
                     toml: d.toml.clone(),
                 }))
@@ -491,6 +505,11 @@ impl Daemon {
     fn permits(&self, uid: u32) -> bool {
         uid == 0 || uid == nix::unistd::geteuid().as_raw() || self.allowed_uids.contains(&uid)
     }
+}
+
+/// A dataplane version for the log: the number, or `none` (not pushed, not known).
+fn version_text(version: Option<u64>) -> String {
+    version.map_or_else(|| "none".to_owned(), |v| v.to_string())
 }
 
 /// The source name of an edited configuration.

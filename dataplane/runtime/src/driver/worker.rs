@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 use slab::Slab;
-use wsedge_command::{FunctionKind, RelayMode};
+use wsedge_command::{ConnectionId, FunctionKind, RelayMode};
 use wsedge_proto::conn::{
     CloseReason, Conn, ConnectAction, ConnectFailure, FirewallGate, FrameTimers, HeadAction,
     HeadContext, OriginAction, Phase, Refusal, Side, TimerAction,
@@ -62,7 +62,7 @@ pub(crate) enum Command {
         reply: Sender<Vec<ConnectionInfo>>,
     },
     Kill {
-        id: u64,
+        id: ConnectionId,
         reply: Sender<bool>,
     },
     /// Deliver a message to this worker's subscribers of `channel` (broadcast function);
@@ -104,7 +104,7 @@ pub(crate) struct WorkerReport {
 /// One live connection, for `wsedgectl connections`.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionInfo {
-    pub(crate) id: u64,
+    pub(crate) id: ConnectionId,
     pub(crate) worker: usize,
     pub(crate) client: SocketAddr,
     pub(crate) route: Option<String>,
@@ -116,13 +116,8 @@ pub(crate) struct ConnectionInfo {
 }
 
 /// A connection id that names its worker, slot and incarnation.
-pub(crate) fn connection_id(worker: usize, slot: usize, generation: u32) -> u64 {
-    ((worker as u64) << 56) | (u64::from(generation) << 32) | slot as u64
-}
-
-/// The worker index of a connection id.
-pub(crate) fn connection_worker(id: u64) -> usize {
-    (id >> 56) as usize
+pub(crate) fn connection_id(worker: usize, slot: usize, generation: u32) -> ConnectionId {
+    ConnectionId::new(worker, slot, generation)
 }
 
 mod frames;
@@ -753,9 +748,8 @@ impl Worker {
                 }
             }
             Command::Kill { id, reply } => {
-                let slot = (id & 0xffff_ffff) as usize;
-                let generation = ((id >> 32) as u32) & 0x00ff_ffff;
-                let found = connection_worker(id) == self.index
+                let (slot, generation) = (id.slot(), id.generation());
+                let found = id.worker() == self.index
                     && self
                         .conns
                         .get(slot)
@@ -2186,6 +2180,7 @@ impl Worker {
         *self.stats.closed.entry(reason.as_str()).or_default() += 1;
         if self.log.enabled() {
             self.log.record(&Entry {
+                id: connection_id(self.index, slot, c.generation),
                 worker: self.index,
                 client: c.peer,
                 route,

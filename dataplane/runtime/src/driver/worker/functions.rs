@@ -321,7 +321,7 @@ impl Worker {
 
 impl Worker {
     fn conn_key(&self, slot: usize) -> u64 {
-        connection_id(self.index, slot, self.conns[slot].generation)
+        connection_id(self.index, slot, self.conns[slot].generation).to_raw()
     }
 
     fn hub(&mut self, info: &RouteInfo) -> &mut Hub<u64> {
