@@ -233,11 +233,10 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             route: u.arbitrary()?,
             limit: u.arbitrary()?,
         },
-        3 => Request::Kill { id: u.arbitrary()? },
+        3 => Request::Kill { id: conn_id(u)? },
         4 => Request::ApplyConfig {
             toml: u.arbitrary()?,
             source: u.arbitrary()?,
-            version: u.arbitrary()?,
         },
         5 => Request::ConfigShow,
         6 => Request::RoutesList,
@@ -372,6 +371,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                     build: u.arbitrary()?,
                     uptime_ms: u.arbitrary()?,
                     config_version: u.arbitrary()?,
+                    config_hash: u.arbitrary()?,
                     config_source: u.arbitrary()?,
                     workers,
                 })
@@ -383,7 +383,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                     pid: u.arbitrary()?,
                     uptime_ms: u.arbitrary()?,
                     config_file: u.arbitrary()?,
-                    desired_version: u.arbitrary()?,
+                    desired_hash: u.arbitrary()?,
                     dataplane_socket: u.arbitrary()?,
                     dataplane_reachable: u.arbitrary()?,
                     in_sync: u.arbitrary()?,
@@ -407,7 +407,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             let connections = (0..u.int_in_range(0..=3)?)
                 .map(|_| {
                     Ok(Connection {
-                        id: u.arbitrary()?,
+                        id: conn_id(u)?,
                         worker: u.arbitrary()?,
                         client: u.arbitrary()?,
                         route: u.arbitrary()?,
@@ -421,9 +421,10 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Connections { connections }
         }
-        3 => Response::Killed { id: u.arbitrary()? },
+        3 => Response::Killed { id: conn_id(u)? },
         4 => Response::Applied(Applied {
             version: u.arbitrary()?,
+            hash: u.arbitrary()?,
             source: u.arbitrary()?,
             pushed: u.arbitrary()?,
             workers_confirmed: u.arbitrary()?,
@@ -431,6 +432,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
         }),
         5 => Response::Config(ConfigText {
             version: u.arbitrary()?,
+            hash: u.arbitrary()?,
             source: u.arbitrary()?,
             toml: u.arbitrary()?,
         }),
@@ -501,4 +503,13 @@ mod tests {
         let (_, none) = largest_allocation(|| 1 + 1);
         assert_eq!(none, 0);
     }
+}
+
+/// A connection id as the wire carries it (worker, slot, 24-bit generation).
+fn conn_id(u: &mut Unstructured<'_>) -> arbitrary::Result<wsedge_command::ConnectionId> {
+    Ok(wsedge_command::ConnectionId::new(
+        usize::from(u.arbitrary::<u8>()?),
+        u.arbitrary::<u32>()? as usize,
+        u.arbitrary()?,
+    ))
 }

@@ -19,6 +19,8 @@ pub use wsedge_proto::path::EncodedSlashes;
 
 use crate::error::ConfigError;
 
+mod syntax;
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -333,10 +335,7 @@ impl Config {
 
     /// Validates TOML text; `file` names its source in error messages.
     pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            file: file.to_owned(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| syntax::error(text, file, &e))?;
         Validator { text, file }.config(raw)
     }
 
@@ -397,7 +396,8 @@ struct RawControl {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDataplane {
-    listen: Spanned<Vec<String>>,
+    /// Each address keeps its own span, so a bad one is reported at its own line.
+    listen: Spanned<Vec<Spanned<String>>>,
     workers: Spanned<RawWorkers>,
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_worker: usize,
@@ -407,7 +407,7 @@ struct RawDataplane {
 impl Default for RawDataplane {
     fn default() -> Self {
         RawDataplane {
-            listen: Spanned::new(0..0, vec!["127.0.0.1:8080".to_owned()]),
+            listen: Spanned::new(0..0, vec![Spanned::new(0..0, "127.0.0.1:8080".to_owned())]),
             workers: Spanned::new(0..0, RawWorkers::Auto(AutoWord::Auto)),
             drain_timeout: None,
             max_connections_per_worker: 50_000,
@@ -504,8 +504,8 @@ struct RawRoute {
     name: Spanned<String>,
     host: Option<Spanned<String>>,
     path_prefix: Option<Spanned<String>>,
-    #[serde(default = "no_origins")]
-    origins: Spanned<Vec<String>>,
+    /// Each address keeps its own span, so a bad one is reported at its own line.
+    origins: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default = "default_relay")]
     relay: RelayMode,
     origin_connect_timeout: Option<Spanned<String>>,
@@ -532,10 +532,6 @@ struct RawRoute {
     debug: bool,
     trusted_proxies: Option<Spanned<Vec<String>>>,
     x_real_ip: Option<RawXRealIp>,
-}
-
-fn no_origins() -> Spanned<Vec<String>> {
-    Spanned::new(0..0, Vec::new())
 }
 
 fn default_relay() -> RelayMode {
@@ -631,7 +627,7 @@ impl Validator<'_> {
         };
         let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
         for (index, spanned) in raw.routes.into_iter().enumerate() {
-            let span = spanned.span();
+            let span = spanned.get_ref().name.span();
             let route = self.route(index, spanned.into_inner(), &limits, &http)?;
             if routes.iter().any(|r| r.name == route.name) {
                 return Err(self.invalid(
@@ -714,13 +710,21 @@ impl Validator<'_> {
         let span = raw.listen.span();
         let mut listen = Vec::new();
         for text in raw.listen.into_inner() {
-            let addr = text.parse::<SocketAddr>().map_err(|_| {
+            let addr = text.get_ref().parse::<SocketAddr>().map_err(|_| {
                 self.invalid(
-                    span.clone(),
+                    text.span(),
                     "dataplane.listen",
-                    format!("{text:?} is not an IP:port address"),
+                    format!("{:?} is not an IP:port address", text.get_ref()),
                 )
             })?;
+            // Listed twice, the second would be refused at start as an address in use.
+            if addr.port() != 0 && listen.contains(&addr) {
+                return Err(self.invalid(
+                    text.span(),
+                    "dataplane.listen",
+                    format!("{addr} is listed twice"),
+                ));
+            }
             listen.push(addr);
         }
         if listen.is_empty() {
@@ -1090,23 +1094,25 @@ impl Validator<'_> {
                 .unwrap_or_else(|| http.forwarding.trusted_proxies.clone()),
             x_real_ip: raw.x_real_ip.map_or(http.forwarding.x_real_ip, Into::into),
         };
-        let origins_span = raw.origins.span();
+        // An absent `origins` is reported at the route's name, a present one at its own line.
+        let origins_span = raw.origins.as_ref().map(Spanned::span);
         let mut origins = Vec::new();
-        for text in raw.origins.into_inner() {
-            let addr = text.parse::<SocketAddr>().map_err(|_| {
+        for text in raw.origins.map(Spanned::into_inner).unwrap_or_default() {
+            let addr = text.get_ref().parse::<SocketAddr>().map_err(|_| {
                 self.invalid(
-                    origins_span.clone(),
+                    text.span(),
                     &field("origins"),
-                    format!("{text:?} is not an IP:port address"),
+                    format!("{:?} is not an IP:port address", text.get_ref()),
                 )
             })?;
             origins.push(addr);
         }
         let function = self.function(index, &mut raw_function)?;
+        let origins_span = origins_span.unwrap_or(name_span);
         match (&function, origins.is_empty()) {
             (None, true) => {
                 return Err(self.invalid(
-                    name_span,
+                    origins_span,
                     &field("origins"),
                     "a route needs at least one origin, or a function",
                 ));
@@ -1247,7 +1253,10 @@ mod tests {
         let config = Config::from_toml(text, "t").expect("valid");
         assert!(!config.dataplane.pin_workers);
         let msg = error_of("[dataplane]\npin_workers = \"no\"\n");
-        assert!(msg.contains("line 2"), "{msg}");
+        assert!(
+            msg.starts_with("edge.toml:2: dataplane.pin_workers: invalid type"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1256,7 +1265,7 @@ mod tests {
         let config = Config::from_toml(text, "t").expect("valid");
         assert!(config.routes[0].debug);
         let msg = error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\ndebug = 1\n");
-        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.starts_with("edge.toml:4: route[0].debug:"), "{msg}");
     }
 
     #[test]
@@ -1288,7 +1297,81 @@ mod tests {
         let msg = error_of(
             "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:2\"]\n",
         );
-        assert!(msg.contains("duplicate route name"), "{msg}");
+        assert!(
+            msg.starts_with("edge.toml:5: route[1].name: duplicate route name"),
+            "{msg}"
+        );
+    }
+
+    /// Each field is reported at its own line: an empty `origins` at the `origins` line, not
+    /// the route's `name`; a bad address in a multi-line array at that address's line.
+    #[test]
+    fn errors_point_at_the_fields_own_line() {
+        let text = "[dataplane]\nlisten = [\"127.0.0.1:0\"]\n\n[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n\n[[route]]\nname = \"b\"\npath_prefix = \"/b\"\n\n# no origin yet\norigins = []\n";
+        assert_eq!(
+            error_of(text),
+            "edge.toml:13: route[1].origins: a route needs at least one origin, or a function"
+        );
+        // Absent altogether: the route's name line is the best place.
+        assert!(
+            error_of("[[route]]\n\nname = \"a\"\n")
+                .starts_with("edge.toml:3: route[0].origins: a route needs")
+        );
+        let msg = error_of(
+            "[[route]]\nname = \"a\"\norigins = [\n  \"127.0.0.1:1\",\n  \"nowhere:80\",\n]\n",
+        );
+        assert!(
+            msg.starts_with("edge.toml:5: route[0].origins: \"nowhere:80\""),
+            "{msg}"
+        );
+        let msg = error_of("[dataplane]\nlisten = [\n  \"127.0.0.1:1\",\n  \"127.0.0.1:1\",\n]\n");
+        assert_eq!(
+            msg,
+            "edge.toml:4: dataplane.listen: 127.0.0.1:1 is listed twice"
+        );
+        let msg = error_of("[dataplane]\nlisten = [\n  \"127.0.0.1:1\",\n  \"any:80\",\n]\n");
+        assert!(
+            msg.starts_with("edge.toml:4: dataplane.listen: \"any:80\""),
+            "{msg}"
+        );
+        assert!(
+            error_of(
+                "[[route]]\nname = \"a\"\nfunction = \"echo\"\n\norigins = [\"127.0.0.1:1\"]\n"
+            )
+            .starts_with("edge.toml:5: route[0].origins: a route has either")
+        );
+    }
+
+    /// Parser errors lead with the same `file:line: field: message` line as the others, then
+    /// draw the place.
+    #[test]
+    fn syntax_errors_lead_with_file_line_and_field() {
+        let msg = error_of("[dataplane]\nlisten = [\"127.0.0.1:1\"]\nbogus = 2\n");
+        let (first, drawing) = msg.split_once('\n').expect("two parts");
+        assert!(
+            first.starts_with(
+                "edge.toml:3: dataplane.bogus: unknown field `bogus`, expected one of"
+            ),
+            "{msg}"
+        );
+        assert_eq!(drawing, "  |\n3 | bogus = 2\n  | ^^^^^");
+        let msg =
+            error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"\nrelay = \"frames\"\n");
+        let first = msg.lines().next().expect("line");
+        assert!(first.starts_with("edge.toml:4: route[0].relay: "), "{msg}");
+        assert!(msg.lines().count() == 4, "{msg}");
+        let msg = error_of("[limits]\nidle_timeout = \"1s\n");
+        assert!(
+            msg.starts_with("edge.toml:2: limits.idle_timeout: "),
+            "{msg}"
+        );
+        let msg = error_of("[[route]]\nname = \"a\"\norigins = [1]\n");
+        assert!(
+            msg.starts_with(
+                "edge.toml:3: route[0].origins: invalid type: integer `1`, expected a string\n"
+            ),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1300,12 +1383,12 @@ mod tests {
         );
         let msg = error_of("[dataplane]\nlisten_on = []\n");
         assert!(
-            msg.contains("unknown field") && msg.contains("line 2"),
+            msg.starts_with("edge.toml:2: dataplane.listen_on: unknown field `listen_on`"),
             "{msg}"
         );
         let msg =
             error_of("[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\nrelay = \"tunnel\"\n");
-        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.starts_with("edge.toml:4: route[0].relay:"), "{msg}");
     }
 
     #[test]
@@ -1366,7 +1449,10 @@ mod tests {
             ))
             .contains("either origins or a function")
         );
-        assert!(error_of(&format!("{base}function = \"telepathy\"\n")).contains("line 3"));
+        assert!(
+            error_of(&format!("{base}function = \"telepathy\"\n"))
+                .starts_with("edge.toml:3: route[0].function:")
+        );
     }
 
     #[test]
@@ -1430,8 +1516,17 @@ mod tests {
             error_of("[http]\ntrusted_proxies = [\"proxy.local\"]\n")
                 .starts_with("edge.toml:2: http.trusted_proxies: \"proxy.local\" is not an IP")
         );
-        assert!(error_of("[http]\nencoded_slashes = \"allow\"\n").contains("line 2"));
-        assert!(error_of(&format!("{base}x_real_ip = \"spoof\"\n")).contains("line 4"));
+        assert!(
+            error_of("[http]\nencoded_slashes = \"allow\"\n")
+                .starts_with("edge.toml:2: http.encoded_slashes:"),
+            "{}",
+            error_of("[http]\nencoded_slashes = \"allow\"\n")
+        );
+        assert!(
+            error_of(&format!("{base}x_real_ip = \"spoof\"\n")).starts_with("edge.toml:4:"),
+            "{}",
+            error_of(&format!("{base}x_real_ip = \"spoof\"\n"))
+        );
         assert!(error_of("[http]\nmerge_slashes = false\n").contains("unknown field"));
     }
 
@@ -1487,6 +1582,9 @@ mod tests {
                 .contains("route[0].host")
         );
         assert!(error_of("[dataplane]\nworkers = 0\n").contains("dataplane.workers"));
-        assert!(error_of("[dataplane]\nworkers = \"many\"\n").contains("line 2"));
+        assert!(
+            error_of("[dataplane]\nworkers = \"many\"\n")
+                .starts_with("edge.toml:2: dataplane.workers:")
+        );
     }
 }

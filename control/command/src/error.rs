@@ -11,8 +11,16 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}: {message}")]
-    Syntax { file: String, message: String },
+    /// The TOML parser's (or the schema's) refusal: the documented first line, then the
+    /// place drawn with carets (`excerpt`, empty when the parser gave no position).
+    #[error("{file}:{line}: {field}: {message}{excerpt}")]
+    Syntax {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+        excerpt: String,
+    },
     #[error("{file}:{line}: {field}: {message}")]
     Invalid {
         file: String,

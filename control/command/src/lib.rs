@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod connection_id;
 pub mod duration;
 pub mod error;
 pub mod firewall;
@@ -22,6 +23,7 @@ pub use config::{
     Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, HttpConfig,
     Limits, RelayConfig, RelayMode, Route, XRealIp,
 };
+pub use connection_id::ConnectionId;
 pub use error::ConfigError;
 
 /// Seconds since the Unix epoch (0 if the clock is before it): the wall clock network-list

@@ -8,6 +8,12 @@
 //! control-socket server's accept loop with one short-lived thread per CLI connection (the
 //! same server the dataplane runs, `wsedge_command::wire::server`). One lock, `desired`,
 //! serialises every change and every push, so versions reach the dataplane in order.
+//!
+//! The daemon does not number configurations: the dataplane numbers what it runs (each apply
+//! is its previous version + 1), so a version never goes backwards or names two
+//! configurations, whoever pushes. The daemon names its desired configuration by its content
+//! hash (`wire::config_hash`) and knows the dataplane runs it when the dataplane's text is
+//! the same.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +61,8 @@ impl From<EditError> for Failure {
 struct SyncInfo {
     reachable: bool,
     in_sync: bool,
+    /// The dataplane's version for the desired configuration, while it runs it.
+    running_version: Option<u64>,
     last_error: Option<String>,
 }
 
@@ -89,17 +97,13 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
 
     // The persisted state wins over the file: it holds live edits made since the file was
     // last applied. `wsedgectl reload` (or SIGHUP) goes back to the file.
-    let mut desired = Desired {
-        toml: text,
-        version: 1,
-        source,
-    };
+    let mut desired = Desired { toml: text, source };
     if let Some(path) = &control.state_file {
         match state::load(path) {
             Ok(Some(saved)) => match Config::from_toml(&saved.toml, &path.display().to_string()) {
                 Ok(_) => {
                     tracing::info!(
-                        version = saved.version,
+                        hash = %saved.hash(),
                         state = %path.display(),
                         "desired configuration restored from the state file"
                     );
@@ -168,7 +172,9 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         if signal == signal_hook::consts::SIGHUP {
             tracing::info!("SIGHUP: reloading {}", daemon.config_file.display());
             match daemon.reload() {
-                Ok(a) => tracing::info!(version = a.version, pushed = a.pushed, "reloaded"),
+                Ok(a) => {
+                    tracing::info!(version = %version_text(a.version), hash = %a.hash, pushed = a.pushed, "reloaded")
+                }
                 Err(f) => {
                     tracing::error!(error = %f.message, "reload refused; the running configuration stays in force")
                 }
@@ -210,7 +216,6 @@ impl Daemon {
         let request = Request::ApplyConfig {
             toml: desired.toml.clone(),
             source: Some(desired.source.clone()),
-            version: Some(desired.version),
         };
         match self.call_dataplane(&request) {
             Ok(Response::Applied(applied)) => Ok(applied),
@@ -241,11 +246,7 @@ impl Daemon {
         let (toml, source) = make(&desired)?;
         Config::from_toml(&toml, &source)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
-        let next = Desired {
-            toml,
-            version: desired.version + 1,
-            source,
-        };
+        let next = Desired { toml, source };
         if let Some(path) = &self.state_file {
             state::save(path, &next)
                 .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))?;
@@ -256,16 +257,19 @@ impl Daemon {
             Ok(applied) => {
                 sync.reachable = true;
                 sync.in_sync = true;
+                sync.running_version = applied.version;
                 sync.last_error = None;
                 applied
             }
             Err(f) if f.kind == ErrorKind::Unavailable => {
                 sync.reachable = false;
                 sync.in_sync = false;
+                sync.running_version = None;
                 sync.last_error = Some(f.message.clone());
-                tracing::warn!(error = %f.message, version = next.version, "dataplane unreachable; the change is pushed when it is back");
+                tracing::warn!(error = %f.message, hash = %next.hash(), "dataplane unreachable; the change is pushed when it is back");
                 Applied {
-                    version: next.version,
+                    version: None,
+                    hash: next.hash(),
                     source: next.source.clone(),
                     pushed: false,
                     workers_confirmed: 0,
@@ -282,7 +286,7 @@ impl Daemon {
                 return Err(f);
             }
         };
-        tracing::info!(version = next.version, source = %next.source, pushed = applied.pushed, "configuration changed");
+        tracing::info!(version = %version_text(applied.version), hash = %applied.hash, source = %next.source, pushed = applied.pushed, "configuration changed");
         *desired = next;
         Ok(applied)
     }
@@ -310,15 +314,18 @@ impl Daemon {
             Ok(Response::Config(running)) => {
                 sync.reachable = true;
                 if !was_reachable {
-                    tracing::info!(dataplane = %self.dataplane.display(), version = running.version, "dataplane reachable");
+                    tracing::info!(dataplane = %self.dataplane.display(), version = %version_text(running.version), hash = %running.hash, "dataplane reachable");
                 }
-                if running.version == desired.version && running.toml == desired.toml {
+                // Same text, same configuration: whatever version the dataplane gave it.
+                if running.toml == desired.toml {
                     sync.in_sync = true;
+                    sync.running_version = running.version;
                     return;
                 }
                 tracing::info!(
-                    running = running.version,
-                    desired = desired.version,
+                    running_version = %version_text(running.version),
+                    running = %running.hash,
+                    desired = %desired.hash(),
                     "dataplane runs another configuration; pushing the desired one"
                 );
                 drop(sync);
@@ -327,15 +334,18 @@ impl Daemon {
                 match outcome {
                     Ok(applied) => {
                         sync.in_sync = true;
+                        sync.running_version = applied.version;
                         sync.last_error = None;
                         tracing::info!(
-                            version = applied.version,
+                            version = %version_text(applied.version),
+                            hash = %applied.hash,
                             workers = applied.workers_confirmed,
                             "dataplane re-synced"
                         );
                     }
                     Err(f) => {
                         sync.in_sync = false;
+                        sync.running_version = None;
                         if sync.last_error.as_deref() != Some(f.message.as_str()) {
                             tracing::error!(error = %f.message, "push to the dataplane failed");
                         }
@@ -345,6 +355,7 @@ impl Daemon {
             }
             Ok(other) => {
                 sync.in_sync = false;
+                sync.running_version = None;
                 sync.last_error = Some(format!("unexpected answer to config_show: {other:?}"));
             }
             Err(e) => {
@@ -353,6 +364,7 @@ impl Daemon {
                 }
                 sync.reachable = false;
                 sync.in_sync = false;
+                sync.running_version = None;
                 sync.last_error = Some(format!("cannot reach the dataplane: {e}"));
             }
         }
@@ -363,21 +375,21 @@ impl Daemon {
             Ok(Response::Status(s)) => s.dataplane,
             _ => None,
         };
-        let desired_version = lock(&self.desired).version;
+        let desired_hash = lock(&self.desired).hash();
         let sync = lock(&self.sync);
         let in_sync = sync.in_sync
             && dataplane.as_ref().is_some_and(|d| {
-                d.config_version == desired_version
+                d.config_hash == desired_hash
                     && d.workers
                         .iter()
-                        .all(|w| w.config_version == desired_version)
+                        .all(|w| w.config_version == d.config_version)
             });
         Response::Status(Status {
             daemon: Some(DaemonStatus {
                 pid: std::process::id(),
                 uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 config_file: self.config_file.display().to_string(),
-                desired_version,
+                desired_hash,
                 dataplane_socket: self.dataplane.display().to_string(),
                 dataplane_reachable: dataplane.is_some(),
                 in_sync,
@@ -401,8 +413,10 @@ impl Daemon {
                 .map(Response::Applied),
             Request::ConfigShow => {
                 let d = lock(&self.desired);
+                let sync = lock(&self.sync);
                 Ok(Response::Config(ConfigText {
-                    version: d.version,
+                    version: sync.in_sync.then_some(sync.running_version).flatten(),
+                    hash: d.hash(),
                     source: d.source.clone(),
                     toml: d.toml.clone(),
                 }))
@@ -464,6 +478,11 @@ impl Daemon {
         Config::from_toml(&d.toml, &d.source)
             .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))
     }
+}
+
+/// A dataplane version for the log: the number, or `none` (not pushed, not known).
+fn version_text(version: Option<u64>) -> String {
+    version.map_or_else(|| "none".to_owned(), |v| v.to_string())
 }
 
 /// The source name of an edited configuration.

@@ -19,9 +19,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use wsedge_command::Config;
 use wsedge_command::duration::parse_duration;
 use wsedge_command::wire::{Client, ErrorKind, Request, Response, WireError};
+use wsedge_command::{Config, ConnectionId};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -80,8 +80,8 @@ enum Cmd {
     },
     /// Close one connection (its ID from `connections`).
     Kill {
-        /// Connection id.
-        id: u64,
+        /// Connection id as `connections` prints it: WORKER-SLOT-GENERATION, e.g. `1-42-7`.
+        id: ConnectionId,
     },
     /// Origins of the routes: list, add, remove (live; persisted by the daemon).
     Origins {
@@ -203,7 +203,7 @@ enum LimitsCmd {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCmd {
-    /// The desired configuration (TOML) and its version.
+    /// The desired configuration (TOML), its hash and the version the dataplane runs it as.
     Show,
 }
 
@@ -374,7 +374,6 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             Request::ApplyConfig {
                 toml: text,
                 source: Some(source),
-                version: None,
             }
         }
         Cmd::Config {
@@ -502,10 +501,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             },
         ) => format!("{channel}: {subscribers} subscribers\n"),
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
-        (_, Response::Config(c)) => format!(
-            "# config version {} from {}\n{}",
-            c.version, c.source, c.toml
-        ),
+        (_, Response::Config(c)) => render::config(c),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

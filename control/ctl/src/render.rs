@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use wsedge_command::wire::{
-    Applied, Connection, LimitsView, ListView, Percentiles, RouteRow, StatsReport, Status,
-    WorkerStats,
+    Applied, ConfigText, Connection, LimitsView, ListView, Percentiles, RouteRow, StatsReport,
+    Status, WorkerStats,
 };
 
 /// Left-aligned columns separated by two spaces; numbers are right-aligned.
@@ -102,10 +102,10 @@ pub(crate) fn status(s: &Status) -> String {
     if let Some(d) = &s.daemon {
         let _ = writeln!(
             out,
-            "daemon     pid {}, up {}, desired config version {} ({})",
+            "daemon     pid {}, up {}, desired config {} ({})",
             d.pid,
             duration_ms(d.uptime_ms),
-            d.desired_version,
+            d.desired_hash,
             d.config_file
         );
         let _ = writeln!(
@@ -142,8 +142,8 @@ pub(crate) fn status(s: &Status) -> String {
             );
             let _ = writeln!(
                 out,
-                "           config version {} from {}",
-                d.config_version, d.config_source
+                "           config version {} ({}) from {}",
+                d.config_version, d.config_hash, d.config_source
             );
             out.push('\n');
             let rows: Vec<Vec<String>> = d
@@ -250,10 +250,25 @@ pub(crate) fn stats(s: &StatsReport) -> String {
             ended.join(", ")
         }
     );
-    if s.total.handshake_latency.is_none() {
-        out.push_str("handshake latency:  n/a (not measured by this dataplane build)\n");
-    }
+    out.push_str(&handshake_summary(s.total.handshake_latency));
     out
+}
+
+/// The line under the `stats` table: the handshake latency of every worker together, from
+/// accept to the response head queued to the client (upgrades and plain HTTP answers).
+fn handshake_summary(p: Option<Percentiles>) -> String {
+    match p {
+        Some(p) if p.count > 0 => format!(
+            "handshake latency:  p50 {}, p90 {}, p99 {}, max {} over {} handshakes (accept to response head)\n",
+            duration_us(p.p50_us),
+            duration_us(p.p90_us),
+            duration_us(p.p99_us),
+            duration_us(p.max_us),
+            p.count
+        ),
+        // Measured by every dataplane build; none has completed since it started.
+        _ => "handshake latency:  no handshake completed yet\n".to_owned(),
+    }
 }
 
 pub(crate) fn connections(list: &[Connection]) -> String {
@@ -356,16 +371,15 @@ pub(crate) fn lists(lists: &[ListView], unix_now: u64) -> String {
 }
 
 pub(crate) fn applied(a: &Applied) -> String {
-    let mut out = if a.pushed {
-        format!(
-            "applied config version {} ({}); {} workers run it\n",
-            a.version, a.source, a.workers_confirmed
-        )
-    } else {
-        format!(
-            "accepted config version {} ({}); the dataplane is unreachable, it is pushed when the dataplane is back\n",
-            a.version, a.source
-        )
+    let mut out = match a.version.filter(|_| a.pushed) {
+        Some(version) => format!(
+            "applied config version {version} ({}, {}); {} workers run it\n",
+            a.hash, a.source, a.workers_confirmed
+        ),
+        None => format!(
+            "accepted config {} ({}); the dataplane is unreachable, it is pushed when the dataplane is back\n",
+            a.hash, a.source
+        ),
     };
     if !a.restart_required.is_empty() {
         let _ = writeln!(
@@ -375,6 +389,20 @@ pub(crate) fn applied(a: &Applied) -> String {
         );
     }
     out
+}
+
+/// `config show`: a comment line naming the configuration, then its text.
+pub(crate) fn config(c: &ConfigText) -> String {
+    match c.version {
+        Some(version) => format!(
+            "# config version {version} ({}) from {}\n{}",
+            c.hash, c.source, c.toml
+        ),
+        None => format!(
+            "# config {} from {} (the dataplane does not run it yet)\n{}",
+            c.hash, c.source, c.toml
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -419,6 +447,39 @@ mod tests {
             lists(&views, 1_000_000),
             "LIST      NETWORK       EXPIRES\nblocked   10.0.0.0/8    never\nblocked   127.0.0.5/32  1000090 (in 1m30s)\npartners  (empty)\n"
         );
+    }
+
+    #[test]
+    fn handshake_latency_line() {
+        let p = Percentiles {
+            count: 11,
+            p50_us: 950,
+            p90_us: 1_400,
+            p99_us: 2_150,
+            max_us: 12_000,
+        };
+        assert_eq!(
+            handshake_summary(Some(p)),
+            "handshake latency:  p50 950us, p90 1.4ms, p99 2.1ms, max 12.0ms over 11 handshakes (accept to response head)\n"
+        );
+        assert_eq!(
+            handshake_summary(None),
+            "handshake latency:  no handshake completed yet\n"
+        );
+        let report = StatsReport {
+            workers: vec![WorkerStats {
+                worker: Some(0),
+                handshake_latency: Some(p),
+                ..WorkerStats::default()
+            }],
+            total: WorkerStats {
+                handshake_latency: Some(p),
+                ..WorkerStats::default()
+            },
+        };
+        let text = stats(&report);
+        assert!(text.contains("   950us   1.4ms   2.1ms\n"), "{text}");
+        assert!(!text.contains("not measured"), "{text}");
     }
 
     #[test]

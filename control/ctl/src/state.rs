@@ -1,21 +1,29 @@
-//! The control process's persisted state: the last applied configuration, its version and
-//! its source, in one TOML file written atomically (temporary file, fsync, rename, fsync of
-//! the directory), so a crash leaves either the old state or the new one, never a mix.
+//! The control process's persisted state: the desired configuration and its source, in one
+//! TOML file written atomically (temporary file, fsync, rename, fsync of the directory), so a
+//! crash leaves either the old state or the new one, never a mix.
 //!
-//! The file is the configuration itself behind a two-line comment header, so an operator can
-//! read it (and `wsedge --check` it) as it is.
+//! The file is the configuration itself behind a two-line comment header (naming its
+//! content hash, the identity `wsedgectl status` shows), so an operator can read it (and
+//! `wsedge --check` it) as it is. The daemon does not number configurations (the dataplane
+//! does), so no version is kept; the header of earlier builds, `version N`, still loads.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-const HEADER: &str = "# wsedgectl applied state: version ";
+const HEADER: &str = "# wsedgectl applied state: ";
 
-/// A configuration with its version and where it came from.
+/// A configuration and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Desired {
     pub(crate) toml: String,
-    pub(crate) version: u64,
     pub(crate) source: String,
+}
+
+impl Desired {
+    /// Its identity, `wire::config_hash` of the text.
+    pub(crate) fn hash(&self) -> String {
+        wsedge_command::wire::config_hash(&self.toml)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +49,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 fn render(desired: &Desired) -> String {
     let source = desired.source.replace(['\n', '\r'], " ");
     format!(
-        "{HEADER}{}; source: {source}\n# Written by `wsedgectl daemon`, loaded at its next start. Change it with wsedgectl.\n{}",
-        desired.version, desired.toml
+        "{HEADER}config {}; source: {source}\n# Written by `wsedgectl daemon`, loaded at its next start. Change it with wsedgectl.\n{}",
+        desired.hash(),
+        desired.toml
     )
 }
 
@@ -50,12 +59,18 @@ fn render(desired: &Desired) -> String {
 fn parse(text: &str) -> Option<Desired> {
     let (first, rest) = text.split_once('\n')?;
     let header = first.strip_prefix(HEADER)?;
-    let (version, source) = header.split_once("; source: ")?;
-    let version = version.trim().parse().ok()?;
+    // `config HASH` (the hash is recomputed from the text), or `version N` of earlier builds.
+    let (identity, source) = header.split_once("; source: ")?;
+    let known = identity.strip_prefix("config ").is_some()
+        || identity
+            .strip_prefix("version ")
+            .is_some_and(|v| v.trim().parse::<u64>().is_ok());
+    if !known {
+        return None;
+    }
     let (_, toml) = rest.split_once('\n')?;
     Some(Desired {
         toml: toml.to_owned(),
-        version,
         source: source.to_owned(),
     })
 }
@@ -109,25 +124,53 @@ mod tests {
         assert_eq!(load(&path).expect("no file"), None);
         let desired = Desired {
             toml: "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n".to_owned(),
-            version: 12,
             source: "/etc/wsedge/wsedge.toml + live edits".to_owned(),
         };
         save(&path, &desired).expect("save");
         assert_eq!(load(&path).expect("load"), Some(desired.clone()));
-        // The file is itself a valid configuration.
+        // The file is itself a valid configuration, and names its hash.
         let text = std::fs::read_to_string(&path).expect("read");
         wsedge_command::Config::from_toml(&text, "state").expect("valid TOML config");
+        assert!(
+            text.starts_with(&format!(
+                "# wsedgectl applied state: config {}; source: /etc/",
+                desired.hash()
+            )),
+            "{text}"
+        );
         let next = Desired {
-            version: 13,
+            toml: format!("{}idle_timeout = \"1m\"\n", desired.toml),
             ..desired
         };
         save(&path, &next).expect("overwrite");
-        assert_eq!(load(&path).expect("load").map(|d| d.version), Some(13));
+        assert_eq!(load(&path).expect("load"), Some(next.clone()));
         let leftovers = std::fs::read_dir(path.parent().expect("dir"))
             .expect("list")
             .count();
         assert_eq!(leftovers, 1, "no temporary file left behind");
         std::fs::write(&path, "garbage").expect("write");
+        assert!(load(&path).is_err());
+        // The header of earlier builds (they numbered configurations) still loads.
+        std::fs::write(
+            &path,
+            format!(
+                "# wsedgectl applied state: version 5; source: f.toml\n# Written by\n{}",
+                next.toml
+            ),
+        )
+        .expect("write");
+        assert_eq!(
+            load(&path).expect("old header"),
+            Some(Desired {
+                toml: next.toml.clone(),
+                source: "f.toml".to_owned()
+            })
+        );
+        std::fs::write(
+            &path,
+            "# wsedgectl applied state: version x; source: f\n#\n",
+        )
+        .expect("write");
         assert!(load(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

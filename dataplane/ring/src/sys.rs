@@ -164,12 +164,32 @@ pub fn set_recv_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, value)
 }
 
-/// One worker's listener: SO_REUSEPORT so every worker can own one on the same address.
-pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<RawFd> {
+/// How a listener enters the SO_REUSEPORT group of its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// The first listener of an address: bound and listening *without* SO_REUSEPORT, so the
+    /// kernel refuses it (EADDRINUSE) if any other socket listens on the address, a running
+    /// wsedge's reuseport listeners included (with SO_REUSEPORT they would be joined
+    /// silently). A process that bound the address at the same moment is refused at its
+    /// listen or at ours. SO_REUSEADDR is set, so connections in TIME_WAIT do not count. Once
+    /// it listens, SO_REUSEPORT is set: the kernel then lets the other workers' listeners
+    /// join it, and it becomes the first member of their group.
+    Found,
+    /// SO_REUSEPORT before the bind: joins the group listening on the address (the other
+    /// workers' listeners; with `wsedge --takeover`, another process's group, which must
+    /// belong to the same user).
+    Join,
+}
+
+/// One worker's listener on `addr`; SO_REUSEPORT lets every worker own one on the same
+/// address (see [`Group`] for how the first one makes sure it is alone).
+pub fn reuseport_listener(addr: &SocketAddr, backlog: i32, group: Group) -> io::Result<RawFd> {
     let fd = tcp_socket(addr)?;
     let setup = || -> io::Result<()> {
         set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        if group == Group::Join {
+            set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
         // Accepted sockets inherit TCP_NODELAY from their listener (Linux copies it into
         // the child): one setsockopt here instead of one per connection.
         set_nodelay(fd)?;
@@ -181,6 +201,9 @@ pub fn reuseport_listener(addr: &SocketAddr, backlog: i32) -> io::Result<RawFd> 
         check(unsafe { libc::bind(fd, raw.as_ptr(), raw.len) })?;
         // SAFETY: plain syscall on a socket we own.
         check(unsafe { libc::listen(fd, backlog) })?;
+        if group == Group::Found {
+            set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
         Ok(())
     };
     match setup() {

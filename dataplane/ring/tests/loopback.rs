@@ -86,7 +86,8 @@ fn listener() -> (RawFd, SocketAddr) {
     let any: SocketAddr = "127.0.0.1:0"
         .parse()
         .unwrap_or_else(|e| panic!("addr: {e}"));
-    let fd = sys::reuseport_listener(&any, 64).unwrap_or_else(|e| panic!("listener: {e}"));
+    let fd = sys::reuseport_listener(&any, 64, sys::Group::Join)
+        .unwrap_or_else(|e| panic!("listener: {e}"));
     let addr = sys::local_addr(fd).unwrap_or_else(|e| panic!("local_addr: {e}"));
     (fd, addr)
 }

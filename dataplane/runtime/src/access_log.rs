@@ -9,11 +9,13 @@ use std::fs::File;
 use std::io::Write as _;
 use std::net::SocketAddr;
 
-use wsedge_command::AccessLogTarget;
+use wsedge_command::{AccessLogTarget, ConnectionId};
 
 /// What one line says about a finished connection.
 #[derive(Debug)]
 pub(crate) struct Entry<'a> {
+    /// The id `wsedgectl connections` showed for it (`1-42-7`).
+    pub(crate) id: ConnectionId,
     pub(crate) worker: usize,
     pub(crate) client: SocketAddr,
     pub(crate) route: Option<&'a str>,
@@ -72,9 +74,10 @@ impl AccessLog {
         let b = &mut self.buf;
         let _ = write!(
             b,
-            "{{\"ts\":{}.{:03},\"worker\":{},\"client\":\"{}\",\"route\":",
+            "{{\"ts\":{}.{:03},\"id\":\"{}\",\"worker\":{},\"client\":\"{}\",\"route\":",
             ts.as_secs(),
             ts.subsec_millis(),
+            e.id,
             e.worker,
             e.client
         );
@@ -166,6 +169,7 @@ mod tests {
         // Format directly (record() is a no-op without an output).
         log.out = Some(File::open("/dev/null").expect("dev null"));
         log.record(&Entry {
+            id: ConnectionId::new(1, 42, 7),
             worker: 1,
             client: "127.0.0.1:5000".parse().expect("addr"),
             route: Some("a\"b"),
@@ -178,6 +182,7 @@ mod tests {
             traceback: Some(&["route:a\"b".to_owned()]),
         });
         let v: serde_json::Value = serde_json::from_str(log.buf.trim()).expect("json");
+        assert_eq!(v["id"], "1-42-7");
         assert_eq!(v["route"], "a\"b");
         assert_eq!(v["origin"], serde_json::Value::Null);
         assert_eq!(v["status"], 101);

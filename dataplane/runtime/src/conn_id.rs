@@ -1,7 +1,9 @@
-//! How a connection is named: in the worker's slab and timer wheel ([`ConnId`]: slot and
-//! generation), and outside the worker ([`ConnId::public`]: the worker index on top, for
-//! `wsedgectl connections`/`kill`, bus subscriptions and the access log). Encoded and decoded
-//! here only.
+//! How a connection is named: in the worker's slab, timer wheel and ring operations
+//! ([`ConnId`]: slot and generation, plus a purpose for an owner tag), and outside the worker
+//! (`wsedge_command::ConnectionId`, the one public encoding: worker, slot, generation, shown
+//! as `1-42-7` by `wsedgectl` and the access log; its 64-bit form keys bus subscriptions).
+
+use wsedge_command::ConnectionId;
 
 /// A connection of one worker: its slab slot and the incarnation of that slot. A stale id
 /// (its slot freed and reused) never matches the new connection.
@@ -25,21 +27,25 @@ impl ConnId {
         }
     }
 
-    /// `worker (8 bits) | generation (24) | slot (32)`: unique per host while the process
-    /// runs (a generation wraps after 16M reuses of the worker's slots).
+    /// The public id of this connection of `worker`.
+    pub(crate) fn connection_id(self, worker: usize) -> ConnectionId {
+        ConnectionId::new(worker, self.slot as usize, self.generation)
+    }
+
+    /// The public id's 64-bit form (bus keys): unique per host while the process runs (a
+    /// generation wraps after 16M reuses of the worker's slots).
     pub(crate) fn public(self, worker: usize) -> u64 {
-        ((worker as u64 & 0xff) << 56) | (u64::from(self.generation) << 32) | u64::from(self.slot)
+        self.connection_id(worker).to_raw()
     }
 
     /// The worker and connection a public id names.
+    pub(crate) fn from_connection_id(id: ConnectionId) -> (usize, ConnId) {
+        (id.worker(), ConnId::new(id.slot(), id.generation()))
+    }
+
+    /// The worker and connection a public id's 64-bit form names.
     pub(crate) fn from_public(id: u64) -> (usize, ConnId) {
-        (
-            (id >> 56) as usize,
-            ConnId {
-                slot: id as u32,
-                generation: ((id >> 32) as u32) & GEN_MASK,
-            },
-        )
+        ConnId::from_connection_id(ConnectionId::from_raw(id))
     }
 
     /// The worker's owner tag for its ring operations: the id, with the side or purpose in
@@ -50,8 +56,10 @@ impl ConnId {
 
     /// The connection and purpose of an owner tag.
     pub(crate) fn from_owner(owner: u64) -> (ConnId, u8) {
-        let (purpose, id) = ConnId::from_public(owner);
-        (id, purpose as u8)
+        (
+            ConnId::new(owner as u32 as usize, (owner >> 32) as u32),
+            (owner >> 56) as u8,
+        )
     }
 }
 

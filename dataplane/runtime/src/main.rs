@@ -1,5 +1,6 @@
 //! `wsedge`, the dataplane binary: loads the config, binds one SO_REUSEPORT listener per
-//! worker and address, starts one pinned io_uring worker per core, and waits for a signal.
+//! worker and address (refusing an address another process listens on, unless
+//! `--takeover`), starts one pinned io_uring worker per core, and waits for a signal.
 //!
 //! Shutdown (SIGTERM/SIGINT): every worker stops accepting, lets live connections run up to
 //! `drain_timeout`, then closes them; the process exits 0. A worker that dies (panic or ring
@@ -8,7 +9,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
@@ -21,6 +21,7 @@ mod access_log;
 mod bus;
 mod conn_id;
 mod control;
+mod listeners;
 mod settings;
 mod stats;
 mod transport;
@@ -46,6 +47,11 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Share the `listen` addresses with the process already listening on them (a wsedge of
+    /// the same user) instead of refusing to start: both receive new connections until the
+    /// old one stops listening. Without it, an address in use is an error.
+    #[arg(long)]
+    takeover: bool,
 }
 
 const EXIT_CONFIG: u8 = 2;
@@ -79,7 +85,7 @@ fn main() -> ExitCode {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    match run(config, (text, source), cli.workers) {
+    match run(config, (text, source), cli.workers, cli.takeover) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
@@ -92,6 +98,7 @@ fn run(
     config: wsedge_command::Config,
     (text, source): (String, String),
     workers: Option<usize>,
+    takeover: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     wsedge_ring::probe().map_err(anyhow::Error::msg)?;
@@ -108,27 +115,13 @@ fn run(
         ^ u64::from(std::process::id()).rotate_left(32);
     let signals = sys::block_shutdown_signals().context("blocking signals")?;
 
-    // Listeners are created here, in a fixed order, so port 0 resolves once for all workers.
-    let mut per_worker: Vec<Vec<i32>> = vec![Vec::new(); count];
-    for addr in &config.dataplane.listen {
-        let mut bound: SocketAddr = *addr;
-        for listeners in per_worker.iter_mut() {
-            let fd = sys::reuseport_listener(&bound, 4096)
-                .with_context(|| format!("cannot listen on {bound}"))?;
-            if bound.port() == 0 {
-                bound = sys::local_addr(fd).context("reading the bound port")?;
-            }
-            listeners.push(fd);
-        }
-        // One client address -> one worker, so per-address firewall state is exact.
-        if count > 1
-            && let Some(first) = per_worker.first().and_then(|l| l.last())
-            && let Err(e) = sys::steer_by_client_address(*first, count)
-        {
-            tracing::warn!(%bound, error = %e, "cannot attach the reuseport steering program; per-address limits become per worker");
-        }
+    // Listeners are created here, in a fixed order, so port 0 resolves once for all workers;
+    // an address another process listens on is refused unless --takeover.
+    let listeners = listeners::open(&config.dataplane.listen, count, takeover)?;
+    for bound in &listeners.bound {
         eprintln!("wsedge: listening on {bound}");
     }
+    let per_worker = listeners.per_worker;
 
     let settings = settings::Settings::from_config(&config, count).map_err(anyhow::Error::msg)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -88,8 +88,10 @@ async fn live_changes_keep_500_connections_and_steer_new_ones() {
         let toml = dir.toml(&config, "");
         let proxy = dir.start_dataplane(&toml).await;
         let _daemon = Daemon::start(&dir).await;
-        wait_status(&dir, "version 1 everywhere", Duration::from_secs(10), |s| {
-            workers_version(s) == Some(1)
+        // The daemon's configuration is the file the dataplane started with (version 0): in
+        // sync without a push.
+        wait_status(&dir, "in sync at version 0", Duration::from_secs(10), |s| {
+            workers_version(s) == Some(0) && s["daemon"]["in_sync"] == Value::Bool(true)
         })
         .await;
 
@@ -151,8 +153,9 @@ async fn live_changes_keep_500_connections_and_steer_new_ones() {
             let args: Vec<&str> = change.iter().map(String::as_str).collect();
             let out = dir.ctl(&args).await;
             let text = out.ok();
+            // The dataplane numbers what it runs: the file was 0, each change is the next.
             assert!(
-                text.contains(&format!("applied config version {}", i + 2)),
+                text.starts_with(&format!("applied config version {} (", i + 1)),
                 "change {i} ({args:?}): {text}"
             );
             if change[1] == "remove" {
@@ -171,9 +174,9 @@ async fn live_changes_keep_500_connections_and_steer_new_ones() {
 
         let status = wait_status(
             &dir,
-            "version 21 everywhere",
+            "version 20 everywhere",
             Duration::from_secs(10),
-            |s| workers_version(s) == Some(21),
+            |s| workers_version(s) == Some(20),
         )
         .await;
         assert_eq!(status["daemon"]["in_sync"], Value::Bool(true), "{status:#}");
@@ -236,10 +239,12 @@ async fn dataplane_outlives_the_daemon_and_is_resynced() {
         let a_text = a.addr.to_string();
         dir.ctl(&["origins", "add", "main", &b_text]).await.ok();
         dir.ctl(&["origins", "remove", "main", &a_text]).await.ok();
-        wait_status(&dir, "version 3", Duration::from_secs(10), |s| {
-            workers_version(s) == Some(3)
+        let status = wait_status(&dir, "version 2", Duration::from_secs(10), |s| {
+            workers_version(s) == Some(2)
         })
         .await;
+        let desired = status["daemon"]["desired_hash"].clone();
+        assert_eq!(status["dataplane"]["config_hash"], desired, "{status:#}");
         let mut old = ws_connect(proxy.addr, "/").await;
         assert_echo(&mut old, Message::text("before")).await;
 
@@ -251,7 +256,7 @@ async fn dataplane_outlives_the_daemon_and_is_resynced() {
             Some(b.addr)
         );
         let direct = dir.ctl_direct(&["--json", "status"]).await.json();
-        assert_eq!(workers_version(&direct), Some(3));
+        assert_eq!(workers_version(&direct), Some(2));
         assert_eq!(dir.ctl(&["status"]).await.code, 3, "no daemon: exit code 3");
 
         // Meanwhile someone pushes another configuration straight to the dataplane.
@@ -265,13 +270,15 @@ async fn dataplane_outlives_the_daemon_and_is_resynced() {
             Some(a.addr)
         );
 
-        // A new control process restores its persisted state and pushes it back.
+        // A new control process restores its persisted state and pushes it back, as the
+        // dataplane's next version (the direct apply was 3).
         let _daemon = Daemon::start(&dir).await;
-        let status = wait_status(&dir, "re-sync to version 3", Duration::from_secs(10), |s| {
-            workers_version(s) == Some(3) && s["daemon"]["in_sync"] == Value::Bool(true)
+        let status = wait_status(&dir, "re-sync as version 4", Duration::from_secs(10), |s| {
+            workers_version(s) == Some(4) && s["daemon"]["in_sync"] == Value::Bool(true)
         })
         .await;
-        assert_eq!(status["daemon"]["desired_version"], 3);
+        assert_eq!(status["daemon"]["desired_hash"], desired);
+        assert_eq!(status["dataplane"]["config_hash"], desired);
         assert_eq!(
             new_connection_lands_on(proxy.addr, &[&a, &b]).await,
             Some(b.addr)
@@ -284,11 +291,17 @@ async fn dataplane_outlives_the_daemon_and_is_resynced() {
         drop(old);
         drop(proxy);
         let proxy = dir.start_dataplane(&toml).await;
+        // A new dataplane process numbers from 0 (its file): the push is its version 1, and
+        // the hash says it is the same configuration as before.
         wait_status(
             &dir,
-            "new dataplane at version 3",
+            "new dataplane at version 1",
             Duration::from_secs(10),
-            |s| workers_version(s) == Some(3) && s["daemon"]["in_sync"] == Value::Bool(true),
+            |s| {
+                workers_version(s) == Some(1)
+                    && s["daemon"]["in_sync"] == Value::Bool(true)
+                    && s["dataplane"]["config_hash"] == desired
+            },
         )
         .await;
         assert_eq!(
@@ -308,7 +321,10 @@ async fn invalid_configurations_are_refused_and_the_old_one_serves() {
         let toml = dir.toml(&config, "");
         let proxy = dir.start_dataplane(&toml).await;
         let _daemon = Daemon::start(&dir).await;
-        wait_status(&dir, "version 1", Duration::from_secs(10), |s| workers_version(s) == Some(1)).await;
+        let synced = wait_status(&dir, "in sync", Duration::from_secs(10), |s| {
+            workers_version(s) == Some(0) && s["daemon"]["in_sync"] == Value::Bool(true)
+        })
+        .await;
         let mut ws = ws_connect(proxy.addr, "/").await;
 
         // A file with a bad origin: refused before it leaves the CLI, naming file, line, field.
@@ -322,7 +338,7 @@ async fn invalid_configurations_are_refused_and_the_old_one_serves() {
         );
 
         // The same through the wire, past the CLI: the daemon refuses it too.
-        let body = serde_json::json!({"version": 1, "id": 77, "body": {
+        let body = serde_json::json!({"version": 2, "id": 77, "body": {
             "type": "apply_config", "toml": "[limits]\nidle_timeout = \"forever\"\n", "source": "pushed.toml"}});
         let (replies, _) = raw_exchange(
             &dir.daemon_socket,
@@ -348,10 +364,13 @@ async fn invalid_configurations_are_refused_and_the_old_one_serves() {
         assert_eq!(out.code, 1, "{out:#?}");
         assert!(out.stderr.contains("not_found"), "{out:#?}");
 
-        // Nothing changed: version 1 runs, the old connection and new ones work.
+        // Nothing changed: version 0 runs, the old connection and new ones work.
         let status = dir.ctl(&["--json", "status"]).await.json();
-        assert_eq!(workers_version(&status), Some(1));
-        assert_eq!(status["daemon"]["desired_version"], 1);
+        assert_eq!(workers_version(&status), Some(0));
+        assert_eq!(
+            status["daemon"]["desired_hash"],
+            synced["daemon"]["desired_hash"]
+        );
         assert_echo(&mut ws, Message::text("still here")).await;
         let mut fresh = ws_connect(proxy.addr, "/").await;
         assert_echo(&mut fresh, Message::text("new")).await;
@@ -426,11 +445,11 @@ async fn garbage_on_the_control_socket_is_answered_or_closed() {
         // Garbage bodies, an unknown type and a wrong version get error replies, and the
         // connection stays usable for a good request.
         let mut bytes = frame(b"\x00\x01\x02 not json");
-        bytes.extend(frame(br#"{"version":1,"id":5,"body":{"type":"format_disk"}}"#));
-        bytes.extend(frame(br#"{"version":2,"id":6,"body":{"type":"status"}}"#));
-        bytes.extend(frame(br#"{"version":1,"id":7,"body":{"type":"kill","id":"x"}}"#));
-        bytes.extend(frame(br#"{"version":1,"id":8,"body":{"type":"origin_add","route":"main","addr":"127.0.0.1:1"}}"#));
-        bytes.extend(frame(br#"{"version":1,"id":9,"body":{"type":"status"}}"#));
+        bytes.extend(frame(br#"{"version":2,"id":5,"body":{"type":"format_disk"}}"#));
+        bytes.extend(frame(br#"{"version":1,"id":6,"body":{"type":"status"}}"#));
+        bytes.extend(frame(br#"{"version":2,"id":7,"body":{"type":"kill","id":"x"}}"#));
+        bytes.extend(frame(br#"{"version":2,"id":8,"body":{"type":"origin_add","route":"main","addr":"127.0.0.1:1"}}"#));
+        bytes.extend(frame(br#"{"version":2,"id":9,"body":{"type":"status"}}"#));
         let (replies, _) = raw_exchange(&sock, &bytes, wait);
         let kinds: Vec<&str> = replies
             .iter()
@@ -453,7 +472,7 @@ async fn garbage_on_the_control_socket_is_answered_or_closed() {
             use std::io::Write;
             let mut s = std::os::unix::net::UnixStream::connect(&flood_sock).expect("connect");
             s.set_write_timeout(Some(Duration::from_secs(3))).expect("timeout");
-            let one = frame(br#"{"version":1,"id":1,"body":{"type":"config_show"}}"#);
+            let one = frame(br#"{"version":2,"id":1,"body":{"type":"config_show"}}"#);
             let mut sent = 0;
             while sent < 100_000 && s.write_all(&one).is_ok() {
                 sent += 1;
@@ -531,12 +550,12 @@ async fn metrics_connections_kill_and_drain() {
         let id = rows
             .iter()
             .find(|r| r["client"] == mine.as_str())
-            .and_then(|r| r["id"].as_u64())
+            .and_then(|r| r["id"].as_str())
             .expect("first connection listed");
-        let out = dir.ctl_direct(&["kill", &id.to_string()]).await;
+        let out = dir.ctl_direct(&["kill", id]).await;
         assert!(out.ok().contains("closed"), "{out:#?}");
         common::wait_ws_end(&mut first, Duration::from_secs(5)).await;
-        assert_eq!(dir.ctl_direct(&["kill", &id.to_string()]).await.code, 1);
+        assert_eq!(dir.ctl_direct(&["kill", id]).await.code, 1);
 
         // Drain: stops accepting at once, waits for the last connection to end.
         let drain_dir_socket = dir.dataplane_socket.display().to_string();

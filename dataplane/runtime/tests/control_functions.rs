@@ -103,8 +103,8 @@ async fn publish_reaches_subscribers_on_every_worker() {
         let toml = with_control(&dir, &base);
         let proxy = dir.start_dataplane(&toml).await;
         let _daemon = Daemon::start(&dir).await;
-        wait_status(&dir, "version 1 everywhere", Duration::from_secs(10), |s| {
-            workers_version(s) == Some(1)
+        wait_status(&dir, "in sync everywhere", Duration::from_secs(10), |s| {
+            workers_version(s) == Some(0) && s["daemon"]["in_sync"] == Value::Bool(true)
         })
         .await;
 
@@ -246,8 +246,8 @@ async fn list_edits_block_new_connections_and_expire() {
         let toml = with_control(&dir, &format!("{}{BLOCK_RULES}", config.to_toml()));
         let proxy = dir.start_dataplane(&toml).await;
         let _daemon = Daemon::start(&dir).await;
-        wait_status(&dir, "version 1 everywhere", Duration::from_secs(10), |s| {
-            workers_version(s) == Some(1)
+        wait_status(&dir, "in sync everywhere", Duration::from_secs(10), |s| {
+            workers_version(s) == Some(0) && s["daemon"]["in_sync"] == Value::Bool(true)
         })
         .await;
         let blocked = loopback(5);

@@ -157,6 +157,7 @@ pub fn decode_response(body: &[u8]) -> Result<Envelope<Response>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection_id::ConnectionId;
     use std::io::Cursor;
 
     fn frame_of(body: &[u8]) -> Vec<u8> {
@@ -218,24 +219,67 @@ mod tests {
     fn bad_requests_are_errors_with_the_id_when_known() {
         let e = decode_request(b"\x00\xffgarbage").expect_err("garbage");
         assert_eq!((e.id, e.kind), (None, ErrorKind::BadRequest));
-        let e = decode_request(br#"{"version":1,"id":4,"body":{"type":"self_destruct"}}"#)
+        let e = decode_request(br#"{"version":2,"id":4,"body":{"type":"self_destruct"}}"#)
             .expect_err("unknown type");
         assert_eq!((e.id, e.kind), (Some(4), ErrorKind::BadRequest));
         assert!(e.message.contains("self_destruct"), "{}", e.message);
         let e = decode_request(br#"{"version":9,"id":5,"body":{"type":"status"}}"#)
             .expect_err("version");
         assert_eq!((e.id, e.kind), (Some(5), ErrorKind::UnsupportedVersion));
-        let e = decode_request(br#"{"version":1,"id":6,"body":{"type":"kill"}}"#)
+        let e = decode_request(br#"{"version":2,"id":6,"body":{"type":"kill"}}"#)
             .expect_err("missing field");
         assert_eq!((e.id, e.kind), (Some(6), ErrorKind::BadRequest));
-        let ok = decode_request(br#"{"version":1,"id":7,"body":{"type":"status","extra":1}}"#)
+        let ok = decode_request(br#"{"version":2,"id":7,"body":{"type":"status","extra":1}}"#)
             .expect("unknown fields are ignored");
         assert_eq!(ok.body, Request::Status);
     }
 
     #[test]
+    fn protocol_1_peers_are_told_the_version_changed() {
+        let e = decode_request(br#"{"version":1,"id":5,"body":{"type":"status"}}"#)
+            .expect_err("version 1");
+        assert_eq!((e.id, e.kind), (Some(5), ErrorKind::UnsupportedVersion));
+        assert!(e.message.contains("this build speaks 2"), "{}", e.message);
+    }
+
+    #[test]
+    fn kill_takes_the_text_id_or_the_old_integer() {
+        let id = ConnectionId::new(1, 42, 7);
+        for body in [
+            r#"{"version":2,"id":1,"body":{"type":"kill","id":"1-42-7"}}"#.to_owned(),
+            format!(
+                r#"{{"version":2,"id":1,"body":{{"type":"kill","id":{}}}}}"#,
+                id.to_raw()
+            ),
+        ] {
+            let decoded = decode_request(body.as_bytes()).expect(&body);
+            assert_eq!(decoded.body, Request::Kill { id });
+        }
+        let e = decode_request(br#"{"version":2,"id":2,"body":{"type":"kill","id":"1-42"}}"#)
+            .expect_err("bad id");
+        assert_eq!((e.id, e.kind), (Some(2), ErrorKind::BadRequest));
+        assert!(e.message.contains("not a connection id"), "{}", e.message);
+        let json = serde_json::to_string(&Response::Killed { id }).expect("json");
+        assert_eq!(json, r#"{"type":"killed","id":"1-42-7"}"#);
+    }
+
+    #[test]
+    fn config_hash_is_short_stable_and_content_only() {
+        let a = super::super::config_hash("[[route]]\nname = \"a\"\n");
+        assert_eq!(a.len(), 12);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(a, super::super::config_hash("[[route]]\nname = \"a\"\n"));
+        assert_ne!(a, super::super::config_hash("[[route]]\nname = \"b\"\n"));
+        // SHA-1 of the empty string starts da39a3ee5e6b.
+        assert_eq!(super::super::config_hash(""), "da39a3ee5e6b");
+    }
+
+    #[test]
     fn unknown_error_kind_from_a_newer_peer() {
-        let body = br#"{"version":1,"id":1,"body":{"type":"error","kind":"quota","message":"m"}}"#;
+        let body = br#"{"version":2,"id":1,"body":{"type":"error","kind":"quota","message":"m"}}"#;
         let decoded = decode_response(body).expect("decode");
         assert_eq!(
             decoded.body,

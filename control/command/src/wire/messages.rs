@@ -14,10 +14,16 @@ use super::views::{
 /// once in `wsedge_proto::channels` and used from here by every control client.
 pub use wsedge_proto::channels::{MAX_CHANNEL_LEN, is_valid_channel};
 
+use crate::connection_id::ConnectionId;
+
 /// The protocol version this build speaks. A receiver answers any other version with
 /// [`ErrorKind::UnsupportedVersion`]. Adding a request type or an optional field does not
 /// change it; changing the meaning of an existing one does.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: connection ids are text (`1-42-7`, [`ConnectionId`]); configuration versions are the
+/// dataplane's own (`apply_config` no longer carries one) and every configuration is also
+/// named by its content hash.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest message [`Request::Publish`] (and the HTTP publish API) accepts, in bytes.
 pub const MAX_PUBLISH: usize = 1024 * 1024;
@@ -60,16 +66,14 @@ pub enum Request {
         limit: Option<u32>,
     },
     /// Close one connection (its id from `Connections`).
-    Kill { id: u64 },
-    /// Validate and apply a whole configuration. `source` names it in error messages;
-    /// `version`, when given, is the version to record (the control process numbers its
-    /// configurations); otherwise the receiver uses its current version + 1.
+    Kill { id: ConnectionId },
+    /// Validate and apply a whole configuration. `source` names it in error messages. The
+    /// dataplane numbers what it runs itself (its current version + 1, see
+    /// [`DataplaneStatus::config_version`]); nobody else assigns versions.
     ApplyConfig {
         toml: String,
         #[serde(default)]
         source: Option<String>,
-        #[serde(default)]
-        version: Option<u64>,
     },
     /// The configuration in force (TOML text and version).
     ConfigShow,
@@ -165,7 +169,7 @@ pub enum Response {
         connections: Vec<Connection>,
     },
     Killed {
-        id: u64,
+        id: ConnectionId,
     },
     Applied(Applied),
     Config(ConfigText),
@@ -340,11 +344,12 @@ mod tests {
                 route: Some("chat".into()),
                 limit: Some(5),
             },
-            Request::Kill { id: 1 << 60 },
+            Request::Kill {
+                id: ConnectionId::new(3, 17, 5),
+            },
             Request::ApplyConfig {
                 toml: "[[route]]\n".into(),
                 source: Some("f.toml".into()),
-                version: Some(7),
             },
             Request::Drain {
                 timeout_ms: Some(1500),
@@ -402,7 +407,7 @@ mod tests {
         let json = serde_json::to_string(&Envelope::new(1, &err)).expect("json");
         assert_eq!(
             json,
-            r#"{"version":1,"id":1,"body":{"type":"error","kind":"not_found","message":"no such connection"}}"#
+            r#"{"version":2,"id":1,"body":{"type":"error","kind":"not_found","message":"no such connection"}}"#
         );
     }
 
@@ -420,7 +425,7 @@ mod tests {
             assert_eq!(base64_bytes::decode(bad), None, "{bad}");
         }
         let e = decode_request(
-            br#"{"version":1,"id":3,"body":{"type":"publish","channel":"c","message_base64":"**"}}"#,
+            br#"{"version":2,"id":3,"body":{"type":"publish","channel":"c","message_base64":"**"}}"#,
         )
         .expect_err("bad base64");
         assert_eq!((e.id, e.kind), (Some(3), ErrorKind::BadRequest));

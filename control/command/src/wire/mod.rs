@@ -20,6 +20,7 @@ mod messages;
 pub mod server;
 mod views;
 
+pub use crate::connection_id::ConnectionId;
 pub use crate::unix_now;
 pub use client::Client;
 pub use framing::{
@@ -32,6 +33,6 @@ pub use messages::{
 };
 pub use views::{
     Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, LimitsView, ListEntryView,
-    ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats, WorkerStatus, is_rejection,
-    limits_view, list_views, route_rows,
+    ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats, WorkerStatus, config_hash,
+    is_rejection, limits_view, list_views, route_rows,
 };

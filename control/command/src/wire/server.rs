@@ -399,7 +399,7 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         // Garbage with a readable id: a bad_request carrying that id; the connection stays.
-        crate::wire::write_frame(&mut stream, br#"{"version":1,"id":7,"body":{"type":"x"}}"#)
+        crate::wire::write_frame(&mut stream, br#"{"version":2,"id":7,"body":{"type":"x"}}"#)
             .expect("write");
         let reply = raw_reply(&mut stream);
         assert_eq!(reply.id, 7);

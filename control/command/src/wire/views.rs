@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(doc)]
 use super::Request;
 use crate::config::{Config, HostMatch, Limits, Route};
+use crate::connection_id::ConnectionId;
 use crate::duration::format_duration;
 
 /// Answer to [`Request::Status`]. The dataplane fills `dataplane`; the control process adds
@@ -27,9 +28,13 @@ pub struct DataplaneStatus {
     /// The wsedge build version.
     pub build: String,
     pub uptime_ms: u64,
-    /// The version of the configuration the control socket last applied (0 = the file the
-    /// dataplane started with).
+    /// The version of the configuration in force, numbered by this dataplane process: 0 is
+    /// the file it started with, each applied configuration is the previous version + 1, so
+    /// it never goes backwards while the process runs (a restarted dataplane starts at 0
+    /// again: `config_hash` names a configuration across restarts).
     pub config_version: u64,
+    /// [`config_hash`] of the configuration in force.
+    pub config_hash: String,
     pub config_source: String,
     pub workers: Vec<WorkerStatus>,
 }
@@ -49,11 +54,12 @@ pub struct DaemonStatus {
     pub pid: u32,
     pub uptime_ms: u64,
     pub config_file: String,
-    /// The version of the desired configuration.
-    pub desired_version: u64,
+    /// [`config_hash`] of the desired configuration (the daemon does not number
+    /// configurations: the dataplane does).
+    pub desired_hash: String,
     pub dataplane_socket: String,
     pub dataplane_reachable: bool,
-    /// The dataplane runs the desired version.
+    /// The dataplane, and each of its workers, runs the desired configuration.
     pub in_sync: bool,
     #[serde(default)]
     pub last_error: Option<String>,
@@ -166,7 +172,7 @@ pub struct Percentiles {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     /// Names the worker, slot and incarnation; use it with [`Request::Kill`].
-    pub id: u64,
+    pub id: ConnectionId,
     pub worker: usize,
     pub client: String,
     pub route: Option<String>,
@@ -181,7 +187,11 @@ pub struct Connection {
 /// Answer to a configuration change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
-    pub version: u64,
+    /// The version the dataplane runs it as (see [`DataplaneStatus::config_version`]);
+    /// absent when the control process could not push it (`pushed: false`).
+    pub version: Option<u64>,
+    /// [`config_hash`] of the configuration.
+    pub hash: String,
     pub source: String,
     /// Whether the dataplane has it (the control process answers `false` when the dataplane
     /// is unreachable: it pushes the configuration when the dataplane comes back).
@@ -197,7 +207,11 @@ pub struct Applied {
 /// Answer to [`Request::ConfigShow`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigText {
-    pub version: u64,
+    /// The dataplane: the version in force. The control process: the version the dataplane
+    /// runs the desired configuration as, absent while it does not run it.
+    pub version: Option<u64>,
+    /// [`config_hash`] of `toml`.
+    pub hash: String,
     pub source: String,
     pub toml: String,
 }
@@ -319,6 +333,21 @@ pub fn limits_view(config: &Config, route: Option<&str>) -> Option<LimitsView> {
         route: route.map(str::to_owned),
         limits: map,
     })
+}
+
+/// The identity of a configuration: the first 12 hex digits (48 bits) of the SHA-1 of its
+/// TOML text, exactly as applied (comments and layout included). Equal texts have equal
+/// hashes whoever applied them and whatever version a dataplane gave them; it is an
+/// identity, not a security check.
+pub fn config_hash(toml: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(toml.as_bytes());
+    let mut out = String::with_capacity(12);
+    for b in &digest[..6] {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -72,7 +72,12 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
     match shared.handle(wsedge_command::wire::Request::Stats) {
         Response::Stats(stats) => {
             let uptime = shared.started.elapsed().as_secs_f64();
-            respond(&mut stream, "200 OK", &render(&stats.workers, uptime))
+            let (version, hash) = shared.config_identity();
+            respond(
+                &mut stream,
+                "200 OK",
+                &render(&stats.workers, uptime, (version, &hash)),
+            )
         }
         Response::Error { message, .. } => respond(
             &mut stream,
@@ -93,17 +98,52 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
     stream.flush()
 }
 
-/// The exposition text for these per-worker counters.
-/// Writes a metric family's HELP and TYPE lines.
 /// One counter or gauge of a worker's stats.
 type Field = fn(&WorkerStats) -> u64;
 
+/// Writes a metric family's HELP and TYPE lines.
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
+/// Writes one sample line, `name{label="value",...} value`. Every sample goes through here,
+/// so every label value is escaped.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (label, text)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(label);
+            out.push_str("=\"");
+            escape_label_value(out, text);
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Appends `text` as a label value of the text exposition format: backslash, double quote
+/// and line feed are the three characters it escapes (`\\`, `\"`, `\n`). Route names may
+/// hold the first two (any printable ASCII is a valid name).
+fn escape_label_value(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The exposition text for these per-worker counters; `config` is the version and
+/// [`wsedge_command::wire::config_hash`] of the configuration in force.
+pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &str)) -> String {
     let mut out = String::with_capacity(4096);
     family(
         &mut out,
@@ -111,9 +151,27 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
         "gauge",
         "Seconds since the dataplane started.",
     );
-    let _ = writeln!(out, "wsedge_uptime_seconds {uptime_secs:.3}");
+    sample(
+        &mut out,
+        "wsedge_uptime_seconds",
+        &[],
+        format_args!("{uptime_secs:.3}"),
+    );
     family(&mut out, "wsedge_workers", "gauge", "Worker threads.");
-    let _ = writeln!(out, "wsedge_workers {}", workers.len());
+    sample(&mut out, "wsedge_workers", &[], workers.len());
+    family(
+        &mut out,
+        "wsedge_config_info",
+        "gauge",
+        "The configuration in force: its version (numbered by this dataplane) and content hash.",
+    );
+    let (version, hash) = config;
+    sample(
+        &mut out,
+        "wsedge_config_info",
+        &[("version", &version.to_string()), ("hash", hash)],
+        1,
+    );
 
     let simple: [(&str, &str, &str, Field); 7] = [
         (
@@ -162,7 +220,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
     for (name, kind, help, field) in simple {
         family(&mut out, name, kind, help);
         for w in workers {
-            let _ = writeln!(out, "{name}{{worker=\"{}\"}} {}", index(w), field(w));
+            sample(&mut out, name, &[("worker", &index(w))], field(w));
         }
     }
     by_direction(
@@ -182,12 +240,13 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64) -> String {
         "Connections ended, by reason (rejections included).",
     );
     for w in workers {
+        let i = index(w);
         for (reason, n) in &w.closed {
-            // Reasons are the dataplane's own snake_case labels: nothing to escape.
-            let _ = writeln!(
-                out,
-                "wsedge_connections_closed_total{{worker=\"{}\",reason=\"{reason}\"}} {n}",
-                index(w)
+            sample(
+                &mut out,
+                "wsedge_connections_closed_total",
+                &[("worker", &i), ("reason", reason)],
+                n,
             );
         }
     }
@@ -217,10 +276,18 @@ fn render_frames(out: &mut String, workers: &[WorkerStats]) {
         let i = index(w);
         for (kind, map) in [("seen", &w.close_codes_seen), ("sent", &w.close_codes_sent)] {
             for (key, n) in map {
+                // `route/code`: the code is digits, so the last slash ends the route name.
                 let (route, code) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
-                let _ = writeln!(
+                sample(
                     out,
-                    "wsedge_close_codes_total{{worker=\"{i}\",route=\"{route}\",code=\"{code}\",kind=\"{kind}\"}} {n}"
+                    "wsedge_close_codes_total",
+                    &[
+                        ("worker", &i),
+                        ("route", route),
+                        ("code", code),
+                        ("kind", kind),
+                    ],
+                    n,
                 );
             }
         }
@@ -239,10 +306,11 @@ fn by_direction(
     for w in workers {
         let i = index(w);
         for (direction, value) in directions {
-            let _ = writeln!(
+            sample(
                 out,
-                "{name}{{worker=\"{i}\",direction=\"{direction}\"}} {}",
-                value(w)
+                name,
+                &[("worker", &i), ("direction", direction)],
+                value(w),
             );
         }
     }
@@ -269,7 +337,7 @@ mod tests {
             close_codes_sent: [("chat/1001".to_owned(), 2)].into_iter().collect(),
             ..WorkerStats::default()
         };
-        let text = render(&[w], 1.5);
+        let text = render(&[w], 1.5, (3, "0123456789ab"));
         assert!(text.contains("# TYPE wsedge_connections_accepted_total counter\n"));
         assert!(text.contains("wsedge_connections_accepted_total{worker=\"1\"} 10\n"));
         assert!(text.contains("wsedge_config_version{worker=\"1\"} 3\n"));
@@ -278,6 +346,7 @@ mod tests {
             text.contains("wsedge_connections_closed_total{worker=\"1\",reason=\"no_route\"} 4\n")
         );
         assert!(text.contains("wsedge_uptime_seconds 1.500\n"));
+        assert!(text.contains("wsedge_config_info{version=\"3\",hash=\"0123456789ab\"} 1\n"));
         assert!(
             text.contains("wsedge_messages_total{worker=\"1\",direction=\"from_clients\"} 7\n")
         );
@@ -289,5 +358,32 @@ mod tests {
             let value = line.rsplit(' ').next().expect("value");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        escape_label_value(&mut out, "eu\"west\\1\nx");
+        assert_eq!(out, r#"eu\"west\\1\nx"#);
+        let w = WorkerStats {
+            worker: Some(0),
+            closed: [("no_route".to_owned(), 1)].into_iter().collect(),
+            close_codes_seen: [("eu\"west\\1/1000".to_owned(), 2)].into_iter().collect(),
+            close_codes_sent: [("a/b\\/1001".to_owned(), 1)].into_iter().collect(),
+            ..WorkerStats::default()
+        };
+        let text = render(&[w], 0.0, (0, "abc"));
+        assert!(
+            text.contains(
+                "wsedge_close_codes_total{worker=\"0\",route=\"eu\\\"west\\\\1\",code=\"1000\",kind=\"seen\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "wsedge_close_codes_total{worker=\"0\",route=\"a/b\\\\\",code=\"1001\",kind=\"sent\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 }

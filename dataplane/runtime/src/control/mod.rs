@@ -21,16 +21,15 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use wsedge_command::Config;
 use wsedge_command::wire::server::{Failure, Server, Threads};
 use wsedge_command::wire::{
     self, Applied, ConfigText, DataplaneStatus, ErrorKind, Request, Response, StatsReport, Status,
     WorkerStats, WorkerStatus,
 };
+use wsedge_command::{Config, ConnectionId};
 
 use wsedge_proto::function::Payload;
 
-use crate::conn_id::ConnId;
 use crate::settings::Settings;
 use crate::worker::mailbox::{Command, ConnectionInfo, Mailbox, WorkerReport};
 
@@ -75,7 +74,12 @@ pub(crate) struct Startup {
 struct Current {
     config: Config,
     toml: String,
+    /// `wire::config_hash(&toml)`.
+    hash: String,
     source: String,
+    /// Numbered by this process: 0 for the file it started with, + 1 for each apply. The
+    /// dataplane is the only one that numbers what it runs, so the number never goes
+    /// backwards and never names two configurations.
     version: u64,
 }
 
@@ -110,6 +114,7 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
     let shared = Arc::new(Shared {
         current: Mutex::new(Current {
             config: startup.config,
+            hash: wire::config_hash(&startup.toml),
             toml: startup.toml,
             source: startup.source,
             version: 0,
@@ -152,6 +157,12 @@ impl Shared {
         // A panic while holding the lock leaves `Current` whole (it is replaced in one
         // assignment), so a poisoned lock is still usable.
         self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The version and hash of the configuration in force.
+    fn config_identity(&self) -> (u64, String) {
+        let current = self.current();
+        (current.version, current.hash.clone())
     }
 
     /// Sends `command` to worker `index` and wakes it; false if the worker is gone.
@@ -228,15 +239,14 @@ impl Shared {
                 })
             }
             Request::Kill { id } => self.kill(id),
-            Request::ApplyConfig {
-                toml,
-                source,
-                version,
-            } => self.apply(toml, source, version).map(Response::Applied),
+            Request::ApplyConfig { toml, source } => {
+                self.apply(toml, source).map(Response::Applied)
+            }
             Request::ConfigShow => {
                 let current = self.current();
                 Ok(Response::Config(ConfigText {
-                    version: current.version,
+                    version: Some(current.version),
+                    hash: current.hash.clone(),
                     source: current.source.clone(),
                     toml: current.toml.clone(),
                 }))
@@ -342,6 +352,7 @@ impl Shared {
                 build: env!("CARGO_PKG_VERSION").to_owned(),
                 uptime_ms: millis(self.started.elapsed()),
                 config_version: current.version,
+                config_hash: current.hash.clone(),
                 config_source: current.source.clone(),
                 workers: reports
                     .iter()
@@ -378,8 +389,8 @@ impl Shared {
         Ok(StatsReport { workers, total })
     }
 
-    fn kill(&self, id: u64) -> Result<Response, Failure> {
-        let (index, _) = ConnId::from_public(id);
+    fn kill(&self, id: ConnectionId) -> Result<Response, Failure> {
+        let index = id.worker();
         let (tx, rx) = mpsc::channel();
         if index >= self.mailboxes.len() || !self.send(index, Command::Kill { id, reply: tx }) {
             return Err(Failure::new(
@@ -389,7 +400,7 @@ impl Shared {
         }
         match rx.recv_timeout(WORKER_REPLY_TIMEOUT) {
             Ok(true) => {
-                tracing::info!(id, "connection killed on the control socket");
+                tracing::info!(%id, "connection killed on the control socket");
                 Ok(Response::Killed { id })
             }
             Ok(false) => Err(Failure::new(
@@ -403,14 +414,10 @@ impl Shared {
         }
     }
 
-    /// Validates `toml`, hands every worker its copy, and confirms which run it. The lock is
-    /// held throughout, so concurrent applies are serialised and versions stay ordered.
-    fn apply(
-        &self,
-        toml: String,
-        source: Option<String>,
-        version: Option<u64>,
-    ) -> Result<Applied, Failure> {
+    /// Validates `toml`, hands every worker its copy as the next version, and confirms which
+    /// run it. The lock is held throughout, so concurrent applies are serialised and versions
+    /// stay ordered.
+    fn apply(&self, toml: String, source: Option<String>) -> Result<Applied, Failure> {
         let source = source.unwrap_or_else(|| "control socket".to_owned());
         let mut config = Config::from_toml(&toml, &source)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
@@ -422,7 +429,8 @@ impl Shared {
         config.relay.buffer_count = running.buffer_count;
         config.relay.pipe_pool = running.pipe_pool;
         config.relay.pipe_size = running.pipe_size;
-        let version = version.unwrap_or(current.version + 1);
+        let version = current.version + 1;
+        let hash = wire::config_hash(&toml);
         let settings = Settings::from_config(&config, self.mailboxes.len())
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?;
         for index in 0..self.mailboxes.len() {
@@ -440,11 +448,12 @@ impl Shared {
         *current = Current {
             config,
             toml,
+            hash: hash.clone(),
             source: source.clone(),
             version,
         };
         drop(current);
-        tracing::info!(version, %source, "configuration pushed to the workers");
+        tracing::info!(version, %hash, %source, "configuration pushed to the workers");
         // Mailboxes are FIFO: a report sent after the apply shows the version it runs.
         let workers_confirmed = self
             .reports()
@@ -456,7 +465,8 @@ impl Shared {
             })
             .unwrap_or(0);
         Ok(Applied {
-            version,
+            version: Some(version),
+            hash,
             source,
             pushed: true,
             workers_confirmed,

@@ -50,7 +50,7 @@ impl Worker {
                     .map(|(_, c)| {
                         let s = &c.session;
                         ConnectionInfo {
-                            id: c.id.public(self.index),
+                            id: c.id.connection_id(self.index),
                             worker: self.index,
                             client: s.peer(),
                             route: s.route().map(|r| r.name.clone()),
@@ -103,7 +103,7 @@ impl Worker {
                 }
             }
             Command::Kill { id, reply } => {
-                let (worker, id): (usize, ConnId) = ConnId::from_public(id);
+                let (worker, id) = ConnId::from_connection_id(id);
                 let slot = (worker == self.index)
                     .then(|| self.live_slot(id))
                     .flatten()

@@ -333,6 +333,7 @@ impl Worker {
         if self.log.enabled() {
             let s = &c.session;
             self.log.record(&Entry {
+                id: c.id.connection_id(self.index),
                 worker: self.index,
                 client: s.peer(),
                 route: s.route().map(|r| r.name.as_str()),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use wsedge_command::ConnectionId;
 use wsedge_proto::function::Payload;
 use wsedge_ring::sys;
 
@@ -39,7 +40,7 @@ pub(crate) enum Command {
     },
     /// End the connection with this public id.
     Kill {
-        id: u64,
+        id: ConnectionId,
         reply: Sender<bool>,
     },
     /// Deliver a message to this worker's subscribers of `channel`; the reply, when asked
@@ -81,7 +82,7 @@ pub(crate) struct WorkerReport {
 /// One live connection, for `wsedgectl connections`.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionInfo {
-    pub(crate) id: u64,
+    pub(crate) id: ConnectionId,
     pub(crate) worker: usize,
     pub(crate) client: SocketAddr,
     pub(crate) route: Option<String>,

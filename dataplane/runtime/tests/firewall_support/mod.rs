@@ -231,7 +231,6 @@ pub(crate) async fn apply_config(socket: &Path, toml: String) -> wire::Response 
             .call(&wire::Request::ApplyConfig {
                 toml,
                 source: Some("firewall-test".to_owned()),
-                version: None,
             })
             .expect("apply_config call")
     })
