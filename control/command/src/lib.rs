@@ -15,6 +15,8 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod firewall;
+pub mod fleet;
+pub mod notify;
 pub mod wire;
 
 pub use config::{

@@ -23,6 +23,11 @@ use wsedge_command::wire::{
 use crate::edit::{self, EditError};
 use crate::state::{self, Desired};
 
+mod fleet;
+mod status_page;
+
+pub(crate) use fleet::{hash, overlay};
+
 /// How often the daemon checks that the dataplane runs the desired configuration.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeout for one request to the dataplane (it waits up to 2 s on its workers).
@@ -66,6 +71,10 @@ struct Daemon {
     desired: Mutex<Desired>,
     sync: Mutex<SyncInfo>,
     started: Instant,
+    /// The fleet document in etcd (`[fleet]`), if configured.
+    fleet: Option<fleet::Fleet>,
+    /// Recent configuration changes, for the status page.
+    history: status_page::History,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +132,8 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         desired: Mutex::new(desired),
         sync: Mutex::new(SyncInfo::default()),
         started: Instant::now(),
+        fleet: bootstrap.fleet.clone().map(fleet::Fleet::new),
+        history: status_page::History::default(),
     });
     if let Some(path) = &daemon.state_file {
         let desired = lock(&daemon.desired).clone();
@@ -156,12 +167,38 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Setup(format!("cannot spawn a thread: {e}")))?;
     let d = daemon.clone();
     spawn("wsedgectl-sync", Box::new(move || sync_loop(&d)))?;
+    if daemon.fleet.is_some() {
+        let d = daemon.clone();
+        spawn(
+            "wsedgectl-fleet",
+            Box::new(move || {
+                if let Some(f) = &d.fleet {
+                    fleet::watch_loop(&d, f);
+                }
+            }),
+        )?;
+        let d = daemon.clone();
+        spawn(
+            "wsedgectl-lease",
+            Box::new(move || {
+                if let Some(f) = &d.fleet {
+                    fleet::status_loop(&d, f);
+                }
+            }),
+        )?;
+    }
+    if let Some(addr) = control.status_listen {
+        let bound = status_page::start(addr, daemon.clone())
+            .map_err(|e| DaemonError::Setup(format!("status page {addr}: {e}")))?;
+        eprintln!("wsedgectl daemon: status page on http://{bound}/");
+    }
     eprintln!(
         "wsedgectl daemon: listening on {}, dataplane {}",
         socket_path.display(),
         daemon.dataplane.display()
     );
     eprintln!("wsedgectl daemon: ready");
+    wsedge_command::notify::ready("serving the CLI");
 
     let mut signals = signals;
     for signal in signals.forever() {
@@ -178,6 +215,7 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
                 signal,
                 "stopping; the dataplane keeps serving its configuration"
             );
+            wsedge_command::notify::stopping();
             break;
         }
     }
@@ -283,11 +321,16 @@ impl Daemon {
             }
         };
         tracing::info!(version = next.version, source = %next.source, pushed = applied.pushed, "configuration changed");
+        self.history
+            .applied(next.version, &next.source, applied.pushed);
         *desired = next;
         Ok(applied)
     }
 
     fn reload(&self) -> Result<Applied, Failure> {
+        if let Some(applied) = self.fleet.as_ref().and_then(|f| f.reload(self)) {
+            return applied;
+        }
         let file = self.config_file.clone();
         self.change(|_| {
             let text = std::fs::read_to_string(&file).map_err(|e| {
@@ -382,6 +425,7 @@ impl Daemon {
                 dataplane_reachable: dataplane.is_some(),
                 in_sync,
                 last_error: sync.last_error.clone(),
+                fleet: self.fleet.as_ref().map(fleet::Fleet::view),
             }),
             dataplane,
         })
@@ -476,8 +520,14 @@ fn edited(source: &str) -> String {
 }
 
 fn sync_loop(daemon: &Daemon) {
+    // The watchdog is pinged from this loop: a ping proves the loop that keeps the dataplane
+    // in sync still turns (each turn is bounded by the dataplane call's timeout).
+    let watchdog = wsedge_command::notify::watchdog_period().is_some();
     loop {
         daemon.sync_once();
+        if watchdog {
+            wsedge_command::notify::watchdog_ping();
+        }
         std::thread::sleep(SYNC_INTERVAL);
     }
 }
