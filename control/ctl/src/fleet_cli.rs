@@ -23,13 +23,13 @@ use crate::render;
 #[derive(Debug, Args)]
 pub(crate) struct Target {
     /// etcd client URL (repeat for several); default: `[fleet] etcd` of --config.
-    #[arg(long = "etcd", value_name = "URL")]
+    #[arg(long = "etcd", value_name = "URL", global = true)]
     etcd: Vec<String>,
     /// The cluster name; default: `[fleet] cluster` of --config.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", global = true)]
     cluster: Option<String>,
     /// The key prefix; default: `[fleet] prefix` of --config, else /wsedge.
-    #[arg(long, value_name = "PREFIX")]
+    #[arg(long, value_name = "PREFIX", global = true)]
     prefix: Option<String>,
 }
 
