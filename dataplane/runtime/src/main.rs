@@ -199,6 +199,7 @@ fn run(
     .context("starting the control plane")?;
 
     eprintln!("wsedge: ready workers={count}");
+    wsedge_command::notify::ready(&format!("serving with {count} workers"));
 
     let mut total = stats::Stats::default();
     let mut finished = 0;
@@ -210,6 +211,7 @@ fn run(
                 tracing::info!("SIGHUP: configuration reload is done by the control process");
             } else if !shutting_down {
                 shutting_down = true;
+                wsedge_command::notify::stopping();
                 tracing::info!(signal = sig, "shutting down: draining connections");
                 for (tx, fd) in &mailboxes {
                     let _ = tx.send(Command::Shutdown);

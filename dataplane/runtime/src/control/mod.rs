@@ -14,6 +14,7 @@
 
 mod metrics;
 mod publish;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -145,6 +146,9 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         let bound = metrics::start(addr, shared.clone())
             .map_err(|source| ControlError::Metrics { addr, source })?;
         eprintln!("wsedge: metrics on http://{bound}/metrics");
+    }
+    if let Err(e) = watchdog::start(shared.clone()) {
+        tracing::warn!(error = %e, "cannot start the systemd watchdog thread");
     }
     if let Some(addr) = publish_listen {
         let bound = publish::start(addr, shared)
