@@ -135,6 +135,10 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         fleet: bootstrap.fleet.clone().map(fleet::Fleet::new),
         history: status_page::History::default(),
     });
+    {
+        let d = lock(&daemon.desired);
+        daemon.history.started(d.version, &d.source);
+    }
     if let Some(path) = &daemon.state_file {
         let desired = lock(&daemon.desired).clone();
         state::save(path, &desired).map_err(|e| DaemonError::Setup(e.to_string()))?;

@@ -76,6 +76,17 @@ impl History {
         });
     }
 
+    /// The desired configuration the daemon started with (file or state file).
+    pub(crate) fn started(&self, version: u64, source: &str) {
+        self.push(Change {
+            at: wsedge_command::unix_now(),
+            version: Some(version),
+            source: source.to_owned(),
+            outcome: "desired at start",
+            error: None,
+        });
+    }
+
     /// A change was refused; the configuration in force stays.
     pub(crate) fn refused(&self, source: &str, error: &str) {
         self.push(Change {
