@@ -19,7 +19,7 @@ cargo build --workspace --bins
 step "cargo test (unit + integration)"
 cargo test --workspace
 
-for script in scripts/fuzz.sh scripts/bench.sh scripts/autobahn.sh scripts/browser-check.sh scripts/soak.sh; do
+for script in scripts/fuzz.sh scripts/bench.sh scripts/autobahn.sh scripts/browser-check.sh scripts/soak.sh scripts/package-check.sh; do
   if [ -x "$script" ]; then
     step "$script --smoke"
     "$script" --smoke
