@@ -468,4 +468,3 @@ mod tests {
         assert_eq!(bytes(3 << 20), "3.0 MiB");
     }
 }
-

@@ -38,7 +38,8 @@ async fn monitoring_files_name_real_metrics() {
             .table(&format!("[control]\nmetrics_listen = \"127.0.0.1:{port}\""));
         let _proxy = Proxy::start(&config).await;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
         let mut text = String::new();
         s.read_to_string(&mut text).expect("read");
         let families: BTreeSet<String> = text
@@ -50,7 +51,11 @@ async fn monitoring_files_name_real_metrics() {
         assert!(families.len() >= 10, "{text}");
 
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/monitoring");
-        for file in ["wsedge-dashboard.json", "wsedge-alerts.yml", "wsedge-alerts.test.yml"] {
+        for file in [
+            "wsedge-dashboard.json",
+            "wsedge-alerts.yml",
+            "wsedge-alerts.test.yml",
+        ] {
             let content = std::fs::read_to_string(docs.join(file)).expect("read");
             let used = metric_names(&content);
             assert!(!used.is_empty(), "{file} names no metric");
