@@ -13,6 +13,8 @@
 #                                      from the package and the units are verified again
 #   --root DIR                         (by hand) reuse this debootstrap root instead of making
 #                                      target/package-check/root anew
+#   --profile P                        (by hand) the cargo profile of the packaged binaries:
+#                                      release (default) or dev (no release build needed)
 #   --keep                             keep the work directory
 #
 # Needs root for the chroot (by hand). Installs what is missing with apt-get (debootstrap,
@@ -22,12 +24,14 @@ set -euo pipefail
 SMOKE=0
 KEEP=0
 REUSE_ROOT=
+PROFILE_ARG=
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
         --keep) KEEP=1 ;;
         --root) REUSE_ROOT=${2:?--root needs a directory}; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --profile) PROFILE_ARG=${2:?--profile needs a name}; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "package-check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -61,7 +65,7 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the package ----------------------------------------------------------------------------
-PROFILE=release
+PROFILE=${PROFILE_ARG:-release}
 [ "$SMOKE" = 1 ] && PROFILE=dev
 log "building the .deb (profile $PROFILE)"
 DEB=$(scripts/package.sh --profile "$PROFILE" 2>"$WORK/package.log" | tail -n1) \
@@ -99,10 +103,10 @@ verify_units() { # ROOT
         || die "systemd-analyze verify failed: $out"
     [ -z "$out" ] || die "systemd-analyze verify complained: $out"
 }
-mkdir -p "$WORK/unpacked/usr/lib/systemd" "$WORK/unpacked/bin"
+mkdir -p "$WORK/unpacked/usr/lib/systemd"
 dpkg-deb -x "$DEB" "$WORK/unpacked"
 cp -r /usr/lib/systemd/system "$WORK/unpacked/usr/lib/systemd/"
-cp "$(type -P kill)" "$WORK/unpacked/bin/kill"
+
 verify_units "$WORK/unpacked"
 log "systemd-analyze verify (unpacked package, $(systemd-analyze --version | head -n1)): ok"
 "$WORK/unpacked/usr/bin/wsedge" --config "$WORK/unpacked/etc/wsedge/wsedge.toml" --check >&2 \
