@@ -37,7 +37,7 @@ cargo test --workspace
 step "scripts/miri.sh (pure crates under Miri; says so when Miri is not installed)"
 scripts/miri.sh
 
-for script in scripts/fuzz.sh scripts/bench.sh scripts/autobahn.sh scripts/browser-check.sh scripts/soak.sh; do
+for script in scripts/fuzz.sh scripts/bench.sh scripts/autobahn.sh scripts/browser-check.sh scripts/soak.sh scripts/package-check.sh; do
   if [ -x "$script" ]; then
     step "$script --smoke"
     "$script" --smoke

@@ -388,6 +388,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                     dataplane_reachable: u.arbitrary()?,
                     in_sync: u.arbitrary()?,
                     last_error: u.arbitrary()?,
+                    fleet: None,
                 })
             } else {
                 None

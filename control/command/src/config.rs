@@ -36,6 +36,8 @@ pub struct Config {
     pub functions: FunctionsConfig,
     /// The `[[list]]` network lists and `[[rule]]` firewall rules.
     pub firewall: crate::firewall::FirewallConfig,
+    /// The `[fleet]` table (etcd): read by the control process only.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// The `[functions]` table: process-wide settings of the built-in functions.
@@ -103,6 +105,9 @@ pub struct ControlConfig {
     pub state_file: Option<PathBuf>,
     /// Prometheus `/metrics` on this address; `None` = off.
     pub metrics_listen: Option<SocketAddr>,
+    /// The control process's read-only status page (HTML and JSON) on this address;
+    /// `None` = off.
+    pub status_listen: Option<SocketAddr>,
 }
 
 impl Default for ControlConfig {
@@ -115,6 +120,7 @@ impl Default for ControlConfig {
             daemon_socket: PathBuf::from("/run/wsedge/control.sock"),
             state_file: None,
             metrics_listen: None,
+            status_listen: None,
         }
     }
 }
@@ -372,6 +378,8 @@ struct RawConfig {
     lists: Vec<Spanned<crate::firewall::RawList>>,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<crate::firewall::RawRule>>,
+    #[serde(default)]
+    fleet: Option<crate::fleet::RawFleet>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -391,6 +399,7 @@ struct RawControl {
     daemon_socket: Option<PathBuf>,
     state_file: Option<PathBuf>,
     metrics_listen: Option<Spanned<String>>,
+    status_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -654,6 +663,10 @@ impl Validator<'_> {
         let route_names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         let invalid = |span, field: &str, message: String| self.invalid(span, field, message);
         let firewall = crate::firewall::validate(raw.lists, raw.rules, &route_names, &invalid)?;
+        let fleet = raw
+            .fleet
+            .map(|f| crate::fleet::validate(f, &invalid))
+            .transpose()?;
         Ok(Config {
             dataplane,
             access_log,
@@ -664,6 +677,7 @@ impl Validator<'_> {
             control,
             firewall,
             functions,
+            fleet,
         })
     }
 
@@ -695,6 +709,16 @@ impl Validator<'_> {
                 )
             })?),
         };
+        let status_listen = match raw.status_listen {
+            None => None,
+            Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.invalid(
+                    a.span(),
+                    "control.status_listen",
+                    format!("{:?} is not an IP:port address", a.get_ref()),
+                )
+            })?),
+        };
         Ok(ControlConfig {
             socket: raw.socket,
             socket_mode,
@@ -703,6 +727,7 @@ impl Validator<'_> {
             daemon_socket: raw.daemon_socket.unwrap_or(defaults.daemon_socket),
             state_file: raw.state_file,
             metrics_listen,
+            status_listen,
         })
     }
 

@@ -16,6 +16,8 @@ pub mod connection_id;
 pub mod duration;
 pub mod error;
 pub mod firewall;
+pub mod fleet;
+pub mod notify;
 pub mod wire;
 
 pub use config::{

@@ -29,6 +29,11 @@ use wsedge_command::wire::{
 use crate::edit::{self, EditError};
 use crate::state::{self, Desired};
 
+mod fleet;
+mod status_page;
+
+pub(crate) use fleet::{hash, overlay};
+
 /// How often the daemon checks that the dataplane runs the desired configuration.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeout for one request to the dataplane (it waits up to 2 s on its workers).
@@ -74,6 +79,10 @@ struct Daemon {
     desired: Mutex<Desired>,
     sync: Mutex<SyncInfo>,
     started: Instant,
+    /// The fleet document in etcd (`[fleet]`), if configured.
+    fleet: Option<fleet::Fleet>,
+    /// Recent configuration changes, for the status page.
+    history: status_page::History,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,7 +136,13 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         desired: Mutex::new(desired),
         sync: Mutex::new(SyncInfo::default()),
         started: Instant::now(),
+        fleet: bootstrap.fleet.clone().map(fleet::Fleet::new),
+        history: status_page::History::default(),
     });
+    {
+        let d = lock(&daemon.desired);
+        daemon.history.started(&d.source);
+    }
     if let Some(path) = &daemon.state_file {
         let desired = lock(&daemon.desired).clone();
         state::save(path, &desired).map_err(|e| DaemonError::Setup(e.to_string()))?;
@@ -160,12 +175,38 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Setup(format!("cannot spawn a thread: {e}")))?;
     let d = daemon.clone();
     spawn("wsedgectl-sync", Box::new(move || sync_loop(&d)))?;
+    if daemon.fleet.is_some() {
+        let d = daemon.clone();
+        spawn(
+            "wsedgectl-fleet",
+            Box::new(move || {
+                if let Some(f) = &d.fleet {
+                    fleet::watch_loop(&d, f);
+                }
+            }),
+        )?;
+        let d = daemon.clone();
+        spawn(
+            "wsedgectl-lease",
+            Box::new(move || {
+                if let Some(f) = &d.fleet {
+                    fleet::status_loop(&d, f);
+                }
+            }),
+        )?;
+    }
+    if let Some(addr) = control.status_listen {
+        let bound = status_page::start(addr, daemon.clone())
+            .map_err(|e| DaemonError::Setup(format!("status page {addr}: {e}")))?;
+        eprintln!("wsedgectl daemon: status page on http://{bound}/");
+    }
     eprintln!(
         "wsedgectl daemon: listening on {}, dataplane {}",
         socket_path.display(),
         daemon.dataplane.display()
     );
     eprintln!("wsedgectl daemon: ready");
+    wsedge_command::notify::ready("serving the CLI");
 
     let mut signals = signals;
     for signal in signals.forever() {
@@ -184,6 +225,7 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
                 signal,
                 "stopping; the dataplane keeps serving its configuration"
             );
+            wsedge_command::notify::stopping();
             break;
         }
     }
@@ -287,11 +329,16 @@ impl Daemon {
             }
         };
         tracing::info!(version = %version_text(applied.version), hash = %applied.hash, source = %next.source, pushed = applied.pushed, "configuration changed");
+        self.history
+            .applied(applied.version, &next.source, applied.pushed);
         *desired = next;
         Ok(applied)
     }
 
     fn reload(&self) -> Result<Applied, Failure> {
+        if let Some(applied) = self.fleet.as_ref().and_then(|f| f.reload(self)) {
+            return applied;
+        }
         let file = self.config_file.clone();
         self.change(|_| {
             let text = std::fs::read_to_string(&file).map_err(|e| {
@@ -394,6 +441,7 @@ impl Daemon {
                 dataplane_reachable: dataplane.is_some(),
                 in_sync,
                 last_error: sync.last_error.clone(),
+                fleet: self.fleet.as_ref().map(|f| Box::new(f.view())),
             }),
             dataplane,
         })
@@ -495,8 +543,14 @@ fn edited(source: &str) -> String {
 }
 
 fn sync_loop(daemon: &Daemon) {
+    // The watchdog is pinged from this loop: a ping proves the loop that keeps the dataplane
+    // in sync still turns (each turn is bounded by the dataplane call's timeout).
+    let watchdog = wsedge_command::notify::watchdog_period().is_some();
     loop {
         daemon.sync_once();
+        if watchdog {
+            wsedge_command::notify::watchdog_ping();
+        }
         std::thread::sleep(SYNC_INTERVAL);
     }
 }

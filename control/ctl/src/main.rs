@@ -11,6 +11,8 @@
 
 mod daemon;
 mod edit;
+mod etcd;
+mod fleet_cli;
 mod render;
 mod state;
 
@@ -133,6 +135,14 @@ enum Cmd {
         #[command(subcommand)]
         action: ListsCmd,
     },
+    /// The fleet configuration in etcd: status of every host, show, apply (see [fleet] in
+    /// docs/operations.md). Talks to etcd directly, no daemon needed.
+    Fleet {
+        #[command(subcommand)]
+        action: fleet_cli::FleetCmd,
+        #[command(flatten)]
+        target: fleet_cli::Target,
+    },
     /// Stop accepting on this host and wait until live connections end or the timeout passes
     /// (then they are closed). To take a host out of rotation; stop it with SIGTERM after.
     Drain {
@@ -227,6 +237,15 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("wsedgectl daemon: {e}");
                 ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
+    if let Cmd::Fleet { action, target } = &cli.command {
+        return match fleet_cli::run(&cli.config, target, action, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, message)) => {
+                eprintln!("wsedgectl: {message}");
+                ExitCode::from(code)
             }
         };
     }
@@ -329,7 +348,7 @@ fn unexpected(response: &Response) -> Fail {
 fn run(cli: &Cli) -> Result<(), Fail> {
     let (path, direct) = target(cli);
     let request = match &cli.command {
-        Cmd::Daemon => return Ok(()),
+        Cmd::Daemon | Cmd::Fleet { .. } => return Ok(()),
         Cmd::Status => Request::Status,
         Cmd::Stats => Request::Stats,
         Cmd::Connections { route, limit } => Request::Connections {

@@ -124,6 +124,9 @@ pub(crate) fn status(s: &Status) -> String {
                 ),
             }
         );
+        if let Some(f) = &d.fleet {
+            out.push_str(&fleet(f));
+        }
     }
     match &s.dataplane {
         None => {
@@ -403,6 +406,39 @@ pub(crate) fn config(c: &ConfigText) -> String {
             c.hash, c.source, c.toml
         ),
     }
+}
+
+/// The daemon's fleet lines of `wsedgectl status`.
+fn fleet(f: &wsedge_command::wire::FleetView) -> String {
+    let mut out = String::new();
+    let applied = match (f.applied_revision, &f.applied_hash) {
+        (Some(r), Some(h)) => format!("applied revision {r} (hash {h})"),
+        (Some(r), None) => format!("applied revision {r}"),
+        _ => "no document applied".to_owned(),
+    };
+    let etcd = if f.etcd_reachable {
+        "etcd reachable".to_owned()
+    } else {
+        format!(
+            "etcd UNREACHABLE ({})",
+            f.etcd_error.as_deref().unwrap_or("not reached yet")
+        )
+    };
+    let _ = writeln!(
+        out,
+        "fleet      host {}, {} on {}",
+        f.host,
+        f.key,
+        f.etcd.join(", ")
+    );
+    let _ = writeln!(out, "           {applied}; {etcd}");
+    if let (Some(r), Some(e)) = (f.refused_revision, &f.refused_error) {
+        let _ = writeln!(
+            out,
+            "           REFUSED revision {r}: {e} (the last good configuration serves)"
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -214,6 +214,7 @@ fn run(
                 tracing::info!("SIGHUP: configuration reload is done by the control process");
             } else if !shutting_down {
                 shutting_down = true;
+                wsedge_command::notify::stopping();
                 tracing::info!(signal = sig, "shutting down: draining connections");
                 for mailbox in &mailboxes {
                     mailbox.send(Command::Shutdown);

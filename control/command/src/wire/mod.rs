@@ -15,6 +15,7 @@
 //! [`server`] (bind, peer credentials, serving, [`server::Failure`]).
 
 mod client;
+mod fleet;
 mod framing;
 mod messages;
 pub mod server;
@@ -23,6 +24,7 @@ mod views;
 pub use crate::connection_id::ConnectionId;
 pub use crate::unix_now;
 pub use client::Client;
+pub use fleet::{FleetView, HostStatus};
 pub use framing::{
     DecodeError, MAX_FRAME, WireError, decode_request, decode_response, read_frame, send,
     write_frame,

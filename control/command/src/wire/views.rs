@@ -63,6 +63,9 @@ pub struct DaemonStatus {
     pub in_sync: bool,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The fleet document from etcd, when `[fleet]` is configured.
+    #[serde(default)]
+    pub fleet: Option<Box<super::FleetView>>,
 }
 
 /// Answer to [`Request::Stats`].

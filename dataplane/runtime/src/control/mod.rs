@@ -14,6 +14,7 @@
 
 mod metrics;
 mod publish;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -143,6 +144,11 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         let bound = metrics::start(addr, shared.clone())
             .map_err(|source| ControlError::Metrics { addr, source })?;
         eprintln!("wsedge: metrics on http://{bound}/metrics");
+    }
+    // Ready (systemd) once every endpoint serves; the watchdog pings only after that.
+    wsedge_command::notify::ready(&format!("serving with {} workers", shared.mailboxes.len()));
+    if let Err(e) = watchdog::start(shared.clone()) {
+        tracing::warn!(error = %e, "cannot start the systemd watchdog thread");
     }
     if let Some(addr) = publish_listen {
         let bound = publish::start(addr, shared)
