@@ -174,7 +174,13 @@ impl Endpoint {
         match opcode {
             OpCode::Ping if self.state == State::Open => {
                 let mut pong = Vec::with_capacity(self.control.len() + 6);
-                encode_frame(OpCode::Pong, true, &self.control, self.mask(mask), &mut pong);
+                encode_frame(
+                    OpCode::Pong,
+                    true,
+                    &self.control,
+                    self.mask(mask),
+                    &mut pong,
+                );
                 out.push(Event::Send(pong));
                 Ok(())
             }
@@ -304,9 +310,6 @@ mod tests {
         let mut bad = Endpoint::new(Role::Server, 1 << 20);
         let mut out = Vec::new();
         bad.on_bytes(&mut masked(OpCode::Text, &[0xFF]), 0, &mut out);
-        assert!(matches!(
-            out.last(),
-            Some(Event::Closed { code: 1007, .. })
-        ));
+        assert!(matches!(out.last(), Some(Event::Closed { code: 1007, .. })));
     }
 }

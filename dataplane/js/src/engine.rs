@@ -120,8 +120,15 @@ struct Hooks {
 #[derive(Debug)]
 pub(crate) enum SocketEvent {
     Open,
-    Message { text: bool, payload: Vec<u8> },
-    Close { code: u16, reason: String, clean: bool },
+    Message {
+        text: bool,
+        payload: Vec<u8>,
+    },
+    Close {
+        code: u16,
+        reason: String,
+        clean: bool,
+    },
     Error(String),
 }
 
@@ -139,6 +146,8 @@ pub(crate) struct Engine {
     stats: Rc<RefCell<FunctionStats>>,
     /// An allocation failed at the memory cap during the last entry.
     oom: bool,
+    /// Entries so far (the memory check samples them).
+    entries: u64,
     /// Torn down: no JavaScript runs any more.
     pub(crate) dead: bool,
 }
@@ -163,10 +172,7 @@ pub(crate) fn check(script: &Script) -> Result<(), ScriptError> {
 /// the script.
 pub(crate) fn check_from_disk(entry: String, disk: Disk) -> Result<Script, ScriptError> {
     let disk = Rc::new(RefCell::new(disk));
-    let source = disk
-        .borrow_mut()
-        .read(&entry)
-        .map_err(ScriptError::plain)?;
+    let source = disk.borrow_mut().read(&entry).map_err(ScriptError::plain)?;
     scratch(&entry, Source::Disk(Rc::clone(&disk)), source)?;
     let modules = std::mem::take(&mut disk.borrow_mut().read);
     Ok(Script { entry, modules })
@@ -250,10 +256,12 @@ impl Engine {
         deadline.set(Some(Instant::now() + startup));
         let hooks = context.with(|ctx| -> Result<Hooks, ScriptError> {
             let caught = |ctx: &Ctx<'_>, e: rquickjs::Error| {
-                ScriptError::from_engine(&Err::<(), _>(e).catch(ctx).err().map_or_else(
-                    || "error".to_owned(),
-                    |e| e.to_string(),
-                ))
+                ScriptError::from_engine(
+                    &Err::<(), _>(e)
+                        .catch(ctx)
+                        .err()
+                        .map_or_else(|| "error".to_owned(), |e| e.to_string()),
+                )
             };
             let host = bindings(&ctx, &state, &identity, limits).map_err(|e| caught(&ctx, e))?;
             ctx.globals()
@@ -265,8 +273,8 @@ impl Engine {
             };
             let (start, event, fire, install) =
                 (get("start")?, get("event")?, get("fire")?, get("install")?);
-            let module = Module::declare(ctx.clone(), entry, main.to_vec())
-                .map_err(|e| caught(&ctx, e))?;
+            let module =
+                Module::declare(ctx.clone(), entry, main.to_vec()).map_err(|e| caught(&ctx, e))?;
             let (module, promise) = module.eval().map_err(|e| caught(&ctx, e))?;
             // Top-level await: run the module's jobs until it settles.
             let mut jobs = 0;
@@ -308,6 +316,7 @@ impl Engine {
             identity,
             stats,
             oom: false,
+            entries: 0,
             dead: false,
         })
     }
@@ -342,21 +351,40 @@ impl Engine {
         let (Some(context), Some(hooks)) = (self.context.as_ref(), self.hooks.as_ref()) else {
             return;
         };
-        {
+        let errors_before = {
             let mut st = self.state.borrow_mut();
             st.now = st.now.max(now);
             st.current = current;
-        }
+            st.errors
+        };
         let started = Instant::now();
         self.deadline.set(Some(started + self.limits.cpu_budget));
         let result = context.with(|ctx| match call(&ctx, hooks).catch(&ctx) {
             Ok(()) => None,
             Err(e) => Some(e.to_string()),
         });
+        let failed = result.is_some();
+        // (Errors the prelude caught count too: an allocation at the cap may be caught.)
         if let Some(text) = result {
             self.report(current, &text);
         }
         self.drain_jobs(current);
+        let failed = failed || self.state.borrow().errors != errors_before;
+        self.entries = self.entries.wrapping_add(1);
+        let slow = started.elapsed() >= Duration::from_millis(2);
+        if (failed || slow || self.entries % 1024 == 0) && !self.oom {
+            // At the cap QuickJS may not even allocate its error (it throws `null`), and a
+            // script may catch the error and go on: a runtime (nearly) full is at its cap.
+            // Measuring walks the heap, so it is done after a failure, a slow event (where
+            // big allocations happen) and every 1024th event.
+            if let Some(rt) = self.runtime.as_ref() {
+                rt.run_gc();
+                let used = rt.memory_usage().malloc_size.max(0) as usize;
+                if used >= self.limits.memory_limit / 10 * 9 {
+                    self.oom = true;
+                }
+            }
+        }
         self.deadline.set(None);
         self.state.borrow_mut().current = None;
         {
@@ -544,7 +572,10 @@ fn data_of(ctx: &Ctx<'_>, data: &Value<'_>) -> rquickjs::Result<(bool, Vec<u8>)>
     {
         return Ok((false, copy_bytes(&array)));
     }
-    Err(Exception::throw_type(ctx, "expected a string or binary data"))
+    Err(Exception::throw_type(
+        ctx,
+        "expected a string or binary data",
+    ))
 }
 
 /// The components `URL` exposes, in the prelude's order.
@@ -590,7 +621,11 @@ fn http_response(status: u16, text: &str, headers: &[String], body: &[u8]) -> Ve
         out.extend_from_slice(b"Content-Type: text/plain;charset=UTF-8\r\n");
     }
     out.extend_from_slice(
-        format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes(),
+        format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
     );
     out.extend_from_slice(body);
     out
@@ -631,7 +666,11 @@ pub(crate) fn ws_target(href: &str) -> Result<(SocketAddr, String, String), Stri
     let url = url::Url::parse(href).map_err(|e| format!("{href}: {e}"))?;
     match url.scheme() {
         "ws" => {}
-        "wss" => return Err(format!("{href}: wss:// needs TLS, which is not supported yet")),
+        "wss" => {
+            return Err(format!(
+                "{href}: wss:// needs TLS, which is not supported yet"
+            ));
+        }
         other => return Err(format!("{href}: the scheme must be ws://, not {other}:")),
     }
     let port = url.port().unwrap_or(80);
@@ -655,7 +694,12 @@ pub(crate) fn ws_target(href: &str) -> Result<(SocketAddr, String, String), Stri
 }
 
 /// The edge's client handshake for `new WebSocket`: the head and the accept value.
-fn client_head(host: &str, target: &str, protocols: &[String], random: [u8; 16]) -> (Vec<u8>, [u8; 28]) {
+fn client_head(
+    host: &str,
+    target: &str,
+    protocols: &[String],
+    random: [u8; 16],
+) -> (Vec<u8>, [u8; 28]) {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::STANDARD.encode(random);
     let accept = wsedge_proto::accept::accept_key(key.as_bytes());
@@ -663,7 +707,10 @@ fn client_head(host: &str, target: &str, protocols: &[String], random: [u8; 16])
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
     );
     if !protocols.is_empty() {
-        head.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", protocols.join(", ")));
+        head.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            protocols.join(", ")
+        ));
     }
     head.push_str("\r\n");
     (head.into_bytes(), accept)
@@ -672,9 +719,8 @@ fn client_head(host: &str, target: &str, protocols: &[String], random: [u8; 16])
 /// A token as RFC 7230 defines it (subprotocol names).
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 type St = Rc<RefCell<State>>;
@@ -713,13 +759,16 @@ fn bindings<'js>(
     let n = Rc::clone(&name);
     host.set(
         "log",
-        Function::new(ctx.clone(), move |level: i32, message: String| match level {
-            0 => tracing::trace!(target: "wsedge_js::console", function = %n, "{message}"),
-            1 => tracing::debug!(target: "wsedge_js::console", function = %n, "{message}"),
-            2 => tracing::info!(target: "wsedge_js::console", function = %n, "{message}"),
-            3 => tracing::warn!(target: "wsedge_js::console", function = %n, "{message}"),
-            _ => tracing::error!(target: "wsedge_js::console", function = %n, "{message}"),
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |level: i32, message: String| match level {
+                0 => tracing::trace!(target: "wsedge_js::console", function = %n, "{message}"),
+                1 => tracing::debug!(target: "wsedge_js::console", function = %n, "{message}"),
+                2 => tracing::info!(target: "wsedge_js::console", function = %n, "{message}"),
+                3 => tracing::warn!(target: "wsedge_js::console", function = %n, "{message}"),
+                _ => tracing::error!(target: "wsedge_js::console", function = %n, "{message}"),
+            },
+        )?,
     )?;
 
     // Text.
@@ -874,7 +923,12 @@ fn bindings<'js>(
         "upgrade",
         Function::new(
             ctx.clone(),
-            move |ctx: Ctx<'js>, conn: f64, protocol: String, idle: f64, life: f64| -> rquickjs::Result<()> {
+            move |ctx: Ctx<'js>,
+                  conn: f64,
+                  protocol: String,
+                  idle: f64,
+                  life: f64|
+                  -> rquickjs::Result<()> {
                 if !protocol.is_empty() && !is_token(&protocol) {
                     return Err(Exception::throw_type(
                         &ctx,
@@ -951,7 +1005,13 @@ fn bindings<'js>(
                     return Ok(());
                 };
                 if peer {
-                    encode_frame(opcode, true, &bytes, Some(mask.to_ne_bytes()), &mut c.to_peer);
+                    encode_frame(
+                        opcode,
+                        true,
+                        &bytes,
+                        Some(mask.to_ne_bytes()),
+                        &mut c.to_peer,
+                    );
                 } else if c.close_client.is_none() {
                     encode_frame(opcode, true, &bytes, None, &mut c.to_client);
                 }
@@ -963,21 +1023,24 @@ fn bindings<'js>(
     let st = Rc::clone(state);
     host.set(
         "close",
-        Function::new(ctx.clone(), move |socket: f64, code: u16, reason: String| {
-            let socket = socket as u64;
-            let (id, peer) = (socket / 2, socket % 2 == 1);
-            let mut st = st.borrow_mut();
-            let Some(c) = st.conns.get_mut(&id) else {
-                return;
-            };
-            let slot = if peer {
-                &mut c.close_peer
-            } else {
-                &mut c.close_client
-            };
-            slot.get_or_insert((code, reason));
-            st.touch(id);
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |socket: f64, code: u16, reason: String| {
+                let socket = socket as u64;
+                let (id, peer) = (socket / 2, socket % 2 == 1);
+                let mut st = st.borrow_mut();
+                let Some(c) = st.conns.get_mut(&id) else {
+                    return;
+                };
+                let slot = if peer {
+                    &mut c.close_peer
+                } else {
+                    &mut c.close_client
+                };
+                slot.get_or_insert((code, reason));
+                st.touch(id);
+            },
+        )?,
     )?;
     let st = Rc::clone(state);
     host.set(
@@ -1122,7 +1185,11 @@ fn bindings<'js>(
         "publish",
         Function::new(
             ctx.clone(),
-            move |ctx: Ctx<'js>, conn: f64, topic: String, data: Value<'js>| -> rquickjs::Result<()> {
+            move |ctx: Ctx<'js>,
+                  conn: f64,
+                  topic: String,
+                  data: Value<'js>|
+                  -> rquickjs::Result<()> {
                 let (text, bytes) = data_of(&ctx, &data)?;
                 let payload = if text {
                     Payload::Text(String::from_utf8(bytes).unwrap_or_default())
@@ -1160,11 +1227,22 @@ mod tests {
     fn ws_targets_need_an_address_and_plain_ws() {
         let (addr, host, target) = ws_target("ws://127.0.0.1:9001/feed?x=1").expect("ok");
         assert_eq!(addr, "127.0.0.1:9001".parse().expect("addr"));
-        assert_eq!((host.as_str(), target.as_str()), ("127.0.0.1:9001", "/feed?x=1"));
+        assert_eq!(
+            (host.as_str(), target.as_str()),
+            ("127.0.0.1:9001", "/feed?x=1")
+        );
         let (addr, _, target) = ws_target("ws://localhost/").expect("ok");
         assert_eq!((addr.port(), target.as_str()), (80, "/"));
-        assert!(ws_target("wss://127.0.0.1/").expect_err("tls").contains("TLS"));
-        assert!(ws_target("ws://example.com/").expect_err("dns").contains("IP address"));
+        assert!(
+            ws_target("wss://127.0.0.1/")
+                .expect_err("tls")
+                .contains("TLS")
+        );
+        assert!(
+            ws_target("ws://example.com/")
+                .expect_err("dns")
+                .contains("IP address")
+        );
         assert!(ws_target("http://127.0.0.1/").is_err());
     }
 
@@ -1173,7 +1251,12 @@ mod tests {
         let r = http_response(
             403,
             "",
-            &["X-A".into(), "1\r\nInjected: yes".into(), "Content-Length".into(), "9".into()],
+            &[
+                "X-A".into(),
+                "1\r\nInjected: yes".into(),
+                "Content-Length".into(),
+                "9".into(),
+            ],
             b"no",
         );
         let text = String::from_utf8(r).expect("utf8");

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use wsedge_proto::function::{
-    Bus, ConnKey, FunctionHost, FunctionRequest, FunctionSession, FunctionSpec, Outbound,
-    Refused, open_builtin,
+    Bus, ConnKey, FunctionHost, FunctionRequest, FunctionSession, FunctionSpec, Outbound, Refused,
+    open_builtin,
 };
 use wsedge_proto::handshake::RequestKind;
 use wsedge_proto::session::CloseReason;
@@ -168,9 +168,11 @@ impl JsHost {
 
     /// Every runtime, current and retired.
     fn engines(&self) -> impl Iterator<Item = (&JsFunction, &Rc<RefCell<Engine>>)> {
-        self.functions
-            .values()
-            .flat_map(|f| std::iter::once(&f.current).chain(&f.retired).map(move |e| (f, e)))
+        self.functions.values().flat_map(|f| {
+            std::iter::once(&f.current)
+                .chain(&f.retired)
+                .map(move |e| (f, e))
+        })
     }
 
     /// Drops retired runtimes with no connection left, and rebuilds a current runtime that

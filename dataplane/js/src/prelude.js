@@ -213,12 +213,12 @@
   }
   class URL {
     constructor(input, base) {
-      const parts = host.urlParse(String(input), base === undefined ? undefined : String(base));
+      const parts = base === undefined ? host.urlParse(String(input)) : host.urlParse(String(input), String(base));
       if (!parts) throw new TypeError(`Invalid URL: ${input}`);
       this._set(parts);
     }
     static canParse(input, base) {
-      return !!host.urlParse(String(input), base === undefined ? undefined : String(base));
+      return !!(base === undefined ? host.urlParse(String(input)) : host.urlParse(String(input), String(base)));
     }
     _set(parts) {
       this._u = parts;
@@ -620,7 +620,7 @@
   };
 
   const [fname, version, worker, workers] = host.info();
-  def("wsedge", Object.freeze({ function: fname, version, worker, workers }));
+  def("wsedge", Object.freeze({ function: fname, version: Number(version), worker: Number(worker), workers: Number(workers) }));
 
   delete G.__host;
   return { start, event, fire, install, peer };

@@ -223,7 +223,10 @@ mod tests {
         let e = ScriptError::from_engine(
             "SyntaxError: unexpected token in expression: ';'\n    at handler.js:3:13\n",
         );
-        assert_eq!(e.message, "SyntaxError: unexpected token in expression: ';'");
+        assert_eq!(
+            e.message,
+            "SyntaxError: unexpected token in expression: ';'"
+        );
         assert_eq!(
             (e.file.as_deref(), e.line, e.column),
             (Some("handler.js"), Some(3), Some(13))
@@ -232,7 +235,9 @@ mod tests {
             e.to_string(),
             "handler.js:3:13: SyntaxError: unexpected token in expression: ';'"
         );
-        let e = ScriptError::from_engine("Error: boom\n    at f (lib/m.js:1:25)\n    at <anonymous> (m.js:2:1)");
+        let e = ScriptError::from_engine(
+            "Error: boom\n    at f (lib/m.js:1:25)\n    at <anonymous> (m.js:2:1)",
+        );
         assert_eq!((e.file.as_deref(), e.line), (Some("lib/m.js"), Some(1)));
     }
 }

@@ -449,7 +449,9 @@ impl FunctionSession for JsSession {
                     self.drain(cx);
                     if self.clientless {
                         let cause = match error {
-                            Some(_) => CloseReason::ProtocolError(wsedge_proto::session::Side::Origin),
+                            Some(_) => {
+                                CloseReason::ProtocolError(wsedge_proto::session::Side::Origin)
+                            }
                             None => CloseReason::OriginClosed,
                         };
                         self.finish(cause, cx);

@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use wsedge_proto::function::{Bus, ConnKey, Payload};
 use wsedge_proto::channels::HubLimits;
+use wsedge_proto::function::{Bus, ConnKey, Payload};
 use wsedge_proto::session::CloseReason;
 use wsedge_proto::wheel::Tick;
 
