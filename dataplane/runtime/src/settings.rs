@@ -62,6 +62,17 @@ impl Settings {
             .firewall
             .build()
             .map_err(|e| format!("firewall: {e}"))?;
+        // The JavaScript engine (wsedge-js) runs once the worker drives function sessions.
+        if let Some(r) = config.routes.iter().find(|r| {
+            r.function
+                .as_ref()
+                .is_some_and(|f| f.kind == FunctionKind::Js)
+        }) {
+            return Err(format!(
+                "route {:?}: function = \"js\" is not served by this dataplane yet (the worker does not run JavaScript functions)",
+                r.name
+            ));
+        }
         let routes = RouteTable::new(config.routes.iter().map(|r| {
             let host = match &r.host {
                 HostMatch::Any => HostPattern::Any,

@@ -1144,6 +1144,10 @@ impl Worker {
                         self.function_upgrade(slot, info, held, now);
                         return;
                     }
+                    // Refused by `Settings::from_config` until the worker runs scripts.
+                    Some(FunctionKind::Js) => {
+                        return self.respond_error(slot, 503, CloseReason::FunctionError);
+                    }
                     Some(FunctionKind::Bridge) => {
                         // The edge's own client handshake, then the client's early frames.
                         let random = [self.random(), self.random(), self.random(), self.random()];
