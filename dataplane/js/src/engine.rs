@@ -372,7 +372,7 @@ impl Engine {
         let failed = failed || self.state.borrow().errors != errors_before;
         self.entries = self.entries.wrapping_add(1);
         let slow = started.elapsed() >= Duration::from_millis(2);
-        if (failed || slow || self.entries % 1024 == 0) && !self.oom {
+        if (failed || slow || self.entries.is_multiple_of(1024)) && !self.oom {
             // At the cap QuickJS may not even allocate its error (it throws `null`), and a
             // script may catch the error and go on: a runtime (nearly) full is at its cap.
             // Measuring walks the heap, so it is done after a failure, a slow event (where
@@ -947,7 +947,7 @@ fn bindings<'js>(
                 c.decision = Decision::Upgrade {
                     protocol: (!protocol.is_empty()).then_some(protocol),
                 };
-                let ms = |s: f64| (s.is_finite() && s > 0.0).then(|| (s * 1000.0) as u64);
+                let ms = |s: f64| (s.is_finite() && s > 0.0).then_some((s * 1000.0) as u64);
                 c.idle_ms = ms(idle);
                 c.lifetime_ms = ms(life);
                 c.last_active = now;

@@ -269,14 +269,10 @@ impl JsSession {
         let conn = st.conns.get_mut(&self.id)?;
         if peer {
             // Kept until the peer is open (a close before it is a close at open).
-            if self.peer.is_none() {
-                return None;
-            }
+            self.peer.as_ref()?;
             conn.close_peer.take()
         } else {
-            if self.server.is_none() {
-                return None;
-            }
+            self.server.as_ref()?;
             conn.close_client.take()
         }
     }

@@ -176,10 +176,9 @@ impl World {
     }
 
     fn connect_with(&mut self, target: &str, headers: &str) -> ConnKey {
-        let key = self.request(&format!(
+        self.request(&format!(
             "GET {target} HTTP/1.1\r\nHost: edge.test:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-        ));
-        key
+        ))
     }
 
     fn route_list(&self) -> Vec<Route> {
@@ -898,4 +897,50 @@ fn an_allocation_failure_a_handler_catches_still_tears_the_runtime_down() {
     assert_eq!(stats[0].1.restarts, 1, "{stats:?}");
     let last = w.frames(c).pop().expect("a close");
     assert_eq!((last.0, close_code(&last.1)), (OpCode::Close, 1011));
+}
+
+/// Rough figures, not a benchmark (run in release, alone: `cargo test -p wsedge-js --release
+/// -- --ignored --nocapture rough_figures`): echo events per second through the simulated
+/// worker on one core, and the bytes an idle JS socket costs.
+#[test]
+#[ignore = "prints rough figures; run by hand"]
+fn rough_figures() {
+    let mut w = World::new(&[("echo", "/echo", "echo.js")], Limits::default());
+    let c = w.connect("/echo");
+    let mut frame = Vec::new();
+    encode_frame(
+        OpCode::Text,
+        true,
+        b"0123456789abcdef",
+        Some([7, 1, 2, 3]),
+        &mut frame,
+    );
+    let n = 200_000;
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let sim = w.sim(c);
+        sim.recv(Side::Client, &frame);
+        sim.flush(Side::Client);
+    }
+    let took = started.elapsed();
+    assert_eq!(w.frames(c).len(), n);
+    println!(
+        "echo through the Sim: {n} messages in {took:?}: {:.0} events/s",
+        n as f64 / took.as_secs_f64()
+    );
+    // Idle sockets: the runtime's heap before and after N upgraded, idle connections.
+    let before = w.host.borrow().stats()[0].1.memory_bytes;
+    let count = 2_000;
+    for _ in 0..count {
+        w.connect("/echo");
+    }
+    let after = w.host.borrow().stats()[0].1.memory_bytes;
+    let js = (after - before) as f64 / count as f64;
+    let rust = std::mem::size_of::<crate::JsSession>()
+        + std::mem::size_of::<(u64, crate::state::Conn)>()
+        + 8;
+    println!(
+        "idle JS socket: {js:.0} bytes of JS heap + {rust} bytes of Rust state (JsSession, its entry in the runtime's table) = {:.0} bytes",
+        js + rust as f64
+    );
 }
