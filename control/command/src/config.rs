@@ -57,6 +57,19 @@ pub enum FunctionKind {
     Broadcast,
     /// The edge terminates the client's WebSocket and opens its own to `bridge_url`.
     Bridge,
+    /// A JavaScript module answers (`script`); see docs/functions.md.
+    Js,
+}
+
+/// A `js` route's module and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptConfig {
+    /// The module's entry file, resolved against the config file's directory.
+    pub path: PathBuf,
+    /// CPU time one event may take before the script is interrupted (default 50 ms).
+    pub cpu_budget: Duration,
+    /// Bytes the function's runtime may allocate on one worker (default 64 MiB).
+    pub memory_limit: usize,
 }
 
 /// Where a `bridge` route connects: `ws://IP:port/path`.
@@ -75,6 +88,8 @@ pub struct FunctionConfig {
     pub kind: FunctionKind,
     /// `bridge` only.
     pub bridge: Option<BridgeTarget>,
+    /// `js` only.
+    pub script: Option<ScriptConfig>,
     /// `broadcast`: whether clients may publish (else only the publish API does).
     pub publish: bool,
     /// `broadcast`: whether a publisher receives its own messages.
@@ -532,6 +547,9 @@ struct RawRoute {
     close_grace: Option<Spanned<String>>,
     function: Option<Spanned<FunctionKind>>,
     bridge_url: Option<Spanned<String>>,
+    script: Option<Spanned<String>>,
+    cpu_budget: Option<Spanned<String>>,
+    memory_limit: Option<Spanned<u64>>,
     publish: Option<bool>,
     echo_to_sender: Option<bool>,
     max_subscribers: Option<Spanned<u64>>,
@@ -552,6 +570,9 @@ fn default_relay() -> RelayMode {
 struct RawFunction {
     kind: Option<Spanned<FunctionKind>>,
     bridge_url: Option<Spanned<String>>,
+    script: Option<Spanned<String>>,
+    cpu_budget: Option<Spanned<String>>,
+    memory_limit: Option<Spanned<u64>>,
     publish: Option<bool>,
     echo_to_sender: Option<bool>,
     max_subscribers: Option<Spanned<u64>>,
@@ -602,6 +623,78 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A `js` route's `script`, `cpu_budget` and `memory_limit` (and their absence
+    /// elsewhere). The script is resolved against the config file's directory and must exist.
+    fn script(
+        &self,
+        index: usize,
+        kind: FunctionKind,
+        kind_span: Range<usize>,
+        raw: &mut RawFunction,
+    ) -> Result<Option<ScriptConfig>, ConfigError> {
+        let field = |name: &str| format!("route[{index}].{name}");
+        if kind != FunctionKind::Js {
+            for (name, span) in [
+                ("script", raw.script.as_ref().map(Spanned::span)),
+                ("cpu_budget", raw.cpu_budget.as_ref().map(Spanned::span)),
+                ("memory_limit", raw.memory_limit.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    return Err(self.invalid(span, &field(name), "only for function = \"js\""));
+                }
+            }
+            return Ok(None);
+        }
+        let Some(script) = raw.script.take() else {
+            return Err(self.invalid(
+                kind_span,
+                &field("script"),
+                "a js function needs script = \"path/to/handler.js\"",
+            ));
+        };
+        let written = PathBuf::from(script.get_ref());
+        let path = if written.is_absolute() {
+            written
+        } else {
+            Path::new(self.file)
+                .parent()
+                .map_or_else(|| written.clone(), |dir| dir.join(&written))
+        };
+        if !path.is_file() {
+            return Err(self.invalid(
+                script.span(),
+                &field("script"),
+                format!("script file {} not found", path.display()),
+            ));
+        }
+        let cpu_budget = self
+            .duration(raw.cpu_budget.take(), &field("cpu_budget"))?
+            .unwrap_or(Duration::from_millis(50));
+        if cpu_budget.is_zero() || cpu_budget > Duration::from_secs(10) {
+            let span = raw
+                .cpu_budget
+                .as_ref()
+                .map_or(kind_span.clone(), Spanned::span);
+            return Err(self.invalid(span, &field("cpu_budget"), "must be from 1ms to 10s"));
+        }
+        let memory_limit = match raw.memory_limit.take() {
+            Some(v) if *v.get_ref() < 1 << 20 => {
+                return Err(self.invalid(
+                    v.span(),
+                    &field("memory_limit"),
+                    "must be at least 1048576 bytes (1 MiB)",
+                ));
+            }
+            Some(v) => *v.get_ref() as usize,
+            None => 64 << 20,
+        };
+        Ok(Some(ScriptConfig {
+            path,
+            cpu_budget,
+            memory_limit,
+        }))
+    }
+
     fn invalid(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> ConfigError {
         let line = self.text[..span.start.min(self.text.len())]
             .bytes()
@@ -920,6 +1013,13 @@ impl Validator<'_> {
                     "needs function = \"bridge\"",
                 ));
             }
+            if let Some(script) = &raw.script {
+                return Err(self.invalid(
+                    script.span(),
+                    &field("script"),
+                    "needs function = \"js\"",
+                ));
+            }
             return Ok(None);
         };
         let kind_span = kind.span();
@@ -945,6 +1045,7 @@ impl Validator<'_> {
             }
             (_, None) => None,
         };
+        let script = self.script(index, kind, kind_span, raw)?;
         let count =
             |v: &Option<Spanned<u64>>, name: &str, default: u64| -> Result<usize, ConfigError> {
                 match v {
@@ -958,6 +1059,7 @@ impl Validator<'_> {
         Ok(Some(FunctionConfig {
             kind,
             bridge,
+            script,
             publish: raw.publish.unwrap_or(true),
             echo_to_sender: raw.echo_to_sender.unwrap_or(false),
             max_subscribers: count(&raw.max_subscribers, "max_subscribers", 100_000)?,
@@ -1053,6 +1155,9 @@ impl Validator<'_> {
         let mut raw_function = RawFunction {
             kind: raw.function,
             bridge_url: raw.bridge_url,
+            script: raw.script,
+            cpu_budget: raw.cpu_budget,
+            memory_limit: raw.memory_limit,
             publish: raw.publish,
             echo_to_sender: raw.echo_to_sender,
             max_subscribers: raw.max_subscribers,
@@ -1302,6 +1407,80 @@ mod tests {
         assert_eq!(route.limits.max_connection_time, Duration::from_secs(1));
         assert_eq!(route.relay, RelayMode::Splice);
         assert_eq!(route.host, HostMatch::Suffix(".example.com".into()));
+    }
+
+    #[test]
+    fn the_functions_example_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/functions.toml");
+        let config = Config::load(&path).expect("docs/examples/functions.toml is valid");
+        let scripts: Vec<_> = config
+            .routes
+            .iter()
+            .filter_map(|r| r.function.as_ref()?.script.as_ref())
+            .collect();
+        assert_eq!(scripts.len(), 6);
+        assert!(scripts.iter().all(|s| s.path.is_file()));
+    }
+
+    #[test]
+    fn js_routes_name_their_script_and_limits() {
+        let dir = std::env::temp_dir().join(format!("wsedge-config-js-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("functions")).expect("dir");
+        std::fs::write(dir.join("functions/chat.js"), "export default {};\n").expect("write");
+        let file = dir.join("edge.toml");
+        let file = file.to_str().expect("utf-8 path");
+        let base = "[[route]]\nname = \"chat\"\nfunction = \"js\"\n";
+        let config = Config::from_toml(
+            &format!("{base}script = \"functions/chat.js\"\ncpu_budget = \"20ms\"\nmemory_limit = 8388608\n"),
+            file,
+        )
+        .expect("valid");
+        let f = config.routes[0].function.as_ref().expect("function");
+        assert_eq!(f.kind, FunctionKind::Js);
+        let script = f.script.as_ref().expect("script");
+        assert_eq!(script.path, dir.join("functions/chat.js"));
+        assert_eq!(script.cpu_budget, Duration::from_millis(20));
+        assert_eq!(script.memory_limit, 8 << 20);
+        let defaults = Config::from_toml(&format!("{base}script = \"functions/chat.js\"\n"), file)
+            .expect("valid");
+        let script = defaults.routes[0]
+            .function
+            .as_ref()
+            .and_then(|f| f.script.clone());
+        assert_eq!(
+            script.map(|s| (s.cpu_budget, s.memory_limit)),
+            Some((Duration::from_millis(50), 64 << 20))
+        );
+        let error = |text: &str| {
+            Config::from_toml(text, file)
+                .expect_err("invalid")
+                .to_string()
+        };
+        let missing = error(&format!("{base}script = \"functions/nope.js\"\n"));
+        assert!(missing.contains(":4: route[0].script"), "{missing}");
+        assert!(missing.contains("functions/nope.js not found"), "{missing}");
+        assert!(error(base).contains(":3: route[0].script: a js function needs script"));
+        assert!(
+            error(&format!(
+                "{base}script = \"functions/chat.js\"\ncpu_budget = \"0ms\"\n"
+            ))
+            .contains("route[0].cpu_budget")
+        );
+        assert!(
+            error(&format!(
+                "{base}script = \"functions/chat.js\"\nmemory_limit = 1000\n"
+            ))
+            .contains(":5: route[0].memory_limit")
+        );
+        assert!(
+            error("[[route]]\nname = \"e\"\nfunction = \"echo\"\nscript = \"functions/chat.js\"\n")
+                .contains(":4: route[0].script: only for function = \"js\"")
+        );
+        assert!(
+            error("[[route]]\nname = \"e\"\norigins = [\"127.0.0.1:1\"]\nscript = \"x.js\"\n")
+                .contains("route[0].script: needs function = \"js\"")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn error_of(text: &str) -> String {

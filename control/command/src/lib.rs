@@ -23,7 +23,7 @@ pub mod wire;
 pub use config::{
     AccessLogTarget, BridgeTarget, Config, ControlConfig, DataplaneConfig, EncodedSlashes,
     Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, HttpConfig,
-    Limits, RelayConfig, RelayMode, Route, XRealIp,
+    Limits, RelayConfig, RelayMode, Route, ScriptConfig, XRealIp,
 };
 pub use connection_id::ConnectionId;
 pub use error::ConfigError;

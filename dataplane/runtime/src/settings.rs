@@ -11,7 +11,7 @@ use std::time::Duration;
 use wsedge_command::{Config, FunctionKind, HostMatch, RelayConfig};
 use wsedge_proto::channels::HubLimits;
 use wsedge_proto::firewall::Firewall;
-use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec};
+use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec, ScriptSpec};
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 use wsedge_proto::session::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
@@ -43,6 +43,17 @@ impl Settings {
             .firewall
             .build()
             .map_err(|e| format!("firewall: {e}"))?;
+        // The JavaScript engine (wsedge-js) runs once the worker drives function sessions.
+        if let Some(r) = config.routes.iter().find(|r| {
+            r.function
+                .as_ref()
+                .is_some_and(|f| f.kind == FunctionKind::Js)
+        }) {
+            return Err(format!(
+                "route {:?}: function = \"js\" is not served by this dataplane yet (the worker does not run JavaScript functions)",
+                r.name
+            ));
+        }
         let table = RouteTable::new(config.routes.iter().map(|r| {
             let host = match &r.host {
                 HostMatch::Any => HostPattern::Any,
@@ -103,6 +114,17 @@ fn route(r: &wsedge_command::Route) -> Route {
                 max_subscribers: f.max_subscribers,
                 max_channels_per_client: f.max_channels_per_client,
             },
+            max_send_queue: f.max_send_queue,
+        }),
+        // Refused in `from_config` until the worker runs scripts; the spec is what it will get.
+        FunctionKind::Js => FunctionSpec::Script(ScriptSpec {
+            path: f
+                .script
+                .as_ref()
+                .map(|s| s.path.clone())
+                .unwrap_or_default(),
+            cpu_budget_ms: f.script.as_ref().map_or(50, |s| ms(s.cpu_budget)),
+            memory_limit: f.script.as_ref().map_or(64 << 20, |s| s.memory_limit),
             max_send_queue: f.max_send_queue,
         }),
         FunctionKind::Bridge => match &f.bridge {

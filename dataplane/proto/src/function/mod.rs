@@ -10,8 +10,22 @@
 //! A function may own a *peer*: an outbound WebSocket the edge opens itself (`bridge` to its
 //! target, a script's `new WebSocket(url)`). The session connects it, sends the edge's
 //! handshake and checks the 101; the peer's bytes then reach [`FunctionSession::on_peer`]. A
-//! session may have no client at all (a function running a client of its own), and a function
-//! may ask for a timer that belongs to no connection through its host.
+//! session may have no client at all (a function running a client of its own): the host asks
+//! the worker for one with [`FunctionHost::poll_outbound`] and the worker creates it with
+//! `Session::outbound`.
+//!
+//! A host whose functions run code outside their connections' events (a scripted runtime:
+//! timers, promises, one connection's handler sending on another's socket) drives that code
+//! through three more hooks, all optional (the built-ins use none):
+//! - [`FunctionHost::poll_timeout`] / [`FunctionHost::on_timeout`]: timers that belong to no
+//!   connection, on the worker's clock;
+//! - [`FunctionHost::poll_wake`]: connections whose function has work to hand its session
+//!   now; the worker feeds each `Input::Wake`, which calls [`FunctionSession::on_wake`];
+//! - [`FunctionHost::poll_outbound`]: client-less sessions to create.
+//!
+//! After every event it dispatched (a completion, a delivery, a host timer) the worker drains
+//! `poll_outbound` and `poll_wake` until both say `None`, then re-arms its timer for
+//! `poll_timeout` (a tick at or before now means: call `on_timeout` before waiting again).
 //!
 //! Channels go through a [`Bus`] (local subscribers, the other workers, and an egress port a
 //! broker bridge can attach to): subscribing is immediate, delivery is deferred to the worker
@@ -41,6 +55,8 @@ pub enum FunctionSpec {
     Broadcast(BroadcastSpec),
     /// The edge terminates the client's WebSocket and opens its own to a target.
     Bridge(BridgeSpec),
+    /// A JavaScript module answers (the dataplane's script host; `open_builtin` refuses it).
+    Script(ScriptSpec),
 }
 
 impl FunctionSpec {
@@ -50,6 +66,7 @@ impl FunctionSpec {
             FunctionSpec::Echo => "echo",
             FunctionSpec::Broadcast(_) => "broadcast",
             FunctionSpec::Bridge(_) => "bridge",
+            FunctionSpec::Script(_) => "js",
         }
     }
 }
@@ -62,6 +79,19 @@ pub struct BroadcastSpec {
     /// Whether a publisher receives its own messages.
     pub echo_to_sender: bool,
     pub limits: HubLimits,
+    /// Bytes queued to one client before it counts as a slow consumer and is closed (1013).
+    pub max_send_queue: usize,
+}
+
+/// Options of a `js` route: the module and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSpec {
+    /// The module's entry file (its sibling imports are read from its directory).
+    pub path: std::path::PathBuf,
+    /// CPU time one event may take before the script is interrupted, in milliseconds.
+    pub cpu_budget_ms: u64,
+    /// Bytes the function's runtime may allocate on one worker.
+    pub memory_limit: usize,
     /// Bytes queued to one client before it counts as a slow consumer and is closed (1013).
     pub max_send_queue: usize,
 }
@@ -297,6 +327,10 @@ pub trait FunctionSession: Debug {
     fn wants_client(&self) -> bool {
         true
     }
+    /// The host said this connection has work outside its own events (`Input::Wake`, after
+    /// [`FunctionHost::poll_wake`] named it): act on it now. Called only while the function
+    /// is the session's stage (not while its peer connects: the peer's event comes next).
+    fn on_wake(&mut self, _cx: &mut FnCx<'_>) {}
 }
 
 /// A request for a function route, as the host sees it when opening a session.
@@ -322,14 +356,51 @@ pub struct Refused {
     pub reason: CloseReason,
 }
 
+/// A client-less session a host wants the worker to create (a script's `new WebSocket(url)`
+/// outside any connection): `Session::outbound` with the route named `route` and this
+/// function, which opens its peer from [`FunctionSession::on_start`].
+#[derive(Debug)]
+pub struct Outbound {
+    /// The name of the function's route (its timers, and its channels).
+    pub route: String,
+    pub function: Box<dyn FunctionSession>,
+}
+
 /// Opens function sessions for a worker's function routes (the built-in ones, and whatever
-/// the dataplane adds: scripts). One hook in the session's head decision.
+/// the dataplane adds: scripts). One hook in the session's head decision, and the optional
+/// hooks for code that runs outside connection events (see the module docs).
 pub trait FunctionHost {
     fn open(
         &mut self,
         request: &FunctionRequest<'_>,
         bus: &mut dyn Bus,
     ) -> Result<Box<dyn FunctionSession>, Refused>;
+
+    /// The earliest tick at which [`FunctionHost::on_timeout`] has work (timers that belong to
+    /// no connection, jobs left over from a capped drain), if any. A tick at or before now
+    /// means: call `on_timeout` before the loop waits again. May change after any call into
+    /// the host or one of its sessions.
+    fn poll_timeout(&self) -> Option<Tick> {
+        None
+    }
+
+    /// Runs what is due at `now` (host timers); `bus` for what it publishes. Afterwards drain
+    /// [`FunctionHost::poll_wake`] and [`FunctionHost::poll_outbound`].
+    fn on_timeout(&mut self, _now: Tick, _bus: &mut dyn Bus) {}
+
+    /// The next connection whose function has work outside its own events: feed its session
+    /// `Input::Wake`. A key whose connection is gone is ignored. Drain it until `None` after
+    /// every event dispatched to a session or the host.
+    fn poll_wake(&mut self) -> Option<ConnKey> {
+        None
+    }
+
+    /// The next client-less session the host wants: create it with `Session::outbound` (it
+    /// gets its own connection key, counts as a connection, and is drained, killed and logged
+    /// like one; it has no client socket).
+    fn poll_outbound(&mut self) -> Option<Outbound> {
+        None
+    }
 }
 
 /// The built-in functions, opened from their spec.
@@ -360,5 +431,12 @@ pub fn open_builtin(
         FunctionSpec::Echo => Box::new(echo::Echo::new(request.max_message)),
         FunctionSpec::Broadcast(spec) => Box::new(broadcast::Broadcast::open(spec, request, bus)?),
         FunctionSpec::Bridge(spec) => Box::new(bridge::Bridge::new(spec, accept, request)),
+        // Scripts need the dataplane's engine: a host without one cannot serve them.
+        FunctionSpec::Script(_) => {
+            return Err(Refused {
+                status: 503,
+                reason: CloseReason::FunctionError,
+            });
+        }
     })
 }

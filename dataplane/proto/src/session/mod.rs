@@ -158,6 +158,9 @@ pub enum Input<'a> {
     Abort(CloseReason),
     /// A channel message for a function's client.
     Deliver(&'a mut Delivery),
+    /// The function host has work for this connection's function
+    /// (`FunctionHost::poll_wake` named it): [`FunctionSession::on_wake`].
+    Wake,
 }
 
 impl std::fmt::Debug for Input<'_> {
@@ -183,6 +186,7 @@ impl std::fmt::Debug for Input<'_> {
             Input::CloseAt { at, reason } => write!(f, "CloseAt({at}, {reason:?})"),
             Input::Abort(r) => write!(f, "Abort({r:?})"),
             Input::Deliver(d) => write!(f, "Deliver({})", d.channel),
+            Input::Wake => f.write_str("Wake"),
         }
     }
 }
@@ -343,6 +347,8 @@ struct FunctionStage {
     peer_open: bool,
     /// The client's `Sec-WebSocket-Accept` (its 101 is the edge's own).
     accept: Option<[u8; 28]>,
+    /// No client at all ([`Session::outbound`]): the function runs its peer only.
+    clientless: bool,
     actions: Vec<FnAction>,
 }
 
@@ -437,6 +443,72 @@ impl Session {
         }
     }
 
+    /// A client-less session: `function` (from [`crate::function::FunctionHost::poll_outbound`])
+    /// runs a peer of its own on `route` with no client socket at all. Its
+    /// [`FunctionSession::on_start`] runs at once (it opens its peer). It never outputs
+    /// anything for [`Side::Client`]; it ends when its function finishes (once its last bytes
+    /// to the peer are written, bounded by the linger time), on a drain (the function is asked
+    /// to shut down) or on an abort. The route's idle time does not apply to it.
+    pub fn outbound(
+        cfg: &SessionConfig,
+        route: Rc<Route>,
+        function: Box<dyn FunctionSession>,
+        seed: u64,
+        env: &mut Env<'_>,
+    ) -> Session {
+        let now = env.now;
+        let mut session = Session {
+            stage: Stage::Function(Box::new(FunctionStage {
+                function,
+                upgraded: false,
+                finished: false,
+                held: Vec::new(),
+                peer_early: Vec::new(),
+                peer_open: false,
+                accept: None,
+                clientless: true,
+                actions: Vec::new(),
+            })),
+            ending: Ending::Open,
+            route: Some(route),
+            origin: None,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            accepted_at: now,
+            last_activity: now,
+            step_deadline: None,
+            max_deadline: None,
+            close_at: None,
+            graceful: None,
+            ping_deadline: None,
+            status: None,
+            websocket: true,
+            flows: [Flow::default(), Flow::default()],
+            queued: [0; 2],
+            reading: [Reading::Off, Reading::Off],
+            watching: false,
+            first_eof: None,
+            first_close: None,
+            head_bytes: 0,
+            own_to_client: 0,
+            firewall_admitted: false,
+            head_seen: false,
+            rng: seed | 1,
+            extra: None,
+        };
+        let _ = cfg;
+        session.with_function(env, |f, cx| f.on_start(cx));
+        session
+    }
+
+    /// Whether this is a client-less session ([`Session::outbound`]).
+    pub fn is_clientless(&self) -> bool {
+        match &self.stage {
+            Stage::Function(f) => f.clientless,
+            Stage::Origin(o) => o.for_function.as_ref().is_some_and(|f| f.clientless),
+            _ => false,
+        }
+    }
+
     // ----- what the worker reads (log, listings) ------------------------------------------
 
     /// The status sent or relayed to the client, if any.
@@ -509,7 +581,7 @@ impl Session {
     pub fn can_close_gracefully(&self) -> bool {
         match &self.stage {
             Stage::Frames(_) => true,
-            Stage::Function(f) => f.upgraded,
+            Stage::Function(f) => f.upgraded || f.clientless,
             _ => false,
         }
     }
@@ -534,7 +606,7 @@ impl Session {
         let idle = self
             .route
             .as_ref()
-            .filter(|_| relaying)
+            .filter(|_| relaying && !self.is_clientless())
             .map(|r| self.last_activity.saturating_add(r.timers.idle_ms));
         let ping_due = match (&self.stage, &self.route, self.ping_deadline) {
             (Stage::Frames(_), Some(r), None) => r
@@ -626,6 +698,11 @@ impl Session {
             }
             Input::Abort(reason) => self.close(reason, env),
             Input::Deliver(delivery) => self.on_deliver(delivery, env),
+            Input::Wake => {
+                if self.ending == Ending::Open {
+                    self.with_function(env, |f, cx| f.on_wake(cx));
+                }
+            }
         }
         #[cfg(debug_assertions)]
         self.check_invariants();
@@ -779,6 +856,7 @@ impl Session {
                     peer_early: Vec::new(),
                     peer_open: false,
                     accept: facts_accept,
+                    clientless: false,
                     actions: Vec::new(),
                 }));
                 self.with_function(env, |f, cx| f.on_start(cx));
@@ -1071,7 +1149,12 @@ impl Session {
 
     fn on_client_left(&mut self, reset: bool, env: &mut Env<'_>) {
         self.watching = false;
-        let waiting = matches!(self.stage, Stage::Origin(_));
+        // Waiting for the origin's answer, or for a function's (an async `fetch`).
+        let waiting = match &self.stage {
+            Stage::Origin(_) => true,
+            Stage::Function(f) => !f.upgraded && !f.clientless,
+            _ => false,
+        };
         if waiting && self.ending == Ending::Open {
             let reason = if reset {
                 CloseReason::ClientReset
@@ -1212,7 +1295,12 @@ impl Session {
         self.queued[i] = self.queued[i].saturating_sub(relayed + own);
         self.flows[to.other().index()].done(relayed);
         if let Ending::Flushing { reason, then, .. } = self.ending {
-            if to == Side::Client && self.queued[i] == 0 {
+            let flushed = if self.is_clientless() {
+                Side::Origin
+            } else {
+                Side::Client
+            };
+            if to == flushed && self.queued[i] == 0 {
                 match then {
                     AfterFlush::Linger => self.linger(reason, env),
                     AfterFlush::Close => self.close(reason, env),
@@ -1581,6 +1669,41 @@ impl Session {
             stage.actions = actions;
         }
         self.progress(env);
+        self.function_waiting(env);
+    }
+
+    /// After a function ran: while it has not answered its client (an async answer), the
+    /// client is watched (a client that leaves ends it) and the answer is due within the
+    /// route's origin handshake time (504); once upgraded, early client bytes held while its
+    /// peer opened go to it (unless it joined the peer, which takes them).
+    fn function_waiting(&mut self, env: &mut Env<'_>) {
+        if self.ending != Ending::Open {
+            return;
+        }
+        let Stage::Function(stage) = &mut self.stage else {
+            return;
+        };
+        if stage.clientless || stage.finished {
+            return;
+        }
+        if !stage.upgraded {
+            if !self.watching {
+                self.watching = true;
+                env.out.push(Output::WatchClient);
+            }
+            if self.step_deadline.is_none() {
+                let ms = self
+                    .route
+                    .as_ref()
+                    .map_or(10_000, |r| r.timers.origin_handshake_ms);
+                self.step_deadline = Some(env.now.saturating_add(ms));
+            }
+            return;
+        }
+        if stage.peer_open && !stage.held.is_empty() {
+            let mut held = std::mem::take(&mut stage.held);
+            self.with_function(env, |f, cx| f.on_client(&mut held, cx));
+        }
     }
 
     fn apply_function(&mut self, action: FnAction, env: &mut Env<'_>) {
@@ -1588,6 +1711,7 @@ impl Session {
             return;
         }
         match action {
+            FnAction::Upgrade { .. } if self.is_clientless() => {}
             FnAction::Upgrade { protocol } => {
                 let Some(accept) = self.client_accept() else {
                     return self.respond_error(426, CloseReason::NotWebSocket, env);
@@ -1601,6 +1725,11 @@ impl Session {
                 stage.upgraded = true;
                 self.status = Some(101);
                 self.step_deadline = None;
+                if self.watching {
+                    // The client is read from now on.
+                    self.watching = false;
+                    env.out.push(Output::UnwatchClient);
+                }
                 self.flows = [Flow::default(), Flow::default()];
                 let answer = switching_protocols(&accept, protocol.as_deref());
                 self.queue_own(Side::Client, Chunk::own(answer), env);
@@ -1624,8 +1753,12 @@ impl Session {
                 if let Stage::Function(stage) = &mut self.stage {
                     stage.finished = true;
                 }
+                if self.is_clientless() {
+                    return self.close(reason, env);
+                }
                 self.respond(status, Chunk::own(response), reason, env);
             }
+            FnAction::SendClient(_) if self.is_clientless() => {}
             FnAction::SendClient(chunk) => self.queue_own(Side::Client, chunk, env),
             FnAction::SendPeer(chunk) => self.queue_own(Side::Origin, chunk, env),
             FnAction::OpenPeer { addr, head, accept } => {
@@ -1667,7 +1800,18 @@ impl Session {
                         bus: &mut *env.bus,
                     });
                 }
-                if self.queued[Side::Client.index()] == 0 {
+                if self.is_clientless() {
+                    // No client: its last bytes to the peer are written, then it closes.
+                    if self.queued[Side::Origin.index()] == 0 {
+                        self.close(reason, env);
+                    } else {
+                        self.ending = Ending::Flushing {
+                            reason,
+                            until: env.now.saturating_add(env.cfg.linger_ms),
+                            then: AfterFlush::Close,
+                        };
+                    }
+                } else if self.queued[Side::Client.index()] == 0 {
                     self.linger(reason, env);
                 } else {
                     self.ending = Ending::Flushing {
@@ -1780,6 +1924,13 @@ impl Session {
                 Stage::Origin(o) if o.connected => {
                     self.origin_failed(CloseReason::OriginHandshakeTimeout, 504, env);
                 }
+                Stage::Function(_) => {
+                    // The function has not answered the request in time.
+                    if let Stage::Function(stage) = &mut self.stage {
+                        stage.finished = true;
+                    }
+                    self.respond_error(504, CloseReason::FunctionTimeout, env);
+                }
                 _ => self.origin_failed(CloseReason::OriginConnectTimeout, 502, env),
             };
         }
@@ -1809,7 +1960,10 @@ impl Session {
             self.stage,
             Stage::Stream(_) | Stage::Frames(_) | Stage::Function(_)
         );
-        if relaying && now >= self.last_activity.saturating_add(route.timers.idle_ms) {
+        if relaying
+            && !self.is_clientless()
+            && now >= self.last_activity.saturating_add(route.timers.idle_ms)
+        {
             if let Stage::Function(_) = self.stage {
                 return self.with_function(env, |f, cx| {
                     f.on_shutdown(1001, CloseReason::IdleTimeout, cx);
@@ -1832,7 +1986,7 @@ impl Session {
     fn shutdown_gracefully(&mut self, reason: CloseReason, env: &mut Env<'_>) {
         match &self.stage {
             Stage::Frames(_) if self.status == Some(101) => self.frames_graceful_close(reason, env),
-            Stage::Function(f) if f.upgraded => {
+            Stage::Function(f) if f.upgraded || f.clientless => {
                 self.with_function(env, |f, cx| f.on_shutdown(1001, reason, cx));
             }
             _ => self.close(reason, env),
@@ -1874,6 +2028,9 @@ impl Session {
     /// linger deadline, so closing never resets an answer it has not read yet. The origin
     /// side is torn down.
     fn linger(&mut self, reason: CloseReason, env: &mut Env<'_>) {
+        if self.is_clientless() {
+            return self.close(reason, env);
+        }
         if self.origin.is_some() {
             env.out.push(Output::Abort(Side::Origin));
         }

@@ -88,6 +88,11 @@ pub enum CloseReason {
     PublishForbidden,
     /// A firewall rule refused the handshake.
     Firewall(Refusal),
+    /// A function failed: an exception in its handler, its CPU budget or its memory cap
+    /// (Close 1011 after the upgrade, 500 before it).
+    FunctionError,
+    /// A function did not answer the request in time (504).
+    FunctionTimeout,
 }
 
 /// How the firewall refused a handshake: a small copy of the verdict for logs and counters
@@ -165,6 +170,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::PublishForbidden => "publish_forbidden",
             CloseReason::Firewall(refusal) => refusal.as_str(),
+            CloseReason::FunctionError => "function_error",
+            CloseReason::FunctionTimeout => "function_timeout",
         }
     }
 
@@ -184,7 +191,9 @@ impl CloseReason {
             | CloseReason::OriginConnectTimeout
             | CloseReason::OriginHandshakeTimeout
             | CloseReason::OriginBadHandshake(_)
-            | CloseReason::OriginHeadIncomplete => Fault::Origin,
+            | CloseReason::OriginHeadIncomplete
+            | CloseReason::FunctionError
+            | CloseReason::FunctionTimeout => Fault::Origin,
             CloseReason::IdleTimeout
             | CloseReason::MaxConnectionTime
             | CloseReason::Shutdown

@@ -5,6 +5,7 @@
 //! checks what the real driver relies on: each provided buffer is handed back exactly once, no
 //! byte is sent to a side that was shut, nothing happens after `Close`.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -13,7 +14,7 @@ use super::{
     BufId, Chunk, ConnectFailure, Env, FirewallGate, HeadContext, Input, Output, Route, Session,
     SessionConfig, Side,
 };
-use crate::function::{Builtins, Bus, NoBus};
+use crate::function::{Builtins, Bus, ConnKey, FunctionHost, FunctionSession, NoBus};
 use crate::route::RouteTable;
 use crate::wheel::Tick;
 
@@ -59,7 +60,23 @@ pub struct Sim {
     pub log: Vec<Output>,
     pub closed: Option<super::CloseReason>,
     pub metrics: Vec<super::Metric>,
+    /// This connection's public id (1 unless set: several sims on one host need their own).
+    pub conn: ConnKey,
+    /// The worker's bus, shared by several sims (`NoBus` when unset).
+    pub bus: Option<Rc<RefCell<dyn Bus>>>,
+    /// The worker's function host for the client's head (`Builtins` when unset).
+    pub host: Option<SharedHost>,
     out: Vec<Output>,
+}
+
+/// A function host several sims share (a worker has one).
+#[derive(Clone)]
+pub struct SharedHost(pub Rc<RefCell<dyn FunctionHost>>);
+
+impl std::fmt::Debug for SharedHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedHost")
+    }
 }
 
 impl Sim {
@@ -89,8 +106,73 @@ impl Sim {
             log: Vec::new(),
             closed: None,
             metrics: Vec::new(),
+            conn: 1,
+            bus: None,
+            host: None,
             out: Vec::new(),
         };
+        sim.apply(out);
+        sim
+    }
+
+    /// A connection accepted at `now` as `conn` on a worker with `routes`, whose function
+    /// routes `host` serves and whose channels go through `bus`.
+    pub fn with_host(
+        cfg: SessionConfig,
+        routes: Vec<Route>,
+        host: SharedHost,
+        bus: Rc<RefCell<dyn Bus>>,
+        conn: ConnKey,
+        now: Tick,
+    ) -> Sim {
+        let mut sim = Sim::new(cfg, routes);
+        sim.now = now;
+        sim.session = {
+            let mut out = Vec::new();
+            let peer: SocketAddr = "192.0.2.7:50000".parse().expect("addr");
+            let session = Session::accepted(now, &sim.cfg, peer, conn | 7, &mut out);
+            sim.log.clear();
+            sim.sides = [SimSide::default(), SimSide::default()];
+            sim.apply(out);
+            session
+        };
+        sim.host = Some(host);
+        sim.bus = Some(bus);
+        sim.conn = conn;
+        sim
+    }
+
+    /// A client-less session (`Session::outbound`) for `function` on `route`, created at `now`
+    /// as `conn`: what the worker does with a host's `poll_outbound`.
+    pub fn outbound(
+        cfg: SessionConfig,
+        route: Route,
+        function: Box<dyn FunctionSession>,
+        bus: Rc<RefCell<dyn Bus>>,
+        conn: ConnKey,
+        now: Tick,
+    ) -> Sim {
+        let mut sim = Sim::new(cfg, vec![route]);
+        sim.now = now;
+        sim.log.clear();
+        sim.sides = [SimSide::default(), SimSide::default()];
+        sim.bus = Some(Rc::clone(&bus));
+        sim.conn = conn;
+        let route = Rc::clone(&sim.route_list[0]);
+        let mut out = Vec::new();
+        let session = {
+            let mut bus = bus.borrow_mut();
+            let mut env = Env {
+                now,
+                cfg: &sim.cfg,
+                out: &mut out,
+                bus: &mut *bus,
+                conn,
+                worker: 0,
+            };
+            Session::outbound(&sim.cfg, route, function, conn | 7, &mut env)
+        };
+        sim.session = session;
         sim.apply(out);
         sim
     }
@@ -102,7 +184,7 @@ impl Sim {
             cfg: &self.cfg,
             out: &mut out,
             bus,
-            conn: 1,
+            conn: self.conn,
             worker: 0,
         };
         self.session.handle(input, &mut env);
@@ -111,9 +193,12 @@ impl Sim {
         self.apply(drained);
     }
 
-    /// Feeds an input that needs no head context.
+    /// Feeds an input that needs no head context (with the shared bus, if set).
     pub fn handle(&mut self, input: Input<'_>) {
-        self.env_handle(input, &mut NoBus);
+        match self.bus.clone() {
+            Some(bus) => self.env_handle(input, &mut *bus.borrow_mut()),
+            None => self.env_handle(input, &mut NoBus),
+        }
     }
 
     /// Feeds an input with a bus.
@@ -208,7 +293,14 @@ impl Sim {
         let firewall =
             crate::firewall::Firewall::new(Vec::new(), Vec::new()).expect("an empty firewall");
         let mut trace = Vec::new();
-        let mut functions = Builtins;
+        let mut builtins = Builtins;
+        let host = self.host.clone();
+        let mut host_ref = host.as_ref().map(|h| h.0.borrow_mut());
+        let functions: &mut dyn FunctionHost = match host_ref.as_mut() {
+            Some(h) => &mut **h,
+            None => &mut builtins,
+        };
+        let shared_bus = self.bus.clone();
         let route_list = std::mem::take(&mut self.route_list);
         let routes = std::mem::take(&mut self.routes);
         let mut cx = HeadContext {
@@ -220,20 +312,21 @@ impl Sim {
                 unix_now: 0,
                 trace: &mut trace,
             }),
-            functions: &mut functions,
-            conn: 1,
+            functions,
+            conn: self.conn,
             proto: "http",
         };
         let n = bytes.len() as i32;
-        self.env_handle(
-            Input::HeadRead {
-                side: Side::Client,
-                buf,
-                result: n,
-                cx: Some(&mut cx),
-            },
-            &mut NoBus,
-        );
+        let input = Input::HeadRead {
+            side: Side::Client,
+            buf,
+            result: n,
+            cx: Some(&mut cx),
+        };
+        match shared_bus {
+            Some(bus) => self.env_handle(input, &mut *bus.borrow_mut()),
+            None => self.env_handle(input, &mut NoBus),
+        }
         self.route_list = route_list;
         self.routes = routes;
     }

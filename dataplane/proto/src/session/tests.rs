@@ -4,7 +4,7 @@
 use super::sim::Sim;
 use super::*;
 use crate::frame::{OpCode, build_close, encode_frame};
-use crate::function::{BridgeSpec, FunctionSpec};
+use crate::function::{BridgeSpec, Bus, FnAction, FnCx, FunctionSession, FunctionSpec, PeerEvent};
 use crate::handshake::HeadLimits;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -638,4 +638,314 @@ fn bridge_answers_502_when_its_peer_cannot_be_reached() {
     assert!(sim.text(Side::Client).starts_with("HTTP/1.1 502 "));
     sim.advance(LINGER_MS);
     assert_eq!(sim.closed, Some(CloseReason::OriginUnreachable));
+}
+
+/// A function scripted by its test: it records its calls and emits, on any call, what the
+/// test queued for it.
+#[derive(Debug, Default)]
+struct Scripted {
+    calls: Calls,
+    queued: Queued,
+}
+
+impl Scripted {
+    fn emit(&mut self, call: &str, cx: &mut FnCx<'_>) {
+        self.calls.borrow_mut().push(call.to_owned());
+        cx.actions.append(&mut self.queued.borrow_mut());
+    }
+}
+
+impl FunctionSession for Scripted {
+    fn on_start(&mut self, cx: &mut FnCx<'_>) {
+        self.emit("start", cx);
+    }
+    fn on_client(&mut self, data: &mut [u8], cx: &mut FnCx<'_>) {
+        let call = format!("client {}", data.len());
+        self.emit(&call, cx);
+    }
+    fn on_client_gone(&mut self, cx: &mut FnCx<'_>) {
+        self.emit("client_gone", cx);
+    }
+    fn on_peer(&mut self, data: &mut [u8], cx: &mut FnCx<'_>) {
+        let call = format!("peer {}", data.len());
+        self.emit(&call, cx);
+    }
+    fn on_peer_event(&mut self, event: PeerEvent, cx: &mut FnCx<'_>) {
+        let call = format!("peer_event {event:?}");
+        self.emit(&call, cx);
+    }
+    fn on_shutdown(&mut self, code: u16, _reason: CloseReason, cx: &mut FnCx<'_>) {
+        let call = format!("shutdown {code}");
+        self.emit(&call, cx);
+    }
+    fn on_closed(&mut self, _cx: &mut FnCx<'_>) {
+        self.calls.borrow_mut().push("closed".to_owned());
+    }
+    fn on_wake(&mut self, cx: &mut FnCx<'_>) {
+        self.emit("wake", cx);
+    }
+}
+
+/// A host that opens one [`Scripted`] per request, sharing its test's handles.
+#[derive(Debug, Default)]
+struct ScriptedHost {
+    calls: Calls,
+    queued: Queued,
+}
+
+impl crate::function::FunctionHost for ScriptedHost {
+    fn open(
+        &mut self,
+        _request: &crate::function::FunctionRequest<'_>,
+        _bus: &mut dyn Bus,
+    ) -> Result<Box<dyn FunctionSession>, crate::function::Refused> {
+        Ok(Box::new(Scripted {
+            calls: Rc::clone(&self.calls),
+            queued: Rc::clone(&self.queued),
+        }))
+    }
+}
+
+type Calls = Rc<std::cell::RefCell<Vec<String>>>;
+type Queued = Rc<std::cell::RefCell<Vec<FnAction>>>;
+
+fn scripted_sim() -> (Sim, Calls, Queued) {
+    let host = ScriptedHost::default();
+    let (calls, queued) = (Rc::clone(&host.calls), Rc::clone(&host.queued));
+    let bus: Rc<std::cell::RefCell<dyn Bus>> =
+        Rc::new(std::cell::RefCell::new(crate::function::NoBus));
+    let sim = Sim::with_host(
+        cfg(),
+        vec![function_route(FunctionSpec::Echo)],
+        super::sim::SharedHost(Rc::new(std::cell::RefCell::new(host))),
+        bus,
+        1,
+        0,
+    );
+    (sim, calls, queued)
+}
+
+#[test]
+fn a_function_may_answer_after_its_start_the_client_watched_meanwhile() {
+    let (mut sim, calls, queued) = scripted_sim();
+    let mut head = upgrade_head();
+    head.extend_from_slice(&masked(OpCode::Text, b"early"));
+    sim.client_head(&head);
+    assert_eq!(*calls.borrow(), ["start"]);
+    assert!(sim.text(Side::Client).is_empty(), "no answer yet");
+    assert!(
+        sim.watching,
+        "a client that leaves while the function works ends it"
+    );
+    assert!(!sim.sides[0].reading);
+    assert_eq!(
+        sim.session.poll_timeout(),
+        Some(10_000),
+        "its answer is due in time"
+    );
+    // The host wakes it with its answer (an async `fetch` resolved).
+    sim.advance(300);
+    queued
+        .borrow_mut()
+        .push(FnAction::Upgrade { protocol: None });
+    sim.handle(Input::Wake);
+    assert!(!sim.watching, "read from now on");
+    assert!(sim.sides[0].reading);
+    sim.flush_all();
+    assert!(sim.text(Side::Client).starts_with("HTTP/1.1 101 "));
+    assert_eq!(
+        calls.borrow().last().map(String::as_str),
+        Some("client 11"),
+        "the early frame reaches it after the upgrade: {:?}",
+        calls.borrow()
+    );
+    assert_eq!(
+        sim.session.poll_timeout(),
+        Some(60_300),
+        "idle time, not the answer's"
+    );
+}
+
+#[test]
+fn a_function_that_never_answers_is_a_504_and_a_client_that_leaves_ends_it() {
+    let (mut sim, calls, _queued) = scripted_sim();
+    sim.client_head(&upgrade_head());
+    sim.advance(10_000);
+    sim.flush(Side::Client);
+    assert!(sim.text(Side::Client).starts_with("HTTP/1.1 504 "));
+    sim.advance(10_000 + LINGER_MS);
+    assert_eq!(sim.closed, Some(CloseReason::FunctionTimeout));
+    assert_eq!(calls.borrow().last().map(String::as_str), Some("closed"));
+
+    let (mut gone, calls, _queued) = scripted_sim();
+    gone.client_head(&upgrade_head());
+    gone.handle(Input::ClientLeft { reset: false });
+    assert_eq!(gone.closed, Some(CloseReason::ClientGone));
+    assert_eq!(*calls.borrow(), ["start", "closed"]);
+}
+
+#[test]
+fn a_wake_reaches_an_upgraded_function_and_not_one_whose_peer_connects() {
+    let (mut sim, calls, queued) = scripted_sim();
+    queued
+        .borrow_mut()
+        .push(FnAction::Upgrade { protocol: None });
+    sim.client_head(&upgrade_head());
+    sim.flush_all();
+    queued
+        .borrow_mut()
+        .push(FnAction::SendClient(Chunk::own(unmasked(
+            OpCode::Text,
+            b"tick",
+        ))));
+    sim.handle(Input::Wake);
+    sim.flush_all();
+    assert!(
+        sim.sides[0]
+            .written
+            .ends_with(&unmasked(OpCode::Text, b"tick"))
+    );
+    queued.borrow_mut().push(FnAction::OpenPeer {
+        addr: "10.0.0.9:9000".parse().expect("addr"),
+        head: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        accept: [b'a'; 28],
+    });
+    sim.handle(Input::Wake);
+    assert_eq!(sim.connects.len(), 1);
+    let before = calls.borrow().len();
+    sim.handle(Input::Wake);
+    assert_eq!(calls.borrow().len(), before, "its peer's event comes first");
+}
+
+#[test]
+fn an_upgrade_after_the_peer_opened_hands_the_early_bytes_to_the_function() {
+    let (mut sim, calls, queued) = scripted_sim();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let accept: [u8; 28] = crate::accept::accept_key(key.as_bytes());
+    queued.borrow_mut().push(FnAction::OpenPeer {
+        addr: "10.0.0.9:9000".parse().expect("addr"),
+        head: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        accept,
+    });
+    let mut head = upgrade_head();
+    head.extend_from_slice(&masked(OpCode::Text, b"early"));
+    sim.client_head(&head);
+    sim.connected(Ok(()));
+    sim.flush(Side::Origin);
+    // The peer opens; the function answers its client only now.
+    queued
+        .borrow_mut()
+        .push(FnAction::Upgrade { protocol: None });
+    sim.origin_answers(&ok_101());
+    sim.flush_all();
+    assert!(sim.text(Side::Client).starts_with("HTTP/1.1 101 "));
+    let calls = calls.borrow();
+    assert_eq!(
+        calls.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["start", "peer_event Open", "client 11"],
+    );
+}
+
+#[test]
+fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_bytes() {
+    let calls = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let queued = Rc::new(std::cell::RefCell::new(vec![FnAction::OpenPeer {
+        addr: "10.0.0.9:9000".parse().expect("addr"),
+        head: b"GET /feed HTTP/1.1\r\n\r\n".to_vec(),
+        accept: crate::accept::accept_key(KEY.as_bytes()),
+    }]));
+    let function = Box::new(Scripted {
+        calls: Rc::clone(&calls),
+        queued: Rc::clone(&queued),
+    });
+    let bus: Rc<std::cell::RefCell<dyn Bus>> =
+        Rc::new(std::cell::RefCell::new(crate::function::NoBus));
+    let mut sim = Sim::outbound(
+        cfg(),
+        function_route(FunctionSpec::Echo),
+        function,
+        bus,
+        9,
+        1_000,
+    );
+    assert!(sim.session.is_clientless());
+    assert_eq!(sim.connects, vec!["10.0.0.9:9000".parse().expect("addr")]);
+    sim.connected(Ok(()));
+    sim.flush(Side::Origin);
+    assert_eq!(sim.text(Side::Origin), "GET /feed HTTP/1.1\r\n\r\n");
+    let mut answer = ok_101();
+    answer.extend_from_slice(&unmasked(OpCode::Text, b"p1"));
+    sim.origin_answers(&answer);
+    assert_eq!(
+        calls
+            .borrow()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["start", "peer_event Open"]
+    );
+    assert!(sim.sides[1].reading, "the peer is read");
+    assert!(!sim.sides[0].reading && !sim.watching, "there is no client");
+    sim.recv(Side::Origin, &unmasked(OpCode::Text, b"p2"));
+    assert_eq!(calls.borrow().last().map(String::as_str), Some("peer 4"));
+    // No idle time for a client-less session; a drain asks it to shut down.
+    assert_eq!(sim.session.poll_timeout(), None);
+    assert!(sim.session.can_close_gracefully());
+    queued.borrow_mut().extend([
+        FnAction::SendPeer(Chunk::own(b"close-frame".to_vec())),
+        FnAction::SendClient(Chunk::own(b"nowhere".to_vec())),
+        FnAction::Finish(CloseReason::ClientClosed),
+    ]);
+    sim.handle(Input::Abort(CloseReason::Drained));
+    assert_eq!(sim.closed, Some(CloseReason::Drained));
+
+    // Finishing: its bytes to the peer are written first, then it closes.
+    let queued = Rc::new(std::cell::RefCell::new(vec![FnAction::OpenPeer {
+        addr: "10.0.0.9:9000".parse().expect("addr"),
+        head: b"GET /feed HTTP/1.1\r\n\r\n".to_vec(),
+        accept: crate::accept::accept_key(KEY.as_bytes()),
+    }]));
+    let bus: Rc<std::cell::RefCell<dyn Bus>> =
+        Rc::new(std::cell::RefCell::new(crate::function::NoBus));
+    let mut sim = Sim::outbound(
+        cfg(),
+        function_route(FunctionSpec::Echo),
+        Box::new(Scripted {
+            calls: Rc::new(std::cell::RefCell::new(Vec::new())),
+            queued: Rc::clone(&queued),
+        }),
+        bus,
+        10,
+        0,
+    );
+    sim.connected(Ok(()));
+    sim.flush(Side::Origin);
+    sim.origin_answers(&ok_101());
+    queued.borrow_mut().extend([
+        FnAction::SendPeer(Chunk::own(b"bye".to_vec())),
+        FnAction::SendClient(Chunk::own(b"nowhere".to_vec())),
+        FnAction::Finish(CloseReason::ClientClosed),
+    ]);
+    sim.handle(Input::DrainBy {
+        deadline: 5_000,
+        reason: CloseReason::Drained,
+    });
+    sim.advance(2_000);
+    assert_eq!(sim.closed, None, "its last bytes are not written yet");
+    sim.flush(Side::Origin);
+    assert!(sim.text(Side::Origin).ends_with("bye"));
+    assert_eq!(sim.closed, Some(CloseReason::ClientClosed));
+    assert!(
+        sim.log.iter().all(|o| !matches!(
+            o,
+            Output::Send {
+                to: Side::Client,
+                ..
+            } | Output::Read(Side::Client)
+                | Output::ShutdownWrite(Side::Client)
+                | Output::WatchClient
+        )),
+        "nothing for a client that does not exist: {:?}",
+        sim.log
+    );
 }
