@@ -13,6 +13,9 @@ pub enum ConfigError {
     },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
+    /// A file the configuration names (certificate, key, CA bundle) cannot be used.
+    #[error("{file}: {message}")]
+    Load { file: String, message: String },
     #[error("{file}:{line}: {field}: {message}")]
     Invalid {
         file: String,

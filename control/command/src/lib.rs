@@ -15,12 +15,13 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod firewall;
+pub mod tls;
 pub mod wire;
 
 pub use config::{
     AccessLogTarget, BridgeTarget, Config, ControlConfig, DataplaneConfig, EncodedSlashes,
     Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, HttpConfig,
-    Limits, RelayConfig, RelayMode, Route, XRealIp,
+    Limits, LoadedTls, RelayConfig, RelayMode, Route, XRealIp,
 };
 pub use error::ConfigError;
 
