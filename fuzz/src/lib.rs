@@ -10,11 +10,16 @@
 //! - [`config`] checks `wsedge_command::Config::from_toml`.
 //! - [`conn`] checks the connection state machine `conn::Conn`, driven by a sequence of events
 //!   decoded with `arbitrary`, the way the ring driver drives it.
+//! - [`tls`] checks `wsedge_tls::TlsServer`'s record feeding: raw bytes, and interleavings of
+//!   feed / take / seal / close with a real rustls client.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::{Arbitrary, Unstructured};
+
+mod tls_checks;
+pub use tls_checks::tls;
 use wsedge_proto::accept::accept_key;
 use wsedge_proto::conn::{
     CloseReason, Conn, ConnectAction, ConnectFailure, HeadAction, HeadContext, OriginAction, Phase,

@@ -60,6 +60,11 @@ const DICT: &[&[u8]] = &[
     b"\\",
     b";",
     b"%",
+    // TLS record headers: handshake, application data, alert, oversized.
+    b"\x16\x03\x01\x02\x00",
+    b"\x17\x03\x03\x00\x20",
+    b"\x15\x03\x03\x00\x02\x02\x28",
+    b"\x17\x03\x03\xff\xff",
 ];
 
 /// xorshift64*: small, fast, deterministic.
@@ -252,4 +257,9 @@ fn frame() {
 #[test]
 fn path() {
     smoke("path", wsedge_fuzz::path);
+}
+
+#[test]
+fn tls() {
+    smoke("tls", wsedge_fuzz::tls);
 }

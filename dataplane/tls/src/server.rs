@@ -143,6 +143,9 @@ impl TlsServer {
         if let Some(e) = &self.core.failed {
             return Err(e.clone());
         }
+        if matches!(self.state, State::Refused | State::Gone) {
+            return Err(TlsError::Closed);
+        }
         let mut progress = Progress::default();
         if ciphertext.is_empty() {
             progress.plaintext = self.core.plaintext_pending();
@@ -269,8 +272,14 @@ impl TlsServer {
     /// Queues a `close_notify` alert: the orderly end of the TLS stream (take the ciphertext
     /// and write it before shutting the socket). Later `seal`s fail with `Closed`.
     pub fn close_notify(&mut self) {
-        if let State::Open(conn) = &mut self.state {
-            self.core.close_notify(conn);
+        match &mut self.state {
+            State::Open(conn) => self.core.close_notify(conn),
+            // No keys yet, so nothing to send: the connection is simply over.
+            State::Hello(_) => {
+                self.core.closing = true;
+                self.state = State::Refused;
+            }
+            State::Refused | State::Gone => {}
         }
     }
 

@@ -637,6 +637,16 @@ fn close_notify_both_ways() {
     pair.server.take_plaintext(&mut got);
     assert_eq!(got, b"last");
     assert!(pair.server.feed(b"more").expect("after close").peer_closed);
+
+    // Closed before the client's hello: over, nothing to send, nothing accepted later
+    // (found by the tls fuzz target: a later handshake used to accept seals).
+    let mut server = store.listener(0).expect("l0").accept();
+    server.close_notify();
+    let mut out = Vec::new();
+    assert_eq!(server.take_ciphertext(&mut out), 0);
+    assert_eq!(server.feed(&client_hello()), Err(TlsError::Closed));
+    assert_eq!(server.seal(b"x"), Err(TlsError::Closed));
+    assert!(!server.is_handshaking());
 }
 
 /// TLS 1.2 record protection by hand (AES-128-GCM), to play a client rustls has no API for.
