@@ -430,7 +430,20 @@ pub fn config(data: &[u8]) {
             );
         }
         Ok(c) => {
-            assert!(!c.dataplane.listen.is_empty());
+            assert!(!c.dataplane.listen.is_empty() || !c.tls.listeners.is_empty());
+            for l in &c.tls.listeners {
+                assert!(!l.listen.is_empty());
+                assert_eq!(
+                    l.client_ca.is_some(),
+                    l.client_auth != wsedge_tls::ClientAuth::None
+                );
+                let ids = l.certificates.clone().unwrap_or_default();
+                assert!(
+                    ids.iter()
+                        .all(|id| c.tls.certificates.iter().any(|s| &s.id == id))
+                );
+                assert!(l.certificates.is_some() || !c.tls.certificates.is_empty());
+            }
             assert!(c.dataplane.workers.is_none_or(|w| w > 0));
             let r = &c.relay;
             assert!(r.buffer_size.is_power_of_two() && (1024..=1 << 20).contains(&r.buffer_size));
