@@ -80,7 +80,7 @@ pub(crate) fn read_pem_file(path: &Path) -> Result<Vec<u8>, LoadError> {
 fn pem_problem(e: &pem::Error) -> String {
     match e {
         pem::Error::MissingSectionEnd { end_marker } => format!(
-            "broken PEM: a section has no {:?} line (file cut short?)",
+            "broken PEM: a section has no \"-----END {}-----\" line (file cut short?)",
             String::from_utf8_lossy(end_marker)
         ),
         pem::Error::IllegalSectionStart { line } => format!(
