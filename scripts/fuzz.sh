@@ -16,7 +16,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 FUZZ="$ROOT/fuzz"
-TARGETS=(handshake response config session frame path endpoint channels wire firewall)
+TARGETS=(handshake response config session frame path endpoint channels wire firewall tls)
 
 usage() {
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'

@@ -18,7 +18,9 @@
 //! - [`channels()`]: the broadcast client protocol against `serde_json`'s reading, and the
 //!   channel `Hub` against a model;
 //! - [`firewall()`]: rule evaluation against a model of the documented semantics;
-//! - [`wire()`]: the control protocol's framing and decoding, with the allocator watched.
+//! - [`wire()`]: the control protocol's framing and decoding, with the allocator watched;
+//! - [`tls()`]: `wsedge_tls::TlsServer`'s record feeding: raw bytes, and interleavings of
+//!   feed / take / seal / close with a real rustls client.
 //!
 //! `unsafe` is denied but for the allocation watch (`alloc.rs`), which forwards to the system
 //! allocator.
@@ -41,6 +43,8 @@ pub use wire::wire;
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+mod tls_checks;
+pub use tls_checks::tls;
 use wsedge_proto::accept::accept_key;
 use wsedge_proto::firewall::Cidr;
 use wsedge_proto::forwarding::{Forwarding, XRealIp};
@@ -444,7 +448,20 @@ pub fn config(data: &[u8]) {
             );
         }
         Ok(c) => {
-            assert!(!c.dataplane.listen.is_empty());
+            assert!(!c.dataplane.listen.is_empty() || !c.tls.listeners.is_empty());
+            for l in &c.tls.listeners {
+                assert!(!l.listen.is_empty());
+                assert_eq!(
+                    l.client_ca.is_some(),
+                    l.client_auth != wsedge_tls::ClientAuth::None
+                );
+                let ids = l.certificates.clone().unwrap_or_default();
+                assert!(
+                    ids.iter()
+                        .all(|id| c.tls.certificates.iter().any(|s| &s.id == id))
+                );
+                assert!(l.certificates.is_some() || !c.tls.certificates.is_empty());
+            }
             assert!(c.dataplane.workers.is_none_or(|w| w > 0));
             let r = &c.relay;
             assert!(r.buffer_size.is_power_of_two() && (1024..=1 << 20).contains(&r.buffer_size));

@@ -62,6 +62,22 @@ const DICT: &[&[u8]] = &[
     b"%",
 ];
 
+/// The `tls` target's tokens instead (its own list, so the other targets' deterministic
+/// mutation sequences stay what they were): TLS record headers (handshake, application
+/// data, alert, oversized) and an HTTP request line.
+const TLS_DICT: &[&[u8]] = &[
+    b"\x16\x03\x01\x02\x00",
+    b"\x16\x03\x03\x00\x04\x14\x00\x00\x00",
+    b"\x17\x03\x03\x00\x20",
+    b"\x15\x03\x03\x00\x02\x02\x28",
+    b"\x15\x03\x03\x00\x02\x01\x00",
+    b"\x17\x03\x03\xff\xff",
+    b"\x14\x03\x03\x00\x01\x01",
+    b"GET / HTTP/1.1\r\n",
+    b"\x00",
+    b"\xff",
+];
+
 /// xorshift64*: small, fast, deterministic.
 struct Rng(u64);
 
@@ -85,7 +101,7 @@ impl Rng {
 }
 
 /// One to four random edits of `input`, sometimes spliced with another corpus entry.
-fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
+fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>], dict: &[&[u8]]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..1 + rng.below(4) {
         let len = v.len();
@@ -116,7 +132,7 @@ fn mutate(rng: &mut Rng, input: &[u8], corpus: &[Vec<u8>]) -> Vec<u8> {
                 v.splice(at..at, copy);
             }
             5 | 6 => {
-                let tok = DICT[rng.below(DICT.len())];
+                let tok = dict[rng.below(dict.len())];
                 let i = rng.below(len + 1);
                 v.splice(i..i, tok.iter().copied());
             }
@@ -168,6 +184,10 @@ fn run_one(target: &str, check: fn(&[u8]), input: &[u8]) {
 }
 
 fn smoke(target: &str, check: fn(&[u8])) {
+    smoke_with(target, check, DICT);
+}
+
+fn smoke_with(target: &str, check: fn(&[u8]), dict: &[&[u8]]) {
     if let Ok(file) = std::env::var("WSEDGE_FUZZ_REPLAY") {
         let data = std::fs::read(Path::new(&file)).expect("read replay file");
         check(&data);
@@ -187,7 +207,7 @@ fn smoke(target: &str, check: fn(&[u8])) {
     let mut runs = 0u64;
     while runs < max_runs && (!runs.is_multiple_of(256) || Instant::now() < deadline) {
         let base = &pool[rng.below(pool.len())];
-        let input = mutate(&mut rng, base, &corpus);
+        let input = mutate(&mut rng, base, &corpus, dict);
         run_one(target, check, &input);
         if pool.len() < 4096 && rng.below(8) == 0 {
             pool.push(input);
@@ -248,4 +268,9 @@ fn wire() {
 #[test]
 fn firewall() {
     smoke("firewall", wsedge_fuzz::firewall);
+}
+
+#[test]
+fn tls() {
+    smoke_with("tls", wsedge_fuzz::tls, TLS_DICT);
 }

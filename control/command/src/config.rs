@@ -38,6 +38,8 @@ pub struct Config {
     pub firewall: crate::firewall::FirewallConfig,
     /// The `[fleet]` table (etcd): read by the control process only.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// `[[certificate]]` and `[[tls_listener]]` (the files are read by [`Config::load_tls`]).
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// The `[functions]` table: process-wide settings of the built-in functions.
@@ -305,6 +307,8 @@ pub struct Route {
     pub debug: bool,
     /// The `[http]` forwarding defaults with this route's overrides applied.
     pub forwarding: Forwarding,
+    /// TLS to the origins (`origin_tls = true` or `wss://` origins); `None` = plain TCP.
+    pub origin_tls: Option<crate::tls::OriginTlsSpec>,
 }
 
 /// Per-route options of the `frames` relay.
@@ -360,6 +364,33 @@ impl Config {
         Validator { text, file }.config(raw)
     }
 
+    /// Loads every file the TLS settings name: certificates and keys (checked to match), the
+    /// listeners' client CA bundles, the routes' origin CA bundles (and the system trust
+    /// store if a TLS route uses it). `file` names the configuration in errors, which also
+    /// name the setting and the file at fault. Parsing ([`Config::from_toml`]) reads none
+    /// of these; `wsedge --check`, the dataplane's start and a reload run this.
+    pub fn load_tls(&self, file: &str) -> Result<LoadedTls, ConfigError> {
+        let fail = |message: String| ConfigError::Load {
+            file: file.to_owned(),
+            message,
+        };
+        let store = wsedge_tls::CertStore::load(&self.tls).map_err(|e| fail(e.to_string()))?;
+        let needs_system = self
+            .routes
+            .iter()
+            .any(|r| r.origin_tls.as_ref().is_some_and(|t| t.ca.is_none()));
+        let system = needs_system.then(wsedge_tls::SystemRoots::load);
+        let mut origins = Vec::new();
+        for route in &self.routes {
+            if let Some(spec) = &route.origin_tls {
+                let tls = wsedge_tls::OriginTls::build(&route.name, spec, system.as_ref())
+                    .map_err(|e| fail(e.to_string()))?;
+                origins.push((route.name.clone(), tls));
+            }
+        }
+        Ok(LoadedTls { store, origins })
+    }
+
     /// The worker count to start: the configured one, or the number of online CPUs.
     pub fn worker_count(&self) -> usize {
         self.dataplane.workers.unwrap_or_else(|| {
@@ -368,6 +399,15 @@ impl Config {
                 .unwrap_or(1)
         })
     }
+}
+
+/// Everything TLS of a configuration, loaded from its files ([`Config::load_tls`]).
+#[derive(Debug)]
+pub struct LoadedTls {
+    /// Certificates and one rustls configuration per `[[tls_listener]]`.
+    pub store: wsedge_tls::CertStore,
+    /// Each TLS route's origin configuration, by route name.
+    pub origins: Vec<(String, wsedge_tls::OriginTls)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +435,10 @@ struct RawConfig {
     rules: Vec<Spanned<crate::firewall::RawRule>>,
     #[serde(default)]
     fleet: Option<crate::fleet::RawFleet>,
+    #[serde(default, rename = "certificate")]
+    certificates: Vec<Spanned<crate::tls::RawCertificate>>,
+    #[serde(default, rename = "tls_listener")]
+    tls_listeners: Vec<Spanned<crate::tls::RawTlsListener>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,8 +464,9 @@ struct RawControl {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDataplane {
-    /// Each address keeps its own span, so a bad one is reported at its own line.
-    listen: Spanned<Vec<Spanned<String>>>,
+    /// Absent: 127.0.0.1:8080, unless `[[tls_listener]]`s are given (then none). Each address
+    /// keeps its own span, so a bad one is reported at its own line.
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
     workers: Spanned<RawWorkers>,
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_worker: usize,
@@ -431,7 +476,7 @@ struct RawDataplane {
 impl Default for RawDataplane {
     fn default() -> Self {
         RawDataplane {
-            listen: Spanned::new(0..0, vec![Spanned::new(0..0, "127.0.0.1:8080".to_owned())]),
+            listen: None,
             workers: Spanned::new(0..0, RawWorkers::Auto(AutoWord::Auto)),
             drain_timeout: None,
             max_connections_per_worker: 50_000,
@@ -559,6 +604,9 @@ struct RawRoute {
     debug: bool,
     trusted_proxies: Option<Spanned<Vec<String>>>,
     x_real_ip: Option<RawXRealIp>,
+    origin_tls: Option<Spanned<bool>>,
+    origin_server_name: Option<Spanned<String>>,
+    origin_ca: Option<Spanned<PathBuf>>,
 }
 
 fn default_relay() -> RelayMode {
@@ -710,7 +758,7 @@ impl Validator<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let dataplane = self.dataplane(raw.dataplane)?;
+        let dataplane = self.dataplane(raw.dataplane, !raw.tls_listeners.is_empty())?;
         let access_log = match raw.access_log.target.as_str() {
             "stdout" | "-" => AccessLogTarget::Stdout,
             "off" => AccessLogTarget::Off,
@@ -760,7 +808,14 @@ impl Validator<'_> {
             .fleet
             .map(|f| crate::fleet::validate(f, &invalid))
             .transpose()?;
+        let tls = crate::tls::validate(
+            raw.certificates,
+            raw.tls_listeners,
+            &dataplane.listen,
+            &invalid,
+        )?;
         Ok(Config {
+            tls,
             dataplane,
             access_log,
             relay,
@@ -824,10 +879,18 @@ impl Validator<'_> {
         })
     }
 
-    fn dataplane(&self, raw: RawDataplane) -> Result<DataplaneConfig, ConfigError> {
-        let span = raw.listen.span();
+    fn dataplane(
+        &self,
+        raw: RawDataplane,
+        tls_listeners: bool,
+    ) -> Result<DataplaneConfig, ConfigError> {
+        let (span, texts) = match raw.listen {
+            Some(l) => (l.span(), l.into_inner()),
+            None if tls_listeners => (0..0, Vec::new()),
+            None => (0..0, vec![Spanned::new(0..0, "127.0.0.1:8080".to_owned())]),
+        };
         let mut listen = Vec::new();
-        for text in raw.listen.into_inner() {
+        for text in texts {
             let addr = text.get_ref().parse::<SocketAddr>().map_err(|_| {
                 self.invalid(
                     text.span(),
@@ -845,8 +908,12 @@ impl Validator<'_> {
             }
             listen.push(addr);
         }
-        if listen.is_empty() {
-            return Err(self.invalid(span, "dataplane.listen", "needs at least one address"));
+        if listen.is_empty() && !tls_listeners {
+            return Err(self.invalid(
+                span,
+                "dataplane.listen",
+                "needs at least one address (or a [[tls_listener]])",
+            ));
         }
         let workers_span = raw.workers.span();
         let workers = match raw.workers.into_inner() {
@@ -1227,18 +1294,35 @@ impl Validator<'_> {
         // An absent `origins` is reported at the route's name, a present one at its own line.
         let origins_span = raw.origins.as_ref().map(Spanned::span);
         let mut origins = Vec::new();
+        let mut wss: Option<bool> = None;
         for text in raw.origins.map(Spanned::into_inner).unwrap_or_default() {
-            let addr = text.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.invalid(
+            let (addr, tls) = crate::tls::parse_origin(text.get_ref())
+                .map_err(|message| self.invalid(text.span(), &field("origins"), message))?;
+            if wss.is_some_and(|w| w != tls) {
+                return Err(self.invalid(
                     text.span(),
                     &field("origins"),
-                    format!("{:?} is not an IP:port address", text.get_ref()),
-                )
-            })?;
+                    "mixes wss:// and plain origins: a route's origins are all TLS or all plain",
+                ));
+            }
+            wss = Some(tls);
             origins.push(addr);
         }
         let function = self.function(index, &mut raw_function)?;
         let origins_span = origins_span.unwrap_or(name_span);
+        let invalid = |span, field: &str, message: String| self.invalid(span, field, message);
+        let origin_tls = crate::tls::origin_tls(
+            index,
+            crate::tls::RawOriginTls {
+                origin_tls: raw.origin_tls,
+                origin_server_name: raw.origin_server_name,
+                origin_ca: raw.origin_ca,
+            },
+            wss,
+            origins_span.clone(),
+            function.is_some(),
+            &invalid,
+        )?;
         match (&function, origins.is_empty()) {
             (None, true) => {
                 return Err(self.invalid(
@@ -1277,6 +1361,7 @@ impl Validator<'_> {
             debug: raw.debug,
             function,
             forwarding,
+            origin_tls,
         })
     }
 }
@@ -1494,7 +1579,7 @@ mod tests {
         let msg = error_of("[[route]]\nname = \"a\"\norigins = [\"nowhere\"]\n");
         assert_eq!(
             msg,
-            "edge.toml:3: route[0].origins: \"nowhere\" is not an IP:port address"
+            "edge.toml:3: route[0].origins: \"nowhere\" is not an IP:port address (or wss://IP:port)"
         );
         let msg = error_of("[relay]\nbuffer_size = 1000\n");
         assert!(msg.starts_with("edge.toml:2: relay.buffer_size:"), "{msg}");

@@ -21,6 +21,9 @@ pub enum ConfigError {
         message: String,
         excerpt: String,
     },
+    /// A file the configuration names (certificate, key, CA bundle) cannot be used.
+    #[error("{file}: {message}")]
+    Load { file: String, message: String },
     #[error("{file}:{line}: {field}: {message}")]
     Invalid {
         file: String,

@@ -18,12 +18,13 @@ pub mod error;
 pub mod firewall;
 pub mod fleet;
 pub mod notify;
+pub mod tls;
 pub mod wire;
 
 pub use config::{
     AccessLogTarget, BridgeTarget, Config, ControlConfig, DataplaneConfig, EncodedSlashes,
     Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, HttpConfig,
-    Limits, RelayConfig, RelayMode, Route, ScriptConfig, XRealIp,
+    Limits, LoadedTls, RelayConfig, RelayMode, Route, ScriptConfig, XRealIp,
 };
 pub use connection_id::ConnectionId;
 pub use error::ConfigError;

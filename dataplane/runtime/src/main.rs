@@ -81,10 +81,22 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Certificates, keys and CA bundles are files of their own, read here (not by the
+    // parser) so that --check catches a missing or broken one, naming it.
+    let tls = match config.load_tls(&source) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("wsedge: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if cli.check {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
+    // The workers do not serve TLS yet (issue 14: it plugs into the worker's Transport
+    // seam); `Settings::from_config` refuses TLS listeners and TLS origins until then.
+    drop(tls);
     match run(config, (text, source), cli.workers, cli.takeover) {
         Ok(code) => code,
         Err(e) => {

@@ -1,0 +1,238 @@
+//! TLS from the edge to an origin: [`OriginTls`] (one per route, built once) and
+//! [`TlsClient`] (one per origin connection, the same sans-IO shape as
+//! [`crate::TlsServer`]). The origin's certificate is verified against the system's trust
+//! store or the route's `origin_ca`, for the route's `origin_server_name` (also sent as SNI)
+//! or else the origin's IP address; a refusal says why, for the 502 log line.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
+
+use crate::client_auth::load_roots;
+use crate::core::{Core, Progress, TlsLimits};
+use crate::error::{StoreError, TlsError};
+use crate::server::version_of;
+use crate::spec::{OriginTlsSpec, TlsVersion};
+
+/// The system's trust store, read once (`rustls-native-certs`: `/etc/ssl/certs` and the
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` overrides). Unreadable entries are skipped and counted.
+#[derive(Debug, Clone)]
+pub struct SystemRoots {
+    roots: Arc<RootCertStore>,
+    /// Certificates of the store that could not be read or used.
+    pub skipped: usize,
+}
+
+impl SystemRoots {
+    pub fn load() -> SystemRoots {
+        let found = rustls_native_certs::load_native_certs();
+        let mut skipped = found.errors.len();
+        let mut roots = RootCertStore::empty();
+        for cert in found.certs {
+            if roots.add(cert).is_err() {
+                skipped += 1;
+            }
+        }
+        SystemRoots {
+            roots: Arc::new(roots),
+            skipped,
+        }
+    }
+
+    /// Trust anchors found.
+    pub fn len(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty()
+    }
+}
+
+/// A route's TLS to its origins, built once per configuration. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OriginTls {
+    config: Arc<ClientConfig>,
+    server_name: Option<ServerName<'static>>,
+    limits: TlsLimits,
+}
+
+impl OriginTls {
+    /// Builds from a route's settings; `system` is used when `spec.ca` is `None` (pass
+    /// `None` to load it here). `route` names the route in errors.
+    pub fn build(
+        route: &str,
+        spec: &OriginTlsSpec,
+        system: Option<&SystemRoots>,
+    ) -> Result<OriginTls, StoreError> {
+        let context = format!("route {route:?} origin_ca");
+        let roots = match &spec.ca {
+            Some(path) => Arc::new(load_roots(path).map_err(|source| StoreError::File {
+                context: context.clone(),
+                source,
+            })?),
+            None => match system {
+                Some(s) => s.roots.clone(),
+                None => SystemRoots::load().roots,
+            },
+        };
+        if roots.is_empty() {
+            return Err(StoreError::Setting {
+                context,
+                what: "no trusted CA: the system trust store is empty (install ca-certificates or set origin_ca)".into(),
+            });
+        }
+        let server_name = match &spec.server_name {
+            None => None,
+            Some(name) => {
+                Some(
+                    ServerName::try_from(name.clone()).map_err(|_| StoreError::Setting {
+                        context: format!("route {route:?} origin_server_name"),
+                        what: format!("{name:?} is not a DNS name or IP address"),
+                    })?,
+                )
+            }
+        };
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Setting {
+                context: format!("route {route:?}"),
+                what: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.enable_secret_extraction = true;
+        Ok(OriginTls {
+            config: Arc::new(config),
+            server_name,
+            limits: TlsLimits::default(),
+        })
+    }
+
+    /// The rustls configuration (session cache included: reconnects to an origin resume).
+    pub fn config(&self) -> &Arc<ClientConfig> {
+        &self.config
+    }
+
+    /// The same settings with other memory bounds.
+    pub fn with_limits(mut self, limits: TlsLimits) -> OriginTls {
+        self.limits = limits;
+        self
+    }
+
+    /// A connection to the origin at `addr`.
+    pub fn connect(&self, addr: IpAddr) -> Result<TlsClient, TlsError> {
+        TlsClient::new(self, addr)
+    }
+}
+
+/// What a finished origin handshake negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginFacts {
+    pub version: TlsVersion,
+    pub cipher_suite: rustls::CipherSuite,
+    pub alpn: Option<String>,
+    pub resumed: bool,
+}
+
+/// One TLS connection to an origin: the client side of the sans-IO shape.
+#[derive(Debug)]
+pub struct TlsClient {
+    conn: Box<ClientConnection>,
+    core: Core,
+    /// The name verified (for error messages).
+    peer: String,
+    facts: Option<OriginFacts>,
+}
+
+impl TlsClient {
+    /// Starts the handshake (the ClientHello waits in `take_ciphertext`).
+    pub fn new(tls: &OriginTls, addr: IpAddr) -> Result<TlsClient, TlsError> {
+        let name = tls
+            .server_name
+            .clone()
+            .unwrap_or(ServerName::IpAddress(addr.into()));
+        let peer = match &name {
+            ServerName::DnsName(d) => format!("origin {addr} ({})", d.as_ref()),
+            _ => format!("origin {addr}"),
+        };
+        let mut conn = ClientConnection::new(tls.config.clone(), name)
+            .map_err(|e| TlsError::from_rustls(e, Some(&peer)))?;
+        conn.set_buffer_limit(None);
+        Ok(TlsClient {
+            conn: Box::new(conn),
+            core: Core::new(tls.limits),
+            peer,
+            facts: None,
+        })
+    }
+
+    /// Feeds bytes read from the origin's socket. A certificate refusal comes back as
+    /// [`TlsError::Certificate`] whose reason names the origin and what is wrong.
+    pub fn feed(&mut self, ciphertext: &[u8]) -> Result<Progress, TlsError> {
+        let was_handshaking = self.conn.is_handshaking();
+        let consumed = self
+            .core
+            .feed(&mut self.conn, ciphertext, Some(&self.peer))?;
+        let mut progress = Progress {
+            consumed,
+            plaintext: self.core.plaintext_pending(),
+            peer_closed: self.core.peer_closed,
+            handshake_done: false,
+        };
+        if was_handshaking && !self.conn.is_handshaking() && self.facts.is_none() {
+            self.facts = Some(OriginFacts {
+                version: version_of(self.conn.protocol_version()),
+                cipher_suite: self
+                    .conn
+                    .negotiated_cipher_suite()
+                    .map_or(rustls::CipherSuite::Unknown(0), |s| s.suite()),
+                alpn: self
+                    .conn
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
+            });
+            progress.handshake_done = true;
+        }
+        Ok(progress)
+    }
+
+    pub fn take_plaintext(&mut self, out: &mut Vec<u8>) -> usize {
+        self.core.take_plaintext(&mut self.conn, out)
+    }
+
+    /// Queues bytes for the origin; before the handshake finishes they wait and go out
+    /// encrypted right after it.
+    pub fn seal(&mut self, plaintext: &[u8]) -> Result<(), TlsError> {
+        self.core.seal(&mut self.conn, plaintext)
+    }
+
+    pub fn take_ciphertext(&mut self, out: &mut Vec<u8>) -> usize {
+        self.core.take_ciphertext(&mut self.conn, out)
+    }
+
+    pub fn close_notify(&mut self) {
+        self.core.close_notify(&mut self.conn);
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    pub fn peer_closed(&self) -> bool {
+        self.core.peer_closed
+    }
+
+    pub fn facts(&self) -> Option<&OriginFacts> {
+        self.facts.as_ref()
+    }
+}
