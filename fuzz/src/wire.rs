@@ -492,6 +492,15 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
     Ok(response)
 }
 
+/// A connection id as the wire carries it (worker, slot, 24-bit generation).
+fn conn_id(u: &mut Unstructured<'_>) -> arbitrary::Result<wsedge_command::ConnectionId> {
+    Ok(wsedge_command::ConnectionId::new(
+        usize::from(u.arbitrary::<u8>()?),
+        u.arbitrary::<u32>()? as usize,
+        u.arbitrary()?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,13 +513,4 @@ mod tests {
         let (_, none) = largest_allocation(|| 1 + 1);
         assert_eq!(none, 0);
     }
-}
-
-/// A connection id as the wire carries it (worker, slot, 24-bit generation).
-fn conn_id(u: &mut Unstructured<'_>) -> arbitrary::Result<wsedge_command::ConnectionId> {
-    Ok(wsedge_command::ConnectionId::new(
-        usize::from(u.arbitrary::<u8>()?),
-        u.arbitrary::<u32>()? as usize,
-        u.arbitrary()?,
-    ))
 }

@@ -42,7 +42,7 @@ pub(crate) enum FleetCmd {
     /// Validate FILE and write it as the fleet document (compare-and-swap on its revision).
     Apply {
         /// The document: wsedge configuration tables (TOML) that every host lays over its own
-        /// file; it may not set [control] or [fleet].
+        /// file; it may not set `[control]` or `[fleet]`.
         file: PathBuf,
         /// Write only if the document is still at this revision (as shown by `fleet show`);
         /// default: the revision read just before writing.

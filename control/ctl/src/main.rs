@@ -135,7 +135,7 @@ enum Cmd {
         #[command(subcommand)]
         action: ListsCmd,
     },
-    /// The fleet configuration in etcd: status of every host, show, apply (see [fleet] in
+    /// The fleet configuration in etcd: status of every host, show, apply (see `[fleet]` in
     /// docs/operations.md). Talks to etcd directly, no daemon needed.
     Fleet {
         #[command(subcommand)]

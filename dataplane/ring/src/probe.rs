@@ -46,7 +46,7 @@ const fn op(what: &'static str, since: &'static str, code: u8) -> Requirement {
 }
 
 /// Everything the ring driver uses, in the order a missing item is reported. Flags the
-/// driver only tries (SINGLE_ISSUER, DEFER_TASKRUN, SUBMIT_ALL in [`Ring::new`]) fall back to
+/// driver only tries (SINGLE_ISSUER, DEFER_TASKRUN, SUBMIT_ALL in [`Ring::new`](crate::Ring::new)) fall back to
 /// a plain ring and are not listed.
 pub(crate) const REQUIREMENTS: &[Requirement] = &[
     Requirement {

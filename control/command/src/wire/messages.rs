@@ -69,7 +69,7 @@ pub enum Request {
     Kill { id: ConnectionId },
     /// Validate and apply a whole configuration. `source` names it in error messages. The
     /// dataplane numbers what it runs itself (its current version + 1, see
-    /// [`DataplaneStatus::config_version`]); nobody else assigns versions.
+    /// [`DataplaneStatus::config_version`](super::views::DataplaneStatus::config_version)); nobody else assigns versions.
     ApplyConfig {
         toml: String,
         #[serde(default)]
