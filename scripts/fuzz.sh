@@ -16,7 +16,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 FUZZ="$ROOT/fuzz"
-TARGETS=(handshake response config session frame path endpoint channels wire firewall tls)
+TARGETS=(handshake response config session frames_relay frame path endpoint channels wire firewall tls)
 
 usage() {
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
@@ -70,7 +70,9 @@ for t in "${TARGETS[@]}"; do
     set +e
     cargo "${toolchain[@]}" fuzz run --target-dir "$target_dir" "$t" "corpus/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 -max_len=65536 \
-        2>&1 | tee "$log" | grep -E '^(#[0-9]+.*(pulse|DONE)|==|SUMMARY|Done)' || true
+        2>&1 | tee "$log" | { grep -E '^(#[0-9]+.*(pulse|DONE)|==|SUMMARY|Done)' || true; }
+    # The fuzzer's own status (a `|| true` after the whole pipeline would reset PIPESTATUS
+    # and report every crash as "no crash").
     rc=${PIPESTATUS[0]}
     set -e
     execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' | tail -1)

@@ -17,6 +17,8 @@
 //!   (chunking, modes, `echo`) and, for structured inputs, the frames it was given;
 //! - [`channels()`]: the broadcast client protocol against `serde_json`'s reading, and the
 //!   channel `Hub` against a model;
+//! - [`frames_relay()`]: the `frames` relay's frame state against an independent reading of
+//!   both streams (well-formed output, data kept, nothing after the proxy's Close);
 //! - [`firewall()`]: rule evaluation against a model of the documented semantics;
 //! - [`wire()`]: the control protocol's framing and decoding, with the allocator watched;
 //! - [`tls()`]: `wsedge_tls::TlsServer`'s record feeding: raw bytes, and interleavings of
@@ -31,12 +33,14 @@ mod alloc;
 mod channels;
 mod endpoint;
 mod firewall;
+mod frames_relay;
 mod session;
 mod wire;
 
 pub use channels::channels;
 pub use endpoint::endpoint;
 pub use firewall::firewall;
+pub use frames_relay::frames_relay;
 pub use session::session;
 pub use wire::wire;
 

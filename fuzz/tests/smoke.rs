@@ -274,3 +274,8 @@ fn firewall() {
 fn tls() {
     smoke_with("tls", wsedge_fuzz::tls, TLS_DICT);
 }
+
+#[test]
+fn frames_relay() {
+    smoke("frames_relay", wsedge_fuzz::frames_relay);
+}
