@@ -94,10 +94,8 @@ fn main() -> ExitCode {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    // The workers do not serve TLS yet (issue 14: it plugs into the worker's Transport
-    // seam); `Settings::from_config` refuses TLS listeners and TLS origins until then.
-    drop(tls);
-    match run(config, (text, source), cli.workers, cli.takeover) {
+    // TLS origins are validated but not served yet (`Settings::from_config` refuses them).
+    match run(config, tls.store, (text, source), cli.workers, cli.takeover) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
@@ -108,6 +106,7 @@ fn main() -> ExitCode {
 
 fn run(
     config: wsedge_command::Config,
+    certs: wsedge_tls::CertStore,
     (text, source): (String, String),
     workers: Option<usize>,
     takeover: bool,
@@ -128,14 +127,30 @@ fn run(
     let signals = sys::block_shutdown_signals().context("blocking signals")?;
 
     // Listeners are created here, in a fixed order, so port 0 resolves once for all workers;
-    // an address another process listens on is refused unless --takeover.
-    let listeners = listeners::open(&config.dataplane.listen, count, takeover)?;
-    for bound in &listeners.bound {
-        eprintln!("wsedge: listening on {bound}");
+    // an address another process listens on is refused unless --takeover. The plain
+    // addresses come first, then each `[[tls_listener]]`'s, marked with its index.
+    let mut addrs: Vec<(std::net::SocketAddr, Option<usize>)> =
+        config.dataplane.listen.iter().map(|a| (*a, None)).collect();
+    for (index, l) in config.tls.listeners.iter().enumerate() {
+        addrs.extend(l.listen.iter().map(|a| (*a, Some(index))));
     }
-    let per_worker = listeners.per_worker;
+    let plain: Vec<std::net::SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
+    let listeners = listeners::open(&plain, count, takeover)?;
+    for (bound, (_, tls)) in listeners.bound.iter().zip(&addrs) {
+        match tls {
+            None => eprintln!("wsedge: listening on {bound}"),
+            Some(_) => eprintln!("wsedge: listening on {bound} (tls)"),
+        }
+    }
+    let per_worker: Vec<Vec<(std::os::fd::RawFd, Option<usize>)>> = listeners
+        .per_worker
+        .into_iter()
+        .map(|fds| fds.into_iter().zip(addrs.iter().map(|(_, t)| *t)).collect())
+        .collect();
 
-    let settings = settings::Settings::from_config(&config, count).map_err(anyhow::Error::msg)?;
+    let settings = settings::Settings::from_config(&config, count)
+        .map_err(anyhow::Error::msg)?
+        .with_tls(&certs);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<stats::Stats, String>)>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -211,6 +226,7 @@ fn run(
         source,
         mailboxes: mailboxes.clone(),
         started,
+        certs,
     })
     .context("starting the control plane")?;
 

@@ -15,6 +15,7 @@ use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec, ScriptSpec
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 use wsedge_proto::session::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
+use wsedge_tls::{CertStore, ServerTls};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -29,6 +30,9 @@ pub(crate) struct Settings {
     pub(crate) relay: RelayConfig,
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
+    /// Each `[[tls_listener]]`'s TLS, in file order: one rustls configuration (and one
+    /// ticketer) shared by every worker. Empty until [`Settings::with_tls`].
+    pub(crate) tls: Vec<ServerTls>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -39,13 +43,6 @@ impl Settings {
     /// The worker settings for `config`, run by `workers` workers. Fails only if the firewall
     /// engine refuses what validation accepted (a bug, reported like an invalid config).
     pub(crate) fn from_config(config: &Config, workers: usize) -> Result<Settings, String> {
-        // wsedge-tls and the schema are there; the worker's Transport seam is not yet.
-        if let Some(l) = config.tls.listeners.first() {
-            return Err(format!(
-                "[[tls_listener]] on {:?}: TLS termination is validated (wsedge --check loads the certificates) but not served yet; it waits for the worker integration (issue 14)",
-                l.listen
-            ));
-        }
         if let Some(r) = config.routes.iter().find(|r| r.origin_tls.is_some()) {
             return Err(format!(
                 "route {:?}: TLS to origins is validated but not served yet; it waits for the worker integration (issue 14)",
@@ -95,7 +92,15 @@ impl Settings {
             relay: config.relay,
             max_connections: config.dataplane.max_connections_per_worker,
             drain_timeout: config.dataplane.drain_timeout,
+            tls: Vec::new(),
         })
+    }
+
+    /// The same settings serving the TLS listeners of `store` (loaded from the files the
+    /// configuration names; a reload hands a new store to new connections).
+    pub(crate) fn with_tls(mut self, store: &CertStore) -> Settings {
+        self.tls = store.listeners().to_vec();
+        self
     }
 }
 

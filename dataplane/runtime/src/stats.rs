@@ -25,6 +25,11 @@ pub(crate) struct Stats {
     /// Close codes seen in Close frames (from either side) and sent by the proxy, by route.
     pub(crate) close_codes_seen: BTreeMap<(String, u16), u64>,
     pub(crate) close_codes_sent: BTreeMap<(String, u16), u64>,
+    /// TLS handshakes finished, and how many of them resumed a session.
+    pub(crate) tls_handshakes: u64,
+    pub(crate) tls_resumed: u64,
+    /// TLS failures by kind (`wsedge_tls::TlsErrorKind` labels).
+    pub(crate) tls_errors: BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -48,6 +53,11 @@ impl Stats {
         }
         for (key, n) in &other.close_codes_sent {
             *self.close_codes_sent.entry(key.clone()).or_default() += n;
+        }
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_resumed += other.tls_resumed;
+        for (kind, n) in &other.tls_errors {
+            *self.tls_errors.entry(kind).or_default() += n;
         }
     }
 }

@@ -1,7 +1,6 @@
 //! `wsedge --check` on TLS configurations: the shipped example with the certificates
 //! `scripts/dev-certs.sh` makes passes, and a missing or broken certificate file is refused
-//! naming the file. Until the worker serves TLS, starting with a `[[tls_listener]]` is
-//! refused with a message saying so (issue 14).
+//! naming the file. Serving wss:// is tests/tls.rs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -68,11 +67,6 @@ fn check_loads_the_example_certificates_and_names_a_broken_file() {
         stderr(&out)
     );
     assert!(stderr(&out).contains("is valid"), "{}", stderr(&out));
-
-    // Not served yet: starting is refused with the reason, not a crash.
-    let out = wsedge(&["--config", config_arg, "--workers", "1"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("not served yet"), "{}", stderr(&out));
 
     // A broken certificate file: exit 2, naming the file and the problem.
     let cert = certs.join("localhost.pem");

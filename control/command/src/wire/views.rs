@@ -106,6 +106,14 @@ pub struct WorkerStats {
     /// Splice directions relayed buffered because no pipe could be created (fd exhaustion).
     #[serde(default)]
     pub splice_fallbacks: u64,
+    /// TLS handshakes finished on TLS listeners, and how many resumed a session.
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
+    /// TLS failures by kind (`plaintext_http`, `bad_record`, `unknown_server_name`, ...).
+    #[serde(default)]
+    pub tls_errors: BTreeMap<String, u64>,
 }
 
 impl WorkerStats {
@@ -124,6 +132,11 @@ impl WorkerStats {
         self.messages_from_clients += other.messages_from_clients;
         self.messages_from_origins += other.messages_from_origins;
         self.splice_fallbacks += other.splice_fallbacks;
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_resumed += other.tls_resumed;
+        for (kind, n) in &other.tls_errors {
+            *self.tls_errors.entry(kind.clone()).or_default() += n;
+        }
         for (key, n) in &other.close_codes_seen {
             *self.close_codes_seen.entry(key.clone()).or_default() += n;
         }

@@ -125,6 +125,9 @@ pub enum Input<'a> {
         buf: BufId,
         data: &'a mut [u8],
     },
+    /// Bytes from a side that are in no provided buffer: a transport made them (TLS
+    /// plaintext that did not fit the buffer its ciphertext came in). Relayed by copy.
+    RecvOwned { from: Side, data: &'a mut [u8] },
     /// A side sent EOF.
     Eof(Side),
     /// Reading or writing a side failed (reset, broken pipe).
@@ -172,6 +175,9 @@ impl std::fmt::Debug for Input<'_> {
             Input::Connected(r) => write!(f, "Connected({r:?})"),
             Input::Recv { from, buf, data } => {
                 write!(f, "Recv({from:?}, {buf:?}, {} bytes)", data.len())
+            }
+            Input::RecvOwned { from, data } => {
+                write!(f, "RecvOwned({from:?}, {} bytes)", data.len())
             }
             Input::Eof(s) => write!(f, "Eof({s:?})"),
             Input::Failed(s) => write!(f, "Failed({s:?})"),
@@ -655,7 +661,8 @@ impl Session {
                 cx,
             } => self.on_head_read(side, buf, result, cx, env),
             Input::Connected(result) => self.on_connected(result, env),
-            Input::Recv { from, buf, data } => self.on_recv(from, buf, data, env),
+            Input::Recv { from, buf, data } => self.on_recv(from, Some(buf), data, env),
+            Input::RecvOwned { from, data } => self.on_recv(from, None, data, env),
             Input::Eof(side) => self.on_eof(side, env),
             Input::Failed(side) => self.on_failed(side, env),
             Input::ReadEnded(side) => {
@@ -1167,10 +1174,27 @@ impl Session {
 
     // ----- the relay --------------------------------------------------------------------
 
-    fn on_recv(&mut self, from: Side, buf: BufId, data: &mut [u8], env: &mut Env<'_>) {
+    /// Bytes from `from`, in provided buffer `buf` (relayed in place) or, with `None`, in
+    /// memory of the driver's (relayed by copy).
+    fn on_recv(&mut self, from: Side, buf: Option<BufId>, data: &mut [u8], env: &mut Env<'_>) {
+        let release = |env: &mut Env<'_>| {
+            if let Some(buf) = buf {
+                env.out.push(Output::Release(buf));
+            }
+        };
+        // The first `n` bytes, to send on: in place, or copied.
+        let forward_chunk = |n: usize, data: &[u8]| match buf {
+            Some(buf) => Chunk::Buf {
+                buf,
+                off: 0,
+                len: n as u32,
+                release: true,
+            },
+            None => Chunk::relayed(data[..n].to_vec()),
+        };
         if self.ending != Ending::Open {
             // Discarding (a lingering close, or a final answer being written).
-            env.out.push(Output::Release(buf));
+            release(env);
             return;
         }
         self.last_activity = env.now;
@@ -1190,27 +1214,22 @@ impl Session {
                     self.queued[to.index()] += forward;
                     env.out.push(Output::Send {
                         to,
-                        chunk: Chunk::Buf {
-                            buf,
-                            off: 0,
-                            len: forward as u32,
-                            release: true,
-                        },
+                        chunk: forward_chunk(forward, data),
                     });
                 } else {
-                    env.out.push(Output::Release(buf));
+                    release(env);
                 }
             }
             Stage::Frames(_) => {
                 self.flows[from.index()].count(data.len());
-                self.frames_chunk(from, Some(buf), data, env);
+                self.frames_chunk(from, buf, data, env);
             }
             Stage::Function(_) if from == Side::Client => {
-                env.out.push(Output::Release(buf));
+                release(env);
                 self.with_function(env, |f, cx| f.on_client(data, cx));
             }
             Stage::Function(_) => {
-                env.out.push(Output::Release(buf));
+                release(env);
                 self.with_function(env, |f, cx| f.on_peer(data, cx));
             }
             Stage::Head(_) | Stage::Origin(_) => {
@@ -1221,18 +1240,13 @@ impl Session {
                         self.queued[Side::Origin.index()] += forward;
                         env.out.push(Output::Send {
                             to: Side::Origin,
-                            chunk: Chunk::Buf {
-                                buf,
-                                off: 0,
-                                len: forward as u32,
-                                release: true,
-                            },
+                            chunk: forward_chunk(forward, data),
                         });
                     } else {
-                        env.out.push(Output::Release(buf));
+                        release(env);
                     }
                 } else {
-                    env.out.push(Output::Release(buf));
+                    release(env);
                 }
             }
         }

@@ -93,6 +93,9 @@ pub enum CloseReason {
     FunctionError,
     /// A function did not answer the request in time (504).
     FunctionTimeout,
+    /// The client's TLS failed (a refused or broken handshake, a bad record): the alert, if
+    /// any, was sent and the connection closed. The driver counts the TLS error's kind.
+    Tls,
 }
 
 /// How the firewall refused a handshake: a small copy of the verdict for logs and counters
@@ -172,6 +175,7 @@ impl CloseReason {
             CloseReason::Firewall(refusal) => refusal.as_str(),
             CloseReason::FunctionError => "function_error",
             CloseReason::FunctionTimeout => "function_timeout",
+            CloseReason::Tls => "tls_error",
         }
     }
 
@@ -184,7 +188,8 @@ impl CloseReason {
             | CloseReason::Rejected(_)
             | CloseReason::NoRoute
             | CloseReason::HttpDone
-            | CloseReason::NotUpgraded => Fault::Client,
+            | CloseReason::NotUpgraded
+            | CloseReason::Tls => Fault::Client,
             CloseReason::OriginClosed
             | CloseReason::OriginReset
             | CloseReason::OriginUnreachable

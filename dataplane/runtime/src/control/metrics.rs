@@ -173,7 +173,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
         1,
     );
 
-    let simple: [(&str, &str, &str, Field); 7] = [
+    let simple: [(&str, &str, &str, Field); 9] = [
         (
             "wsedge_config_version",
             "gauge",
@@ -216,6 +216,18 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
             "Splice directions relayed buffered because no pipe could be created.",
             |w| w.splice_fallbacks,
         ),
+        (
+            "wsedge_tls_handshakes_total",
+            "counter",
+            "TLS handshakes finished on TLS listeners.",
+            |w| w.tls_handshakes,
+        ),
+        (
+            "wsedge_tls_resumed_total",
+            "counter",
+            "TLS handshakes that resumed a session (ticket or session id).",
+            |w| w.tls_resumed,
+        ),
     ];
     for (name, kind, help, field) in simple {
         family(&mut out, name, kind, help);
@@ -246,6 +258,23 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
                 &mut out,
                 "wsedge_connections_closed_total",
                 &[("worker", &i), ("reason", reason)],
+                n,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "wsedge_tls_errors_total",
+        "counter",
+        "TLS failures on TLS listeners, by kind (each also closes with reason tls_error).",
+    );
+    for w in workers {
+        let i = index(w);
+        for (kind, n) in &w.tls_errors {
+            sample(
+                &mut out,
+                "wsedge_tls_errors_total",
+                &[("worker", &i), ("kind", kind)],
                 n,
             );
         }

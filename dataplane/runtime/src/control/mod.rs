@@ -68,6 +68,8 @@ pub(crate) struct Startup {
     pub(crate) source: String,
     pub(crate) mailboxes: Vec<Mailbox>,
     pub(crate) started: Instant,
+    /// The certificates and TLS listeners in force (reloads keep their resumption state).
+    pub(crate) certs: wsedge_tls::CertStore,
 }
 
 /// The configuration in force.
@@ -82,6 +84,8 @@ struct Current {
     /// dataplane is the only one that numbers what it runs, so the number never goes
     /// backwards and never names two configurations.
     version: u64,
+    /// Its certificates and TLS listeners, loaded from the files it names.
+    certs: wsedge_tls::CertStore,
 }
 
 /// State shared by the control threads (never touched by workers).
@@ -119,6 +123,7 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
             toml: startup.toml,
             source: startup.source,
             version: 0,
+            certs: startup.certs,
         }),
         mailboxes: startup.mailboxes,
         started: startup.started,
@@ -437,8 +442,14 @@ impl Shared {
         config.relay.pipe_size = running.pipe_size;
         let version = current.version + 1;
         let hash = wire::config_hash(&toml);
+        // The certificate files are read again: a reload is also how new ones are taken.
+        let certs = current
+            .certs
+            .reload(&config.tls)
+            .map_err(|e| Failure::new(ErrorKind::InvalidConfig, format!("{source}: {e}")))?;
         let settings = Settings::from_config(&config, self.mailboxes.len())
-            .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?;
+            .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?
+            .with_tls(&certs);
         for index in 0..self.mailboxes.len() {
             let command = Command::Apply {
                 version,
@@ -457,6 +468,7 @@ impl Shared {
             hash: hash.clone(),
             source: source.clone(),
             version,
+            certs,
         };
         drop(current);
         tracing::info!(version, %hash, %source, "configuration pushed to the workers");
@@ -558,6 +570,13 @@ fn worker_stats(r: &WorkerReport) -> WorkerStats {
         splice_fallbacks: s.splice_fallbacks,
         close_codes_seen: by_route_and_code(&s.close_codes_seen),
         close_codes_sent: by_route_and_code(&s.close_codes_sent),
+        tls_handshakes: s.tls_handshakes,
+        tls_resumed: s.tls_resumed,
+        tls_errors: s
+            .tls_errors
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
     }
 }
 

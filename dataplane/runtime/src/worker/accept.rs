@@ -9,6 +9,7 @@ use wsedge_ring::{OpId, Owner, sys};
 use super::conn::Conn;
 use super::{OWNER_ACCEPT, TimerKey, Worker};
 use crate::conn_id::{ConnId, next_generation};
+use crate::transport::Transport;
 
 /// Back-off after the process runs out of descriptors at accept.
 const ACCEPT_BACKOFF_MS: u64 = 100;
@@ -19,11 +20,13 @@ pub(super) struct Listener {
     fd: RawFd,
     /// Its multishot accept, while armed.
     op: Option<OpId>,
+    /// The `[[tls_listener]]` (index into the settings' TLS listeners) if it serves TLS.
+    tls: Option<usize>,
 }
 
 impl Listener {
-    pub(super) fn new(fd: RawFd) -> Listener {
-        Listener { fd, op: None }
+    pub(super) fn new(fd: RawFd, tls: Option<usize>) -> Listener {
+        Listener { fd, op: None, tls }
     }
 }
 
@@ -114,7 +117,16 @@ impl Worker {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         let id = ConnId::new(slot, self.next_generation);
-        entry.insert(Conn::new(id, session, fd, accepted_us));
+        let mut conn = Conn::new(id, session, fd, accepted_us);
+        if let Some(tls) = self
+            .listeners
+            .get(listener)
+            .and_then(|l| l.tls)
+            .and_then(|i| self.settings.tls.get(i))
+        {
+            conn.sides[0].transport = Transport::tls(tls);
+        }
+        entry.insert(conn);
         // Its first output: the head read.
         self.apply_outputs(slot);
     }

@@ -16,7 +16,7 @@ use super::splice::SpliceDir;
 use super::{Deferred, Worker};
 use crate::access_log::Entry;
 use crate::conn_id::ConnId;
-use crate::transport::{Received, Transport};
+use crate::transport::{Sealed, Transport};
 
 /// What an operation of a connection was for (the top byte of its owner tag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub(super) enum Purpose {
     Splice = 5,
 }
 
-fn owner(id: ConnId, purpose: Purpose, side: Side) -> Owner {
+pub(super) fn owner(id: ConnId, purpose: Purpose, side: Side) -> Owner {
     Owner(id.owner(((purpose as u8) << 1) | side.index() as u8))
 }
 
@@ -147,6 +147,7 @@ impl Worker {
                     },
                 },
                 Deferred::SpliceUnavailable(side) => Input::SpliceUnavailable(side),
+                Deferred::Sent { to, relayed, own } => Input::Sent { to, relayed, own },
             };
             self.feed(slot, input);
         }
@@ -163,6 +164,7 @@ impl Worker {
             Output::ReadHead { side, buf } => {
                 let io = &mut c.sides[side.index()];
                 let max = self.settings.session.head_limits.max_head_bytes;
+                io.transport.head_armed(buf.len());
                 io.recv =
                     Some(
                         self.ring
@@ -190,9 +192,20 @@ impl Worker {
             }
             Output::Send { to, chunk } => {
                 let io = &mut c.sides[to.index()];
-                let chunk = io.transport.seal(chunk);
-                io.queue.push(chunk);
-                self.kick_send(slot, to);
+                match io.transport.seal(chunk, self.ring.buffers()) {
+                    Sealed::Chunk(chunk) => {
+                        io.queue.push(chunk);
+                        self.kick_send(slot, to);
+                    }
+                    Sealed::Dropped(w) => self.deferred.push((
+                        id,
+                        Deferred::Sent {
+                            to,
+                            relayed: w.relayed,
+                            own: w.own,
+                        },
+                    )),
+                }
             }
             Output::Read(side) => {
                 let io = &mut c.sides[side.index()];
@@ -225,7 +238,16 @@ impl Worker {
                     self.deferred.push((id, Deferred::SpliceUnavailable(from)));
                 }
             }
-            Output::ShutdownWrite(side) => sys::shutdown(c.sides[side.index()].fd, libc::SHUT_WR),
+            Output::ShutdownWrite(side) => {
+                let io = &mut c.sides[side.index()];
+                match io.transport.close_notify() {
+                    Some(chunk) => {
+                        io.queue.push(chunk);
+                        self.kick_send(slot, side);
+                    }
+                    None => sys::shutdown(io.fd, libc::SHUT_WR),
+                }
+            }
             Output::Abort(side) => {
                 let io = &mut c.sides[side.index()];
                 match io.connect {
@@ -425,17 +447,21 @@ impl Worker {
                     if io.queue.is_empty() {
                         io.queue.shrink();
                     }
-                    self.feed(
-                        slot,
-                        Input::Sent {
-                            to: side,
-                            relayed: written.relayed,
-                            own: written.own,
-                        },
-                    );
+                    let written = io.transport.written(written);
+                    if written.relayed + written.own > 0 {
+                        self.feed(
+                            slot,
+                            Input::Sent {
+                                to: side,
+                                relayed: written.relayed,
+                                own: written.own,
+                            },
+                        );
+                    }
                     if self.conns.contains(slot) && !self.conns[slot].session.is_closed() {
                         self.kick_send(slot, side);
                     }
+                    self.tls_sent(slot, side);
                 } else {
                     io.queue.fail(sent, self.ring.buffers());
                     self.feed(slot, Input::Failed(side));
@@ -473,6 +499,9 @@ impl Worker {
 
     /// A head read completed: the buffer goes back to the session with what it got.
     fn on_head(&mut self, slot: usize, side: Side, buf: Vec<u8>, result: i32) {
+        let Some((buf, result)) = self.tls_head(slot, side, buf, result) else {
+            return;
+        };
         if side == Side::Origin {
             return self.feed(
                 slot,
@@ -498,7 +527,7 @@ impl Worker {
             }),
             functions: &mut self.functions,
             conn: public,
-            proto: "http",
+            proto: conn.sides[0].transport.proto(),
         };
         let mut env = Env {
             now,
@@ -527,11 +556,13 @@ impl Worker {
         let i = side.index();
         let ended = !c.more;
         match (c.result, c.buf) {
+            (n, Some(buf)) if n > 0 && !self.conns[slot].sides[i].transport.is_plain() => {
+                self.tls_recv(slot, side, buf, n as usize);
+            }
             (n, Some(buf)) if n > 0 => {
                 let now = self.now();
                 let conn = &mut self.conns[slot];
                 let data = self.ring.buffers().bytes_mut(buf, n as usize);
-                let Received::InPlace = conn.sides[i].transport.received(data);
                 let mut env = Env {
                     now,
                     cfg: &self.settings.session,

@@ -14,6 +14,7 @@ mod commands;
 mod conn;
 pub(crate) mod mailbox;
 mod splice;
+mod tls;
 
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -59,7 +60,8 @@ enum TimerKey {
 pub(crate) struct WorkerSpec {
     pub(crate) index: usize,
     pub(crate) cpu: Option<usize>,
-    pub(crate) listeners: Vec<RawFd>,
+    /// Each listening socket, with the `[[tls_listener]]` it belongs to (`None`: plain).
+    pub(crate) listeners: Vec<(RawFd, Option<usize>)>,
     pub(crate) settings: Settings,
     pub(crate) access_log: AccessLog,
     pub(crate) mailbox: Receiver<Command>,
@@ -125,6 +127,13 @@ enum Deferred {
     DrainBy(Tick),
     /// A splice direction could not get a pipe.
     SpliceUnavailable(wsedge_proto::session::Side),
+    /// Bytes the transport dropped instead of writing (TLS without keys): written, for the
+    /// session.
+    Sent {
+        to: wsedge_proto::session::Side,
+        relayed: usize,
+        own: usize,
+    },
 }
 
 impl std::fmt::Debug for Worker {
@@ -168,7 +177,11 @@ impl Worker {
             conns: Slab::with_capacity(capacity),
             next_generation: 0,
             wheel: TimerWheel::with_capacity(0, capacity),
-            listeners: spec.listeners.into_iter().map(Listener::new).collect(),
+            listeners: spec
+                .listeners
+                .into_iter()
+                .map(|(fd, tls)| Listener::new(fd, tls))
+                .collect(),
             accepting: true,
             accept_starved: false,
             accept_paused: false,

@@ -247,6 +247,9 @@ pub(crate) struct Proxy {
     guard: ChildGuard,
     /// The first `listening on` address.
     pub(crate) addr: SocketAddr,
+    /// Every `listening on` address, in order (plain ones first, then TLS ones, whose line
+    /// ends with `(tls)`).
+    pub(crate) addrs: Vec<SocketAddr>,
     logs_rx: mpsc::UnboundedReceiver<Value>,
     /// Access-log lines received so far.
     seen: Vec<Value>,
@@ -342,6 +345,7 @@ impl Proxy {
         Proxy {
             guard,
             addr,
+            addrs,
             logs_rx,
             seen: Vec::new(),
         }
