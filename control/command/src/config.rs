@@ -40,6 +40,8 @@ pub struct Config {
     pub fleet: Option<crate::fleet::FleetConfig>,
     /// `[[certificate]]` and `[[tls_listener]]` (the files are read by [`Config::load_tls`]).
     pub tls: crate::tls::TlsConfig,
+    /// The `[broker]` table: channels shared with other hosts through Redis or NATS.
+    pub broker: Option<crate::broker::BrokerConfig>,
 }
 
 /// The `[functions]` table: process-wide settings of the built-in functions.
@@ -439,6 +441,8 @@ struct RawConfig {
     certificates: Vec<Spanned<crate::tls::RawCertificate>>,
     #[serde(default, rename = "tls_listener")]
     tls_listeners: Vec<Spanned<crate::tls::RawTlsListener>>,
+    #[serde(default)]
+    broker: Option<crate::broker::RawBroker>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -808,6 +812,10 @@ impl Validator<'_> {
             .fleet
             .map(|f| crate::fleet::validate(f, &invalid))
             .transpose()?;
+        let broker = raw
+            .broker
+            .map(|b| crate::broker::validate(b, &invalid))
+            .transpose()?;
         let tls = crate::tls::validate(
             raw.certificates,
             raw.tls_listeners,
@@ -826,6 +834,7 @@ impl Validator<'_> {
             firewall,
             functions,
             fleet,
+            broker,
         })
     }
 

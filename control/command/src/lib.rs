@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod config;
 pub mod connection_id;
 pub mod duration;

@@ -1,0 +1,376 @@
+//! The `[broker]` table: the message broker (Redis or NATS) that carries broadcast channels
+//! between hosts (docs/broker.md). The dataplane's broker bridge (`wsedge-broker`) reads it
+//! at start; a change takes a restart.
+//!
+//! ```toml
+//! [broker]
+//! backend = "redis"                         # or "nats"
+//! addresses = ["redis://127.0.0.1:6379"]    # nats://host:port for NATS
+//! host = "edge-1"                           # this host in presence (default: hostname-pid)
+//! prefix = "wsedge:"                        # namespace of every key and subject
+//! shards = 1                                # K connections; a channel's by its hash
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Which broker carries the channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BrokerBackend {
+    /// Redis pub/sub (`PUBLISH`/`SUBSCRIBE`), presence in hashes with an expiry.
+    Redis,
+    /// NATS core subjects (`PUB`/`SUB`).
+    Nats,
+}
+
+impl BrokerBackend {
+    /// The configuration spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BrokerBackend::Redis => "redis",
+            BrokerBackend::Nats => "nats",
+        }
+    }
+}
+
+/// One broker server: where to connect, as written (`redis://` or `nats://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// `host:port`.
+    pub authority: String,
+    /// The URL as written (credentials excluded).
+    pub url: String,
+}
+
+/// The validated `[broker]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub backend: BrokerBackend,
+    /// The servers; shard `i` connects to `addresses[i % len]`.
+    pub addresses: Vec<BrokerAddress>,
+    /// Optional credentials (Redis `AUTH [user] password`, NATS `user`/`pass`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The first part of every Redis channel and key, or NATS subject.
+    pub prefix: String,
+    /// This host's name in presence (`GET /channels/<name>`).
+    pub host: String,
+    /// Broker connections (K); a channel lives on shard `hash(channel) % K`.
+    pub shards: usize,
+    /// Most channels the bridge holds broker subscriptions for; past it, new channels are
+    /// served on this host only (counted).
+    pub max_channels: usize,
+    /// Messages in flight from the bridge to one worker; past it, messages for that worker
+    /// are dropped (counted, and its subscribers get a `gap`).
+    pub worker_queue: usize,
+    /// How long a host's presence count lives in the broker without a refresh.
+    pub presence_ttl: Duration,
+    /// First and longest wait between reconnection attempts.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// The `[broker]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBroker {
+    #[serde(default)]
+    backend: Option<Spanned<String>>,
+    addresses: Spanned<Vec<String>>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    host: Option<Spanned<String>>,
+    #[serde(default)]
+    shards: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_channels: Option<Spanned<i64>>,
+    #[serde(default)]
+    worker_queue: Option<Spanned<i64>>,
+    #[serde(default)]
+    presence_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    reconnect_min: Option<Spanned<String>>,
+    #[serde(default)]
+    reconnect_max: Option<Spanned<String>>,
+}
+
+/// A host name for presence: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
+pub fn is_valid_host(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Validates `raw`; `invalid(span, field, message)` builds the error naming file and line.
+pub(crate) fn validate<E>(
+    raw: RawBroker,
+    invalid: &dyn Fn(std::ops::Range<usize>, &str, String) -> E,
+) -> Result<BrokerConfig, E> {
+    let backend = match raw
+        .backend
+        .as_ref()
+        .map(|b| (b.get_ref().as_str(), b.span()))
+    {
+        None | Some(("redis", _)) => BrokerBackend::Redis,
+        Some(("nats", _)) => BrokerBackend::Nats,
+        Some((other, span)) => {
+            return Err(invalid(
+                span,
+                "broker.backend",
+                format!("{other:?} is not a broker (\"redis\" or \"nats\")"),
+            ));
+        }
+    };
+    if let Some(tls) = raw.tls.filter(|t| *t.get_ref()) {
+        return Err(invalid(
+            tls.span(),
+            "broker.tls",
+            "TLS to the broker is not supported yet: reach it on a private network or \
+             through a local TLS tunnel (docs/broker.md)"
+                .into(),
+        ));
+    }
+    let span = raw.addresses.span();
+    let written = raw.addresses.into_inner();
+    if written.is_empty() {
+        return Err(invalid(
+            span,
+            "broker.addresses",
+            "needs at least one".into(),
+        ));
+    }
+    let mut addresses = Vec::with_capacity(written.len());
+    for url in &written {
+        let address = parse_address(backend, url)
+            .map_err(|m| invalid(span.clone(), "broker.addresses", m))?;
+        addresses.push(address);
+    }
+    let prefix = match raw.prefix {
+        None => match backend {
+            BrokerBackend::Redis => "wsedge:".to_owned(),
+            BrokerBackend::Nats => "wsedge.".to_owned(),
+        },
+        Some(p) => {
+            let text = p.get_ref();
+            let ok = text.len() <= 64
+                && text.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-' | b'/')
+                })
+                && !(backend == BrokerBackend::Nats
+                    && (text.starts_with('.') || text.contains("..")));
+            if !ok {
+                return Err(invalid(
+                    p.span(),
+                    "broker.prefix",
+                    format!("{text:?}: up to 64 of A-Z a-z 0-9 . _ : - / (NATS: no empty token)"),
+                ));
+            }
+            p.into_inner()
+        }
+    };
+    let host = match raw.host {
+        Some(h) => {
+            if !is_valid_host(h.get_ref()) {
+                return Err(invalid(
+                    h.span(),
+                    "broker.host",
+                    format!(
+                        "{:?} is not a host name (1 to 64 of A-Z a-z 0-9 . _ : -)",
+                        h.get_ref()
+                    ),
+                ));
+            }
+            h.into_inner()
+        }
+        // Two dataplanes on one machine must not share a presence entry.
+        None => format!(
+            "{}-{}",
+            crate::fleet::kernel_hostname()
+                .filter(|h| is_valid_host(h) && h.len() < 50)
+                .unwrap_or_else(|| "localhost".to_owned()),
+            std::process::id()
+        ),
+    };
+    let count = |v: Option<Spanned<i64>>, field: &str, default: usize, max: i64| match v {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(n.get_ref()) => Ok(*n.get_ref() as usize),
+        Some(n) => Err(invalid(n.span(), field, format!("must be from 1 to {max}"))),
+    };
+    let shards = count(raw.shards, "broker.shards", addresses.len(), 64)?;
+    let max_channels = count(raw.max_channels, "broker.max_channels", 100_000, 10_000_000)?;
+    let worker_queue = count(raw.worker_queue, "broker.worker_queue", 65_536, 16_777_216)?;
+    let duration = |v: Option<Spanned<String>>,
+                    field: &str,
+                    default: Duration,
+                    range: std::ops::RangeInclusive<Duration>,
+                    words: &str| match v {
+        None => Ok(default),
+        Some(t) => {
+            let d = crate::duration::parse_duration(t.get_ref())
+                .map_err(|m| invalid(t.span(), field, m))?;
+            if range.contains(&d) {
+                Ok(d)
+            } else {
+                Err(invalid(t.span(), field, format!("must be {words}")))
+            }
+        }
+    };
+    let presence_ttl = duration(
+        raw.presence_ttl,
+        "broker.presence_ttl",
+        Duration::from_secs(30),
+        Duration::from_secs(3)..=Duration::from_secs(3600),
+        "from 3s to 1h",
+    )?;
+    let reconnect_min = duration(
+        raw.reconnect_min,
+        "broker.reconnect_min",
+        Duration::from_millis(100),
+        Duration::from_millis(10)..=Duration::from_secs(60),
+        "from 10ms to 60s",
+    )?;
+    let max_span = raw.reconnect_max.as_ref().map(Spanned::span);
+    let reconnect_max = duration(
+        raw.reconnect_max,
+        "broker.reconnect_max",
+        Duration::from_secs(5),
+        Duration::from_millis(10)..=Duration::from_secs(600),
+        "from 10ms to 10m",
+    )?;
+    if reconnect_max < reconnect_min {
+        return Err(invalid(
+            max_span.unwrap_or(span),
+            "broker.reconnect_max",
+            "must not be shorter than reconnect_min".into(),
+        ));
+    }
+    Ok(BrokerConfig {
+        backend,
+        addresses,
+        username: raw.username,
+        password: raw.password,
+        prefix,
+        host,
+        shards,
+        max_channels,
+        worker_queue,
+        presence_ttl,
+        reconnect_min,
+        reconnect_max,
+    })
+}
+
+/// Reads `redis://host:port` or `nats://host:port` (the scheme must match the backend; no
+/// credentials in the URL: they go in `username`/`password`, kept out of logs).
+fn parse_address(backend: BrokerBackend, url: &str) -> Result<BrokerAddress, String> {
+    let scheme = match backend {
+        BrokerBackend::Redis => "redis://",
+        BrokerBackend::Nats => "nats://",
+    };
+    let rest = url.strip_prefix(scheme).ok_or_else(|| {
+        if url.starts_with("rediss://") || url.starts_with("tls://") {
+            format!("{url:?}: TLS to the broker is not supported yet (docs/broker.md)")
+        } else {
+            format!("{url:?} must start with {scheme}")
+        }
+    })?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+        return Err(format!(
+            "{url:?} must be {scheme}host:port (credentials go in username and password)"
+        ));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} needs a port, e.g. {scheme}127.0.0.1:6379"))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("{url:?}: {port:?} is not a port, or no host"));
+    }
+    Ok(BrokerAddress {
+        authority: authority.to_owned(),
+        url: format!("{scheme}{authority}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn with_broker(table: &str) -> Result<Config, crate::ConfigError> {
+        Config::from_toml(&format!("[broker]\n{table}\n"), "b.toml")
+    }
+
+    #[test]
+    fn broker_table_validates() {
+        let c = with_broker(
+            "addresses = [\"redis://127.0.0.1:6379\", \"redis://10.0.0.2:6380/\"]\nhost = \"edge-1\"\nshards = 4\npresence_ttl = \"10s\"",
+        )
+        .expect("valid");
+        let b = c.broker.expect("broker");
+        assert_eq!(b.backend, BrokerBackend::Redis);
+        assert_eq!(b.addresses[1].authority, "10.0.0.2:6380");
+        assert_eq!(b.prefix, "wsedge:");
+        assert_eq!((b.shards, b.host.as_str()), (4, "edge-1"));
+        assert_eq!(b.presence_ttl, Duration::from_secs(10));
+        let c = with_broker("backend = \"nats\"\naddresses = [\"nats://n:4222\"]").expect("valid");
+        let b = c.broker.expect("broker");
+        assert_eq!(
+            (b.backend, b.prefix.as_str(), b.shards),
+            (BrokerBackend::Nats, "wsedge.", 1)
+        );
+        assert!(is_valid_host(&b.host), "{}", b.host);
+        assert_eq!(Config::from_toml("", "b").expect("valid").broker, None);
+    }
+
+    #[test]
+    fn broker_errors_name_the_field() {
+        for (table, field) in [
+            ("addresses = []", "broker.addresses"),
+            ("addresses = [\"nats://n:1\"]", "broker.addresses"),
+            ("addresses = [\"rediss://n:1\"]", "broker.addresses"),
+            ("addresses = [\"redis://u:p@n:1\"]", "broker.addresses"),
+            ("addresses = [\"redis://n\"]", "broker.addresses"),
+            (
+                "backend = \"kafka\"\naddresses = [\"redis://n:1\"]",
+                "broker.backend",
+            ),
+            ("addresses = [\"redis://n:1\"]\ntls = true", "broker.tls"),
+            ("addresses = [\"redis://n:1\"]\nshards = 0", "broker.shards"),
+            (
+                "addresses = [\"redis://n:1\"]\nhost = \"a b\"",
+                "broker.host",
+            ),
+            (
+                "addresses = [\"redis://n:1\"]\nprefix = \"a b\"",
+                "broker.prefix",
+            ),
+            (
+                "backend = \"nats\"\naddresses = [\"nats://n:1\"]\nprefix = \"a..b\"",
+                "broker.prefix",
+            ),
+            (
+                "addresses = [\"redis://n:1\"]\npresence_ttl = \"1s\"",
+                "broker.presence_ttl",
+            ),
+            (
+                "addresses = [\"redis://n:1\"]\nreconnect_min = \"2s\"\nreconnect_max = \"1s\"",
+                "broker.reconnect_max",
+            ),
+            ("addresses = [\"redis://n:1\"]\nwhat = 1", "what"),
+        ] {
+            let e = with_broker(table).expect_err(table).to_string();
+            assert!(e.contains(field), "{table}: {e}");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The Redis backend: pub/sub for messages, a hash per channel for presence.
+//!
+//! Each shard's link is two connections on two threads (the `redis` crate's blocking
+//! client, which cannot wait on a socket and a queue at once):
+//! - the subscriber (`SUBSCRIBE`/`UNSUBSCRIBE`, then messages), reading with a short timeout
+//!   so it takes its queued commands between messages;
+//! - the publisher (`PUBLISH`, presence writes), blocked on its queue, sending whatever is
+//!   queued as one pipeline.
+//!
+//! Keys: a channel `c` is the Redis channel `<prefix>c`; its presence is the hash
+//! `<prefix>presence:c`, one field per host whose value is `"<count> <expiry, Unix ms>"`.
+//! Every write also sets the key's expiry, so a channel whose hosts all went away disappears;
+//! a reader ignores fields past their own expiry (a host that died without deleting its
+//! field). Redis 7.0 has no per-field expiry, hence the expiry in the value.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use wsedge_command::broker::BrokerConfig;
+
+use crate::bridge::{LinkTx, report};
+use crate::core::{LinkCmd, LinkEvent};
+use crate::{Broker, HostCount, Input, Link};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the subscriber waits for a message before it looks at its queue.
+const POLL: Duration = Duration::from_millis(5);
+/// Commands sent as one pipeline at most.
+const BATCH: usize = 256;
+
+/// The Redis backend.
+#[derive(Debug)]
+pub struct Redis {
+    servers: Vec<ConnectionInfo>,
+    addresses: Vec<String>,
+    prefix: String,
+    host: String,
+    ttl: Duration,
+}
+
+impl Redis {
+    pub fn new(config: &BrokerConfig) -> Redis {
+        let mut settings = RedisConnectionInfo::default();
+        if let Some(user) = &config.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password);
+        }
+        let servers = (0..config.shards)
+            .map(|i| {
+                let address = &config.addresses[i % config.addresses.len()];
+                let (host, port) = split_authority(&address.authority);
+                ConnectionAddr::Tcp(host, port)
+                    .into_connection_info()
+                    .map(|info| info.set_redis_settings(settings.clone()))
+                    // INVARIANT: a TCP address always converts.
+                    .unwrap_or_else(|_| unreachable!("a TCP address converts"))
+            })
+            .collect();
+        Redis {
+            servers,
+            addresses: (0..config.shards)
+                .map(|i| config.addresses[i % config.addresses.len()].url.clone())
+                .collect(),
+            prefix: config.prefix.clone(),
+            host: config.host.clone(),
+            ttl: config.presence_ttl,
+        }
+    }
+
+    fn connect(&self, shard: usize) -> Result<redis::Connection, String> {
+        let client = redis::Client::open(self.servers[shard].clone()).map_err(|e| e.to_string())?;
+        let con = client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .map_err(|e| format!("{}: {e}", self.addresses[shard]))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        con.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Ok(con)
+    }
+
+    fn presence_key(&self, channel: &str) -> String {
+        format!("{}presence:{channel}", self.prefix)
+    }
+}
+
+/// `host:port` (IPv6 in brackets) into its parts; the config validated the port.
+fn split_authority(authority: &str) -> (String, u16) {
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "6379"));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.to_owned(), port.parse().unwrap_or(6379))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug)]
+struct RedisLink {
+    sub: LinkTx,
+    publ: LinkTx,
+}
+
+impl Link for RedisLink {
+    fn send(&self, cmd: LinkCmd) {
+        let _ = match cmd {
+            LinkCmd::Subscribe(_) | LinkCmd::Unsubscribe(_) => self.sub.send(cmd),
+            LinkCmd::Publish(..) | LinkCmd::Presence(..) => self.publ.send(cmd),
+        };
+    }
+}
+
+/// What a link's threads share: the backend's settings and where to report.
+struct Ctx {
+    redis: Arc<RedisShared>,
+    shard: usize,
+    epoch: u64,
+    events: Sender<Input>,
+}
+
+impl Ctx {
+    fn report(&self, event: LinkEvent) {
+        report(&self.events, self.shard, self.epoch, event);
+    }
+}
+
+#[derive(Debug)]
+struct RedisShared {
+    prefix: String,
+    host: String,
+    ttl: Duration,
+}
+
+impl Broker for Redis {
+    fn open(&self, shard: usize, epoch: u64, events: Sender<Input>) -> Box<dyn Link> {
+        let (sub_tx, sub_rx) = mpsc::channel();
+        let (pub_tx, pub_rx) = mpsc::channel();
+        let shared = Arc::new(RedisShared {
+            prefix: self.prefix.clone(),
+            host: self.host.clone(),
+            ttl: self.ttl,
+        });
+        let ctx = Ctx {
+            redis: shared,
+            shard,
+            epoch,
+            events,
+        };
+        // Connecting may take CONNECT_TIMEOUT: the link's thread does it, not the bridge.
+        let servers = self.clone_for_thread(shard);
+        let spawned = std::thread::Builder::new()
+            .name(format!("wsedge-redis{shard}"))
+            .spawn(move || run_link(&servers, ctx, sub_rx, pub_rx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a broker link thread");
+        }
+        Box::new(RedisLink {
+            sub: sub_tx,
+            publ: pub_tx,
+        })
+    }
+
+    fn presence(&self, shard: usize, channel: &str) -> Result<Vec<HostCount>, String> {
+        let mut con = self.connect(shard)?;
+        con.set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
+        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.presence_key(channel))
+            .query(&mut con)
+            .map_err(|e| format!("{}: {e}", self.addresses[shard]))?;
+        let now = unix_ms();
+        let mut hosts: Vec<HostCount> = fields
+            .into_iter()
+            .filter_map(|(host, value)| {
+                let (count, expires) = value.split_once(' ')?;
+                let expires: u64 = expires.parse().ok()?;
+                (expires > now).then_some(HostCount {
+                    host,
+                    subscribers: count.parse().ok()?,
+                })
+            })
+            .filter(|h| h.subscribers > 0)
+            .collect();
+        hosts.sort_by(|a, b| a.host.cmp(&b.host));
+        Ok(hosts)
+    }
+}
+
+/// What a link thread needs to connect on its own.
+struct Servers {
+    info: ConnectionInfo,
+    address: String,
+}
+
+impl Redis {
+    fn clone_for_thread(&self, shard: usize) -> Servers {
+        Servers {
+            info: self.servers[shard].clone(),
+            address: self.addresses[shard].clone(),
+        }
+    }
+}
+
+impl Servers {
+    fn connect(&self) -> Result<redis::Connection, String> {
+        let client = redis::Client::open(self.info.clone()).map_err(|e| e.to_string())?;
+        let con = client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .map_err(|e| format!("{}: {e}", self.address))?;
+        con.set_write_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        con.set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Ok(con)
+    }
+}
+
+/// Connects both connections, starts the publisher, then runs the subscriber.
+fn run_link(servers: &Servers, ctx: Ctx, sub_rx: Receiver<LinkCmd>, pub_rx: Receiver<LinkCmd>) {
+    let (mut sub, publ) = match (servers.connect(), servers.connect()) {
+        (Ok(s), Ok(p)) => (s, p),
+        (Err(e), _) | (_, Err(e)) => {
+            ctx.report(LinkEvent::Down(e));
+            return;
+        }
+    };
+    let pub_ctx = Ctx {
+        redis: Arc::clone(&ctx.redis),
+        shard: ctx.shard,
+        epoch: ctx.epoch,
+        events: ctx.events.clone(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name(format!("wsedge-redis{}p", ctx.shard))
+        .spawn(move || run_publisher(publ, &pub_ctx, &pub_rx));
+    if let Err(e) = spawned {
+        ctx.report(LinkEvent::Down(format!("cannot start a thread: {e}")));
+        return;
+    }
+    ctx.report(LinkEvent::Up);
+    if let Err(e) = run_subscriber(&mut sub, &ctx, &sub_rx) {
+        ctx.report(LinkEvent::Down(e));
+    }
+}
+
+/// Ok when the link was closed by the bridge; the error when the connection failed.
+fn run_subscriber(
+    con: &mut redis::Connection,
+    ctx: &Ctx,
+    rx: &Receiver<LinkCmd>,
+) -> Result<(), String> {
+    let prefix = ctx.redis.prefix.clone();
+    let mut pubsub = con.as_pubsub();
+    pubsub
+        .set_read_timeout(Some(POLL))
+        .map_err(|e| e.to_string())?;
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(LinkCmd::Subscribe(channel)) => {
+                    pubsub
+                        .subscribe(format!("{prefix}{channel}"))
+                        .map_err(|e| e.to_string())?;
+                    ctx.report(LinkEvent::Subscribed(channel));
+                }
+                Ok(LinkCmd::Unsubscribe(channel)) => pubsub
+                    .unsubscribe(format!("{prefix}{channel}"))
+                    .map_err(|e| e.to_string())?,
+                Ok(_) => {}
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        match pubsub.get_message() {
+            Ok(msg) => {
+                let Some(channel) = msg.get_channel_name().strip_prefix(&prefix) else {
+                    continue;
+                };
+                ctx.report(LinkEvent::Message(
+                    Arc::from(channel),
+                    msg.get_payload_bytes().to_vec(),
+                ));
+            }
+            Err(e) if e.is_timeout() => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) {
+    let ttl_ms = ctx.redis.ttl.as_millis() as u64;
+    let presence_key = |c: &str| format!("{}presence:{c}", ctx.redis.prefix);
+    while let Ok(first) = rx.recv() {
+        let mut pipe = redis::pipe();
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                LinkCmd::Publish(channel, record) => {
+                    pipe.cmd("PUBLISH")
+                        .arg(format!("{}{channel}", ctx.redis.prefix))
+                        .arg(record)
+                        .ignore();
+                }
+                LinkCmd::Presence(channel, 0) => {
+                    pipe.cmd("HDEL")
+                        .arg(presence_key(&channel))
+                        .arg(&ctx.redis.host)
+                        .ignore();
+                }
+                LinkCmd::Presence(channel, count) => {
+                    let key = presence_key(&channel);
+                    pipe.cmd("HSET")
+                        .arg(&key)
+                        .arg(&ctx.redis.host)
+                        .arg(format!("{count} {}", unix_ms() + ttl_ms))
+                        .ignore();
+                    pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+                }
+                LinkCmd::Subscribe(_) | LinkCmd::Unsubscribe(_) => {}
+            }
+            n += 1;
+            if n < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if pipe.is_empty() {
+            continue;
+        }
+        if let Err(e) = pipe.exec(&mut con) {
+            ctx.report(LinkEvent::Down(e.to_string()));
+            return;
+        }
+    }
+}
