@@ -28,6 +28,37 @@ use std::num::NonZeroU32;
 /// A point in time: milliseconds since the worker started, supplied by the caller.
 pub type Tick = u64;
 
+/// A deadline that may be unset, in the size of a [`Tick`] (an `Option<Tick>` takes twice
+/// that, and a session keeps several: issue 18's memory budget). `u64::MAX` means never: no
+/// real deadline is that far.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(Tick);
+
+impl Deadline {
+    /// No deadline.
+    pub const NEVER: Deadline = Deadline(Tick::MAX);
+
+    /// A deadline at `t` (`Tick::MAX` is taken as never).
+    pub fn at(t: Tick) -> Deadline {
+        Deadline(t)
+    }
+
+    /// The tick, if set.
+    pub fn get(self) -> Option<Tick> {
+        (self.0 != Tick::MAX).then_some(self.0)
+    }
+
+    pub fn is_set(self) -> bool {
+        self.0 != Tick::MAX
+    }
+}
+
+impl std::fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// Number of wheel levels; level `k` has 64 slots of `64^k` ticks each.
 pub const LEVELS: usize = 6;
 

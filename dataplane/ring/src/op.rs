@@ -6,6 +6,7 @@
 //! the heap (a `Vec`'s buffer, a `Box`), to the buffer ring, or to `'static` bytes; never to
 //! the op value itself, which moves when the table grows.
 
+use std::num::NonZeroU32;
 use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
@@ -29,8 +30,9 @@ pub struct Owner(pub u64);
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct OpId {
     slot: u32,
-    /// 31 bits, never zero.
-    generation: u32,
+    /// 31 bits, never zero (so `Option<OpId>` is as small as `OpId`: a connection holds
+    /// several).
+    generation: NonZeroU32,
 }
 
 /// `user_data` values with the top bit set are the ring's own (no op-table record).
@@ -47,7 +49,7 @@ impl OpId {
             // A slab of 2^32 records (hundreds of GiB) cannot exist; a truncated slot would
             // only make the op's completions look stale, never free memory early.
             slot: slot as u32,
-            generation: generation & GEN_MASK,
+            generation: NonZeroU32::new(generation & GEN_MASK).unwrap_or(NonZeroU32::MIN),
         }
     }
 
@@ -56,12 +58,12 @@ impl OpId {
     }
 
     pub(crate) fn generation(self) -> u32 {
-        self.generation
+        self.generation.get()
     }
 
     /// `generation << 32 | slot`: non-zero, top bit clear.
     pub(crate) fn user_data(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.slot)
+        (u64::from(self.generation.get()) << 32) | u64::from(self.slot)
     }
 
     /// The op a `user_data` names, if it can name one (not reserved, generation non-zero).
@@ -69,10 +71,7 @@ impl OpId {
         if user_data & RESERVED != 0 {
             return None;
         }
-        let generation = (user_data >> 32) as u32;
-        if generation == 0 {
-            return None;
-        }
+        let generation = NonZeroU32::new((user_data >> 32) as u32)?;
         Some(OpId {
             slot: user_data as u32,
             generation,

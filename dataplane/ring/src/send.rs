@@ -92,10 +92,96 @@ pub struct Written {
 
 /// The bytes queued for one socket.
 ///
+/// An idle socket's queue is one null pointer: the queue's storage is allocated by the first
+/// push and released by [`SendQueue::shrink`] once everything was written, so a connection
+/// that is not sending keeps none (most of a proxy's connections are idle; issue 18's memory
+/// budget). A flood keeps its storage, since its queue is never empty when it shrinks.
+///
 /// Dropping a queue that still holds `Chunk::Buf` chunks leaks their buffers (logged): call
 /// [`SendQueue::clear`] when the connection ends.
 #[derive(Debug, Default)]
 pub struct SendQueue {
+    inner: Option<Box<Queue>>,
+}
+
+impl SendQueue {
+    /// An empty queue (allocates nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn storage(&mut self) -> &mut Queue {
+        self.inner.get_or_insert_with(Box::default)
+    }
+
+    /// Queues `chunk` after everything queued (and after what is in flight).
+    pub fn push(&mut self, chunk: Chunk) {
+        self.storage().push(chunk);
+    }
+
+    /// Nothing pending and nothing in flight: every byte pushed was written (or dropped).
+    pub fn is_empty(&self) -> bool {
+        self.inner.as_ref().is_none_or(|q| q.is_empty())
+    }
+
+    /// Chunks are waiting that no send has taken yet.
+    pub fn has_pending(&self) -> bool {
+        self.inner.as_ref().is_some_and(|q| q.has_pending())
+    }
+
+    /// Bytes pushed and not yet written (including in flight).
+    pub fn queued(&self) -> usize {
+        self.inner.as_ref().map_or(0, |q| q.queued)
+    }
+
+    /// A send of this queue is in flight.
+    pub fn sending(&self) -> bool {
+        self.inner.as_ref().is_some_and(|q| q.sending)
+    }
+
+    /// Takes up to [`MAX_BATCH`] chunks from the front for a send, and marks it in flight.
+    /// `None` if nothing is pending or a send is already in flight.
+    /// Lends its `Chunk::Buf` buffers (see `SentChunks::lend`).
+    pub(crate) fn take_batch(&mut self, bufs: &mut BufRing) -> Option<SentChunks> {
+        self.inner.as_mut()?.take_batch(bufs)
+    }
+
+    /// Accounts for a send that wrote `n` bytes (its completion's result). Fully written
+    /// chunks are dropped (a releasing `Chunk::Buf` gives its buffer back); the partly written
+    /// one and the unwritten ones go back to the front of the queue, in order, before anything
+    /// pushed while the send was in flight.
+    pub fn complete(&mut self, sent: SentChunks, n: usize, bufs: &mut BufRing) -> Written {
+        self.storage().complete(sent, n, bufs)
+    }
+
+    /// Accounts for a send that failed: its chunks and everything pending are dropped (the
+    /// socket takes no more bytes), their provided buffers given back.
+    pub fn fail(&mut self, sent: SentChunks, bufs: &mut BufRing) {
+        self.storage().fail(sent, bufs);
+    }
+
+    /// The connection is ending: drops what is pending and gives its buffers back. A send in
+    /// flight still completes (its chunks come back through its completion).
+    pub fn clear(&mut self, bufs: &mut BufRing) {
+        if let Some(q) = self.inner.as_mut() {
+            q.clear(bufs);
+        }
+    }
+
+    /// Releases the queue's memory when everything was written (an idle connection keeps no
+    /// allocation); otherwise only the spare storage of past sends.
+    pub fn shrink(&mut self) {
+        match self.inner.as_mut() {
+            Some(q) if q.is_empty() => self.inner = None,
+            Some(q) => q.shrink(),
+            None => {}
+        }
+    }
+}
+
+/// A send queue's storage.
+#[derive(Debug, Default)]
+struct Queue {
     /// Chunks not yet handed to a send, in order.
     pending: VecDeque<Chunk>,
     /// INVARIANT: true exactly while a send operation built from this queue has not been
@@ -111,42 +197,21 @@ pub struct SendQueue {
     spare_batch: Option<Box<SendBatch>>,
 }
 
-impl SendQueue {
-    /// An empty queue (allocates nothing).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Queues `chunk` after everything queued (and after what is in flight).
-    pub fn push(&mut self, chunk: Chunk) {
+impl Queue {
+    fn push(&mut self, chunk: Chunk) {
         self.queued += chunk.remaining();
         self.pending.push_back(chunk);
     }
 
-    /// Nothing pending and nothing in flight: every byte pushed was written (or dropped).
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.pending.is_empty() && !self.sending
     }
 
-    /// Chunks are waiting that no send has taken yet.
-    pub fn has_pending(&self) -> bool {
+    fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    /// Bytes pushed and not yet written (including in flight).
-    pub fn queued(&self) -> usize {
-        self.queued
-    }
-
-    /// A send of this queue is in flight.
-    pub fn sending(&self) -> bool {
-        self.sending
-    }
-
-    /// Takes up to [`MAX_BATCH`] chunks from the front for a send, and marks it in flight.
-    /// `None` if nothing is pending or a send is already in flight.
-    /// Lends its `Chunk::Buf` buffers (see `SentChunks::lend`).
-    pub(crate) fn take_batch(&mut self, bufs: &mut BufRing) -> Option<SentChunks> {
+    fn take_batch(&mut self, bufs: &mut BufRing) -> Option<SentChunks> {
         if self.sending || self.pending.is_empty() {
             return None;
         }
@@ -181,11 +246,7 @@ impl SendQueue {
         }
     }
 
-    /// Accounts for a send that wrote `n` bytes (its completion's result). Fully written
-    /// chunks are dropped (a releasing `Chunk::Buf` gives its buffer back); the partly written
-    /// one and the unwritten ones go back to the front of the queue, in order, before anything
-    /// pushed while the send was in flight.
-    pub fn complete(&mut self, sent: SentChunks, n: usize, bufs: &mut BufRing) -> Written {
+    fn complete(&mut self, sent: SentChunks, n: usize, bufs: &mut BufRing) -> Written {
         self.sending = false;
         self.in_flight = 0;
         let SentChunks {
@@ -221,9 +282,7 @@ impl SendQueue {
         written
     }
 
-    /// Accounts for a send that failed: its chunks and everything pending are dropped (the
-    /// socket takes no more bytes), their provided buffers given back.
-    pub fn fail(&mut self, sent: SentChunks, bufs: &mut BufRing) {
+    fn fail(&mut self, sent: SentChunks, bufs: &mut BufRing) {
         self.sending = false;
         self.in_flight = 0;
         let SentChunks {
@@ -238,9 +297,7 @@ impl SendQueue {
         self.clear(bufs);
     }
 
-    /// The connection is ending: drops what is pending and gives its buffers back. A send in
-    /// flight still completes (its chunks come back through its completion).
-    pub fn clear(&mut self, bufs: &mut BufRing) {
+    fn clear(&mut self, bufs: &mut BufRing) {
         for chunk in self.pending.drain(..) {
             if let Some(id) = chunk.releases() {
                 bufs.give_back(id);
@@ -249,9 +306,9 @@ impl SendQueue {
         self.queued = self.in_flight;
     }
 
-    /// Releases the queue's memory when nothing is pending (an idle connection keeps no
-    /// allocation). Storage that a send in flight holds is kept again when it completes.
-    pub fn shrink(&mut self) {
+    /// Releases the spare storage; the pending chunks' deque too when it is empty. Storage
+    /// that a send in flight holds is kept again when it completes.
+    fn shrink(&mut self) {
         if self.pending.is_empty() {
             self.pending = VecDeque::new();
         }
@@ -260,7 +317,7 @@ impl SendQueue {
     }
 }
 
-impl Drop for SendQueue {
+impl Drop for Queue {
     fn drop(&mut self) {
         let leaked = self
             .pending

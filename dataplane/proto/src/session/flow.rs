@@ -12,8 +12,9 @@ pub(super) struct Flow {
     /// Total bytes relayed.
     pub(super) bytes: u64,
     /// Where the message the source is sending ends (a plain request's body, a response
-    /// that is not a 101); `None` = a stream that ends only with EOF (the relay).
-    pub(super) body: Option<BodyEnd>,
+    /// that is not a 101); `None` = a stream that ends only with EOF (the relay). Boxed:
+    /// only plain HTTP exchanges have one, and every relayed connection holds two flows.
+    pub(super) body: Option<Box<BodyEnd>>,
     /// No more bytes will be read from the source (EOF, body complete, or never started).
     pub(super) eof: bool,
     /// The destination's write side was shut down after the source's EOF.

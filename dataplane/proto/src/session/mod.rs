@@ -48,7 +48,7 @@ use crate::handshake::{error_response, unavailable_response};
 use crate::health::{Failure, Outcome};
 use crate::response::{self, ResponseError};
 use crate::upgrade::switching_protocols;
-use crate::wheel::Tick;
+use crate::wheel::{Deadline, Tick};
 
 /// The first capacity of a head buffer (a browser's upgrade head is ~600 bytes, a 101 ~150);
 /// the ring grows it as needed up to the head limit.
@@ -381,14 +381,14 @@ pub struct Session {
     accepted_at: Tick,
     last_activity: Tick,
     /// Deadline of the current handshake step (head, connect, origin answer).
-    step_deadline: Option<Tick>,
-    max_deadline: Option<Tick>,
+    step_deadline: Deadline,
+    max_deadline: Deadline,
     /// A graceful close scheduled (a drain).
     close_at: Option<(Tick, CloseReason)>,
     /// A graceful close under way (frames): why, and when its grace ends.
     graceful: Option<(CloseReason, Tick)>,
     /// A keepalive ping is out (frames); its pong is due by then.
-    ping_deadline: Option<Tick>,
+    ping_deadline: Deadline,
     status: Option<u16>,
     websocket: bool,
     flows: [Flow; 2],
@@ -432,11 +432,11 @@ impl Session {
             peer,
             accepted_at: now,
             last_activity: now,
-            step_deadline: Some(now.saturating_add(cfg.handshake_ms)),
-            max_deadline: None,
+            step_deadline: Deadline::at(now.saturating_add(cfg.handshake_ms)),
+            max_deadline: Deadline::NEVER,
             close_at: None,
             graceful: None,
-            ping_deadline: None,
+            ping_deadline: Deadline::NEVER,
             status: None,
             websocket: false,
             flows: [Flow::default(), Flow::default()],
@@ -487,11 +487,11 @@ impl Session {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             accepted_at: now,
             last_activity: now,
-            step_deadline: None,
-            max_deadline: None,
+            step_deadline: Deadline::NEVER,
+            max_deadline: Deadline::NEVER,
             close_at: None,
             graceful: None,
-            ping_deadline: None,
+            ping_deadline: Deadline::NEVER,
             status: None,
             websocket: true,
             flows: [Flow::default(), Flow::default()],
@@ -620,7 +620,7 @@ impl Session {
             .as_ref()
             .filter(|_| relaying && !self.is_clientless())
             .map(|r| self.last_activity.saturating_add(r.timers.idle_ms));
-        let ping_due = match (&self.stage, &self.route, self.ping_deadline) {
+        let ping_due = match (&self.stage, &self.route, self.ping_deadline.get()) {
             (Stage::Frames(_), Some(r), None) => r
                 .frames
                 .keepalive_ms
@@ -628,11 +628,11 @@ impl Session {
             _ => None,
         };
         [
-            self.step_deadline,
+            self.step_deadline.get(),
             idle,
-            self.max_deadline,
+            self.max_deadline.get(),
             ping_due,
-            self.ping_deadline,
+            self.ping_deadline.get(),
             self.close_at.map(|(t, _)| t),
         ]
         .into_iter()
@@ -832,7 +832,7 @@ impl Session {
                 // they count as received from the client only once relayed.
                 self.head_bytes -= forward.held.len() as u64;
                 self.websocket = forward.websocket;
-                self.flows[Side::Client.index()].body = forward.body;
+                self.flows[Side::Client.index()].body = forward.body.map(Box::new);
                 let route = Rc::clone(&forward.route);
                 self.route = Some(forward.route);
                 self.stage = Stage::Origin(Box::new(OriginStage {
@@ -860,7 +860,7 @@ impl Session {
                 self.head_bytes -= held.len() as u64;
                 self.websocket = true;
                 self.route = Some(route);
-                self.step_deadline = None;
+                self.step_deadline = Deadline::NEVER;
                 self.stage = Stage::Function(Box::new(FunctionStage {
                     function,
                     upgraded: false,
@@ -899,7 +899,7 @@ impl Session {
         stage.attempts += 1;
         self.hold_origin(route, Some(index));
         self.origin = Some(addr);
-        self.step_deadline = Some(env.now.saturating_add(route.timers.connect_ms));
+        self.step_deadline = Deadline::at(env.now.saturating_add(route.timers.connect_ms));
         env.out.push(Output::Connect(addr));
     }
 
@@ -927,7 +927,8 @@ impl Session {
                     side: Side::Origin,
                     buf: Vec::with_capacity(ORIGIN_HEAD_BUF_START),
                 });
-                self.step_deadline = Some(env.now.saturating_add(route.timers.origin_handshake_ms));
+                self.step_deadline =
+                    Deadline::at(env.now.saturating_add(route.timers.origin_handshake_ms));
             }
             Err(ConnectFailure::Refused) if stage.attempts < 2 && route.origins.len() > 1 => {
                 self.report_origin(&route, Outcome::Failed(Failure::ConnectFailed), env);
@@ -1017,7 +1018,7 @@ impl Session {
         let Stage::Origin(mut stage) = std::mem::replace(&mut self.stage, Stage::Head(None)) else {
             return;
         };
-        self.step_deadline = None;
+        self.step_deadline = Deadline::NEVER;
         self.last_activity = env.now;
         if self.watching {
             self.watching = false;
@@ -1101,7 +1102,7 @@ impl Session {
             )
         };
         let origin = &mut self.flows[Side::Origin.index()];
-        origin.body = framing;
+        origin.body = framing.map(Box::new);
         let body = &buf[response.head_len..];
         let body_len = match origin.body.as_mut().map(|f| f.feed(body)) {
             Some(Ok(Fed::More)) => body.len(),
@@ -1171,7 +1172,8 @@ impl Session {
         } else {
             self.random() % (spread + 1)
         };
-        self.max_deadline = Some(self.accepted_at.saturating_add(t.max_connection_ms - cut));
+        self.max_deadline =
+            Deadline::at(self.accepted_at.saturating_add(t.max_connection_ms - cut));
         let _ = env;
     }
 
@@ -1573,7 +1575,7 @@ impl Session {
             self.first_close.get_or_insert(from);
         }
         if outcome.pong {
-            self.ping_deadline = None;
+            self.ping_deadline = Deadline::NEVER;
         }
         if let Some((code, reason)) = outcome.violation {
             self.frames_violation(from, code, reason, env);
@@ -1616,7 +1618,7 @@ impl Session {
             return self.close(reason, env);
         };
         self.graceful = Some((reason, env.now.saturating_add(route.frames.close_grace_ms)));
-        self.ping_deadline = None;
+        self.ping_deadline = Deadline::NEVER;
         self.close_at = None;
         let (code, text) = (route.frames.close_code, route.frames.close_reason.as_str());
         self.frames_send_close(Side::Client, code, text, env);
@@ -1648,7 +1650,7 @@ impl Session {
             .as_ref()
             .map_or(LINGER_MS, |r| r.frames.close_grace_ms);
         self.graceful = Some((reason, env.now.saturating_add(grace)));
-        self.ping_deadline = None;
+        self.ping_deadline = Deadline::NEVER;
         self.close_at = None;
         self.frames_send_close(violator.other(), 1001, "going away", env);
     }
@@ -1748,12 +1750,12 @@ impl Session {
                 self.watching = true;
                 env.out.push(Output::WatchClient);
             }
-            if self.step_deadline.is_none() {
+            if !self.step_deadline.is_set() {
                 let ms = self
                     .route
                     .as_ref()
                     .map_or(10_000, |r| r.timers.origin_handshake_ms);
-                self.step_deadline = Some(env.now.saturating_add(ms));
+                self.step_deadline = Deadline::at(env.now.saturating_add(ms));
             }
             return;
         }
@@ -1781,7 +1783,7 @@ impl Session {
                 }
                 stage.upgraded = true;
                 self.status = Some(101);
-                self.step_deadline = None;
+                self.step_deadline = Deadline::NEVER;
                 if self.watching {
                     // The client is read from now on.
                     self.watching = false;
@@ -1841,7 +1843,7 @@ impl Session {
                 }));
                 self.origin = Some(addr);
                 let connect_ms = route.map_or(5_000, |r| r.timers.connect_ms);
-                self.step_deadline = Some(env.now.saturating_add(connect_ms));
+                self.step_deadline = Deadline::at(env.now.saturating_add(connect_ms));
                 env.out.push(Output::Connect(addr));
             }
             FnAction::Finish(reason) => {
@@ -1968,8 +1970,8 @@ impl Session {
             Ending::Closed(_) => return,
             Ending::Open => {}
         }
-        if self.step_deadline.is_some_and(|d| now >= d) {
-            self.step_deadline = None;
+        if self.step_deadline.get().is_some_and(|d| now >= d) {
+            self.step_deadline = Deadline::NEVER;
             return match &self.stage {
                 Stage::Head(_) => {
                     if self.head_seen {
@@ -2006,7 +2008,7 @@ impl Session {
             }
             return;
         }
-        if self.max_deadline.is_some_and(|d| now >= d) {
+        if self.max_deadline.get().is_some_and(|d| now >= d) {
             return self.shutdown_gracefully(CloseReason::MaxConnectionTime, env);
         }
         if let Some((at, reason)) = self.close_at
@@ -2015,7 +2017,7 @@ impl Session {
             self.close_at = None;
             return self.shutdown_gracefully(reason, env);
         }
-        if self.ping_deadline.is_some_and(|d| now >= d) {
+        if self.ping_deadline.get().is_some_and(|d| now >= d) {
             return self.close(CloseReason::KeepaliveTimeout, env);
         }
         let Some(route) = self.route.clone() else {
@@ -2037,10 +2039,11 @@ impl Session {
             return self.close(CloseReason::IdleTimeout, env);
         }
         if let (Stage::Frames(state), Some(ms)) = (&mut self.stage, route.frames.keepalive_ms)
-            && self.ping_deadline.is_none()
+            && !self.ping_deadline.is_set()
             && now >= self.last_activity.saturating_add(ms)
         {
-            self.ping_deadline = Some(now.saturating_add(route.frames.keepalive_timeout_ms));
+            self.ping_deadline =
+                Deadline::at(now.saturating_add(route.frames.keepalive_timeout_ms));
             let frame = state.ping_frame();
             self.frames_inject(Side::Client, frame, false, env);
         }
@@ -2073,7 +2076,7 @@ impl Session {
             return;
         }
         self.status = Some(status);
-        self.step_deadline = None;
+        self.step_deadline = Deadline::NEVER;
         if self.origin.is_some() {
             env.out.push(Output::Abort(Side::Origin));
         }
@@ -2134,7 +2137,7 @@ impl Session {
             self.hold_origin(&route, None);
         }
         self.ending = Ending::Closed(reason);
-        self.step_deadline = None;
+        self.step_deadline = Deadline::NEVER;
         env.out.push(Output::Close(reason));
     }
 

@@ -949,3 +949,12 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
         sim.log
     );
 }
+
+/// Every connection holds a session for its whole life, idle ones too (issue 18: ≤ 512 B of
+/// memory per idle proxied connection, the worker's own record included). A new field that
+/// pushes it past the budget belongs in a boxed stage or in `Extra`.
+#[test]
+fn session_fits_its_memory_budget() {
+    let size = std::mem::size_of::<Session>();
+    assert!(size <= 312, "Session is {size} B, over its 312 B budget");
+}

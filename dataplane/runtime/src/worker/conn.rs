@@ -628,3 +628,20 @@ impl Worker {
 pub(super) fn splice_owner(id: ConnId, from: Side) -> Owner {
     owner(id, Purpose::Splice, from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection's record lives in the worker's slab for its whole life, idle ones too
+    /// (issue 18: ≤ 512 B per idle proxied connection in all). Per-side state that only a
+    /// busy or special connection needs is boxed (the send queue's storage, a splice, TLS).
+    #[test]
+    fn connection_record_fits_its_memory_budget() {
+        let (conn, side) = (std::mem::size_of::<Conn>(), std::mem::size_of::<SideIo>());
+        assert!(
+            conn <= 448,
+            "Conn is {conn} B, over its 448 B budget (SideIo {side} B)"
+        );
+    }
+}
