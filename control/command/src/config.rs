@@ -19,7 +19,10 @@ pub use wsedge_proto::path::EncodedSlashes;
 
 use crate::error::ConfigError;
 
+mod health;
 mod syntax;
+
+pub use health::{ActiveCheck, CheckKind, HealthConfig, Policy};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -295,8 +298,14 @@ pub struct Route {
     pub name: String,
     pub host: HostMatch,
     pub path_prefix: String,
-    /// Non-empty.
+    /// The origin pool: non-empty (unless a function answers), at most
+    /// `wsedge_proto::balance::MAX_POOL` addresses, spread by `balance`, watched by `health`.
     pub origins: Vec<SocketAddr>,
+    /// How new connections are spread over the live origins (default round robin).
+    pub balance: Policy,
+    /// Active checks and passive ejection (`[route.health]`); `None` = every origin always
+    /// live.
+    pub health: Option<HealthConfig>,
     pub relay: RelayMode,
     /// The `[limits]` defaults with this route's overrides applied.
     pub limits: Limits,
@@ -579,6 +588,8 @@ struct RawRoute {
     path_prefix: Option<Spanned<String>>,
     /// Each address keeps its own span, so a bad one is reported at its own line.
     origins: Option<Spanned<Vec<Spanned<String>>>>,
+    balance: Option<health::RawPolicy>,
+    health: Option<Spanned<health::RawHealth>>,
     #[serde(default = "default_relay")]
     relay: RelayMode,
     origin_connect_timeout: Option<Spanned<String>>,
@@ -1349,6 +1360,13 @@ impl Validator<'_> {
             }
             _ => {}
         }
+        if origins.len() > wsedge_proto::balance::MAX_POOL {
+            return Err(self.pool_too_big(origins_span, index, origins.len()));
+        }
+        let health = raw
+            .health
+            .map(|h| self.health(index, h, origin_tls.is_some(), function.is_some()))
+            .transpose()?;
         let mut limits = *defaults;
         let overrides = RouteOverrides {
             origin_connect_timeout: raw.origin_connect_timeout,
@@ -1364,6 +1382,8 @@ impl Validator<'_> {
             host,
             path_prefix,
             origins,
+            balance: raw.balance.map(Into::into).unwrap_or_default(),
+            health,
             relay: raw.relay,
             limits,
             frames,

@@ -23,9 +23,10 @@ pub mod tls;
 pub mod wire;
 
 pub use config::{
-    AccessLogTarget, BridgeTarget, Config, ControlConfig, DataplaneConfig, EncodedSlashes,
-    Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig, HostMatch, HttpConfig,
-    Limits, LoadedTls, RelayConfig, RelayMode, Route, ScriptConfig, XRealIp,
+    AccessLogTarget, ActiveCheck, BridgeTarget, CheckKind, Config, ControlConfig, DataplaneConfig,
+    EncodedSlashes, Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig,
+    HealthConfig, HostMatch, HttpConfig, Limits, LoadedTls, Policy, RelayConfig, RelayMode, Route,
+    ScriptConfig, XRealIp,
 };
 pub use connection_id::ConnectionId;
 pub use error::ConfigError;

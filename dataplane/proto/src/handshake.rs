@@ -860,6 +860,19 @@ pub fn error_response(status: u16) -> &'static [u8] {
     }
 }
 
+/// The answer when a route's pool has no live origin: 503 with `Retry-After` (seconds, at
+/// least 1), so clients back off instead of retrying into a pile of 502s.
+pub fn unavailable_response(retry_after_secs: u32) -> Vec<u8> {
+    const BODY: &str = "no origin available\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Retry-After: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len(),
+        retry_after_secs.max(1)
+    )
+    .into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1857,6 +1870,32 @@ mod tests {
             Reject::BadRequest(BadRequestReason::ObsFold).response(),
             error_response(400)
         );
+    }
+
+    #[test]
+    fn unavailable_has_retry_after() {
+        for (secs, expect) in [(0u32, "1"), (1, "1"), (30, "30")] {
+            let bytes = unavailable_response(secs);
+            let mut hs = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut hs);
+            let Ok(httparse::Status::Complete(n)) = resp.parse(&bytes) else {
+                panic!("not a complete response");
+            };
+            assert_eq!(resp.code, Some(503));
+            let find = |name: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| h.value.to_vec())
+            };
+            assert_eq!(find("retry-after"), Some(expect.as_bytes().to_vec()));
+            assert_eq!(find("connection"), Some(b"close".to_vec()));
+            let cl: usize = String::from_utf8(find("content-length").expect("length"))
+                .expect("utf-8")
+                .parse()
+                .expect("number");
+            assert_eq!(cl, bytes.len() - n);
+        }
     }
 
     #[test]

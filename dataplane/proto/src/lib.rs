@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod balance;
 pub mod body;
 pub mod channels;
 pub mod chunk;
@@ -16,6 +17,7 @@ pub mod forwarding;
 pub mod frame;
 pub mod function;
 pub mod handshake;
+pub mod health;
 pub mod path;
 pub mod response;
 pub mod route;

@@ -24,6 +24,8 @@ mod flow;
 pub mod frames;
 mod head;
 mod policy;
+#[cfg(test)]
+mod pool_tests;
 mod reason;
 pub mod sim;
 #[cfg(test)]
@@ -42,7 +44,8 @@ use self::head::{HeadDecision, HeadFacts};
 use crate::body::{BodyEnd, Fed};
 pub use crate::chunk::{BufId, Chunk};
 use crate::function::{Bus, ConnKey, Delivery, FnAction, FnCx, FunctionSession, PeerEvent};
-use crate::handshake::error_response;
+use crate::handshake::{error_response, unavailable_response};
+use crate::health::{Failure, Outcome};
 use crate::response::{self, ResponseError};
 use crate::upgrade::switching_protocols;
 use crate::wheel::{Deadline, Tick};
@@ -83,6 +86,10 @@ pub enum Output {
     Release(BufId),
     /// Something to count.
     Metric(Metric),
+    /// What this connection saw of origin `origin` (an index into its route's pool): the
+    /// worker hands it to the pool's shared health (`Route::balance`'s view). Given only for
+    /// pools that have one.
+    OriginOutcome { origin: usize, outcome: Outcome },
     /// The connection is over: log it with this reason, tear it down, free it once no
     /// operation of it is in flight. Always the last output of a session.
     Close(CloseReason),
@@ -318,8 +325,8 @@ struct OriginStage {
     accept: Option<[u8; 28]>,
     websocket: bool,
     head_request: bool,
-    /// Origin tried first, and attempts made.
-    pick: usize,
+    /// The pool's origins tried so far (bit i = origin i), and attempts made.
+    tried: u64,
     attempts: u8,
     connected: bool,
     /// A function waits for this peer (`bridge`, a script's outbound socket).
@@ -373,6 +380,9 @@ pub struct Session {
     ending: Ending,
     route: Option<Rc<Route>>,
     origin: Option<SocketAddr>,
+    /// The origin's index in its route's pool while this connection counts on it (least
+    /// connections); `None` for a function's peer.
+    origin_index: Option<u8>,
     peer: SocketAddr,
     accepted_at: Tick,
     last_activity: Tick,
@@ -424,6 +434,7 @@ impl Session {
             ending: Ending::Open,
             route: None,
             origin: None,
+            origin_index: None,
             peer,
             accepted_at: now,
             last_activity: now,
@@ -478,6 +489,7 @@ impl Session {
             ending: Ending::Open,
             route: Some(route),
             origin: None,
+            origin_index: None,
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             accepted_at: now,
             last_activity: now,
@@ -828,7 +840,6 @@ impl Session {
                 self.head_bytes -= forward.held.len() as u64;
                 self.websocket = forward.websocket;
                 self.flows[Side::Client.index()].body = forward.body.map(Box::new);
-                let pick = forward.route.pick_origin();
                 let route = Rc::clone(&forward.route);
                 self.route = Some(forward.route);
                 self.stage = Stage::Origin(Box::new(OriginStage {
@@ -837,14 +848,16 @@ impl Session {
                     accept: forward.accept,
                     websocket: forward.websocket,
                     head_request: forward.head_request,
-                    pick,
+                    tried: 0,
                     attempts: 0,
                     connected: false,
                     for_function: None,
                 }));
                 self.connect(&route, env);
-                self.watching = true;
-                env.out.push(Output::WatchClient);
+                if self.ending == Ending::Open {
+                    self.watching = true;
+                    env.out.push(Output::WatchClient);
+                }
             }
             HeadDecision::Function {
                 route,
@@ -873,17 +886,25 @@ impl Session {
 
     // ----- the origin -----------------------------------------------------------------
 
-    /// Starts (or retries) the connect to the origin the stage picked.
+    /// Starts (or retries) the connect to an origin of the route's pool: the balancer's
+    /// choice among the live origins not tried yet. None live at the first attempt: 503 with
+    /// `Retry-After`; none left for a retry: 502.
     fn connect(&mut self, route: &Route, env: &mut Env<'_>) {
         let Stage::Origin(stage) = &mut self.stage else {
             return;
         };
-        let count = route.origins.len().max(1);
-        let index = (stage.pick + usize::from(stage.attempts)) % count;
-        stage.attempts += 1;
-        let Some(&addr) = route.origins.get(index) else {
+        let chosen = route.balance.choose(route.origins.len(), stage.tried);
+        let first = stage.attempts == 0;
+        let Some((index, &addr)) = chosen.and_then(|i| Some((i, route.origins.get(i)?))) else {
+            if first && !route.origins.is_empty() {
+                let answer = unavailable_response(route.balance.retry_after_secs());
+                return self.respond(503, Chunk::own(answer), CloseReason::NoLiveOrigin, env);
+            }
             return self.respond_error(502, CloseReason::OriginUnreachable, env);
         };
+        stage.tried |= 1 << index;
+        stage.attempts += 1;
+        self.hold_origin(route, Some(index));
         self.origin = Some(addr);
         self.step_deadline = Deadline::at(env.now.saturating_add(route.timers.connect_ms));
         env.out.push(Output::Connect(addr));
@@ -917,15 +938,43 @@ impl Session {
                     Deadline::at(env.now.saturating_add(route.timers.origin_handshake_ms));
             }
             Err(ConnectFailure::Refused) if stage.attempts < 2 && route.origins.len() > 1 => {
+                self.report_origin(&route, Outcome::Failed(Failure::ConnectFailed), env);
                 self.connect(&route, env);
             }
             Err(failure) => {
+                if failure == ConnectFailure::Refused {
+                    self.report_origin(&route, Outcome::Failed(Failure::ConnectFailed), env);
+                }
                 let reason = match failure {
                     ConnectFailure::Refused => CloseReason::OriginUnreachable,
                     ConnectFailure::Local => CloseReason::ResourceExhausted,
                 };
                 self.origin_failed(reason, 502, env);
             }
+        }
+    }
+
+    /// Counts this connection on origin `index` of `route`'s pool (none: on no origin),
+    /// releasing the one it counted on before.
+    fn hold_origin(&mut self, route: &Route, index: Option<usize>) {
+        if let Some(old) = self.origin_index.take() {
+            route.balance.release(usize::from(old));
+        }
+        if let Some(index) = index.and_then(|i| u8::try_from(i).ok()) {
+            route.balance.acquire(usize::from(index));
+            self.origin_index = Some(index);
+        }
+    }
+
+    /// Tells the pool's shared health what this connection saw of its origin.
+    fn report_origin(&self, route: &Route, outcome: Outcome, env: &mut Env<'_>) {
+        if let Some(origin) = self.origin_index
+            && route.balance.view().is_some()
+        {
+            env.out.push(Output::OriginOutcome {
+                origin: usize::from(origin),
+                outcome,
+            });
         }
     }
 
@@ -1000,6 +1049,14 @@ impl Session {
             return self.with_function(env, |f, cx| f.on_peer_event(PeerEvent::Open, cx));
         }
         let route = self.route.clone();
+        if let Some(route) = &route {
+            let outcome = if response.status >= 500 {
+                Outcome::Failed(Failure::Status(response.status))
+            } else {
+                Outcome::Ok
+            };
+            self.report_origin(route, outcome, env);
+        }
         self.status = Some(response.status);
         let after_head = buf.len() - response.head_len;
         if response.upgraded {
@@ -1793,7 +1850,7 @@ impl Session {
                     accept: Some(accept),
                     websocket: true,
                     head_request: false,
-                    pick: 0,
+                    tried: 0,
                     attempts: 1,
                     connected: false,
                     for_function: Some(function),
@@ -1947,7 +2004,15 @@ impl Session {
                     }
                     self.respond_error(504, CloseReason::FunctionTimeout, env);
                 }
-                _ => self.origin_failed(CloseReason::OriginConnectTimeout, 502, env),
+                _ => {
+                    if let Some(route) = self.route.clone()
+                        && matches!(&self.stage, Stage::Origin(o) if o.for_function.is_none())
+                    {
+                        let timeout = Outcome::Failed(Failure::ConnectTimeout);
+                        self.report_origin(&route, timeout, env);
+                    }
+                    self.origin_failed(CloseReason::OriginConnectTimeout, 502, env)
+                }
             };
         }
         if let Some((reason, grace_end)) = self.graceful {
@@ -2081,6 +2146,9 @@ impl Session {
                 actions: &mut actions,
                 bus: &mut *env.bus,
             });
+        }
+        if let Some(route) = self.route.clone() {
+            self.hold_origin(&route, None);
         }
         self.ending = Ending::Closed(reason);
         self.step_deadline = Deadline::NEVER;

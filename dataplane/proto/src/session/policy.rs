@@ -1,13 +1,14 @@
 //! What a session is configured with: the worker-wide settings every connection shares
 //! ([`SessionConfig`]) and the per-route record a connection keeps for its life ([`Route`]:
-//! origins with their round robin, relay, timers, frame limits, function).
+//! the origin pool with its balancer, relay, timers, frame limits, function).
 //!
 //! These are the shapes the session works in (milliseconds, resolved defaults); the worker
 //! builds them once from the validated configuration. A live connection holds its `Rc<Route>`
 //! across configuration changes.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
+
+use crate::balance::{Balancer, Policy};
 
 use crate::forwarding::Forwarding;
 use crate::function::FunctionSpec;
@@ -87,8 +88,9 @@ pub struct Route {
     pub debug: bool,
     /// Which forwarding headers the origin gets, and whom to trust for them.
     pub forwarding: Forwarding,
-    /// Round robin over `origins`, per worker (the route is never shared between threads).
-    next_origin: Cell<usize>,
+    /// The pool's policy, this worker's rotation and counts, and the pool's shared health
+    /// (the route is never shared between threads; the health view is).
+    pub balance: Balancer,
 }
 
 impl Route {
@@ -107,26 +109,21 @@ impl Route {
         Route {
             name,
             path_prefix,
-            origins,
             relay,
             timers,
             frames,
             function,
             debug,
+            balance: Balancer::new(Policy::RoundRobin, origins.len(), None),
+            origins,
             forwarding,
-            next_origin: Cell::new(0),
         }
     }
 
-    /// The index of the origin to try first; advances the rotation.
-    pub fn pick_origin(&self) -> usize {
-        let count = self.origins.len();
-        if count == 0 {
-            return 0;
-        }
-        let chosen = self.next_origin.get() % count;
-        self.next_origin.set(chosen + 1);
-        chosen
+    /// The same route with this balancer (policy and shared health) for its pool.
+    pub fn with_balance(mut self, balance: Balancer) -> Route {
+        self.balance = balance;
+        self
     }
 }
 

@@ -51,6 +51,8 @@ pub enum CloseReason {
     Rejected(Reject),
     NoRoute,
     OriginUnreachable,
+    /// Every origin of the route's pool was down (503 with `Retry-After`).
+    NoLiveOrigin,
     OriginConnectTimeout,
     OriginHandshakeTimeout,
     OriginBadHandshake(ResponseError),
@@ -150,6 +152,7 @@ impl CloseReason {
             CloseReason::Rejected(reject) => reject.reason(),
             CloseReason::NoRoute => "no_route",
             CloseReason::OriginUnreachable => "origin_unreachable",
+            CloseReason::NoLiveOrigin => "no_live_origin",
             CloseReason::OriginConnectTimeout => "origin_connect_timeout",
             CloseReason::OriginHandshakeTimeout => "origin_handshake_timeout",
             CloseReason::OriginBadHandshake(_) => "origin_bad_handshake",
@@ -193,6 +196,7 @@ impl CloseReason {
             CloseReason::OriginClosed
             | CloseReason::OriginReset
             | CloseReason::OriginUnreachable
+            | CloseReason::NoLiveOrigin
             | CloseReason::OriginConnectTimeout
             | CloseReason::OriginHandshakeTimeout
             | CloseReason::OriginBadHandshake(_)

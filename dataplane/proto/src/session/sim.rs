@@ -268,6 +268,7 @@ impl Sim {
                 Output::Abort(side) => self.sides[side.index()].aborted = true,
                 Output::Release(buf) => self.give_back(*buf),
                 Output::Metric(m) => self.metrics.push(*m),
+                Output::OriginOutcome { .. } => {}
                 Output::Close(reason) => self.closed = Some(*reason),
             }
             self.log.push(output);

@@ -257,6 +257,11 @@ impl Worker {
             }
             Output::Release(buf) => self.ring.buffers().give_back(buf),
             Output::Metric(metric) => self.count(slot, metric),
+            Output::OriginOutcome { origin, outcome } => {
+                if let Some(view) = c.session.route().and_then(|r| r.balance.view()) {
+                    view.report(origin, outcome);
+                }
+            }
             Output::Close(reason) => self.close(slot, reason),
         }
     }
