@@ -348,6 +348,9 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
         close_codes_seen: u.arbitrary()?,
         close_codes_sent: u.arbitrary()?,
         splice_fallbacks: u.arbitrary()?,
+        tls_handshakes: u.arbitrary()?,
+        tls_resumed: u.arbitrary()?,
+        tls_errors: u.arbitrary::<BTreeMap<String, u64>>()?,
     })
 }
 
