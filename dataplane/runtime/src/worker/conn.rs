@@ -667,12 +667,14 @@ mod tests {
     /// A connection's record lives in the worker's slab for its whole life, idle ones too
     /// (issue 18: ≤ 512 B per idle proxied connection in all). Per-side state that only a
     /// busy or special connection needs is boxed (the send queue's storage, a splice, TLS).
+    /// 464 B: the 448 B of issue 18's change plus the `Transport` (one pointer per side,
+    /// null for plain TCP) that TLS termination added.
     #[test]
     fn connection_record_fits_its_memory_budget() {
         let (conn, side) = (std::mem::size_of::<Conn>(), std::mem::size_of::<SideIo>());
         assert!(
-            conn <= 448,
-            "Conn is {conn} B, over its 448 B budget (SideIo {side} B)"
+            conn <= 464,
+            "Conn is {conn} B, over its 464 B budget (SideIo {side} B)"
         );
     }
 }
