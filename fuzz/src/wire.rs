@@ -21,7 +21,8 @@ use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
     Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
+    LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION, Percentiles,
+    PoolHealth, Request,
     Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
     decode_response, read_frame, send,
 };
@@ -221,11 +222,12 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
+        Request::OriginsHealth => 18,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=17u8)?;
+    let variant = u.int_in_range(0..=18u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -275,6 +277,7 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             name: u.arbitrary()?,
             cidr: u.arbitrary()?,
         },
+        18 => Request::OriginsHealth,
         _ => Request::LimitsSet {
             key: u.arbitrary()?,
             value: u.arbitrary()?,
@@ -316,6 +319,7 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
+        Response::Origins { .. } => 13,
     }
 }
 
@@ -355,7 +359,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=12u8)?;
+    let variant = u.int_in_range(0..=13u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -485,6 +489,36 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 })
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
+        }
+        13 => {
+            let pools = (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    let origins = (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(OriginHealth {
+                                addr: u.arbitrary()?,
+                                state: u.arbitrary()?,
+                                why: u.arbitrary()?,
+                                since_ms: u.arbitrary()?,
+                                last_check: u.arbitrary()?,
+                                last_check_ago_ms: u.arbitrary()?,
+                                checks: u.arbitrary()?,
+                                checks_failed: u.arbitrary()?,
+                                ejections: u.arbitrary()?,
+                                transitions: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?;
+                    Ok(PoolHealth {
+                        route: u.arbitrary()?,
+                        balance: u.arbitrary()?,
+                        check: u.arbitrary()?,
+                        watched: u.arbitrary()?,
+                        origins,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?;
+            Response::Origins { pools }
         }
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,

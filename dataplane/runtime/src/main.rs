@@ -21,6 +21,7 @@ mod access_log;
 mod bus;
 mod conn_id;
 mod control;
+mod health;
 mod listeners;
 mod settings;
 mod stats;
@@ -148,7 +149,9 @@ fn run(
         .map(|fds| fds.into_iter().zip(addrs.iter().map(|(_, t)| *t)).collect())
         .collect();
 
-    let settings = settings::Settings::from_config(&config, count)
+    // Origin health: one registry for the process, kept across configuration pushes.
+    let health = health::Registry::new();
+    let settings = settings::Settings::from_config(&config, count, &health)
         .map_err(anyhow::Error::msg)?
         .with_tls(&certs);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -227,8 +230,10 @@ fn run(
         mailboxes: mailboxes.clone(),
         started,
         certs,
+        health: health.clone(),
     })
     .context("starting the control plane")?;
+    health::start(health).context("starting the wsedge-health thread")?;
 
     eprintln!("wsedge: ready workers={count}");
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::MAX_FRAME;
+use super::health::PoolHealth;
 use super::views::{
     Applied, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status,
 };
@@ -102,6 +103,8 @@ pub enum Request {
     },
     /// How many clients are subscribed to `channel` (all broadcast routes, all workers).
     Presence { channel: String },
+    /// Every route's origins with their health: state, why, last check, ejections.
+    OriginsHealth,
     /// The `[[list]]` network lists (or one), without expired entries.
     ListsShow {
         #[serde(default)]
@@ -152,6 +155,7 @@ impl Request {
             Request::LimitsSet { .. } => "limits_set",
             Request::Publish { .. } => "publish",
             Request::Presence { .. } => "presence",
+            Request::OriginsHealth => "origins_health",
             Request::ListsShow { .. } => "lists_show",
             Request::ListAdd { .. } => "list_add",
             Request::ListRemove { .. } => "list_remove",
@@ -190,6 +194,10 @@ pub enum Response {
     Presence {
         channel: String,
         subscribers: u64,
+    },
+    /// Answer to [`Request::OriginsHealth`].
+    Origins {
+        pools: Vec<PoolHealth>,
     },
     /// Answer to [`Request::ListsShow`].
     Lists {

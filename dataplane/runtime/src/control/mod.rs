@@ -13,6 +13,7 @@
 //! its handler. No `unsafe` here.
 
 mod metrics;
+mod origins;
 mod publish;
 mod watchdog;
 
@@ -70,6 +71,8 @@ pub(crate) struct Startup {
     pub(crate) started: Instant,
     /// The certificates and TLS listeners in force (reloads keep their resumption state).
     pub(crate) certs: wsedge_tls::CertStore,
+    /// The origin pools' shared health (applied configurations keep unchanged pools).
+    pub(crate) health: Arc<crate::health::Registry>,
 }
 
 /// The configuration in force.
@@ -95,6 +98,7 @@ pub(crate) struct Shared {
     mailboxes: Vec<Mailbox>,
     started: Instant,
     pid: u32,
+    health: Arc<crate::health::Registry>,
 }
 
 /// Keeps the control threads' resources; removes the socket file when dropped.
@@ -128,6 +132,7 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         mailboxes: startup.mailboxes,
         started: startup.started,
         pid: std::process::id(),
+        health: startup.health,
     });
     let mut handle = Handle { socket_path: None };
     if let Some(path) = &control.socket {
@@ -301,6 +306,7 @@ impl Shared {
                     subscribers,
                 })
             }
+            Request::OriginsHealth => Ok(self.origins()),
             Request::ListsShow { name } => {
                 wire::list_views(&self.current().config, name.as_deref(), wire::unix_now())
                     .map(|lists| Response::Lists { lists })
@@ -447,7 +453,7 @@ impl Shared {
             .certs
             .reload(&config.tls)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, format!("{source}: {e}")))?;
-        let settings = Settings::from_config(&config, self.mailboxes.len())
+        let settings = Settings::from_config(&config, self.mailboxes.len(), &self.health)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?
             .with_tls(&certs);
         for index in 0..self.mailboxes.len() {
