@@ -30,8 +30,8 @@ pub use framing::{
     write_frame,
 };
 pub use messages::{
-    Envelope, ErrorKind, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request, Response,
-    check_channel, is_valid_channel,
+    Envelope, ErrorKind, HostPresence, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request,
+    Response, check_channel, is_valid_channel,
 };
 pub use views::{
     Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, LimitsView, ListEntryView,
