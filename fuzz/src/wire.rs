@@ -473,6 +473,14 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
         10 => Response::Presence {
             channel: u.arbitrary()?,
             subscribers: u.arbitrary()?,
+            hosts: (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    Ok(wsedge_command::wire::HostPresence {
+                        host: u.arbitrary()?,
+                        subscribers: u.arbitrary()?,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?,
         },
         11 => {
             let lists = (0..u.int_in_range(0..=2)?)

@@ -522,8 +522,15 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             Response::Presence {
                 channel,
                 subscribers,
+                hosts,
             },
-        ) => format!("{channel}: {subscribers} subscribers\n"),
+        ) => {
+            let mut out = format!("{channel}: {subscribers} subscribers\n");
+            for h in hosts {
+                out.push_str(&format!("  {}: {}\n", h.host, h.subscribers));
+            }
+            out
+        }
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
         (_, other) => return Err(unexpected(other)),

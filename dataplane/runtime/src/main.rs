@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod access_log;
+mod broker;
 mod bus;
 mod conn_id;
 mod control;
@@ -165,6 +166,18 @@ fn run(
         mailboxes.push(Mailbox { tx, wake_fd });
         receivers.push(rx);
     }
+    // The broker bridge (`[broker]`): its own thread, reaching the workers like the control
+    // plane does (a queue and the wake eventfd). It connects in the background: a broker
+    // that is down at start means local-only service and retries, not a failed start.
+    let wake_fds: Vec<std::os::fd::RawFd> = mailboxes.iter().map(|m| m.wake_fd).collect();
+    let (broker, mut ports) = match &config.broker {
+        Some(b) => {
+            let (handle, ports) =
+                broker::start(b, host, &wake_fds).context("starting the broker bridge")?;
+            (Some(handle), ports.into_iter().map(Some).collect())
+        }
+        None => (None, (0..count).map(|_| None).collect::<Vec<_>>()),
+    };
     let mut handles = Vec::with_capacity(count);
     for ((index, listeners), rx) in per_worker.into_iter().enumerate().zip(receivers) {
         let wake_fd = mailboxes[index].wake_fd;
@@ -185,6 +198,7 @@ fn run(
             wake_fd,
             peers,
             host,
+            bridge: ports[index].take(),
         };
         let done = done_tx.clone();
         let ready = ready_tx.clone();
@@ -231,6 +245,8 @@ fn run(
         started,
         certs,
         health: health.clone(),
+        broker,
+        host,
     })
     .context("starting the control plane")?;
     health::start(health).context("starting the wsedge-health thread")?;

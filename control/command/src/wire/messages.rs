@@ -190,10 +190,13 @@ pub enum Response {
         channel: String,
         delivered: u64,
     },
-    /// Answer to [`Request::Presence`].
+    /// Answer to [`Request::Presence`]: `subscribers` is the total; with a `[broker]`, the
+    /// fleet's (every host's count as kept in the broker) and `hosts` lists them.
     Presence {
         channel: String,
         subscribers: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostPresence>,
     },
     /// Answer to [`Request::OriginsHealth`].
     Origins {
@@ -322,6 +325,14 @@ mod base64_bytes {
         let text = String::deserialize(d)?;
         decode(&text).ok_or_else(|| D::Error::custom("not standard base64"))
     }
+}
+
+/// One host's subscribers of a channel, in a fleet-wide [`Response::Presence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPresence {
+    /// The host's `[broker] host` name.
+    pub host: String,
+    pub subscribers: u64,
 }
 
 /// Checks the channel of a [`Request::Publish`] or [`Request::Presence`] by

@@ -32,8 +32,8 @@ pub use framing::{
 };
 pub use health::{OriginHealth, PoolHealth};
 pub use messages::{
-    Envelope, ErrorKind, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request, Response,
-    check_channel, is_valid_channel,
+    Envelope, ErrorKind, HostPresence, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request,
+    Response, check_channel, is_valid_channel,
 };
 pub use views::{
     Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, LimitsView, ListEntryView,

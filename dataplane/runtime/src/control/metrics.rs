@@ -75,6 +75,9 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             let (version, hash) = shared.config_identity();
             let mut body = render(&stats.workers, uptime, (version, &hash));
             super::origins::render(&mut body, &shared.origin_views());
+            if let Some(broker) = &shared.broker {
+                super::broker_metrics::render(&mut body, &broker.status());
+            }
             respond(&mut stream, "200 OK", &body)
         }
         Response::Error { message, .. } => respond(
