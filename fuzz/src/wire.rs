@@ -20,7 +20,7 @@ use std::io::{self, Read};
 use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
     LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
     Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
     decode_response, read_frame, send,
@@ -221,11 +221,13 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
+        Request::Certs => 18,
+        Request::CertsReload => 19,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=17u8)?;
+    let variant = u.int_in_range(0..=19u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -275,11 +277,13 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             name: u.arbitrary()?,
             cidr: u.arbitrary()?,
         },
-        _ => Request::LimitsSet {
+        17 => Request::LimitsSet {
             key: u.arbitrary()?,
             value: u.arbitrary()?,
             route: u.arbitrary()?,
         },
+        18 => Request::Certs,
+        _ => Request::CertsReload,
     };
     assert_eq!(request_variant(&request), variant);
     Ok(request)
@@ -316,6 +320,8 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
+        Response::Certs { .. } => 13,
+        Response::CertsReloaded { .. } => 14,
     }
 }
 
@@ -355,7 +361,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=12u8)?;
+    let variant = u.int_in_range(0..=14u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -486,6 +492,13 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
         }
+        13 => Response::Certs {
+            certificates: cert_views(u)?,
+        },
+        14 => Response::CertsReloaded {
+            certificates: cert_views(u)?,
+            workers_confirmed: u.arbitrary()?,
+        },
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
@@ -493,6 +506,25 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
     };
     assert_eq!(response_variant(&response), variant);
     Ok(response)
+}
+
+fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(CertView {
+                id: u.arbitrary()?,
+                file: u.arbitrary()?,
+                names: u.arbitrary()?,
+                default: u.arbitrary()?,
+                subject: u.arbitrary()?,
+                issuer: u.arbitrary()?,
+                not_before: u.arbitrary()?,
+                not_after: u.arbitrary()?,
+                key_type: u.arbitrary()?,
+                chain_len: u.arbitrary()?,
+            })
+        })
+        .collect()
 }
 
 /// A connection id as the wire carries it (worker, slot, 24-bit generation).

@@ -12,6 +12,7 @@
 //! `wsedge_command::wire::server`, the same server the control process runs; this module is
 //! its handler. No `unsafe` here.
 
+mod certs;
 mod metrics;
 mod publish;
 mod watchdog;
@@ -101,6 +102,26 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Handle {
     socket_path: Option<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// SIGHUP: reads the certificate files again (see [`certs`]); a broken file is logged
+    /// and the certificates in force keep serving.
+    pub(crate) fn reload_certs(&self) {
+        match self.shared.reload_certs() {
+            Ok((certs, workers)) => {
+                eprintln!(
+                    "wsedge: SIGHUP: {} certificates reloaded on {workers} workers",
+                    certs.len()
+                );
+            }
+            Err(e) => eprintln!(
+                "wsedge: SIGHUP: certificate reload refused, the certificates in force keep serving: {}",
+                e.message
+            ),
+        }
+    }
 }
 
 impl Drop for Handle {
@@ -129,7 +150,10 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         started: startup.started,
         pid: std::process::id(),
     });
-    let mut handle = Handle { socket_path: None };
+    let mut handle = Handle {
+        socket_path: None,
+        shared: shared.clone(),
+    };
     if let Some(path) = &control.socket {
         let threads = Threads {
             accept: "wsedge-control",
@@ -306,6 +330,17 @@ impl Shared {
                     .map(|lists| Response::Lists { lists })
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
             }
+            Request::Certs => Ok(Response::Certs {
+                certificates: self.certs(),
+            }),
+            Request::CertsReload => self
+                .reload_certs()
+                .map(
+                    |(certificates, workers_confirmed)| Response::CertsReloaded {
+                        certificates,
+                        workers_confirmed,
+                    },
+                ),
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }
