@@ -13,6 +13,7 @@ mod accept;
 mod commands;
 mod conn;
 pub(crate) mod mailbox;
+mod reads;
 mod splice;
 mod tls;
 
