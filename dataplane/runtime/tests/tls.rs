@@ -96,6 +96,23 @@ async fn wss_echo_over_tls13_and_tls12_to_a_plain_origin() {
                 v.get("status").and_then(serde_json::Value::as_u64) == Some(101)
             })
             .await;
+        // The handshake's facts are logged.
+        assert!(
+            ["localhost", "rsa.test"].contains(&line["sni"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(
+            ["TLSv1.3", "TLSv1.2"].contains(&line["tls_version"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(
+            line["cipher"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("TLS13_") || c.starts_with("TLS_ECDHE_")),
+            "{line}"
+        );
+        assert_eq!(line["resumed"], false, "{line}");
+        assert_eq!(line["client_cert"], "not_requested", "{line}");
         // The WebSocket close handshake ended it (the origin closes its TCP first).
         assert!(
             ["client_closed", "origin_closed"].contains(&line["reason"].as_str().unwrap_or("")),

@@ -201,8 +201,8 @@ async fn a_session_resumes_whichever_worker_takes_the_reconnect() {
         let origin = EchoOrigin::start().await;
         let dir = ControlDir::new("tls-resume");
         let port = free_port();
-        let _proxy = start(&dir, origin.addr, &certificate("site", &leaf, true), port).await;
-        let addr = tls_addr(&_proxy);
+        let mut proxy = start(&dir, origin.addr, &certificate("site", &leaf, true), port).await;
+        let addr = tls_addr(&proxy);
 
         for (version, label) in [
             (&rustls::version::TLS13, "TLS 1.3 (tickets)"),
@@ -243,6 +243,16 @@ async fn a_session_resumes_whichever_worker_takes_the_reconnect() {
         let w0 = sample(&exposed, "wsedge_tls_resumed_total", "worker=\"0\"");
         let w1 = sample(&exposed, "wsedge_tls_resumed_total", "worker=\"1\"");
         assert_eq!((w0, w1), (14, 16), "resumed per worker:\n{exposed}");
+        // The access log says so, with the version and the name.
+        let line = proxy
+            .wait_log(
+                "a resumed TLS 1.2 connection",
+                Duration::from_secs(5),
+                |v| v["resumed"] == true && v["tls_version"] == "TLSv1.2",
+            )
+            .await;
+        assert_eq!(line["sni"], "localhost", "{line}");
+        assert_eq!(line["status"], 101, "{line}");
     })
     .await;
 }

@@ -370,6 +370,7 @@ impl Worker {
                 duration_ms: now.saturating_sub(s.accepted_at()),
                 reason: reason.as_str(),
                 traceback: s.traceback(),
+                tls: c.sides[0].transport.tls_facts(),
             });
         }
         self.starved.retain(|&(id, _)| id != c.id);
