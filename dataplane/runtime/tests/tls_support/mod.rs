@@ -15,6 +15,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
 };
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -121,6 +122,20 @@ impl Pki {
         }
     }
 
+    /// A client certificate (`clientAuth`) for `name`, signed by this CA.
+    pub(crate) fn client_leaf(&self, stem: &str, name: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = key_pair(KeyKind::Ecdsa);
+        let cert = params.signed_by(&key, &self.ca).expect("sign client leaf");
+        Leaf {
+            cert: self.dir.write(&format!("{stem}.pem"), cert.pem()),
+            key: self.dir.write(&format!("{stem}.key"), key.serialize_pem()),
+            der: cert.der().clone(),
+        }
+    }
+
     pub(crate) fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).expect("CA root");
@@ -155,6 +170,8 @@ pub(crate) fn tls_addr(proxy: &Proxy) -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 
 pub(crate) struct Client {
+    /// A client certificate (its DER chain and PEM key file) to present.
+    identity: Option<(CertificateDer<'static>, PathBuf)>,
     roots: RootCertStore,
     versions: &'static [&'static rustls::SupportedProtocolVersion],
     alpn: Vec<Vec<u8>>,
@@ -163,6 +180,7 @@ pub(crate) struct Client {
 impl Client {
     pub(crate) fn new(pki: &Pki) -> Client {
         Client {
+            identity: None,
             roots: pki.roots(),
             versions: rustls::ALL_VERSIONS,
             alpn: vec![b"http/1.1".to_vec()],
@@ -179,6 +197,12 @@ impl Client {
         self
     }
 
+    /// Presents `leaf` as its client certificate.
+    pub(crate) fn identity(mut self, leaf: &Leaf) -> Client {
+        self.identity = Some((leaf.der.clone(), leaf.key.clone()));
+        self
+    }
+
     pub(crate) fn alpn(mut self, protocols: &[&str]) -> Client {
         self.alpn = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
         self
@@ -186,11 +210,21 @@ impl Client {
 
     pub(crate) fn connector(&self) -> TlsConnector {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(self.versions)
             .expect("versions")
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
+            .with_root_certificates(self.roots.clone());
+        let mut config = match &self.identity {
+            None => config.with_no_client_auth(),
+            Some((der, key)) => {
+                let pem = std::fs::read(key).expect("client key");
+                let key =
+                    rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).expect("client key PEM");
+                config
+                    .with_client_auth_cert(vec![der.clone()], key)
+                    .expect("client certificate")
+            }
+        };
         config.alpn_protocols = self.alpn.clone();
         TlsConnector::from(Arc::new(config))
     }
