@@ -456,7 +456,9 @@ impl Daemon {
             | Request::Drain { .. }
             | Request::Publish { .. }
             | Request::Presence { .. }
-            | Request::OriginsHealth => return self.forward(&request),
+            | Request::OriginsHealth
+            | Request::Certs
+            | Request::CertsReload => return self.forward(&request),
             Request::ApplyConfig { toml, source, .. } => self
                 .change(|_| Ok((toml, source.unwrap_or_else(|| "wsedgectl apply".to_owned()))))
                 .map(Response::Applied),
