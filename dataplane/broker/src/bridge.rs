@@ -273,7 +273,8 @@ impl Run {
                         link.send(cmd);
                     }
                 }
-                Output::Deliver(handoff) => {
+                Output::Deliver(mut handoff) => {
+                    self.core.claim_gap(&mut handoff);
                     if !self.sink.hand(&handoff) {
                         self.core.dropped(&handoff);
                     }

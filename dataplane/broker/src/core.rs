@@ -484,6 +484,17 @@ impl Core {
         }
     }
 
+    /// Marks `handoff` as carrying the gap its worker is owed on its channel (a drop since
+    /// it was made: handoffs of one burst are made before any of them is handed over), and
+    /// clears what is owed. Called just before handing it to the worker's queue.
+    pub fn claim_gap(&mut self, handoff: &mut Handoff) {
+        if let Some(c) = self.channels.get_mut(&handoff.channel)
+            && let Some(owed) = c.gap.get_mut(handoff.worker)
+        {
+            handoff.gap |= std::mem::take(owed);
+        }
+    }
+
     /// A worker's queue was full: `handoff` was not delivered.
     pub fn dropped(&mut self, handoff: &Handoff) {
         if handoff.message.is_some() {
@@ -675,6 +686,31 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_drop_marks_the_next_handoff_of_the_same_burst_with_a_gap() {
+        let mut core = up_core(1);
+        core.interest(0, "a", 1, 0);
+        core.link(0, 1, LinkEvent::Subscribed("a".into()), 0);
+        drain(&mut core);
+        for text in ["1", "2", "3"] {
+            let record = wire::encode(&msg(OTHER, "a", text, None), 1);
+            core.link(0, 1, LinkEvent::Message("a".into(), record), 0);
+        }
+        let outs = drain(&mut core);
+        let mut handed = Vec::new();
+        for (i, out) in outs.into_iter().enumerate() {
+            let Output::Deliver(mut h) = out else { continue };
+            core.claim_gap(&mut h);
+            if i == 0 {
+                core.dropped(&h);
+            } else {
+                handed.push(h.gap);
+            }
+        }
+        assert_eq!(handed, [true, false], "the one after the drop says so, once");
+        assert_eq!(core.stats().drops, 1);
     }
 
     #[test]

@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use broker_support::{
-    Kind, Server, next_data, next_json, next_json_within, presence, publish, send_json, start_host,
-    subscriber, sync, v1_client, wait_presence,
+    Kind, Server, control_tables, metric, next_data, next_json, next_json_within, presence,
+    publish, send_json, start_host, subscriber, sync, v1_client, wait_presence, wsedgectl,
 };
 use common::within;
 use serde_json::json;
@@ -193,6 +193,117 @@ async fn broker_restart_mid_stream_resubscribes_and_sends_a_gap() {
         for ws in &mut subs {
             assert_eq!(next_data(ws).await["data"], "after");
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsedgectl_presence_and_broker_metrics() {
+    within(90, async {
+        let server = Server::start(Kind::Redis);
+        let (socket, metrics, control) = control_tables("ctl");
+        let a = start_host(&server, "host-a", &control).await;
+        let b = start_host(&server, "host-b", "").await;
+        let _subs = [
+            subscriber(a.proxy.addr, CHANNEL).await,
+            subscriber(b.proxy.addr, CHANNEL).await,
+            subscriber(b.proxy.addr, CHANNEL).await,
+        ];
+        wait_presence(a.publish, CHANNEL, 3).await;
+        let out = wsedgectl(&socket, &["presence", CHANNEL]);
+        assert_eq!(
+            out, "news: 3 subscribers\n  host-a: 1\n  host-b: 2\n",
+            "{out}"
+        );
+        let json = wsedgectl(&socket, &["--json", "presence", CHANNEL]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(
+            v["hosts"][1],
+            json!({"host": "host-b", "subscribers": 2}),
+            "{v}"
+        );
+        // Metrics: the link is up; b's publications reach a (publishes in), a's go out.
+        assert_eq!(metric(metrics, "wsedge_broker_up"), Some(1.0));
+        publish(b.publish, CHANNEL, "x");
+        publish(a.publish, CHANNEL, "y");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(metrics, "wsedge_broker_publishes_in_total") < Some(2.0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "publishes_in stays below 2"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(metric(metrics, "wsedge_broker_publishes_out_total") >= Some(1.0));
+        assert!(metric(metrics, "wsedge_broker_deliveries_total") >= Some(2.0));
+        assert_eq!(metric(metrics, "wsedge_broker_channels"), Some(1.0));
+        let _ = std::fs::remove_file(&socket);
+    })
+    .await;
+}
+
+/// A worker whose queue from the bridge is full loses messages, never the bridge's time:
+/// drops are counted, and its subscribers get a `gap` before the next message they get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_queue_drops_counts_and_sends_a_gap() {
+    within(90, async {
+        let server = Server::start(Kind::Redis);
+        let (socket, metrics, control) = control_tables("slow");
+        let a = start_host(&server, "host-a", "").await;
+        let b = start_host(&server, "host-b", &format!("worker_queue = 1\n{control}")).await;
+        let mut subs = [subscriber(b.proxy.addr, CHANNEL).await];
+        sync(a.publish, CHANNEL, &mut subs).await;
+        let mut publisher = v1_client(a.proxy.addr).await;
+        const N: u64 = 3000;
+        for i in 0..N {
+            send_json(
+                &mut publisher,
+                json!({"type": "publish", "channel": CHANNEL, "data": i}),
+            )
+            .await;
+        }
+        // What arrives: increasing numbers, a gap before the first one after a loss.
+        let (mut last, mut got, mut gaps) = (None::<u64>, 0u64, 0u64);
+        let mut gap_pending = false;
+        loop {
+            // The end marker may be dropped too: sent again until it arrives.
+            let Some(v) = next_json_within(&mut subs[0], 1).await else {
+                publish(a.publish, CHANNEL, "end");
+                continue;
+            };
+            if v["type"] == "gap" {
+                gaps += 1;
+                gap_pending = true;
+                continue;
+            }
+            if v["data"] == "end" {
+                break;
+            }
+            if v["data"] == "sync" {
+                continue;
+            }
+            let i = v["data"].as_u64().expect("number");
+            if let Some(l) = last {
+                assert!(i > l, "out of order: {i} after {l}");
+                assert!(
+                    i == l + 1 || gap_pending,
+                    "{l} -> {i} lost messages without a gap"
+                );
+            }
+            gap_pending = false;
+            last = Some(i);
+            got += 1;
+        }
+        let drops = metric(metrics, "wsedge_broker_drops_total").expect("drops metric");
+        eprintln!("slow worker: {got} of {N} delivered, {drops} dropped, {gaps} gap notices");
+        assert!(drops >= 1.0, "a queue of 1 under a burst of {N} must drop");
+        assert!(gaps >= 1, "drops were not announced");
+        assert_eq!(
+            got + drops as u64,
+            N,
+            "every message delivered or counted as dropped"
+        );
+        let _ = std::fs::remove_file(&socket);
     })
     .await;
 }
