@@ -701,7 +701,9 @@ mod tests {
         let outs = drain(&mut core);
         let mut handed = Vec::new();
         for (i, out) in outs.into_iter().enumerate() {
-            let Output::Deliver(mut h) = out else { continue };
+            let Output::Deliver(mut h) = out else {
+                continue;
+            };
             core.claim_gap(&mut h);
             if i == 0 {
                 core.dropped(&h);
@@ -709,7 +711,11 @@ mod tests {
                 handed.push(h.gap);
             }
         }
-        assert_eq!(handed, [true, false], "the one after the drop says so, once");
+        assert_eq!(
+            handed,
+            [true, false],
+            "the one after the drop says so, once"
+        );
         assert_eq!(core.stats().drops, 1);
     }
 
