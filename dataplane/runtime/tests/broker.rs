@@ -307,3 +307,45 @@ async fn a_full_worker_queue_drops_counts_and_sends_a_gap() {
     })
     .await;
 }
+
+/// Past `max_channels`, a host holds no broker subscription for a new channel (counted):
+/// its subscribers get that host's publications only; its publications still go out. The
+/// channels within the bound keep crossing hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_channels_is_bounded_and_counted() {
+    within(90, async {
+        let server = Server::start(Kind::Redis);
+        let (socket, metrics, control) = control_tables("flood");
+        let a = start_host(&server, "host-a", &format!("max_channels = 2\n{control}")).await;
+        let b = start_host(&server, "host-b", "").await;
+        let mut held = Vec::new();
+        for ch in ["c1", "c2"] {
+            held.push(subscriber(a.proxy.addr, ch).await);
+        }
+        let mut over = subscriber(a.proxy.addr, "c3").await;
+        let mut remote_over = subscriber(b.proxy.addr, "c3").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(metrics, "wsedge_broker_channels_refused_total") < Some(1.0) {
+            assert!(std::time::Instant::now() < deadline, "no refusal counted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(metric(metrics, "wsedge_broker_channels"), Some(2.0));
+        // c3 on host a: local publications still reach a's subscriber (and b's), b's do
+        // not reach a.
+        let mut remote = [remote_over];
+        sync(a.publish, "c3", &mut remote).await;
+        publish(a.publish, "c3", "from-a");
+        assert_eq!(next_data(&mut over).await["data"], "from-a");
+        assert_eq!(next_data(&mut remote[0]).await["data"], "from-a");
+        publish(b.publish, "c3", "from-b");
+        assert_eq!(next_data(&mut remote[0]).await["data"], "from-b");
+        while let Some(v) = next_json_within(&mut over, 1).await {
+            assert_ne!(v["data"], "from-b", "host a holds no subscription for c3");
+        }
+        // c1 still crosses hosts.
+        let mut c1 = [held.remove(0)];
+        sync(b.publish, "c1", &mut c1).await;
+        let _ = std::fs::remove_file(&socket);
+    })
+    .await;
+}
