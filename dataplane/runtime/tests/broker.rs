@@ -323,7 +323,7 @@ async fn a_flood_of_channels_is_bounded_and_counted() {
             held.push(subscriber(a.proxy.addr, ch).await);
         }
         let mut over = subscriber(a.proxy.addr, "c3").await;
-        let mut remote_over = subscriber(b.proxy.addr, "c3").await;
+        let remote_over = subscriber(b.proxy.addr, "c3").await;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while metric(metrics, "wsedge_broker_channels_refused_total") < Some(1.0) {
             assert!(std::time::Instant::now() < deadline, "no refusal counted");
