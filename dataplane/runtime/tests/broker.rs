@@ -237,6 +237,15 @@ async fn wsedgectl_presence_and_broker_metrics() {
         assert!(metric(metrics, "wsedge_broker_publishes_out_total") >= Some(1.0));
         assert!(metric(metrics, "wsedge_broker_deliveries_total") >= Some(2.0));
         assert_eq!(metric(metrics, "wsedge_broker_channels"), Some(1.0));
+        // Both records were timed: the lag histogram counts them, well under a second here.
+        let lag_count = metric(metrics, "wsedge_broker_lag_seconds_count").expect("lag");
+        let lag_sum = metric(metrics, "wsedge_broker_lag_seconds_sum").expect("lag sum");
+        assert!(lag_count >= 2.0, "{lag_count}");
+        assert!(
+            lag_sum / lag_count < 1.0,
+            "mean lag {}",
+            lag_sum / lag_count
+        );
         let _ = std::fs::remove_file(&socket);
     })
     .await;
