@@ -105,10 +105,11 @@ async fn one_broker_subscription_per_host_per_channel() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_reports_each_host_and_the_total() {
-    within(90, async {
-        let server = Server::start(Kind::Redis);
+/// Three hosts with 1, 2 and 3 subscribers: every host reports each host's count and the
+/// total; when a host's subscribers leave, the fleet's count follows.
+async fn presence_per_host(kind: Kind) {
+    {
+        let server = Server::start(kind);
         let a = start_host(&server, "host-a", "").await;
         let b = start_host(&server, "host-b", "").await;
         let c = start_host(&server, "host-c", "").await;
@@ -129,8 +130,17 @@ async fn presence_reports_each_host_and_the_total() {
         let body = wait_presence(a.publish, CHANNEL, 3).await;
         assert_eq!(body["hosts"], json!({"host-a": 1, "host-b": 2}), "{body}");
         assert_eq!(presence(c.publish, "nobody")["subscribers"], 0);
-    })
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_presence_reports_each_host_and_the_total() {
+    within(90, presence_per_host(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_presence_reports_each_host_and_the_total() {
+    within(90, presence_per_host(Kind::Nats)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,10 +175,11 @@ async fn broker_down_at_start_serves_local_only_then_joins() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_mid_stream_resubscribes_and_sends_a_gap() {
-    within(90, async {
-        let mut server = Server::start(Kind::Redis);
+/// The broker killed and started again on its port: each host resubscribes, its
+/// subscribers get a `gap`, and messages cross again.
+async fn restart_mid_stream(kind: Kind) {
+    {
+        let mut server = Server::start(kind);
         let a = start_host(&server, "host-a", "").await;
         let b = start_host(&server, "host-b", "").await;
         let mut subs = [
@@ -193,8 +204,17 @@ async fn broker_restart_mid_stream_resubscribes_and_sends_a_gap() {
         for ws in &mut subs {
             assert_eq!(next_data(ws).await["data"], "after");
         }
-    })
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_resubscribes_and_sends_a_gap() {
+    within(90, restart_mid_stream(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_stream_resubscribes_and_sends_a_gap() {
+    within(90, restart_mid_stream(Kind::Nats)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
