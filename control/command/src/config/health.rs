@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-pub use wsedge_proto::balance::Policy;
+pub use wsedge_proto::balance::{HashKey, Policy};
 use wsedge_proto::health::Thresholds;
 
 use super::Validator;
@@ -71,6 +71,7 @@ impl CheckKind {
 pub(super) enum RawPolicy {
     RoundRobin,
     LeastConnections,
+    ConsistentHash,
 }
 
 impl From<RawPolicy> for Policy {
@@ -78,6 +79,7 @@ impl From<RawPolicy> for Policy {
         match raw {
             RawPolicy::RoundRobin => Policy::RoundRobin,
             RawPolicy::LeastConnections => Policy::LeastConnections,
+            RawPolicy::ConsistentHash => Policy::ConsistentHash,
         }
     }
 }
@@ -247,6 +249,29 @@ impl Validator<'_> {
         })
     }
 
+    /// Route `index`'s `hash_key`: what `balance = "consistent_hash"` hashes (default the
+    /// client address); an error with any other policy.
+    pub(super) fn hash_key(
+        &self,
+        index: usize,
+        balance: Policy,
+        raw: Option<Spanned<String>>,
+    ) -> Result<Option<HashKey>, ConfigError> {
+        let field = format!("route[{index}].hash_key");
+        match (balance, raw) {
+            (Policy::ConsistentHash, None) => Ok(Some(HashKey::ClientAddr)),
+            (Policy::ConsistentHash, Some(text)) => HashKey::parse(text.get_ref())
+                .map(Some)
+                .map_err(|m| self.invalid(text.span(), &field, m)),
+            (_, None) => Ok(None),
+            (_, Some(text)) => Err(self.invalid(
+                text.span(),
+                &field,
+                "applies to balance = \"consistent_hash\" only",
+            )),
+        }
+    }
+
     /// Range of a route for errors about its pool as a whole.
     pub(super) fn pool_too_big(
         &self,
@@ -291,6 +316,28 @@ mod tests {
         assert_eq!(r.balance, Policy::LeastConnections);
         let e = route("balance = \"random\"\n").expect_err("invalid");
         assert!(e.starts_with("edge.toml:4"), "{e}");
+        assert_eq!(r.hash_key, None);
+    }
+
+    #[test]
+    fn consistent_hash_and_its_key() {
+        let r = route("balance = \"consistent_hash\"\n").expect("valid");
+        assert_eq!(r.balance, Policy::ConsistentHash);
+        assert_eq!(r.hash_key, Some(HashKey::ClientAddr));
+        let r = route("balance = \"consistent_hash\"\nhash_key = \"query:room\"\n").expect("valid");
+        assert_eq!(r.hash_key, Some(HashKey::Query("room".into())));
+        let e = route("balance = \"consistent_hash\"\nhash_key = \"room\"\n").expect_err("bad key");
+        assert!(
+            e.starts_with("edge.toml:5: route[0].hash_key: must be"),
+            "{e}"
+        );
+        let e = route("hash_key = \"path\"\n").expect_err("not hashing");
+        assert!(
+            e.starts_with(
+                "edge.toml:4: route[0].hash_key: applies to balance = \"consistent_hash\" only"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use wsedge_command::ActiveCheck;
 use wsedge_command::wire::{OriginHealth as OriginRow, PoolHealth};
-use wsedge_command::{ActiveCheck, Policy};
 use wsedge_proto::balance::PoolView;
 use wsedge_proto::health::{Event, Failure, OriginHealth, Outcome, Thresholds, Transition};
 
@@ -22,7 +22,8 @@ use super::now_ms;
 /// pool's origins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PoolSettings {
-    pub(crate) balance: Policy,
+    /// The policy as `wsedgectl origins` shows it.
+    pub(crate) balance: String,
     pub(crate) thresholds: Thresholds,
     pub(crate) check: Option<ActiveCheck>,
     pub(crate) retry_after_secs: u32,
@@ -153,7 +154,7 @@ impl Pool {
         let now = now_ms();
         PoolHealth {
             route: self.route.clone(),
-            balance: settings.balance.as_str().to_owned(),
+            balance: settings.balance.clone(),
             check: settings.check.as_ref().map(describe_check),
             watched: true,
             origins: self
@@ -242,7 +243,7 @@ mod tests {
 
     fn settings(active: bool) -> PoolSettings {
         PoolSettings {
-            balance: Policy::RoundRobin,
+            balance: "round_robin".to_owned(),
             thresholds: Thresholds {
                 rise: 2,
                 fall: 2,
