@@ -305,6 +305,8 @@ pub struct Route {
     pub balance: Policy,
     /// What `balance = "consistent_hash"` hashes (`hash_key`); `None` for other policies.
     pub hash_key: Option<HashKey>,
+    /// Each origin's weight (`weights`, 0 to 1000, as many as origins); empty = all 1.
+    pub weights: Vec<u32>,
     /// Active checks and passive ejection (`[route.health]`); `None` = every origin always
     /// live.
     pub health: Option<HealthConfig>,
@@ -592,6 +594,7 @@ struct RawRoute {
     origins: Option<Spanned<Vec<Spanned<String>>>>,
     balance: Option<health::RawPolicy>,
     hash_key: Option<Spanned<String>>,
+    weights: Option<Spanned<Vec<Spanned<u64>>>>,
     health: Option<Spanned<health::RawHealth>>,
     #[serde(default = "default_relay")]
     relay: RelayMode,
@@ -1372,6 +1375,7 @@ impl Validator<'_> {
             .transpose()?;
         let balance: Policy = raw.balance.map(Into::into).unwrap_or_default();
         let hash_key = self.hash_key(index, balance, raw.hash_key)?;
+        let weights = self.weights(index, raw.weights, origins.len())?;
         let mut limits = *defaults;
         let overrides = RouteOverrides {
             origin_connect_timeout: raw.origin_connect_timeout,
@@ -1389,6 +1393,7 @@ impl Validator<'_> {
             origins,
             balance,
             hash_key,
+            weights,
             health,
             relay: raw.relay,
             limits,

@@ -172,6 +172,43 @@ pub fn key_hash<'h>(
     }
 }
 
+/// Smooth weighted round robin (nginx's): every candidate's current weight grows by its
+/// weight, the highest is chosen and pays the total back. Over any run of picks each origin
+/// gets its share, spread out (weights 5, 1, 1 give a a b a c a a, not a a a a a b c).
+/// `weights`: (origin, effective weight) of the candidates; weight 0 is never chosen.
+pub fn smooth_weighted(current: &mut [i64], weights: &[(usize, u32)]) -> Option<usize> {
+    let total: i64 = weights.iter().map(|&(_, w)| i64::from(w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut best: Option<usize> = None;
+    for &(i, w) in weights {
+        if w == 0 {
+            continue;
+        }
+        current[i] += i64::from(w);
+        if best.is_none_or(|b| current[i] > current[b]) {
+            best = Some(i);
+        }
+    }
+    let chosen = best?;
+    current[chosen] -= total;
+    Some(chosen)
+}
+
+/// Weighted least connections: the candidate with the fewest connections per unit of
+/// weight (first of equals); weight 0 is never chosen.
+pub fn least_loaded(weights: &[(usize, u32)], active: impl Fn(usize) -> u32) -> Option<usize> {
+    weights
+        .iter()
+        .filter(|&&(_, w)| w > 0)
+        // a/w < b/v  <=>  a·v < b·w (exact, no division).
+        .min_by(|&&(i, w), &&(j, v)| {
+            (u64::from(active(i)) * u64::from(v)).cmp(&(u64::from(active(j)) * u64::from(w)))
+        })
+        .map(|&(i, _)| i)
+}
+
 /// Rendezvous (highest random weight) hashing: among `candidates`, the origin whose
 /// `(key, id)` scores highest, with `weight` (≥ 1 to count; 0 = never) scaling its share
 /// (`-weight / ln(u)`, the weighted form). Removing an origin moves only its own keys.
@@ -208,7 +245,15 @@ pub trait PoolView: fmt::Debug + Send + Sync {
     /// What a connection saw of origin `index` (applied by the driver from the session's
     /// `OriginOutcome` output; the session itself never calls it).
     fn report(&self, index: usize, outcome: Outcome);
+    /// Slow start: the share (per mille, 1..=1000) of its weight origin `index` gets now; an
+    /// origin just re-admitted ramps up from a tenth. 1000 = its full weight.
+    fn ramp_permille(&self, _index: usize) -> u32 {
+        1000
+    }
 }
+
+/// Full weight of an origin, per mille of its configured weight.
+pub const FULL_RAMP: u32 = 1000;
 
 /// One route's balancing state on one worker.
 #[derive(Debug)]
@@ -221,6 +266,10 @@ pub struct Balancer {
     /// Consistent hashing: what to hash, and each origin's identity ([`origin_id`]).
     hash_key: Option<HashKey>,
     ids: Vec<u64>,
+    /// Configured weights (empty: all 1).
+    weights: Vec<u32>,
+    /// Smooth weighted round robin: each origin's current weight on this worker.
+    current: RefCell<Vec<i64>>,
 }
 
 impl Clone for Balancer {
@@ -233,6 +282,8 @@ impl Clone for Balancer {
             view: self.view.clone(),
             hash_key: self.hash_key.clone(),
             ids: self.ids.clone(),
+            weights: self.weights.clone(),
+            current: RefCell::new(vec![0; self.current.borrow().len()]),
         }
     }
 }
@@ -253,7 +304,34 @@ impl Balancer {
             view,
             hash_key: None,
             ids: (0..count as u64).map(mix).collect(),
+            weights: Vec::new(),
+            current: RefCell::new(vec![0; count]),
         }
+    }
+
+    /// The same balancer with these origin weights (0 = no new connections; a pool of all
+    /// 1s is unweighted).
+    pub fn with_weights(mut self, weights: Vec<u32>) -> Balancer {
+        self.weights = if weights.iter().all(|&w| w == 1) {
+            Vec::new()
+        } else {
+            weights
+        };
+        self
+    }
+
+    /// Origin `index`'s effective weight now: its weight (1 unless configured) times its
+    /// slow-start ramp, in thousandths; at least 1 unless its weight is 0.
+    pub fn effective_weight(&self, index: usize) -> u32 {
+        let weight = self.weights.get(index).copied().unwrap_or(1);
+        if weight == 0 {
+            return 0;
+        }
+        let ramp = self
+            .view
+            .as_ref()
+            .map_or(FULL_RAMP, |v| v.ramp_permille(index).clamp(1, FULL_RAMP));
+        weight.saturating_mul(ramp).max(1)
     }
 
     /// The same balancer identifying origins by their addresses (consistent hashing keeps a
@@ -300,11 +378,35 @@ impl Balancer {
     /// As [`Balancer::choose`], for a request whose hash key is `key` (consistent hashing;
     /// without a key, or with another policy, the policy's own choice).
     pub fn choose_keyed(&self, count: usize, tried: u64, key: Option<u64>) -> Option<usize> {
+        let count = count.min(MAX_POOL);
+        let candidates = || (0..count).filter(move |&i| tried & (1 << i) == 0 && self.is_live(i));
         if let (Policy::ConsistentHash, Some(key)) = (self.policy, key) {
-            let count = count.min(MAX_POOL);
-            let candidates = (0..count).filter(|&i| tried & (1 << i) == 0 && self.is_live(i));
             let id = |i: usize| self.ids.get(i).copied().unwrap_or_else(|| mix(i as u64));
-            return rendezvous(key, candidates, id, |_| 1);
+            return rendezvous(key, candidates(), id, |i| self.effective_weight(i));
+        }
+        // Weighted (configured weights, or an origin in slow start): weights decide.
+        // On the stack: this runs for every new connection.
+        let mut buf = [(0usize, 0u32); MAX_POOL];
+        let mut n = 0;
+        for i in candidates() {
+            buf[n] = (i, self.effective_weight(i));
+            n += 1;
+        }
+        let weights = &buf[..n];
+        if weights.iter().any(|&(_, w)| w != FULL_RAMP) {
+            return match self.policy {
+                Policy::LeastConnections => {
+                    let active = self.active.borrow();
+                    least_loaded(weights, |i| active.get(i).copied().unwrap_or(0))
+                }
+                Policy::RoundRobin | Policy::ConsistentHash => {
+                    let mut current = self.current.borrow_mut();
+                    if current.len() < count {
+                        current.resize(count, 0);
+                    }
+                    smooth_weighted(&mut current, weights)
+                }
+            };
         }
         let active = self.active.borrow();
         let (chosen, next) = choose(
@@ -686,6 +788,72 @@ mod tests {
     }
 
     const PINNED_PICKS: [usize; 8] = [2, 2, 0, 2, 1, 0, 1, 0];
+
+    #[test]
+    fn smooth_weighted_round_robin_spreads_by_weight() {
+        let mut current = vec![0i64; 3];
+        let weights = [(0, 5), (1, 1), (2, 1)];
+        let picks: Vec<usize> = (0..7)
+            .map(|_| smooth_weighted(&mut current, &weights).expect("some"))
+            .collect();
+        assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
+        // Weight 0 is never chosen; nothing with weight is None.
+        let mut current = vec![0i64; 2];
+        for _ in 0..5 {
+            assert_eq!(smooth_weighted(&mut current, &[(0, 0), (1, 2)]), Some(1));
+        }
+        assert_eq!(smooth_weighted(&mut current, &[(0, 0)]), None);
+    }
+
+    #[test]
+    fn weighted_least_connections_divides_by_weight() {
+        let load = [3u32, 1, 0];
+        // 3/3 = 1 beats 1/0.5... with weights 3 and 1: 3·1 vs 1·3 tie -> first.
+        assert_eq!(least_loaded(&[(0, 3), (1, 1)], |i| load[i]), Some(0));
+        assert_eq!(least_loaded(&[(0, 2), (1, 1)], |i| load[i]), Some(1));
+        assert_eq!(least_loaded(&[(0, 2), (2, 0)], |i| load[i]), Some(0));
+    }
+
+    #[derive(Debug)]
+    struct Ramping(u32);
+
+    impl PoolView for Ramping {
+        fn is_live(&self, _: usize) -> bool {
+            true
+        }
+        fn retry_after_secs(&self) -> u32 {
+            1
+        }
+        fn report(&self, _: usize, _: Outcome) {}
+        fn ramp_permille(&self, index: usize) -> u32 {
+            if index == 1 { self.0 } else { FULL_RAMP }
+        }
+    }
+
+    #[test]
+    fn weights_and_slow_start_shape_each_policy() {
+        let b = Balancer::new(Policy::RoundRobin, 2, None).with_weights(vec![3, 1]);
+        let picks: Vec<usize> = (0..8).map(|_| b.choose(2, 0).expect("some")).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6, "{picks:?}");
+        // All 1s is plain round robin.
+        let b = Balancer::new(Policy::RoundRobin, 2, None).with_weights(vec![1, 1]);
+        assert_eq!((b.choose(2, 0), b.choose(2, 0)), (Some(0), Some(1)));
+        // Weight 0 takes nothing new.
+        let b = Balancer::new(Policy::RoundRobin, 2, None).with_weights(vec![0, 1]);
+        assert!((0..4).all(|_| b.choose(2, 0) == Some(1)));
+        // Origin 1 at a tenth of its weight in slow start: about 1 pick in 11.
+        let b = Balancer::new(Policy::RoundRobin, 2, Some(Arc::new(Ramping(100))));
+        let to_1 = (0..110).filter(|_| b.choose(2, 0) == Some(1)).count();
+        assert_eq!(to_1, 10);
+        assert_eq!(b.effective_weight(1), 100);
+        assert_eq!(b.effective_weight(0), FULL_RAMP);
+        // Least connections in slow start: the ramping origin counts as more loaded.
+        let b = Balancer::new(Policy::LeastConnections, 2, Some(Arc::new(Ramping(500))));
+        b.acquire(0);
+        b.acquire(0);
+        b.acquire(1);
+        assert_eq!(b.choose(2, 0), Some(0), "2/1000 < 1/500");
+    }
 
     #[test]
     fn policy_spellings() {

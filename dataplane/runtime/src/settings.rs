@@ -89,8 +89,9 @@ impl Settings {
             .zip(pools)
             .map(|(r, pool)| {
                 let view = pool.map(|p| p as Arc<dyn PoolView>);
-                let mut balance =
-                    Balancer::new(r.balance, r.origins.len(), view).with_origins(&r.origins);
+                let mut balance = Balancer::new(r.balance, r.origins.len(), view)
+                    .with_origins(&r.origins)
+                    .with_weights(r.weights.clone());
                 if let Some(key) = &r.hash_key {
                     balance = balance.with_hash_key(key.clone());
                 }

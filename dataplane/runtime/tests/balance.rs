@@ -3,7 +3,9 @@
 //!
 //! Consistent hashing keeps every member of a room on one origin whichever worker accepted
 //! them, and across a configuration change that does not touch the pool; the access log
-//! (client port -> worker, origin) and the origins' recorded requests are the evidence.
+//! (client address -> worker, origin) and the origins' recorded requests are the evidence.
+//! Weights split new connections (smooth weighted round robin); a re-admitted origin in
+//! slow start gets a small share first, its full share after `slow_start`.
 //! Needs the `wsedgectl` binary (`cargo build -p wsedgectl` or `cargo test --workspace`).
 
 mod common;
@@ -141,6 +143,95 @@ async fn a_room_keeps_its_origin_across_workers_and_an_unrelated_config_change()
             assert!(after[room].0.len() >= 2, "{room}: {:?}", after[room].0);
         }
         assert_eq!(other.accepted(), 0);
+    })
+    .await;
+}
+
+/// `n` handshakes one after the other, each closed before the next; how many reached each
+/// of `origins` (by their accepted connections).
+async fn spread(proxy: SocketAddr, origins: &[&EchoOrigin], n: usize) -> Vec<usize> {
+    let before: Vec<usize> = origins.iter().map(|o| o.accepted()).collect();
+    for _ in 0..n {
+        let mut conn = RawConn::connect(proxy).await;
+        conn.send(upgrade_head("/", "edge.test", &[]).as_bytes())
+            .await
+            .expect("send");
+        assert_eq!(conn.read_head().await.expect("answer").status(), 101);
+    }
+    origins
+        .iter()
+        .zip(before)
+        .map(|(o, b)| o.accepted() - b)
+        .collect()
+}
+
+#[tokio::test]
+async fn weights_split_new_connections() {
+    within(60, async {
+        let (a, b, c) = (
+            EchoOrigin::start().await,
+            EchoOrigin::start().await,
+            EchoOrigin::start().await,
+        );
+        // One worker: the smooth weighted round robin is per worker.
+        let route = Route::new("main", &[a.addr, b.addr, c.addr]).option("weights", "[3, 1, 0]");
+        let proxy = common::Proxy::start(&Config::new().workers(1).route(route)).await;
+        assert_eq!(spread(proxy.addr, &[&a, &b, &c], 12).await, [9, 3, 0]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_readmitted_origin_gets_a_growing_share_during_slow_start() {
+    within(60, async {
+        let dir = ControlDir::new("balance-slow-start");
+        let a = EchoOrigin::start().await;
+        let b = EchoOrigin::start().await;
+        let b_addr = b.addr;
+        let route = Route::new("main", &[a.addr, b.addr]).option(
+            "health",
+            "{ check = \"tcp\", interval = \"200ms\", timeout = \"100ms\", rise = 1, fall = 1, max_fails = 0, slow_start = \"4s\" }",
+        );
+        let config = Config::new().workers(1).route(route);
+        let proxy = dir.start_dataplane(&dir.toml(&config, "")).await;
+        let state = |v: &serde_json::Value| {
+            v["pools"][0]["origins"]
+                .as_array()
+                .and_then(|o| o.iter().find(|o| o["addr"] == b_addr.to_string()).cloned())
+                .expect("origin b")
+        };
+        drop(b);
+        loop {
+            let v = dir.ctl_direct(&["--json", "origins"]).await.json();
+            if state(&v)["state"] == "down" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let b = EchoOrigin::start_at(b_addr).await;
+        loop {
+            let v = dir.ctl_direct(&["--json", "origins"]).await.json();
+            let s = state(&v);
+            if s["state"] == "up" {
+                let pct = s["slow_start_pct"].as_u64().expect("ramping");
+                assert!(pct < 40, "{s}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // Just re-admitted: about a tenth of a's share (checks add to b's accepted count,
+        // at most a few in this time).
+        let early = spread(proxy.addr, &[&a, &b], 20).await;
+        assert!(early[0] >= 15, "re-admitted b took {} of 20 at once", early[1]);
+        // After slow_start: full weight again, an even split.
+        tokio::time::sleep(Duration::from_millis(4200)).await;
+        let v = dir.ctl_direct(&["--json", "origins"]).await.json();
+        assert_eq!(state(&v)["slow_start_pct"], serde_json::Value::Null, "{v}");
+        let checks_before = b.accepted();
+        let late = spread(proxy.addr, &[&a], 20).await;
+        let to_b = b.accepted() - checks_before;
+        assert!((9..=12).contains(&late[0]), "a got {} of 20 after slow start", late[0]);
+        assert!(to_b >= 8, "b got {to_b} of 20 (and its checks) after slow start");
     })
     .await;
 }

@@ -91,6 +91,7 @@ impl Registry {
                     thresholds: h.thresholds,
                     check: h.check.clone(),
                     retry_after_secs: h.retry_after_secs(),
+                    slow_start_ms: u64::try_from(h.slow_start.as_millis()).unwrap_or(u64::MAX),
                 };
                 let kept = entries
                     .iter()
@@ -154,6 +155,7 @@ impl Registry {
                             checks_failed: 0,
                             ejections: 0,
                             transitions: 0,
+                            slow_start_pct: None,
                         })
                         .collect(),
                 },
