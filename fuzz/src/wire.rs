@@ -519,6 +519,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                                 checks_failed: u.arbitrary()?,
                                 ejections: u.arbitrary()?,
                                 transitions: u.arbitrary()?,
+                                slow_start_pct: u.arbitrary()?,
                             })
                         })
                         .collect::<arbitrary::Result<_>>()?;

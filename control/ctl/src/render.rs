@@ -352,7 +352,10 @@ pub(crate) fn origin_health(pools: &[PoolHealth]) -> String {
                 vec![
                     p.route.clone(),
                     o.addr.clone(),
-                    o.state.clone(),
+                    match o.slow_start_pct {
+                        Some(pct) => format!("{} (slow start {pct}%)", o.state),
+                        None => o.state.clone(),
+                    },
                     o.why.clone(),
                     if p.watched {
                         duration_ms(o.since_ms)
