@@ -3,6 +3,7 @@
 //! through the side's transport, an EOF, an error or the end of a multishot read; and the
 //! reads that stopped for want of provided buffers are re-armed once buffers are back.
 
+use wsedge_proto::firewall::TlsFacts;
 use wsedge_proto::session::{Env, FirewallGate, HeadContext, Input, Side};
 use wsedge_ring::Completion;
 
@@ -37,6 +38,7 @@ impl Worker {
                 state: &mut self.fw_state,
                 unix_now: wsedge_command::unix_now(),
                 trace: &mut self.fw_trace,
+                tls: conn.sides[0].transport.tls_facts().map(firewall_facts),
             }),
             functions: &mut self.functions,
             conn: public,
@@ -160,5 +162,17 @@ impl Worker {
                 c.ops += 1;
             }
         }
+    }
+}
+
+/// What the firewall's TLS criteria see of a finished handshake.
+fn firewall_facts(f: &wsedge_tls::HandshakeFacts) -> TlsFacts<'_> {
+    TlsFacts {
+        sni: f.sni.as_deref(),
+        version: match f.version {
+            wsedge_tls::TlsVersion::Tls12 => "1.2",
+            wsedge_tls::TlsVersion::Tls13 => "1.3",
+        },
+        client_cert: f.client_cert.as_str(),
     }
 }
