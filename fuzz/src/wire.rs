@@ -23,6 +23,7 @@ use wsedge_command::wire::{
     Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
     LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
     Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
+    FunctionRow,
     decode_response, read_frame, send,
 };
 
@@ -221,11 +222,13 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
+        Request::FunctionsList => 18,
+        Request::FunctionDeploy { .. } => 19,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=17u8)?;
+    let variant = u.int_in_range(0..=19u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -275,10 +278,15 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             name: u.arbitrary()?,
             cidr: u.arbitrary()?,
         },
-        _ => Request::LimitsSet {
+        17 => Request::LimitsSet {
             key: u.arbitrary()?,
             value: u.arbitrary()?,
             route: u.arbitrary()?,
+        },
+        18 => Request::FunctionsList,
+        _ => Request::FunctionDeploy {
+            route: u.arbitrary()?,
+            script: u.arbitrary()?,
         },
     };
     assert_eq!(request_variant(&request), variant);
@@ -316,6 +324,7 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
+        Response::Functions { .. } => 13,
     }
 }
 
@@ -355,7 +364,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=12u8)?;
+    let variant = u.int_in_range(0..=13u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -405,6 +414,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             Response::Stats(StatsReport {
                 workers,
                 total: worker_stats(u)?,
+                functions: function_rows(u)?,
             })
         }
         2 => {
@@ -486,13 +496,35 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
         }
-        _ => Response::Error {
+        12 => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
+        },
+        _ => Response::Functions {
+            functions: function_rows(u)?,
         },
     };
     assert_eq!(response_variant(&response), variant);
     Ok(response)
+}
+
+/// A few JavaScript function rows.
+fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(FunctionRow {
+                name: u.arbitrary()?,
+                version: u.arbitrary()?,
+                sockets: u.arbitrary()?,
+                invocations: u.arbitrary()?,
+                errors: u.arbitrary()?,
+                interrupts: u.arbitrary()?,
+                cpu_us: u.arbitrary()?,
+                memory_bytes: u.arbitrary()?,
+                restarts: u.arbitrary()?,
+            })
+        })
+        .collect()
 }
 
 /// A connection id as the wire carries it (worker, slot, 24-bit generation).

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 #[cfg(doc)]
 use super::MAX_FRAME;
 use super::views::{
-    Applied, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status,
+    Applied, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow, StatsReport,
+    Status,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -107,6 +108,16 @@ pub enum Request {
         #[serde(default)]
         name: Option<String>,
     },
+    /// The JavaScript functions: version, live sockets, invocations, errors, CPU time,
+    /// memory (summed over the workers).
+    FunctionsList,
+    /// Serve route `route`'s JavaScript function from the module at `script` (an absolute
+    /// path the dataplane can read; its sibling imports are read from its directory): the
+    /// route's `script` is set to it and the configuration applied, so new connections get
+    /// the new code while live ones finish on theirs. A module that does not compile is
+    /// refused with its `file:line:column` and the old one keeps serving. The control
+    /// process persists it like any edit.
+    FunctionDeploy { route: String, script: String },
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
     /// Control process: add an origin (`IP:port`) to a route.
@@ -155,6 +166,8 @@ impl Request {
             Request::ListsShow { .. } => "lists_show",
             Request::ListAdd { .. } => "list_add",
             Request::ListRemove { .. } => "list_remove",
+            Request::FunctionsList => "functions_list",
+            Request::FunctionDeploy { .. } => "function_deploy",
         }
     }
 }
@@ -194,6 +207,10 @@ pub enum Response {
     /// Answer to [`Request::ListsShow`].
     Lists {
         lists: Vec<ListView>,
+    },
+    /// Answer to [`Request::FunctionsList`].
+    Functions {
+        functions: Vec<FunctionRow>,
     },
     Error {
         kind: ErrorKind,
@@ -376,6 +393,11 @@ mod tests {
                 value: "5m".into(),
                 route: None,
             },
+            Request::FunctionsList,
+            Request::FunctionDeploy {
+                route: "chat".into(),
+                script: "/srv/functions/chat.js".into(),
+            },
         ];
         for (i, request) in requests.into_iter().enumerate() {
             let mut buf = Vec::new();
@@ -397,6 +419,12 @@ mod tests {
                 ..WorkerStats::default()
             }],
             total: WorkerStats::default(),
+            functions: vec![FunctionRow {
+                name: "chat".into(),
+                version: 2,
+                sockets: 5,
+                ..FunctionRow::default()
+            }],
         });
         let mut buf = Vec::new();
         send(&mut buf, &Envelope::new(9, &response)).expect("send");

@@ -12,6 +12,7 @@
 //! `wsedge_command::wire::server`, the same server the control process runs; this module is
 //! its handler. No `unsafe` here.
 
+mod functions;
 mod metrics;
 mod publish;
 mod watchdog;
@@ -306,6 +307,12 @@ impl Shared {
                     .map(|lists| Response::Lists { lists })
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
             }
+            Request::FunctionsList => self
+                .functions()
+                .map(|functions| Response::Functions { functions }),
+            Request::FunctionDeploy { route, script } => {
+                self.deploy(&route, &script).map(Response::Applied)
+            }
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }
@@ -397,7 +404,11 @@ impl Shared {
         }
         total.config_version = self.current().version;
         total.handshake_latency = merged.as_ref().and_then(percentiles);
-        Ok(StatsReport { workers, total })
+        Ok(StatsReport {
+            workers,
+            total,
+            functions: functions::function_rows(&reports),
+        })
     }
 
     fn kill(&self, id: ConnectionId) -> Result<Response, Failure> {

@@ -530,7 +530,7 @@ impl Worker {
                 unix_now: wsedge_command::unix_now(),
                 trace: &mut self.fw_trace,
             }),
-            functions: &mut self.functions,
+            functions: &mut self.functions.host,
             conn: public,
             proto: conn.sides[0].transport.proto(),
         };
