@@ -401,6 +401,58 @@ export default {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_script_is_interrupted_while_the_worker_keeps_serving() {
+    within(60, async {
+        let scripts = Scripts::new("spin");
+        let source = r#"
+export default {
+  fetch(request) {
+    const { socket, response } = upgradeWebSocket(request);
+    socket.onmessage = (event) => {
+      if (event.data === "spin") for (;;) {}
+      socket.send(event.data);
+    };
+    return response;
+  },
+};
+"#;
+        let metrics = free_port();
+        let path = scripts.write("handler.js", source);
+        let routes = js_route("fn", "/fn", &path, &["cpu_budget = \"200ms\""])
+            + &function_route("plain", "/plain", "echo", &[]);
+        // One worker: the spinning script and the other connections share its thread.
+        let toml = format!(
+            "{}\n[control]\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+            config_toml(1, &routes)
+        );
+        let proxy = Proxy::start_toml(&toml).await;
+        let mut spinner = common::ws_connect(proxy.addr, "/fn").await;
+        let mut plain = common::ws_connect(proxy.addr, "/plain").await;
+        let mut js = common::ws_connect(proxy.addr, "/fn").await;
+        assert_eq!(ask(&mut js, "warm").await, "warm");
+
+        spinner.send(Message::text("spin")).await.expect("send");
+        // The other connections wait at most about one budget.
+        for i in 0..5 {
+            let t0 = Instant::now();
+            assert_eq!(ask(&mut plain, &format!("p{i}")).await, format!("p{i}"));
+            assert_eq!(ask(&mut js, &format!("j{i}")).await, format!("j{i}"));
+            let took = t0.elapsed();
+            assert!(
+                took < Duration::from_millis(1500),
+                "round {i} took {took:?}"
+            );
+        }
+        assert_eq!(close_of(&mut spinner).await.map(|c| c.0), Some(1011));
+        let addr = format!("127.0.0.1:{metrics}").parse().expect("addr");
+        let (_, body) = http_get(addr, "/metrics").await;
+        let interrupts = metric(&body, "wsedge_function_interrupts_total{function=\"fn\"}");
+        assert_eq!(interrupts, Some(1.0), "{body}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_reaches_every_subscriber_but_the_sender_and_the_publish_api_reaches_js() {
     within(60, async {
         let scripts = Scripts::new("fanout");

@@ -125,6 +125,10 @@ impl Worker {
             tracing::warn!(worker = self.index, function = %outbound.route, "outbound socket of a route that is gone: not opened");
             return;
         };
+        if self.exit_when_empty {
+            // Shutting down: no new connections, not even the scripts' own.
+            return;
+        }
         if self.conns.len() >= self.settings.max_connections {
             tracing::warn!(worker = self.index, function = %outbound.route, "outbound socket refused: the worker is at max_connections");
             return;
