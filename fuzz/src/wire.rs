@@ -21,7 +21,8 @@ use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
     Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
+    LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION, Percentiles,
+    PoolHealth, Request,
     Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
     FunctionRow,
     decode_response, read_frame, send,
@@ -222,13 +223,14 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
-        Request::FunctionsList => 18,
-        Request::FunctionDeploy { .. } => 19,
+        Request::OriginsHealth => 18,
+        Request::FunctionsList => 19,
+        Request::FunctionDeploy { .. } => 20,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=19u8)?;
+    let variant = u.int_in_range(0..=20u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -283,7 +285,8 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             value: u.arbitrary()?,
             route: u.arbitrary()?,
         },
-        18 => Request::FunctionsList,
+        18 => Request::OriginsHealth,
+        19 => Request::FunctionsList,
         _ => Request::FunctionDeploy {
             route: u.arbitrary()?,
             script: u.arbitrary()?,
@@ -324,7 +327,8 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
-        Response::Functions { .. } => 13,
+        Response::Origins { .. } => 13,
+        Response::Functions { .. } => 14,
     }
 }
 
@@ -364,7 +368,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=13u8)?;
+    let variant = u.int_in_range(0..=14u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -479,6 +483,14 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
         10 => Response::Presence {
             channel: u.arbitrary()?,
             subscribers: u.arbitrary()?,
+            hosts: (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    Ok(wsedge_command::wire::HostPresence {
+                        host: u.arbitrary()?,
+                        subscribers: u.arbitrary()?,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?,
         },
         11 => {
             let lists = (0..u.int_in_range(0..=2)?)
@@ -496,12 +508,42 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
         }
-        12 => Response::Error {
+        13 => {
+            let pools = (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    let origins = (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(OriginHealth {
+                                addr: u.arbitrary()?,
+                                state: u.arbitrary()?,
+                                why: u.arbitrary()?,
+                                since_ms: u.arbitrary()?,
+                                last_check: u.arbitrary()?,
+                                last_check_ago_ms: u.arbitrary()?,
+                                checks: u.arbitrary()?,
+                                checks_failed: u.arbitrary()?,
+                                ejections: u.arbitrary()?,
+                                transitions: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?;
+                    Ok(PoolHealth {
+                        route: u.arbitrary()?,
+                        balance: u.arbitrary()?,
+                        check: u.arbitrary()?,
+                        watched: u.arbitrary()?,
+                        origins,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?;
+            Response::Origins { pools }
+        }
+        14 => Response::Functions {
+            functions: function_rows(u)?,
+        },
+        _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
-        },
-        _ => Response::Functions {
-            functions: function_rows(u)?,
         },
     };
     assert_eq!(response_variant(&response), variant);

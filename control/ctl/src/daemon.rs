@@ -456,6 +456,7 @@ impl Daemon {
             | Request::Drain { .. }
             | Request::Publish { .. }
             | Request::Presence { .. }
+            | Request::OriginsHealth
             | Request::FunctionsList => return self.forward(&request),
             // A deploy is an edit of the route's `script`: persisted, then pushed (where the
             // dataplane compiles it, or refuses it and the state file is restored).

@@ -85,10 +85,11 @@ enum Cmd {
         /// Connection id as `connections` prints it: WORKER-SLOT-GENERATION, e.g. `1-42-7`.
         id: ConnectionId,
     },
-    /// Origins of the routes: list, add, remove (live; persisted by the daemon).
+    /// Origins of the routes with their health (no subcommand: state, why, last check,
+    /// ejections, from the dataplane); list, add, remove (live; persisted by the daemon).
     Origins {
         #[command(subcommand)]
-        action: OriginsCmd,
+        action: Option<OriginsCmd>,
     },
     /// Routes in force.
     Routes {
@@ -166,7 +167,9 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum OriginsCmd {
-    /// Every route's origins.
+    /// Every pool's origins with their health, as the dataplane sees them (the default).
+    Show,
+    /// Every route's origins, as configured.
     List,
     /// Add ADDR (IP:port) to ROUTE's origins.
     Add { route: String, addr: String },
@@ -373,12 +376,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         },
         Cmd::Kill { id } => Request::Kill { id: *id },
         Cmd::Origins { action } => match action {
-            OriginsCmd::List => Request::RoutesList,
-            OriginsCmd::Add { route, addr } => Request::OriginAdd {
+            None | Some(OriginsCmd::Show) => Request::OriginsHealth,
+            Some(OriginsCmd::List) => Request::RoutesList,
+            Some(OriginsCmd::Add { route, addr }) => Request::OriginAdd {
                 route: route.clone(),
                 addr: addr.clone(),
             },
-            OriginsCmd::Remove { route, addr } => Request::OriginRemove {
+            Some(OriginsCmd::Remove { route, addr }) => Request::OriginRemove {
                 route: route.clone(),
                 addr: addr.clone(),
             },
@@ -524,10 +528,11 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         (_, Response::Killed { id }) => format!("connection {id} closed\n"),
         (
             Cmd::Origins {
-                action: OriginsCmd::List,
+                action: Some(OriginsCmd::List),
             },
             Response::Routes { routes },
         ) => render::origins(routes),
+        (_, Response::Origins { pools }) => render::origin_health(pools),
         (_, Response::Routes { routes }) => render::routes(routes),
         (_, Response::Limits(view)) => render::limits(view),
         (_, Response::Applied(a)) => {
@@ -545,8 +550,15 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             Response::Presence {
                 channel,
                 subscribers,
+                hosts,
             },
-        ) => format!("{channel}: {subscribers} subscribers\n"),
+        ) => {
+            let mut out = format!("{channel}: {subscribers} subscribers\n");
+            for h in hosts {
+                out.push_str(&format!("  {}: {}\n", h.host, h.subscribers));
+            }
+            out
+        }
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
         (_, Response::Functions { functions }) => render::functions(functions),

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use wsedge_command::wire::{
-    Applied, ConfigText, Connection, FunctionRow, LimitsView, ListView, Percentiles, RouteRow,
-    StatsReport, Status, WorkerStats,
+    Applied, ConfigText, Connection, FunctionRow, LimitsView, ListView, Percentiles, PoolHealth,
+    RouteRow, StatsReport, Status, WorkerStats,
 };
 
 /// Left-aligned columns separated by two spaces; numbers are right-aligned.
@@ -336,6 +336,57 @@ pub(crate) fn origins(routes: &[RouteRow]) -> String {
         })
         .collect();
     table(&["ROUTE", "ORIGIN"], &rows)
+}
+
+/// `wsedgectl origins`: one line per origin of every pool, with its health.
+pub(crate) fn origin_health(pools: &[PoolHealth]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .flat_map(|p| {
+            let check = if p.watched {
+                p.check.clone().unwrap_or_else(|| "passive".to_owned())
+            } else {
+                "-".to_owned()
+            };
+            p.origins.iter().map(move |o| {
+                vec![
+                    p.route.clone(),
+                    o.addr.clone(),
+                    o.state.clone(),
+                    o.why.clone(),
+                    if p.watched {
+                        duration_ms(o.since_ms)
+                    } else {
+                        "-".to_owned()
+                    },
+                    match (&o.last_check, o.last_check_ago_ms) {
+                        (Some(r), Some(ago)) => format!("{r} {} ago", duration_ms(ago)),
+                        (Some(r), None) => r.clone(),
+                        _ => "-".to_owned(),
+                    },
+                    format!("{}/{}", o.checks_failed, o.checks),
+                    o.ejections.to_string(),
+                    p.balance.clone(),
+                    check.clone(),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &[
+            "ROUTE",
+            "ORIGIN",
+            "STATE",
+            "WHY",
+            "SINCE",
+            "LAST CHECK",
+            "FAILED",
+            "EJECTIONS",
+            "BALANCE",
+            "CHECK",
+        ],
+        &rows,
+    )
 }
 
 pub(crate) fn limits(view: &LimitsView) -> String {

@@ -18,9 +18,11 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod access_log;
+mod broker;
 mod bus;
 mod conn_id;
 mod control;
+mod health;
 mod listeners;
 mod settings;
 mod stats;
@@ -94,7 +96,9 @@ fn main() -> ExitCode {
     // loaded and run once in a scratch runtime, so --check refuses one that does not compile,
     // naming its file and line).
     let count = cli.workers.unwrap_or_else(|| config.worker_count()).max(1);
-    let settings = match settings::Settings::from_config(&config, count) {
+    // Origin health: one registry for the process, kept across configuration pushes.
+    let health = health::Registry::new();
+    let settings = match settings::Settings::from_config(&config, count, &health) {
         Ok(s) => s.with_tls(&tls.store),
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
@@ -107,7 +111,7 @@ fn main() -> ExitCode {
     }
     match run(
         config,
-        settings,
+        (settings, health),
         tls.store,
         (text, source),
         count,
@@ -123,7 +127,7 @@ fn main() -> ExitCode {
 
 fn run(
     config: wsedge_command::Config,
-    settings: settings::Settings,
+    (settings, health): (settings::Settings, std::sync::Arc<health::Registry>),
     certs: wsedge_tls::CertStore,
     (text, source): (String, String),
     count: usize,
@@ -176,6 +180,18 @@ fn run(
         mailboxes.push(Mailbox { tx, wake_fd });
         receivers.push(rx);
     }
+    // The broker bridge (`[broker]`): its own thread, reaching the workers like the control
+    // plane does (a queue and the wake eventfd). It connects in the background: a broker
+    // that is down at start means local-only service and retries, not a failed start.
+    let wake_fds: Vec<std::os::fd::RawFd> = mailboxes.iter().map(|m| m.wake_fd).collect();
+    let (broker, mut ports) = match &config.broker {
+        Some(b) => {
+            let (handle, ports) =
+                broker::start(b, host, &wake_fds).context("starting the broker bridge")?;
+            (Some(handle), ports.into_iter().map(Some).collect())
+        }
+        None => (None, (0..count).map(|_| None).collect::<Vec<_>>()),
+    };
     let mut handles = Vec::with_capacity(count);
     for ((index, listeners), rx) in per_worker.into_iter().enumerate().zip(receivers) {
         let wake_fd = mailboxes[index].wake_fd;
@@ -196,6 +212,7 @@ fn run(
             wake_fd,
             peers,
             host,
+            bridge: ports[index].take(),
         };
         let done = done_tx.clone();
         let ready = ready_tx.clone();
@@ -241,8 +258,12 @@ fn run(
         mailboxes: mailboxes.clone(),
         started,
         certs,
+        health: health.clone(),
+        broker,
+        host,
     })
     .context("starting the control plane")?;
+    health::start(health).context("starting the wsedge-health thread")?;
 
     eprintln!("wsedge: ready workers={count}");
 

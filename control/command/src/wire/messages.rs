@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::MAX_FRAME;
+use super::health::PoolHealth;
 use super::views::{
     Applied, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow, StatsReport,
     Status,
@@ -103,6 +104,8 @@ pub enum Request {
     },
     /// How many clients are subscribed to `channel` (all broadcast routes, all workers).
     Presence { channel: String },
+    /// Every route's origins with their health: state, why, last check, ejections.
+    OriginsHealth,
     /// The `[[list]]` network lists (or one), without expired entries.
     ListsShow {
         #[serde(default)]
@@ -163,6 +166,7 @@ impl Request {
             Request::LimitsSet { .. } => "limits_set",
             Request::Publish { .. } => "publish",
             Request::Presence { .. } => "presence",
+            Request::OriginsHealth => "origins_health",
             Request::ListsShow { .. } => "lists_show",
             Request::ListAdd { .. } => "list_add",
             Request::ListRemove { .. } => "list_remove",
@@ -199,10 +203,17 @@ pub enum Response {
         channel: String,
         delivered: u64,
     },
-    /// Answer to [`Request::Presence`].
+    /// Answer to [`Request::Presence`]: `subscribers` is the total; with a `[broker]`, the
+    /// fleet's (every host's count as kept in the broker) and `hosts` lists them.
     Presence {
         channel: String,
         subscribers: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostPresence>,
+    },
+    /// Answer to [`Request::OriginsHealth`].
+    Origins {
+        pools: Vec<PoolHealth>,
     },
     /// Answer to [`Request::ListsShow`].
     Lists {
@@ -331,6 +342,14 @@ mod base64_bytes {
         let text = String::deserialize(d)?;
         decode(&text).ok_or_else(|| D::Error::custom("not standard base64"))
     }
+}
+
+/// One host's subscribers of a channel, in a fleet-wide [`Response::Presence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPresence {
+    /// The host's `[broker] host` name.
+    pub host: String,
+    pub subscribers: u64,
 }
 
 /// Checks the channel of a [`Request::Publish`] or [`Request::Presence`] by

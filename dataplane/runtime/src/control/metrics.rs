@@ -73,9 +73,13 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         Response::Stats(stats) => {
             let uptime = shared.started.elapsed().as_secs_f64();
             let (version, hash) = shared.config_identity();
-            let mut page = render(&stats.workers, uptime, (version, &hash));
-            render_functions(&mut page, &stats.functions);
-            respond(&mut stream, "200 OK", &page)
+            let mut body = render(&stats.workers, uptime, (version, &hash));
+            render_functions(&mut body, &stats.functions);
+            super::origins::render(&mut body, &shared.origin_views());
+            if let Some(broker) = &shared.broker {
+                super::broker_metrics::render(&mut body, &broker.status());
+            }
+            respond(&mut stream, "200 OK", &body)
         }
         Response::Error { message, .. } => respond(
             &mut stream,
@@ -100,14 +104,19 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
 type Field = fn(&WorkerStats) -> u64;
 
 /// Writes a metric family's HELP and TYPE lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Writes one sample line, `name{label="value",...} value`. Every sample goes through here,
 /// so every label value is escaped.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+pub(super) fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: impl std::fmt::Display,
+) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');

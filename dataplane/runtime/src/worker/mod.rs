@@ -10,6 +10,7 @@
 //! buffer when.
 
 mod accept;
+mod bridge;
 mod commands;
 mod conn;
 mod functions;
@@ -74,6 +75,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) peers: Vec<Mailbox>,
     /// Names this host on bus messages.
     pub(crate) host: u64,
+    /// The broker bridge, when `[broker]` is configured.
+    pub(crate) bridge: Option<crate::broker::Port>,
 }
 
 /// Field order matters: the ring (which owns the buffer ring) goes last, after every
@@ -192,7 +195,7 @@ impl Worker {
             accept_paused: false,
             wake_fd: spec.wake_fd,
             mailbox: spec.mailbox,
-            bus: Bus::new(spec.peers, spec.host),
+            bus: Bus::new(spec.peers, spec.host, spec.bridge),
             functions: Functions::new(spec.index, workers, seed),
             starved: Vec::new(),
             log: spec.access_log,
@@ -336,6 +339,7 @@ impl Worker {
             }
         }
         self.pump_functions();
+        self.drain_bridge();
         self.ring.read_wake(Owner(OWNER_WAKE), self.wake_fd);
     }
 
