@@ -462,8 +462,16 @@ impl Daemon {
             // dataplane compiles it, or refuses it and the state file is restored).
             Request::FunctionDeploy { route, script } => self
                 .change(|d| {
-                    let toml = wsedge_command::edit::set_script(&d.toml, &route, &script)
-                        .map_err(|m| Failure::new(ErrorKind::BadRequest, m))?;
+                    let toml = wsedge_command::edit::set_script(&d.toml, &route, &script).map_err(
+                        |m| {
+                            let kind = if m.starts_with("no route") {
+                                ErrorKind::NotFound
+                            } else {
+                                ErrorKind::BadRequest
+                            };
+                            Failure::new(kind, m)
+                        },
+                    )?;
                     Ok((toml, edited(&d.source)))
                 })
                 .map(Response::Applied),
