@@ -21,9 +21,9 @@ use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
     Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION, Percentiles,
-    PoolHealth, Request, Response, RouteRow, StatsReport, Status, WireError, WorkerStats,
-    WorkerStatus, decode_request, decode_response, read_frame, send,
+    FunctionRow, LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION,
+    Percentiles, PoolHealth, Request, Response, RouteRow, StatsReport, Status, WireError,
+    WorkerStats, WorkerStatus, decode_request, decode_response, read_frame, send,
 };
 
 use crate::alloc::largest_allocation;
@@ -224,11 +224,13 @@ fn request_variant(r: &Request) -> u8 {
         Request::Certs => 18,
         Request::CertsReload => 19,
         Request::OriginsHealth => 20,
+        Request::FunctionsList => 21,
+        Request::FunctionDeploy { .. } => 22,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=20u8)?;
+    let variant = u.int_in_range(0..=22u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -285,7 +287,12 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
         },
         18 => Request::Certs,
         19 => Request::CertsReload,
-        _ => Request::OriginsHealth,
+        20 => Request::OriginsHealth,
+        21 => Request::FunctionsList,
+        _ => Request::FunctionDeploy {
+            route: u.arbitrary()?,
+            script: u.arbitrary()?,
+        },
     };
     assert_eq!(request_variant(&request), variant);
     Ok(request)
@@ -325,6 +332,7 @@ fn response_variant(r: &Response) -> u8 {
         Response::Origins { .. } => 13,
         Response::Certs { .. } => 14,
         Response::CertsReloaded { .. } => 15,
+        Response::Functions { .. } => 16,
     }
 }
 
@@ -364,7 +372,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=15u8)?;
+    let variant = u.int_in_range(0..=16u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -414,6 +422,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             Response::Stats(StatsReport {
                 workers,
                 total: worker_stats(u)?,
+                functions: function_rows(u)?,
             })
         }
         2 => {
@@ -541,6 +550,9 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             certificates: cert_views(u)?,
             workers_confirmed: u.arbitrary()?,
         },
+        16 => Response::Functions {
+            functions: function_rows(u)?,
+        },
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
@@ -564,6 +576,25 @@ fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
                 not_after: u.arbitrary()?,
                 key_type: u.arbitrary()?,
                 chain_len: u.arbitrary()?,
+            })
+        })
+        .collect()
+}
+
+/// A few JavaScript function rows.
+fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(FunctionRow {
+                name: u.arbitrary()?,
+                version: u.arbitrary()?,
+                sockets: u.arbitrary()?,
+                invocations: u.arbitrary()?,
+                errors: u.arbitrary()?,
+                interrupts: u.arbitrary()?,
+                cpu_us: u.arbitrary()?,
+                memory_bytes: u.arbitrary()?,
+                restarts: u.arbitrary()?,
             })
         })
         .collect()

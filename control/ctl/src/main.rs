@@ -142,6 +142,11 @@ enum Cmd {
         #[command(subcommand)]
         action: ListsCmd,
     },
+    /// JavaScript functions (`function = "js"` routes): list, deploy new code live.
+    Functions {
+        #[command(subcommand)]
+        action: FunctionsCmd,
+    },
     /// The fleet configuration in etcd: status of every host, show, apply (see `[fleet]` in
     /// docs/operations.md). Talks to etcd directly, no daemon needed.
     Fleet {
@@ -206,6 +211,17 @@ enum CertsCmd {
     /// every worker; live connections keep theirs. A broken file is refused, naming it, and
     /// the certificates in force keep serving.
     Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum FunctionsCmd {
+    /// Each function: version, live sockets, invocations, errors, CPU time, memory.
+    List,
+    /// Serve route NAME's function from FILE (an ES module; its sibling imports are read
+    /// from its directory by the dataplane): new connections get the new code, live ones
+    /// finish on theirs. A module that does not compile is refused with its file and line,
+    /// and the old one keeps serving. Persisted by the daemon (the route's `script`).
+    Deploy { name: String, file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -469,6 +485,18 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 channel: channel.clone(),
             }
         }
+        Cmd::Functions { action } => match action {
+            FunctionsCmd::List => Request::FunctionsList,
+            FunctionsCmd::Deploy { name, file } => {
+                let path = std::fs::canonicalize(file).map_err(|e| {
+                    Fail::new(EXIT_USAGE, format!("{}: cannot read: {e}", file.display()))
+                })?;
+                Request::FunctionDeploy {
+                    route: name.clone(),
+                    script: path.display().to_string(),
+                }
+            }
+        },
         Cmd::Lists { action } => match action {
             ListsCmd::Show { name } => Request::ListsShow { name: name.clone() },
             ListsCmd::Add {
@@ -567,6 +595,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             certificates.len(),
             render::certs(certificates, wsedge_command::wire::unix_now())
         ),
+        (_, Response::Functions { functions }) => render::functions(functions),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use wsedge_command::wire::{
-    Applied, CertView, ConfigText, Connection, LimitsView, ListView, Percentiles, PoolHealth,
-    RouteRow, StatsReport, Status, WorkerStats,
+    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, Percentiles,
+    PoolHealth, RouteRow, StatsReport, Status, WorkerStats,
 };
 
 /// Left-aligned columns separated by two spaces; numbers are right-aligned.
@@ -427,6 +427,41 @@ pub(crate) fn lists(lists: &[ListView], unix_now: u64) -> String {
     table(&["LIST", "NETWORK", "EXPIRES"], &rows)
 }
 
+/// `functions list`: one row per JavaScript function, summed over the workers.
+pub(crate) fn functions(functions: &[FunctionRow]) -> String {
+    if functions.is_empty() {
+        return "no JavaScript functions (no route has function = \"js\")\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = functions
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.version.to_string(),
+                f.sockets.to_string(),
+                f.invocations.to_string(),
+                f.errors.to_string(),
+                duration_ms(f.cpu_us / 1000),
+                bytes(f.memory_bytes),
+                f.restarts.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "FUNCTION",
+            "VERSION",
+            "SOCKETS",
+            "INVOCATIONS",
+            "ERRORS",
+            "CPU",
+            "MEMORY",
+            "RESTARTS",
+        ],
+        &rows,
+    )
+}
+
 pub(crate) fn applied(a: &Applied) -> String {
     let mut out = match a.version.filter(|_| a.pushed) {
         Some(version) => format!(
@@ -627,6 +662,7 @@ mod tests {
                 handshake_latency: Some(p),
                 ..WorkerStats::default()
             },
+            functions: Vec::new(),
         };
         let text = stats(&report);
         assert!(text.contains("   950us   1.4ms   2.1ms\n"), "{text}");

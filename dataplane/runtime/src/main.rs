@@ -92,12 +92,31 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The worker settings: the firewall engine and the JavaScript functions' modules (each
+    // loaded and run once in a scratch runtime, so --check refuses one that does not compile,
+    // naming its file and line).
+    let count = cli.workers.unwrap_or_else(|| config.worker_count()).max(1);
+    // Origin health: one registry for the process, kept across configuration pushes.
+    let health = health::Registry::new();
+    let settings = match settings::Settings::from_config(&config, count, &health) {
+        Ok(s) => s.with_tls(&tls.store),
+        Err(e) => {
+            eprintln!("wsedge: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if cli.check {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    // TLS origins are validated but not served yet (`Settings::from_config` refuses them).
-    match run(config, tls.store, (text, source), cli.workers, cli.takeover) {
+    match run(
+        config,
+        (settings, health),
+        tls.store,
+        (text, source),
+        count,
+        cli.takeover,
+    ) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
@@ -108,14 +127,14 @@ fn main() -> ExitCode {
 
 fn run(
     config: wsedge_command::Config,
+    (settings, health): (settings::Settings, std::sync::Arc<health::Registry>),
     certs: wsedge_tls::CertStore,
     (text, source): (String, String),
-    workers: Option<usize>,
+    count: usize,
     takeover: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     wsedge_ring::probe().map_err(anyhow::Error::msg)?;
-    let count = workers.unwrap_or_else(|| config.worker_count()).max(1);
     anyhow::ensure!(
         count <= conn_id::MAX_WORKERS,
         "at most {} workers (a connection id names its worker in 8 bits)",
@@ -150,11 +169,6 @@ fn run(
         .map(|fds| fds.into_iter().zip(addrs.iter().map(|(_, t)| *t)).collect())
         .collect();
 
-    // Origin health: one registry for the process, kept across configuration pushes.
-    let health = health::Registry::new();
-    let settings = settings::Settings::from_config(&config, count, &health)
-        .map_err(anyhow::Error::msg)?
-        .with_tls(&certs);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<stats::Stats, String>)>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::MAX_FRAME;
 use super::health::PoolHealth;
 use super::views::{
-    Applied, CertView, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status,
+    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow,
+    StatsReport, Status,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -117,6 +118,16 @@ pub enum Request {
     /// connections keep theirs. A broken file is refused and the old certificates keep
     /// serving (forwarded to the dataplane).
     CertsReload,
+    /// The JavaScript functions: version, live sockets, invocations, errors, CPU time,
+    /// memory (summed over the workers).
+    FunctionsList,
+    /// Serve route `route`'s JavaScript function from the module at `script` (an absolute
+    /// path the dataplane can read; its sibling imports are read from its directory): the
+    /// route's `script` is set to it and the configuration applied, so new connections get
+    /// the new code while live ones finish on theirs. A module that does not compile is
+    /// refused with its `file:line:column` and the old one keeps serving. The control
+    /// process persists it like any edit.
+    FunctionDeploy { route: String, script: String },
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
     /// Control process: add an origin (`IP:port`) to a route.
@@ -168,6 +179,8 @@ impl Request {
             Request::ListsShow { .. } => "lists_show",
             Request::ListAdd { .. } => "list_add",
             Request::ListRemove { .. } => "list_remove",
+            Request::FunctionsList => "functions_list",
+            Request::FunctionDeploy { .. } => "function_deploy",
         }
     }
 }
@@ -224,6 +237,10 @@ pub enum Response {
     CertsReloaded {
         certificates: Vec<CertView>,
         workers_confirmed: usize,
+    },
+    /// Answer to [`Request::FunctionsList`].
+    Functions {
+        functions: Vec<FunctionRow>,
     },
     Error {
         kind: ErrorKind,
@@ -414,6 +431,11 @@ mod tests {
                 value: "5m".into(),
                 route: None,
             },
+            Request::FunctionsList,
+            Request::FunctionDeploy {
+                route: "chat".into(),
+                script: "/srv/functions/chat.js".into(),
+            },
         ];
         for (i, request) in requests.into_iter().enumerate() {
             let mut buf = Vec::new();
@@ -435,6 +457,12 @@ mod tests {
                 ..WorkerStats::default()
             }],
             total: WorkerStats::default(),
+            functions: vec![FunctionRow {
+                name: "chat".into(),
+                version: 2,
+                sockets: 5,
+                ..FunctionRow::default()
+            }],
         });
         let mut buf = Vec::new();
         send(&mut buf, &Envelope::new(9, &response)).expect("send");

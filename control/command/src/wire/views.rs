@@ -73,6 +73,47 @@ pub struct DaemonStatus {
 pub struct StatsReport {
     pub workers: Vec<WorkerStats>,
     pub total: WorkerStats,
+    /// Each JavaScript function, summed over the workers.
+    #[serde(default)]
+    pub functions: Vec<FunctionRow>,
+}
+
+/// One JavaScript function (a `js` route), summed over the workers: the rows of
+/// [`Request::FunctionsList`](super::Request::FunctionsList) and the per-function metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRow {
+    /// The route's name.
+    pub name: String,
+    /// The version serving new connections (1 at start, + 1 for each new code deployed).
+    pub version: u64,
+    /// Live sockets (server sockets and client-less outbound ones).
+    pub sockets: u64,
+    /// Calls into JavaScript: requests, socket events, timers.
+    pub invocations: u64,
+    /// Exceptions, interrupts and memory faults.
+    pub errors: u64,
+    /// Events interrupted at the CPU budget (also counted in `errors`).
+    pub interrupts: u64,
+    /// Time spent in JavaScript, in microseconds.
+    pub cpu_us: u64,
+    /// Bytes the function's runtimes hold now.
+    pub memory_bytes: u64,
+    /// Runtimes torn down at their memory cap and recreated.
+    pub restarts: u64,
+}
+
+impl FunctionRow {
+    /// Adds `other`'s counters into `self` (the highest version wins).
+    pub fn add(&mut self, other: &FunctionRow) {
+        self.version = self.version.max(other.version);
+        self.sockets += other.sockets;
+        self.invocations += other.invocations;
+        self.errors += other.errors;
+        self.interrupts += other.interrupts;
+        self.cpu_us += other.cpu_us;
+        self.memory_bytes += other.memory_bytes;
+        self.restarts += other.restarts;
+    }
 }
 
 /// One worker's counters (or their sum, with `worker` empty).

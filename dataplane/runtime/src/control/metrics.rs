@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wsedge_command::wire::{Response, WorkerStats};
+use wsedge_command::wire::{FunctionRow, Response, WorkerStats};
 
 use super::Shared;
 
@@ -76,6 +76,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             let mut body = render(&stats.workers, uptime, (version, &hash));
             let now = i64::try_from(wsedge_command::wire::unix_now()).unwrap_or(i64::MAX);
             render_certs(&mut body, &shared.cert_expiry(now));
+            render_functions(&mut body, &stats.functions);
             super::origins::render(&mut body, &shared.origin_views());
             if let Some(broker) = &shared.broker {
                 super::broker_metrics::render(&mut body, &broker.status());
@@ -289,6 +290,72 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
     }
     render_frames(&mut out, workers);
     out
+}
+
+/// A function's counter, read off its row.
+type FunctionField = fn(&FunctionRow) -> f64;
+
+/// Each JavaScript function's counters (summed over the workers), labelled `function`.
+fn render_functions(out: &mut String, functions: &[FunctionRow]) {
+    if functions.is_empty() {
+        return;
+    }
+    let families: [(&str, &str, &str, FunctionField); 8] = [
+        (
+            "wsedge_function_version",
+            "gauge",
+            "The version of the function serving new connections.",
+            |f| f.version as f64,
+        ),
+        (
+            "wsedge_function_sockets",
+            "gauge",
+            "Live sockets of the function (server sockets and client-less outbound ones).",
+            |f| f.sockets as f64,
+        ),
+        (
+            "wsedge_function_invocations_total",
+            "counter",
+            "Calls into the function's JavaScript: requests, socket events, timers.",
+            |f| f.invocations as f64,
+        ),
+        (
+            "wsedge_function_errors_total",
+            "counter",
+            "Exceptions, interrupts and memory faults of the function.",
+            |f| f.errors as f64,
+        ),
+        (
+            "wsedge_function_interrupts_total",
+            "counter",
+            "Events of the function interrupted at their CPU budget.",
+            |f| f.interrupts as f64,
+        ),
+        (
+            "wsedge_function_cpu_seconds_total",
+            "counter",
+            "Time spent in the function's JavaScript.",
+            |f| f.cpu_us as f64 / 1e6,
+        ),
+        (
+            "wsedge_function_memory_bytes",
+            "gauge",
+            "Bytes the function's runtimes hold (all workers).",
+            |f| f.memory_bytes as f64,
+        ),
+        (
+            "wsedge_function_restarts_total",
+            "counter",
+            "Runtimes of the function torn down at their memory cap and recreated.",
+            |f| f.restarts as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for f in functions {
+            sample(out, name, &[("function", &f.name)], value(f));
+        }
+    }
 }
 
 /// The `frames` relay's message and close-code counters.

@@ -15,6 +15,7 @@
 mod broker_metrics;
 mod certs;
 mod channels;
+mod functions;
 mod metrics;
 mod origins;
 mod publish;
@@ -349,6 +350,12 @@ impl Shared {
                         workers_confirmed,
                     },
                 ),
+            Request::FunctionsList => self
+                .functions()
+                .map(|functions| Response::Functions { functions }),
+            Request::FunctionDeploy { route, script } => {
+                self.deploy(&route, &script).map(Response::Applied)
+            }
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }
@@ -404,7 +411,11 @@ impl Shared {
         }
         total.config_version = self.current().version;
         total.handshake_latency = merged.as_ref().and_then(percentiles);
-        Ok(StatsReport { workers, total })
+        Ok(StatsReport {
+            workers,
+            total,
+            functions: functions::function_rows(&reports),
+        })
     }
 
     fn kill(&self, id: ConnectionId) -> Result<Response, Failure> {

@@ -34,6 +34,7 @@ impl Worker {
                     accepting: self.accepting,
                     stats: self.stats.clone(),
                     handshake_us: self.handshake_us.clone(),
+                    functions: self.functions.stats(),
                 });
             }
             Command::Connections {
@@ -126,6 +127,7 @@ impl Worker {
     fn apply_settings(&mut self, version: u64, settings: Settings) {
         self.routes = settings.routes.iter().cloned().map(Rc::new).collect();
         self.settings = settings;
+        self.deploy_scripts();
         self.config_version = version;
         tracing::info!(worker = self.index, version, "configuration applied");
     }

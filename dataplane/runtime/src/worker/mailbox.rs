@@ -83,6 +83,8 @@ pub(crate) struct WorkerReport {
     pub(crate) stats: Stats,
     /// Accept to response-head-queued, in microseconds, since the worker started.
     pub(crate) handshake_us: hdrhistogram::Histogram<u64>,
+    /// Counters of each JavaScript function (by route name) on this worker.
+    pub(crate) functions: Vec<(String, wsedge_js::FunctionStats)>,
 }
 
 /// One live connection, for `wsedgectl connections`.
