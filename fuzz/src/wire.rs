@@ -21,6 +21,7 @@ use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
     Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
+    GenerationStatus, Upgraded,
     LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
     Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
     decode_response, read_frame, send,
@@ -221,11 +222,12 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
+        Request::Upgrade { .. } => 18,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=17u8)?;
+    let variant = u.int_in_range(0..=18u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -275,6 +277,9 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             name: u.arbitrary()?,
             cidr: u.arbitrary()?,
         },
+        18 => Request::Upgrade {
+            binary: u.arbitrary()?,
+        },
         _ => Request::LimitsSet {
             key: u.arbitrary()?,
             value: u.arbitrary()?,
@@ -286,7 +291,7 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
 }
 
 /// Every error kind (`Unknown` included: it is how a newer peer's kind arrives).
-const ERROR_KINDS: [ErrorKind; 11] = [
+const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::BadRequest,
     ErrorKind::FrameTooLarge,
     ErrorKind::UnsupportedVersion,
@@ -296,6 +301,8 @@ const ERROR_KINDS: [ErrorKind; 11] = [
     ErrorKind::Unavailable,
     ErrorKind::NotSupported,
     ErrorKind::Busy,
+    ErrorKind::UpgradeFailed,
+    ErrorKind::UpgradeRefused,
     ErrorKind::Internal,
     ErrorKind::Unknown,
 ];
@@ -316,6 +323,7 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
+        Response::Upgraded(_) => 13,
     }
 }
 
@@ -355,7 +363,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=12u8)?;
+    let variant = u.int_in_range(0..=13u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -377,6 +385,17 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                     config_hash: u.arbitrary()?,
                     config_source: u.arbitrary()?,
                     workers,
+                    generation: u.arbitrary()?,
+                    old_generations: (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(GenerationStatus {
+                                generation: u.arbitrary()?,
+                                pid: u.arbitrary()?,
+                                build: u.arbitrary()?,
+                                live: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?,
                 })
             } else {
                 None
@@ -486,6 +505,15 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
         }
+        13 => Response::Upgraded(Upgraded {
+            pid: u.arbitrary()?,
+            generation: u.arbitrary()?,
+            build: u.arbitrary()?,
+            old_pid: u.arbitrary()?,
+            old_generation: u.arbitrary()?,
+            old_live: u.arbitrary()?,
+            drain_window_ms: u.arbitrary()?,
+        }),
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,

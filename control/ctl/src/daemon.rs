@@ -235,7 +235,12 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
 
 impl Daemon {
     fn call_dataplane(&self, request: &Request) -> Result<Response, WireError> {
-        let mut client = Client::connect(&self.dataplane, DATAPLANE_TIMEOUT)?;
+        // An upgrade waits for the new binary to be ready.
+        let timeout = match request {
+            Request::Upgrade { .. } => DATAPLANE_TIMEOUT * 15,
+            _ => DATAPLANE_TIMEOUT,
+        };
+        let mut client = Client::connect(&self.dataplane, timeout)?;
         client.call(request)
     }
 
@@ -455,7 +460,8 @@ impl Daemon {
             | Request::Kill { .. }
             | Request::Drain { .. }
             | Request::Publish { .. }
-            | Request::Presence { .. } => return self.forward(&request),
+            | Request::Presence { .. }
+            | Request::Upgrade { .. } => return self.forward(&request),
             Request::ApplyConfig { toml, source, .. } => self
                 .change(|_| Ok((toml, source.unwrap_or_else(|| "wsedgectl apply".to_owned()))))
                 .map(Response::Applied),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(doc)]
 use super::MAX_FRAME;
 use super::views::{
-    Applied, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status,
+    Applied, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status, Upgraded,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -107,6 +107,15 @@ pub enum Request {
         #[serde(default)]
         name: Option<String>,
     },
+    /// Binary upgrade: start `binary` (default: the path this dataplane was started from)
+    /// as the next generation, hand it the listening sockets, and once it is ready stop
+    /// accepting and drain over `dataplane.upgrade_drain_window`. Answered once the new
+    /// generation serves ([`Response::Upgraded`]) or with `upgrade_failed` (the old one
+    /// keeps serving) or `upgrade_refused`.
+    Upgrade {
+        #[serde(default)]
+        binary: Option<String>,
+    },
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
     /// Control process: add an origin (`IP:port`) to a route.
@@ -146,6 +155,7 @@ impl Request {
             Request::RoutesList => "routes_list",
             Request::LimitsGet { .. } => "limits_get",
             Request::Drain { .. } => "drain",
+            Request::Upgrade { .. } => "upgrade",
             Request::Reload => "reload",
             Request::OriginAdd { .. } => "origin_add",
             Request::OriginRemove { .. } => "origin_remove",
@@ -195,6 +205,8 @@ pub enum Response {
     Lists {
         lists: Vec<ListView>,
     },
+    /// Answer to [`Request::Upgrade`].
+    Upgraded(Upgraded),
     Error {
         kind: ErrorKind,
         message: String,
@@ -232,6 +244,12 @@ pub enum ErrorKind {
     NotSupported,
     /// Too many control connections at once.
     Busy,
+    /// A binary upgrade failed (the new binary did not start, crashed, refused what it was
+    /// handed, or was not ready in time); the running generation keeps serving.
+    UpgradeFailed,
+    /// A binary upgrade was not attempted: one is under way, or `max_old_generations` old
+    /// generations are still draining, or this generation no longer accepts.
+    UpgradeRefused,
     Internal,
     /// An error kind this build does not know (sent by a newer peer).
     #[serde(other)]
@@ -250,6 +268,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::NotSupported => "not_supported",
             ErrorKind::Busy => "busy",
+            ErrorKind::UpgradeFailed => "upgrade_failed",
+            ErrorKind::UpgradeRefused => "upgrade_refused",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }

@@ -34,7 +34,7 @@ pub use messages::{
     check_channel, is_valid_channel,
 };
 pub use views::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, LimitsView, ListEntryView,
-    ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats, WorkerStatus, config_hash,
-    is_rejection, limits_view, list_views, route_rows,
+    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, GenerationStatus, LimitsView,
+    ListEntryView, ListView, Percentiles, RouteRow, StatsReport, Status, Upgraded, WorkerStats,
+    WorkerStatus, config_hash, is_rejection, limits_view, list_views, route_rows,
 };

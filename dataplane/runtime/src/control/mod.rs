@@ -14,6 +14,7 @@
 
 mod metrics;
 mod publish;
+mod upgrade;
 mod watchdog;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,9 @@ pub(crate) struct Startup {
     pub(crate) started: Instant,
     /// The certificates and TLS listeners in force (reloads keep their resumption state).
     pub(crate) certs: wsedge_tls::CertStore,
+    /// Binary upgrades; `replace_socket`: this is a new generation taking the socket over.
+    pub(crate) upgrade: Arc<crate::upgrade::Upgrader>,
+    pub(crate) replace_socket: bool,
 }
 
 /// The configuration in force.
@@ -95,20 +99,13 @@ pub(crate) struct Shared {
     mailboxes: Vec<Mailbox>,
     started: Instant,
     pid: u32,
+    upgrade: Arc<crate::upgrade::Upgrader>,
 }
 
 /// Keeps the control threads' resources; removes the socket file when dropped.
 #[derive(Debug)]
 pub(crate) struct Handle {
-    socket_path: Option<PathBuf>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(path) = &self.socket_path {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    _socket: Option<crate::upgrade::SocketFile>,
 }
 
 /// Starts the control socket (when `[control] socket` is set) and the metrics endpoint
@@ -128,21 +125,28 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         mailboxes: startup.mailboxes,
         started: startup.started,
         pid: std::process::id(),
+        upgrade: startup.upgrade,
     });
-    let mut handle = Handle { socket_path: None };
+    shared.upgrade.attach(&shared);
+    let mut handle = Handle { _socket: None };
     if let Some(path) = &control.socket {
         let threads = Threads {
             accept: "wsedge-control",
             peer: "wsedge-ctl-peer",
         };
         let served = shared.clone();
-        Server::bind(path, &control)
+        let bind = if startup.replace_socket {
+            Server::bind_replacing
+        } else {
+            Server::bind
+        };
+        bind(path, &control)
             .and_then(|server| server.spawn(threads, move |request| served.handle(request)))
             .map_err(|e| ControlError::Socket {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        handle.socket_path = Some(path.clone());
+        handle._socket = Some(crate::upgrade::SocketFile::new(path.clone()));
         eprintln!("wsedge: control socket {}", path.display());
     }
     if let Some(addr) = control.metrics_listen {
@@ -219,7 +223,7 @@ impl Shared {
         Ok(out)
     }
 
-    fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
+    pub(crate) fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
         let mut reports = self.ask_all("a report request", |reply| Command::Report { reply })?;
         reports.sort_by_key(|r| r.index);
         Ok(reports)
@@ -250,6 +254,9 @@ impl Shared {
                 })
             }
             Request::Kill { id } => self.kill(id),
+            Request::Upgrade { binary } => {
+                (self.upgrade.upgrade(binary.map(PathBuf::from))).map(Response::Upgraded)
+            }
             Request::ApplyConfig { toml, source } => {
                 self.apply(toml, source).map(Response::Applied)
             }
@@ -374,6 +381,8 @@ impl Shared {
                         accepting: r.accepting,
                     })
                     .collect(),
+                generation: self.upgrade.generation(),
+                old_generations: self.upgrade.older_status(),
             }),
             daemon: None,
         })

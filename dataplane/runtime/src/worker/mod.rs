@@ -13,6 +13,7 @@ mod accept;
 mod commands;
 mod conn;
 pub(crate) mod mailbox;
+mod retire;
 mod splice;
 mod tls;
 
@@ -231,7 +232,9 @@ impl Worker {
         loop {
             let now = self.now();
             self.fire_timers(now);
-            if self.exit_when_empty && self.conns.is_empty() {
+            // Not before the cancelled accepts have ended: a connection they still hand over
+            // is served, not left unaccepted.
+            if self.exit_when_empty && self.conns.is_empty() && self.accepts_ended() {
                 break;
             }
             self.arm_listeners();
@@ -250,7 +253,7 @@ impl Worker {
             self.completions = completions;
         }
         self.log.flush();
-        self.close_listeners();
+        self.drop_listeners();
         Ok(std::mem::take(&mut self.stats))
     }
 
