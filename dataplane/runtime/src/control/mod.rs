@@ -362,7 +362,7 @@ impl Shared {
     }
 
     fn status(&self) -> Result<Status, Failure> {
-        let reports = self.reports()?;
+        let reports = self.status_reports()?;
         let current = self.current();
         Ok(Status {
             dataplane: Some(DataplaneStatus {
