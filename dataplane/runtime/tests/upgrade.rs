@@ -480,3 +480,48 @@ async fn sigusr2_upgrades_to_the_same_binary() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_follows_the_new_generation_and_live_edits_carry_over() {
+    within(60, async {
+        let a = EchoOrigin::start().await;
+        let b = EchoOrigin::start().await;
+        let dir = ControlDir::new("upgrade-daemon");
+        let config = Config::new().route(Route::new("main", &[a.addr]).relay("frames"));
+        let proxy = dir
+            .start_dataplane(&toml(&dir, &config, "upgrade_drain_window = \"2s\""))
+            .await;
+        let mut generations = Generations::default();
+        let _daemon = control_support::Daemon::start(&dir).await;
+        // A live edit (not in the file): the dataplane runs it as the configuration in force.
+        let b_text = b.addr.to_string();
+        dir.ctl(&["origins", "add", "main", &b_text]).await.ok();
+        dir.ctl(&["origins", "remove", "main", &a.addr.to_string()])
+            .await
+            .ok();
+        let hash = status(&dir).await["config_hash"].clone();
+
+        // Through the daemon, as an operator would.
+        let out = dir.ctl(&["upgrade", env!("CARGO_BIN_EXE_wsedge")]).await;
+        assert!(out.ok().contains("upgraded: generation 2"), "{out:#?}");
+        let d = status(&dir).await;
+        generations.0.push(pid_of(&d));
+        assert_ne!(pid_of(&d), proxy.pid());
+        // The new generation started with the configuration in force, edit included.
+        assert_eq!(d["config_hash"], hash, "{d:#}");
+        let before = b.accepted();
+        let mut ws = ws_connect(proxy.addr, "/").await;
+        assert_echo(&mut ws, Message::text("to b")).await;
+        assert_eq!(b.accepted(), before + 1);
+        // The daemon reaches the new generation by the same socket path, and is in sync.
+        let s = control_support::wait_status(
+            &dir,
+            "daemon in sync with generation 2",
+            Duration::from_secs(10),
+            |v| v["daemon"]["in_sync"] == true && v["dataplane"]["generation"] == 2,
+        )
+        .await;
+        assert_eq!(pid_of(&s["dataplane"]), pid_of(&d));
+    })
+    .await;
+}
