@@ -218,6 +218,19 @@ pub fn reuseport_listener(addr: &SocketAddr, backlog: i32, group: Group) -> io::
     }
 }
 
+/// A blocking `std` listener on `addr` for a service thread (metrics, publish API), made
+/// like a worker's ([`reuseport_listener`] with `group`): a binary upgrade's next generation
+/// joins the old one's address instead of failing on it.
+pub fn service_listener(addr: &SocketAddr, group: Group) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let fd = reuseport_listener(addr, 128, group)?;
+    // SAFETY: `fd` was just created by `reuseport_listener`, is open, and is owned by nothing
+    // else: the listener takes it over (and closes it when dropped).
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    listener.set_nonblocking(false)?;
+    Ok(listener)
+}
+
 pub(crate) fn empty_sockaddr() -> RawSockAddr {
     RawSockAddr {
         // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.

@@ -201,6 +201,7 @@ fn run(
         upgrade::child_args(std::env::args_os().skip(1)),
         listeners.per_worker.clone(),
         listeners.bound.clone(),
+        inherited.is_some(),
     ));
     for (bound, (_, tls)) in listeners.bound.iter().zip(&addrs) {
         match tls {

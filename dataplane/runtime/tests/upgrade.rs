@@ -439,8 +439,18 @@ async fn sigusr2_upgrades_to_the_same_binary() {
                 .relay("frames")
                 .duration("close_grace", "1s"),
         );
-        let mut proxy =
-            Proxy::start_toml(&toml(&dir, &config, "upgrade_drain_window = \"2s\"")).await;
+        // Fixed service ports: the new generation joins them instead of failing on them.
+        let free = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let (metrics, publish) = (free(), free());
+        let config = config.table(&format!("[functions]\npublish_listen = \"{publish}\""));
+        let text = dir
+            .toml(&config, &format!("metrics_listen = \"{metrics}\""))
+            .replacen("[dataplane]\n", "[dataplane]\nupgrade_drain_window = \"2s\"\n", 1);
+        let mut proxy = Proxy::start_toml(&text).await;
+        assert!(scrape(metrics).await.contains("wsedge_"));
         let mut generations = Generations::default();
         let mut ws = ws_connect(proxy.addr, "/").await;
         assert_echo(&mut ws, Message::text("before")).await;
@@ -477,8 +487,36 @@ async fn sigusr2_upgrades_to_the_same_binary() {
         assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
         let mut fresh = ws_connect(proxy.addr, "/").await;
         assert_echo(&mut fresh, Message::text("after")).await;
+        // The service ports are the new generation's now.
+        for _ in 0..5 {
+            assert!(scrape(metrics).await.contains("wsedge_"));
+        }
+        let mut tcp = tokio::net::TcpStream::connect(publish).await.expect("publish API");
+        let body = "hi";
+        let request = format!(
+            "POST /publish/room HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     })
     .await;
+}
+
+/// `GET /metrics` over a raw TCP connection; the whole answer.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("metrics");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer)
+        .await
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,8 @@ mod spawn;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,10 @@ pub(crate) struct Upgrader {
     busy: Mutex<()>,
     older: Mutex<Option<Older>>,
     shared: OnceLock<Weak<Shared>>,
+    /// Whether this process is a new generation (its service listeners join the old
+    /// one's), and the service listeners to stop when it retires.
+    inherited: bool,
+    services: Mutex<Vec<RawFd>>,
 }
 
 impl Upgrader {
@@ -81,6 +86,7 @@ impl Upgrader {
         args: Vec<OsString>,
         listeners: Vec<Vec<RawFd>>,
         bound: Vec<SocketAddr>,
+        inherited: bool,
     ) -> Upgrader {
         Upgrader {
             generation,
@@ -92,7 +98,25 @@ impl Upgrader {
             busy: Mutex::new(()),
             older: Mutex::new(None),
             shared: OnceLock::new(),
+            inherited,
+            services: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The listener of a service thread (`/metrics`, the publish API) on `addr`. The first
+    /// generation founds the address (refused if anything listens there); a new one joins
+    /// the old one's socket group (SO_REUSEPORT), and the old one shuts its own down when
+    /// it retires (its thread's accept then fails and the thread ends: see
+    /// [`Upgrader::retired`]). A scrape queued on the old socket at that moment is reset.
+    pub(crate) fn service_listener(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        let group = if self.inherited {
+            wsedge_ring::sys::Group::Join
+        } else {
+            wsedge_ring::sys::Group::Found
+        };
+        let listener = wsedge_ring::sys::service_listener(&addr, group)?;
+        lock(&self.services).push(listener.as_raw_fd());
+        Ok(listener)
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -236,6 +260,9 @@ impl Upgrader {
         };
         // From here on the new generation serves: retire this one.
         self.retired.store(true, Ordering::Release);
+        for fd in lock(&self.services).iter() {
+            wsedge_ring::sys::shutdown(*fd, libc::SHUT_RDWR);
+        }
         let _ = wsedge_command::notify::notify(&format!(
             "MAINPID={pid}\nSTATUS=upgraded: generation {} (pid {pid}) serves; this one drains",
             self.generation + 1
