@@ -31,6 +31,8 @@ const EXIT_UNREACHABLE: u8 = 3;
 
 const DEFAULT_CONFIG: &str = "/etc/wsedge/wsedge.toml";
 const DEFAULT_SOCKET: &str = "/run/wsedge/control.sock";
+/// The least an upgrade request waits for its answer.
+const UPGRADE_WAIT: Duration = Duration::from_secs(120);
 
 /// Control the wsedge WebSocket proxy: inspect it, change its configuration live, drain it.
 ///
@@ -154,6 +156,14 @@ enum Cmd {
         action: fleet_cli::FleetCmd,
         #[command(flatten)]
         target: fleet_cli::Target,
+    },
+    /// Binary upgrade without dropping connections: start BINARY (default: the path the
+    /// dataplane was started from) as the next generation with the same listening sockets;
+    /// once it serves, the old one stops accepting and closes its connections over
+    /// `dataplane.upgrade_drain_window`. A binary that fails leaves the old one serving.
+    Upgrade {
+        /// The new wsedge binary.
+        binary: Option<PathBuf>,
     },
     /// Stop accepting on this host and wait until live connections end or the timeout passes
     /// (then they are closed). To take a host out of rotation; stop it with SIGTERM after.
@@ -439,6 +449,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             None | Some(CertsCmd::List) => Request::Certs,
             Some(CertsCmd::Reload) => Request::CertsReload,
         },
+        Cmd::Upgrade { binary } => Request::Upgrade {
+            // The dataplane may run elsewhere in the file system's view: an absolute path.
+            binary: binary
+                .as_ref()
+                .map(|b| std::path::absolute(b).unwrap_or_else(|_| b.clone()))
+                .map(|b| b.display().to_string()),
+        },
         Cmd::Drain { timeout, over, .. } => Request::Drain {
             timeout_ms: Some(millis(*timeout)),
             over_ms: over.map(millis),
@@ -521,7 +538,12 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             },
         },
     };
-    let mut session = Session::open(&path, cli.wait)?;
+    // An upgrade waits for the new binary to be ready (dataplane.upgrade_ready_timeout).
+    let wait = match cli.command {
+        Cmd::Upgrade { .. } => cli.wait.max(UPGRADE_WAIT),
+        _ => cli.wait,
+    };
+    let mut session = Session::open(&path, wait)?;
     let response = session.call(&request)?;
     if let Cmd::Drain {
         timeout,
@@ -596,6 +618,7 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             render::certs(certificates, wsedge_command::wire::unix_now())
         ),
         (_, Response::Functions { functions }) => render::functions(functions),
+        (_, Response::Upgraded(u)) => render::upgraded(u),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

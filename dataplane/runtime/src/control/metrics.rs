@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 /// Binds `addr` and starts the scrape thread; returns the bound address.
 pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = shared.upgrade.service_listener(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("wsedge-metrics".to_owned())
@@ -33,6 +33,8 @@ pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketA
                             tracing::debug!(error = %e, "metrics request failed");
                         }
                     }
+                    // Shut down: a newer generation serves this address.
+                    Err(_) if shared.upgrade.retired() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "metrics accept failed");
                         std::thread::sleep(Duration::from_millis(100));
