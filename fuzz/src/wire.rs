@@ -20,11 +20,11 @@ use std::io::{self, Read};
 use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION, Percentiles,
-    PoolHealth, Request,
-    Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
-    decode_response, read_frame, send,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
+    FunctionRow, GenerationStatus, LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth,
+    PROTOCOL_VERSION, Percentiles, PoolHealth, Request, Response, RouteRow, StatsReport, Status,
+    Upgraded, WireError, WorkerStats, WorkerStatus, decode_request, decode_response, read_frame,
+    send,
 };
 
 use crate::alloc::largest_allocation;
@@ -222,12 +222,17 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
-        Request::OriginsHealth => 18,
+        Request::Certs => 18,
+        Request::CertsReload => 19,
+        Request::OriginsHealth => 20,
+        Request::FunctionsList => 21,
+        Request::FunctionDeploy { .. } => 22,
+        Request::Upgrade { .. } => 23,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=18u8)?;
+    let variant = u.int_in_range(0..=23u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -277,11 +282,21 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             name: u.arbitrary()?,
             cidr: u.arbitrary()?,
         },
-        18 => Request::OriginsHealth,
-        _ => Request::LimitsSet {
+        17 => Request::LimitsSet {
             key: u.arbitrary()?,
             value: u.arbitrary()?,
             route: u.arbitrary()?,
+        },
+        18 => Request::Certs,
+        19 => Request::CertsReload,
+        20 => Request::OriginsHealth,
+        21 => Request::FunctionsList,
+        22 => Request::FunctionDeploy {
+            route: u.arbitrary()?,
+            script: u.arbitrary()?,
+        },
+        _ => Request::Upgrade {
+            binary: u.arbitrary()?,
         },
     };
     assert_eq!(request_variant(&request), variant);
@@ -289,7 +304,7 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
 }
 
 /// Every error kind (`Unknown` included: it is how a newer peer's kind arrives).
-const ERROR_KINDS: [ErrorKind; 11] = [
+const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::BadRequest,
     ErrorKind::FrameTooLarge,
     ErrorKind::UnsupportedVersion,
@@ -299,6 +314,8 @@ const ERROR_KINDS: [ErrorKind; 11] = [
     ErrorKind::Unavailable,
     ErrorKind::NotSupported,
     ErrorKind::Busy,
+    ErrorKind::UpgradeFailed,
+    ErrorKind::UpgradeRefused,
     ErrorKind::Internal,
     ErrorKind::Unknown,
 ];
@@ -320,6 +337,10 @@ fn response_variant(r: &Response) -> u8 {
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
         Response::Origins { .. } => 13,
+        Response::Certs { .. } => 14,
+        Response::CertsReloaded { .. } => 15,
+        Response::Functions { .. } => 16,
+        Response::Upgraded(_) => 17,
     }
 }
 
@@ -359,7 +380,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=13u8)?;
+    let variant = u.int_in_range(0..=17u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -381,6 +402,17 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                     config_hash: u.arbitrary()?,
                     config_source: u.arbitrary()?,
                     workers,
+                    generation: u.arbitrary()?,
+                    old_generations: (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(GenerationStatus {
+                                generation: u.arbitrary()?,
+                                pid: u.arbitrary()?,
+                                build: u.arbitrary()?,
+                                live: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?,
                 })
             } else {
                 None
@@ -409,6 +441,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             Response::Stats(StatsReport {
                 workers,
                 total: worker_stats(u)?,
+                functions: function_rows(u)?,
             })
         }
         2 => {
@@ -473,6 +506,14 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
         10 => Response::Presence {
             channel: u.arbitrary()?,
             subscribers: u.arbitrary()?,
+            hosts: (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    Ok(wsedge_command::wire::HostPresence {
+                        host: u.arbitrary()?,
+                        subscribers: u.arbitrary()?,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?,
         },
         11 => {
             let lists = (0..u.int_in_range(0..=2)?)
@@ -521,6 +562,25 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Origins { pools }
         }
+        14 => Response::Certs {
+            certificates: cert_views(u)?,
+        },
+        15 => Response::CertsReloaded {
+            certificates: cert_views(u)?,
+            workers_confirmed: u.arbitrary()?,
+        },
+        16 => Response::Functions {
+            functions: function_rows(u)?,
+        },
+        17 => Response::Upgraded(Upgraded {
+            pid: u.arbitrary()?,
+            generation: u.arbitrary()?,
+            build: u.arbitrary()?,
+            old_pid: u.arbitrary()?,
+            old_generation: u.arbitrary()?,
+            old_live: u.arbitrary()?,
+            drain_window_ms: u.arbitrary()?,
+        }),
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
@@ -528,6 +588,44 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
     };
     assert_eq!(response_variant(&response), variant);
     Ok(response)
+}
+
+fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(CertView {
+                id: u.arbitrary()?,
+                file: u.arbitrary()?,
+                names: u.arbitrary()?,
+                default: u.arbitrary()?,
+                subject: u.arbitrary()?,
+                issuer: u.arbitrary()?,
+                not_before: u.arbitrary()?,
+                not_after: u.arbitrary()?,
+                key_type: u.arbitrary()?,
+                chain_len: u.arbitrary()?,
+            })
+        })
+        .collect()
+}
+
+/// A few JavaScript function rows.
+fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(FunctionRow {
+                name: u.arbitrary()?,
+                version: u.arbitrary()?,
+                sockets: u.arbitrary()?,
+                invocations: u.arbitrary()?,
+                errors: u.arbitrary()?,
+                interrupts: u.arbitrary()?,
+                cpu_us: u.arbitrary()?,
+                memory_bytes: u.arbitrary()?,
+                restarts: u.arbitrary()?,
+            })
+        })
+        .collect()
 }
 
 /// A connection id as the wire carries it (worker, slot, 24-bit generation).

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod connection_id;
 pub mod duration;
+pub mod edit;
 pub mod error;
 pub mod firewall;
 pub mod fleet;

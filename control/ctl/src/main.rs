@@ -31,6 +31,8 @@ const EXIT_UNREACHABLE: u8 = 3;
 
 const DEFAULT_CONFIG: &str = "/etc/wsedge/wsedge.toml";
 const DEFAULT_SOCKET: &str = "/run/wsedge/control.sock";
+/// The least an upgrade request waits for its answer.
+const UPGRADE_WAIT: Duration = Duration::from_secs(120);
 
 /// Control the wsedge WebSocket proxy: inspect it, change its configuration live, drain it.
 ///
@@ -113,6 +115,12 @@ enum Cmd {
     },
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping live edits.
     Reload,
+    /// TLS certificates in force: names, issuer, expiry; `certs reload` reads their files
+    /// again (as SIGHUP of the dataplane does) without dropping a connection.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsCmd>,
+    },
     /// Publish a message on CHANNEL of every `broadcast` route (all workers). The message is
     /// MESSAGE, or the bytes of --file, or standard input; text if it is UTF-8, else binary.
     Publish {
@@ -136,6 +144,11 @@ enum Cmd {
         #[command(subcommand)]
         action: ListsCmd,
     },
+    /// JavaScript functions (`function = "js"` routes): list, deploy new code live.
+    Functions {
+        #[command(subcommand)]
+        action: FunctionsCmd,
+    },
     /// The fleet configuration in etcd: status of every host, show, apply (see `[fleet]` in
     /// docs/operations.md). Talks to etcd directly, no daemon needed.
     Fleet {
@@ -143,6 +156,14 @@ enum Cmd {
         action: fleet_cli::FleetCmd,
         #[command(flatten)]
         target: fleet_cli::Target,
+    },
+    /// Binary upgrade without dropping connections: start BINARY (default: the path the
+    /// dataplane was started from) as the next generation with the same listening sockets;
+    /// once it serves, the old one stops accepting and closes its connections over
+    /// `dataplane.upgrade_drain_window`. A binary that fails leaves the old one serving.
+    Upgrade {
+        /// The new wsedge binary.
+        binary: Option<PathBuf>,
     },
     /// Stop accepting on this host and wait until live connections end or the timeout passes
     /// (then they are closed). To take a host out of rotation; stop it with SIGTERM after.
@@ -190,6 +211,27 @@ enum ListsCmd {
     },
     /// Remove CIDR from list NAME.
     Remove { name: String, cidr: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Each certificate: id, names, issuer, expiry (the default).
+    List,
+    /// Read the certificate, key and CA files again and serve them to new handshakes on
+    /// every worker; live connections keep theirs. A broken file is refused, naming it, and
+    /// the certificates in force keep serving.
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum FunctionsCmd {
+    /// Each function: version, live sockets, invocations, errors, CPU time, memory.
+    List,
+    /// Serve route NAME's function from FILE (an ES module; its sibling imports are read
+    /// from its directory by the dataplane): new connections get the new code, live ones
+    /// finish on theirs. A module that does not compile is refused with its file and line,
+    /// and the old one keeps serving. Persisted by the daemon (the route's `script`).
+    Deploy { name: String, file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,6 +445,17 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             action: ConfigCmd::Show,
         } => Request::ConfigShow,
         Cmd::Reload => Request::Reload,
+        Cmd::Certs { action } => match action {
+            None | Some(CertsCmd::List) => Request::Certs,
+            Some(CertsCmd::Reload) => Request::CertsReload,
+        },
+        Cmd::Upgrade { binary } => Request::Upgrade {
+            // The dataplane may run elsewhere in the file system's view: an absolute path.
+            binary: binary
+                .as_ref()
+                .map(|b| std::path::absolute(b).unwrap_or_else(|_| b.clone()))
+                .map(|b| b.display().to_string()),
+        },
         Cmd::Drain { timeout, over, .. } => Request::Drain {
             timeout_ms: Some(millis(*timeout)),
             over_ms: over.map(millis),
@@ -449,6 +502,18 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 channel: channel.clone(),
             }
         }
+        Cmd::Functions { action } => match action {
+            FunctionsCmd::List => Request::FunctionsList,
+            FunctionsCmd::Deploy { name, file } => {
+                let path = std::fs::canonicalize(file).map_err(|e| {
+                    Fail::new(EXIT_USAGE, format!("{}: cannot read: {e}", file.display()))
+                })?;
+                Request::FunctionDeploy {
+                    route: name.clone(),
+                    script: path.display().to_string(),
+                }
+            }
+        },
         Cmd::Lists { action } => match action {
             ListsCmd::Show { name } => Request::ListsShow { name: name.clone() },
             ListsCmd::Add {
@@ -473,7 +538,12 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             },
         },
     };
-    let mut session = Session::open(&path, cli.wait)?;
+    // An upgrade waits for the new binary to be ready (dataplane.upgrade_ready_timeout).
+    let wait = match cli.command {
+        Cmd::Upgrade { .. } => cli.wait.max(UPGRADE_WAIT),
+        _ => cli.wait,
+    };
+    let mut session = Session::open(&path, wait)?;
     let response = session.call(&request)?;
     if let Cmd::Drain {
         timeout,
@@ -522,10 +592,33 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             Response::Presence {
                 channel,
                 subscribers,
+                hosts,
             },
-        ) => format!("{channel}: {subscribers} subscribers\n"),
+        ) => {
+            let mut out = format!("{channel}: {subscribers} subscribers\n");
+            for h in hosts {
+                out.push_str(&format!("  {}: {}\n", h.host, h.subscribers));
+            }
+            out
+        }
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
+        (_, Response::Certs { certificates }) => {
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        }
+        (
+            _,
+            Response::CertsReloaded {
+                certificates,
+                workers_confirmed,
+            },
+        ) => format!(
+            "certificates reloaded: {} serving on {workers_confirmed} workers\n{}",
+            certificates.len(),
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        ),
+        (_, Response::Functions { functions }) => render::functions(functions),
+        (_, Response::Upgraded(u)) => render::upgraded(u),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

@@ -32,11 +32,12 @@ pub use framing::{
 };
 pub use health::{OriginHealth, PoolHealth};
 pub use messages::{
-    Envelope, ErrorKind, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request, Response,
-    check_channel, is_valid_channel,
+    Envelope, ErrorKind, HostPresence, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request,
+    Response, check_channel, is_valid_channel,
 };
 pub use views::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, LimitsView, ListEntryView,
-    ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats, WorkerStatus, config_hash,
-    is_rejection, limits_view, list_views, route_rows,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, FunctionRow,
+    GenerationStatus, LimitsView, ListEntryView, ListView, Percentiles, RouteRow, StatsReport,
+    Status, Upgraded, WorkerStats, WorkerStatus, config_hash, is_rejection, limits_view,
+    list_views, route_rows,
 };

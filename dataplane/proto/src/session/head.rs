@@ -8,7 +8,7 @@ use super::policy::Route;
 use super::reason::{CloseReason, Refusal};
 use crate::accept::accept_key;
 use crate::body::{BodyEnd, Fed};
-use crate::firewall::{Firewall, FirewallState, TraceEntry, TraceOutcome, Verdict};
+use crate::firewall::{Firewall, FirewallState, TlsFacts, TraceEntry, TraceOutcome, Verdict};
 use crate::function::{Bus, ConnKey, FunctionHost, FunctionRequest, FunctionSession, Refused};
 use crate::handshake::{self, BadRequestReason, HeadLimits, Reject, Request, RequestKind};
 use crate::route::RouteTable;
@@ -25,6 +25,8 @@ pub struct FirewallGate<'a> {
     pub unix_now: u64,
     /// Scratch for the evaluated rules when a route has debug rules on.
     pub trace: &'a mut Vec<TraceEntry>,
+    /// The client's TLS handshake (SNI, version, client certificate) on a TLS listener.
+    pub tls: Option<TlsFacts<'a>>,
 }
 
 /// Everything the head decision needs besides the bytes: the worker's tables.
@@ -252,10 +254,11 @@ fn firewall(
     } else {
         None
     };
-    let verdict = gate.firewall.evaluate(
+    let verdict = gate.firewall.evaluate_tls(
         gate.state,
         request,
         peer,
+        gate.tls,
         Some(&route.name),
         now,
         gate.unix_now,

@@ -12,10 +12,15 @@
 //! `wsedge_command::wire::server`, the same server the control process runs; this module is
 //! its handler. No `unsafe` here.
 
+mod broker_metrics;
+mod certs;
+mod channels;
+mod functions;
 mod metrics;
 mod origins;
 mod publish;
 mod rows;
+mod upgrade;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -29,8 +34,6 @@ use wsedge_command::wire::{
     WorkerStats, WorkerStatus,
 };
 use wsedge_command::{Config, ConnectionId};
-
-use wsedge_proto::function::Payload;
 
 use crate::settings::Settings;
 use crate::worker::mailbox::{Command, ConnectionInfo, Mailbox, WorkerReport};
@@ -74,6 +77,13 @@ pub(crate) struct Startup {
     pub(crate) certs: wsedge_tls::CertStore,
     /// The origin pools' shared health (applied configurations keep unchanged pools).
     pub(crate) health: Arc<crate::health::Registry>,
+    /// The broker bridge, when `[broker]` is configured.
+    pub(crate) broker: Option<wsedge_broker::Handle>,
+    /// This host's id on channel messages.
+    pub(crate) host: u64,
+    /// Binary upgrades; `replace_socket`: this is a new generation taking the socket over.
+    pub(crate) upgrade: Arc<crate::upgrade::Upgrader>,
+    pub(crate) replace_socket: bool,
 }
 
 /// The configuration in force.
@@ -100,18 +110,33 @@ pub(crate) struct Shared {
     started: Instant,
     pid: u32,
     health: Arc<crate::health::Registry>,
+    broker: Option<wsedge_broker::Handle>,
+    host: u64,
+    upgrade: Arc<crate::upgrade::Upgrader>,
 }
 
-/// Keeps the control threads' resources; removes the socket file when dropped.
+/// Keeps the control threads' resources (the socket file is removed when it is dropped).
 #[derive(Debug)]
 pub(crate) struct Handle {
-    socket_path: Option<PathBuf>,
+    _socket: Option<crate::upgrade::SocketFile>,
+    shared: Arc<Shared>,
 }
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(path) = &self.socket_path {
-            let _ = std::fs::remove_file(path);
+impl Handle {
+    /// SIGHUP: reads the certificate files again (see [`certs`]); a broken file is logged
+    /// and the certificates in force keep serving.
+    pub(crate) fn reload_certs(&self) {
+        match self.shared.reload_certs() {
+            Ok((certs, workers)) => {
+                eprintln!(
+                    "wsedge: SIGHUP: {} certificates reloaded on {workers} workers",
+                    certs.len()
+                );
+            }
+            Err(e) => eprintln!(
+                "wsedge: SIGHUP: certificate reload refused, the certificates in force keep serving: {}",
+                e.message
+            ),
         }
     }
 }
@@ -134,21 +159,33 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         started: startup.started,
         pid: std::process::id(),
         health: startup.health,
+        broker: startup.broker,
+        host: startup.host,
+        upgrade: startup.upgrade,
     });
-    let mut handle = Handle { socket_path: None };
+    shared.upgrade.attach(&shared);
+    let mut handle = Handle {
+        _socket: None,
+        shared: shared.clone(),
+    };
     if let Some(path) = &control.socket {
         let threads = Threads {
             accept: "wsedge-control",
             peer: "wsedge-ctl-peer",
         };
         let served = shared.clone();
-        Server::bind(path, &control)
+        let bind = if startup.replace_socket {
+            Server::bind_replacing
+        } else {
+            Server::bind
+        };
+        bind(path, &control)
             .and_then(|server| server.spawn(threads, move |request| served.handle(request)))
             .map_err(|e| ControlError::Socket {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        handle.socket_path = Some(path.clone());
+        handle._socket = Some(crate::upgrade::SocketFile::new(path.clone()));
         eprintln!("wsedge: control socket {}", path.display());
     }
     if let Some(addr) = control.metrics_listen {
@@ -225,7 +262,7 @@ impl Shared {
         Ok(out)
     }
 
-    fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
+    pub(crate) fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
         let mut reports = self.ask_all("a report request", |reply| Command::Report { reply })?;
         reports.sort_by_key(|r| r.index);
         Ok(reports)
@@ -256,6 +293,9 @@ impl Shared {
                 })
             }
             Request::Kill { id } => self.kill(id),
+            Request::Upgrade { binary } => {
+                (self.upgrade.upgrade(binary.map(PathBuf::from))).map(Response::Upgraded)
+            }
             Request::ApplyConfig { toml, source } => {
                 self.apply(toml, source).map(Response::Applied)
             }
@@ -300,18 +340,29 @@ impl Shared {
                 let delivered = self.publish(&channel, message)?;
                 Ok(Response::Published { channel, delivered })
             }
-            Request::Presence { channel } => {
-                let subscribers = self.presence(&channel)?;
-                Ok(Response::Presence {
-                    channel,
-                    subscribers,
-                })
-            }
+            Request::Presence { channel } => self.presence(channel),
             Request::OriginsHealth => Ok(self.origins()),
             Request::ListsShow { name } => {
                 wire::list_views(&self.current().config, name.as_deref(), wire::unix_now())
                     .map(|lists| Response::Lists { lists })
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
+            }
+            Request::Certs => Ok(Response::Certs {
+                certificates: self.certs(),
+            }),
+            Request::CertsReload => self
+                .reload_certs()
+                .map(
+                    |(certificates, workers_confirmed)| Response::CertsReloaded {
+                        certificates,
+                        workers_confirmed,
+                    },
+                ),
+            Request::FunctionsList => self
+                .functions()
+                .map(|functions| Response::Functions { functions }),
+            Request::FunctionDeploy { route, script } => {
+                self.deploy(&route, &script).map(Response::Applied)
             }
             Request::Reload
             | Request::OriginAdd { .. }
@@ -325,44 +376,8 @@ impl Shared {
         }
     }
 
-    /// Delivers `body` to the subscribers of `channel` on every worker (each worker delivers
-    /// to its own subscribers only); the sum of their counts.
-    fn publish(&self, channel: &str, body: Vec<u8>) -> Result<u64, Failure> {
-        check_channel(channel)?;
-        if body.len() > wire::MAX_PUBLISH {
-            return Err(Failure::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "a message of {} bytes exceeds the maximum of {}",
-                    body.len(),
-                    wire::MAX_PUBLISH
-                ),
-            ));
-        }
-        let channel: Arc<str> = Arc::from(channel);
-        let message = Arc::new(Payload::from_body(body));
-        let counts = self.ask_all("a publish", |reply| Command::Publish {
-            route: None,
-            channel: Arc::clone(&channel),
-            message: Arc::clone(&message),
-            skip: None,
-            reply: Some(reply),
-        })?;
-        Ok(counts.iter().map(|&n| n as u64).sum())
-    }
-
-    /// Subscribers of `channel` on every worker.
-    fn presence(&self, channel: &str) -> Result<u64, Failure> {
-        check_channel(channel)?;
-        let counts = self.ask_all("a presence request", |reply| Command::Presence {
-            channel: channel.to_owned(),
-            reply,
-        })?;
-        Ok(counts.iter().map(|&n| n as u64).sum())
-    }
-
     fn status(&self) -> Result<Status, Failure> {
-        let reports = self.reports()?;
+        let reports = self.status_reports()?;
         let current = self.current();
         Ok(Status {
             dataplane: Some(DataplaneStatus {
@@ -381,6 +396,8 @@ impl Shared {
                         accepting: r.accepting,
                     })
                     .collect(),
+                generation: self.upgrade.generation(),
+                old_generations: self.upgrade.older_status(),
             }),
             daemon: None,
         })
@@ -404,7 +421,11 @@ impl Shared {
         }
         total.config_version = self.current().version;
         total.handshake_latency = merged.as_ref().and_then(percentiles);
-        Ok(StatsReport { workers, total })
+        Ok(StatsReport {
+            workers,
+            total,
+            functions: functions::function_rows(&reports),
+        })
     }
 
     fn kill(&self, id: ConnectionId) -> Result<Response, Failure> {
@@ -500,11 +521,6 @@ impl Shared {
     }
 }
 
-/// A `bad_request` unless `channel` is a channel name.
-fn check_channel(channel: &str) -> Result<(), Failure> {
-    wire::check_channel(channel).map_err(|m| Failure::new(ErrorKind::BadRequest, m))
-}
-
 /// The fields of `new` that differ from `old` but only take effect at a restart.
 fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -547,6 +563,7 @@ fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
         old.functions.publish_listen != new.functions.publish_listen,
         "functions.publish_listen",
     );
+    check(old.broker != new.broker, "broker");
     out
 }
 
