@@ -385,6 +385,11 @@ async fn wsedgectl_origins_shows_each_pools_state() {
             .unwrap_or_else(|| panic!("plain missing: {text}"));
         assert!(plain_line.contains("unwatched"), "{plain_line}");
 
+        // Through the control process too (it forwards the request to the dataplane).
+        let _daemon = control_support::Daemon::start(&dir).await;
+        let via_daemon = dir.ctl(&["--json", "origins"]).await.json();
+        assert_eq!(row(&via_daemon, dead)["state"], "down", "{via_daemon:#}");
+
         // `origins list` still lists the configured origins (through the dataplane here).
         let v = origins(&dir).await;
         let pools = v["pools"].as_array().expect("pools");
