@@ -20,10 +20,10 @@ use std::io::{self, Read};
 use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
-    Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
-    decode_response, read_frame, send,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
+    LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION, Percentiles,
+    PoolHealth, Request, Response, RouteRow, StatsReport, Status, WireError, WorkerStats,
+    WorkerStatus, decode_request, decode_response, read_frame, send,
 };
 
 use crate::alloc::largest_allocation;
@@ -221,11 +221,14 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
+        Request::Certs => 18,
+        Request::CertsReload => 19,
+        Request::OriginsHealth => 20,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=17u8)?;
+    let variant = u.int_in_range(0..=20u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -275,11 +278,14 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             name: u.arbitrary()?,
             cidr: u.arbitrary()?,
         },
-        _ => Request::LimitsSet {
+        17 => Request::LimitsSet {
             key: u.arbitrary()?,
             value: u.arbitrary()?,
             route: u.arbitrary()?,
         },
+        18 => Request::Certs,
+        19 => Request::CertsReload,
+        _ => Request::OriginsHealth,
     };
     assert_eq!(request_variant(&request), variant);
     Ok(request)
@@ -316,6 +322,9 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
+        Response::Origins { .. } => 13,
+        Response::Certs { .. } => 14,
+        Response::CertsReloaded { .. } => 15,
     }
 }
 
@@ -355,7 +364,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=12u8)?;
+    let variant = u.int_in_range(0..=15u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -494,6 +503,44 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
         }
+        13 => {
+            let pools = (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    let origins = (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(OriginHealth {
+                                addr: u.arbitrary()?,
+                                state: u.arbitrary()?,
+                                why: u.arbitrary()?,
+                                since_ms: u.arbitrary()?,
+                                last_check: u.arbitrary()?,
+                                last_check_ago_ms: u.arbitrary()?,
+                                checks: u.arbitrary()?,
+                                checks_failed: u.arbitrary()?,
+                                ejections: u.arbitrary()?,
+                                transitions: u.arbitrary()?,
+                                slow_start_pct: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?;
+                    Ok(PoolHealth {
+                        route: u.arbitrary()?,
+                        balance: u.arbitrary()?,
+                        check: u.arbitrary()?,
+                        watched: u.arbitrary()?,
+                        origins,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?;
+            Response::Origins { pools }
+        }
+        14 => Response::Certs {
+            certificates: cert_views(u)?,
+        },
+        15 => Response::CertsReloaded {
+            certificates: cert_views(u)?,
+            workers_confirmed: u.arbitrary()?,
+        },
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
@@ -501,6 +548,25 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
     };
     assert_eq!(response_variant(&response), variant);
     Ok(response)
+}
+
+fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(CertView {
+                id: u.arbitrary()?,
+                file: u.arbitrary()?,
+                names: u.arbitrary()?,
+                default: u.arbitrary()?,
+                subject: u.arbitrary()?,
+                issuer: u.arbitrary()?,
+                not_before: u.arbitrary()?,
+                not_after: u.arbitrary()?,
+                key_type: u.arbitrary()?,
+                chain_len: u.arbitrary()?,
+            })
+        })
+        .collect()
 }
 
 /// A connection id as the wire carries it (worker, slot, 24-bit generation).

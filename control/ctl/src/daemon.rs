@@ -455,7 +455,10 @@ impl Daemon {
             | Request::Kill { .. }
             | Request::Drain { .. }
             | Request::Publish { .. }
-            | Request::Presence { .. } => return self.forward(&request),
+            | Request::Presence { .. }
+            | Request::OriginsHealth
+            | Request::Certs
+            | Request::CertsReload => return self.forward(&request),
             Request::ApplyConfig { toml, source, .. } => self
                 .change(|_| Ok((toml, source.unwrap_or_else(|| "wsedgectl apply".to_owned()))))
                 .map(Response::Applied),

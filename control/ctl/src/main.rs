@@ -85,10 +85,11 @@ enum Cmd {
         /// Connection id as `connections` prints it: WORKER-SLOT-GENERATION, e.g. `1-42-7`.
         id: ConnectionId,
     },
-    /// Origins of the routes: list, add, remove (live; persisted by the daemon).
+    /// Origins of the routes with their health (no subcommand: state, why, last check,
+    /// ejections, from the dataplane); list, add, remove (live; persisted by the daemon).
     Origins {
         #[command(subcommand)]
-        action: OriginsCmd,
+        action: Option<OriginsCmd>,
     },
     /// Routes in force.
     Routes {
@@ -112,6 +113,12 @@ enum Cmd {
     },
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping live edits.
     Reload,
+    /// TLS certificates in force: names, issuer, expiry; `certs reload` reads their files
+    /// again (as SIGHUP of the dataplane does) without dropping a connection.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsCmd>,
+    },
     /// Publish a message on CHANNEL of every `broadcast` route (all workers). The message is
     /// MESSAGE, or the bytes of --file, or standard input; text if it is UTF-8, else binary.
     Publish {
@@ -161,7 +168,9 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum OriginsCmd {
-    /// Every route's origins.
+    /// Every pool's origins with their health, as the dataplane sees them (the default).
+    Show,
+    /// Every route's origins, as configured.
     List,
     /// Add ADDR (IP:port) to ROUTE's origins.
     Add { route: String, addr: String },
@@ -187,6 +196,16 @@ enum ListsCmd {
     },
     /// Remove CIDR from list NAME.
     Remove { name: String, cidr: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Each certificate: id, names, issuer, expiry (the default).
+    List,
+    /// Read the certificate, key and CA files again and serve them to new handshakes on
+    /// every worker; live connections keep theirs. A broken file is refused, naming it, and
+    /// the certificates in force keep serving.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,12 +376,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         },
         Cmd::Kill { id } => Request::Kill { id: *id },
         Cmd::Origins { action } => match action {
-            OriginsCmd::List => Request::RoutesList,
-            OriginsCmd::Add { route, addr } => Request::OriginAdd {
+            None | Some(OriginsCmd::Show) => Request::OriginsHealth,
+            Some(OriginsCmd::List) => Request::RoutesList,
+            Some(OriginsCmd::Add { route, addr }) => Request::OriginAdd {
                 route: route.clone(),
                 addr: addr.clone(),
             },
-            OriginsCmd::Remove { route, addr } => Request::OriginRemove {
+            Some(OriginsCmd::Remove { route, addr }) => Request::OriginRemove {
                 route: route.clone(),
                 addr: addr.clone(),
             },
@@ -399,6 +419,10 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             action: ConfigCmd::Show,
         } => Request::ConfigShow,
         Cmd::Reload => Request::Reload,
+        Cmd::Certs { action } => match action {
+            None | Some(CertsCmd::List) => Request::Certs,
+            Some(CertsCmd::Reload) => Request::CertsReload,
+        },
         Cmd::Drain { timeout, over, .. } => Request::Drain {
             timeout_ms: Some(millis(*timeout)),
             over_ms: over.map(millis),
@@ -496,10 +520,11 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         (_, Response::Killed { id }) => format!("connection {id} closed\n"),
         (
             Cmd::Origins {
-                action: OriginsCmd::List,
+                action: Some(OriginsCmd::List),
             },
             Response::Routes { routes },
         ) => render::origins(routes),
+        (_, Response::Origins { pools }) => render::origin_health(pools),
         (_, Response::Routes { routes }) => render::routes(routes),
         (_, Response::Limits(view)) => render::limits(view),
         (_, Response::Applied(a)) => {
@@ -528,6 +553,20 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         }
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
+        (_, Response::Certs { certificates }) => {
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        }
+        (
+            _,
+            Response::CertsReloaded {
+                certificates,
+                workers_confirmed,
+            },
+        ) => format!(
+            "certificates reloaded: {} serving on {workers_confirmed} workers\n{}",
+            certificates.len(),
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        ),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

@@ -1,6 +1,7 @@
 //! Thin, checked wrappers over the syscalls the dataplane makes outside io_uring: sockets
 //! and listeners (with the SO_REUSEPORT steering program), splice and pipes, eventfd,
-//! signals, CPU affinity, anonymous mappings and peer credentials.
+//! signals, CPU affinity, anonymous mappings and peer credentials; `handoff` passes
+//! descriptors between processes (`SCM_RIGHTS`) for the binary upgrade.
 //!
 //! Each wrapper returns `io::Result` (or ignores an error the caller has no use for) and
 //! keeps its `unsafe` to one FFI call with its `// SAFETY:` argument, so callers (the
@@ -11,7 +12,9 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub mod handoff;
+
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -215,7 +218,7 @@ pub fn reuseport_listener(addr: &SocketAddr, backlog: i32, group: Group) -> io::
     }
 }
 
-fn empty_sockaddr() -> RawSockAddr {
+pub(crate) fn empty_sockaddr() -> RawSockAddr {
     RawSockAddr {
         // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
         storage: unsafe { zeroed() },

@@ -22,6 +22,7 @@ mod broker;
 mod bus;
 mod conn_id;
 mod control;
+mod health;
 mod listeners;
 mod settings;
 mod stats;
@@ -149,7 +150,9 @@ fn run(
         .map(|fds| fds.into_iter().zip(addrs.iter().map(|(_, t)| *t)).collect())
         .collect();
 
-    let settings = settings::Settings::from_config(&config, count)
+    // Origin health: one registry for the process, kept across configuration pushes.
+    let health = health::Registry::new();
+    let settings = settings::Settings::from_config(&config, count, &health)
         .map_err(anyhow::Error::msg)?
         .with_tls(&certs);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -234,17 +237,19 @@ fn run(
 
     // Control socket and metrics (issue 4): their own threads, talking to the workers only
     // through the mailboxes. The handle removes the socket file when `run` returns.
-    let _control = control::start(control::Startup {
+    let control = control::start(control::Startup {
         config: config.clone(),
         toml: text,
         source,
         mailboxes: mailboxes.clone(),
         started,
         certs,
+        health: health.clone(),
         broker,
         host,
     })
     .context("starting the control plane")?;
+    health::start(health).context("starting the wsedge-health thread")?;
 
     eprintln!("wsedge: ready workers={count}");
 
@@ -255,7 +260,9 @@ fn run(
     while finished < count {
         if let Some(sig) = sys::wait_signal(&signals, Duration::from_millis(200)) {
             if sig == libc::SIGHUP {
-                tracing::info!("SIGHUP: configuration reload is done by the control process");
+                // The configuration is the control process's to reload (it pushes it); the
+                // certificate files are read again here, on every worker.
+                control.reload_certs();
             } else if !shutting_down {
                 shutting_down = true;
                 wsedge_command::notify::stopping();

@@ -1,14 +1,16 @@
 //! A worker's copy of the configuration, in the shape its event loop uses: the route table
-//! and one [`Route`] record per route (origins with their round robin, relay, timers in
+//! and one [`Route`] record per route (origins with their balancer and shared health, relay, timers in
 //! milliseconds, frame limits, function, forwarding policy), head limits (with the path
 //! rules), the firewall and the relay resources.
 //!
 //! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
 //! by messages (no sharing on the per-connection path).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wsedge_command::{Config, FunctionKind, HostMatch, RelayConfig};
+use wsedge_proto::balance::{Balancer, PoolView};
 use wsedge_proto::channels::HubLimits;
 use wsedge_proto::firewall::Firewall;
 use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec, ScriptSpec};
@@ -16,6 +18,8 @@ use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 use wsedge_proto::session::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
 use wsedge_tls::{CertStore, ServerTls};
+
+use crate::health::Registry;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -40,9 +44,15 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Settings {
-    /// The worker settings for `config`, run by `workers` workers. Fails only if the firewall
-    /// engine refuses what validation accepted (a bug, reported like an invalid config).
-    pub(crate) fn from_config(config: &Config, workers: usize) -> Result<Settings, String> {
+    /// The worker settings for `config`, run by `workers` workers, each route's pool
+    /// watched by its shared health from `health` (which keeps the state of pools whose
+    /// origins did not change). Fails only if the firewall engine refuses what validation
+    /// accepted (a bug, reported like an invalid config).
+    pub(crate) fn from_config(
+        config: &Config,
+        workers: usize,
+        health: &Registry,
+    ) -> Result<Settings, String> {
         if let Some(r) = config.routes.iter().find(|r| r.origin_tls.is_some()) {
             return Err(format!(
                 "route {:?}: TLS to origins is validated but not served yet; it waits for the worker integration (issue 14)",
@@ -72,7 +82,22 @@ impl Settings {
             };
             (host, r.path_prefix.clone())
         }));
-        let routes = config.routes.iter().map(route).collect();
+        let pools = health.pools_for(config);
+        let routes = config
+            .routes
+            .iter()
+            .zip(pools)
+            .map(|(r, pool)| {
+                let view = pool.map(|p| p as Arc<dyn PoolView>);
+                let mut balance = Balancer::new(r.balance, r.origins.len(), view)
+                    .with_origins(&r.origins)
+                    .with_weights(r.weights.clone());
+                if let Some(key) = &r.hash_key {
+                    balance = balance.with_hash_key(key.clone());
+                }
+                route(r).with_balance(balance)
+            })
+            .collect();
         Ok(Settings {
             firewall,
             workers,

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::MAX_FRAME;
+use super::health::PoolHealth;
 use super::views::{
-    Applied, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status,
+    Applied, CertView, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -102,11 +103,20 @@ pub enum Request {
     },
     /// How many clients are subscribed to `channel` (all broadcast routes, all workers).
     Presence { channel: String },
+    /// Every route's origins with their health: state, why, last check, ejections.
+    OriginsHealth,
     /// The `[[list]]` network lists (or one), without expired entries.
     ListsShow {
         #[serde(default)]
         name: Option<String>,
     },
+    /// The certificates in force: names, issuer, expiry (forwarded to the dataplane).
+    Certs,
+    /// Read the certificate, key and CA files of the configuration in force again and serve
+    /// them to new handshakes on every worker (as SIGHUP of the dataplane does); live
+    /// connections keep theirs. A broken file is refused and the old certificates keep
+    /// serving (forwarded to the dataplane).
+    CertsReload,
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
     /// Control process: add an origin (`IP:port`) to a route.
@@ -146,12 +156,15 @@ impl Request {
             Request::RoutesList => "routes_list",
             Request::LimitsGet { .. } => "limits_get",
             Request::Drain { .. } => "drain",
+            Request::Certs => "certs",
+            Request::CertsReload => "certs_reload",
             Request::Reload => "reload",
             Request::OriginAdd { .. } => "origin_add",
             Request::OriginRemove { .. } => "origin_remove",
             Request::LimitsSet { .. } => "limits_set",
             Request::Publish { .. } => "publish",
             Request::Presence { .. } => "presence",
+            Request::OriginsHealth => "origins_health",
             Request::ListsShow { .. } => "lists_show",
             Request::ListAdd { .. } => "list_add",
             Request::ListRemove { .. } => "list_remove",
@@ -194,9 +207,23 @@ pub enum Response {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         hosts: Vec<HostPresence>,
     },
+    /// Answer to [`Request::OriginsHealth`].
+    Origins {
+        pools: Vec<PoolHealth>,
+    },
     /// Answer to [`Request::ListsShow`].
     Lists {
         lists: Vec<ListView>,
+    },
+    /// Answer to [`Request::Certs`].
+    Certs {
+        certificates: Vec<CertView>,
+    },
+    /// Answer to [`Request::CertsReload`]: what now serves, and how many workers confirmed
+    /// serving it.
+    CertsReloaded {
+        certificates: Vec<CertView>,
+        workers_confirmed: usize,
     },
     Error {
         kind: ErrorKind,

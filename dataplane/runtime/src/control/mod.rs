@@ -13,8 +13,10 @@
 //! its handler. No `unsafe` here.
 
 mod broker_metrics;
+mod certs;
 mod channels;
 mod metrics;
+mod origins;
 mod publish;
 mod watchdog;
 
@@ -70,6 +72,8 @@ pub(crate) struct Startup {
     pub(crate) started: Instant,
     /// The certificates and TLS listeners in force (reloads keep their resumption state).
     pub(crate) certs: wsedge_tls::CertStore,
+    /// The origin pools' shared health (applied configurations keep unchanged pools).
+    pub(crate) health: Arc<crate::health::Registry>,
     /// The broker bridge, when `[broker]` is configured.
     pub(crate) broker: Option<wsedge_broker::Handle>,
     /// This host's id on channel messages.
@@ -99,6 +103,7 @@ pub(crate) struct Shared {
     mailboxes: Vec<Mailbox>,
     started: Instant,
     pid: u32,
+    health: Arc<crate::health::Registry>,
     broker: Option<wsedge_broker::Handle>,
     host: u64,
 }
@@ -107,6 +112,26 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Handle {
     socket_path: Option<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// SIGHUP: reads the certificate files again (see [`certs`]); a broken file is logged
+    /// and the certificates in force keep serving.
+    pub(crate) fn reload_certs(&self) {
+        match self.shared.reload_certs() {
+            Ok((certs, workers)) => {
+                eprintln!(
+                    "wsedge: SIGHUP: {} certificates reloaded on {workers} workers",
+                    certs.len()
+                );
+            }
+            Err(e) => eprintln!(
+                "wsedge: SIGHUP: certificate reload refused, the certificates in force keep serving: {}",
+                e.message
+            ),
+        }
+    }
 }
 
 impl Drop for Handle {
@@ -134,10 +159,14 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         mailboxes: startup.mailboxes,
         started: startup.started,
         pid: std::process::id(),
+        health: startup.health,
         broker: startup.broker,
         host: startup.host,
     });
-    let mut handle = Handle { socket_path: None };
+    let mut handle = Handle {
+        socket_path: None,
+        shared: shared.clone(),
+    };
     if let Some(path) = &control.socket {
         let threads = Threads {
             accept: "wsedge-control",
@@ -303,11 +332,23 @@ impl Shared {
                 Ok(Response::Published { channel, delivered })
             }
             Request::Presence { channel } => self.presence(channel),
+            Request::OriginsHealth => Ok(self.origins()),
             Request::ListsShow { name } => {
                 wire::list_views(&self.current().config, name.as_deref(), wire::unix_now())
                     .map(|lists| Response::Lists { lists })
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
             }
+            Request::Certs => Ok(Response::Certs {
+                certificates: self.certs(),
+            }),
+            Request::CertsReload => self
+                .reload_certs()
+                .map(
+                    |(certificates, workers_confirmed)| Response::CertsReloaded {
+                        certificates,
+                        workers_confirmed,
+                    },
+                ),
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }
@@ -413,7 +454,7 @@ impl Shared {
             .certs
             .reload(&config.tls)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, format!("{source}: {e}")))?;
-        let settings = Settings::from_config(&config, self.mailboxes.len())
+        let settings = Settings::from_config(&config, self.mailboxes.len(), &self.health)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?
             .with_tls(&certs);
         for index in 0..self.mailboxes.len() {

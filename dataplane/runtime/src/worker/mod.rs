@@ -14,6 +14,7 @@ mod bridge;
 mod commands;
 mod conn;
 pub(crate) mod mailbox;
+mod reads;
 mod splice;
 mod tls;
 
