@@ -386,3 +386,57 @@ async fn a_flood_of_channels_is_bounded_and_counted() {
     })
     .await;
 }
+
+/// A broker that requires credentials: hosts with the right ones share channels; a host
+/// with a wrong password stays local-only (its link down, as its metrics say).
+async fn credentials(kind: Kind) {
+    let server = Server::start_with_auth(kind, "edge", "s3cret");
+    // Redis's `requirepass` is the password of its `default` user.
+    let user = match kind {
+        Kind::Redis => "default",
+        Kind::Nats => "edge",
+    };
+    let good = format!("username = \"{user}\"\npassword = \"s3cret\"\n");
+    let a = start_host(&server, "host-a", &good).await;
+    let b = start_host(&server, "host-b", &good).await;
+    let (socket, metrics, control) = control_tables("auth");
+    let c = start_host(
+        &server,
+        "host-c",
+        &format!("username = \"{user}\"\npassword = \"wrong\"\n{control}"),
+    )
+    .await;
+    let mut subs = [
+        subscriber(a.proxy.addr, CHANNEL).await,
+        subscriber(b.proxy.addr, CHANNEL).await,
+    ];
+    sync(a.publish, CHANNEL, &mut subs).await;
+    publish(b.publish, CHANNEL, "authed");
+    for ws in &mut subs {
+        assert_eq!(next_data(ws).await["data"], "authed");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(metrics, "wsedge_broker_link_failures_total") < Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host c never failed to log in"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
+    // Host c serves its own subscribers still.
+    let mut local = subscriber(c.proxy.addr, CHANNEL).await;
+    publish(c.publish, CHANNEL, "local");
+    assert_eq!(next_json(&mut local).await["data"], "local");
+    let _ = std::fs::remove_file(&socket);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_credentials_are_used_and_a_wrong_password_is_local_only() {
+    within(90, credentials(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_are_used_and_a_wrong_password_is_local_only() {
+    within(90, credentials(Kind::Nats)).await;
+}

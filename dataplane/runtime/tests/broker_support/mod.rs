@@ -35,6 +35,8 @@ pub(crate) struct Server {
     pub(crate) kind: Kind,
     pub(crate) port: u16,
     child: Option<Child>,
+    /// User and password the server requires (Redis: the password only).
+    auth: Option<(String, String)>,
 }
 
 impl Server {
@@ -48,6 +50,19 @@ impl Server {
             kind,
             port,
             child: None,
+            auth: None,
+        };
+        s.up();
+        s
+    }
+
+    /// A server on a free port that requires `user` / `password`.
+    pub(crate) fn start_with_auth(kind: Kind, user: &str, password: &str) -> Server {
+        let mut s = Server {
+            kind,
+            port: free_port(),
+            child: None,
+            auth: Some((user.to_owned(), password.to_owned())),
         };
         s.up();
         s
@@ -59,6 +74,7 @@ impl Server {
             kind,
             port: free_port(),
             child: None,
+            auth: None,
         }
     }
 
@@ -78,11 +94,17 @@ impl Server {
                 let mut c = Command::new("redis-server");
                 c.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
                     .args(["--appendonly", "no", "--protected-mode", "no"]);
+                if let Some((_, password)) = &self.auth {
+                    c.args(["--requirepass", password]);
+                }
                 c
             }
             Kind::Nats => {
                 let mut c = Command::new("nats-server");
                 c.args(["-a", "127.0.0.1", "-p", &port]);
+                if let Some((user, password)) = &self.auth {
+                    c.args(["--user", user, "--pass", password]);
+                }
                 c
             }
         };
