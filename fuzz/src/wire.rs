@@ -20,12 +20,10 @@ use std::io::{self, Read};
 use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
     LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION, Percentiles,
-    PoolHealth, Request,
-    Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
-    FunctionRow,
-    decode_response, read_frame, send,
+    PoolHealth, Request, Response, RouteRow, StatsReport, Status, WireError, WorkerStats,
+    WorkerStatus, decode_request, FunctionRow, decode_response, read_frame, send,
 };
 
 use crate::alloc::largest_allocation;
@@ -223,14 +221,16 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
-        Request::OriginsHealth => 18,
-        Request::FunctionsList => 19,
-        Request::FunctionDeploy { .. } => 20,
+        Request::Certs => 18,
+        Request::CertsReload => 19,
+        Request::OriginsHealth => 20,
+        Request::FunctionsList => 21,
+        Request::FunctionDeploy { .. } => 22,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=20u8)?;
+    let variant = u.int_in_range(0..=22u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -285,8 +285,10 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             value: u.arbitrary()?,
             route: u.arbitrary()?,
         },
-        18 => Request::OriginsHealth,
-        19 => Request::FunctionsList,
+        18 => Request::Certs,
+        19 => Request::CertsReload,
+        20 => Request::OriginsHealth,
+        21 => Request::FunctionsList,
         _ => Request::FunctionDeploy {
             route: u.arbitrary()?,
             script: u.arbitrary()?,
@@ -328,7 +330,9 @@ fn response_variant(r: &Response) -> u8 {
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
         Response::Origins { .. } => 13,
-        Response::Functions { .. } => 14,
+        Response::Certs { .. } => 14,
+        Response::CertsReloaded { .. } => 15,
+        Response::Functions { .. } => 16,
     }
 }
 
@@ -368,7 +372,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=14u8)?;
+    let variant = u.int_in_range(0..=16u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -524,6 +528,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                                 checks_failed: u.arbitrary()?,
                                 ejections: u.arbitrary()?,
                                 transitions: u.arbitrary()?,
+                                slow_start_pct: u.arbitrary()?,
                             })
                         })
                         .collect::<arbitrary::Result<_>>()?;
@@ -538,7 +543,14 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Origins { pools }
         }
-        14 => Response::Functions {
+        14 => Response::Certs {
+            certificates: cert_views(u)?,
+        },
+        15 => Response::CertsReloaded {
+            certificates: cert_views(u)?,
+            workers_confirmed: u.arbitrary()?,
+        },
+        16 => Response::Functions {
             functions: function_rows(u)?,
         },
         _ => Response::Error {
@@ -564,6 +576,25 @@ fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>
                 cpu_us: u.arbitrary()?,
                 memory_bytes: u.arbitrary()?,
                 restarts: u.arbitrary()?,
+            })
+        })
+        .collect()
+}
+
+fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(CertView {
+                id: u.arbitrary()?,
+                file: u.arbitrary()?,
+                names: u.arbitrary()?,
+                default: u.arbitrary()?,
+                subject: u.arbitrary()?,
+                issuer: u.arbitrary()?,
+                not_before: u.arbitrary()?,
+                not_after: u.arbitrary()?,
+                key_type: u.arbitrary()?,
+                chain_len: u.arbitrary()?,
             })
         })
         .collect()

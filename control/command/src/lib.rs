@@ -26,8 +26,8 @@ pub mod wire;
 pub use config::{
     AccessLogTarget, ActiveCheck, BridgeTarget, CheckKind, Config, ControlConfig, DataplaneConfig,
     EncodedSlashes, Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig,
-    HealthConfig, HostMatch, HttpConfig, Limits, LoadedTls, Policy, RelayConfig, RelayMode, Route,
-    ScriptConfig, XRealIp,
+    HashKey, HealthConfig, HostMatch, HttpConfig, Limits, LoadedTls, Policy, RelayConfig,
+    RelayMode, Route, ScriptConfig, XRealIp,
 };
 pub use connection_id::ConnectionId;
 pub use error::ConfigError;

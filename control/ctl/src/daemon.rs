@@ -457,6 +457,8 @@ impl Daemon {
             | Request::Publish { .. }
             | Request::Presence { .. }
             | Request::OriginsHealth
+            | Request::Certs
+            | Request::CertsReload
             | Request::FunctionsList => return self.forward(&request),
             // A deploy is an edit of the route's `script`: persisted, then pushed (where the
             // dataplane compiles it, or refuses it and the state file is restored).

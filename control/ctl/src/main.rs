@@ -113,6 +113,12 @@ enum Cmd {
     },
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping live edits.
     Reload,
+    /// TLS certificates in force: names, issuer, expiry; `certs reload` reads their files
+    /// again (as SIGHUP of the dataplane does) without dropping a connection.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsCmd>,
+    },
     /// Publish a message on CHANNEL of every `broadcast` route (all workers). The message is
     /// MESSAGE, or the bytes of --file, or standard input; text if it is UTF-8, else binary.
     Publish {
@@ -206,6 +212,16 @@ enum FunctionsCmd {
     /// finish on theirs. A module that does not compile is refused with its file and line,
     /// and the old one keeps serving. Persisted by the daemon (the route's `script`).
     Deploy { name: String, file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Each certificate: id, names, issuer, expiry (the default).
+    List,
+    /// Read the certificate, key and CA files again and serve them to new handshakes on
+    /// every worker; live connections keep theirs. A broken file is refused, naming it, and
+    /// the certificates in force keep serving.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -419,6 +435,10 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             action: ConfigCmd::Show,
         } => Request::ConfigShow,
         Cmd::Reload => Request::Reload,
+        Cmd::Certs { action } => match action {
+            None | Some(CertsCmd::List) => Request::Certs,
+            Some(CertsCmd::Reload) => Request::CertsReload,
+        },
         Cmd::Drain { timeout, over, .. } => Request::Drain {
             timeout_ms: Some(millis(*timeout)),
             over_ms: over.map(millis),
@@ -562,6 +582,20 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
         (_, Response::Functions { functions }) => render::functions(functions),
+        (_, Response::Certs { certificates }) => {
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        }
+        (
+            _,
+            Response::CertsReloaded {
+                certificates,
+                workers_confirmed,
+            },
+        ) => format!(
+            "certificates reloaded: {} serving on {workers_confirmed} workers\n{}",
+            certificates.len(),
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        ),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

@@ -251,7 +251,7 @@ fn run(
 
     // Control socket and metrics (issue 4): their own threads, talking to the workers only
     // through the mailboxes. The handle removes the socket file when `run` returns.
-    let _control = control::start(control::Startup {
+    let control = control::start(control::Startup {
         config: config.clone(),
         toml: text,
         source,
@@ -274,7 +274,9 @@ fn run(
     while finished < count {
         if let Some(sig) = sys::wait_signal(&signals, Duration::from_millis(200)) {
             if sig == libc::SIGHUP {
-                tracing::info!("SIGHUP: configuration reload is done by the control process");
+                // The configuration is the control process's to reload (it pushes it); the
+                // certificate files are read again here, on every worker.
+                control.reload_certs();
             } else if !shutting_down {
                 shutting_down = true;
                 wsedge_command::notify::stopping();

@@ -123,7 +123,13 @@ impl Settings {
             .zip(pools)
             .map(|(r, pool)| {
                 let view = pool.map(|p| p as Arc<dyn PoolView>);
-                route(r).with_balance(Balancer::new(r.balance, r.origins.len(), view))
+                let mut balance = Balancer::new(r.balance, r.origins.len(), view)
+                    .with_origins(&r.origins)
+                    .with_weights(r.weights.clone());
+                if let Some(key) = &r.hash_key {
+                    balance = balance.with_hash_key(key.clone());
+                }
+                route(r).with_balance(balance)
             })
             .collect();
         Ok(Settings {

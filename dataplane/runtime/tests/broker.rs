@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use broker_support::{
-    Kind, Server, next_data, next_json, next_json_within, presence, publish, send_json, start_host,
-    subscriber, sync, v1_client, wait_presence,
+    Kind, Server, control_tables, metric, next_data, next_json, next_json_within, presence,
+    publish, send_json, start_host, subscriber, sync, v1_client, wait_presence, wsedgectl,
 };
 use common::within;
 use serde_json::json;
@@ -105,10 +105,11 @@ async fn one_broker_subscription_per_host_per_channel() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_reports_each_host_and_the_total() {
-    within(90, async {
-        let server = Server::start(Kind::Redis);
+/// Three hosts with 1, 2 and 3 subscribers: every host reports each host's count and the
+/// total; when a host's subscribers leave, the fleet's count follows.
+async fn presence_per_host(kind: Kind) {
+    {
+        let server = Server::start(kind);
         let a = start_host(&server, "host-a", "").await;
         let b = start_host(&server, "host-b", "").await;
         let c = start_host(&server, "host-c", "").await;
@@ -129,8 +130,17 @@ async fn presence_reports_each_host_and_the_total() {
         let body = wait_presence(a.publish, CHANNEL, 3).await;
         assert_eq!(body["hosts"], json!({"host-a": 1, "host-b": 2}), "{body}");
         assert_eq!(presence(c.publish, "nobody")["subscribers"], 0);
-    })
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_presence_reports_each_host_and_the_total() {
+    within(90, presence_per_host(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_presence_reports_each_host_and_the_total() {
+    within(90, presence_per_host(Kind::Nats)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,10 +175,11 @@ async fn broker_down_at_start_serves_local_only_then_joins() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_mid_stream_resubscribes_and_sends_a_gap() {
-    within(90, async {
-        let mut server = Server::start(Kind::Redis);
+/// The broker killed and started again on its port: each host resubscribes, its
+/// subscribers get a `gap`, and messages cross again.
+async fn restart_mid_stream(kind: Kind) {
+    {
+        let mut server = Server::start(kind);
         let a = start_host(&server, "host-a", "").await;
         let b = start_host(&server, "host-b", "").await;
         let mut subs = [
@@ -193,6 +204,177 @@ async fn broker_restart_mid_stream_resubscribes_and_sends_a_gap() {
         for ws in &mut subs {
             assert_eq!(next_data(ws).await["data"], "after");
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_resubscribes_and_sends_a_gap() {
+    within(90, restart_mid_stream(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_stream_resubscribes_and_sends_a_gap() {
+    within(90, restart_mid_stream(Kind::Nats)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsedgectl_presence_and_broker_metrics() {
+    within(90, async {
+        let server = Server::start(Kind::Redis);
+        let (socket, metrics, control) = control_tables("ctl");
+        let a = start_host(&server, "host-a", &control).await;
+        let b = start_host(&server, "host-b", "").await;
+        let _subs = [
+            subscriber(a.proxy.addr, CHANNEL).await,
+            subscriber(b.proxy.addr, CHANNEL).await,
+            subscriber(b.proxy.addr, CHANNEL).await,
+        ];
+        wait_presence(a.publish, CHANNEL, 3).await;
+        let out = wsedgectl(&socket, &["presence", CHANNEL]);
+        assert_eq!(
+            out, "news: 3 subscribers\n  host-a: 1\n  host-b: 2\n",
+            "{out}"
+        );
+        let json = wsedgectl(&socket, &["--json", "presence", CHANNEL]);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+        assert_eq!(
+            v["hosts"][1],
+            json!({"host": "host-b", "subscribers": 2}),
+            "{v}"
+        );
+        // Metrics: the link is up; b's publications reach a (publishes in), a's go out.
+        assert_eq!(metric(metrics, "wsedge_broker_up"), Some(1.0));
+        publish(b.publish, CHANNEL, "x");
+        publish(a.publish, CHANNEL, "y");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(metrics, "wsedge_broker_publishes_in_total") < Some(2.0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "publishes_in stays below 2"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(metric(metrics, "wsedge_broker_publishes_out_total") >= Some(1.0));
+        assert!(metric(metrics, "wsedge_broker_deliveries_total") >= Some(2.0));
+        assert_eq!(metric(metrics, "wsedge_broker_channels"), Some(1.0));
+        // Both records were timed: the lag histogram counts them, well under a second here.
+        let lag_count = metric(metrics, "wsedge_broker_lag_seconds_count").expect("lag");
+        let lag_sum = metric(metrics, "wsedge_broker_lag_seconds_sum").expect("lag sum");
+        assert!(lag_count >= 2.0, "{lag_count}");
+        assert!(
+            lag_sum / lag_count < 1.0,
+            "mean lag {}",
+            lag_sum / lag_count
+        );
+        let _ = std::fs::remove_file(&socket);
+    })
+    .await;
+}
+
+/// A worker whose queue from the bridge is full loses messages, never the bridge's time:
+/// drops are counted, and its subscribers get a `gap` before the next message they get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_queue_drops_counts_and_sends_a_gap() {
+    within(90, async {
+        let server = Server::start(Kind::Redis);
+        let (socket, metrics, control) = control_tables("slow");
+        let a = start_host(&server, "host-a", "").await;
+        let b = start_host(&server, "host-b", &format!("worker_queue = 1\n{control}")).await;
+        let mut subs = [subscriber(b.proxy.addr, CHANNEL).await];
+        sync(a.publish, CHANNEL, &mut subs).await;
+        let mut publisher = v1_client(a.proxy.addr).await;
+        const N: u64 = 3000;
+        for i in 0..N {
+            send_json(
+                &mut publisher,
+                json!({"type": "publish", "channel": CHANNEL, "data": i}),
+            )
+            .await;
+        }
+        // What arrives: increasing numbers, a gap before the first one after a loss.
+        let (mut last, mut got, mut gaps) = (None::<u64>, 0u64, 0u64);
+        let mut gap_pending = false;
+        loop {
+            // The end marker may be dropped too: sent again until it arrives.
+            let Some(v) = next_json_within(&mut subs[0], 1).await else {
+                publish(a.publish, CHANNEL, "end");
+                continue;
+            };
+            if v["type"] == "gap" {
+                gaps += 1;
+                gap_pending = true;
+                continue;
+            }
+            if v["data"] == "end" {
+                break;
+            }
+            if v["data"] == "sync" {
+                continue;
+            }
+            let i = v["data"].as_u64().expect("number");
+            if let Some(l) = last {
+                assert!(i > l, "out of order: {i} after {l}");
+                assert!(
+                    i == l + 1 || gap_pending,
+                    "{l} -> {i} lost messages without a gap"
+                );
+            }
+            gap_pending = false;
+            last = Some(i);
+            got += 1;
+        }
+        let drops = metric(metrics, "wsedge_broker_drops_total").expect("drops metric");
+        eprintln!("slow worker: {got} of {N} delivered, {drops} dropped, {gaps} gap notices");
+        assert!(drops >= 1.0, "a queue of 1 under a burst of {N} must drop");
+        assert!(gaps >= 1, "drops were not announced");
+        assert_eq!(
+            got + drops as u64,
+            N,
+            "every message delivered or counted as dropped"
+        );
+        let _ = std::fs::remove_file(&socket);
+    })
+    .await;
+}
+
+/// Past `max_channels`, a host holds no broker subscription for a new channel (counted):
+/// its subscribers get that host's publications only; its publications still go out. The
+/// channels within the bound keep crossing hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_channels_is_bounded_and_counted() {
+    within(90, async {
+        let server = Server::start(Kind::Redis);
+        let (socket, metrics, control) = control_tables("flood");
+        let a = start_host(&server, "host-a", &format!("max_channels = 2\n{control}")).await;
+        let b = start_host(&server, "host-b", "").await;
+        let mut held = Vec::new();
+        for ch in ["c1", "c2"] {
+            held.push(subscriber(a.proxy.addr, ch).await);
+        }
+        let mut over = subscriber(a.proxy.addr, "c3").await;
+        let remote_over = subscriber(b.proxy.addr, "c3").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(metrics, "wsedge_broker_channels_refused_total") < Some(1.0) {
+            assert!(std::time::Instant::now() < deadline, "no refusal counted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(metric(metrics, "wsedge_broker_channels"), Some(2.0));
+        // c3 on host a: local publications still reach a's subscriber (and b's), b's do
+        // not reach a.
+        let mut remote = [remote_over];
+        sync(a.publish, "c3", &mut remote).await;
+        publish(a.publish, "c3", "from-a");
+        assert_eq!(next_data(&mut over).await["data"], "from-a");
+        assert_eq!(next_data(&mut remote[0]).await["data"], "from-a");
+        publish(b.publish, "c3", "from-b");
+        assert_eq!(next_data(&mut remote[0]).await["data"], "from-b");
+        while let Some(v) = next_json_within(&mut over, 1).await {
+            assert_ne!(v["data"], "from-b", "host a holds no subscription for c3");
+        }
+        // c1 still crosses hosts.
+        let mut c1 = [held.remove(0)];
+        sync(b.publish, "c1", &mut c1).await;
+        let _ = std::fs::remove_file(&socket);
     })
     .await;
 }

@@ -43,4 +43,7 @@ pub struct OriginHealth {
     pub ejections: u64,
     /// Changes of state (up to down and back).
     pub transitions: u64,
+    /// While re-admitted in slow start: the share of its weight it gets now (10 to 99 %).
+    #[serde(default)]
+    pub slow_start_pct: Option<u32>,
 }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::MAX_FRAME;
 use super::health::PoolHealth;
 use super::views::{
-    Applied, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow, StatsReport,
-    Status,
+    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow,
+    StatsReport, Status,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -121,6 +121,13 @@ pub enum Request {
     /// refused with its `file:line:column` and the old one keeps serving. The control
     /// process persists it like any edit.
     FunctionDeploy { route: String, script: String },
+    /// The certificates in force: names, issuer, expiry (forwarded to the dataplane).
+    Certs,
+    /// Read the certificate, key and CA files of the configuration in force again and serve
+    /// them to new handshakes on every worker (as SIGHUP of the dataplane does); live
+    /// connections keep theirs. A broken file is refused and the old certificates keep
+    /// serving (forwarded to the dataplane).
+    CertsReload,
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
     /// Control process: add an origin (`IP:port`) to a route.
@@ -160,6 +167,8 @@ impl Request {
             Request::RoutesList => "routes_list",
             Request::LimitsGet { .. } => "limits_get",
             Request::Drain { .. } => "drain",
+            Request::Certs => "certs",
+            Request::CertsReload => "certs_reload",
             Request::Reload => "reload",
             Request::OriginAdd { .. } => "origin_add",
             Request::OriginRemove { .. } => "origin_remove",
@@ -222,6 +231,16 @@ pub enum Response {
     /// Answer to [`Request::FunctionsList`].
     Functions {
         functions: Vec<FunctionRow>,
+    },
+    /// Answer to [`Request::Certs`].
+    Certs {
+        certificates: Vec<CertView>,
+    },
+    /// Answer to [`Request::CertsReload`]: what now serves, and how many workers confirmed
+    /// serving it.
+    CertsReloaded {
+        certificates: Vec<CertView>,
+        workers_confirmed: usize,
     },
     Error {
         kind: ErrorKind,

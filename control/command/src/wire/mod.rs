@@ -36,7 +36,7 @@ pub use messages::{
     Response, check_channel, is_valid_channel,
 };
 pub use views::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, FunctionRow, LimitsView,
-    ListEntryView, ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats, WorkerStatus,
-    config_hash, is_rejection, limits_view, list_views, route_rows,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, FunctionRow,
+    LimitsView, ListEntryView, ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats,
+    WorkerStatus, config_hash, is_rejection, limits_view, list_views, route_rows,
 };

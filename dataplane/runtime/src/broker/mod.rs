@@ -10,7 +10,7 @@
 //! workers exactly as the control plane does: a channel and the worker's eventfd.
 //!
 //! - worker to bridge: [`Port::interest`] and [`Port::publish`] send
-//!   [`Input`](wsedge_broker::Input)s on an mpsc channel (never blocks);
+//!   [`wsedge_broker::Input`]s on an mpsc channel (never blocks);
 //! - bridge to worker: a bounded queue per worker (`[broker] worker_queue`) plus a write
 //!   to the worker's wake eventfd. A full queue refuses the message (the bridge counts the
 //!   drop and owes that worker's subscribers a `gap`); the bridge never waits on a worker.

@@ -1,8 +1,9 @@
 //! The broker bridge's metrics (`wsedge_broker_*`, docs/broker.md and docs/monitoring):
 //! each shard link's state, publishes in and out, deliveries, drops, gaps, refused
-//! channels, reconnections, from the bridge's [`Status`].
+//! channels, reconnections, the publication-to-arrival lag, from the bridge's [`Status`].
 
 use wsedge_broker::Status;
+use wsedge_broker::core::LAG_BOUNDS_US;
 
 use super::metrics::{family, sample};
 
@@ -108,4 +109,35 @@ pub(super) fn render(out: &mut String, status: &Status) {
         &[],
         status.subscriptions,
     );
+    family(
+        out,
+        "wsedge_broker_lag_seconds",
+        "histogram",
+        "Publication (on its host's clock) to arrival from the broker (on this host's clock) of channel records.",
+    );
+    let lag = &s.lag;
+    let mut cumulative = 0;
+    for (i, bound) in LAG_BOUNDS_US.iter().enumerate() {
+        cumulative += lag.buckets[i];
+        let le = format!("{}", *bound as f64 / 1e6);
+        sample(
+            out,
+            "wsedge_broker_lag_seconds_bucket",
+            &[("le", &le)],
+            cumulative,
+        );
+    }
+    sample(
+        out,
+        "wsedge_broker_lag_seconds_bucket",
+        &[("le", "+Inf")],
+        lag.count,
+    );
+    sample(
+        out,
+        "wsedge_broker_lag_seconds_sum",
+        &[],
+        lag.sum_us as f64 / 1e6,
+    );
+    sample(out, "wsedge_broker_lag_seconds_count", &[], lag.count);
 }

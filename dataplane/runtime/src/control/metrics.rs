@@ -75,6 +75,8 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             let (version, hash) = shared.config_identity();
             let mut body = render(&stats.workers, uptime, (version, &hash));
             render_functions(&mut body, &stats.functions);
+            let now = i64::try_from(wsedge_command::wire::unix_now()).unwrap_or(i64::MAX);
+            render_certs(&mut body, &shared.cert_expiry(now));
             super::origins::render(&mut body, &shared.origin_views());
             if let Some(broker) = &shared.broker {
                 super::broker_metrics::render(&mut body, &broker.status());
@@ -357,6 +359,25 @@ fn render_functions(out: &mut String, functions: &[FunctionRow]) {
 }
 
 /// The `frames` relay's message and close-code counters.
+/// The certificates in force: seconds until each one expires (negative once expired), by
+/// `[[certificate]]` id (the family is listed without certificates too, with no sample).
+fn render_certs(out: &mut String, expiry: &[(String, i64)]) {
+    family(
+        out,
+        "wsedge_tls_certificate_expiry_seconds",
+        "gauge",
+        "Seconds until the certificate's notAfter (negative once expired), by [[certificate]] id; follows certs reload.",
+    );
+    for (id, left) in expiry {
+        sample(
+            out,
+            "wsedge_tls_certificate_expiry_seconds",
+            &[("certificate", id)],
+            left,
+        );
+    }
+}
+
 fn render_frames(out: &mut String, workers: &[WorkerStats]) {
     by_direction(
         out,
@@ -460,6 +481,23 @@ mod tests {
             let value = line.rsplit(' ').next().expect("value");
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
+    }
+
+    #[test]
+    fn certificate_expiry_is_a_gauge_per_certificate() {
+        let mut text = String::new();
+        render_certs(&mut text, &[]);
+        assert!(
+            !text.contains("wsedge_tls_certificate_expiry_seconds{"),
+            "{text}"
+        );
+        text.clear();
+        render_certs(&mut text, &[("site".into(), 86_400), ("old".into(), -5)]);
+        assert!(text.contains("# TYPE wsedge_tls_certificate_expiry_seconds gauge\n"));
+        assert!(
+            text.contains("wsedge_tls_certificate_expiry_seconds{certificate=\"site\"} 86400\n")
+        );
+        assert!(text.contains("wsedge_tls_certificate_expiry_seconds{certificate=\"old\"} -5\n"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! its handler. No `unsafe` here.
 
 mod broker_metrics;
+mod certs;
 mod channels;
 mod functions;
 mod metrics;
@@ -112,6 +113,26 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Handle {
     socket_path: Option<PathBuf>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// SIGHUP: reads the certificate files again (see [`certs`]); a broken file is logged
+    /// and the certificates in force keep serving.
+    pub(crate) fn reload_certs(&self) {
+        match self.shared.reload_certs() {
+            Ok((certs, workers)) => {
+                eprintln!(
+                    "wsedge: SIGHUP: {} certificates reloaded on {workers} workers",
+                    certs.len()
+                );
+            }
+            Err(e) => eprintln!(
+                "wsedge: SIGHUP: certificate reload refused, the certificates in force keep serving: {}",
+                e.message
+            ),
+        }
+    }
 }
 
 impl Drop for Handle {
@@ -143,7 +164,10 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         broker: startup.broker,
         host: startup.host,
     });
-    let mut handle = Handle { socket_path: None };
+    let mut handle = Handle {
+        socket_path: None,
+        shared: shared.clone(),
+    };
     if let Some(path) = &control.socket {
         let threads = Threads {
             accept: "wsedge-control",
@@ -321,6 +345,17 @@ impl Shared {
             Request::FunctionDeploy { route, script } => {
                 self.deploy(&route, &script).map(Response::Applied)
             }
+            Request::Certs => Ok(Response::Certs {
+                certificates: self.certs(),
+            }),
+            Request::CertsReload => self
+                .reload_certs()
+                .map(
+                    |(certificates, workers_confirmed)| Response::CertsReloaded {
+                        certificates,
+                        workers_confirmed,
+                    },
+                ),
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }

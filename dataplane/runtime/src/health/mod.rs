@@ -22,8 +22,8 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
+use wsedge_command::Config;
 use wsedge_command::wire::{OriginHealth, PoolHealth};
-use wsedge_command::{Config, Policy};
 
 pub(crate) use checker::start;
 pub(crate) use pool::{Pool, PoolSettings};
@@ -35,11 +35,20 @@ pub(crate) fn now_ms() -> u64 {
     u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `round_robin`, `consistent_hash(header:X-Room)`...
+fn balance_text(r: &wsedge_command::Route) -> String {
+    match &r.hash_key {
+        Some(key) => format!("{}({key})", r.balance.as_str()),
+        None => r.balance.as_str().to_owned(),
+    }
+}
+
 /// A route with origins in the configuration in force.
 #[derive(Debug, Clone)]
 struct Entry {
     route: String,
-    balance: Policy,
+    /// The policy as `wsedgectl origins` shows it.
+    balance: String,
     origins: Vec<SocketAddr>,
     /// `None`: the route has no `[route.health]` (its origins are always live).
     pool: Option<Arc<Pool>>,
@@ -78,10 +87,11 @@ impl Registry {
             }
             let pool = r.health.as_ref().map(|h| {
                 let settings = PoolSettings {
-                    balance: r.balance,
+                    balance: balance_text(r),
                     thresholds: h.thresholds,
                     check: h.check.clone(),
                     retry_after_secs: h.retry_after_secs(),
+                    slow_start_ms: u64::try_from(h.slow_start.as_millis()).unwrap_or(u64::MAX),
                 };
                 let kept = entries
                     .iter()
@@ -97,7 +107,7 @@ impl Registry {
             });
             next.push(Entry {
                 route: r.name.clone(),
-                balance: r.balance,
+                balance: balance_text(r),
                 origins: r.origins.clone(),
                 pool: pool.clone(),
             });
@@ -128,7 +138,7 @@ impl Registry {
                 Some(pool) => pool.view(),
                 None => PoolHealth {
                     route: e.route.clone(),
-                    balance: e.balance.as_str().to_owned(),
+                    balance: e.balance.clone(),
                     check: None,
                     watched: false,
                     origins: e
@@ -145,6 +155,7 @@ impl Registry {
                             checks_failed: 0,
                             ejections: 0,
                             transitions: 0,
+                            slow_start_pct: None,
                         })
                         .collect(),
                 },

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use wsedge_command::ActiveCheck;
 use wsedge_command::wire::{OriginHealth as OriginRow, PoolHealth};
-use wsedge_command::{ActiveCheck, Policy};
-use wsedge_proto::balance::PoolView;
+use wsedge_proto::balance::{FULL_RAMP, PoolView};
 use wsedge_proto::health::{Event, Failure, OriginHealth, Outcome, Thresholds, Transition};
 
 use super::now_ms;
@@ -22,10 +22,13 @@ use super::now_ms;
 /// pool's origins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PoolSettings {
-    pub(crate) balance: Policy,
+    /// The policy as `wsedgectl origins` shows it.
+    pub(crate) balance: String,
     pub(crate) thresholds: Thresholds,
     pub(crate) check: Option<ActiveCheck>,
     pub(crate) retry_after_secs: u32,
+    /// A re-admitted origin ramps up over this long (0 = at once).
+    pub(crate) slow_start_ms: u64,
 }
 
 /// One origin's shared state.
@@ -45,6 +48,9 @@ pub(crate) struct Slot {
     pub(crate) checking: AtomicBool,
     /// When the last check ended (`now_ms`); 0 = never.
     last_check_at: AtomicU64,
+    /// Slow start after a re-admission: from when, until when (`now_ms`); 0 = not ramping.
+    ramp_from: AtomicU64,
+    ramp_until: AtomicU64,
 }
 
 /// A route's pool: its name, origins and settings.
@@ -78,6 +84,8 @@ impl Pool {
                     next_check: AtomicU64::new(now),
                     checking: AtomicBool::new(false),
                     last_check_at: AtomicU64::new(0),
+                    ramp_from: AtomicU64::new(0),
+                    ramp_until: AtomicU64::new(0),
                 })
                 .collect(),
             retry_after: AtomicU32::new(settings.retry_after_secs),
@@ -105,10 +113,24 @@ impl Pool {
     /// Feeds `event` to origin `index`'s machine and mirrors the result.
     fn feed(&self, index: usize, event: Event) -> Option<Transition> {
         let slot = self.origins.get(index)?;
-        let thresholds = lock(&self.settings).thresholds;
+        let (thresholds, slow_start_ms) = {
+            let settings = lock(&self.settings);
+            (settings.thresholds, settings.slow_start_ms)
+        };
         let now = now_ms();
         let mut health = lock(&slot.health);
         let transition = health.on(now, event, &thresholds);
+        if let Some(t) = transition {
+            // Slow start: a re-admitted origin (not one that was up from the start) ramps
+            // up. Set before `up`, so no worker sees it up at full weight first.
+            let until = if t.up && slow_start_ms > 0 {
+                now.saturating_add(slow_start_ms)
+            } else {
+                0
+            };
+            slot.ramp_from.store(now, Ordering::Relaxed);
+            slot.ramp_until.store(until, Ordering::Relaxed);
+        }
         slot.up.store(health.is_up(), Ordering::Release);
         slot.fails.store(health.passive_fails(), Ordering::Relaxed);
         slot.probation
@@ -153,7 +175,7 @@ impl Pool {
         let now = now_ms();
         PoolHealth {
             route: self.route.clone(),
-            balance: settings.balance.as_str().to_owned(),
+            balance: settings.balance.clone(),
             check: settings.check.as_ref().map(describe_check),
             watched: true,
             origins: self
@@ -181,6 +203,9 @@ impl Pool {
                         checks_failed: h.checks_failed,
                         ejections: h.ejections,
                         transitions: h.transitions,
+                        slow_start_pct: ramp_permille(slot, now)
+                            .filter(|&p| p < FULL_RAMP)
+                            .map(|p| p / 10),
                     }
                 })
                 .collect(),
@@ -200,7 +225,29 @@ pub(crate) fn describe_check(check: &ActiveCheck) -> String {
     )
 }
 
+/// Slow start: origin `slot`'s share of its weight at `now` (per mille, 100 to 1000);
+/// `None` when it is not ramping.
+fn ramp_permille(slot: &Slot, now: u64) -> Option<u32> {
+    let until = slot.ramp_until.load(Ordering::Relaxed);
+    if until == 0 || now >= until || !slot.up.load(Ordering::Relaxed) {
+        return None;
+    }
+    let from = slot.ramp_from.load(Ordering::Relaxed);
+    let span = until.saturating_sub(from).max(1);
+    let done = now.saturating_sub(from).min(span);
+    Some(100 + u32::try_from(900 * done / span).unwrap_or(900))
+}
+
 impl PoolView for Pool {
+    fn ramp_permille(&self, index: usize) -> u32 {
+        match self.origins.get(index) {
+            Some(slot) if slot.ramp_until.load(Ordering::Relaxed) != 0 => {
+                ramp_permille(slot, now_ms()).unwrap_or(FULL_RAMP)
+            }
+            _ => FULL_RAMP,
+        }
+    }
+
     fn is_live(&self, index: usize) -> bool {
         let Some(slot) = self.origins.get(index) else {
             return false;
@@ -242,7 +289,7 @@ mod tests {
 
     fn settings(active: bool) -> PoolSettings {
         PoolSettings {
-            balance: Policy::RoundRobin,
+            balance: "round_robin".to_owned(),
             thresholds: Thresholds {
                 rise: 2,
                 fall: 2,
@@ -252,6 +299,7 @@ mod tests {
             },
             check: None,
             retry_after_secs: 3,
+            slow_start_ms: 0,
         }
     }
 
@@ -307,6 +355,32 @@ mod tests {
         pool.check_result(0, Ok(()));
         assert!(pool.is_live(0));
         assert_eq!(pool.view().origins[0].transitions, 2);
+    }
+
+    #[test]
+    fn a_readmitted_origin_ramps_up_over_slow_start() {
+        let mut s = settings(true);
+        s.slow_start_ms = 400;
+        let pool = Pool::new("r", &addrs(), s);
+        assert_eq!(
+            pool.ramp_permille(0),
+            FULL_RAMP,
+            "up from the start: full weight"
+        );
+        pool.check_result(0, Err(Failure::ConnectFailed));
+        pool.check_result(0, Err(Failure::ConnectFailed));
+        pool.check_result(0, Ok(()));
+        pool.check_result(0, Ok(()));
+        assert!(pool.is_live(0));
+        let first = pool.ramp_permille(0);
+        assert!((100..400).contains(&first), "{first}");
+        assert!(pool.view().origins[0].slow_start_pct.is_some());
+        std::thread::sleep(Duration::from_millis(200));
+        let later = pool.ramp_permille(0);
+        assert!(later > first && later < FULL_RAMP, "{first} -> {later}");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(pool.ramp_permille(0), FULL_RAMP);
+        assert_eq!(pool.view().origins[0].slow_start_pct, None);
     }
 
     #[test]

@@ -20,6 +20,11 @@ impl Worker {
                 self.start_drain(Some(timeout));
             }
             Command::Apply { version, settings } => self.apply_settings(version, *settings),
+            Command::Certificates { listeners, reply } => {
+                self.settings.tls = listeners;
+                tracing::info!(worker = self.index, "certificates reloaded");
+                let _ = reply.send(self.index);
+            }
             Command::Drain { timeout } => self.start_drain(timeout),
             Command::Report { reply } => {
                 let _ = reply.send(WorkerReport {

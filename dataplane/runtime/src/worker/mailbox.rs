@@ -26,6 +26,12 @@ pub(crate) enum Command {
         version: u64,
         settings: Box<Settings>,
     },
+    /// Serve these TLS listeners (certificates read again) to new handshakes; live
+    /// connections keep the configuration they started with. Answers when done.
+    Certificates {
+        listeners: Vec<wsedge_tls::ServerTls>,
+        reply: Sender<usize>,
+    },
     /// Stop accepting (listeners closed); close what is left after `timeout`, if given.
     Drain {
         timeout: Option<Duration>,

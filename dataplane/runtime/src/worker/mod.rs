@@ -15,6 +15,7 @@ mod commands;
 mod conn;
 mod functions;
 pub(crate) mod mailbox;
+mod reads;
 mod splice;
 mod tls;
 

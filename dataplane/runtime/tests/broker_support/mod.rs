@@ -288,7 +288,7 @@ pub(crate) async fn next_data(ws: &mut Ws) -> Value {
     }
 }
 
-/// Reads the metrics endpoint's value of `name` (first sample) on `port`.
+/// Reads the metrics endpoint's value of family `name` (first sample) on `port`.
 pub(crate) fn metric(port: u16, name: &str) -> Option<f64> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -296,7 +296,45 @@ pub(crate) fn metric(port: u16, name: &str) -> Option<f64> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// `wsedgectl --dataplane SOCKET args…` (built beside `wsedge`): its stdout; panics if it
+/// fails.
+pub(crate) fn wsedgectl(socket: &std::path::Path, args: &[&str]) -> String {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_wsedge")).with_file_name("wsedgectl");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build -p wsedgectl` first",
+        path.display()
+    );
+    let out = Command::new(path)
+        .arg("--dataplane")
+        .arg(socket)
+        .args(args)
+        .env("WSEDGECTL_LOG", "warn")
+        .output()
+        .expect("run wsedgectl");
+    assert!(out.status.success(), "wsedgectl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A control socket path and a metrics port for `extra` (after the `[broker]` keys).
+pub(crate) fn control_tables(name: &str) -> (std::path::PathBuf, u16, String) {
+    let socket = std::env::temp_dir().join(format!(
+        "wsedge-broker-{name}-{}-{}.sock",
+        std::process::id(),
+        free_port()
+    ));
+    let metrics = free_port();
+    let table = format!(
+        "\n[control]\nsocket = {:?}\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+        socket.display().to_string()
+    );
+    (socket, metrics, table)
 }
