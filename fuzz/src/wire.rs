@@ -21,9 +21,10 @@ use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
     Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth, PROTOCOL_VERSION, Percentiles,
-    PoolHealth, Request, Response, RouteRow, StatsReport, Status, WireError, WorkerStats,
-    WorkerStatus, decode_request, FunctionRow, decode_response, read_frame, send,
+    FunctionRow, GenerationStatus, LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth,
+    PROTOCOL_VERSION, Percentiles, PoolHealth, Request, Response, RouteRow, StatsReport, Status,
+    Upgraded, WireError, WorkerStats, WorkerStatus, decode_request, decode_response, read_frame,
+    send,
 };
 
 use crate::alloc::largest_allocation;
@@ -226,11 +227,12 @@ fn request_variant(r: &Request) -> u8 {
         Request::OriginsHealth => 20,
         Request::FunctionsList => 21,
         Request::FunctionDeploy { .. } => 22,
+        Request::Upgrade { .. } => 23,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=22u8)?;
+    let variant = u.int_in_range(0..=23u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -289,9 +291,12 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
         19 => Request::CertsReload,
         20 => Request::OriginsHealth,
         21 => Request::FunctionsList,
-        _ => Request::FunctionDeploy {
+        22 => Request::FunctionDeploy {
             route: u.arbitrary()?,
             script: u.arbitrary()?,
+        },
+        _ => Request::Upgrade {
+            binary: u.arbitrary()?,
         },
     };
     assert_eq!(request_variant(&request), variant);
@@ -299,7 +304,7 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
 }
 
 /// Every error kind (`Unknown` included: it is how a newer peer's kind arrives).
-const ERROR_KINDS: [ErrorKind; 11] = [
+const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::BadRequest,
     ErrorKind::FrameTooLarge,
     ErrorKind::UnsupportedVersion,
@@ -309,6 +314,8 @@ const ERROR_KINDS: [ErrorKind; 11] = [
     ErrorKind::Unavailable,
     ErrorKind::NotSupported,
     ErrorKind::Busy,
+    ErrorKind::UpgradeFailed,
+    ErrorKind::UpgradeRefused,
     ErrorKind::Internal,
     ErrorKind::Unknown,
 ];
@@ -333,6 +340,7 @@ fn response_variant(r: &Response) -> u8 {
         Response::Certs { .. } => 14,
         Response::CertsReloaded { .. } => 15,
         Response::Functions { .. } => 16,
+        Response::Upgraded(_) => 17,
     }
 }
 
@@ -372,7 +380,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=16u8)?;
+    let variant = u.int_in_range(0..=17u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -394,6 +402,17 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                     config_hash: u.arbitrary()?,
                     config_source: u.arbitrary()?,
                     workers,
+                    generation: u.arbitrary()?,
+                    old_generations: (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(GenerationStatus {
+                                generation: u.arbitrary()?,
+                                pid: u.arbitrary()?,
+                                build: u.arbitrary()?,
+                                live: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?,
                 })
             } else {
                 None
@@ -553,6 +572,15 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
         16 => Response::Functions {
             functions: function_rows(u)?,
         },
+        17 => Response::Upgraded(Upgraded {
+            pid: u.arbitrary()?,
+            generation: u.arbitrary()?,
+            build: u.arbitrary()?,
+            old_pid: u.arbitrary()?,
+            old_generation: u.arbitrary()?,
+            old_live: u.arbitrary()?,
+            drain_window_ms: u.arbitrary()?,
+        }),
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
@@ -560,25 +588,6 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
     };
     assert_eq!(response_variant(&response), variant);
     Ok(response)
-}
-
-/// A few JavaScript function rows.
-fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>> {
-    (0..u.int_in_range(0..=2)?)
-        .map(|_| {
-            Ok(FunctionRow {
-                name: u.arbitrary()?,
-                version: u.arbitrary()?,
-                sockets: u.arbitrary()?,
-                invocations: u.arbitrary()?,
-                errors: u.arbitrary()?,
-                interrupts: u.arbitrary()?,
-                cpu_us: u.arbitrary()?,
-                memory_bytes: u.arbitrary()?,
-                restarts: u.arbitrary()?,
-            })
-        })
-        .collect()
 }
 
 fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
@@ -595,6 +604,25 @@ fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
                 not_after: u.arbitrary()?,
                 key_type: u.arbitrary()?,
                 chain_len: u.arbitrary()?,
+            })
+        })
+        .collect()
+}
+
+/// A few JavaScript function rows.
+fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(FunctionRow {
+                name: u.arbitrary()?,
+                version: u.arbitrary()?,
+                sockets: u.arbitrary()?,
+                invocations: u.arbitrary()?,
+                errors: u.arbitrary()?,
+                interrupts: u.arbitrary()?,
+                cpu_us: u.arbitrary()?,
+                memory_bytes: u.arbitrary()?,
+                restarts: u.arbitrary()?,
             })
         })
         .collect()

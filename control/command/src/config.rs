@@ -158,6 +158,14 @@ pub struct DataplaneConfig {
     /// Pin worker `i` to CPU `i % cpus` (the default). Off lets the scheduler move workers,
     /// which suits hosts where the proxy shares its cores with other busy processes.
     pub pin_workers: bool,
+    /// Binary upgrade (`wsedgectl upgrade`, SIGUSR2): the window over which the old
+    /// generation closes its connections once the new one is ready (default 60 s).
+    pub upgrade_drain_window: Duration,
+    /// Binary upgrade: how many old generations may still be draining at once; an upgrade
+    /// that would make one more is refused (default 2).
+    pub max_old_generations: usize,
+    /// Binary upgrade: how long the new binary has to report ready (default 30 s).
+    pub upgrade_ready_timeout: Duration,
 }
 
 /// Where access-log lines go.
@@ -488,6 +496,9 @@ struct RawDataplane {
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_worker: usize,
     pin_workers: bool,
+    upgrade_drain_window: Option<Spanned<String>>,
+    max_old_generations: usize,
+    upgrade_ready_timeout: Option<Spanned<String>>,
 }
 
 impl Default for RawDataplane {
@@ -498,6 +509,9 @@ impl Default for RawDataplane {
             drain_timeout: None,
             max_connections_per_worker: 50_000,
             pin_workers: true,
+            upgrade_drain_window: None,
+            max_old_generations: 2,
+            upgrade_ready_timeout: None,
         }
     }
 }
@@ -961,6 +975,13 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_secs(10)),
             max_connections_per_worker: raw.max_connections_per_worker.max(1),
             pin_workers: raw.pin_workers,
+            upgrade_drain_window: self
+                .duration(raw.upgrade_drain_window, "dataplane.upgrade_drain_window")?
+                .unwrap_or(Duration::from_secs(60)),
+            max_old_generations: raw.max_old_generations.max(1),
+            upgrade_ready_timeout: self
+                .duration(raw.upgrade_ready_timeout, "dataplane.upgrade_ready_timeout")?
+                .unwrap_or(Duration::from_secs(30)),
         })
     }
 

@@ -235,7 +235,12 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
 
 impl Daemon {
     fn call_dataplane(&self, request: &Request) -> Result<Response, WireError> {
-        let mut client = Client::connect(&self.dataplane, DATAPLANE_TIMEOUT)?;
+        // An upgrade waits for the new binary to be ready.
+        let timeout = match request {
+            Request::Upgrade { .. } => DATAPLANE_TIMEOUT * 15,
+            _ => DATAPLANE_TIMEOUT,
+        };
+        let mut client = Client::connect(&self.dataplane, timeout)?;
         client.call(request)
     }
 
@@ -459,7 +464,8 @@ impl Daemon {
             | Request::OriginsHealth
             | Request::Certs
             | Request::CertsReload
-            | Request::FunctionsList => return self.forward(&request),
+            | Request::FunctionsList
+            | Request::Upgrade { .. } => return self.forward(&request),
             // A deploy is an edit of the route's `script`: persisted, then pushed (where the
             // dataplane compiles it, or refuses it and the state file is restored).
             Request::FunctionDeploy { route, script } => self

@@ -31,6 +31,8 @@ const EXIT_UNREACHABLE: u8 = 3;
 
 const DEFAULT_CONFIG: &str = "/etc/wsedge/wsedge.toml";
 const DEFAULT_SOCKET: &str = "/run/wsedge/control.sock";
+/// The least an upgrade request waits for its answer.
+const UPGRADE_WAIT: Duration = Duration::from_secs(120);
 
 /// Control the wsedge WebSocket proxy: inspect it, change its configuration live, drain it.
 ///
@@ -155,6 +157,14 @@ enum Cmd {
         #[command(flatten)]
         target: fleet_cli::Target,
     },
+    /// Binary upgrade without dropping connections: start BINARY (default: the path the
+    /// dataplane was started from) as the next generation with the same listening sockets;
+    /// once it serves, the old one stops accepting and closes its connections over
+    /// `dataplane.upgrade_drain_window`. A binary that fails leaves the old one serving.
+    Upgrade {
+        /// The new wsedge binary.
+        binary: Option<PathBuf>,
+    },
     /// Stop accepting on this host and wait until live connections end or the timeout passes
     /// (then they are closed). To take a host out of rotation; stop it with SIGTERM after.
     Drain {
@@ -204,6 +214,16 @@ enum ListsCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Each certificate: id, names, issuer, expiry (the default).
+    List,
+    /// Read the certificate, key and CA files again and serve them to new handshakes on
+    /// every worker; live connections keep theirs. A broken file is refused, naming it, and
+    /// the certificates in force keep serving.
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
 enum FunctionsCmd {
     /// Each function: version, live sockets, invocations, errors, CPU time, memory.
     List,
@@ -212,16 +232,6 @@ enum FunctionsCmd {
     /// finish on theirs. A module that does not compile is refused with its file and line,
     /// and the old one keeps serving. Persisted by the daemon (the route's `script`).
     Deploy { name: String, file: PathBuf },
-}
-
-#[derive(Debug, Subcommand)]
-enum CertsCmd {
-    /// Each certificate: id, names, issuer, expiry (the default).
-    List,
-    /// Read the certificate, key and CA files again and serve them to new handshakes on
-    /// every worker; live connections keep theirs. A broken file is refused, naming it, and
-    /// the certificates in force keep serving.
-    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,6 +449,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             None | Some(CertsCmd::List) => Request::Certs,
             Some(CertsCmd::Reload) => Request::CertsReload,
         },
+        Cmd::Upgrade { binary } => Request::Upgrade {
+            // The dataplane may run elsewhere in the file system's view: an absolute path.
+            binary: binary
+                .as_ref()
+                .map(|b| std::path::absolute(b).unwrap_or_else(|_| b.clone()))
+                .map(|b| b.display().to_string()),
+        },
         Cmd::Drain { timeout, over, .. } => Request::Drain {
             timeout_ms: Some(millis(*timeout)),
             over_ms: over.map(millis),
@@ -521,7 +538,12 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             },
         },
     };
-    let mut session = Session::open(&path, cli.wait)?;
+    // An upgrade waits for the new binary to be ready (dataplane.upgrade_ready_timeout).
+    let wait = match cli.command {
+        Cmd::Upgrade { .. } => cli.wait.max(UPGRADE_WAIT),
+        _ => cli.wait,
+    };
+    let mut session = Session::open(&path, wait)?;
     let response = session.call(&request)?;
     if let Cmd::Drain {
         timeout,
@@ -581,7 +603,6 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         }
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
-        (_, Response::Functions { functions }) => render::functions(functions),
         (_, Response::Certs { certificates }) => {
             render::certs(certificates, wsedge_command::wire::unix_now())
         }
@@ -596,6 +617,8 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             certificates.len(),
             render::certs(certificates, wsedge_command::wire::unix_now())
         ),
+        (_, Response::Functions { functions }) => render::functions(functions),
+        (_, Response::Upgraded(u)) => render::upgraded(u),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

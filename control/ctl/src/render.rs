@@ -162,9 +162,50 @@ pub(crate) fn status(s: &Status) -> String {
                 })
                 .collect();
             out.push_str(&table(&["WORKER", "CONFIG", "LIVE", "ACCEPTING"], &rows));
+            out.push_str(&generations(d));
         }
     }
     out
+}
+
+/// Connections per generation, when a binary upgrade left old ones draining.
+fn generations(d: &wsedge_command::wire::DataplaneStatus) -> String {
+    if d.old_generations.is_empty() {
+        return String::new();
+    }
+    let live: u64 = d.workers.iter().map(|w| w.live).sum();
+    let mut rows = vec![vec![
+        d.generation.to_string(),
+        d.pid.to_string(),
+        d.build.clone(),
+        live.to_string(),
+        "serving".to_owned(),
+    ]];
+    rows.extend(d.old_generations.iter().map(|g| {
+        vec![
+            g.generation.to_string(),
+            g.pid.to_string(),
+            g.build.clone(),
+            g.live.to_string(),
+            "draining".to_owned(),
+        ]
+    }));
+    let header = ["GENERATION", "PID", "BUILD", "LIVE", "STATE"];
+    format!("\n{}", table(&header, &rows))
+}
+
+/// The answer to `wsedgectl upgrade`.
+pub(crate) fn upgraded(u: &wsedge_command::wire::Upgraded) -> String {
+    format!(
+        "upgraded: generation {} (pid {}, wsedge {}) serves; generation {} (pid {}) stopped accepting and closes its {} connections over {}\n",
+        u.generation,
+        u.pid,
+        u.build,
+        u.old_generation,
+        u.old_pid,
+        u.old_live,
+        duration_ms(u.drain_window_ms)
+    )
 }
 
 fn percentile(p: Option<Percentiles>, pick: fn(&Percentiles) -> u64) -> String {

@@ -2,6 +2,10 @@
 //! worker and address (refusing an address another process listens on, unless
 //! `--takeover`), starts one pinned io_uring worker per core, and waits for a signal.
 //!
+//! Binary upgrade (`wsedgectl upgrade`, SIGUSR2): see `upgrade`; a process started with
+//! `--upgrade-from` is the next generation and takes its listeners and configuration from
+//! the running one.
+//!
 //! Shutdown (SIGTERM/SIGINT): every worker stops accepting, lets live connections run up to
 //! `drain_timeout`, then closes them; the process exits 0. A worker that dies (panic or ring
 //! failure) takes the process down with exit code 70, so a supervisor restarts it instead of
@@ -27,6 +31,7 @@ mod listeners;
 mod settings;
 mod stats;
 mod transport;
+mod upgrade;
 mod worker;
 
 use worker::mailbox::{Command, Mailbox};
@@ -54,6 +59,10 @@ struct Cli {
     /// old one stops listening. Without it, an address in use is an error.
     #[arg(long)]
     takeover: bool,
+    /// Binary upgrade (started by the running wsedge, not by hand): take the configuration
+    /// and listening sockets from the generation at this Unix socket.
+    #[arg(long, value_name = "SOCKET", hide = true)]
+    upgrade_from: Option<PathBuf>,
 }
 
 const EXIT_CONFIG: u8 = 2;
@@ -68,18 +77,41 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // A new generation runs the configuration in force in the old one.
+    let mut inherited = match cli
+        .upgrade_from
+        .as_deref()
+        .map(upgrade::inherit::Inherited::connect)
+    {
+        Some(Err(e)) => {
+            eprintln!("wsedge: upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(i)) => Some(i),
+        None => None,
+    };
     // The text is kept: the control socket shows the configuration in force as written.
-    let source = cli.config.display().to_string();
-    let loaded = std::fs::read_to_string(&cli.config)
-        .map_err(|source_err| wsedge_command::ConfigError::Read {
-            file: source.clone(),
-            source: source_err,
-        })
-        .and_then(|text| wsedge_command::Config::from_toml(&text, &source).map(|c| (c, text)));
+    let mut source = cli.config.display().to_string();
+    let loaded = match &inherited {
+        Some(i) => {
+            source.clone_from(&i.config_source);
+            Ok(i.config_toml.clone())
+        }
+        None => std::fs::read_to_string(&cli.config).map_err(|source_err| {
+            wsedge_command::ConfigError::Read {
+                file: source.clone(),
+                source: source_err,
+            }
+        }),
+    }
+    .and_then(|text| wsedge_command::Config::from_toml(&text, &source).map(|c| (c, text)));
     let (config, text) = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("invalid configuration: {e}"));
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -89,19 +121,35 @@ fn main() -> ExitCode {
         Ok(tls) => tls,
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("invalid configuration: {e}"));
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     // The worker settings: the firewall engine and the JavaScript functions' modules (each
     // loaded and run once in a scratch runtime, so --check refuses one that does not compile,
     // naming its file and line).
-    let count = cli.workers.unwrap_or_else(|| config.worker_count()).max(1);
+    let mut count = cli.workers.unwrap_or_else(|| config.worker_count()).max(1);
+    if let Some(i) = inherited.as_ref()
+        && i.workers() != count
+    {
+        tracing::warn!(
+            configured = count,
+            inherited = i.workers(),
+            "upgrade: the worker count follows the inherited listeners (one per worker); changing it needs a restart"
+        );
+        count = i.workers();
+    }
     // Origin health: one registry for the process, kept across configuration pushes.
     let health = health::Registry::new();
     let settings = match settings::Settings::from_config(&config, count, &health) {
         Ok(s) => s.with_tls(&tls.store),
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("invalid configuration: {e}"));
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -116,10 +164,14 @@ fn main() -> ExitCode {
         (text, source),
         count,
         cli.takeover,
+        &mut inherited,
     ) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }
@@ -132,6 +184,7 @@ fn run(
     (text, source): (String, String),
     count: usize,
     takeover: bool,
+    inherited: &mut Option<upgrade::inherit::Inherited>,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     wsedge_ring::probe().map_err(anyhow::Error::msg)?;
@@ -156,7 +209,18 @@ fn run(
         addrs.extend(l.listen.iter().map(|a| (*a, Some(index))));
     }
     let plain: Vec<std::net::SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
-    let listeners = listeners::open(&plain, count, takeover)?;
+    let listeners = match inherited.as_mut() {
+        Some(i) => i.take_listeners(&plain).map_err(anyhow::Error::msg)?,
+        None => listeners::open(&plain, count, takeover)?,
+    };
+    let upgrader = std::sync::Arc::new(upgrade::Upgrader::new(
+        inherited.as_ref().map_or(1, |i| i.generation),
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        upgrade::child_args(std::env::args_os().skip(1)),
+        listeners.per_worker.clone(),
+        listeners.bound.clone(),
+        inherited.is_some(),
+    ));
     for (bound, (_, tls)) in listeners.bound.iter().zip(&addrs) {
         match tls {
             None => eprintln!("wsedge: listening on {bound}"),
@@ -261,11 +325,21 @@ fn run(
         health: health.clone(),
         broker,
         host,
+        upgrade: upgrader.clone(),
+        replace_socket: inherited.is_some(),
     })
     .context("starting the control plane")?;
     health::start(health).context("starting the wsedge-health thread")?;
 
-    eprintln!("wsedge: ready workers={count}");
+    if let Some(i) = inherited.take() {
+        let (pid, build) = (i.old_pid, i.old_build.clone());
+        let link = i.ready().map_err(anyhow::Error::msg)?;
+        upgrader.set_older(link, pid, build);
+    }
+    eprintln!(
+        "wsedge: ready workers={count} generation={}",
+        upgrader.generation()
+    );
 
     let mut total = stats::Stats::default();
     let mut finished = 0;
@@ -277,6 +351,8 @@ fn run(
                 // The configuration is the control process's to reload (it pushes it); the
                 // certificate files are read again here, on every worker.
                 control.reload_certs();
+            } else if sig == libc::SIGUSR2 {
+                upgrade::on_signal(&upgrader);
             } else if !shutting_down {
                 shutting_down = true;
                 wsedge_command::notify::stopping();
@@ -296,7 +372,7 @@ fn run(
                     return Ok(ExitCode::from(EXIT_WORKER_DIED));
                 }
             }
-            if !shutting_down {
+            if !shutting_down && !upgrader.retired() {
                 tracing::error!(worker = index, "worker stopped unexpectedly");
                 exit = ExitCode::from(EXIT_WORKER_DIED);
             }

@@ -9,7 +9,7 @@ use super::MAX_FRAME;
 use super::health::PoolHealth;
 use super::views::{
     Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow,
-    StatsReport, Status,
+    StatsReport, Status, Upgraded,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -111,6 +111,13 @@ pub enum Request {
         #[serde(default)]
         name: Option<String>,
     },
+    /// The certificates in force: names, issuer, expiry (forwarded to the dataplane).
+    Certs,
+    /// Read the certificate, key and CA files of the configuration in force again and serve
+    /// them to new handshakes on every worker (as SIGHUP of the dataplane does); live
+    /// connections keep theirs. A broken file is refused and the old certificates keep
+    /// serving (forwarded to the dataplane).
+    CertsReload,
     /// The JavaScript functions: version, live sockets, invocations, errors, CPU time,
     /// memory (summed over the workers).
     FunctionsList,
@@ -121,13 +128,15 @@ pub enum Request {
     /// refused with its `file:line:column` and the old one keeps serving. The control
     /// process persists it like any edit.
     FunctionDeploy { route: String, script: String },
-    /// The certificates in force: names, issuer, expiry (forwarded to the dataplane).
-    Certs,
-    /// Read the certificate, key and CA files of the configuration in force again and serve
-    /// them to new handshakes on every worker (as SIGHUP of the dataplane does); live
-    /// connections keep theirs. A broken file is refused and the old certificates keep
-    /// serving (forwarded to the dataplane).
-    CertsReload,
+    /// Binary upgrade: start `binary` (default: the path this dataplane was started from)
+    /// as the next generation, hand it the listening sockets, and once it is ready stop
+    /// accepting and drain over `dataplane.upgrade_drain_window`. Answered once the new
+    /// generation serves ([`Response::Upgraded`]) or with `upgrade_failed` (the old one
+    /// keeps serving) or `upgrade_refused`.
+    Upgrade {
+        #[serde(default)]
+        binary: Option<String>,
+    },
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
     /// Control process: add an origin (`IP:port`) to a route.
@@ -169,6 +178,7 @@ impl Request {
             Request::Drain { .. } => "drain",
             Request::Certs => "certs",
             Request::CertsReload => "certs_reload",
+            Request::Upgrade { .. } => "upgrade",
             Request::Reload => "reload",
             Request::OriginAdd { .. } => "origin_add",
             Request::OriginRemove { .. } => "origin_remove",
@@ -228,10 +238,6 @@ pub enum Response {
     Lists {
         lists: Vec<ListView>,
     },
-    /// Answer to [`Request::FunctionsList`].
-    Functions {
-        functions: Vec<FunctionRow>,
-    },
     /// Answer to [`Request::Certs`].
     Certs {
         certificates: Vec<CertView>,
@@ -242,6 +248,12 @@ pub enum Response {
         certificates: Vec<CertView>,
         workers_confirmed: usize,
     },
+    /// Answer to [`Request::FunctionsList`].
+    Functions {
+        functions: Vec<FunctionRow>,
+    },
+    /// Answer to [`Request::Upgrade`].
+    Upgraded(Upgraded),
     Error {
         kind: ErrorKind,
         message: String,
@@ -279,6 +291,12 @@ pub enum ErrorKind {
     NotSupported,
     /// Too many control connections at once.
     Busy,
+    /// A binary upgrade failed (the new binary did not start, crashed, refused what it was
+    /// handed, or was not ready in time); the running generation keeps serving.
+    UpgradeFailed,
+    /// A binary upgrade was not attempted: one is under way, or `max_old_generations` old
+    /// generations are still draining, or this generation no longer accepts.
+    UpgradeRefused,
     Internal,
     /// An error kind this build does not know (sent by a newer peer).
     #[serde(other)]
@@ -297,6 +315,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::NotSupported => "not_supported",
             ErrorKind::Busy => "busy",
+            ErrorKind::UpgradeFailed => "upgrade_failed",
+            ErrorKind::UpgradeRefused => "upgrade_refused",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }

@@ -37,6 +37,7 @@ pub use messages::{
 };
 pub use views::{
     Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, FunctionRow,
-    LimitsView, ListEntryView, ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats,
-    WorkerStatus, config_hash, is_rejection, limits_view, list_views, route_rows,
+    GenerationStatus, LimitsView, ListEntryView, ListView, Percentiles, RouteRow, StatsReport,
+    Status, Upgraded, WorkerStats, WorkerStatus, config_hash, is_rejection, limits_view,
+    list_views, route_rows,
 };

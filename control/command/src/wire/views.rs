@@ -37,6 +37,40 @@ pub struct DataplaneStatus {
     pub config_hash: String,
     pub config_source: String,
     pub workers: Vec<WorkerStatus>,
+    /// This process's generation: 1 for a dataplane started from scratch, the previous
+    /// one's + 1 after each binary upgrade (`wsedgectl upgrade`). 0 from an older build.
+    #[serde(default)]
+    pub generation: u64,
+    /// The older generations still draining after an upgrade (newest first), with their
+    /// live connections.
+    #[serde(default)]
+    pub old_generations: Vec<GenerationStatus>,
+}
+
+/// An old generation of the dataplane, still draining after a binary upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    pub generation: u64,
+    pub pid: u32,
+    pub build: String,
+    /// Connections it still serves.
+    pub live: u64,
+}
+
+/// Answer to [`Request::Upgrade`]: the new generation is serving; the old one drains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgraded {
+    /// The new generation's process and number.
+    pub pid: u32,
+    pub generation: u64,
+    pub build: String,
+    /// The generation it replaced (now draining).
+    pub old_pid: u32,
+    pub old_generation: u64,
+    /// Connections the old generation had when it stopped accepting.
+    pub old_live: u64,
+    /// The window over which they are closed (Close 1001 on `frames` routes).
+    pub drain_window_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

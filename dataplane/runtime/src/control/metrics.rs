@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 /// Binds `addr` and starts the scrape thread; returns the bound address.
 pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = shared.upgrade.service_listener(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("wsedge-metrics".to_owned())
@@ -33,6 +33,8 @@ pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketA
                             tracing::debug!(error = %e, "metrics request failed");
                         }
                     }
+                    // Shut down: a newer generation serves this address.
+                    Err(_) if shared.upgrade.retired() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "metrics accept failed");
                         std::thread::sleep(Duration::from_millis(100));
@@ -74,9 +76,9 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
             let uptime = shared.started.elapsed().as_secs_f64();
             let (version, hash) = shared.config_identity();
             let mut body = render(&stats.workers, uptime, (version, &hash));
-            render_functions(&mut body, &stats.functions);
             let now = i64::try_from(wsedge_command::wire::unix_now()).unwrap_or(i64::MAX);
             render_certs(&mut body, &shared.cert_expiry(now));
+            render_functions(&mut body, &stats.functions);
             super::origins::render(&mut body, &shared.origin_views());
             if let Some(broker) = &shared.broker {
                 super::broker_metrics::render(&mut body, &broker.status());

@@ -19,6 +19,7 @@ mod functions;
 mod metrics;
 mod origins;
 mod publish;
+mod upgrade;
 mod watchdog;
 
 use std::collections::BTreeMap;
@@ -79,6 +80,9 @@ pub(crate) struct Startup {
     pub(crate) broker: Option<wsedge_broker::Handle>,
     /// This host's id on channel messages.
     pub(crate) host: u64,
+    /// Binary upgrades; `replace_socket`: this is a new generation taking the socket over.
+    pub(crate) upgrade: Arc<crate::upgrade::Upgrader>,
+    pub(crate) replace_socket: bool,
 }
 
 /// The configuration in force.
@@ -107,12 +111,13 @@ pub(crate) struct Shared {
     health: Arc<crate::health::Registry>,
     broker: Option<wsedge_broker::Handle>,
     host: u64,
+    upgrade: Arc<crate::upgrade::Upgrader>,
 }
 
-/// Keeps the control threads' resources; removes the socket file when dropped.
+/// Keeps the control threads' resources (the socket file is removed when it is dropped).
 #[derive(Debug)]
 pub(crate) struct Handle {
-    socket_path: Option<PathBuf>,
+    _socket: Option<crate::upgrade::SocketFile>,
     shared: Arc<Shared>,
 }
 
@@ -131,14 +136,6 @@ impl Handle {
                 "wsedge: SIGHUP: certificate reload refused, the certificates in force keep serving: {}",
                 e.message
             ),
-        }
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(path) = &self.socket_path {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -163,9 +160,11 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         health: startup.health,
         broker: startup.broker,
         host: startup.host,
+        upgrade: startup.upgrade,
     });
+    shared.upgrade.attach(&shared);
     let mut handle = Handle {
-        socket_path: None,
+        _socket: None,
         shared: shared.clone(),
     };
     if let Some(path) = &control.socket {
@@ -174,13 +173,18 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
             peer: "wsedge-ctl-peer",
         };
         let served = shared.clone();
-        Server::bind(path, &control)
+        let bind = if startup.replace_socket {
+            Server::bind_replacing
+        } else {
+            Server::bind
+        };
+        bind(path, &control)
             .and_then(|server| server.spawn(threads, move |request| served.handle(request)))
             .map_err(|e| ControlError::Socket {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        handle.socket_path = Some(path.clone());
+        handle._socket = Some(crate::upgrade::SocketFile::new(path.clone()));
         eprintln!("wsedge: control socket {}", path.display());
     }
     if let Some(addr) = control.metrics_listen {
@@ -257,7 +261,7 @@ impl Shared {
         Ok(out)
     }
 
-    fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
+    pub(crate) fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
         let mut reports = self.ask_all("a report request", |reply| Command::Report { reply })?;
         reports.sort_by_key(|r| r.index);
         Ok(reports)
@@ -288,6 +292,9 @@ impl Shared {
                 })
             }
             Request::Kill { id } => self.kill(id),
+            Request::Upgrade { binary } => {
+                (self.upgrade.upgrade(binary.map(PathBuf::from))).map(Response::Upgraded)
+            }
             Request::ApplyConfig { toml, source } => {
                 self.apply(toml, source).map(Response::Applied)
             }
@@ -339,12 +346,6 @@ impl Shared {
                     .map(|lists| Response::Lists { lists })
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
             }
-            Request::FunctionsList => self
-                .functions()
-                .map(|functions| Response::Functions { functions }),
-            Request::FunctionDeploy { route, script } => {
-                self.deploy(&route, &script).map(Response::Applied)
-            }
             Request::Certs => Ok(Response::Certs {
                 certificates: self.certs(),
             }),
@@ -356,6 +357,12 @@ impl Shared {
                         workers_confirmed,
                     },
                 ),
+            Request::FunctionsList => self
+                .functions()
+                .map(|functions| Response::Functions { functions }),
+            Request::FunctionDeploy { route, script } => {
+                self.deploy(&route, &script).map(Response::Applied)
+            }
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }
@@ -369,7 +376,7 @@ impl Shared {
     }
 
     fn status(&self) -> Result<Status, Failure> {
-        let reports = self.reports()?;
+        let reports = self.status_reports()?;
         let current = self.current();
         Ok(Status {
             dataplane: Some(DataplaneStatus {
@@ -388,6 +395,8 @@ impl Shared {
                         accepting: r.accepting,
                     })
                     .collect(),
+                generation: self.upgrade.generation(),
+                old_generations: self.upgrade.older_status(),
             }),
             daemon: None,
         })

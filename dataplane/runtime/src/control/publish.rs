@@ -33,7 +33,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and starts the accept thread; returns the bound address.
 pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = shared.upgrade.service_listener(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("wsedge-publish".to_owned())
@@ -46,6 +46,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
+            // Shut down: a newer generation serves this address.
+            Err(_) if shared.upgrade.retired() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "publish API accept failed");
                 std::thread::sleep(Duration::from_millis(100));

@@ -108,6 +108,7 @@ impl Worker {
                     );
                 }
             }
+            Command::Retire { over } => self.retire(over),
             Command::Kill { id, reply } => {
                 let (worker, id) = ConnId::from_connection_id(id);
                 let slot = (worker == self.index)

@@ -71,6 +71,12 @@ pub(crate) enum Command {
     SpreadCloses {
         over: Duration,
     },
+    /// A new generation took over after a binary upgrade: stop accepting, close the live
+    /// connections at random moments of `over` (bounded by their maximum connection time),
+    /// then exit.
+    Retire {
+        over: Duration,
+    },
 }
 
 /// A worker's answer to [`Command::Report`].

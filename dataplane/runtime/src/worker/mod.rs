@@ -16,6 +16,7 @@ mod conn;
 mod functions;
 pub(crate) mod mailbox;
 mod reads;
+mod retire;
 mod splice;
 mod tls;
 
@@ -244,7 +245,9 @@ impl Worker {
         loop {
             let now = self.now();
             self.fire_timers(now);
-            if self.exit_when_empty && self.conns.is_empty() {
+            // Not before the cancelled accepts have ended: a connection they still hand over
+            // is served, not left unaccepted.
+            if self.exit_when_empty && self.conns.is_empty() && self.accepts_ended() {
                 break;
             }
             self.arm_listeners();
@@ -264,7 +267,7 @@ impl Worker {
             self.completions = completions;
         }
         self.log.flush();
-        self.close_listeners();
+        self.drop_listeners();
         Ok(std::mem::take(&mut self.stats))
     }
 
