@@ -94,8 +94,7 @@ fn main() -> ExitCode {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    // TLS origins are validated but not served yet (`Settings::from_config` refuses them).
-    match run(config, tls.store, (text, source), cli.workers, cli.takeover) {
+    match run(config, tls, (text, source), cli.workers, cli.takeover) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
@@ -106,7 +105,7 @@ fn main() -> ExitCode {
 
 fn run(
     config: wsedge_command::Config,
-    certs: wsedge_tls::CertStore,
+    tls: wsedge_command::LoadedTls,
     (text, source): (String, String),
     workers: Option<usize>,
     takeover: bool,
@@ -150,7 +149,9 @@ fn run(
 
     let settings = settings::Settings::from_config(&config, count)
         .map_err(anyhow::Error::msg)?
-        .with_tls(&certs);
+        .with_tls(&tls.store)
+        .with_origins(tls.origins);
+    let certs = tls.store;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<stats::Stats, String>)>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();

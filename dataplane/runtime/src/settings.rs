@@ -15,7 +15,7 @@ use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec, ScriptSpec
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 use wsedge_proto::session::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
-use wsedge_tls::{CertStore, ServerTls};
+use wsedge_tls::{CertStore, OriginTls, ServerTls};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -33,6 +33,9 @@ pub(crate) struct Settings {
     /// Each `[[tls_listener]]`'s TLS, in file order: one rustls configuration (and one
     /// ticketer) shared by every worker. Empty until [`Settings::with_tls`].
     pub(crate) tls: Vec<ServerTls>,
+    /// Each TLS route's origin configuration, by route name (one rustls client config per
+    /// route, shared by every worker). Empty until [`Settings::with_origins`].
+    pub(crate) origin_tls: Vec<(String, OriginTls)>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -43,12 +46,6 @@ impl Settings {
     /// The worker settings for `config`, run by `workers` workers. Fails only if the firewall
     /// engine refuses what validation accepted (a bug, reported like an invalid config).
     pub(crate) fn from_config(config: &Config, workers: usize) -> Result<Settings, String> {
-        if let Some(r) = config.routes.iter().find(|r| r.origin_tls.is_some()) {
-            return Err(format!(
-                "route {:?}: TLS to origins is validated but not served yet; it waits for the worker integration (issue 14)",
-                r.name
-            ));
-        }
         let firewall = config
             .firewall
             .build()
@@ -93,6 +90,7 @@ impl Settings {
             max_connections: config.dataplane.max_connections_per_worker,
             drain_timeout: config.dataplane.drain_timeout,
             tls: Vec::new(),
+            origin_tls: Vec::new(),
         })
     }
 
@@ -101,6 +99,21 @@ impl Settings {
     pub(crate) fn with_tls(mut self, store: &CertStore) -> Settings {
         self.tls = store.listeners().to_vec();
         self
+    }
+
+    /// The same settings with the TLS routes' origin configurations
+    /// (`Config::load_origin_tls`).
+    pub(crate) fn with_origins(mut self, origins: Vec<(String, OriginTls)>) -> Settings {
+        self.origin_tls = origins;
+        self
+    }
+
+    /// The origin TLS of route `name`, if it is a TLS route.
+    pub(crate) fn origin_tls(&self, name: &str) -> Option<&OriginTls> {
+        self.origin_tls
+            .iter()
+            .find(|(route, _)| route == name)
+            .map(|(_, tls)| tls)
     }
 }
 

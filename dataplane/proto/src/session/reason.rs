@@ -98,6 +98,9 @@ pub enum CloseReason {
     /// The client's TLS failed (a refused or broken handshake, a bad record): the alert, if
     /// any, was sent and the connection closed. The driver counts the TLS error's kind.
     Tls,
+    /// TLS to the origin failed (its certificate did not verify, or its handshake broke)
+    /// before its answer: 502. The driver logs why.
+    OriginTls,
 }
 
 /// How the firewall refused a handshake: a small copy of the verdict for logs and counters
@@ -179,6 +182,7 @@ impl CloseReason {
             CloseReason::FunctionError => "function_error",
             CloseReason::FunctionTimeout => "function_timeout",
             CloseReason::Tls => "tls_error",
+            CloseReason::OriginTls => "origin_tls_error",
         }
     }
 
@@ -201,6 +205,7 @@ impl CloseReason {
             | CloseReason::OriginHandshakeTimeout
             | CloseReason::OriginBadHandshake(_)
             | CloseReason::OriginHeadIncomplete
+            | CloseReason::OriginTls
             | CloseReason::FunctionError
             | CloseReason::FunctionTimeout => Fault::Origin,
             CloseReason::IdleTimeout
