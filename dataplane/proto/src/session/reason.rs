@@ -98,6 +98,9 @@ pub enum CloseReason {
     /// The client's TLS failed (a refused or broken handshake, a bad record): the alert, if
     /// any, was sent and the connection closed. The driver counts the TLS error's kind.
     Tls,
+    /// On a TLS connection, the request's Host is not the server name (SNI) the handshake
+    /// was made for: 421 Misdirected Request.
+    Misdirected,
     /// TLS to the origin failed (its certificate did not verify, or its handshake broke)
     /// before its answer: 502. The driver logs why.
     OriginTls,
@@ -183,6 +186,7 @@ impl CloseReason {
             CloseReason::FunctionTimeout => "function_timeout",
             CloseReason::Tls => "tls_error",
             CloseReason::OriginTls => "origin_tls_error",
+            CloseReason::Misdirected => "misdirected",
         }
     }
 
@@ -196,6 +200,7 @@ impl CloseReason {
             | CloseReason::NoRoute
             | CloseReason::HttpDone
             | CloseReason::NotUpgraded
+            | CloseReason::Misdirected
             | CloseReason::Tls => Fault::Client,
             CloseReason::OriginClosed
             | CloseReason::OriginReset
