@@ -111,6 +111,8 @@ async fn tls_origins_are_verified_with_sni_and_refusals_are_502() {
         let config = Config::new()
             .route(tls_route("good", origin.addr, Some("origin.test"), &pki))
             .route(tls_route("byip", origin.addr, None, &pki))
+            .route(tls_route("framed", origin.addr, Some("origin.test"), &pki).relay("frames"))
+            .route(tls_route("spliced", origin.addr, Some("origin.test"), &pki).relay("splice"))
             .route(tls_route(
                 "wrongname",
                 origin.addr,
@@ -145,6 +147,14 @@ async fn tls_origins_are_verified_with_sni_and_refusals_are_502() {
         let mut byip = upgrade(&proxy, "/byip").await.expect("101 by IP");
         common::assert_echo(&mut byip, Message::text("by address")).await;
         assert_eq!(origin.sni.lock().expect("lock").get(1).cloned(), Some(None));
+
+        // The frames relay works over it; splice cannot move ciphertext and relays buffered.
+        for path in ["/framed", "/spliced"] {
+            let mut ws = upgrade(&proxy, path).await.expect("101");
+            common::assert_echo(&mut ws, Message::text(path)).await;
+            let big: Vec<u8> = (0..300_000usize).map(|i| (i * 7 % 251) as u8).collect();
+            common::assert_echo(&mut ws, Message::binary(big)).await;
+        }
 
         // A certificate for another name, or from an untrusted CA: 502, reason logged.
         for path in ["/wrongname", "/untrusted"] {
