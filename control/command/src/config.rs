@@ -398,6 +398,21 @@ impl Config {
             message,
         };
         let store = wsedge_tls::CertStore::load(&self.tls).map_err(|e| fail(e.to_string()))?;
+        let origins = self.load_origin_tls(file)?;
+        Ok(LoadedTls { store, origins })
+    }
+
+    /// Each TLS route's origin configuration, by route name (its CA files read; the system
+    /// trust store read once if a route uses it). Part of [`Config::load_tls`], and what a
+    /// pushed configuration needs besides a certificate reload.
+    pub fn load_origin_tls(
+        &self,
+        file: &str,
+    ) -> Result<Vec<(String, wsedge_tls::OriginTls)>, ConfigError> {
+        let fail = |message: String| ConfigError::Load {
+            file: file.to_owned(),
+            message,
+        };
         let needs_system = self
             .routes
             .iter()
@@ -411,7 +426,7 @@ impl Config {
                 origins.push((route.name.clone(), tls));
             }
         }
-        Ok(LoadedTls { store, origins })
+        Ok(origins)
     }
 
     /// The worker count to start: the configured one, or the number of online CPUs.

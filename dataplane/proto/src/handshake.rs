@@ -809,7 +809,7 @@ fn named_in_connection(req: &Request<'_>, name: &str) -> bool {
 ///
 /// Every response has `Content-Type: text/plain`, a correct `Content-Length`, `Connection:
 /// close` and a one-line body; 426 adds `Sec-WebSocket-Version: 13`, 429 adds `Retry-After: 1`
-/// (build your own for another value). Covered: 400, 403, 404, 408, 426, 429, 431, 500, 502,
+/// (build your own for another value). Covered: 400, 403, 404, 408, 421, 426, 429, 431, 500, 502,
 /// 503, 504; any other status gets the 500 response.
 pub fn error_response(status: u16) -> &'static [u8] {
     match status {
@@ -828,6 +828,10 @@ pub fn error_response(status: u16) -> &'static [u8] {
         408 => {
             b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\n\
               Connection: close\r\n\r\nrequest timeout\n"
+        }
+        421 => {
+            b"HTTP/1.1 421 Misdirected Request\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\
+              Connection: close\r\n\r\nmisdirected request\n"
         }
         426 => {
             b"HTTP/1.1 426 Upgrade Required\r\nContent-Type: text/plain\r\nContent-Length: 17\r\n\
@@ -1837,7 +1841,9 @@ mod tests {
 
     #[test]
     fn error_responses_are_complete() {
-        for status in [400u16, 403, 404, 408, 426, 429, 431, 500, 502, 503, 504] {
+        for status in [
+            400u16, 403, 404, 408, 421, 426, 429, 431, 500, 502, 503, 504,
+        ] {
             let bytes = error_response(status);
             let mut hs = [httparse::EMPTY_HEADER; 16];
             let mut resp = httparse::Response::new(&mut hs);

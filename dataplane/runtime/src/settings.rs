@@ -18,7 +18,7 @@ use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec, ScriptSpec
 use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 use wsedge_proto::session::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
-use wsedge_tls::{CertStore, ServerTls};
+use wsedge_tls::{CertStore, OriginTls, ServerTls};
 
 use crate::health::Registry;
 
@@ -41,6 +41,9 @@ pub(crate) struct Settings {
     /// Each `function = "js"` route's module, loaded and checked (run once in a scratch
     /// runtime) here, off the workers; every worker compiles the same bytes.
     pub(crate) scripts: Vec<ScriptRoute>,
+    /// Each TLS route's origin configuration, by route name (one rustls client config per
+    /// route, shared by every worker). Empty until [`Settings::with_origins`].
+    pub(crate) origin_tls: Vec<(String, OriginTls)>,
 }
 
 /// A `js` route's code and limits, as a worker deploys it.
@@ -97,12 +100,6 @@ impl Settings {
         workers: usize,
         health: &Registry,
     ) -> Result<Settings, String> {
-        if let Some(r) = config.routes.iter().find(|r| r.origin_tls.is_some()) {
-            return Err(format!(
-                "route {:?}: TLS to origins is validated but not served yet; it waits for the worker integration (issue 14)",
-                r.name
-            ));
-        }
         let firewall = config
             .firewall
             .build()
@@ -153,6 +150,7 @@ impl Settings {
             drain_timeout: config.dataplane.drain_timeout,
             tls: Vec::new(),
             scripts,
+            origin_tls: Vec::new(),
         })
     }
 
@@ -161,6 +159,21 @@ impl Settings {
     pub(crate) fn with_tls(mut self, store: &CertStore) -> Settings {
         self.tls = store.listeners().to_vec();
         self
+    }
+
+    /// The same settings with the TLS routes' origin configurations
+    /// (`Config::load_origin_tls`).
+    pub(crate) fn with_origins(mut self, origins: Vec<(String, OriginTls)>) -> Settings {
+        self.origin_tls = origins;
+        self
+    }
+
+    /// The origin TLS of route `name`, if it is a TLS route.
+    pub(crate) fn origin_tls(&self, name: &str) -> Option<&OriginTls> {
+        self.origin_tls
+            .iter()
+            .find(|(route, _)| route == name)
+            .map(|(_, tls)| tls)
     }
 }
 

@@ -43,6 +43,11 @@ impl Transport {
         Transport::Tls(Box::new(TlsTransport::new(listener.accept())))
     }
 
+    /// A connection to a TLS origin (the ClientHello is written with the first send).
+    pub(crate) fn origin_tls(client: wsedge_tls::TlsClient) -> Transport {
+        Transport::Tls(Box::new(TlsTransport::origin(client)))
+    }
+
     /// The TLS handshake's facts (SNI, version, cipher, resumption, client certificate),
     /// once it finished; `None` on plain TCP.
     pub(crate) fn tls_facts(&self) -> Option<&wsedge_tls::HandshakeFacts> {

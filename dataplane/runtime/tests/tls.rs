@@ -393,3 +393,57 @@ fn python(ca: &Path, addr: SocketAddr) -> std::process::Output {
             panic!("cannot run python3 ({e}): install python3 (apt-get install python3)")
         })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_other_than_the_sni_is_misdirected() {
+    within(60, async {
+        let pki = Pki::new("misdirected");
+        let leaf = pki.leaf("both", &["a.test", "b.test", "127.0.0.1"], KeyKind::Ecdsa);
+        let origin = EchoOrigin::start().await;
+        let mut proxy = proxy(origin.addr, &certificate("both", &leaf, true), "").await;
+        let addr = tls_addr(&proxy);
+        let client = Client::new(&pki);
+        // The status of an upgrade over TLS made for `sni`, asking for `host`.
+        let status = |sni: &'static str, host: &'static str| {
+            let client = &client;
+            async move {
+                use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+                let tls = client.tls(addr, sni).await.expect("TLS handshake");
+                let mut req = format!("wss://{sni}:{}/m", addr.port())
+                    .into_client_request()
+                    .expect("request");
+                req.headers_mut()
+                    .insert("host", host.parse().expect("host header"));
+                match client_async_with_config(req, tls, Some(ws_config())).await {
+                    Ok((mut ws, resp)) => {
+                        echo(&mut ws, Message::text(host)).await;
+                        resp.status().as_u16()
+                    }
+                    Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                        resp.status().as_u16()
+                    }
+                    Err(e) => panic!("{sni}/{host}: {e}"),
+                }
+            }
+        };
+        // The same name (any case, with a port or a trailing dot): served.
+        assert_eq!(status("a.test", "a.test").await, 101);
+        assert_eq!(status("a.test", "A.Test:8443").await, 101);
+        assert_eq!(status("a.test", "a.test.").await, 101);
+        // Another name the certificate also covers: 421, the route is never chosen.
+        assert_eq!(status("a.test", "b.test").await, 421);
+        let line = proxy
+            .wait_log_reason("misdirected", Duration::from_secs(5))
+            .await;
+        assert_eq!(line["status"], 421, "{line}");
+        assert_eq!(line["sni"], "a.test", "{line}");
+        assert_eq!(
+            origin.requests().len(),
+            3,
+            "the origin saw only the matching ones"
+        );
+        // No SNI (a client connecting to an address): no name to compare.
+        assert_eq!(status("127.0.0.1", "b.test").await, 101);
+    })
+    .await;
+}

@@ -11,7 +11,7 @@ use crate::body::{BodyEnd, Fed};
 use crate::firewall::{Firewall, FirewallState, TlsFacts, TraceEntry, TraceOutcome, Verdict};
 use crate::function::{Bus, ConnKey, FunctionHost, FunctionRequest, FunctionSession, Refused};
 use crate::handshake::{self, BadRequestReason, HeadLimits, Reject, Request, RequestKind};
-use crate::route::RouteTable;
+use crate::route::{RouteTable, host_without_port};
 use crate::wheel::Tick;
 
 /// The firewall as the head decision sees it: evaluated after routing, before any origin
@@ -40,6 +40,10 @@ pub struct HeadContext<'a> {
     pub conn: ConnKey,
     /// `X-Forwarded-Proto`: `http` on a plain listener.
     pub proto: &'a str,
+    /// The server name the client's TLS handshake was made for (SNI), on a TLS listener: a
+    /// request for another Host is answered 421, so routing by Host is routing by SNI (and
+    /// the firewall's `sni` criterion cannot be bypassed with another Host).
+    pub sni: Option<&'a str>,
 }
 
 impl std::fmt::Debug for HeadContext<'_> {
@@ -125,6 +129,17 @@ pub(super) fn decide(
         }
     };
     facts.head_len = request.head_len;
+    if let Some(sni) = cx.sni
+        && !request
+            .host
+            .map(host_without_port)
+            .is_some_and(|h| h.eq_ignore_ascii_case(sni.trim_end_matches('.')))
+    {
+        return HeadDecision::Reject {
+            status: 421,
+            reason: CloseReason::Misdirected,
+        };
+    }
     let Some(index) = cx.routes.find(request.host, request.path()) else {
         return HeadDecision::Reject {
             status: 404,

@@ -494,6 +494,12 @@ impl Session {
                     self.schedule_close(at, reason);
                 }
             }
+            // The origin's TLS failed before its answer: a 502 like any origin failure.
+            Input::Abort(CloseReason::OriginTls)
+                if matches!(self.stage, Stage::Origin(_)) && self.ending == Ending::Open =>
+            {
+                self.origin_failed(CloseReason::OriginTls, 502, env)
+            }
             Input::Abort(reason) => self.close(reason, env),
             Input::Deliver(delivery) => self.on_deliver(delivery, env),
             Input::Wake => {

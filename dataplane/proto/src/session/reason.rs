@@ -98,6 +98,12 @@ pub enum CloseReason {
     /// The client's TLS failed (a refused or broken handshake, a bad record): the alert, if
     /// any, was sent and the connection closed. The driver counts the TLS error's kind.
     Tls,
+    /// On a TLS connection, the request's Host is not the server name (SNI) the handshake
+    /// was made for: 421 Misdirected Request.
+    Misdirected,
+    /// TLS to the origin failed (its certificate did not verify, or its handshake broke)
+    /// before its answer: 502. The driver logs why.
+    OriginTls,
 }
 
 /// How the firewall refused a handshake: a small copy of the verdict for logs and counters
@@ -179,6 +185,8 @@ impl CloseReason {
             CloseReason::FunctionError => "function_error",
             CloseReason::FunctionTimeout => "function_timeout",
             CloseReason::Tls => "tls_error",
+            CloseReason::OriginTls => "origin_tls_error",
+            CloseReason::Misdirected => "misdirected",
         }
     }
 
@@ -192,6 +200,7 @@ impl CloseReason {
             | CloseReason::NoRoute
             | CloseReason::HttpDone
             | CloseReason::NotUpgraded
+            | CloseReason::Misdirected
             | CloseReason::Tls => Fault::Client,
             CloseReason::OriginClosed
             | CloseReason::OriginReset
@@ -201,6 +210,7 @@ impl CloseReason {
             | CloseReason::OriginHandshakeTimeout
             | CloseReason::OriginBadHandshake(_)
             | CloseReason::OriginHeadIncomplete
+            | CloseReason::OriginTls
             | CloseReason::FunctionError
             | CloseReason::FunctionTimeout => Fault::Origin,
             CloseReason::IdleTimeout

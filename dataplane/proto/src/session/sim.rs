@@ -317,6 +317,7 @@ impl Sim {
             functions,
             conn: self.conn,
             proto: "http",
+            sni: None,
         };
         let n = bytes.len() as i32;
         let input = Input::HeadRead {

@@ -475,9 +475,13 @@ impl Shared {
             .certs
             .reload(&config.tls)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, format!("{source}: {e}")))?;
+        let origins = config
+            .load_origin_tls(&source)
+            .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
         let settings = Settings::from_config(&config, self.mailboxes.len(), &self.health)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?
-            .with_tls(&certs);
+            .with_tls(&certs)
+            .with_origins(origins);
         for index in 0..self.mailboxes.len() {
             let command = Command::Apply {
                 version,

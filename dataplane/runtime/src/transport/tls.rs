@@ -1,5 +1,10 @@
-//! The TLS variant of the transport: one client connection's [`TlsServer`] (rustls, sans-IO)
-//! between its socket and its session.
+//! The TLS variant of the transport: a client connection's [`TlsServer`], or a connection to
+//! a TLS origin's [`TlsClient`] (rustls, sans-IO), between its socket and its session.
+//!
+//! - To an origin, the session's head is queued while the handshake runs (rustls keeps it
+//!   and sends it encrypted right after); the ClientHello goes out when the connect
+//!   completes, and a certificate the route does not trust fails the side (`failure`): the
+//!   worker aborts with `CloseReason::OriginTls` and the session answers 502.
 //!
 //! - In: a head read's or stream read's ciphertext is fed to the server; what it decrypts
 //!   goes to the session (in the same provided buffer when it fits, which is the usual case,
@@ -18,14 +23,70 @@ use std::collections::VecDeque;
 
 use wsedge_proto::chunk::Chunk;
 use wsedge_ring::{BufRing, Written};
-use wsedge_tls::{HandshakeFacts, PLAINTEXT_HTTP_RESPONSE, TlsError, TlsServer};
+use wsedge_tls::{
+    HandshakeFacts, PLAINTEXT_HTTP_RESPONSE, Progress, TlsClient, TlsError, TlsServer,
+};
 
 use super::Sealed;
 
-/// One client's TLS.
+/// The TLS side of one socket: the edge as the server (a client's connection) or as the
+/// client (to a TLS origin).
+#[derive(Debug)]
+enum Endpoint {
+    Server(TlsServer),
+    Client(TlsClient),
+}
+
+impl Endpoint {
+    fn feed(&mut self, cipher: &[u8]) -> Result<Progress, TlsError> {
+        match self {
+            Endpoint::Server(s) => s.feed(cipher),
+            Endpoint::Client(c) => c.feed(cipher),
+        }
+    }
+
+    fn take_plaintext(&mut self, out: &mut Vec<u8>) -> usize {
+        match self {
+            Endpoint::Server(s) => s.take_plaintext(out),
+            Endpoint::Client(c) => c.take_plaintext(out),
+        }
+    }
+
+    fn take_ciphertext(&mut self, out: &mut Vec<u8>) -> usize {
+        match self {
+            Endpoint::Server(s) => s.take_ciphertext(out),
+            Endpoint::Client(c) => c.take_ciphertext(out),
+        }
+    }
+
+    fn seal(&mut self, plaintext: &[u8]) -> Result<(), TlsError> {
+        match self {
+            Endpoint::Server(s) => s.seal(plaintext),
+            Endpoint::Client(c) => c.seal(plaintext),
+        }
+    }
+
+    fn close_notify(&mut self) {
+        match self {
+            Endpoint::Server(s) => s.close_notify(),
+            Endpoint::Client(c) => c.close_notify(),
+        }
+    }
+
+    /// Whether the session's bytes can be sealed now: after the handshake on the server
+    /// side; at once on the client side (rustls holds them until its keys exist).
+    fn can_seal(&self) -> bool {
+        match self {
+            Endpoint::Server(s) => !s.is_handshaking(),
+            Endpoint::Client(_) => true,
+        }
+    }
+}
+
+/// One side's TLS.
 #[derive(Debug)]
 pub(crate) struct TlsTransport {
-    server: TlsServer,
+    server: Endpoint,
     segments: Segments,
     /// Plaintext bytes the session's head buffer held when its read was armed: the read's
     /// ciphertext lands after them.
@@ -57,6 +118,15 @@ pub(crate) enum Delivery {
 
 impl TlsTransport {
     pub(crate) fn new(server: TlsServer) -> TlsTransport {
+        TlsTransport::with(Endpoint::Server(server))
+    }
+
+    /// TLS to an origin (the ClientHello waits in [`flush`](Self::flush)).
+    pub(crate) fn origin(client: TlsClient) -> TlsTransport {
+        TlsTransport::with(Endpoint::Client(client))
+    }
+
+    fn with(server: Endpoint) -> TlsTransport {
         TlsTransport {
             server,
             segments: Segments::default(),
@@ -72,7 +142,15 @@ impl TlsTransport {
 
     /// The handshake's facts (SNI, version, cipher, resumption), once it finished.
     pub(crate) fn facts(&self) -> Option<&HandshakeFacts> {
-        self.server.facts()
+        match &self.server {
+            Endpoint::Server(s) => s.facts(),
+            Endpoint::Client(_) => None,
+        }
+    }
+
+    /// This side is the edge's TLS client to an origin.
+    pub(crate) fn is_origin(&self) -> bool {
+        matches!(self.server, Endpoint::Client(_))
     }
 
     /// Why the TLS failed, if it did.
@@ -165,7 +243,7 @@ impl TlsTransport {
         } else {
             Written { relayed: 0, own: n }
         };
-        let ready = !self.server.is_handshaking() && self.failure.is_none();
+        let ready = self.server.can_seal() && self.failure.is_none();
         let sealed = if ready {
             match &chunk {
                 Chunk::Buf { buf, off, len, .. } => {

@@ -274,6 +274,22 @@ impl Worker {
             sys::close(io.fd);
             io.fd = -1;
         }
+        // A TLS route's origin gets a fresh TLS client per attempt; a plain one none.
+        io.transport = match c
+            .session
+            .route()
+            .and_then(|r| self.settings.origin_tls(&r.name))
+        {
+            None => Transport::Plain,
+            Some(tls) => match tls.connect(addr.ip()) {
+                Ok(client) => Transport::origin_tls(client),
+                Err(e) => {
+                    tracing::warn!(worker = self.index, error = %e, "cannot start TLS to the origin");
+                    self.deferred.push((c.id, Deferred::ConnectFailed));
+                    return;
+                }
+            },
+        };
         match sys::tcp_socket(&addr) {
             Ok(fd) => {
                 let _ = sys::set_nodelay(fd);
@@ -485,6 +501,10 @@ impl Worker {
                     return;
                 }
                 self.feed(slot, Input::Connected(result));
+                // TLS to the origin: the ClientHello, if the session sent nothing yet.
+                if c.result == 0 && self.conns.contains(slot) {
+                    self.tls_flush(slot, Side::Origin);
+                }
             }
             (Some(Purpose::Watch), OpKind::Poll) => {
                 self.conns[slot].sides[0].watch = None;

@@ -43,6 +43,10 @@ impl Worker {
             functions: &mut self.functions.host,
             conn: public,
             proto: conn.sides[0].transport.proto(),
+            sni: conn.sides[0]
+                .transport
+                .tls_facts()
+                .and_then(|f| f.sni.as_deref()),
         };
         let mut env = Env {
             now,

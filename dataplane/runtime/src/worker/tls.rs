@@ -153,9 +153,15 @@ impl Worker {
         if t.failure_reported || !io.queue.is_empty() || c.session.is_closed() {
             return;
         }
+        let e = e.clone();
+        t.failure_reported = true;
+        if t.is_origin() {
+            // The origin's certificate or handshake: a 502 for the client, and why in the log.
+            tracing::warn!(worker = self.index, client = %c.session.peer(), error = %e, "TLS to the origin failed");
+            return self.feed(slot, Input::Abort(CloseReason::OriginTls));
+        }
         let kind = e.kind().as_str();
         tracing::debug!(worker = self.index, client = %c.session.peer(), error = %e, "TLS failed");
-        t.failure_reported = true;
         *self.stats.tls_errors.entry(kind).or_default() += 1;
         self.feed(slot, Input::Abort(CloseReason::Tls));
     }
@@ -166,7 +172,7 @@ impl Worker {
         let Transport::Tls(t) = &mut io.transport else {
             return;
         };
-        if t.handshake_counted {
+        if t.handshake_counted || t.is_origin() {
             return;
         }
         t.handshake_counted = true;
