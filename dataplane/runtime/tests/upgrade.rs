@@ -342,10 +342,20 @@ async fn a_failing_new_binary_leaves_the_old_serving() {
         };
         let crashes = script("crashes", "exit 3");
         let hangs = script("hangs", "exec sleep 30");
+        // Takes the control socket's path (as a new generation does), then dies: the old
+        // generation must bind it again.
+        let takes_socket = script(
+            "takes-socket",
+            &format!(
+                "python3 -c 'import socket, os, sys; p = sys.argv[1]; s = socket.socket(socket.AF_UNIX); s.bind(p + \".x\"); s.listen(); os.rename(p + \".x\", p)' {:?}\nexit 4",
+                dir.dataplane_socket.display().to_string()
+            ),
+        );
         let cases = [
             ("/nonexistent/wsedge", "cannot start /nonexistent/wsedge"),
             (crashes.as_str(), "exited (exit status: 3)"),
             (hangs.as_str(), "did not connect in time"),
+            (takes_socket.as_str(), "exited (exit status: 4)"),
         ];
         for (binary, why) in cases {
             let out = dir.ctl_direct(&["upgrade", binary]).await;
