@@ -20,7 +20,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::frame::{self, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 
-/// The page served on `GET /`: opens `ws://<same host>/ws`, sends "hello", shows the echoes.
+/// The page served on `GET /`: opens `ws://<same host>/ws` (`wss://` when the page came over
+/// https, through a TLS-terminating wsedge), sends "hello", shows the echoes.
 pub const DEMO_PAGE: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>wsedge demo</title>
 <style>body{font-family:sans-serif;max-width:40em;margin:2em auto}#log{border:1px solid #ccc;padding:.5em;min-height:8em;white-space:pre-wrap}</style>
@@ -32,7 +33,7 @@ pub const DEMO_PAGE: &str = r#"<!doctype html>
 <script>
 const log = document.getElementById("log");
 const status = document.getElementById("status");
-const ws = new WebSocket(`ws://${location.host}/ws`);
+const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
 function line(t) { const d = document.createElement("div"); d.className = "echo"; d.textContent = t; log.appendChild(d); }
 ws.onopen = () => { status.textContent = "open"; ws.send("hello"); };
 ws.onmessage = (e) => line("echo: " + e.data);

@@ -44,7 +44,7 @@ async fn serves_the_demo_page_and_rejects_bad_utf8() {
     let mut page = String::new();
     s.read_to_string(&mut page).await.unwrap();
     assert!(page.starts_with("HTTP/1.1 200"));
-    assert!(page.contains("new WebSocket(`ws://${location.host}/ws`)"));
+    assert!(page.contains("new WebSocket(`${location.protocol === \"https:\" ? \"wss\" : \"ws\"}://${location.host}/ws`)"));
 
     // A text frame with invalid UTF-8 ends with Close 1007.
     let (mut s, rest) = {

@@ -507,10 +507,12 @@ fn criterion_error(c: &Criterion, lists: &[NetList]) -> Option<&'static str> {
         Criterion::ClientIn(name) => {
             (!lists.iter().any(|l| l.name() == name)).then_some("unknown_list")
         }
-        Criterion::Host(m) => matcher(m, true),
-        Criterion::Method(m) | Criterion::Path(m) | Criterion::Query { matcher: m, .. } => {
-            matcher(m, false)
-        }
+        Criterion::Host(m) | Criterion::Sni(m) => matcher(m, true),
+        Criterion::Method(m)
+        | Criterion::Path(m)
+        | Criterion::Query { matcher: m, .. }
+        | Criterion::TlsVersion(m)
+        | Criterion::ClientCert(m) => matcher(m, false),
         Criterion::Header { name, matcher: m } => {
             let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
             if name.is_empty() || !name.bytes().all(token) {
@@ -629,8 +631,10 @@ impl Model {
         match c {
             Criterion::All(cs) | Criterion::Any(cs) => cs.iter().for_each(|c| self.compile(c)),
             Criterion::Not(c) => self.compile(c),
-            Criterion::Host(m) => self.compile_matcher(m, true),
+            Criterion::Host(m) | Criterion::Sni(m) => self.compile_matcher(m, true),
             Criterion::Method(m)
+            | Criterion::TlsVersion(m)
+            | Criterion::ClientCert(m)
             | Criterion::Path(m)
             | Criterion::Query { matcher: m, .. }
             | Criterion::Header { matcher: m, .. } => self.compile_matcher(m, false),
@@ -690,6 +694,9 @@ impl Model {
                 self.matcher(m, &host, true)
             }
             Criterion::Method(m) => self.matcher(m, &[req.method.as_bytes()], false),
+            // The fuzzed connections are plain TCP: no TLS value exists.
+            Criterion::Sni(m) => self.matcher(m, &[], true),
+            Criterion::TlsVersion(m) | Criterion::ClientCert(m) => self.matcher(m, &[], false),
             Criterion::Path(m) => self.matcher(m, &[path.as_bytes()], false),
             Criterion::Query { name, matcher } => {
                 let values: Vec<&[u8]> = query

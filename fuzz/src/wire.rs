@@ -20,11 +20,11 @@ use std::io::{self, Read};
 use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
-    Applied, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    GenerationStatus, Upgraded,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
-    Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
-    decode_response, read_frame, send,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
+    FunctionRow, GenerationStatus, LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth,
+    PROTOCOL_VERSION, Percentiles, PoolHealth, Request, Response, RouteRow, StatsReport, Status,
+    Upgraded, WireError, WorkerStats, WorkerStatus, decode_request, decode_response, read_frame,
+    send,
 };
 
 use crate::alloc::largest_allocation;
@@ -222,12 +222,17 @@ fn request_variant(r: &Request) -> u8 {
         Request::ListAdd { .. } => 15,
         Request::ListRemove { .. } => 16,
         Request::LimitsSet { .. } => 17,
-        Request::Upgrade { .. } => 18,
+        Request::Certs => 18,
+        Request::CertsReload => 19,
+        Request::OriginsHealth => 20,
+        Request::FunctionsList => 21,
+        Request::FunctionDeploy { .. } => 22,
+        Request::Upgrade { .. } => 23,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=18u8)?;
+    let variant = u.int_in_range(0..=23u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -277,13 +282,21 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             name: u.arbitrary()?,
             cidr: u.arbitrary()?,
         },
-        18 => Request::Upgrade {
-            binary: u.arbitrary()?,
-        },
-        _ => Request::LimitsSet {
+        17 => Request::LimitsSet {
             key: u.arbitrary()?,
             value: u.arbitrary()?,
             route: u.arbitrary()?,
+        },
+        18 => Request::Certs,
+        19 => Request::CertsReload,
+        20 => Request::OriginsHealth,
+        21 => Request::FunctionsList,
+        22 => Request::FunctionDeploy {
+            route: u.arbitrary()?,
+            script: u.arbitrary()?,
+        },
+        _ => Request::Upgrade {
+            binary: u.arbitrary()?,
         },
     };
     assert_eq!(request_variant(&request), variant);
@@ -323,7 +336,11 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
-        Response::Upgraded(_) => 13,
+        Response::Origins { .. } => 13,
+        Response::Certs { .. } => 14,
+        Response::CertsReloaded { .. } => 15,
+        Response::Functions { .. } => 16,
+        Response::Upgraded(_) => 17,
     }
 }
 
@@ -363,7 +380,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=13u8)?;
+    let variant = u.int_in_range(0..=17u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -424,6 +441,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             Response::Stats(StatsReport {
                 workers,
                 total: worker_stats(u)?,
+                functions: function_rows(u)?,
             })
         }
         2 => {
@@ -488,6 +506,14 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
         10 => Response::Presence {
             channel: u.arbitrary()?,
             subscribers: u.arbitrary()?,
+            hosts: (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    Ok(wsedge_command::wire::HostPresence {
+                        host: u.arbitrary()?,
+                        subscribers: u.arbitrary()?,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?,
         },
         11 => {
             let lists = (0..u.int_in_range(0..=2)?)
@@ -505,7 +531,48 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
         }
-        13 => Response::Upgraded(Upgraded {
+        13 => {
+            let pools = (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    let origins = (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(OriginHealth {
+                                addr: u.arbitrary()?,
+                                state: u.arbitrary()?,
+                                why: u.arbitrary()?,
+                                since_ms: u.arbitrary()?,
+                                last_check: u.arbitrary()?,
+                                last_check_ago_ms: u.arbitrary()?,
+                                checks: u.arbitrary()?,
+                                checks_failed: u.arbitrary()?,
+                                ejections: u.arbitrary()?,
+                                transitions: u.arbitrary()?,
+                                slow_start_pct: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?;
+                    Ok(PoolHealth {
+                        route: u.arbitrary()?,
+                        balance: u.arbitrary()?,
+                        check: u.arbitrary()?,
+                        watched: u.arbitrary()?,
+                        origins,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?;
+            Response::Origins { pools }
+        }
+        14 => Response::Certs {
+            certificates: cert_views(u)?,
+        },
+        15 => Response::CertsReloaded {
+            certificates: cert_views(u)?,
+            workers_confirmed: u.arbitrary()?,
+        },
+        16 => Response::Functions {
+            functions: function_rows(u)?,
+        },
+        17 => Response::Upgraded(Upgraded {
             pid: u.arbitrary()?,
             generation: u.arbitrary()?,
             build: u.arbitrary()?,
@@ -521,6 +588,44 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
     };
     assert_eq!(response_variant(&response), variant);
     Ok(response)
+}
+
+fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(CertView {
+                id: u.arbitrary()?,
+                file: u.arbitrary()?,
+                names: u.arbitrary()?,
+                default: u.arbitrary()?,
+                subject: u.arbitrary()?,
+                issuer: u.arbitrary()?,
+                not_before: u.arbitrary()?,
+                not_after: u.arbitrary()?,
+                key_type: u.arbitrary()?,
+                chain_len: u.arbitrary()?,
+            })
+        })
+        .collect()
+}
+
+/// A few JavaScript function rows.
+fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(FunctionRow {
+                name: u.arbitrary()?,
+                version: u.arbitrary()?,
+                sockets: u.arbitrary()?,
+                invocations: u.arbitrary()?,
+                errors: u.arbitrary()?,
+                interrupts: u.arbitrary()?,
+                cpu_us: u.arbitrary()?,
+                memory_bytes: u.arbitrary()?,
+                restarts: u.arbitrary()?,
+            })
+        })
+        .collect()
 }
 
 /// A connection id as the wire carries it (worker, slot, 24-bit generation).

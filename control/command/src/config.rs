@@ -22,7 +22,7 @@ use crate::error::ConfigError;
 mod health;
 mod syntax;
 
-pub use health::{ActiveCheck, CheckKind, HealthConfig, Policy};
+pub use health::{ActiveCheck, CheckKind, HashKey, HealthConfig, Policy};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,6 +311,10 @@ pub struct Route {
     pub origins: Vec<SocketAddr>,
     /// How new connections are spread over the live origins (default round robin).
     pub balance: Policy,
+    /// What `balance = "consistent_hash"` hashes (`hash_key`); `None` for other policies.
+    pub hash_key: Option<HashKey>,
+    /// Each origin's weight (`weights`, 0 to 1000, as many as origins); empty = all 1.
+    pub weights: Vec<u32>,
     /// Active checks and passive ejection (`[route.health]`); `None` = every origin always
     /// live.
     pub health: Option<HealthConfig>,
@@ -603,6 +607,8 @@ struct RawRoute {
     /// Each address keeps its own span, so a bad one is reported at its own line.
     origins: Option<Spanned<Vec<Spanned<String>>>>,
     balance: Option<health::RawPolicy>,
+    hash_key: Option<Spanned<String>>,
+    weights: Option<Spanned<Vec<Spanned<u64>>>>,
     health: Option<Spanned<health::RawHealth>>,
     #[serde(default = "default_relay")]
     relay: RelayMode,
@@ -1388,6 +1394,9 @@ impl Validator<'_> {
             .health
             .map(|h| self.health(index, h, origin_tls.is_some(), function.is_some()))
             .transpose()?;
+        let balance: Policy = raw.balance.map(Into::into).unwrap_or_default();
+        let hash_key = self.hash_key(index, balance, raw.hash_key)?;
+        let weights = self.weights(index, raw.weights, origins.len())?;
         let mut limits = *defaults;
         let overrides = RouteOverrides {
             origin_connect_timeout: raw.origin_connect_timeout,
@@ -1403,7 +1412,9 @@ impl Validator<'_> {
             host,
             path_prefix,
             origins,
-            balance: raw.balance.map(Into::into).unwrap_or_default(),
+            balance,
+            hash_key,
+            weights,
             health,
             relay: raw.relay,
             limits,

@@ -344,7 +344,7 @@ fn criterion(
     if subjects.iter().filter(|s| **s).count() != 1 {
         return Err(err("needs exactly one of field, header, query".to_owned()));
     }
-    let case_insensitive = c.field.as_deref() == Some("host");
+    let case_insensitive = matches!(c.field.as_deref(), Some("host" | "sni"));
     if let MatchOp::Matches(pattern) = &op {
         // Compiled as the engine compiles it (bytes regex, same limits), then dropped.
         compile_regex(pattern, case_insensitive).map_err(|m| err(format!("invalid regex: {m}")))?;
@@ -363,9 +363,34 @@ fn criterion(
         Some("host") => Ok(Criterion::Host(matcher)),
         Some("method") => Ok(Criterion::Method(matcher)),
         Some("path") => Ok(Criterion::Path(matcher)),
+        Some("sni") => Ok(Criterion::Sni(matcher)),
+        Some(field @ ("tls_version" | "client_cert")) => {
+            let allowed: &[&str] = if field == "tls_version" {
+                &["1.2", "1.3"]
+            } else {
+                &["not_requested", "none", "valid", "invalid"]
+            };
+            if let MatchOp::Equals(v) = &matcher.op
+                && !allowed.contains(&v.as_str())
+            {
+                return Err(err(format!(
+                    "field {field:?}: {v:?} is never its value (one of {})",
+                    allowed
+                        .iter()
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Ok(if field == "tls_version" {
+                Criterion::TlsVersion(matcher)
+            } else {
+                Criterion::ClientCert(matcher)
+            })
+        }
         other => Err(err(format!(
-            "field {:?}: must be \"host\", \"method\" or \"path\" (use header = \"...\" or \
-             query = \"...\" for those)",
+            "field {:?}: must be \"host\", \"method\", \"path\", \"sni\", \"tls_version\" or \
+             \"client_cert\" (use header = \"...\" or query = \"...\" for those)",
             other.unwrap_or("")
         ))),
     }
@@ -682,6 +707,45 @@ action = { global_cap = 100000 }
         assert!(list.contains("192.0.2.7".parse().expect("ip"), 0));
         assert!(list.contains("10.1.2.3".parse().expect("ip"), 0));
         assert!(!list.contains("11.0.0.1".parse().expect("ip"), 0));
+    }
+
+    #[test]
+    fn tls_fields_parse_and_their_values_are_checked() {
+        let config = load(
+            "[[rule]]\nname = \"mtls\"\n\
+             when = { all = [ { field = \"sni\", equals = \"Admin.example.com\" },\
+                              { field = \"client_cert\", not_equals = \"valid\" },\
+                              { field = \"tls_version\", equals = \"1.2\" } ] }\n\
+             action = \"deny\"\n",
+        )
+        .expect("valid");
+        let Some(Criterion::All(all)) = &config.firewall.rules[0].when else {
+            panic!("all");
+        };
+        assert!(
+            matches!(&all[0], Criterion::Sni(m) if m.op == MatchOp::Equals("Admin.example.com".into()))
+        );
+        assert!(matches!(&all[1], Criterion::ClientCert(m) if m.negate));
+        assert!(matches!(&all[2], Criterion::TlsVersion(_)));
+        config.firewall.build().expect("the engine accepts it");
+        for (when, want) in [
+            (
+                "{ field = \"tls_version\", equals = \"TLSv1.3\" }",
+                "field \"tls_version\": \"TLSv1.3\" is never its value (one of \"1.2\", \"1.3\")",
+            ),
+            (
+                "{ field = \"client_cert\", equals = \"ok\" }",
+                "field \"client_cert\": \"ok\" is never its value",
+            ),
+            ("{ field = \"sni\", matches = \"(\" }", "invalid regex"),
+        ] {
+            let e = load(&format!(
+                "[[rule]]\nname = \"r\"\nwhen = {when}\naction = \"deny\"\n"
+            ))
+            .expect_err(when)
+            .to_string();
+            assert!(e.contains(want), "{when}: {e}");
+        }
     }
 
     #[test]

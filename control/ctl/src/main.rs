@@ -87,10 +87,11 @@ enum Cmd {
         /// Connection id as `connections` prints it: WORKER-SLOT-GENERATION, e.g. `1-42-7`.
         id: ConnectionId,
     },
-    /// Origins of the routes: list, add, remove (live; persisted by the daemon).
+    /// Origins of the routes with their health (no subcommand: state, why, last check,
+    /// ejections, from the dataplane); list, add, remove (live; persisted by the daemon).
     Origins {
         #[command(subcommand)]
-        action: OriginsCmd,
+        action: Option<OriginsCmd>,
     },
     /// Routes in force.
     Routes {
@@ -114,6 +115,12 @@ enum Cmd {
     },
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping live edits.
     Reload,
+    /// TLS certificates in force: names, issuer, expiry; `certs reload` reads their files
+    /// again (as SIGHUP of the dataplane does) without dropping a connection.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsCmd>,
+    },
     /// Publish a message on CHANNEL of every `broadcast` route (all workers). The message is
     /// MESSAGE, or the bytes of --file, or standard input; text if it is UTF-8, else binary.
     Publish {
@@ -136,6 +143,11 @@ enum Cmd {
     Lists {
         #[command(subcommand)]
         action: ListsCmd,
+    },
+    /// JavaScript functions (`function = "js"` routes): list, deploy new code live.
+    Functions {
+        #[command(subcommand)]
+        action: FunctionsCmd,
     },
     /// The fleet configuration in etcd: status of every host, show, apply (see `[fleet]` in
     /// docs/operations.md). Talks to etcd directly, no daemon needed.
@@ -171,7 +183,9 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum OriginsCmd {
-    /// Every route's origins.
+    /// Every pool's origins with their health, as the dataplane sees them (the default).
+    Show,
+    /// Every route's origins, as configured.
     List,
     /// Add ADDR (IP:port) to ROUTE's origins.
     Add { route: String, addr: String },
@@ -197,6 +211,27 @@ enum ListsCmd {
     },
     /// Remove CIDR from list NAME.
     Remove { name: String, cidr: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Each certificate: id, names, issuer, expiry (the default).
+    List,
+    /// Read the certificate, key and CA files again and serve them to new handshakes on
+    /// every worker; live connections keep theirs. A broken file is refused, naming it, and
+    /// the certificates in force keep serving.
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum FunctionsCmd {
+    /// Each function: version, live sockets, invocations, errors, CPU time, memory.
+    List,
+    /// Serve route NAME's function from FILE (an ES module; its sibling imports are read
+    /// from its directory by the dataplane): new connections get the new code, live ones
+    /// finish on theirs. A module that does not compile is refused with its file and line,
+    /// and the old one keeps serving. Persisted by the daemon (the route's `script`).
+    Deploy { name: String, file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,12 +402,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         },
         Cmd::Kill { id } => Request::Kill { id: *id },
         Cmd::Origins { action } => match action {
-            OriginsCmd::List => Request::RoutesList,
-            OriginsCmd::Add { route, addr } => Request::OriginAdd {
+            None | Some(OriginsCmd::Show) => Request::OriginsHealth,
+            Some(OriginsCmd::List) => Request::RoutesList,
+            Some(OriginsCmd::Add { route, addr }) => Request::OriginAdd {
                 route: route.clone(),
                 addr: addr.clone(),
             },
-            OriginsCmd::Remove { route, addr } => Request::OriginRemove {
+            Some(OriginsCmd::Remove { route, addr }) => Request::OriginRemove {
                 route: route.clone(),
                 addr: addr.clone(),
             },
@@ -409,6 +445,10 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             action: ConfigCmd::Show,
         } => Request::ConfigShow,
         Cmd::Reload => Request::Reload,
+        Cmd::Certs { action } => match action {
+            None | Some(CertsCmd::List) => Request::Certs,
+            Some(CertsCmd::Reload) => Request::CertsReload,
+        },
         Cmd::Upgrade { binary } => Request::Upgrade {
             // The dataplane may run elsewhere in the file system's view: an absolute path.
             binary: binary
@@ -462,6 +502,18 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 channel: channel.clone(),
             }
         }
+        Cmd::Functions { action } => match action {
+            FunctionsCmd::List => Request::FunctionsList,
+            FunctionsCmd::Deploy { name, file } => {
+                let path = std::fs::canonicalize(file).map_err(|e| {
+                    Fail::new(EXIT_USAGE, format!("{}: cannot read: {e}", file.display()))
+                })?;
+                Request::FunctionDeploy {
+                    route: name.clone(),
+                    script: path.display().to_string(),
+                }
+            }
+        },
         Cmd::Lists { action } => match action {
             ListsCmd::Show { name } => Request::ListsShow { name: name.clone() },
             ListsCmd::Add {
@@ -518,10 +570,11 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         (_, Response::Killed { id }) => format!("connection {id} closed\n"),
         (
             Cmd::Origins {
-                action: OriginsCmd::List,
+                action: Some(OriginsCmd::List),
             },
             Response::Routes { routes },
         ) => render::origins(routes),
+        (_, Response::Origins { pools }) => render::origin_health(pools),
         (_, Response::Routes { routes }) => render::routes(routes),
         (_, Response::Limits(view)) => render::limits(view),
         (_, Response::Applied(a)) => {
@@ -539,10 +592,32 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             Response::Presence {
                 channel,
                 subscribers,
+                hosts,
             },
-        ) => format!("{channel}: {subscribers} subscribers\n"),
+        ) => {
+            let mut out = format!("{channel}: {subscribers} subscribers\n");
+            for h in hosts {
+                out.push_str(&format!("  {}: {}\n", h.host, h.subscribers));
+            }
+            out
+        }
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
+        (_, Response::Certs { certificates }) => {
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        }
+        (
+            _,
+            Response::CertsReloaded {
+                certificates,
+                workers_confirmed,
+            },
+        ) => format!(
+            "certificates reloaded: {} serving on {workers_confirmed} workers\n{}",
+            certificates.len(),
+            render::certs(certificates, wsedge_command::wire::unix_now())
+        ),
+        (_, Response::Functions { functions }) => render::functions(functions),
         (_, Response::Upgraded(u)) => render::upgraded(u),
         (_, other) => return Err(unexpected(other)),
     };

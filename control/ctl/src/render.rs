@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use wsedge_command::wire::{
-    Applied, ConfigText, Connection, LimitsView, ListView, Percentiles, RouteRow, StatsReport,
-    Status, WorkerStats,
+    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, Percentiles,
+    PoolHealth, RouteRow, StatsReport, Status, WorkerStats,
 };
 
 /// Left-aligned columns separated by two spaces; numbers are right-aligned.
@@ -379,6 +379,60 @@ pub(crate) fn origins(routes: &[RouteRow]) -> String {
     table(&["ROUTE", "ORIGIN"], &rows)
 }
 
+/// `wsedgectl origins`: one line per origin of every pool, with its health.
+pub(crate) fn origin_health(pools: &[PoolHealth]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .flat_map(|p| {
+            let check = if p.watched {
+                p.check.clone().unwrap_or_else(|| "passive".to_owned())
+            } else {
+                "-".to_owned()
+            };
+            p.origins.iter().map(move |o| {
+                vec![
+                    p.route.clone(),
+                    o.addr.clone(),
+                    match o.slow_start_pct {
+                        Some(pct) => format!("{} (slow start {pct}%)", o.state),
+                        None => o.state.clone(),
+                    },
+                    o.why.clone(),
+                    if p.watched {
+                        duration_ms(o.since_ms)
+                    } else {
+                        "-".to_owned()
+                    },
+                    match (&o.last_check, o.last_check_ago_ms) {
+                        (Some(r), Some(ago)) => format!("{r} {} ago", duration_ms(ago)),
+                        (Some(r), None) => r.clone(),
+                        _ => "-".to_owned(),
+                    },
+                    format!("{}/{}", o.checks_failed, o.checks),
+                    o.ejections.to_string(),
+                    p.balance.clone(),
+                    check.clone(),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &[
+            "ROUTE",
+            "ORIGIN",
+            "STATE",
+            "WHY",
+            "SINCE",
+            "LAST CHECK",
+            "FAILED",
+            "EJECTIONS",
+            "BALANCE",
+            "CHECK",
+        ],
+        &rows,
+    )
+}
+
 pub(crate) fn limits(view: &LimitsView) -> String {
     let rows: Vec<Vec<String>> = view
         .limits
@@ -414,6 +468,41 @@ pub(crate) fn lists(lists: &[ListView], unix_now: u64) -> String {
     table(&["LIST", "NETWORK", "EXPIRES"], &rows)
 }
 
+/// `functions list`: one row per JavaScript function, summed over the workers.
+pub(crate) fn functions(functions: &[FunctionRow]) -> String {
+    if functions.is_empty() {
+        return "no JavaScript functions (no route has function = \"js\")\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = functions
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.version.to_string(),
+                f.sockets.to_string(),
+                f.invocations.to_string(),
+                f.errors.to_string(),
+                duration_ms(f.cpu_us / 1000),
+                bytes(f.memory_bytes),
+                f.restarts.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "FUNCTION",
+            "VERSION",
+            "SOCKETS",
+            "INVOCATIONS",
+            "ERRORS",
+            "CPU",
+            "MEMORY",
+            "RESTARTS",
+        ],
+        &rows,
+    )
+}
+
 pub(crate) fn applied(a: &Applied) -> String {
     let mut out = match a.version.filter(|_| a.pushed) {
         Some(version) => format!(
@@ -433,6 +522,67 @@ pub(crate) fn applied(a: &Applied) -> String {
         );
     }
     out
+}
+
+/// `certs`: one row per certificate, with its expiry as a UTC date and how far off it is.
+pub(crate) fn certs(certs: &[CertView], unix_now: u64) -> String {
+    if certs.is_empty() {
+        return "no certificates (no [[certificate]] in the configuration)\n".to_owned();
+    }
+    let now = i64::try_from(unix_now).unwrap_or(i64::MAX);
+    let rows: Vec<Vec<String>> = certs
+        .iter()
+        .map(|c| {
+            let mut names = c.names.join(",");
+            if c.default {
+                names.push_str(if names.is_empty() {
+                    "(default)"
+                } else {
+                    " (default)"
+                });
+            }
+            let left = c.not_after.saturating_sub(now);
+            let expires = if left < 0 {
+                format!("{} (EXPIRED)", utc_date(c.not_after))
+            } else {
+                format!(
+                    "{} (in {})",
+                    utc_date(c.not_after),
+                    duration_ms(u64::try_from(left).unwrap_or(0).saturating_mul(1000))
+                )
+            };
+            vec![
+                c.id.clone(),
+                names,
+                c.key_type.clone(),
+                c.issuer.clone(),
+                expires,
+            ]
+        })
+        .collect();
+    table(&["ID", "NAMES", "KEY", "ISSUER", "EXPIRES"], &rows)
+}
+
+/// `2027-03-01 12:00:00Z` for Unix seconds (proleptic Gregorian, UTC).
+pub(crate) fn utc_date(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// `config show`: a comment line naming the configuration, then its text.
@@ -553,10 +703,19 @@ mod tests {
                 handshake_latency: Some(p),
                 ..WorkerStats::default()
             },
+            functions: Vec::new(),
         };
         let text = stats(&report);
         assert!(text.contains("   950us   1.4ms   2.1ms\n"), "{text}");
         assert!(!text.contains("not measured"), "{text}");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(utc_date(1_798_761_599), "2026-12-31 23:59:59Z");
+        assert_eq!(utc_date(-1), "1969-12-31 23:59:59Z");
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub(crate) struct Entry<'a> {
     pub(crate) reason: &'static str,
     /// Debug rules: the route and firewall rules that matched.
     pub(crate) traceback: Option<&'a [String]>,
+    /// A TLS client's handshake, once it finished: `sni`, `tls_version`, `cipher`,
+    /// `resumed`, `client_cert` (and `client_cert_error` when it did not verify).
+    pub(crate) tls: Option<&'a wsedge_tls::HandshakeFacts>,
 }
 
 #[derive(Debug)]
@@ -104,6 +107,25 @@ impl AccessLog {
             ",\"bytes_from_client\":{},\"bytes_to_client\":{},\"duration_ms\":{},\"reason\":\"{}\"",
             e.bytes_from_client, e.bytes_to_client, e.duration_ms, e.reason
         );
+        if let Some(t) = e.tls {
+            b.push_str(",\"sni\":");
+            match &t.sni {
+                Some(name) => push_json_str(b, name),
+                None => b.push_str("null"),
+            }
+            let _ = write!(
+                b,
+                ",\"tls_version\":\"{}\",\"cipher\":\"{}\",\"resumed\":{},\"client_cert\":\"{}\"",
+                t.version.as_str(),
+                t.cipher_name(),
+                t.resumed,
+                t.client_cert.as_str()
+            );
+            if let wsedge_tls::ClientCertStatus::Invalid { reason } = &t.client_cert {
+                b.push_str(",\"client_cert_error\":");
+                push_json_str(b, reason);
+            }
+        }
         if let Some(traceback) = e.traceback {
             b.push_str(",\"traceback\":[");
             for (i, step) in traceback.iter().enumerate() {
@@ -180,6 +202,7 @@ mod tests {
             duration_ms: 30,
             reason: "client_closed",
             traceback: Some(&["route:a\"b".to_owned()]),
+            tls: None,
         });
         let v: serde_json::Value = serde_json::from_str(log.buf.trim()).expect("json");
         assert_eq!(v["id"], "1-42-7");
@@ -188,5 +211,48 @@ mod tests {
         assert_eq!(v["status"], 101);
         assert_eq!(v["reason"], "client_closed");
         assert_eq!(v["traceback"][0], "route:a\"b");
+        assert!(
+            v.get("sni").is_none() && v.get("tls_version").is_none(),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn a_tls_connection_logs_its_handshake() {
+        let mut log = AccessLog {
+            out: Some(File::open("/dev/null").expect("dev null")),
+            buf: String::new(),
+        };
+        let facts = wsedge_tls::HandshakeFacts {
+            sni: Some("a.example.com".into()),
+            alpn: Some("http/1.1".into()),
+            version: wsedge_tls::TlsVersion::Tls13,
+            cipher_suite: wsedge_tls::rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            resumed: true,
+            client_cert: wsedge_tls::ClientCertStatus::Invalid {
+                reason: "certificate \"expired\"".into(),
+            },
+        };
+        log.record(&Entry {
+            id: ConnectionId::new(0, 1, 1),
+            worker: 0,
+            client: "127.0.0.1:5000".parse().expect("addr"),
+            route: None,
+            origin: None,
+            status: Some(101),
+            bytes_from_client: 1,
+            bytes_to_client: 2,
+            duration_ms: 3,
+            reason: "client_closed",
+            traceback: None,
+            tls: Some(&facts),
+        });
+        let v: serde_json::Value = serde_json::from_str(log.buf.trim()).expect("json");
+        assert_eq!(v["sni"], "a.example.com");
+        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert_eq!(v["cipher"], "TLS13_AES_128_GCM_SHA256");
+        assert_eq!(v["resumed"], true);
+        assert_eq!(v["client_cert"], "invalid");
+        assert_eq!(v["client_cert_error"], "certificate \"expired\"");
     }
 }

@@ -22,9 +22,11 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod access_log;
+mod broker;
 mod bus;
 mod conn_id;
 mod control;
+mod health;
 mod listeners;
 mod settings;
 mod stats;
@@ -125,16 +127,42 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The worker settings: the firewall engine and the JavaScript functions' modules (each
+    // loaded and run once in a scratch runtime, so --check refuses one that does not compile,
+    // naming its file and line).
+    let mut count = cli.workers.unwrap_or_else(|| config.worker_count()).max(1);
+    if let Some(i) = inherited.as_ref()
+        && i.workers() != count
+    {
+        tracing::warn!(
+            configured = count,
+            inherited = i.workers(),
+            "upgrade: the worker count follows the inherited listeners (one per worker); changing it needs a restart"
+        );
+        count = i.workers();
+    }
+    // Origin health: one registry for the process, kept across configuration pushes.
+    let health = health::Registry::new();
+    let settings = match settings::Settings::from_config(&config, count, &health) {
+        Ok(s) => s.with_tls(&tls.store),
+        Err(e) => {
+            eprintln!("wsedge: invalid configuration: {e}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("invalid configuration: {e}"));
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if cli.check {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    // TLS origins are validated but not served yet (`Settings::from_config` refuses them).
     match run(
         config,
+        (settings, health),
         tls.store,
         (text, source),
-        cli.workers,
+        count,
         cli.takeover,
         &mut inherited,
     ) {
@@ -151,25 +179,15 @@ fn main() -> ExitCode {
 
 fn run(
     config: wsedge_command::Config,
+    (settings, health): (settings::Settings, std::sync::Arc<health::Registry>),
     certs: wsedge_tls::CertStore,
     (text, source): (String, String),
-    workers: Option<usize>,
+    count: usize,
     takeover: bool,
     inherited: &mut Option<upgrade::inherit::Inherited>,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     wsedge_ring::probe().map_err(anyhow::Error::msg)?;
-    let mut count = workers.unwrap_or_else(|| config.worker_count()).max(1);
-    if let Some(i) = inherited.as_ref()
-        && i.workers() != count
-    {
-        tracing::warn!(
-            configured = count,
-            inherited = i.workers(),
-            "upgrade: the worker count follows the inherited listeners (one per worker); changing it needs a restart"
-        );
-        count = i.workers();
-    }
     anyhow::ensure!(
         count <= conn_id::MAX_WORKERS,
         "at most {} workers (a connection id names its worker in 8 bits)",
@@ -215,9 +233,6 @@ fn run(
         .map(|fds| fds.into_iter().zip(addrs.iter().map(|(_, t)| *t)).collect())
         .collect();
 
-    let settings = settings::Settings::from_config(&config, count)
-        .map_err(anyhow::Error::msg)?
-        .with_tls(&certs);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<stats::Stats, String>)>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -229,6 +244,18 @@ fn run(
         mailboxes.push(Mailbox { tx, wake_fd });
         receivers.push(rx);
     }
+    // The broker bridge (`[broker]`): its own thread, reaching the workers like the control
+    // plane does (a queue and the wake eventfd). It connects in the background: a broker
+    // that is down at start means local-only service and retries, not a failed start.
+    let wake_fds: Vec<std::os::fd::RawFd> = mailboxes.iter().map(|m| m.wake_fd).collect();
+    let (broker, mut ports) = match &config.broker {
+        Some(b) => {
+            let (handle, ports) =
+                broker::start(b, host, &wake_fds).context("starting the broker bridge")?;
+            (Some(handle), ports.into_iter().map(Some).collect())
+        }
+        None => (None, (0..count).map(|_| None).collect::<Vec<_>>()),
+    };
     let mut handles = Vec::with_capacity(count);
     for ((index, listeners), rx) in per_worker.into_iter().enumerate().zip(receivers) {
         let wake_fd = mailboxes[index].wake_fd;
@@ -249,6 +276,7 @@ fn run(
             wake_fd,
             peers,
             host,
+            bridge: ports[index].take(),
         };
         let done = done_tx.clone();
         let ready = ready_tx.clone();
@@ -287,17 +315,21 @@ fn run(
 
     // Control socket and metrics (issue 4): their own threads, talking to the workers only
     // through the mailboxes. The handle removes the socket file when `run` returns.
-    let _control = control::start(control::Startup {
+    let control = control::start(control::Startup {
         config: config.clone(),
         toml: text,
         source,
         mailboxes: mailboxes.clone(),
         started,
         certs,
+        health: health.clone(),
+        broker,
+        host,
         upgrade: upgrader.clone(),
         replace_socket: inherited.is_some(),
     })
     .context("starting the control plane")?;
+    health::start(health).context("starting the wsedge-health thread")?;
 
     if let Some(i) = inherited.take() {
         let (pid, build) = (i.old_pid, i.old_build.clone());
@@ -316,7 +348,9 @@ fn run(
     while finished < count {
         if let Some(sig) = sys::wait_signal(&signals, Duration::from_millis(200)) {
             if sig == libc::SIGHUP {
-                tracing::info!("SIGHUP: configuration reload is done by the control process");
+                // The configuration is the control process's to reload (it pushes it); the
+                // certificate files are read again here, on every worker.
+                control.reload_certs();
             } else if sig == libc::SIGUSR2 {
                 upgrade::on_signal(&upgrader);
             } else if !shutting_down {

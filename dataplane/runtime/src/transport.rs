@@ -43,6 +43,15 @@ impl Transport {
         Transport::Tls(Box::new(TlsTransport::new(listener.accept())))
     }
 
+    /// The TLS handshake's facts (SNI, version, cipher, resumption, client certificate),
+    /// once it finished; `None` on plain TCP.
+    pub(crate) fn tls_facts(&self) -> Option<&wsedge_tls::HandshakeFacts> {
+        match self {
+            Transport::Tls(t) => t.facts(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_plain(&self) -> bool {
         matches!(self, Transport::Plain)
     }

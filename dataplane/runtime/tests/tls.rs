@@ -7,256 +7,24 @@
 //! committed).
 
 mod common;
+mod tls_support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
-};
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::client_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use common::origins::EchoOrigin;
-use common::{Config, Proxy, Route, within, ws_config};
-
-type Wss = WebSocketStream<TlsStream<TcpStream>>;
-
-// ---------------------------------------------------------------------------------------------
-// A throwaway PKI
-// ---------------------------------------------------------------------------------------------
-
-/// A directory removed when dropped.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(tag: &str) -> TestDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsedge-it-tls-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TestDir(dir)
-    }
-
-    fn write(&self, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, data).expect("write test file");
-        p
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[derive(Clone, Copy)]
-enum KeyKind {
-    Ecdsa,
-    Rsa,
-}
-
-fn key_pair(kind: KeyKind) -> KeyPair {
-    match kind {
-        KeyKind::Ecdsa => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("p256 key"),
-        KeyKind::Rsa => {
-            KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048).expect("rsa key")
-        }
-    }
-}
-
-/// A CA that signs server certificates into its directory.
-struct Pki {
-    dir: TestDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
-    ca_path: PathBuf,
-}
-
-/// A leaf certificate's files and DER.
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = TestDir::new(tag);
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("wsedge test CA {tag}"));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, key_pair(KeyKind::Ecdsa)).expect("CA");
-        let ca_path = dir.write("ca.pem", ca.pem());
-        Pki { dir, ca, ca_path }
-    }
-
-    /// A server certificate for `names` (DNS names or IP addresses).
-    fn leaf(&self, stem: &str, names: &[&str], kind: KeyKind) -> Leaf {
-        let mut params =
-            CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-                .expect("leaf params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or(stem));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = key_pair(kind);
-        let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
-        Leaf {
-            cert: self.dir.write(&format!("{stem}.pem"), cert.pem()),
-            key: self.dir.write(&format!("{stem}.key"), key.serialize_pem()),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca.der().clone()).expect("CA root");
-        roots
-    }
-}
-
-/// A `[[certificate]]` table.
-fn certificate(id: &str, leaf: &Leaf, default: bool) -> String {
-    format!(
-        "[[certificate]]\nid = {id:?}\ncert = {:?}\nkey = {:?}\ndefault = {default}\n",
-        leaf.cert.display().to_string(),
-        leaf.key.display().to_string()
-    )
-}
-
-const TLS_LISTENER: &str = "[[tls_listener]]\nlisten = [\"127.0.0.1:0\"]\n";
-
-/// A free loopback port (for the metrics endpoint).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// The proxy's TLS listener (listed after the plain one).
-fn tls_addr(proxy: &Proxy) -> SocketAddr {
-    *proxy.addrs.last().expect("a TLS listener")
-}
-
-// ---------------------------------------------------------------------------------------------
-// A rustls client
-// ---------------------------------------------------------------------------------------------
-
-struct Client {
-    roots: RootCertStore,
-    versions: &'static [&'static rustls::SupportedProtocolVersion],
-    alpn: Vec<Vec<u8>>,
-}
-
-impl Client {
-    fn new(pki: &Pki) -> Client {
-        Client {
-            roots: pki.roots(),
-            versions: rustls::ALL_VERSIONS,
-            alpn: vec![b"http/1.1".to_vec()],
-        }
-    }
-
-    fn version(mut self, v: &'static rustls::SupportedProtocolVersion) -> Client {
-        static TLS12: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
-        static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
-        self.versions = match v.version {
-            rustls::ProtocolVersion::TLSv1_2 => &TLS12,
-            _ => &TLS13,
-        };
-        self
-    }
-
-    fn alpn(mut self, protocols: &[&str]) -> Client {
-        self.alpn = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
-        self
-    }
-
-    fn connector(&self) -> TlsConnector {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(self.versions)
-            .expect("versions")
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
-        config.alpn_protocols = self.alpn.clone();
-        TlsConnector::from(Arc::new(config))
-    }
-
-    /// The TLS handshake with `server_name` (a DNS name sends SNI; an IP address sends none).
-    async fn tls(
-        &self,
-        addr: SocketAddr,
-        server_name: &str,
-    ) -> std::io::Result<TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(addr).await?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(server_name.to_owned()).expect("server name");
-        self.connector().connect(name, tcp).await
-    }
-
-    /// wss:// to `path` through the proxy, as `server_name`.
-    async fn wss(&self, addr: SocketAddr, server_name: &str, path: &str) -> Wss {
-        let tls = self.tls(addr, server_name).await.expect("TLS handshake");
-        let url = format!("wss://{server_name}:{}{path}", addr.port());
-        let (ws, resp) = client_async_with_config(url, tls, Some(ws_config()))
-            .await
-            .expect("WebSocket handshake over TLS");
-        assert_eq!(resp.status(), 101);
-        ws
-    }
-}
-
-/// The certificate the server presented.
-fn served(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    tls.get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .expect("a server certificate")
-        .clone()
-        .into_owned()
-}
-
-async fn echo(ws: &mut Wss, msg: Message) {
-    ws.send(msg.clone()).await.expect("send");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
-                assert_eq!(m, msg, "echo differs");
-                return;
-            }
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("no echo: {other:?}"),
-        }
-    }
-}
-
-/// A proxy with a plain listener and a TLS one, serving `certs` tables, routing `/` to
-/// `origin`.
-async fn proxy(origin: SocketAddr, certs: &str, extra: &str) -> Proxy {
-    let config = Config::new()
-        .route(Route::new("echo", &[origin]))
-        .table(&format!("{certs}\n{TLS_LISTENER}\n{extra}"));
-    Proxy::start(&config).await
-}
+use common::{within, ws_config};
+use tls_support::{
+    Client, KeyKind, Pki, certificate, echo, free_port, metrics, proxy, read_to_close, sample,
+    served, tls_addr,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -328,6 +96,23 @@ async fn wss_echo_over_tls13_and_tls12_to_a_plain_origin() {
                 v.get("status").and_then(serde_json::Value::as_u64) == Some(101)
             })
             .await;
+        // The handshake's facts are logged.
+        assert!(
+            ["localhost", "rsa.test"].contains(&line["sni"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(
+            ["TLSv1.3", "TLSv1.2"].contains(&line["tls_version"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(
+            line["cipher"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("TLS13_") || c.starts_with("TLS_ECDHE_")),
+            "{line}"
+        );
+        assert_eq!(line["resumed"], false, "{line}");
+        assert_eq!(line["client_cert"], "not_requested", "{line}");
         // The WebSocket close handshake ended it (the origin closes its TCP first).
         assert!(
             ["client_closed", "origin_closed"].contains(&line["reason"].as_str().unwrap_or("")),
@@ -370,39 +155,6 @@ async fn an_h2_only_client_is_refused_and_others_go_on() {
         assert_eq!(line["status"], serde_json::Value::Null, "{line}");
     })
     .await;
-}
-
-/// Reads until EOF or reset; the bytes read before.
-async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return got,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("the proxy did not close within 5 s (got {got:?})"),
-        }
-    }
-}
-
-async fn metrics(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("scrape");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read metrics");
-    body
-}
-
-/// The sum of a metric family's samples whose labels contain `label`.
-fn sample(text: &str, family: &str, label: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(family) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

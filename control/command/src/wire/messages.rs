@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::MAX_FRAME;
+use super::health::PoolHealth;
 use super::views::{
-    Applied, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status, Upgraded,
+    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow,
+    StatsReport, Status, Upgraded,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -102,11 +104,30 @@ pub enum Request {
     },
     /// How many clients are subscribed to `channel` (all broadcast routes, all workers).
     Presence { channel: String },
+    /// Every route's origins with their health: state, why, last check, ejections.
+    OriginsHealth,
     /// The `[[list]]` network lists (or one), without expired entries.
     ListsShow {
         #[serde(default)]
         name: Option<String>,
     },
+    /// The certificates in force: names, issuer, expiry (forwarded to the dataplane).
+    Certs,
+    /// Read the certificate, key and CA files of the configuration in force again and serve
+    /// them to new handshakes on every worker (as SIGHUP of the dataplane does); live
+    /// connections keep theirs. A broken file is refused and the old certificates keep
+    /// serving (forwarded to the dataplane).
+    CertsReload,
+    /// The JavaScript functions: version, live sockets, invocations, errors, CPU time,
+    /// memory (summed over the workers).
+    FunctionsList,
+    /// Serve route `route`'s JavaScript function from the module at `script` (an absolute
+    /// path the dataplane can read; its sibling imports are read from its directory): the
+    /// route's `script` is set to it and the configuration applied, so new connections get
+    /// the new code while live ones finish on theirs. A module that does not compile is
+    /// refused with its `file:line:column` and the old one keeps serving. The control
+    /// process persists it like any edit.
+    FunctionDeploy { route: String, script: String },
     /// Binary upgrade: start `binary` (default: the path this dataplane was started from)
     /// as the next generation, hand it the listening sockets, and once it is ready stop
     /// accepting and drain over `dataplane.upgrade_drain_window`. Answered once the new
@@ -155,6 +176,8 @@ impl Request {
             Request::RoutesList => "routes_list",
             Request::LimitsGet { .. } => "limits_get",
             Request::Drain { .. } => "drain",
+            Request::Certs => "certs",
+            Request::CertsReload => "certs_reload",
             Request::Upgrade { .. } => "upgrade",
             Request::Reload => "reload",
             Request::OriginAdd { .. } => "origin_add",
@@ -162,9 +185,12 @@ impl Request {
             Request::LimitsSet { .. } => "limits_set",
             Request::Publish { .. } => "publish",
             Request::Presence { .. } => "presence",
+            Request::OriginsHealth => "origins_health",
             Request::ListsShow { .. } => "lists_show",
             Request::ListAdd { .. } => "list_add",
             Request::ListRemove { .. } => "list_remove",
+            Request::FunctionsList => "functions_list",
+            Request::FunctionDeploy { .. } => "function_deploy",
         }
     }
 }
@@ -196,14 +222,35 @@ pub enum Response {
         channel: String,
         delivered: u64,
     },
-    /// Answer to [`Request::Presence`].
+    /// Answer to [`Request::Presence`]: `subscribers` is the total; with a `[broker]`, the
+    /// fleet's (every host's count as kept in the broker) and `hosts` lists them.
     Presence {
         channel: String,
         subscribers: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostPresence>,
+    },
+    /// Answer to [`Request::OriginsHealth`].
+    Origins {
+        pools: Vec<PoolHealth>,
     },
     /// Answer to [`Request::ListsShow`].
     Lists {
         lists: Vec<ListView>,
+    },
+    /// Answer to [`Request::Certs`].
+    Certs {
+        certificates: Vec<CertView>,
+    },
+    /// Answer to [`Request::CertsReload`]: what now serves, and how many workers confirmed
+    /// serving it.
+    CertsReloaded {
+        certificates: Vec<CertView>,
+        workers_confirmed: usize,
+    },
+    /// Answer to [`Request::FunctionsList`].
+    Functions {
+        functions: Vec<FunctionRow>,
     },
     /// Answer to [`Request::Upgrade`].
     Upgraded(Upgraded),
@@ -336,6 +383,14 @@ mod base64_bytes {
     }
 }
 
+/// One host's subscribers of a channel, in a fleet-wide [`Response::Presence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPresence {
+    /// The host's `[broker] host` name.
+    pub host: String,
+    pub subscribers: u64,
+}
+
 /// Checks the channel of a [`Request::Publish`] or [`Request::Presence`] by
 /// [`is_valid_channel`]; the error says what a channel name is.
 pub fn check_channel(channel: &str) -> Result<(), String> {
@@ -396,6 +451,11 @@ mod tests {
                 value: "5m".into(),
                 route: None,
             },
+            Request::FunctionsList,
+            Request::FunctionDeploy {
+                route: "chat".into(),
+                script: "/srv/functions/chat.js".into(),
+            },
         ];
         for (i, request) in requests.into_iter().enumerate() {
             let mut buf = Vec::new();
@@ -417,6 +477,12 @@ mod tests {
                 ..WorkerStats::default()
             }],
             total: WorkerStats::default(),
+            functions: vec![FunctionRow {
+                name: "chat".into(),
+                version: 2,
+                sockets: 5,
+                ..FunctionRow::default()
+            }],
         });
         let mut buf = Vec::new();
         send(&mut buf, &Envelope::new(9, &response)).expect("send");

@@ -384,6 +384,7 @@ mod tests {
                 Request::Presence { channel } => Response::Presence {
                     subscribers: channel.len() as u64,
                     channel,
+                    hosts: Vec::new(),
                 },
                 other => Failure::new(ErrorKind::NotSupported, other.kind()).into(),
             })
@@ -407,7 +408,8 @@ mod tests {
             client.call(&presence("news")).expect("call"),
             Response::Presence {
                 channel: "news".into(),
-                subscribers: 4
+                subscribers: 4,
+                hosts: Vec::new(),
             }
         );
         assert_eq!(
@@ -419,7 +421,8 @@ mod tests {
             client.call(&presence("ab")).expect("call"),
             Response::Presence {
                 channel: "ab".into(),
-                subscribers: 2
+                subscribers: 2,
+                hosts: Vec::new(),
             }
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -107,6 +107,47 @@ pub struct DaemonStatus {
 pub struct StatsReport {
     pub workers: Vec<WorkerStats>,
     pub total: WorkerStats,
+    /// Each JavaScript function, summed over the workers.
+    #[serde(default)]
+    pub functions: Vec<FunctionRow>,
+}
+
+/// One JavaScript function (a `js` route), summed over the workers: the rows of
+/// [`Request::FunctionsList`](super::Request::FunctionsList) and the per-function metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRow {
+    /// The route's name.
+    pub name: String,
+    /// The version serving new connections (1 at start, + 1 for each new code deployed).
+    pub version: u64,
+    /// Live sockets (server sockets and client-less outbound ones).
+    pub sockets: u64,
+    /// Calls into JavaScript: requests, socket events, timers.
+    pub invocations: u64,
+    /// Exceptions, interrupts and memory faults.
+    pub errors: u64,
+    /// Events interrupted at the CPU budget (also counted in `errors`).
+    pub interrupts: u64,
+    /// Time spent in JavaScript, in microseconds.
+    pub cpu_us: u64,
+    /// Bytes the function's runtimes hold now.
+    pub memory_bytes: u64,
+    /// Runtimes torn down at their memory cap and recreated.
+    pub restarts: u64,
+}
+
+impl FunctionRow {
+    /// Adds `other`'s counters into `self` (the highest version wins).
+    pub fn add(&mut self, other: &FunctionRow) {
+        self.version = self.version.max(other.version);
+        self.sockets += other.sockets;
+        self.invocations += other.invocations;
+        self.errors += other.errors;
+        self.interrupts += other.interrupts;
+        self.cpu_us += other.cpu_us;
+        self.memory_bytes += other.memory_bytes;
+        self.restarts += other.restarts;
+    }
 }
 
 /// One worker's counters (or their sum, with `worker` empty).
@@ -252,6 +293,29 @@ pub struct Applied {
     /// worker count, relay buffers, access log, the `[control]` table).
     #[serde(default)]
     pub restart_required: Vec<String>,
+}
+
+/// One `[[certificate]]` in force, for `wsedgectl certs` (answers to [`Request::Certs`] and
+/// [`Request::CertsReload`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertView {
+    pub id: String,
+    /// The leaf's PEM file.
+    pub file: String,
+    /// The SNI names it is served for (exact names and `*.` wildcards).
+    pub names: Vec<String>,
+    /// Served to clients without SNI or with an unknown name.
+    pub default: bool,
+    /// RFC 4514 style (`CN=example.com, O=...`).
+    pub subject: String,
+    pub issuer: String,
+    /// Validity, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// `ECDSA P-256`, `RSA 2048`...
+    pub key_type: String,
+    /// Certificates in the chain file, the leaf included.
+    pub chain_len: usize,
 }
 
 /// Answer to [`Request::ConfigShow`].

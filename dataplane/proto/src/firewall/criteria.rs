@@ -58,6 +58,25 @@ pub enum Criterion {
     Query { name: String, matcher: Matcher },
     /// A header by name (case-insensitive).
     Header { name: String, matcher: Matcher },
+    /// The TLS server name (SNI) the client sent, compared like Host (case-insensitive);
+    /// absent on a plain listener and for a client that sent none.
+    Sni(Matcher),
+    /// The TLS version, `"1.2"` or `"1.3"`; absent on a plain listener.
+    TlsVersion(Matcher),
+    /// The client certificate's status on a TLS listener: `"not_requested"`, `"none"`,
+    /// `"valid"` or `"invalid"`; absent on a plain listener.
+    ClientCert(Matcher),
+}
+
+/// What a TLS listener's finished handshake tells the firewall ([`Criterion::Sni`],
+/// [`Criterion::TlsVersion`], [`Criterion::ClientCert`]); `None` for a plain connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFacts<'a> {
+    pub sni: Option<&'a str>,
+    /// `"1.2"` or `"1.3"`.
+    pub version: &'a str,
+    /// `"not_requested"`, `"none"`, `"valid"` or `"invalid"`.
+    pub client_cert: &'a str,
 }
 
 /// A test on one value; `negate` inverts the result.
@@ -137,6 +156,9 @@ pub(super) enum Compiled {
     Query(Box<[u8]>, CompiledMatcher),
     /// Index into the interned header names.
     Header(usize, CompiledMatcher),
+    Sni(CompiledMatcher),
+    TlsVersion(CompiledMatcher),
+    ClientCert(CompiledMatcher),
 }
 
 /// What compiling needs: the lists to resolve names in, the interned header names.
@@ -167,6 +189,9 @@ impl Compiler<'_> {
             Criterion::Host(m) => Compiled::Host(self.matcher(m, true)?),
             Criterion::Method(m) => Compiled::Method(self.matcher(m, false)?),
             Criterion::Path(m) => Compiled::Path(self.matcher(m, false)?),
+            Criterion::Sni(m) => Compiled::Sni(self.matcher(m, true)?),
+            Criterion::TlsVersion(m) => Compiled::TlsVersion(self.matcher(m, false)?),
+            Criterion::ClientCert(m) => Compiled::ClientCert(self.matcher(m, false)?),
             Criterion::Query { name, matcher } => {
                 Compiled::Query(name.as_bytes().into(), self.matcher(matcher, false)?)
             }
@@ -262,6 +287,8 @@ pub(super) struct Subject<'r, 'b> {
     /// For each list: 0 = not looked up yet, 1 = no, 2 = yes.
     pub(super) list_hit: &'r mut [u8],
     pub(super) lists: &'r [NetList],
+    /// The TLS handshake's facts (set by `evaluate_tls`; `None`: plain TCP).
+    pub(super) tls: Option<TlsFacts<'r>>,
 }
 
 /// Fills `out` with the first position of each interned header name in `req`.
@@ -327,6 +354,7 @@ impl<'r, 'b> Subject<'r, 'b> {
             header_at,
             list_hit,
             lists,
+            tls: None,
         }
     }
 
@@ -339,6 +367,20 @@ impl<'r, 'b> Subject<'r, 'b> {
             Compiled::Host(m) => m.test(self.host.into_iter(), true),
             Compiled::Method(m) => m.test(std::iter::once(self.req.method.as_bytes()), false),
             Compiled::Path(m) => m.test(std::iter::once(self.path), false),
+            Compiled::Sni(m) => m.test(
+                self.tls
+                    .and_then(|t| t.sni)
+                    .map(|s| s.trim_end_matches('.').as_bytes())
+                    .into_iter(),
+                true,
+            ),
+            Compiled::TlsVersion(m) => {
+                m.test(self.tls.map(|t| t.version.as_bytes()).into_iter(), false)
+            }
+            Compiled::ClientCert(m) => m.test(
+                self.tls.map(|t| t.client_cert.as_bytes()).into_iter(),
+                false,
+            ),
             Compiled::Query(name, m) => {
                 if !self.query_split {
                     split_query(self.query.as_bytes(), self.query_pairs);

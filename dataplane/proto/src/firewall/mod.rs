@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use criteria::{Criterion, MatchOp, Matcher, compile_regex, is_header_name};
+pub use criteria::{Criterion, MatchOp, Matcher, TlsFacts, compile_regex, is_header_name};
 pub use netlist::{Cidr, CidrError, NetList};
 pub use state::{DEFAULT_MAX_TRACKED_ADDRESSES, FirewallState};
 
@@ -435,6 +435,23 @@ impl Firewall {
         route: Option<&str>,
         now: Tick,
         unix_now: u64,
+        trace: Option<&mut Vec<TraceEntry>>,
+    ) -> Verdict {
+        self.evaluate_tls(state, req, peer, None, route, now, unix_now, trace)
+    }
+
+    /// [`evaluate`](Self::evaluate) for a connection whose TLS handshake gave `tls` (`None`:
+    /// plain TCP, where the TLS criteria see no value).
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate_tls(
+        &self,
+        state: &mut FirewallState,
+        req: &Request<'_>,
+        peer: IpAddr,
+        tls: Option<TlsFacts<'_>>,
+        route: Option<&str>,
+        now: Tick,
+        unix_now: u64,
         mut trace: Option<&mut Vec<TraceEntry>>,
     ) -> Verdict {
         if self.rules.is_empty() {
@@ -458,6 +475,7 @@ impl Firewall {
             &mut query_pairs,
             &self.lists,
         );
+        subject.tls = tls;
         let mut verdict = Verdict::Allow;
         for (index, rule) in self.rules.iter().enumerate() {
             if let Some(routes) = &rule.routes

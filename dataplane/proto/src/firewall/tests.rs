@@ -76,6 +76,78 @@ fn holds_on(head: &[u8], c: Criterion) -> bool {
     })
 }
 
+/// Whether `c` holds for a connection whose TLS handshake gave `tls` (`None`: plain TCP).
+fn holds_tls(tls: Option<TlsFacts<'_>>, c: Criterion) -> bool {
+    let fw = Firewall::new(vec![rule("r", Some(c), Action::Deny)], Vec::new()).expect("valid");
+    let mut state = FirewallState::new(1);
+    with_request(HEAD, |req| {
+        fw.evaluate_tls(&mut state, req, ip("192.0.2.1"), tls, None, 0, 0, None) == Verdict::Deny
+    })
+}
+
+#[test]
+fn tls_criteria_see_the_handshake_and_nothing_on_plain_tcp() {
+    let tls = TlsFacts {
+        sni: Some("Api.Example.com."),
+        version: "1.3",
+        client_cert: "invalid",
+    };
+    let no_sni = TlsFacts {
+        sni: None,
+        version: "1.2",
+        client_cert: "not_requested",
+    };
+    // SNI: case-insensitive, without the trailing dot, like Host.
+    assert!(holds_tls(
+        Some(tls),
+        Criterion::Sni(Matcher::new(eq("api.example.com")))
+    ));
+    assert!(holds_tls(
+        Some(tls),
+        Criterion::Sni(Matcher::new(re("^api\\.")))
+    ));
+    assert!(!holds_tls(
+        Some(no_sni),
+        Criterion::Sni(Matcher::new(MatchOp::Exists))
+    ));
+    assert!(holds_tls(
+        Some(no_sni),
+        Criterion::Sni(Matcher::not(MatchOp::Exists))
+    ));
+    assert!(holds_tls(
+        Some(tls),
+        Criterion::TlsVersion(Matcher::new(eq("1.3")))
+    ));
+    assert!(holds_tls(
+        Some(no_sni),
+        Criterion::TlsVersion(Matcher::not(eq("1.3")))
+    ));
+    assert!(holds_tls(
+        Some(tls),
+        Criterion::ClientCert(Matcher::not(eq("valid")))
+    ));
+    assert!(!holds_tls(
+        Some(tls),
+        Criterion::ClientCert(Matcher::new(eq("valid")))
+    ));
+    // Plain TCP: every TLS value is absent, so positive tests fail and negations hold.
+    for c in [
+        Criterion::Sni(Matcher::new(MatchOp::Exists)),
+        Criterion::TlsVersion(Matcher::new(eq("1.2"))),
+        Criterion::TlsVersion(Matcher::new(MatchOp::Exists)),
+        Criterion::ClientCert(Matcher::new(eq("none"))),
+    ] {
+        assert!(!holds_tls(None, c.clone()), "{c:?} on plain TCP");
+        assert!(holds_tls(None, Criterion::Not(Box::new(c))));
+    }
+    assert!(holds_tls(
+        None,
+        Criterion::ClientCert(Matcher::not(eq("valid")))
+    ));
+    // `evaluate` is plain TCP.
+    assert!(!holds(Criterion::TlsVersion(Matcher::new(MatchOp::Exists))));
+}
+
 #[test]
 fn header_operators_and_negations() {
     assert!(holds(header(

@@ -8,7 +8,7 @@ use super::policy::Route;
 use super::reason::{CloseReason, Refusal};
 use crate::accept::accept_key;
 use crate::body::{BodyEnd, Fed};
-use crate::firewall::{Firewall, FirewallState, TraceEntry, TraceOutcome, Verdict};
+use crate::firewall::{Firewall, FirewallState, TlsFacts, TraceEntry, TraceOutcome, Verdict};
 use crate::function::{Bus, ConnKey, FunctionHost, FunctionRequest, FunctionSession, Refused};
 use crate::handshake::{self, BadRequestReason, HeadLimits, Reject, Request, RequestKind};
 use crate::route::RouteTable;
@@ -25,6 +25,8 @@ pub struct FirewallGate<'a> {
     pub unix_now: u64,
     /// Scratch for the evaluated rules when a route has debug rules on.
     pub trace: &'a mut Vec<TraceEntry>,
+    /// The client's TLS handshake (SNI, version, client certificate) on a TLS listener.
+    pub tls: Option<TlsFacts<'a>>,
 }
 
 /// Everything the head decision needs besides the bytes: the worker's tables.
@@ -82,6 +84,9 @@ pub(super) struct Forward {
     pub(super) accept: Option<[u8; 28]>,
     /// The rest of a plain request's body still to come from the client.
     pub(super) body: Option<BodyEnd>,
+    /// The request's consistent-hash key, when the route's pool hashes one and the request
+    /// carries it.
+    pub(super) key: Option<u64>,
 }
 
 /// What the decision learnt besides its verdict (kept by the session for its whole life).
@@ -171,7 +176,13 @@ pub(super) fn decide(
         &route.forwarding,
         &mut origin_head,
     );
+    let key = route.balance.hash_key().and_then(|k| {
+        crate::balance::key_hash(k, peer, request.path(), request.query(), |n| {
+            request.header(n)
+        })
+    });
     let mut forward = Forward {
+        key,
         route,
         origin_head,
         held: Vec::new(),
@@ -243,10 +254,11 @@ fn firewall(
     } else {
         None
     };
-    let verdict = gate.firewall.evaluate(
+    let verdict = gate.firewall.evaluate_tls(
         gate.state,
         request,
         peer,
+        gate.tls,
         Some(&route.name),
         now,
         gate.unix_now,

@@ -312,6 +312,7 @@ impl Sim {
                 state: &mut state,
                 unix_now: 0,
                 trace: &mut trace,
+                tls: None,
             }),
             functions,
             conn: self.conn,

@@ -12,7 +12,12 @@
 //! `wsedge_command::wire::server`, the same server the control process runs; this module is
 //! its handler. No `unsafe` here.
 
+mod broker_metrics;
+mod certs;
+mod channels;
+mod functions;
 mod metrics;
+mod origins;
 mod publish;
 mod upgrade;
 mod watchdog;
@@ -29,8 +34,6 @@ use wsedge_command::wire::{
     WorkerStats, WorkerStatus,
 };
 use wsedge_command::{Config, ConnectionId};
-
-use wsedge_proto::function::Payload;
 
 use crate::settings::Settings;
 use crate::worker::mailbox::{Command, ConnectionInfo, Mailbox, WorkerReport};
@@ -71,6 +74,12 @@ pub(crate) struct Startup {
     pub(crate) started: Instant,
     /// The certificates and TLS listeners in force (reloads keep their resumption state).
     pub(crate) certs: wsedge_tls::CertStore,
+    /// The origin pools' shared health (applied configurations keep unchanged pools).
+    pub(crate) health: Arc<crate::health::Registry>,
+    /// The broker bridge, when `[broker]` is configured.
+    pub(crate) broker: Option<wsedge_broker::Handle>,
+    /// This host's id on channel messages.
+    pub(crate) host: u64,
     /// Binary upgrades; `replace_socket`: this is a new generation taking the socket over.
     pub(crate) upgrade: Arc<crate::upgrade::Upgrader>,
     pub(crate) replace_socket: bool,
@@ -99,13 +108,36 @@ pub(crate) struct Shared {
     mailboxes: Vec<Mailbox>,
     started: Instant,
     pid: u32,
+    health: Arc<crate::health::Registry>,
+    broker: Option<wsedge_broker::Handle>,
+    host: u64,
     upgrade: Arc<crate::upgrade::Upgrader>,
 }
 
-/// Keeps the control threads' resources; removes the socket file when dropped.
+/// Keeps the control threads' resources (the socket file is removed when it is dropped).
 #[derive(Debug)]
 pub(crate) struct Handle {
     _socket: Option<crate::upgrade::SocketFile>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// SIGHUP: reads the certificate files again (see [`certs`]); a broken file is logged
+    /// and the certificates in force keep serving.
+    pub(crate) fn reload_certs(&self) {
+        match self.shared.reload_certs() {
+            Ok((certs, workers)) => {
+                eprintln!(
+                    "wsedge: SIGHUP: {} certificates reloaded on {workers} workers",
+                    certs.len()
+                );
+            }
+            Err(e) => eprintln!(
+                "wsedge: SIGHUP: certificate reload refused, the certificates in force keep serving: {}",
+                e.message
+            ),
+        }
+    }
 }
 
 /// Starts the control socket (when `[control] socket` is set) and the metrics endpoint
@@ -125,10 +157,16 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         mailboxes: startup.mailboxes,
         started: startup.started,
         pid: std::process::id(),
+        health: startup.health,
+        broker: startup.broker,
+        host: startup.host,
         upgrade: startup.upgrade,
     });
     shared.upgrade.attach(&shared);
-    let mut handle = Handle { _socket: None };
+    let mut handle = Handle {
+        _socket: None,
+        shared: shared.clone(),
+    };
     if let Some(path) = &control.socket {
         let threads = Threads {
             accept: "wsedge-control",
@@ -301,17 +339,29 @@ impl Shared {
                 let delivered = self.publish(&channel, message)?;
                 Ok(Response::Published { channel, delivered })
             }
-            Request::Presence { channel } => {
-                let subscribers = self.presence(&channel)?;
-                Ok(Response::Presence {
-                    channel,
-                    subscribers,
-                })
-            }
+            Request::Presence { channel } => self.presence(channel),
+            Request::OriginsHealth => Ok(self.origins()),
             Request::ListsShow { name } => {
                 wire::list_views(&self.current().config, name.as_deref(), wire::unix_now())
                     .map(|lists| Response::Lists { lists })
                     .ok_or_else(|| Failure::new(ErrorKind::NotFound, "no list with that name"))
+            }
+            Request::Certs => Ok(Response::Certs {
+                certificates: self.certs(),
+            }),
+            Request::CertsReload => self
+                .reload_certs()
+                .map(
+                    |(certificates, workers_confirmed)| Response::CertsReloaded {
+                        certificates,
+                        workers_confirmed,
+                    },
+                ),
+            Request::FunctionsList => self
+                .functions()
+                .map(|functions| Response::Functions { functions }),
+            Request::FunctionDeploy { route, script } => {
+                self.deploy(&route, &script).map(Response::Applied)
             }
             Request::Reload
             | Request::OriginAdd { .. }
@@ -323,42 +373,6 @@ impl Shared {
                 "the dataplane applies whole configurations only (apply_config); edits are made by the control process, wsedgectl daemon",
             )),
         }
-    }
-
-    /// Delivers `body` to the subscribers of `channel` on every worker (each worker delivers
-    /// to its own subscribers only); the sum of their counts.
-    fn publish(&self, channel: &str, body: Vec<u8>) -> Result<u64, Failure> {
-        check_channel(channel)?;
-        if body.len() > wire::MAX_PUBLISH {
-            return Err(Failure::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "a message of {} bytes exceeds the maximum of {}",
-                    body.len(),
-                    wire::MAX_PUBLISH
-                ),
-            ));
-        }
-        let channel: Arc<str> = Arc::from(channel);
-        let message = Arc::new(Payload::from_body(body));
-        let counts = self.ask_all("a publish", |reply| Command::Publish {
-            route: None,
-            channel: Arc::clone(&channel),
-            message: Arc::clone(&message),
-            skip: None,
-            reply: Some(reply),
-        })?;
-        Ok(counts.iter().map(|&n| n as u64).sum())
-    }
-
-    /// Subscribers of `channel` on every worker.
-    fn presence(&self, channel: &str) -> Result<u64, Failure> {
-        check_channel(channel)?;
-        let counts = self.ask_all("a presence request", |reply| Command::Presence {
-            channel: channel.to_owned(),
-            reply,
-        })?;
-        Ok(counts.iter().map(|&n| n as u64).sum())
     }
 
     fn status(&self) -> Result<Status, Failure> {
@@ -406,7 +420,11 @@ impl Shared {
         }
         total.config_version = self.current().version;
         total.handshake_latency = merged.as_ref().and_then(percentiles);
-        Ok(StatsReport { workers, total })
+        Ok(StatsReport {
+            workers,
+            total,
+            functions: functions::function_rows(&reports),
+        })
     }
 
     fn kill(&self, id: ConnectionId) -> Result<Response, Failure> {
@@ -456,7 +474,7 @@ impl Shared {
             .certs
             .reload(&config.tls)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, format!("{source}: {e}")))?;
-        let settings = Settings::from_config(&config, self.mailboxes.len())
+        let settings = Settings::from_config(&config, self.mailboxes.len(), &self.health)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?
             .with_tls(&certs);
         for index in 0..self.mailboxes.len() {
@@ -502,11 +520,6 @@ impl Shared {
     }
 }
 
-/// A `bad_request` unless `channel` is a channel name.
-fn check_channel(channel: &str) -> Result<(), Failure> {
-    wire::check_channel(channel).map_err(|m| Failure::new(ErrorKind::BadRequest, m))
-}
-
 /// The fields of `new` that differ from `old` but only take effect at a restart.
 fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -549,6 +562,7 @@ fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
         old.functions.publish_listen != new.functions.publish_listen,
         "functions.publish_listen",
     );
+    check(old.broker != new.broker, "broker");
     out
 }
 

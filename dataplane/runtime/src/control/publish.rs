@@ -3,7 +3,8 @@
 //! - `POST /publish/<channel>`: the body is the message (text if it is UTF-8, else binary),
 //!   delivered to that channel on every broadcast route of every worker; the answer is
 //!   `200 {"delivered":N}`.
-//! - `GET /channels/<channel>`: `200 {"channel":"…","subscribers":N}` (presence, all workers).
+//! - `GET /channels/<channel>`: `200 {"channel":"…","subscribers":N}` (presence, all workers;
+//!   with a `[broker]`, the fleet's total and `"hosts":{"<host>":N,…}`).
 //!
 //! Requests reach the workers exactly as `wsedgectl publish` does (a command in each worker's
 //! mailbox, answers summed here). One request per connection (`Connection: close`), a
@@ -180,9 +181,19 @@ fn answer_of(response: Response) -> Answer {
         Response::Presence {
             channel,
             subscribers,
-        } => Answer::ok(
-            serde_json::json!({ "channel": channel, "subscribers": subscribers }).to_string(),
-        ),
+            hosts,
+        } => {
+            let mut body = serde_json::json!({ "channel": channel, "subscribers": subscribers });
+            // With a broker: each host's count (docs/broker.md).
+            if !hosts.is_empty() {
+                body["hosts"] = hosts
+                    .iter()
+                    .map(|h| (h.host.clone(), serde_json::Value::from(h.subscribers)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            Answer::ok(body.to_string())
+        }
         Response::Error { kind, message } => {
             let status = match kind {
                 wsedge_command::wire::ErrorKind::BadRequest => "400 Bad Request",

@@ -20,6 +20,11 @@ impl Worker {
                 self.start_drain(Some(timeout));
             }
             Command::Apply { version, settings } => self.apply_settings(version, *settings),
+            Command::Certificates { listeners, reply } => {
+                self.settings.tls = listeners;
+                tracing::info!(worker = self.index, "certificates reloaded");
+                let _ = reply.send(self.index);
+            }
             Command::Drain { timeout } => self.start_drain(timeout),
             Command::Report { reply } => {
                 let _ = reply.send(WorkerReport {
@@ -29,6 +34,7 @@ impl Worker {
                     accepting: self.accepting,
                     stats: self.stats.clone(),
                     handshake_us: self.handshake_us.clone(),
+                    functions: self.functions.stats(),
                 });
             }
             Command::Connections {
@@ -122,6 +128,7 @@ impl Worker {
     fn apply_settings(&mut self, version: u64, settings: Settings) {
         self.routes = settings.routes.iter().cloned().map(Rc::new).collect();
         self.settings = settings;
+        self.deploy_scripts();
         self.config_version = version;
         tracing::info!(worker = self.index, version, "configuration applied");
     }

@@ -6,8 +6,7 @@
 use std::os::fd::RawFd;
 
 use wsedge_proto::session::{
-    CloseReason, ConnectFailure, Env, FirewallGate, HeadContext, Input, Metric, Output, Session,
-    Side,
+    CloseReason, ConnectFailure, Env, Input, Metric, Output, Session, Side,
 };
 use wsedge_proto::wheel::{Tick, TimerId};
 use wsedge_ring::{Completion, OpData, OpId, OpKind, Owner, SendQueue, sys};
@@ -371,6 +370,7 @@ impl Worker {
                 duration_ms: now.saturating_sub(s.accepted_at()),
                 reason: reason.as_str(),
                 traceback: s.traceback(),
+                tls: c.sides[0].transport.tls_facts(),
             });
         }
         self.starved.retain(|&(id, _)| id != c.id);
@@ -498,158 +498,6 @@ impl Worker {
             _ => {
                 tracing::error!(tag, kind = ?c.kind, "completion with an unexpected owner tag");
                 self.ring.discard(c);
-            }
-        }
-    }
-
-    /// A head read completed: the buffer goes back to the session with what it got.
-    fn on_head(&mut self, slot: usize, side: Side, buf: Vec<u8>, result: i32) {
-        let Some((buf, result)) = self.tls_head(slot, side, buf, result) else {
-            return;
-        };
-        if side == Side::Origin {
-            return self.feed(
-                slot,
-                Input::HeadRead {
-                    side,
-                    buf,
-                    result,
-                    cx: None,
-                },
-            );
-        }
-        let now = self.now();
-        let conn = &mut self.conns[slot];
-        let public = conn.id.public(self.index);
-        let mut cx = HeadContext {
-            routes: &self.settings.table,
-            route_list: &self.routes,
-            gate: Some(FirewallGate {
-                firewall: &self.settings.firewall,
-                state: &mut self.fw_state,
-                unix_now: wsedge_command::unix_now(),
-                trace: &mut self.fw_trace,
-            }),
-            functions: &mut self.functions,
-            conn: public,
-            proto: conn.sides[0].transport.proto(),
-        };
-        let mut env = Env {
-            now,
-            cfg: &self.settings.session,
-            out: &mut self.out,
-            bus: &mut self.bus,
-            conn: public,
-            worker: self.index,
-        };
-        conn.session.handle(
-            Input::HeadRead {
-                side,
-                buf,
-                result,
-                cx: Some(&mut cx),
-            },
-            &mut env,
-        );
-        self.apply_outputs(slot);
-    }
-
-    /// A stream read's completion: bytes (through the side's transport), an EOF, an error,
-    /// or its end. Its op stays the side's read until the final completion is handled, so a
-    /// stop the session asks for meanwhile is a cancel (a no-op on an op that has ended).
-    fn on_recv(&mut self, slot: usize, side: Side, c: Completion) {
-        let i = side.index();
-        let ended = !c.more;
-        match (c.result, c.buf) {
-            (n, Some(buf)) if n > 0 && !self.conns[slot].sides[i].transport.is_plain() => {
-                self.tls_recv(slot, side, buf, n as usize);
-            }
-            (n, Some(buf)) if n > 0 => {
-                let now = self.now();
-                let conn = &mut self.conns[slot];
-                let data = self.ring.buffers().bytes_mut(buf, n as usize);
-                let mut env = Env {
-                    now,
-                    cfg: &self.settings.session,
-                    out: &mut self.out,
-                    bus: &mut self.bus,
-                    conn: conn.id.public(self.index),
-                    worker: self.index,
-                };
-                conn.session.handle(
-                    Input::Recv {
-                        from: side,
-                        buf,
-                        data,
-                    },
-                    &mut env,
-                );
-                self.apply_outputs(slot);
-            }
-            (0, _) => {
-                let io = &mut self.conns[slot].sides[i];
-                io.recv = None;
-                io.stopping = false;
-                return self.feed(slot, Input::Eof(side));
-            }
-            (e, _) if -e == libc::ENOBUFS => {
-                // The buffer ring ran dry: re-armed once buffers come back (the session's
-                // read stays on meanwhile).
-                let c = &mut self.conns[slot];
-                if !c.sides[i].stopping {
-                    c.sides[i].recv = None;
-                    self.starved.push((c.id, side));
-                    return;
-                }
-            }
-            (e, _) if -e == libc::ECANCELED => {}
-            (e, buf) if e < 0 => {
-                if let Some(buf) = buf {
-                    self.ring.buffers().give_back(buf);
-                }
-                let io = &mut self.conns[slot].sides[i];
-                io.recv = None;
-                io.stopping = false;
-                return self.feed(slot, Input::Failed(side));
-            }
-            (_, Some(buf)) => self.ring.buffers().give_back(buf),
-            _ => {}
-        }
-        if !ended || !self.conns.contains(slot) {
-            return;
-        }
-        let conn = &mut self.conns[slot];
-        let io = &mut conn.sides[i];
-        io.recv = None;
-        if io.stopping {
-            io.stopping = false;
-            self.feed(slot, Input::ReadEnded(side));
-        } else if !conn.session.is_closed() {
-            // The kernel ended a multishot read the session still wants: re-arm it.
-            io.recv = Some(
-                self.ring
-                    .recv_multi(owner(conn.id, Purpose::Recv, side), io.fd),
-            );
-            conn.ops += 1;
-        }
-    }
-
-    /// Re-arms the stream reads that ended for want of buffers, once buffers are back.
-    pub(super) fn rearm_starved(&mut self) {
-        if self.starved.is_empty()
-            || usize::from(self.ring.buffers().count()) <= self.ring.buffers().held()
-        {
-            return;
-        }
-        for (id, side) in std::mem::take(&mut self.starved) {
-            let Some(slot) = self.live_slot(id) else {
-                continue;
-            };
-            let c = &mut self.conns[slot];
-            let io = &mut c.sides[side.index()];
-            if io.recv.is_none() && !c.session.is_closed() {
-                io.recv = Some(self.ring.recv_multi(owner(id, Purpose::Recv, side), io.fd));
-                c.ops += 1;
             }
         }
     }

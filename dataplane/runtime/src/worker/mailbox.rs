@@ -26,6 +26,12 @@ pub(crate) enum Command {
         version: u64,
         settings: Box<Settings>,
     },
+    /// Serve these TLS listeners (certificates read again) to new handshakes; live
+    /// connections keep the configuration they started with. Answers when done.
+    Certificates {
+        listeners: Vec<wsedge_tls::ServerTls>,
+        reply: Sender<usize>,
+    },
     /// Stop accepting (listeners closed); close what is left after `timeout`, if given.
     Drain {
         timeout: Option<Duration>,
@@ -83,6 +89,8 @@ pub(crate) struct WorkerReport {
     pub(crate) stats: Stats,
     /// Accept to response-head-queued, in microseconds, since the worker started.
     pub(crate) handshake_us: hdrhistogram::Histogram<u64>,
+    /// Counters of each JavaScript function (by route name) on this worker.
+    pub(crate) functions: Vec<(String, wsedge_js::FunctionStats)>,
 }
 
 /// One live connection, for `wsedgectl connections`.

@@ -1,0 +1,178 @@
+//! A connection's reads: a head read's completion goes to the session with the worker's
+//! tables (routing, the firewall, functions), a stream read's completion brings bytes
+//! through the side's transport, an EOF, an error or the end of a multishot read; and the
+//! reads that stopped for want of provided buffers are re-armed once buffers are back.
+
+use wsedge_proto::firewall::TlsFacts;
+use wsedge_proto::session::{Env, FirewallGate, HeadContext, Input, Side};
+use wsedge_ring::Completion;
+
+use super::Worker;
+use super::conn::{Purpose, owner};
+
+impl Worker {
+    /// A head read completed: the buffer goes back to the session with what it got.
+    pub(super) fn on_head(&mut self, slot: usize, side: Side, buf: Vec<u8>, result: i32) {
+        let Some((buf, result)) = self.tls_head(slot, side, buf, result) else {
+            return;
+        };
+        if side == Side::Origin {
+            return self.feed(
+                slot,
+                Input::HeadRead {
+                    side,
+                    buf,
+                    result,
+                    cx: None,
+                },
+            );
+        }
+        let now = self.now();
+        let conn = &mut self.conns[slot];
+        let public = conn.id.public(self.index);
+        let mut cx = HeadContext {
+            routes: &self.settings.table,
+            route_list: &self.routes,
+            gate: Some(FirewallGate {
+                firewall: &self.settings.firewall,
+                state: &mut self.fw_state,
+                unix_now: wsedge_command::unix_now(),
+                trace: &mut self.fw_trace,
+                tls: conn.sides[0].transport.tls_facts().map(firewall_facts),
+            }),
+            functions: &mut self.functions.host,
+            conn: public,
+            proto: conn.sides[0].transport.proto(),
+        };
+        let mut env = Env {
+            now,
+            cfg: &self.settings.session,
+            out: &mut self.out,
+            bus: &mut self.bus,
+            conn: public,
+            worker: self.index,
+        };
+        conn.session.handle(
+            Input::HeadRead {
+                side,
+                buf,
+                result,
+                cx: Some(&mut cx),
+            },
+            &mut env,
+        );
+        self.apply_outputs(slot);
+    }
+
+    /// A stream read's completion: bytes (through the side's transport), an EOF, an error,
+    /// or its end. Its op stays the side's read until the final completion is handled, so a
+    /// stop the session asks for meanwhile is a cancel (a no-op on an op that has ended).
+    pub(super) fn on_recv(&mut self, slot: usize, side: Side, c: Completion) {
+        let i = side.index();
+        let ended = !c.more;
+        match (c.result, c.buf) {
+            (n, Some(buf)) if n > 0 && !self.conns[slot].sides[i].transport.is_plain() => {
+                self.tls_recv(slot, side, buf, n as usize);
+            }
+            (n, Some(buf)) if n > 0 => {
+                let now = self.now();
+                let conn = &mut self.conns[slot];
+                let data = self.ring.buffers().bytes_mut(buf, n as usize);
+                let mut env = Env {
+                    now,
+                    cfg: &self.settings.session,
+                    out: &mut self.out,
+                    bus: &mut self.bus,
+                    conn: conn.id.public(self.index),
+                    worker: self.index,
+                };
+                conn.session.handle(
+                    Input::Recv {
+                        from: side,
+                        buf,
+                        data,
+                    },
+                    &mut env,
+                );
+                self.apply_outputs(slot);
+            }
+            (0, _) => {
+                let io = &mut self.conns[slot].sides[i];
+                io.recv = None;
+                io.stopping = false;
+                return self.feed(slot, Input::Eof(side));
+            }
+            (e, _) if -e == libc::ENOBUFS => {
+                // The buffer ring ran dry: re-armed once buffers come back (the session's
+                // read stays on meanwhile).
+                let c = &mut self.conns[slot];
+                if !c.sides[i].stopping {
+                    c.sides[i].recv = None;
+                    self.starved.push((c.id, side));
+                    return;
+                }
+            }
+            (e, _) if -e == libc::ECANCELED => {}
+            (e, buf) if e < 0 => {
+                if let Some(buf) = buf {
+                    self.ring.buffers().give_back(buf);
+                }
+                let io = &mut self.conns[slot].sides[i];
+                io.recv = None;
+                io.stopping = false;
+                return self.feed(slot, Input::Failed(side));
+            }
+            (_, Some(buf)) => self.ring.buffers().give_back(buf),
+            _ => {}
+        }
+        if !ended || !self.conns.contains(slot) {
+            return;
+        }
+        let conn = &mut self.conns[slot];
+        let io = &mut conn.sides[i];
+        io.recv = None;
+        if io.stopping {
+            io.stopping = false;
+            self.feed(slot, Input::ReadEnded(side));
+        } else if !conn.session.is_closed() {
+            // The kernel ended a multishot read the session still wants: re-arm it.
+            io.recv = Some(
+                self.ring
+                    .recv_multi(owner(conn.id, Purpose::Recv, side), io.fd),
+            );
+            conn.ops += 1;
+        }
+    }
+
+    /// Re-arms the stream reads that ended for want of buffers, once buffers are back.
+    pub(super) fn rearm_starved(&mut self) {
+        if self.starved.is_empty()
+            || usize::from(self.ring.buffers().count()) <= self.ring.buffers().held()
+        {
+            return;
+        }
+        for (id, side) in std::mem::take(&mut self.starved) {
+            let Some(slot) = self.live_slot(id) else {
+                continue;
+            };
+            let c = &mut self.conns[slot];
+            let io = &mut c.sides[side.index()];
+            if io.recv.is_none() && !c.session.is_closed() {
+                io.recv = Some(self.ring.recv_multi(owner(id, Purpose::Recv, side), io.fd));
+                c.ops += 1;
+            }
+        }
+    }
+}
+
+/// What the firewall's TLS criteria see of a finished handshake.
+fn firewall_facts(f: &wsedge_tls::HandshakeFacts) -> TlsFacts<'_> {
+    TlsFacts {
+        sni: f.sni.as_deref(),
+        version: match f.version {
+            wsedge_tls::TlsVersion::Tls12 => "1.2",
+            wsedge_tls::TlsVersion::Tls13 => "1.3",
+        },
+        client_cert: f.client_cert.as_str(),
+    }
+}
