@@ -581,3 +581,90 @@ async fn the_daemon_follows_the_new_generation_and_live_edits_carry_over() {
     })
     .await;
 }
+
+/// Under a service manager (a test socket in its place, as in `service.rs`): the old
+/// generation hands the main pid to the new one (`MAINPID=`), and the watchdog pings go on
+/// after the old one has exited, so they come from the new one.
+#[test]
+fn the_main_pid_and_the_watchdog_follow_the_upgrade() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixDatagram;
+    use std::process::Stdio;
+
+    let dir = ControlDir::new("upgrade-notify");
+    let config = Config::new().route(Route::new("main", &[common::dead_addr()]));
+    std::fs::write(&dir.daemon_config, dir.toml(&config, "")).expect("write config");
+    let notify = dir.dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&notify).expect("bind");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .arg("--config")
+        .arg(&dir.daemon_config)
+        .env("NOTIFY_SOCKET", &notify)
+        .env("WATCHDOG_USEC", "800000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[wsedge] {line}");
+        }
+    });
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut old = Reap(child);
+    let mut generations = Generations::default();
+    let recv = |within: Duration, enough: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + within;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline && !enough(&got) {
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            if let Ok(n) = socket.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    let got = recv(Duration::from_secs(20), &|g| {
+        g.iter().any(|m| m.starts_with("READY=1"))
+    });
+    assert!(got.iter().any(|m| m.starts_with("READY=1")), "{got:?}");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let out = rt.block_on(dir.ctl_direct(&["upgrade", env!("CARGO_BIN_EXE_wsedge")]));
+    out.ok();
+    let new_pid = pid_of(&rt.block_on(status(&dir)));
+    generations.0.push(new_pid);
+    let main_pid = format!("MAINPID={new_pid}\n");
+    let got = recv(Duration::from_secs(10), &|g| {
+        g.iter().any(|m| m.starts_with(&main_pid))
+    });
+    assert!(
+        got.iter().any(|m| m.starts_with(&main_pid)),
+        "{main_pid:?} in {got:?}"
+    );
+    // No connections: the old generation exits at once; the pings go on from the new one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old.0.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "the old generation did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = recv(Duration::from_millis(300), &|_| false);
+    let got = recv(Duration::from_secs(5), &|g| {
+        g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
+    });
+    assert!(
+        got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "pings after the old generation exited: {got:?}"
+    );
+}
