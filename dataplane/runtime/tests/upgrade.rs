@@ -11,6 +11,7 @@
 mod common;
 #[allow(dead_code)] // shared helpers; this file uses some of them
 mod control_support;
+mod tls_support;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -667,4 +668,58 @@ fn the_main_pid_and_the_watchdog_follow_the_upgrade() {
         got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
         "pings after the old generation exited: {got:?}"
     );
+}
+
+/// The TLS listeners are handed over too: a wss:// connection to the old generation gets
+/// Close 1001, and a new one is served by the new generation on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_are_handed_over() {
+    use tls_support::{Client, KeyKind, Pki, TLS_LISTENER, certificate, echo, tls_addr};
+    within(60, async {
+        let pki = Pki::new("upgrade");
+        let leaf = pki.leaf("localhost", &["localhost"], KeyKind::Ecdsa);
+        let origin = EchoOrigin::start().await;
+        let dir = ControlDir::new("upgrade-tls");
+        let config = Config::new()
+            .route(
+                Route::new("echo", &[origin.addr])
+                    .relay("frames")
+                    .duration("close_grace", "1s"),
+            )
+            .table(&format!(
+                "{}\n{TLS_LISTENER}",
+                certificate("localhost", &leaf, true)
+            ));
+        let mut proxy =
+            Proxy::start_toml(&toml(&dir, &config, "upgrade_drain_window = \"2s\"")).await;
+        let mut generations = Generations::default();
+        let addr = tls_addr(&proxy);
+        let client = Client::new(&pki);
+        let mut old = client.wss(addr, "localhost", "/").await;
+        echo(&mut old, Message::text("before")).await;
+
+        dir.ctl_direct(&["upgrade", env!("CARGO_BIN_EXE_wsedge")])
+            .await
+            .ok();
+        let d = status(&dir).await;
+        generations.0.push(pid_of(&d));
+        assert_eq!(d["generation"], 2);
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(10), old.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("expected a Close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(closed.map(|f| f.code), Some(CloseCode::Away));
+        let exit = proxy.wait_exit(Duration::from_secs(10)).await;
+        assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+        // Only the new generation is left: it serves wss:// on the same address.
+        let mut new = client.wss(addr, "localhost", "/").await;
+        echo(&mut new, Message::text("after")).await;
+    })
+    .await;
 }
