@@ -3,7 +3,9 @@
 //! along) loses no handshake and resets no connection, and every old connection gets Close
 //! 1001 inside the drain window; a new binary that fails leaves the old one serving;
 //! `max_old_generations` is enforced; SIGUSR2 upgrades to the binary the process was started
-//! from.
+//! from (the fixed `/metrics` and publish API ports follow); the daemon follows the new
+//! generation, which runs the configuration in force; the TLS listeners are handed over too;
+//! under a stand-in service manager the main pid and the watchdog follow the upgrade.
 //!
 //! Every generation after the first is a child of the one before, not of the test: each test
 //! kills the ones it made when it ends (`Generations`).
