@@ -1,7 +1,7 @@
 //! A worker's copy of the configuration, in the shape its event loop uses: the route table
-//! and one [`Route`] record per route (origins with their balancer and shared health, relay, timers in
-//! milliseconds, frame limits, function, forwarding policy), head limits (with the path
-//! rules), the firewall, the relay resources and the JavaScript functions' code.
+//! and one [`Route`] record per route (origins with their balancer and shared health,
+//! relay, timers in milliseconds, frame limits, function, forwarding policy), head limits
+//! (with the path rules), the firewall, the relay resources and the JavaScript functions' code.
 //!
 //! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
 //! by messages (no sharing on the per-connection path).
