@@ -254,6 +254,13 @@ async fn status_page_shows_live_numbers_and_updates_in_place() {
             |v| v.as_str().and_then(|s| s.split(" / ").next()).and_then(|n| n.trim_end_matches(['k', 'M']).parse::<f64>().ok()).is_some_and(|n| n > 0.0),
         )
         .await;
+        let config_line = page.eval("document.getElementById('config').textContent").await;
+        assert!(
+            config_line
+                .as_str()
+                .is_some_and(|t| t.starts_with("desired config ") && !t.contains("undefined")),
+            "{config_line}"
+        );
         let text = page.eval("document.getElementById('dataplane').textContent").await;
         assert!(text.as_str().is_some_and(|t| t.contains("config version ")), "{text}");
         let history = page.eval("document.querySelector('#history tbody').innerText").await;

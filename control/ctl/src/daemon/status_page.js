@@ -111,7 +111,7 @@ function render(s) {
   const c = s.daemon;
   text("daemon", c ? `pid ${c.pid}, up ${duration(c.uptime_ms)}, ${c.config_file}` : "?");
   if (c) {
-    text("config", `desired version ${c.desired_version}: ` +
+    text("config", `desired config ${c.desired_hash}: ` +
       (c.in_sync ? "the dataplane runs it" : "NOT in sync" + (c.last_error ? ` (${c.last_error})` : "")));
     $("config").className = c.in_sync ? "ok" : "bad";
   }
