@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # WebSocket conformance: Autobahn|Testsuite's fuzzingclient against the bundled echo origin
 # directly (the baseline) and through wsedge in each relay mode, then a per-case comparison;
-# and against wsedge's own `echo` function.
+# and against wsedge's own `echo` function and a JavaScript echo function (`js`: the shipped
+# docs/examples/functions/echo.js on a `function = "js"` route).
 #
-#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames,auto,echo] [--keep]
+#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames,auto,echo,js] [--keep]
 #
 #   --smoke   a representative subset of cases (scripts/autobahn/cases.json), ~5 s per
 #             server; what CI runs (scripts/test.sh)
-#   --modes   relay modes to put wsedge in, and `echo` for the echo function (default: all
-#             five). A mode this build's `wsedge --check` rejects is skipped with a loud
-#             message, never passed.
+#   --modes   relay modes to put wsedge in, `echo` for the echo function and `js` for the
+#             JavaScript echo (default: all six). A mode this build's `wsedge --check`
+#             rejects is skipped with a loud message, never passed.
 #   --keep    keep the work directory (configs, specs, process logs) even on success
 #
 # Passes (exit 0) only if no case is FAILED in any run and every case's behavior through
-# wsedge equals the direct run's (the echo function is an endpoint of its own: it must pass
-# every case, and may be stricter than the bundled origin). Reports (HTML + index.json) land in target/autobahn/<mode>/,
+# wsedge equals the direct run's (the echo functions are endpoints of their own: they must
+# pass every case, and may be stricter than the bundled origin). Reports (HTML + index.json) land in target/autobahn/<mode>/,
 # the summary in target/autobahn/summary.md. The first run installs the suite (Python 2.7.18
 # from pyenv, a virtualenv from PyPI) into target/autobahn-venv/; later runs reuse it.
 # Every process is started here, recorded by pid, and only those pids are stopped on exit.
@@ -22,7 +23,7 @@
 set -euo pipefail
 
 SET=full
-MODES=buffered,splice,frames,auto,echo
+MODES=buffered,splice,frames,auto,echo,js
 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
         --modes) MODES=${2:?--modes needs a list}; shift ;;
         --modes=*) MODES=${1#--modes=} ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "autobahn.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -54,8 +55,8 @@ banner() { printf '\n!!!!!!!!!!\n!!! %s\n!!!!!!!!!!\n\n' "$*" >&2; }
 IFS=, read -r -a MODE_LIST <<< "$MODES"
 for m in "${MODE_LIST[@]}"; do
     case "$m" in
-        buffered|splice|frames|auto|echo) ;;
-        *) echo "autobahn.sh: unknown mode '$m' (buffered, splice, frames, auto, echo)" >&2; exit 2 ;;
+        buffered|splice|frames|auto|echo|js) ;;
+        *) echo "autobahn.sh: unknown mode '$m' (buffered, splice, frames, auto, echo, js)" >&2; exit 2 ;;
     esac
 done
 command -v python3 >/dev/null || die "python3 is needed for the result comparison"
@@ -197,6 +198,12 @@ for mode in "${MODE_LIST[@]}"; do
     if [ "$mode" = echo ]; then
         # The edge's own echo function: the same file with the route answered by wsedge.
         sed -e '/^origins = /d' -e 's/^relay = .*/function = "echo"/' "$HERE/wsedge.toml.in" > "$cfg"
+    elif [ "$mode" = js ]; then
+        # The JavaScript echo (the shipped example), with room for the 16 MiB messages of 9.*
+        # (a message is in the runtime as a string or an ArrayBuffer, and the copy it sends).
+        sed -e '/^origins = /d' \
+            -e "s|^relay = .*|function = \"js\"\nscript = \"$ROOT/docs/examples/functions/echo.js\"\nmemory_limit = 268435456|" \
+            "$HERE/wsedge.toml.in" > "$cfg"
     else
         sed -e "s/@ORIGIN@/$ORIGIN/" -e "s/@RELAY@/$mode/" "$HERE/wsedge.toml.in" > "$cfg"
     fi
@@ -227,7 +234,9 @@ stop "$ORIGIN_PID"
 printf '\n== Autobahn|Testsuite %s, %s cases, %s s of suite time\n\n' "$SUITE_VERSION" "$SET" "$SUITE_SECONDS"
 skip_args=()
 for m in "${SKIPPED[@]+"${SKIPPED[@]}"}"; do skip_args+=(--skipped "$m"); done
-for m in "${MODE_LIST[@]}"; do [ "$m" = echo ] && skip_args+=(--endpoint echo); done
+for m in "${MODE_LIST[@]}"; do
+    case "$m" in echo|js) skip_args+=(--endpoint "$m") ;; esac
+done
 rc=0
 python3 "$HERE/report.py" compare "${skip_args[@]+"${skip_args[@]}"}" \
     --markdown "$OUT/summary.md" "${RUNS[@]}" || rc=$?

@@ -11,7 +11,11 @@
 #            no sysctls; ends with the flood regression check (CI)
 #   --runs N rounds: every target and scenario runs N times, rounds interleaved, and the report
 #            gives medians with their spread
-#   --only direct,wsedge,nginx,haproxy,fanout   run only these targets
+#   --only direct,wsedge,nginx,haproxy,fanout,echofn   run only these targets (default: all
+#            but echofn)
+#   echofn:  wsedge answering itself, no origin: the built-in echo function and the
+#            JavaScript echo (docs/examples/functions/echo.js), through the same scenarios
+#            (labels wsedge-fnecho-wN, wsedge-fnjs-wN); `--only echofn` runs just those
 #
 # Every scenario runs with both load shapes: the depth-limited floods of `wsedge-load
 # throughput` and the unbounded floods of `wsedge-load flood`; and with tcpkali too, when a
@@ -37,7 +41,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --runs) RUNS="$2"; shift ;;
         --only) ONLY="$2"; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -264,6 +268,46 @@ run_wsedge() {
     stop "$pid"
 }
 
+# run_echofn KIND WORKERS: wsedge with one function route at /ws and no origin: KIND `echo`
+# is the built-in echo function, `js` the JavaScript echo (the shipped example). The relay
+# scenarios run against it (the origin idles).
+run_echofn() {
+    local kind=$1 workers=$2 label="wsedge-fn$1-w$2" fn
+    if [ "$kind" = js ]; then
+        fn="function = \"js\"
+script = \"$ROOT/docs/examples/functions/echo.js\"
+memory_limit = 268435456"
+    else
+        fn='function = "echo"'
+    fi
+    cat > "$RUN/wsedge-echofn.toml" <<EOF
+[dataplane]
+listen = ["127.0.0.1:$PROXY_PORT"]
+workers = $workers
+
+[access_log]
+target = "off"
+
+[[route]]
+name = "echofn"
+path_prefix = "/ws"
+$fn
+EOF
+    need_free_port "$PROXY_PORT"
+    start "$label" env WSEDGE_LOG=warn "$BIN/wsedge" --config "$RUN/wsedge-echofn.toml"
+    local pid=$STARTED
+    wait_port "$PROXY_PORT" "$pid" "$label"
+    URL="ws://127.0.0.1:$PROXY_PORT/ws"
+    TARGET_PIDS=("$pid")
+    "$BIN/wsedge-load" handshakes --target "$URL" --concurrency 1 --duration 0.3 --warmup 0 \
+        --json 2>&1 | grep -q '"errors":0' || {
+        tail -20 "$RUN/$label.log" >&2
+        die "$label does not answer a WebSocket echo"
+    }
+    scenarios "$label"
+    stop "$pid"
+}
+
 # run_fanout WORKERS: wsedge with one broadcast route; for each subscriber count N, a fixed
 # publish rate of 100,000/N msg/s (100k deliveries/s: latency to the last subscriber) and a
 # closed loop, 16 messages outstanding (the most deliveries/s). The records go to
@@ -350,6 +394,9 @@ for round in $(seq "$ROUNDS"); do
         fi
         if want nginx; then run_nginx "$w"; fi
         if want haproxy; then run_haproxy "$w"; fi
+        if want echofn; then
+            for kind in echo js; do run_echofn "$kind" "$w"; done
+        fi
     done
 done
 if want fanout && [ -n "$FANOUT_N" ]; then

@@ -21,9 +21,10 @@ use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
     Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
-    LimitsView, ListEntryView, ListView, MAX_FRAME, PROTOCOL_VERSION, Percentiles, Request,
-    Response, RouteRow, StatsReport, Status, WireError, WorkerStats, WorkerStatus, decode_request,
-    decode_response, read_frame, send,
+    FunctionRow, GenerationStatus, LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth,
+    PROTOCOL_VERSION, Percentiles, PoolHealth, Request, Response, RouteRow, StatsReport, Status,
+    Upgraded, WireError, WorkerStats, WorkerStatus, decode_request, decode_response, read_frame,
+    send,
 };
 
 use crate::alloc::largest_allocation;
@@ -223,11 +224,15 @@ fn request_variant(r: &Request) -> u8 {
         Request::LimitsSet { .. } => 17,
         Request::Certs => 18,
         Request::CertsReload => 19,
+        Request::OriginsHealth => 20,
+        Request::FunctionsList => 21,
+        Request::FunctionDeploy { .. } => 22,
+        Request::Upgrade { .. } => 23,
     }
 }
 
 fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
-    let variant = u.int_in_range(0..=19u8)?;
+    let variant = u.int_in_range(0..=23u8)?;
     let request = match variant {
         0 => Request::Status,
         1 => Request::Stats,
@@ -283,14 +288,23 @@ fn arbitrary_request(u: &mut Unstructured<'_>) -> arbitrary::Result<Request> {
             route: u.arbitrary()?,
         },
         18 => Request::Certs,
-        _ => Request::CertsReload,
+        19 => Request::CertsReload,
+        20 => Request::OriginsHealth,
+        21 => Request::FunctionsList,
+        22 => Request::FunctionDeploy {
+            route: u.arbitrary()?,
+            script: u.arbitrary()?,
+        },
+        _ => Request::Upgrade {
+            binary: u.arbitrary()?,
+        },
     };
     assert_eq!(request_variant(&request), variant);
     Ok(request)
 }
 
 /// Every error kind (`Unknown` included: it is how a newer peer's kind arrives).
-const ERROR_KINDS: [ErrorKind; 11] = [
+const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::BadRequest,
     ErrorKind::FrameTooLarge,
     ErrorKind::UnsupportedVersion,
@@ -300,6 +314,8 @@ const ERROR_KINDS: [ErrorKind; 11] = [
     ErrorKind::Unavailable,
     ErrorKind::NotSupported,
     ErrorKind::Busy,
+    ErrorKind::UpgradeFailed,
+    ErrorKind::UpgradeRefused,
     ErrorKind::Internal,
     ErrorKind::Unknown,
 ];
@@ -320,8 +336,11 @@ fn response_variant(r: &Response) -> u8 {
         Response::Presence { .. } => 10,
         Response::Lists { .. } => 11,
         Response::Error { .. } => 12,
-        Response::Certs { .. } => 13,
-        Response::CertsReloaded { .. } => 14,
+        Response::Origins { .. } => 13,
+        Response::Certs { .. } => 14,
+        Response::CertsReloaded { .. } => 15,
+        Response::Functions { .. } => 16,
+        Response::Upgraded(_) => 17,
     }
 }
 
@@ -361,7 +380,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
 }
 
 fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
-    let variant = u.int_in_range(0..=14u8)?;
+    let variant = u.int_in_range(0..=17u8)?;
     let response = match variant {
         0 => {
             let dataplane = if u.arbitrary()? {
@@ -383,6 +402,17 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                     config_hash: u.arbitrary()?,
                     config_source: u.arbitrary()?,
                     workers,
+                    generation: u.arbitrary()?,
+                    old_generations: (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(GenerationStatus {
+                                generation: u.arbitrary()?,
+                                pid: u.arbitrary()?,
+                                build: u.arbitrary()?,
+                                live: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?,
                 })
             } else {
                 None
@@ -411,6 +441,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
             Response::Stats(StatsReport {
                 workers,
                 total: worker_stats(u)?,
+                functions: function_rows(u)?,
             })
         }
         2 => {
@@ -475,6 +506,14 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
         10 => Response::Presence {
             channel: u.arbitrary()?,
             subscribers: u.arbitrary()?,
+            hosts: (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    Ok(wsedge_command::wire::HostPresence {
+                        host: u.arbitrary()?,
+                        subscribers: u.arbitrary()?,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?,
         },
         11 => {
             let lists = (0..u.int_in_range(0..=2)?)
@@ -492,13 +531,56 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .collect::<arbitrary::Result<_>>()?;
             Response::Lists { lists }
         }
-        13 => Response::Certs {
+        13 => {
+            let pools = (0..u.int_in_range(0..=2)?)
+                .map(|_| {
+                    let origins = (0..u.int_in_range(0..=2)?)
+                        .map(|_| {
+                            Ok(OriginHealth {
+                                addr: u.arbitrary()?,
+                                state: u.arbitrary()?,
+                                why: u.arbitrary()?,
+                                since_ms: u.arbitrary()?,
+                                last_check: u.arbitrary()?,
+                                last_check_ago_ms: u.arbitrary()?,
+                                checks: u.arbitrary()?,
+                                checks_failed: u.arbitrary()?,
+                                ejections: u.arbitrary()?,
+                                transitions: u.arbitrary()?,
+                                slow_start_pct: u.arbitrary()?,
+                            })
+                        })
+                        .collect::<arbitrary::Result<_>>()?;
+                    Ok(PoolHealth {
+                        route: u.arbitrary()?,
+                        balance: u.arbitrary()?,
+                        check: u.arbitrary()?,
+                        watched: u.arbitrary()?,
+                        origins,
+                    })
+                })
+                .collect::<arbitrary::Result<_>>()?;
+            Response::Origins { pools }
+        }
+        14 => Response::Certs {
             certificates: cert_views(u)?,
         },
-        14 => Response::CertsReloaded {
+        15 => Response::CertsReloaded {
             certificates: cert_views(u)?,
             workers_confirmed: u.arbitrary()?,
         },
+        16 => Response::Functions {
+            functions: function_rows(u)?,
+        },
+        17 => Response::Upgraded(Upgraded {
+            pid: u.arbitrary()?,
+            generation: u.arbitrary()?,
+            build: u.arbitrary()?,
+            old_pid: u.arbitrary()?,
+            old_generation: u.arbitrary()?,
+            old_live: u.arbitrary()?,
+            drain_window_ms: u.arbitrary()?,
+        }),
         _ => Response::Error {
             kind: *u.choose(&ERROR_KINDS)?,
             message: u.arbitrary()?,
@@ -522,6 +604,25 @@ fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
                 not_after: u.arbitrary()?,
                 key_type: u.arbitrary()?,
                 chain_len: u.arbitrary()?,
+            })
+        })
+        .collect()
+}
+
+/// A few JavaScript function rows.
+fn function_rows(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<FunctionRow>> {
+    (0..u.int_in_range(0..=2)?)
+        .map(|_| {
+            Ok(FunctionRow {
+                name: u.arbitrary()?,
+                version: u.arbitrary()?,
+                sockets: u.arbitrary()?,
+                invocations: u.arbitrary()?,
+                errors: u.arbitrary()?,
+                interrupts: u.arbitrary()?,
+                cpu_us: u.arbitrary()?,
+                memory_bytes: u.arbitrary()?,
+                restarts: u.arbitrary()?,
             })
         })
         .collect()

@@ -22,7 +22,7 @@ use crate::error::ConfigError;
 mod health;
 mod syntax;
 
-pub use health::{ActiveCheck, CheckKind, HealthConfig, Policy};
+pub use health::{ActiveCheck, CheckKind, HashKey, HealthConfig, Policy};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +158,14 @@ pub struct DataplaneConfig {
     /// Pin worker `i` to CPU `i % cpus` (the default). Off lets the scheduler move workers,
     /// which suits hosts where the proxy shares its cores with other busy processes.
     pub pin_workers: bool,
+    /// Binary upgrade (`wsedgectl upgrade`, SIGUSR2): the window over which the old
+    /// generation closes its connections once the new one is ready (default 60 s).
+    pub upgrade_drain_window: Duration,
+    /// Binary upgrade: how many old generations may still be draining at once; an upgrade
+    /// that would make one more is refused (default 2).
+    pub max_old_generations: usize,
+    /// Binary upgrade: how long the new binary has to report ready (default 30 s).
+    pub upgrade_ready_timeout: Duration,
 }
 
 /// Where access-log lines go.
@@ -303,6 +311,10 @@ pub struct Route {
     pub origins: Vec<SocketAddr>,
     /// How new connections are spread over the live origins (default round robin).
     pub balance: Policy,
+    /// What `balance = "consistent_hash"` hashes (`hash_key`); `None` for other policies.
+    pub hash_key: Option<HashKey>,
+    /// Each origin's weight (`weights`, 0 to 1000, as many as origins); empty = all 1.
+    pub weights: Vec<u32>,
     /// Active checks and passive ejection (`[route.health]`); `None` = every origin always
     /// live.
     pub health: Option<HealthConfig>,
@@ -499,6 +511,9 @@ struct RawDataplane {
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_worker: usize,
     pin_workers: bool,
+    upgrade_drain_window: Option<Spanned<String>>,
+    max_old_generations: usize,
+    upgrade_ready_timeout: Option<Spanned<String>>,
 }
 
 impl Default for RawDataplane {
@@ -509,6 +524,9 @@ impl Default for RawDataplane {
             drain_timeout: None,
             max_connections_per_worker: 50_000,
             pin_workers: true,
+            upgrade_drain_window: None,
+            max_old_generations: 2,
+            upgrade_ready_timeout: None,
         }
     }
 }
@@ -604,6 +622,8 @@ struct RawRoute {
     /// Each address keeps its own span, so a bad one is reported at its own line.
     origins: Option<Spanned<Vec<Spanned<String>>>>,
     balance: Option<health::RawPolicy>,
+    hash_key: Option<Spanned<String>>,
+    weights: Option<Spanned<Vec<Spanned<u64>>>>,
     health: Option<Spanned<health::RawHealth>>,
     #[serde(default = "default_relay")]
     relay: RelayMode,
@@ -970,6 +990,13 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_secs(10)),
             max_connections_per_worker: raw.max_connections_per_worker.max(1),
             pin_workers: raw.pin_workers,
+            upgrade_drain_window: self
+                .duration(raw.upgrade_drain_window, "dataplane.upgrade_drain_window")?
+                .unwrap_or(Duration::from_secs(60)),
+            max_old_generations: raw.max_old_generations.max(1),
+            upgrade_ready_timeout: self
+                .duration(raw.upgrade_ready_timeout, "dataplane.upgrade_ready_timeout")?
+                .unwrap_or(Duration::from_secs(30)),
         })
     }
 
@@ -1382,6 +1409,9 @@ impl Validator<'_> {
             .health
             .map(|h| self.health(index, h, origin_tls.is_some(), function.is_some()))
             .transpose()?;
+        let balance: Policy = raw.balance.map(Into::into).unwrap_or_default();
+        let hash_key = self.hash_key(index, balance, raw.hash_key)?;
+        let weights = self.weights(index, raw.weights, origins.len())?;
         let mut limits = *defaults;
         let overrides = RouteOverrides {
             origin_connect_timeout: raw.origin_connect_timeout,
@@ -1397,7 +1427,9 @@ impl Validator<'_> {
             host,
             path_prefix,
             origins,
-            balance: raw.balance.map(Into::into).unwrap_or_default(),
+            balance,
+            hash_key,
+            weights,
             health,
             relay: raw.relay,
             limits,

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod config;
 pub mod connection_id;
 pub mod duration;
+pub mod edit;
 pub mod error;
 pub mod firewall;
 pub mod fleet;
@@ -25,8 +26,8 @@ pub mod wire;
 pub use config::{
     AccessLogTarget, ActiveCheck, BridgeTarget, CheckKind, Config, ControlConfig, DataplaneConfig,
     EncodedSlashes, Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig,
-    HealthConfig, HostMatch, HttpConfig, Limits, LoadedTls, Policy, RelayConfig, RelayMode, Route,
-    ScriptConfig, XRealIp,
+    HashKey, HealthConfig, HostMatch, HttpConfig, Limits, LoadedTls, Policy, RelayConfig,
+    RelayMode, Route, ScriptConfig, XRealIp,
 };
 pub use connection_id::ConnectionId;
 pub use error::ConfigError;

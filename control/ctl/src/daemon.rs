@@ -235,7 +235,12 @@ pub(crate) fn run(config_file: &Path) -> Result<(), DaemonError> {
 
 impl Daemon {
     fn call_dataplane(&self, request: &Request) -> Result<Response, WireError> {
-        let mut client = Client::connect(&self.dataplane, DATAPLANE_TIMEOUT)?;
+        // An upgrade waits for the new binary to be ready.
+        let timeout = match request {
+            Request::Upgrade { .. } => DATAPLANE_TIMEOUT * 15,
+            _ => DATAPLANE_TIMEOUT,
+        };
+        let mut client = Client::connect(&self.dataplane, timeout)?;
         client.call(request)
     }
 
@@ -456,8 +461,28 @@ impl Daemon {
             | Request::Drain { .. }
             | Request::Publish { .. }
             | Request::Presence { .. }
+            | Request::OriginsHealth
             | Request::Certs
-            | Request::CertsReload => return self.forward(&request),
+            | Request::CertsReload
+            | Request::FunctionsList
+            | Request::Upgrade { .. } => return self.forward(&request),
+            // A deploy is an edit of the route's `script`: persisted, then pushed (where the
+            // dataplane compiles it, or refuses it and the state file is restored).
+            Request::FunctionDeploy { route, script } => self
+                .change(|d| {
+                    let toml = wsedge_command::edit::set_script(&d.toml, &route, &script).map_err(
+                        |m| {
+                            let kind = if m.starts_with("no route") {
+                                ErrorKind::NotFound
+                            } else {
+                                ErrorKind::BadRequest
+                            };
+                            Failure::new(kind, m)
+                        },
+                    )?;
+                    Ok((toml, edited(&d.source)))
+                })
+                .map(Response::Applied),
             Request::ApplyConfig { toml, source, .. } => self
                 .change(|_| Ok((toml, source.unwrap_or_else(|| "wsedgectl apply".to_owned()))))
                 .map(Response::Applied),

@@ -31,6 +31,8 @@ const EXIT_UNREACHABLE: u8 = 3;
 
 const DEFAULT_CONFIG: &str = "/etc/wsedge/wsedge.toml";
 const DEFAULT_SOCKET: &str = "/run/wsedge/control.sock";
+/// The least an upgrade request waits for its answer.
+const UPGRADE_WAIT: Duration = Duration::from_secs(120);
 
 /// Control the wsedge WebSocket proxy: inspect it, change its configuration live, drain it.
 ///
@@ -85,10 +87,11 @@ enum Cmd {
         /// Connection id as `connections` prints it: WORKER-SLOT-GENERATION, e.g. `1-42-7`.
         id: ConnectionId,
     },
-    /// Origins of the routes: list, add, remove (live; persisted by the daemon).
+    /// Origins of the routes with their health (no subcommand: state, why, last check,
+    /// ejections, from the dataplane); list, add, remove (live; persisted by the daemon).
     Origins {
         #[command(subcommand)]
-        action: OriginsCmd,
+        action: Option<OriginsCmd>,
     },
     /// Routes in force.
     Routes {
@@ -141,6 +144,11 @@ enum Cmd {
         #[command(subcommand)]
         action: ListsCmd,
     },
+    /// JavaScript functions (`function = "js"` routes): list, deploy new code live.
+    Functions {
+        #[command(subcommand)]
+        action: FunctionsCmd,
+    },
     /// The fleet configuration in etcd: status of every host, show, apply (see `[fleet]` in
     /// docs/operations.md). Talks to etcd directly, no daemon needed.
     Fleet {
@@ -148,6 +156,14 @@ enum Cmd {
         action: fleet_cli::FleetCmd,
         #[command(flatten)]
         target: fleet_cli::Target,
+    },
+    /// Binary upgrade without dropping connections: start BINARY (default: the path the
+    /// dataplane was started from) as the next generation with the same listening sockets;
+    /// once it serves, the old one stops accepting and closes its connections over
+    /// `dataplane.upgrade_drain_window`. A binary that fails leaves the old one serving.
+    Upgrade {
+        /// The new wsedge binary.
+        binary: Option<PathBuf>,
     },
     /// Stop accepting on this host and wait until live connections end or the timeout passes
     /// (then they are closed). To take a host out of rotation; stop it with SIGTERM after.
@@ -167,7 +183,9 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum OriginsCmd {
-    /// Every route's origins.
+    /// Every pool's origins with their health, as the dataplane sees them (the default).
+    Show,
+    /// Every route's origins, as configured.
     List,
     /// Add ADDR (IP:port) to ROUTE's origins.
     Add { route: String, addr: String },
@@ -203,6 +221,17 @@ enum CertsCmd {
     /// every worker; live connections keep theirs. A broken file is refused, naming it, and
     /// the certificates in force keep serving.
     Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum FunctionsCmd {
+    /// Each function: version, live sockets, invocations, errors, CPU time, memory.
+    List,
+    /// Serve route NAME's function from FILE (an ES module; its sibling imports are read
+    /// from its directory by the dataplane): new connections get the new code, live ones
+    /// finish on theirs. A module that does not compile is refused with its file and line,
+    /// and the old one keeps serving. Persisted by the daemon (the route's `script`).
+    Deploy { name: String, file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,12 +402,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         },
         Cmd::Kill { id } => Request::Kill { id: *id },
         Cmd::Origins { action } => match action {
-            OriginsCmd::List => Request::RoutesList,
-            OriginsCmd::Add { route, addr } => Request::OriginAdd {
+            None | Some(OriginsCmd::Show) => Request::OriginsHealth,
+            Some(OriginsCmd::List) => Request::RoutesList,
+            Some(OriginsCmd::Add { route, addr }) => Request::OriginAdd {
                 route: route.clone(),
                 addr: addr.clone(),
             },
-            OriginsCmd::Remove { route, addr } => Request::OriginRemove {
+            Some(OriginsCmd::Remove { route, addr }) => Request::OriginRemove {
                 route: route.clone(),
                 addr: addr.clone(),
             },
@@ -418,6 +448,13 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         Cmd::Certs { action } => match action {
             None | Some(CertsCmd::List) => Request::Certs,
             Some(CertsCmd::Reload) => Request::CertsReload,
+        },
+        Cmd::Upgrade { binary } => Request::Upgrade {
+            // The dataplane may run elsewhere in the file system's view: an absolute path.
+            binary: binary
+                .as_ref()
+                .map(|b| std::path::absolute(b).unwrap_or_else(|_| b.clone()))
+                .map(|b| b.display().to_string()),
         },
         Cmd::Drain { timeout, over, .. } => Request::Drain {
             timeout_ms: Some(millis(*timeout)),
@@ -465,6 +502,18 @@ fn run(cli: &Cli) -> Result<(), Fail> {
                 channel: channel.clone(),
             }
         }
+        Cmd::Functions { action } => match action {
+            FunctionsCmd::List => Request::FunctionsList,
+            FunctionsCmd::Deploy { name, file } => {
+                let path = std::fs::canonicalize(file).map_err(|e| {
+                    Fail::new(EXIT_USAGE, format!("{}: cannot read: {e}", file.display()))
+                })?;
+                Request::FunctionDeploy {
+                    route: name.clone(),
+                    script: path.display().to_string(),
+                }
+            }
+        },
         Cmd::Lists { action } => match action {
             ListsCmd::Show { name } => Request::ListsShow { name: name.clone() },
             ListsCmd::Add {
@@ -489,7 +538,12 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             },
         },
     };
-    let mut session = Session::open(&path, cli.wait)?;
+    // An upgrade waits for the new binary to be ready (dataplane.upgrade_ready_timeout).
+    let wait = match cli.command {
+        Cmd::Upgrade { .. } => cli.wait.max(UPGRADE_WAIT),
+        _ => cli.wait,
+    };
+    let mut session = Session::open(&path, wait)?;
     let response = session.call(&request)?;
     if let Cmd::Drain {
         timeout,
@@ -516,10 +570,11 @@ fn run(cli: &Cli) -> Result<(), Fail> {
         (_, Response::Killed { id }) => format!("connection {id} closed\n"),
         (
             Cmd::Origins {
-                action: OriginsCmd::List,
+                action: Some(OriginsCmd::List),
             },
             Response::Routes { routes },
         ) => render::origins(routes),
+        (_, Response::Origins { pools }) => render::origin_health(pools),
         (_, Response::Routes { routes }) => render::routes(routes),
         (_, Response::Limits(view)) => render::limits(view),
         (_, Response::Applied(a)) => {
@@ -537,8 +592,15 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             Response::Presence {
                 channel,
                 subscribers,
+                hosts,
             },
-        ) => format!("{channel}: {subscribers} subscribers\n"),
+        ) => {
+            let mut out = format!("{channel}: {subscribers} subscribers\n");
+            for h in hosts {
+                out.push_str(&format!("  {}: {}\n", h.host, h.subscribers));
+            }
+            out
+        }
         (_, Response::Lists { lists }) => render::lists(lists, wsedge_command::wire::unix_now()),
         (_, Response::Config(c)) => render::config(c),
         (_, Response::Certs { certificates }) => {
@@ -555,6 +617,8 @@ fn run(cli: &Cli) -> Result<(), Fail> {
             certificates.len(),
             render::certs(certificates, wsedge_command::wire::unix_now())
         ),
+        (_, Response::Functions { functions }) => render::functions(functions),
+        (_, Response::Upgraded(u)) => render::upgraded(u),
         (_, other) => return Err(unexpected(other)),
     };
     print!("{text}");

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use wsedge_command::wire::{
-    Applied, CertView, ConfigText, Connection, LimitsView, ListView, Percentiles, RouteRow,
-    StatsReport, Status, WorkerStats,
+    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, Percentiles,
+    PoolHealth, RouteRow, StatsReport, Status, WorkerStats,
 };
 
 /// Left-aligned columns separated by two spaces; numbers are right-aligned.
@@ -162,9 +162,50 @@ pub(crate) fn status(s: &Status) -> String {
                 })
                 .collect();
             out.push_str(&table(&["WORKER", "CONFIG", "LIVE", "ACCEPTING"], &rows));
+            out.push_str(&generations(d));
         }
     }
     out
+}
+
+/// Connections per generation, when a binary upgrade left old ones draining.
+fn generations(d: &wsedge_command::wire::DataplaneStatus) -> String {
+    if d.old_generations.is_empty() {
+        return String::new();
+    }
+    let live: u64 = d.workers.iter().map(|w| w.live).sum();
+    let mut rows = vec![vec![
+        d.generation.to_string(),
+        d.pid.to_string(),
+        d.build.clone(),
+        live.to_string(),
+        "serving".to_owned(),
+    ]];
+    rows.extend(d.old_generations.iter().map(|g| {
+        vec![
+            g.generation.to_string(),
+            g.pid.to_string(),
+            g.build.clone(),
+            g.live.to_string(),
+            "draining".to_owned(),
+        ]
+    }));
+    let header = ["GENERATION", "PID", "BUILD", "LIVE", "STATE"];
+    format!("\n{}", table(&header, &rows))
+}
+
+/// The answer to `wsedgectl upgrade`.
+pub(crate) fn upgraded(u: &wsedge_command::wire::Upgraded) -> String {
+    format!(
+        "upgraded: generation {} (pid {}, wsedge {}) serves; generation {} (pid {}) stopped accepting and closes its {} connections over {}\n",
+        u.generation,
+        u.pid,
+        u.build,
+        u.old_generation,
+        u.old_pid,
+        u.old_live,
+        duration_ms(u.drain_window_ms)
+    )
 }
 
 fn percentile(p: Option<Percentiles>, pick: fn(&Percentiles) -> u64) -> String {
@@ -338,6 +379,60 @@ pub(crate) fn origins(routes: &[RouteRow]) -> String {
     table(&["ROUTE", "ORIGIN"], &rows)
 }
 
+/// `wsedgectl origins`: one line per origin of every pool, with its health.
+pub(crate) fn origin_health(pools: &[PoolHealth]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .flat_map(|p| {
+            let check = if p.watched {
+                p.check.clone().unwrap_or_else(|| "passive".to_owned())
+            } else {
+                "-".to_owned()
+            };
+            p.origins.iter().map(move |o| {
+                vec![
+                    p.route.clone(),
+                    o.addr.clone(),
+                    match o.slow_start_pct {
+                        Some(pct) => format!("{} (slow start {pct}%)", o.state),
+                        None => o.state.clone(),
+                    },
+                    o.why.clone(),
+                    if p.watched {
+                        duration_ms(o.since_ms)
+                    } else {
+                        "-".to_owned()
+                    },
+                    match (&o.last_check, o.last_check_ago_ms) {
+                        (Some(r), Some(ago)) => format!("{r} {} ago", duration_ms(ago)),
+                        (Some(r), None) => r.clone(),
+                        _ => "-".to_owned(),
+                    },
+                    format!("{}/{}", o.checks_failed, o.checks),
+                    o.ejections.to_string(),
+                    p.balance.clone(),
+                    check.clone(),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &[
+            "ROUTE",
+            "ORIGIN",
+            "STATE",
+            "WHY",
+            "SINCE",
+            "LAST CHECK",
+            "FAILED",
+            "EJECTIONS",
+            "BALANCE",
+            "CHECK",
+        ],
+        &rows,
+    )
+}
+
 pub(crate) fn limits(view: &LimitsView) -> String {
     let rows: Vec<Vec<String>> = view
         .limits
@@ -371,6 +466,41 @@ pub(crate) fn lists(lists: &[ListView], unix_now: u64) -> String {
         }
     }
     table(&["LIST", "NETWORK", "EXPIRES"], &rows)
+}
+
+/// `functions list`: one row per JavaScript function, summed over the workers.
+pub(crate) fn functions(functions: &[FunctionRow]) -> String {
+    if functions.is_empty() {
+        return "no JavaScript functions (no route has function = \"js\")\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = functions
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.version.to_string(),
+                f.sockets.to_string(),
+                f.invocations.to_string(),
+                f.errors.to_string(),
+                duration_ms(f.cpu_us / 1000),
+                bytes(f.memory_bytes),
+                f.restarts.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "FUNCTION",
+            "VERSION",
+            "SOCKETS",
+            "INVOCATIONS",
+            "ERRORS",
+            "CPU",
+            "MEMORY",
+            "RESTARTS",
+        ],
+        &rows,
+    )
 }
 
 pub(crate) fn applied(a: &Applied) -> String {
@@ -573,6 +703,7 @@ mod tests {
                 handshake_latency: Some(p),
                 ..WorkerStats::default()
             },
+            functions: Vec::new(),
         };
         let text = stats(&report);
         assert!(text.contains("   950us   1.4ms   2.1ms\n"), "{text}");

@@ -242,6 +242,10 @@ impl Run {
 
     fn handle(&mut self, input: Input) {
         let now = self.now();
+        let unix_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.core.set_wall_clock(unix_us);
         match input {
             Input::Interest {
                 worker,
@@ -273,7 +277,8 @@ impl Run {
                         link.send(cmd);
                     }
                 }
-                Output::Deliver(handoff) => {
+                Output::Deliver(mut handoff) => {
+                    self.core.claim_gap(&mut handoff);
                     if !self.sink.hand(&handoff) {
                         self.core.dropped(&handoff);
                     }

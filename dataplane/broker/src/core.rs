@@ -113,9 +113,39 @@ pub struct CoreConfig {
     pub presence_delay_ms: u64,
 }
 
+/// Upper bounds of the lag histogram's buckets, in microseconds (the last bucket is +Inf).
+pub const LAG_BOUNDS_US: [u64; 11] = [
+    500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
+];
+
+/// Publication-to-arrival time of the records received from the broker: the receiving
+/// host's clock minus the publishing host's (so across hosts it includes their clock
+/// offset; NTP keeps that well under a millisecond).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lag {
+    /// Records per bucket of [`LAG_BOUNDS_US`] (not cumulative), then past the last bound.
+    pub buckets: [u64; 12],
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl Lag {
+    fn record(&mut self, us: u64) {
+        let i = LAG_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LAG_BOUNDS_US.len());
+        self.buckets[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
+}
+
 /// Counters since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Publication-to-arrival time of timed records.
+    pub lag: Lag,
     /// Local publications handed to the broker.
     pub publishes_out: u64,
     /// Records received from the broker (own echoes included).
@@ -205,6 +235,9 @@ pub struct Core {
     rng: u64,
     out: VecDeque<Output>,
     stats: Stats,
+    /// The wall clock (Unix microseconds) as the bridge last set it: publications carry it,
+    /// arrivals are measured against it. `None`: records are not timed.
+    wall_us: Option<u64>,
 }
 
 /// The shard of `channel` among `shards`: FNV-1a, the same on every host and build.
@@ -241,7 +274,13 @@ impl Core {
             rng: seed | 1,
             out: VecDeque::new(),
             stats: Stats::default(),
+            wall_us: None,
         }
+    }
+
+    /// Sets the wall clock (Unix microseconds) used to time records (the lag metric).
+    pub fn set_wall_clock(&mut self, unix_us: u64) {
+        self.wall_us = Some(unix_us);
     }
 
     pub fn stats(&self) -> Stats {
@@ -438,7 +477,10 @@ impl Core {
             self.stats.publishes_out += 1;
             self.out.push_back(Output::Link {
                 shard,
-                cmd: LinkCmd::Publish(Arc::clone(&message.channel), wire::encode(&message, seq)),
+                cmd: LinkCmd::Publish(
+                    Arc::clone(&message.channel),
+                    wire::encode_at(&message, seq, self.wall_us),
+                ),
             });
         }
         let full = self.channels.len() >= self.config.max_channels;
@@ -481,6 +523,17 @@ impl Core {
                 message: Some(Arc::clone(m)),
                 gap: std::mem::take(&mut c.gap[worker]),
             }));
+        }
+    }
+
+    /// Marks `handoff` as carrying the gap its worker is owed on its channel (a drop since
+    /// it was made: handoffs of one burst are made before any of them is handed over), and
+    /// clears what is owed. Called just before handing it to the worker's queue.
+    pub fn claim_gap(&mut self, handoff: &mut Handoff) {
+        if let Some(c) = self.channels.get_mut(&handoff.channel)
+            && let Some(owed) = c.gap.get_mut(handoff.worker)
+        {
+            handoff.gap |= std::mem::take(owed);
         }
     }
 
@@ -577,10 +630,13 @@ impl Core {
 
     fn on_record(&mut self, name: &Arc<str>, bytes: &[u8]) {
         self.stats.publishes_in += 1;
-        let Ok((mut message, seq)) = wire::decode(name, bytes) else {
+        let Ok((mut message, seq, published_us)) = wire::decode_at(name, bytes) else {
             self.stats.decode_errors += 1;
             return;
         };
+        if let (Some(sent), Some(now)) = (published_us, self.wall_us) {
+            self.stats.lag.record(now.saturating_sub(sent));
+        }
         let Some(c) = self.channels.get_mut(name) else {
             self.stats.unrouted += 1;
             return;
@@ -675,6 +731,66 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_drop_marks_the_next_handoff_of_the_same_burst_with_a_gap() {
+        let mut core = up_core(1);
+        core.interest(0, "a", 1, 0);
+        core.link(0, 1, LinkEvent::Subscribed("a".into()), 0);
+        drain(&mut core);
+        for text in ["1", "2", "3"] {
+            let record = wire::encode(&msg(OTHER, "a", text, None), 1);
+            core.link(0, 1, LinkEvent::Message("a".into(), record), 0);
+        }
+        let outs = drain(&mut core);
+        let mut handed = Vec::new();
+        for (i, out) in outs.into_iter().enumerate() {
+            let Output::Deliver(mut h) = out else {
+                continue;
+            };
+            core.claim_gap(&mut h);
+            if i == 0 {
+                core.dropped(&h);
+            } else {
+                handed.push(h.gap);
+            }
+        }
+        assert_eq!(
+            handed,
+            [true, false],
+            "the one after the drop says so, once"
+        );
+        assert_eq!(core.stats().drops, 1);
+    }
+
+    #[test]
+    fn timed_records_are_measured() {
+        let mut core = up_core(1);
+        core.interest(0, "a", 1, 0);
+        drain(&mut core);
+        core.set_wall_clock(1_000_000);
+        let m = msg(OTHER, "a", "x", None);
+        let timed = |t| LinkEvent::Message("a".into(), wire::encode_at(&m, 1, Some(t)));
+        core.link(0, 1, timed(997_000), 0);
+        core.link(0, 1, timed(2_000_000), 0);
+        core.link(0, 1, LinkEvent::Message("a".into(), wire::encode(&m, 2)), 0);
+        let lag = core.stats().lag;
+        assert_eq!(lag.count, 2, "an untimed record is not counted");
+        assert_eq!(lag.sum_us, 3_000, "a clock ahead of ours counts as 0");
+        assert_eq!(lag.buckets[0], 1);
+        assert_eq!(lag.buckets[3], 1, "3 ms is in the 5 ms bucket");
+        // Our own publications carry the clock.
+        core.publish(msg(ME, "a", "y", None));
+        let sent = drain(&mut core).into_iter().find_map(|o| match o {
+            Output::Link {
+                cmd: LinkCmd::Publish(_, record),
+                ..
+            } => Some(record),
+            _ => None,
+        });
+        let (_, _, t) = wire::decode_at(&"a".into(), &sent.expect("published")).expect("decodes");
+        assert_eq!(t, Some(1_000_000));
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! 0      'W' (0x57), then the format version (1)
 //! 2      u64 LE  origin host id
 //! 10     u64 LE  the origin's sequence number (per host, increasing)
-//! 18     u8      flags: bit 0 a route follows, bit 1 a skip key follows
+//! 18     u8      flags: bit 0 a route follows, bit 1 a skip key follows, bit 2 a time
 //! 19     u8      payload kind: 0 text, 1 binary, 2 JSON
 //! 20     [u16 LE length, route bytes]   if bit 0
 //!        [u64 LE skip key]              if bit 1
+//!        [u64 LE publication time]      if bit 2 (Unix microseconds, the origin's clock)
 //!        payload bytes, to the end
 //! ```
 //!
@@ -27,6 +28,7 @@ const VERSION: u8 = 1;
 const HEADER: usize = 20;
 const FLAG_ROUTE: u8 = 1;
 const FLAG_SKIP: u8 = 2;
+const FLAG_TIME: u8 = 4;
 
 /// Why a record was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +43,12 @@ pub enum DecodeError {
 
 /// Encodes `message` (its channel excepted) as the record the broker carries.
 pub fn encode(message: &Message, seq: u64) -> Vec<u8> {
+    encode_at(message, seq, None)
+}
+
+/// [`encode`] with the publication time (Unix microseconds), from which receivers measure
+/// the lag.
+pub fn encode_at(message: &Message, seq: u64, published_us: Option<u64>) -> Vec<u8> {
     let (kind, body): (u8, &[u8]) = match &*message.payload {
         Payload::Text(t) => (0, t.as_bytes()),
         Payload::Binary(b) => (1, b),
@@ -59,6 +67,9 @@ pub fn encode(message: &Message, seq: u64) -> Vec<u8> {
     if message.skip.is_some() {
         flags |= FLAG_SKIP;
     }
+    if published_us.is_some() {
+        flags |= FLAG_TIME;
+    }
     out.push(flags);
     out.push(kind);
     if let Some(route) = route {
@@ -70,12 +81,23 @@ pub fn encode(message: &Message, seq: u64) -> Vec<u8> {
     if let Some(skip) = message.skip {
         out.extend_from_slice(&skip.to_le_bytes());
     }
+    if let Some(t) = published_us {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
     out.extend_from_slice(body);
     out
 }
 
 /// Reads a record that arrived on `channel`: the message and its origin's sequence number.
 pub fn decode(channel: &Arc<str>, bytes: &[u8]) -> Result<(Message, u64), DecodeError> {
+    decode_at(channel, bytes).map(|(m, seq, _)| (m, seq))
+}
+
+/// [`decode`], with the publication time if the record has one.
+pub fn decode_at(
+    channel: &Arc<str>,
+    bytes: &[u8],
+) -> Result<(Message, u64, Option<u64>), DecodeError> {
     if bytes.len() < 2 || bytes[0] != MAGIC || bytes[1] != VERSION {
         return Err(DecodeError::Foreign);
     }
@@ -117,6 +139,15 @@ pub fn decode(channel: &Arc<str>, bytes: &[u8]) -> Result<(Message, u64), Decode
     } else {
         None
     };
+    let published_us = if flags & FLAG_TIME != 0 {
+        let field = bytes.get(at..at + 8).ok_or(DecodeError::Truncated)?;
+        at += 8;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(field);
+        Some(u64::from_le_bytes(b))
+    } else {
+        None
+    };
     let body = &bytes[at..];
     let text = || {
         std::str::from_utf8(body)
@@ -138,6 +169,7 @@ pub fn decode(channel: &Arc<str>, bytes: &[u8]) -> Result<(Message, u64), Decode
             host,
         },
         seq,
+        published_us,
     ))
 }
 
@@ -172,6 +204,24 @@ mod tests {
             assert_eq!(back.host, m.host);
             assert_eq!(back.payload, m.payload);
             assert_eq!(&*back.channel, "news");
+        }
+    }
+
+    #[test]
+    fn the_publication_time_round_trips() {
+        let channel: Arc<str> = Arc::from("news");
+        let m = message(Some("r"), Some(3), Payload::Text("x".into()));
+        let bytes = encode_at(&m, 9, Some(1_700_000_000_123_456));
+        let (back, seq, t) = decode_at(&channel, &bytes).expect("decodes");
+        assert_eq!((seq, t), (9, Some(1_700_000_000_123_456)));
+        assert_eq!(back.payload, m.payload);
+        assert_eq!(back.skip, Some(3));
+        assert_eq!(
+            decode_at(&channel, &encode(&m, 9)).expect("decodes").2,
+            None
+        );
+        for len in 0..bytes.len() - 1 {
+            assert!(decode_at(&channel, &bytes[..len]).is_err(), "cut at {len}");
         }
     }
 

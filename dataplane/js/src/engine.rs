@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rquickjs::function::Opt;
@@ -68,7 +69,7 @@ pub(crate) struct Identity {
 /// Where a runtime's modules come from.
 #[derive(Clone)]
 enum Source {
-    Bundle(HashMap<String, Rc<[u8]>>),
+    Bundle(HashMap<String, Arc<[u8]>>),
     Disk(Rc<RefCell<Disk>>),
 }
 
@@ -178,7 +179,7 @@ pub(crate) fn check_from_disk(entry: String, disk: Disk) -> Result<Script, Scrip
     Ok(Script { entry, modules })
 }
 
-fn script_entry(script: &Script) -> Result<Rc<[u8]>, ScriptError> {
+fn script_entry(script: &Script) -> Result<Arc<[u8]>, ScriptError> {
     script
         .modules
         .get(&script.entry)
@@ -186,7 +187,7 @@ fn script_entry(script: &Script) -> Result<Rc<[u8]>, ScriptError> {
         .ok_or_else(|| ScriptError::plain(format!("{}: no such module", script.entry)))
 }
 
-fn scratch(entry: &str, source: Source, main: Rc<[u8]>) -> Result<Engine, ScriptError> {
+fn scratch(entry: &str, source: Source, main: Arc<[u8]>) -> Result<Engine, ScriptError> {
     let identity = Identity {
         name: Rc::from("check"),
         version: 0,
@@ -232,7 +233,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn build(
         entry: &str,
-        main: Rc<[u8]>,
+        main: Arc<[u8]>,
         source: Source,
         identity: Identity,
         limits: Limits,

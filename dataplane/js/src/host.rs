@@ -139,6 +139,16 @@ impl JsHost {
         Ok(version)
     }
 
+    /// The script and limits route `route` serves new connections with, if one is deployed.
+    pub fn deployed(&self, route: &str) -> Option<(&Script, Limits)> {
+        self.functions.get(route).map(|f| (&f.script, f.limits))
+    }
+
+    /// The routes with a deployed function.
+    pub fn routes(&self) -> Vec<String> {
+        self.functions.keys().cloned().collect()
+    }
+
     /// Removes route `route`'s function: its runtimes live on while they have connections.
     pub fn remove(&mut self, route: &str) -> bool {
         self.functions.remove(route).is_some()

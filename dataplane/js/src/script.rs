@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Largest module file read, and largest total.
 const MAX_FILE: u64 = 4 << 20;
@@ -19,7 +19,7 @@ pub struct Script {
     /// The entry module's name (its file name).
     pub(crate) entry: String,
     /// Every module by name (a path relative to the entry's directory, `/`-separated).
-    pub(crate) modules: HashMap<String, Rc<[u8]>>,
+    pub(crate) modules: HashMap<String, Arc<[u8]>>,
 }
 
 /// Why a script cannot serve.
@@ -128,7 +128,7 @@ impl Script {
             entry: entry.to_owned(),
             modules: sources
                 .into_iter()
-                .map(|(name, source)| (name, Rc::from(source.into_bytes())))
+                .map(|(name, source)| (name, Arc::from(source.into_bytes())))
                 .collect(),
         };
         crate::engine::check(&script)?;
@@ -145,15 +145,15 @@ impl Script {
 #[derive(Debug)]
 pub(crate) struct Disk {
     root: PathBuf,
-    pub(crate) read: HashMap<String, Rc<[u8]>>,
+    pub(crate) read: HashMap<String, Arc<[u8]>>,
     total: usize,
 }
 
 impl Disk {
     /// Reads module `name` (already resolved and confined), once.
-    pub(crate) fn read(&mut self, name: &str) -> Result<Rc<[u8]>, String> {
+    pub(crate) fn read(&mut self, name: &str) -> Result<Arc<[u8]>, String> {
         if let Some(source) = self.read.get(name) {
-            return Ok(Rc::clone(source));
+            return Ok(Arc::clone(source));
         }
         let path = self.root.join(name);
         let meta = std::fs::metadata(&path).map_err(|e| format!("{name}: {e}"))?;
@@ -168,8 +168,8 @@ impl Disk {
         if self.total > MAX_TOTAL {
             return Err(format!("the modules pass {MAX_TOTAL} bytes in all"));
         }
-        let source: Rc<[u8]> = Rc::from(bytes);
-        self.read.insert(name.to_owned(), Rc::clone(&source));
+        let source: Arc<[u8]> = Arc::from(bytes);
+        self.read.insert(name.to_owned(), Arc::clone(&source));
         Ok(source)
     }
 }

@@ -499,7 +499,11 @@ impl FunctionSession for JsSession {
     }
 
     fn on_delivery(&mut self, delivery: &mut Delivery, cx: &mut FnCx<'_>) {
-        if self.finished || !self.server.as_ref().is_some_and(Endpoint::is_open) {
+        // A gap notice is not a message (scripts get no event for it yet).
+        if delivery.is_gap()
+            || self.finished
+            || !self.server.as_ref().is_some_and(Endpoint::is_open)
+        {
             return;
         }
         self.flush_client(cx);

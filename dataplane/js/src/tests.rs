@@ -631,7 +631,7 @@ fn a_compile_error_is_refused_with_its_line_and_the_old_version_keeps_serving() 
             entry: "main.js".into(),
             modules: [(
                 "main.js".to_owned(),
-                Rc::from(b"throw new Error('at start')".to_vec()),
+                std::sync::Arc::from(b"throw new Error('at start')".to_vec()),
             )]
             .into_iter()
             .collect(),

@@ -298,6 +298,19 @@ pub fn v1_frame(channel: &str, msg: Published<'_>) -> Vec<u8> {
     out
 }
 
+/// `{"type":"gap","channel":"c"}` framed for `wsedge.v1` subscribers: messages of the channel
+/// may have been lost here (the broker link was down, or a queue overflowed); a client that
+/// needs every message resyncs (or reconnects with `since`, where recovery is on).
+pub fn gap_frame(channel: &str) -> Vec<u8> {
+    let mut envelope = Vec::with_capacity(32 + channel.len());
+    envelope.extend_from_slice(br#"{"type":"gap","channel":"#);
+    push_json_str(&mut envelope, channel);
+    envelope.push(b'}');
+    let mut out = Vec::with_capacity(envelope.len() + 10);
+    frame_message(OpCode::Text, &envelope, &mut out);
+    out
+}
+
 /// `{"type":"subscribed","channel":"c","subscribers":N}`: the answer to a subscribe, with
 /// the channel's presence.
 pub fn subscribed_envelope(channel: &str, subscribers: usize) -> Vec<u8> {

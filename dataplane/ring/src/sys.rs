@@ -1,6 +1,7 @@
 //! Thin, checked wrappers over the syscalls the dataplane makes outside io_uring: sockets
 //! and listeners (with the SO_REUSEPORT steering program), splice and pipes, eventfd,
-//! signals, CPU affinity, anonymous mappings and peer credentials.
+//! signals, CPU affinity, anonymous mappings and peer credentials; `handoff` passes
+//! descriptors between processes (`SCM_RIGHTS`) for the binary upgrade.
 //!
 //! Each wrapper returns `io::Result` (or ignores an error the caller has no use for) and
 //! keeps its `unsafe` to one FFI call with its `// SAFETY:` argument, so callers (the
@@ -11,7 +12,9 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub mod handoff;
+
+pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -215,7 +218,20 @@ pub fn reuseport_listener(addr: &SocketAddr, backlog: i32, group: Group) -> io::
     }
 }
 
-fn empty_sockaddr() -> RawSockAddr {
+/// A blocking `std` listener on `addr` for a service thread (metrics, publish API), made
+/// like a worker's ([`reuseport_listener`] with `group`): a binary upgrade's next generation
+/// joins the old one's address instead of failing on it.
+pub fn service_listener(addr: &SocketAddr, group: Group) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let fd = reuseport_listener(addr, 128, group)?;
+    // SAFETY: `fd` was just created by `reuseport_listener`, is open, and is owned by nothing
+    // else: the listener takes it over (and closes it when dropped).
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+    listener.set_nonblocking(false)?;
+    Ok(listener)
+}
+
+pub(crate) fn empty_sockaddr() -> RawSockAddr {
     RawSockAddr {
         // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
         storage: unsafe { zeroed() },
@@ -318,7 +334,7 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     }
 }
 
-/// Blocks the shutdown signals in the calling thread (threads spawned later inherit the mask)
+/// Blocks the shutdown signals (and SIGHUP, and SIGUSR2: binary upgrade) in the calling thread (threads spawned later inherit the mask)
 /// and ignores SIGPIPE, so a write to a closed socket is an error, not a death.
 pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is filled by sigemptyset/sigaddset before use; signal() with SIG_IGN
@@ -326,7 +342,7 @@ pub fn block_shutdown_signals() -> io::Result<libc::sigset_t> {
     unsafe {
         let mut set: libc::sigset_t = zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR2] {
             libc::sigaddset(&mut set, sig);
         }
         check(libc::pthread_sigmask(
@@ -380,6 +396,15 @@ pub(crate) unsafe fn unmap(ptr: *mut u8, len: usize) {
 
 /// The uid of the process on the other end of a Unix socket (SO_PEERCRED).
 pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    peer_cred(fd).map(|c| c.uid)
+}
+
+/// The pid of the process on the other end of a Unix socket (SO_PEERCRED): who connected.
+pub fn peer_pid(fd: RawFd) -> io::Result<u32> {
+    peer_cred(fd).map(|c| c.pid as u32)
+}
+
+fn peer_cred(fd: RawFd) -> io::Result<libc::ucred> {
     // SAFETY: ucred is plain old data; all-zero is valid.
     let mut cred: libc::ucred = unsafe { zeroed() };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
@@ -393,7 +418,7 @@ pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
             &mut len,
         )
     })?;
-    Ok(cred.uid)
+    Ok(cred)
 }
 
 /// This process's effective uid.

@@ -1,11 +1,15 @@
 //! The worker's bus for channel messages (the `broadcast` function, and scripts' topics):
 //! the channels this worker's clients are subscribed to (one [`Hub`] per broadcast route),
-//! the other workers (their mailboxes), and an egress port a broker bridge can attach to for
-//! other hosts. Every message carries the host it was published on.
+//! the other workers (their mailboxes), and the broker bridge's [`Port`] when `[broker]` is
+//! configured. Every message carries the host it was published on.
 //!
-//! Publishing is deferred: a function that publishes while it runs queues the message here,
-//! and the worker delivers it to its local subscribers once that function returned (no
-//! session is re-entered), while the other workers get it through their mailboxes.
+//! Without a bridge, publishing is deferred: a function that publishes while it runs queues
+//! the message here, and the worker delivers it to its local subscribers once that function
+//! returned (no session is re-entered), while the other workers get it through their
+//! mailboxes. With a bridge, a publication goes to the bridge only, and every subscriber of
+//! this host (this worker's included) gets it back from the bridge: through the broker's
+//! loopback, so every host sees one order per channel (docs/broker.md). The bridge also
+//! hears of every change of this worker's subscriber count of a channel.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use wsedge_proto::channels::{Hub, HubError, HubLimits};
 use wsedge_proto::function::{self, ConnKey, Payload};
 
+use crate::broker::Port;
 use crate::worker::mailbox::{Command, Mailbox};
 
 /// Names the host a message was published on (breaks echo loops through a broker).
@@ -29,10 +34,6 @@ pub(crate) struct BusMessage {
     pub(crate) payload: Arc<Payload>,
     /// The publisher, when it must not receive its own message.
     pub(crate) skip: Option<ConnKey>,
-    #[expect(
-        dead_code,
-        reason = "read by a broker bridge on the egress port (issue 16): it drops its own host's echoes"
-    )]
     pub(crate) host: HostId,
 }
 
@@ -44,19 +45,31 @@ pub(crate) struct Bus {
     peers: Vec<Mailbox>,
     /// Published here, not yet delivered to this worker's subscribers.
     outbox: VecDeque<BusMessage>,
-    /// Where this host's publications go for other hosts, once a bridge is attached.
-    egress: Option<std::sync::mpsc::Sender<BusMessage>>,
+    /// The broker bridge (`[broker]`): publications go there instead of to the peers.
+    bridge: Option<Port>,
     host: HostId,
 }
 
 impl Bus {
-    pub(crate) fn new(peers: Vec<Mailbox>, host: HostId) -> Bus {
+    pub(crate) fn new(peers: Vec<Mailbox>, host: HostId, bridge: Option<Port>) -> Bus {
         Bus {
             hubs: HashMap::new(),
             peers,
             outbox: VecDeque::new(),
-            egress: None,
+            bridge,
             host,
+        }
+    }
+
+    /// The broker bridge's port, if `[broker]` is configured.
+    pub(crate) fn bridge(&self) -> Option<&Port> {
+        self.bridge.as_ref()
+    }
+
+    /// Tells the bridge (if any) this worker's subscriber count of `channel`.
+    fn report(&self, channel: &str) {
+        if let Some(port) = &self.bridge {
+            port.interest(channel, self.presence(channel));
         }
     }
 
@@ -93,18 +106,36 @@ impl function::Bus for Bus {
             .entry(route.to_owned())
             .or_insert_with(|| Hub::new(limits));
         hub.set_limits(limits);
-        hub.subscribe(conn, channel)
+        let result = hub.subscribe(conn, channel);
+        if result.is_ok() {
+            self.report(channel);
+        }
+        result
     }
 
     fn unsubscribe(&mut self, route: &str, channel: &str, conn: ConnKey) -> bool {
-        self.hubs
+        let left = self
+            .hubs
             .get_mut(route)
-            .is_some_and(|hub| hub.unsubscribe(conn, channel).is_some())
+            .is_some_and(|hub| hub.unsubscribe(conn, channel).is_some());
+        if left {
+            self.report(channel);
+        }
+        left
     }
 
     fn leave_all(&mut self, route: &str, conn: ConnKey) {
-        if let Some(hub) = self.hubs.get_mut(route) {
+        let Some(hub) = self.hubs.get_mut(route) else {
+            return;
+        };
+        if self.bridge.is_none() {
             hub.remove_conn(conn);
+            return;
+        }
+        let channels: Vec<String> = hub.channels_of(conn).map(str::to_owned).collect();
+        hub.remove_conn(conn);
+        for channel in channels {
+            self.report(&channel);
         }
     }
 
@@ -116,6 +147,16 @@ impl function::Bus for Bus {
             skip,
             host: self.host,
         };
+        if let Some(port) = &self.bridge {
+            port.publish(wsedge_broker::Message {
+                route: message.route,
+                channel: message.channel,
+                payload: message.payload,
+                skip: message.skip,
+                host: message.host,
+            });
+            return;
+        }
         for peer in &self.peers {
             peer.send(Command::Publish {
                 route: message.route.clone(),
@@ -124,11 +165,6 @@ impl function::Bus for Bus {
                 skip,
                 reply: None,
             });
-        }
-        if let Some(egress) = &self.egress
-            && egress.send(message.clone()).is_err()
-        {
-            self.egress = None;
         }
         self.outbox.push_back(message);
     }

@@ -9,7 +9,7 @@
 //! `SO_REUSEPORT` (`sys::Group::Found`): the kernel refuses it if anything listens there,
 //! and the error names the address and, when `/proc` shows it, the process holding it.
 //! `--takeover` is the deliberate way in: every listener joins the group already there
-//! (a binary upgrade will hand the listening sockets over instead).
+//! (a binary upgrade hands the listening sockets themselves over instead: `crate::upgrade`).
 //!
 //! No `unsafe` here: the socket calls are `wsedge_ring::sys`'s; the rest reads `/proc`.
 

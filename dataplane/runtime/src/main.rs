@@ -2,6 +2,10 @@
 //! worker and address (refusing an address another process listens on, unless
 //! `--takeover`), starts one pinned io_uring worker per core, and waits for a signal.
 //!
+//! Binary upgrade (`wsedgectl upgrade`, SIGUSR2): see `upgrade`; a process started with
+//! `--upgrade-from` is the next generation and takes its listeners and configuration from
+//! the running one.
+//!
 //! Shutdown (SIGTERM/SIGINT): every worker stops accepting, lets live connections run up to
 //! `drain_timeout`, then closes them; the process exits 0. A worker that dies (panic or ring
 //! failure) takes the process down with exit code 70, so a supervisor restarts it instead of
@@ -18,13 +22,16 @@ use anyhow::Context as _;
 use clap::Parser;
 
 mod access_log;
+mod broker;
 mod bus;
 mod conn_id;
 mod control;
+mod health;
 mod listeners;
 mod settings;
 mod stats;
 mod transport;
+mod upgrade;
 mod worker;
 
 use worker::mailbox::{Command, Mailbox};
@@ -52,6 +59,10 @@ struct Cli {
     /// old one stops listening. Without it, an address in use is an error.
     #[arg(long)]
     takeover: bool,
+    /// Binary upgrade (started by the running wsedge, not by hand): take the configuration
+    /// and listening sockets from the generation at this Unix socket.
+    #[arg(long, value_name = "SOCKET", hide = true)]
+    upgrade_from: Option<PathBuf>,
 }
 
 const EXIT_CONFIG: u8 = 2;
@@ -66,18 +77,41 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    // A new generation runs the configuration in force in the old one.
+    let mut inherited = match cli
+        .upgrade_from
+        .as_deref()
+        .map(upgrade::inherit::Inherited::connect)
+    {
+        Some(Err(e)) => {
+            eprintln!("wsedge: upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(i)) => Some(i),
+        None => None,
+    };
     // The text is kept: the control socket shows the configuration in force as written.
-    let source = cli.config.display().to_string();
-    let loaded = std::fs::read_to_string(&cli.config)
-        .map_err(|source_err| wsedge_command::ConfigError::Read {
-            file: source.clone(),
-            source: source_err,
-        })
-        .and_then(|text| wsedge_command::Config::from_toml(&text, &source).map(|c| (c, text)));
+    let mut source = cli.config.display().to_string();
+    let loaded = match &inherited {
+        Some(i) => {
+            source.clone_from(&i.config_source);
+            Ok(i.config_toml.clone())
+        }
+        None => std::fs::read_to_string(&cli.config).map_err(|source_err| {
+            wsedge_command::ConfigError::Read {
+                file: source.clone(),
+                source: source_err,
+            }
+        }),
+    }
+    .and_then(|text| wsedge_command::Config::from_toml(&text, &source).map(|c| (c, text)));
     let (config, text) = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("invalid configuration: {e}"));
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -87,6 +121,35 @@ fn main() -> ExitCode {
         Ok(tls) => tls,
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("invalid configuration: {e}"));
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // The worker settings: the firewall engine and the JavaScript functions' modules (each
+    // loaded and run once in a scratch runtime, so --check refuses one that does not compile,
+    // naming its file and line).
+    let mut count = cli.workers.unwrap_or_else(|| config.worker_count()).max(1);
+    if let Some(i) = inherited.as_ref()
+        && i.workers() != count
+    {
+        tracing::warn!(
+            configured = count,
+            inherited = i.workers(),
+            "upgrade: the worker count follows the inherited listeners (one per worker); changing it needs a restart"
+        );
+        count = i.workers();
+    }
+    // Origin health: one registry for the process, kept across configuration pushes.
+    let health = health::Registry::new();
+    let settings = match settings::Settings::from_config(&config, count, &health) {
+        Ok(s) => s.with_tls(&tls.store).with_origins(tls.origins),
+        Err(e) => {
+            eprintln!("wsedge: invalid configuration: {e}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("invalid configuration: {e}"));
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -94,10 +157,21 @@ fn main() -> ExitCode {
         eprintln!("wsedge: {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    match run(config, tls, (text, source), cli.workers, cli.takeover) {
+    match run(
+        config,
+        (settings, health),
+        tls.store,
+        (text, source),
+        count,
+        cli.takeover,
+        &mut inherited,
+    ) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("wsedge: {e:#}");
+            if let Some(i) = &inherited {
+                i.fail(&format!("{e:#}"));
+            }
             ExitCode::FAILURE
         }
     }
@@ -105,14 +179,15 @@ fn main() -> ExitCode {
 
 fn run(
     config: wsedge_command::Config,
-    tls: wsedge_command::LoadedTls,
+    (settings, health): (settings::Settings, std::sync::Arc<health::Registry>),
+    certs: wsedge_tls::CertStore,
     (text, source): (String, String),
-    workers: Option<usize>,
+    count: usize,
     takeover: bool,
+    inherited: &mut Option<upgrade::inherit::Inherited>,
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     wsedge_ring::probe().map_err(anyhow::Error::msg)?;
-    let count = workers.unwrap_or_else(|| config.worker_count()).max(1);
     anyhow::ensure!(
         count <= conn_id::MAX_WORKERS,
         "at most {} workers (a connection id names its worker in 8 bits)",
@@ -134,7 +209,18 @@ fn run(
         addrs.extend(l.listen.iter().map(|a| (*a, Some(index))));
     }
     let plain: Vec<std::net::SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
-    let listeners = listeners::open(&plain, count, takeover)?;
+    let listeners = match inherited.as_mut() {
+        Some(i) => i.take_listeners(&plain).map_err(anyhow::Error::msg)?,
+        None => listeners::open(&plain, count, takeover)?,
+    };
+    let upgrader = std::sync::Arc::new(upgrade::Upgrader::new(
+        inherited.as_ref().map_or(1, |i| i.generation),
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+        upgrade::child_args(std::env::args_os().skip(1)),
+        listeners.per_worker.clone(),
+        listeners.bound.clone(),
+        inherited.is_some(),
+    ));
     for (bound, (_, tls)) in listeners.bound.iter().zip(&addrs) {
         match tls {
             None => eprintln!("wsedge: listening on {bound}"),
@@ -147,11 +233,6 @@ fn run(
         .map(|fds| fds.into_iter().zip(addrs.iter().map(|(_, t)| *t)).collect())
         .collect();
 
-    let settings = settings::Settings::from_config(&config, count)
-        .map_err(anyhow::Error::msg)?
-        .with_tls(&tls.store)
-        .with_origins(tls.origins);
-    let certs = tls.store;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (done_tx, done_rx) = mpsc::channel::<(usize, Result<stats::Stats, String>)>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -163,6 +244,18 @@ fn run(
         mailboxes.push(Mailbox { tx, wake_fd });
         receivers.push(rx);
     }
+    // The broker bridge (`[broker]`): its own thread, reaching the workers like the control
+    // plane does (a queue and the wake eventfd). It connects in the background: a broker
+    // that is down at start means local-only service and retries, not a failed start.
+    let wake_fds: Vec<std::os::fd::RawFd> = mailboxes.iter().map(|m| m.wake_fd).collect();
+    let (broker, mut ports) = match &config.broker {
+        Some(b) => {
+            let (handle, ports) =
+                broker::start(b, host, &wake_fds).context("starting the broker bridge")?;
+            (Some(handle), ports.into_iter().map(Some).collect())
+        }
+        None => (None, (0..count).map(|_| None).collect::<Vec<_>>()),
+    };
     let mut handles = Vec::with_capacity(count);
     for ((index, listeners), rx) in per_worker.into_iter().enumerate().zip(receivers) {
         let wake_fd = mailboxes[index].wake_fd;
@@ -183,6 +276,7 @@ fn run(
             wake_fd,
             peers,
             host,
+            bridge: ports[index].take(),
         };
         let done = done_tx.clone();
         let ready = ready_tx.clone();
@@ -228,10 +322,24 @@ fn run(
         mailboxes: mailboxes.clone(),
         started,
         certs,
+        health: health.clone(),
+        broker,
+        host,
+        upgrade: upgrader.clone(),
+        replace_socket: inherited.is_some(),
     })
     .context("starting the control plane")?;
+    health::start(health).context("starting the wsedge-health thread")?;
 
-    eprintln!("wsedge: ready workers={count}");
+    if let Some(i) = inherited.take() {
+        let (pid, build) = (i.old_pid, i.old_build.clone());
+        let link = i.ready().map_err(anyhow::Error::msg)?;
+        upgrader.set_older(link, pid, build);
+    }
+    eprintln!(
+        "wsedge: ready workers={count} generation={}",
+        upgrader.generation()
+    );
 
     let mut total = stats::Stats::default();
     let mut finished = 0;
@@ -243,6 +351,8 @@ fn run(
                 // The configuration is the control process's to reload (it pushes it); the
                 // certificate files are read again here, on every worker.
                 control.reload_certs();
+            } else if sig == libc::SIGUSR2 {
+                upgrade::on_signal(&upgrader);
             } else if !shutting_down {
                 shutting_down = true;
                 wsedge_command::notify::stopping();
@@ -262,7 +372,7 @@ fn run(
                     return Ok(ExitCode::from(EXIT_WORKER_DIED));
                 }
             }
-            if !shutting_down {
+            if !shutting_down && !upgrader.retired() {
                 tracing::error!(worker = index, "worker stopped unexpectedly");
                 exit = ExitCode::from(EXIT_WORKER_DIED);
             }

@@ -1,14 +1,17 @@
 //! A worker's copy of the configuration, in the shape its event loop uses: the route table
-//! and one [`Route`] record per route (origins with their round robin, relay, timers in
+//! and one [`Route`] record per route (origins with their balancer and shared health, relay, timers in
 //! milliseconds, frame limits, function, forwarding policy), head limits (with the path
-//! rules), the firewall and the relay resources.
+//! rules), the firewall, the relay resources and the JavaScript functions' code.
 //!
 //! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
 //! by messages (no sharing on the per-connection path).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wsedge_command::{Config, FunctionKind, HostMatch, RelayConfig};
+use wsedge_js::{Limits, Script};
+use wsedge_proto::balance::{Balancer, PoolView};
 use wsedge_proto::channels::HubLimits;
 use wsedge_proto::firewall::Firewall;
 use wsedge_proto::function::{BridgeSpec, BroadcastSpec, FunctionSpec, ScriptSpec};
@@ -16,6 +19,8 @@ use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::route::{HostPattern, RouteTable};
 use wsedge_proto::session::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
 use wsedge_tls::{CertStore, OriginTls, ServerTls};
+
+use crate::health::Registry;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -36,6 +41,49 @@ pub(crate) struct Settings {
     /// Each TLS route's origin configuration, by route name (one rustls client config per
     /// route, shared by every worker). Empty until [`Settings::with_origins`].
     pub(crate) origin_tls: Vec<(String, OriginTls)>,
+    /// Each `function = "js"` route's module, loaded and checked (run once in a scratch
+    /// runtime) here, off the workers; every worker compiles the same bytes.
+    pub(crate) scripts: Vec<ScriptRoute>,
+}
+
+/// A `js` route's code and limits, as a worker deploys it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ScriptRoute {
+    pub(crate) route: String,
+    pub(crate) script: Script,
+    pub(crate) limits: Limits,
+}
+
+/// Loads every `js` route's script: a syntax error, a failing import or a module that
+/// throws is refused with its `file:line:column`, and the configuration with it.
+fn load_scripts(config: &Config) -> Result<Vec<ScriptRoute>, String> {
+    let mut out = Vec::new();
+    for r in &config.routes {
+        let Some(f) = r.function.as_ref().filter(|f| f.kind == FunctionKind::Js) else {
+            continue;
+        };
+        let Some(s) = &f.script else {
+            return Err(format!("route {:?}: a js function needs a script", r.name));
+        };
+        let script = Script::load(&s.path).map_err(|e| {
+            format!(
+                "route {:?}: script {} does not load: {e}",
+                r.name,
+                s.path.display()
+            )
+        })?;
+        out.push(ScriptRoute {
+            route: r.name.clone(),
+            script,
+            limits: Limits {
+                cpu_budget: s.cpu_budget,
+                memory_limit: s.memory_limit,
+                max_send_queue: f.max_send_queue,
+                ..Limits::default()
+            },
+        });
+    }
+    Ok(out)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -43,24 +91,20 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Settings {
-    /// The worker settings for `config`, run by `workers` workers. Fails only if the firewall
-    /// engine refuses what validation accepted (a bug, reported like an invalid config).
-    pub(crate) fn from_config(config: &Config, workers: usize) -> Result<Settings, String> {
+    /// The worker settings for `config`, run by `workers` workers, each route's pool
+    /// watched by its shared health from `health` (which keeps the state of pools whose
+    /// origins did not change). Fails only if the firewall engine refuses what validation
+    /// accepted (a bug, reported like an invalid config).
+    pub(crate) fn from_config(
+        config: &Config,
+        workers: usize,
+        health: &Registry,
+    ) -> Result<Settings, String> {
         let firewall = config
             .firewall
             .build()
             .map_err(|e| format!("firewall: {e}"))?;
-        // The JavaScript engine (wsedge-js) runs once the worker drives function sessions.
-        if let Some(r) = config.routes.iter().find(|r| {
-            r.function
-                .as_ref()
-                .is_some_and(|f| f.kind == FunctionKind::Js)
-        }) {
-            return Err(format!(
-                "route {:?}: function = \"js\" is not served by this dataplane yet (the worker does not run JavaScript functions)",
-                r.name
-            ));
-        }
+        let scripts = load_scripts(config)?;
         let table = RouteTable::new(config.routes.iter().map(|r| {
             let host = match &r.host {
                 HostMatch::Any => HostPattern::Any,
@@ -69,7 +113,22 @@ impl Settings {
             };
             (host, r.path_prefix.clone())
         }));
-        let routes = config.routes.iter().map(route).collect();
+        let pools = health.pools_for(config);
+        let routes = config
+            .routes
+            .iter()
+            .zip(pools)
+            .map(|(r, pool)| {
+                let view = pool.map(|p| p as Arc<dyn PoolView>);
+                let mut balance = Balancer::new(r.balance, r.origins.len(), view)
+                    .with_origins(&r.origins)
+                    .with_weights(r.weights.clone());
+                if let Some(key) = &r.hash_key {
+                    balance = balance.with_hash_key(key.clone());
+                }
+                route(r).with_balance(balance)
+            })
+            .collect();
         Ok(Settings {
             firewall,
             workers,
@@ -91,6 +150,7 @@ impl Settings {
             drain_timeout: config.dataplane.drain_timeout,
             tls: Vec::new(),
             origin_tls: Vec::new(),
+            scripts,
         })
     }
 
@@ -147,7 +207,7 @@ fn route(r: &wsedge_command::Route) -> Route {
             },
             max_send_queue: f.max_send_queue,
         }),
-        // Refused in `from_config` until the worker runs scripts; the spec is what it will get.
+        // The code itself is in `Settings::scripts` (the worker's JsHost serves it).
         FunctionKind::Js => FunctionSpec::Script(ScriptSpec {
             path: f
                 .script

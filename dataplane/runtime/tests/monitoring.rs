@@ -35,7 +35,12 @@ async fn monitoring_files_name_real_metrics() {
             .port();
         let config = Config::new()
             .route(Route::new("main", &[dead_addr()]))
-            .table(&format!("[control]\nmetrics_listen = \"127.0.0.1:{port}\""));
+            .table(&format!("[control]\nmetrics_listen = \"127.0.0.1:{port}\""))
+            // A broker nobody runs: the bridge exports its wsedge_broker_* families anyway.
+            .table(&format!(
+                "[broker]\naddresses = [\"redis://{}\"]",
+                dead_addr()
+            ));
         let _proxy = Proxy::start(&config).await;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

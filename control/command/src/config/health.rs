@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-pub use wsedge_proto::balance::Policy;
+pub use wsedge_proto::balance::{HashKey, Policy};
 use wsedge_proto::health::Thresholds;
 
 use super::Validator;
@@ -22,6 +22,9 @@ pub struct HealthConfig {
     pub check: Option<ActiveCheck>,
     /// `rise`, `fall`, `max_fails`, `eject_time` (`active` set when `check` is).
     pub thresholds: Thresholds,
+    /// A re-admitted origin's share ramps from a tenth to its full weight over this long
+    /// (`slow_start`); zero = at once.
+    pub slow_start: Duration,
 }
 
 impl HealthConfig {
@@ -71,6 +74,7 @@ impl CheckKind {
 pub(super) enum RawPolicy {
     RoundRobin,
     LeastConnections,
+    ConsistentHash,
 }
 
 impl From<RawPolicy> for Policy {
@@ -78,6 +82,7 @@ impl From<RawPolicy> for Policy {
         match raw {
             RawPolicy::RoundRobin => Policy::RoundRobin,
             RawPolicy::LeastConnections => Policy::LeastConnections,
+            RawPolicy::ConsistentHash => Policy::ConsistentHash,
         }
     }
 }
@@ -102,6 +107,7 @@ pub(super) struct RawHealth {
     fall: Option<Spanned<u64>>,
     max_fails: Option<Spanned<u64>>,
     eject_time: Option<Spanned<String>>,
+    slow_start: Option<Spanned<String>>,
 }
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -142,6 +148,13 @@ impl Validator<'_> {
         if eject < Duration::from_millis(100) {
             let at = raw.eject_time.as_ref().map_or(span.clone(), Spanned::span);
             return Err(self.invalid(at, &field("eject_time"), "must be at least 100ms"));
+        }
+        let slow_start = self
+            .duration(raw.slow_start.clone(), &field("slow_start"))?
+            .unwrap_or(Duration::ZERO);
+        if slow_start > Duration::from_secs(3600) {
+            let at = raw.slow_start.as_ref().map_or(span.clone(), Spanned::span);
+            return Err(self.invalid(at, &field("slow_start"), "must be at most 1h"));
         }
         let kind = raw.check.as_ref().map_or(RawCheck::None, |c| *c.get_ref());
         let check_span = raw.check.as_ref().map_or(span.clone(), Spanned::span);
@@ -236,6 +249,7 @@ impl Validator<'_> {
             }
         };
         Ok(HealthConfig {
+            slow_start,
             thresholds: Thresholds {
                 rise,
                 fall,
@@ -245,6 +259,65 @@ impl Validator<'_> {
             },
             check,
         })
+    }
+
+    /// Route `index`'s `hash_key`: what `balance = "consistent_hash"` hashes (default the
+    /// client address); an error with any other policy.
+    pub(super) fn hash_key(
+        &self,
+        index: usize,
+        balance: Policy,
+        raw: Option<Spanned<String>>,
+    ) -> Result<Option<HashKey>, ConfigError> {
+        let field = format!("route[{index}].hash_key");
+        match (balance, raw) {
+            (Policy::ConsistentHash, None) => Ok(Some(HashKey::ClientAddr)),
+            (Policy::ConsistentHash, Some(text)) => HashKey::parse(text.get_ref())
+                .map(Some)
+                .map_err(|m| self.invalid(text.span(), &field, m)),
+            (_, None) => Ok(None),
+            (_, Some(text)) => Err(self.invalid(
+                text.span(),
+                &field,
+                "applies to balance = \"consistent_hash\" only",
+            )),
+        }
+    }
+
+    /// Route `index`'s `weights`: one per origin, 0 to 1000, not all 0; empty when absent.
+    pub(super) fn weights(
+        &self,
+        index: usize,
+        raw: Option<Spanned<Vec<Spanned<u64>>>>,
+        origins: usize,
+    ) -> Result<Vec<u32>, ConfigError> {
+        let field = format!("route[{index}].weights");
+        let Some(raw) = raw else {
+            return Ok(Vec::new());
+        };
+        let span = raw.span();
+        let list = raw.into_inner();
+        if list.len() != origins {
+            return Err(self.invalid(
+                span,
+                &field,
+                format!(
+                    "{} weights for {origins} origins: give one per origin",
+                    list.len()
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for w in &list {
+            if *w.get_ref() > 1000 {
+                return Err(self.invalid(w.span(), &field, "each must be 0 to 1000"));
+            }
+            out.push(*w.get_ref() as u32);
+        }
+        if out.iter().all(|&w| w == 0) {
+            return Err(self.invalid(span, &field, "all 0: no origin would get a connection"));
+        }
+        Ok(out)
     }
 
     /// Range of a route for errors about its pool as a whole.
@@ -291,6 +364,64 @@ mod tests {
         assert_eq!(r.balance, Policy::LeastConnections);
         let e = route("balance = \"random\"\n").expect_err("invalid");
         assert!(e.starts_with("edge.toml:4"), "{e}");
+        assert_eq!(r.hash_key, None);
+    }
+
+    #[test]
+    fn weights_and_slow_start() {
+        let r = route("weights = [3, 0]\n").expect("valid");
+        assert_eq!(r.weights, [3, 0]);
+        assert!(route("").expect("valid").weights.is_empty());
+        for (extra, expect) in [
+            (
+                "weights = [1]\n",
+                "edge.toml:4: route[0].weights: 1 weights for 2 origins",
+            ),
+            (
+                "weights = [1, 1001]\n",
+                "edge.toml:4: route[0].weights: each must be 0 to 1000",
+            ),
+            ("weights = [0, 0]\n", "edge.toml:4: route[0].weights: all 0"),
+        ] {
+            let e = route(extra).expect_err(extra);
+            assert!(e.starts_with(expect), "{extra:?}: {e}");
+        }
+        let h = route("[route.health]\nslow_start = \"30s\"\n")
+            .expect("valid")
+            .health
+            .expect("health");
+        assert_eq!(h.slow_start, Duration::from_secs(30));
+        let h = route("[route.health]\n")
+            .expect("valid")
+            .health
+            .expect("health");
+        assert_eq!(h.slow_start, Duration::ZERO);
+        let e = route("[route.health]\nslow_start = \"2h\"\n").expect_err("too long");
+        assert!(
+            e.contains("route[0].health.slow_start: must be at most 1h"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn consistent_hash_and_its_key() {
+        let r = route("balance = \"consistent_hash\"\n").expect("valid");
+        assert_eq!(r.balance, Policy::ConsistentHash);
+        assert_eq!(r.hash_key, Some(HashKey::ClientAddr));
+        let r = route("balance = \"consistent_hash\"\nhash_key = \"query:room\"\n").expect("valid");
+        assert_eq!(r.hash_key, Some(HashKey::Query("room".into())));
+        let e = route("balance = \"consistent_hash\"\nhash_key = \"room\"\n").expect_err("bad key");
+        assert!(
+            e.starts_with("edge.toml:5: route[0].hash_key: must be"),
+            "{e}"
+        );
+        let e = route("hash_key = \"path\"\n").expect_err("not hashing");
+        assert!(
+            e.starts_with(
+                "edge.toml:4: route[0].hash_key: applies to balance = \"consistent_hash\" only"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -26,6 +26,14 @@ impl Client {
         Ok(Client { stream, next_id: 1 })
     }
 
+    /// A client over a stream already connected to a control server (the link between two
+    /// dataplane generations after an upgrade).
+    pub fn from_stream(stream: UnixStream, timeout: Duration) -> Result<Client, WireError> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Client { stream, next_id: 1 })
+    }
+
     /// Changes the read timeout (e.g. for a request that waits on workers).
     pub fn set_read_timeout(&self, timeout: Duration) -> Result<(), WireError> {
         self.stream.set_read_timeout(Some(timeout))?;

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::MAX_FRAME;
+use super::health::PoolHealth;
 use super::views::{
-    Applied, CertView, ConfigText, Connection, LimitsView, ListView, RouteRow, StatsReport, Status,
+    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow,
+    StatsReport, Status, Upgraded,
 };
 
 /// Whether a name is a channel name: the rule the dataplane's broadcast hubs apply, defined
@@ -102,6 +104,8 @@ pub enum Request {
     },
     /// How many clients are subscribed to `channel` (all broadcast routes, all workers).
     Presence { channel: String },
+    /// Every route's origins with their health: state, why, last check, ejections.
+    OriginsHealth,
     /// The `[[list]]` network lists (or one), without expired entries.
     ListsShow {
         #[serde(default)]
@@ -114,6 +118,25 @@ pub enum Request {
     /// connections keep theirs. A broken file is refused and the old certificates keep
     /// serving (forwarded to the dataplane).
     CertsReload,
+    /// The JavaScript functions: version, live sockets, invocations, errors, CPU time,
+    /// memory (summed over the workers).
+    FunctionsList,
+    /// Serve route `route`'s JavaScript function from the module at `script` (an absolute
+    /// path the dataplane can read; its sibling imports are read from its directory): the
+    /// route's `script` is set to it and the configuration applied, so new connections get
+    /// the new code while live ones finish on theirs. A module that does not compile is
+    /// refused with its `file:line:column` and the old one keeps serving. The control
+    /// process persists it like any edit.
+    FunctionDeploy { route: String, script: String },
+    /// Binary upgrade: start `binary` (default: the path this dataplane was started from)
+    /// as the next generation, hand it the listening sockets, and once it is ready stop
+    /// accepting and drain over `dataplane.upgrade_drain_window`. Answered once the new
+    /// generation serves ([`Response::Upgraded`]) or with `upgrade_failed` (the old one
+    /// keeps serving) or `upgrade_refused`.
+    Upgrade {
+        #[serde(default)]
+        binary: Option<String>,
+    },
     /// Control process: re-read its configuration file (as SIGHUP does).
     Reload,
     /// Control process: add an origin (`IP:port`) to a route.
@@ -155,15 +178,19 @@ impl Request {
             Request::Drain { .. } => "drain",
             Request::Certs => "certs",
             Request::CertsReload => "certs_reload",
+            Request::Upgrade { .. } => "upgrade",
             Request::Reload => "reload",
             Request::OriginAdd { .. } => "origin_add",
             Request::OriginRemove { .. } => "origin_remove",
             Request::LimitsSet { .. } => "limits_set",
             Request::Publish { .. } => "publish",
             Request::Presence { .. } => "presence",
+            Request::OriginsHealth => "origins_health",
             Request::ListsShow { .. } => "lists_show",
             Request::ListAdd { .. } => "list_add",
             Request::ListRemove { .. } => "list_remove",
+            Request::FunctionsList => "functions_list",
+            Request::FunctionDeploy { .. } => "function_deploy",
         }
     }
 }
@@ -195,10 +222,17 @@ pub enum Response {
         channel: String,
         delivered: u64,
     },
-    /// Answer to [`Request::Presence`].
+    /// Answer to [`Request::Presence`]: `subscribers` is the total; with a `[broker]`, the
+    /// fleet's (every host's count as kept in the broker) and `hosts` lists them.
     Presence {
         channel: String,
         subscribers: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostPresence>,
+    },
+    /// Answer to [`Request::OriginsHealth`].
+    Origins {
+        pools: Vec<PoolHealth>,
     },
     /// Answer to [`Request::ListsShow`].
     Lists {
@@ -214,6 +248,12 @@ pub enum Response {
         certificates: Vec<CertView>,
         workers_confirmed: usize,
     },
+    /// Answer to [`Request::FunctionsList`].
+    Functions {
+        functions: Vec<FunctionRow>,
+    },
+    /// Answer to [`Request::Upgrade`].
+    Upgraded(Upgraded),
     Error {
         kind: ErrorKind,
         message: String,
@@ -251,6 +291,12 @@ pub enum ErrorKind {
     NotSupported,
     /// Too many control connections at once.
     Busy,
+    /// A binary upgrade failed (the new binary did not start, crashed, refused what it was
+    /// handed, or was not ready in time); the running generation keeps serving.
+    UpgradeFailed,
+    /// A binary upgrade was not attempted: one is under way, or `max_old_generations` old
+    /// generations are still draining, or this generation no longer accepts.
+    UpgradeRefused,
     Internal,
     /// An error kind this build does not know (sent by a newer peer).
     #[serde(other)]
@@ -269,6 +315,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::NotSupported => "not_supported",
             ErrorKind::Busy => "busy",
+            ErrorKind::UpgradeFailed => "upgrade_failed",
+            ErrorKind::UpgradeRefused => "upgrade_refused",
             ErrorKind::Internal => "internal",
             ErrorKind::Unknown => "unknown",
         }
@@ -335,6 +383,14 @@ mod base64_bytes {
     }
 }
 
+/// One host's subscribers of a channel, in a fleet-wide [`Response::Presence`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPresence {
+    /// The host's `[broker] host` name.
+    pub host: String,
+    pub subscribers: u64,
+}
+
 /// Checks the channel of a [`Request::Publish`] or [`Request::Presence`] by
 /// [`is_valid_channel`]; the error says what a channel name is.
 pub fn check_channel(channel: &str) -> Result<(), String> {
@@ -395,6 +451,11 @@ mod tests {
                 value: "5m".into(),
                 route: None,
             },
+            Request::FunctionsList,
+            Request::FunctionDeploy {
+                route: "chat".into(),
+                script: "/srv/functions/chat.js".into(),
+            },
         ];
         for (i, request) in requests.into_iter().enumerate() {
             let mut buf = Vec::new();
@@ -416,6 +477,12 @@ mod tests {
                 ..WorkerStats::default()
             }],
             total: WorkerStats::default(),
+            functions: vec![FunctionRow {
+                name: "chat".into(),
+                version: 2,
+                sockets: 5,
+                ..FunctionRow::default()
+            }],
         });
         let mut buf = Vec::new();
         send(&mut buf, &Envelope::new(9, &response)).expect("send");

@@ -17,6 +17,7 @@
 mod client;
 mod fleet;
 mod framing;
+mod health;
 mod messages;
 pub mod server;
 mod views;
@@ -29,12 +30,14 @@ pub use framing::{
     DecodeError, MAX_FRAME, WireError, decode_request, decode_response, read_frame, send,
     write_frame,
 };
+pub use health::{OriginHealth, PoolHealth};
 pub use messages::{
-    Envelope, ErrorKind, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request, Response,
-    check_channel, is_valid_channel,
+    Envelope, ErrorKind, HostPresence, MAX_CHANNEL_LEN, MAX_PUBLISH, PROTOCOL_VERSION, Request,
+    Response, check_channel, is_valid_channel,
 };
 pub use views::{
-    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, LimitsView,
-    ListEntryView, ListView, Percentiles, RouteRow, StatsReport, Status, WorkerStats, WorkerStatus,
-    config_hash, is_rejection, limits_view, list_views, route_rows,
+    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, FunctionRow,
+    GenerationStatus, LimitsView, ListEntryView, ListView, Percentiles, RouteRow, StatsReport,
+    Status, Upgraded, WorkerStats, WorkerStatus, config_hash, is_rejection, limits_view,
+    list_views, route_rows,
 };

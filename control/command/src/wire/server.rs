@@ -107,7 +107,23 @@ impl Server {
     /// Binds the socket at `path` with `control`'s `socket_mode` and `socket_group`, to admit
     /// `control.allowed_uids` besides root and this process's user.
     pub fn bind(path: &Path, control: &ControlConfig) -> io::Result<Server> {
-        let listener = bind(path, control.socket_mode, control.socket_group.as_deref())?;
+        Server::bind_with(path, control, false)
+    }
+
+    /// As [`Server::bind`], but a live socket at `path` is replaced too (renamed over): the
+    /// next generation of a binary upgrade takes the path over while the old one still
+    /// serves the peers it has (its socket is no longer reachable by name).
+    pub fn bind_replacing(path: &Path, control: &ControlConfig) -> io::Result<Server> {
+        Server::bind_with(path, control, true)
+    }
+
+    fn bind_with(path: &Path, control: &ControlConfig, replace: bool) -> io::Result<Server> {
+        let listener = bind(
+            path,
+            control.socket_mode,
+            control.socket_group.as_deref(),
+            replace,
+        )?;
         Ok(Server {
             listener,
             allowed: Allowed::new(control.allowed_uids.clone()),
@@ -132,7 +148,7 @@ impl Server {
 /// Binds under a temporary name, sets mode and group, then renames into place, so the socket
 /// is never reachable with the process's default permissions. A stale socket file (nobody
 /// answering) is replaced; a live one, or a path that is not a socket, is an error.
-fn bind(path: &Path, mode: u32, group: Option<&str>) -> io::Result<UnixListener> {
+fn bind(path: &Path, mode: u32, group: Option<&str>, replace: bool) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
@@ -140,7 +156,7 @@ fn bind(path: &Path, mode: u32, group: Option<&str>) -> io::Result<UnixListener>
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
+            if !replace && UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     "another process is serving this socket",
@@ -258,10 +274,24 @@ fn refuse(mut stream: UnixStream, kind: ErrorKind, message: &str) {
 }
 
 /// Serves requests until the peer closes, idles out, or breaks the framing.
-fn serve_peer(mut stream: UnixStream, uid: u32, handle: &impl Fn(Request) -> Response) {
+fn serve_peer(stream: UnixStream, uid: u32, handle: &impl Fn(Request) -> Response) {
     if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() {
         return;
     }
+    serve_requests(stream, uid, handle);
+}
+
+/// Serves requests on an already connected stream until the peer closes it, with no idle
+/// limit: the link from the next generation of a binary upgrade to the one it replaced
+/// (a process this one started and checked itself).
+pub fn serve_stream(stream: UnixStream, handle: &impl Fn(Request) -> Response) {
+    if stream.set_read_timeout(None).is_err() {
+        return;
+    }
+    serve_requests(stream, nix::unistd::geteuid().as_raw(), handle);
+}
+
+fn serve_requests(mut stream: UnixStream, uid: u32, handle: &impl Fn(Request) -> Response) {
     loop {
         let body = match read_frame(&mut stream, MAX_FRAME) {
             Ok(body) => body,
@@ -316,20 +346,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wsedge-ctl-bind-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("dp.sock");
-        let first = bind(&path, 0o600, None).expect("bind");
+        let first = bind(&path, 0o600, None, false).expect("bind");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        // A live socket is not taken over.
-        assert!(bind(&path, 0o600, None).is_err());
+        // A live socket is not taken over...
+        assert!(bind(&path, 0o600, None, false).is_err());
+        // ...unless asked to (the next generation of a binary upgrade): renamed over it.
+        let taken = bind(&path, 0o600, None, true).expect("replace a live socket");
         drop(first);
+        drop(taken);
         // A stale one is.
-        let _second = bind(&path, 0o660, None).expect("rebind over a stale socket");
+        let _second = bind(&path, 0o660, None, false).expect("rebind over a stale socket");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o660);
         // A regular file is never removed.
         let file = dir.join("file");
         std::fs::write(&file, "x").expect("write");
-        assert!(bind(&file, 0o600, None).is_err());
+        assert!(bind(&file, 0o600, None, false).is_err());
+        assert!(bind(&file, 0o600, None, true).is_err());
         assert!(file.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -350,6 +384,7 @@ mod tests {
                 Request::Presence { channel } => Response::Presence {
                     subscribers: channel.len() as u64,
                     channel,
+                    hosts: Vec::new(),
                 },
                 other => Failure::new(ErrorKind::NotSupported, other.kind()).into(),
             })
@@ -373,7 +408,8 @@ mod tests {
             client.call(&presence("news")).expect("call"),
             Response::Presence {
                 channel: "news".into(),
-                subscribers: 4
+                subscribers: 4,
+                hosts: Vec::new(),
             }
         );
         assert_eq!(
@@ -385,7 +421,8 @@ mod tests {
             client.call(&presence("ab")).expect("call"),
             Response::Presence {
                 channel: "ab".into(),
-                subscribers: 2
+                subscribers: 2,
+                hosts: Vec::new(),
             }
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -37,6 +37,40 @@ pub struct DataplaneStatus {
     pub config_hash: String,
     pub config_source: String,
     pub workers: Vec<WorkerStatus>,
+    /// This process's generation: 1 for a dataplane started from scratch, the previous
+    /// one's + 1 after each binary upgrade (`wsedgectl upgrade`). 0 from an older build.
+    #[serde(default)]
+    pub generation: u64,
+    /// The older generations still draining after an upgrade (newest first), with their
+    /// live connections.
+    #[serde(default)]
+    pub old_generations: Vec<GenerationStatus>,
+}
+
+/// An old generation of the dataplane, still draining after a binary upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    pub generation: u64,
+    pub pid: u32,
+    pub build: String,
+    /// Connections it still serves.
+    pub live: u64,
+}
+
+/// Answer to [`Request::Upgrade`]: the new generation is serving; the old one drains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgraded {
+    /// The new generation's process and number.
+    pub pid: u32,
+    pub generation: u64,
+    pub build: String,
+    /// The generation it replaced (now draining).
+    pub old_pid: u32,
+    pub old_generation: u64,
+    /// Connections the old generation had when it stopped accepting.
+    pub old_live: u64,
+    /// The window over which they are closed (Close 1001 on `frames` routes).
+    pub drain_window_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +107,47 @@ pub struct DaemonStatus {
 pub struct StatsReport {
     pub workers: Vec<WorkerStats>,
     pub total: WorkerStats,
+    /// Each JavaScript function, summed over the workers.
+    #[serde(default)]
+    pub functions: Vec<FunctionRow>,
+}
+
+/// One JavaScript function (a `js` route), summed over the workers: the rows of
+/// [`Request::FunctionsList`](super::Request::FunctionsList) and the per-function metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRow {
+    /// The route's name.
+    pub name: String,
+    /// The version serving new connections (1 at start, + 1 for each new code deployed).
+    pub version: u64,
+    /// Live sockets (server sockets and client-less outbound ones).
+    pub sockets: u64,
+    /// Calls into JavaScript: requests, socket events, timers.
+    pub invocations: u64,
+    /// Exceptions, interrupts and memory faults.
+    pub errors: u64,
+    /// Events interrupted at the CPU budget (also counted in `errors`).
+    pub interrupts: u64,
+    /// Time spent in JavaScript, in microseconds.
+    pub cpu_us: u64,
+    /// Bytes the function's runtimes hold now.
+    pub memory_bytes: u64,
+    /// Runtimes torn down at their memory cap and recreated.
+    pub restarts: u64,
+}
+
+impl FunctionRow {
+    /// Adds `other`'s counters into `self` (the highest version wins).
+    pub fn add(&mut self, other: &FunctionRow) {
+        self.version = self.version.max(other.version);
+        self.sockets += other.sockets;
+        self.invocations += other.invocations;
+        self.errors += other.errors;
+        self.interrupts += other.interrupts;
+        self.cpu_us += other.cpu_us;
+        self.memory_bytes += other.memory_bytes;
+        self.restarts += other.restarts;
+    }
 }
 
 /// One worker's counters (or their sum, with `worker` empty).

@@ -166,6 +166,9 @@ impl FunctionSession for Broadcast {
         }
         let frame = if self.v1 {
             delivery.v1_frame()
+        } else if delivery.is_gap() {
+            // Raw subscribers' protocol has no notices.
+            return;
         } else {
             delivery.raw_frame()
         };

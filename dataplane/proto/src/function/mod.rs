@@ -154,6 +154,9 @@ pub struct Delivery {
     pub payload: Arc<Payload>,
     raw: Option<Rc<[u8]>>,
     v1: Option<Rc<[u8]>>,
+    /// A `gap` notice, not a message: messages of the channel may have been lost (the
+    /// broker was unreachable, or this worker's queue overflowed); `payload` is empty.
+    gap: bool,
 }
 
 impl Delivery {
@@ -163,7 +166,23 @@ impl Delivery {
             payload,
             raw: None,
             v1: None,
+            gap: false,
         }
+    }
+
+    /// A `gap` notice on `channel` (see [`Delivery::is_gap`]).
+    pub fn gap(channel: Arc<str>) -> Self {
+        Delivery {
+            gap: true,
+            ..Delivery::new(channel, Arc::new(Payload::Text(String::new())))
+        }
+    }
+
+    /// Whether this is a `gap` notice: `wsedge.v1` subscribers get
+    /// `{"type":"gap","channel":"c"}` ([`Delivery::v1_frame`]) so they know to resync; raw
+    /// subscribers get nothing (their protocol has no notices).
+    pub fn is_gap(&self) -> bool {
+        self.gap
     }
 
     /// The message as a raw WebSocket frame (text or binary), framed on first use.
@@ -177,9 +196,13 @@ impl Delivery {
 
     /// The message in a `wsedge.v1` envelope, framed on first use.
     pub fn v1_frame(&mut self) -> Rc<[u8]> {
-        let (channel, payload) = (&self.channel, &self.payload);
+        let (channel, payload, gap) = (&self.channel, &self.payload, self.gap);
         Rc::clone(self.v1.get_or_insert_with(|| {
-            Rc::from(crate::channels::v1_frame(channel, payload.published()))
+            if gap {
+                Rc::from(crate::channels::gap_frame(channel))
+            } else {
+                Rc::from(crate::channels::v1_frame(channel, payload.published()))
+            }
         }))
     }
 }

@@ -148,6 +148,7 @@ impl Session {
                     tried: 0,
                     attempts: 1,
                     connected: false,
+                    key: None,
                     for_function: Some(function),
                 }));
                 self.origin = Some(addr);

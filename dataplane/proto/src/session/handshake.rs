@@ -122,6 +122,7 @@ impl Session {
                     tried: 0,
                     attempts: 0,
                     connected: false,
+                    key: forward.key,
                     for_function: None,
                 }));
                 self.connect(&route, env);
@@ -164,7 +165,9 @@ impl Session {
         let Stage::Origin(stage) = &mut self.stage else {
             return;
         };
-        let chosen = route.balance.choose(route.origins.len(), stage.tried);
+        let chosen = route
+            .balance
+            .choose_keyed(route.origins.len(), stage.tried, stage.key);
         let first = stage.attempts == 0;
         let Some((index, &addr)) = chosen.and_then(|i| Some((i, route.origins.get(i)?))) else {
             if first && !route.origins.is_empty() {

@@ -88,6 +88,9 @@ pub(super) struct Forward {
     pub(super) accept: Option<[u8; 28]>,
     /// The rest of a plain request's body still to come from the client.
     pub(super) body: Option<BodyEnd>,
+    /// The request's consistent-hash key, when the route's pool hashes one and the request
+    /// carries it.
+    pub(super) key: Option<u64>,
 }
 
 /// What the decision learnt besides its verdict (kept by the session for its whole life).
@@ -188,7 +191,13 @@ pub(super) fn decide(
         &route.forwarding,
         &mut origin_head,
     );
+    let key = route.balance.hash_key().and_then(|k| {
+        crate::balance::key_hash(k, peer, request.path(), request.query(), |n| {
+            request.header(n)
+        })
+    });
     let mut forward = Forward {
+        key,
         route,
         origin_head,
         held: Vec::new(),

@@ -106,6 +106,8 @@ struct OriginStage {
     tried: u64,
     attempts: u8,
     connected: bool,
+    /// The request's consistent-hash key (a route with `balance = "consistent_hash"`).
+    key: Option<u64>,
     /// A function waits for this peer (`bridge`, a script's outbound socket).
     for_function: Option<Box<FunctionStage>>,
 }

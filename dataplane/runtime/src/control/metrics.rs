@@ -8,11 +8,11 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use wsedge_command::wire::{Response, WorkerStats};
+use wsedge_command::wire::{FunctionRow, Response, WorkerStats};
 
 use super::Shared;
 
@@ -21,7 +21,7 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 /// Binds `addr` and starts the scrape thread; returns the bound address.
 pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = shared.upgrade.service_listener(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("wsedge-metrics".to_owned())
@@ -33,6 +33,8 @@ pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketA
                             tracing::debug!(error = %e, "metrics request failed");
                         }
                     }
+                    // Shut down: a newer generation serves this address.
+                    Err(_) if shared.upgrade.retired() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "metrics accept failed");
                         std::thread::sleep(Duration::from_millis(100));
@@ -73,10 +75,15 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         Response::Stats(stats) => {
             let uptime = shared.started.elapsed().as_secs_f64();
             let (version, hash) = shared.config_identity();
-            let mut text = render(&stats.workers, uptime, (version, &hash));
+            let mut body = render(&stats.workers, uptime, (version, &hash));
             let now = i64::try_from(wsedge_command::wire::unix_now()).unwrap_or(i64::MAX);
-            render_certs(&mut text, &shared.cert_expiry(now));
-            respond(&mut stream, "200 OK", &text)
+            render_certs(&mut body, &shared.cert_expiry(now));
+            render_functions(&mut body, &stats.functions);
+            super::origins::render(&mut body, &shared.origin_views());
+            if let Some(broker) = &shared.broker {
+                super::broker_metrics::render(&mut body, &broker.status());
+            }
+            respond(&mut stream, "200 OK", &body)
         }
         Response::Error { message, .. } => respond(
             &mut stream,
@@ -101,14 +108,19 @@ fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
 type Field = fn(&WorkerStats) -> u64;
 
 /// Writes a metric family's HELP and TYPE lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Writes one sample line, `name{label="value",...} value`. Every sample goes through here,
 /// so every label value is escaped.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+pub(super) fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: impl std::fmt::Display,
+) {
     out.push_str(name);
     if !labels.is_empty() {
         out.push('{');
@@ -280,6 +292,72 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
     }
     render_frames(&mut out, workers);
     out
+}
+
+/// A function's counter, read off its row.
+type FunctionField = fn(&FunctionRow) -> f64;
+
+/// Each JavaScript function's counters (summed over the workers), labelled `function`.
+fn render_functions(out: &mut String, functions: &[FunctionRow]) {
+    if functions.is_empty() {
+        return;
+    }
+    let families: [(&str, &str, &str, FunctionField); 8] = [
+        (
+            "wsedge_function_version",
+            "gauge",
+            "The version of the function serving new connections.",
+            |f| f.version as f64,
+        ),
+        (
+            "wsedge_function_sockets",
+            "gauge",
+            "Live sockets of the function (server sockets and client-less outbound ones).",
+            |f| f.sockets as f64,
+        ),
+        (
+            "wsedge_function_invocations_total",
+            "counter",
+            "Calls into the function's JavaScript: requests, socket events, timers.",
+            |f| f.invocations as f64,
+        ),
+        (
+            "wsedge_function_errors_total",
+            "counter",
+            "Exceptions, interrupts and memory faults of the function.",
+            |f| f.errors as f64,
+        ),
+        (
+            "wsedge_function_interrupts_total",
+            "counter",
+            "Events of the function interrupted at their CPU budget.",
+            |f| f.interrupts as f64,
+        ),
+        (
+            "wsedge_function_cpu_seconds_total",
+            "counter",
+            "Time spent in the function's JavaScript.",
+            |f| f.cpu_us as f64 / 1e6,
+        ),
+        (
+            "wsedge_function_memory_bytes",
+            "gauge",
+            "Bytes the function's runtimes hold (all workers).",
+            |f| f.memory_bytes as f64,
+        ),
+        (
+            "wsedge_function_restarts_total",
+            "counter",
+            "Runtimes of the function torn down at their memory cap and recreated.",
+            |f| f.restarts as f64,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family(out, name, kind, help);
+        for f in functions {
+            sample(out, name, &[("function", &f.name)], value(f));
+        }
+    }
 }
 
 /// The `frames` relay's message and close-code counters.

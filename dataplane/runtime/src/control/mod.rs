@@ -12,9 +12,14 @@
 //! `wsedge_command::wire::server`, the same server the control process runs; this module is
 //! its handler. No `unsafe` here.
 
+mod broker_metrics;
 mod certs;
+mod channels;
+mod functions;
 mod metrics;
+mod origins;
 mod publish;
+mod upgrade;
 mod watchdog;
 
 use std::collections::BTreeMap;
@@ -29,8 +34,6 @@ use wsedge_command::wire::{
     WorkerStats, WorkerStatus,
 };
 use wsedge_command::{Config, ConnectionId};
-
-use wsedge_proto::function::Payload;
 
 use crate::settings::Settings;
 use crate::worker::mailbox::{Command, ConnectionInfo, Mailbox, WorkerReport};
@@ -71,6 +74,15 @@ pub(crate) struct Startup {
     pub(crate) started: Instant,
     /// The certificates and TLS listeners in force (reloads keep their resumption state).
     pub(crate) certs: wsedge_tls::CertStore,
+    /// The origin pools' shared health (applied configurations keep unchanged pools).
+    pub(crate) health: Arc<crate::health::Registry>,
+    /// The broker bridge, when `[broker]` is configured.
+    pub(crate) broker: Option<wsedge_broker::Handle>,
+    /// This host's id on channel messages.
+    pub(crate) host: u64,
+    /// Binary upgrades; `replace_socket`: this is a new generation taking the socket over.
+    pub(crate) upgrade: Arc<crate::upgrade::Upgrader>,
+    pub(crate) replace_socket: bool,
 }
 
 /// The configuration in force.
@@ -96,12 +108,16 @@ pub(crate) struct Shared {
     mailboxes: Vec<Mailbox>,
     started: Instant,
     pid: u32,
+    health: Arc<crate::health::Registry>,
+    broker: Option<wsedge_broker::Handle>,
+    host: u64,
+    upgrade: Arc<crate::upgrade::Upgrader>,
 }
 
-/// Keeps the control threads' resources; removes the socket file when dropped.
+/// Keeps the control threads' resources (the socket file is removed when it is dropped).
 #[derive(Debug)]
 pub(crate) struct Handle {
-    socket_path: Option<PathBuf>,
+    _socket: Option<crate::upgrade::SocketFile>,
     shared: Arc<Shared>,
 }
 
@@ -124,14 +140,6 @@ impl Handle {
     }
 }
 
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(path) = &self.socket_path {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 /// Starts the control socket (when `[control] socket` is set) and the metrics endpoint
 /// (when `[control] metrics_listen` is set).
 pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
@@ -149,9 +157,14 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
         mailboxes: startup.mailboxes,
         started: startup.started,
         pid: std::process::id(),
+        health: startup.health,
+        broker: startup.broker,
+        host: startup.host,
+        upgrade: startup.upgrade,
     });
+    shared.upgrade.attach(&shared);
     let mut handle = Handle {
-        socket_path: None,
+        _socket: None,
         shared: shared.clone(),
     };
     if let Some(path) = &control.socket {
@@ -160,13 +173,18 @@ pub(crate) fn start(startup: Startup) -> Result<Handle, ControlError> {
             peer: "wsedge-ctl-peer",
         };
         let served = shared.clone();
-        Server::bind(path, &control)
+        let bind = if startup.replace_socket {
+            Server::bind_replacing
+        } else {
+            Server::bind
+        };
+        bind(path, &control)
             .and_then(|server| server.spawn(threads, move |request| served.handle(request)))
             .map_err(|e| ControlError::Socket {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        handle.socket_path = Some(path.clone());
+        handle._socket = Some(crate::upgrade::SocketFile::new(path.clone()));
         eprintln!("wsedge: control socket {}", path.display());
     }
     if let Some(addr) = control.metrics_listen {
@@ -243,7 +261,7 @@ impl Shared {
         Ok(out)
     }
 
-    fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
+    pub(crate) fn reports(&self) -> Result<Vec<WorkerReport>, Failure> {
         let mut reports = self.ask_all("a report request", |reply| Command::Report { reply })?;
         reports.sort_by_key(|r| r.index);
         Ok(reports)
@@ -274,6 +292,9 @@ impl Shared {
                 })
             }
             Request::Kill { id } => self.kill(id),
+            Request::Upgrade { binary } => {
+                (self.upgrade.upgrade(binary.map(PathBuf::from))).map(Response::Upgraded)
+            }
             Request::ApplyConfig { toml, source } => {
                 self.apply(toml, source).map(Response::Applied)
             }
@@ -318,13 +339,8 @@ impl Shared {
                 let delivered = self.publish(&channel, message)?;
                 Ok(Response::Published { channel, delivered })
             }
-            Request::Presence { channel } => {
-                let subscribers = self.presence(&channel)?;
-                Ok(Response::Presence {
-                    channel,
-                    subscribers,
-                })
-            }
+            Request::Presence { channel } => self.presence(channel),
+            Request::OriginsHealth => Ok(self.origins()),
             Request::ListsShow { name } => {
                 wire::list_views(&self.current().config, name.as_deref(), wire::unix_now())
                     .map(|lists| Response::Lists { lists })
@@ -341,6 +357,12 @@ impl Shared {
                         workers_confirmed,
                     },
                 ),
+            Request::FunctionsList => self
+                .functions()
+                .map(|functions| Response::Functions { functions }),
+            Request::FunctionDeploy { route, script } => {
+                self.deploy(&route, &script).map(Response::Applied)
+            }
             Request::Reload
             | Request::OriginAdd { .. }
             | Request::OriginRemove { .. }
@@ -353,44 +375,8 @@ impl Shared {
         }
     }
 
-    /// Delivers `body` to the subscribers of `channel` on every worker (each worker delivers
-    /// to its own subscribers only); the sum of their counts.
-    fn publish(&self, channel: &str, body: Vec<u8>) -> Result<u64, Failure> {
-        check_channel(channel)?;
-        if body.len() > wire::MAX_PUBLISH {
-            return Err(Failure::new(
-                ErrorKind::BadRequest,
-                format!(
-                    "a message of {} bytes exceeds the maximum of {}",
-                    body.len(),
-                    wire::MAX_PUBLISH
-                ),
-            ));
-        }
-        let channel: Arc<str> = Arc::from(channel);
-        let message = Arc::new(Payload::from_body(body));
-        let counts = self.ask_all("a publish", |reply| Command::Publish {
-            route: None,
-            channel: Arc::clone(&channel),
-            message: Arc::clone(&message),
-            skip: None,
-            reply: Some(reply),
-        })?;
-        Ok(counts.iter().map(|&n| n as u64).sum())
-    }
-
-    /// Subscribers of `channel` on every worker.
-    fn presence(&self, channel: &str) -> Result<u64, Failure> {
-        check_channel(channel)?;
-        let counts = self.ask_all("a presence request", |reply| Command::Presence {
-            channel: channel.to_owned(),
-            reply,
-        })?;
-        Ok(counts.iter().map(|&n| n as u64).sum())
-    }
-
     fn status(&self) -> Result<Status, Failure> {
-        let reports = self.reports()?;
+        let reports = self.status_reports()?;
         let current = self.current();
         Ok(Status {
             dataplane: Some(DataplaneStatus {
@@ -409,6 +395,8 @@ impl Shared {
                         accepting: r.accepting,
                     })
                     .collect(),
+                generation: self.upgrade.generation(),
+                old_generations: self.upgrade.older_status(),
             }),
             daemon: None,
         })
@@ -432,7 +420,11 @@ impl Shared {
         }
         total.config_version = self.current().version;
         total.handshake_latency = merged.as_ref().and_then(percentiles);
-        Ok(StatsReport { workers, total })
+        Ok(StatsReport {
+            workers,
+            total,
+            functions: functions::function_rows(&reports),
+        })
     }
 
     fn kill(&self, id: ConnectionId) -> Result<Response, Failure> {
@@ -485,7 +477,7 @@ impl Shared {
         let origins = config
             .load_origin_tls(&source)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
-        let settings = Settings::from_config(&config, self.mailboxes.len())
+        let settings = Settings::from_config(&config, self.mailboxes.len(), &self.health)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?
             .with_tls(&certs)
             .with_origins(origins);
@@ -532,11 +524,6 @@ impl Shared {
     }
 }
 
-/// A `bad_request` unless `channel` is a channel name.
-fn check_channel(channel: &str) -> Result<(), Failure> {
-    wire::check_channel(channel).map_err(|m| Failure::new(ErrorKind::BadRequest, m))
-}
-
 /// The fields of `new` that differ from `old` but only take effect at a restart.
 fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
@@ -579,6 +566,7 @@ fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
         old.functions.publish_listen != new.functions.publish_listen,
         "functions.publish_listen",
     );
+    check(old.broker != new.broker, "broker");
     out
 }
 

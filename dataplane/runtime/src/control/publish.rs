@@ -3,7 +3,8 @@
 //! - `POST /publish/<channel>`: the body is the message (text if it is UTF-8, else binary),
 //!   delivered to that channel on every broadcast route of every worker; the answer is
 //!   `200 {"delivered":N}`.
-//! - `GET /channels/<channel>`: `200 {"channel":"…","subscribers":N}` (presence, all workers).
+//! - `GET /channels/<channel>`: `200 {"channel":"…","subscribers":N}` (presence, all workers;
+//!   with a `[broker]`, the fleet's total and `"hosts":{"<host>":N,…}`).
 //!
 //! Requests reach the workers exactly as `wsedgectl publish` does (a command in each worker's
 //! mailbox, answers summed here). One request per connection (`Connection: close`), a
@@ -32,7 +33,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and starts the accept thread; returns the bound address.
 pub(super) fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = shared.upgrade.service_listener(addr)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("wsedge-publish".to_owned())
@@ -45,6 +46,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
+            // Shut down: a newer generation serves this address.
+            Err(_) if shared.upgrade.retired() => return,
             Err(e) => {
                 tracing::warn!(error = %e, "publish API accept failed");
                 std::thread::sleep(Duration::from_millis(100));
@@ -178,9 +181,19 @@ fn answer_of(response: Response) -> Answer {
         Response::Presence {
             channel,
             subscribers,
-        } => Answer::ok(
-            serde_json::json!({ "channel": channel, "subscribers": subscribers }).to_string(),
-        ),
+            hosts,
+        } => {
+            let mut body = serde_json::json!({ "channel": channel, "subscribers": subscribers });
+            // With a broker: each host's count (docs/broker.md).
+            if !hosts.is_empty() {
+                body["hosts"] = hosts
+                    .iter()
+                    .map(|h| (h.host.clone(), serde_json::Value::from(h.subscribers)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            Answer::ok(body.to_string())
+        }
         Response::Error { kind, message } => {
             let status = match kind {
                 wsedge_command::wire::ErrorKind::BadRequest => "400 Bad Request",

@@ -46,13 +46,35 @@ impl Worker {
         }
     }
 
-    /// Closes the listeners: the kernel stops queueing connections for this worker. Their
-    /// accepts are cancelled by operation, so closing the fds at once is safe.
+    /// Stops accepting: each listener's multishot accept is cancelled, and its fd closed
+    /// once that accept's last completion has arrived (at once if none is armed), so the
+    /// kernel stops queueing connections for this worker (unless another process holds the
+    /// same socket: a new generation after an upgrade). Closing the fd while the accept is
+    /// still armed would not stop it (the operation holds the file), and a submission still
+    /// in the backlog would name a number that may have been reused.
     pub(super) fn close_listeners(&mut self) {
         for listener in &mut self.listeners {
-            if let Some(op) = listener.op.take() {
-                self.ring.cancel(op);
+            match listener.op {
+                Some(op) => self.ring.cancel(op),
+                None if listener.fd >= 0 => {
+                    sys::close(listener.fd);
+                    listener.fd = -1;
+                }
+                None => {}
             }
+        }
+    }
+
+    /// Whether no accept is armed any more.
+    pub(super) fn accepts_ended(&self) -> bool {
+        self.listeners.iter().all(|l| l.op.is_none())
+    }
+
+    /// At exit: cancels what is armed and closes every listener's fd at once (the ring,
+    /// dropped next, reaps the cancelled operations).
+    pub(super) fn drop_listeners(&mut self) {
+        self.close_listeners();
+        for listener in &mut self.listeners {
             if listener.fd >= 0 {
                 sys::close(listener.fd);
                 listener.fd = -1;
@@ -63,6 +85,10 @@ impl Worker {
     pub(super) fn on_accept(&mut self, listener: usize, res: i32, more: bool) {
         if !more && let Some(l) = self.listeners.get_mut(listener) {
             l.op = None;
+            if !self.accepting && l.fd >= 0 {
+                sys::close(l.fd);
+                l.fd = -1;
+            }
         }
         if res < 0 {
             match -res {
@@ -95,7 +121,9 @@ impl Worker {
                 "accepting again: descriptors are available"
             );
         }
-        if !self.accepting || self.conns.len() >= self.settings.max_connections {
+        // A connection accepted after accepting stopped (its completion was on its way
+        // when the accept was cancelled) is a client like any other: served, not reset.
+        if self.conns.len() >= self.settings.max_connections {
             *self
                 .stats
                 .closed

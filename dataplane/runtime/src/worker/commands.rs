@@ -34,6 +34,7 @@ impl Worker {
                     accepting: self.accepting,
                     stats: self.stats.clone(),
                     handshake_us: self.handshake_us.clone(),
+                    functions: self.functions.stats(),
                 });
             }
             Command::Connections {
@@ -107,6 +108,7 @@ impl Worker {
                     );
                 }
             }
+            Command::Retire { over } => self.retire(over),
             Command::Kill { id, reply } => {
                 let (worker, id) = ConnId::from_connection_id(id);
                 let slot = (worker == self.index)
@@ -126,6 +128,7 @@ impl Worker {
     fn apply_settings(&mut self, version: u64, settings: Settings) {
         self.routes = settings.routes.iter().cloned().map(Rc::new).collect();
         self.settings = settings;
+        self.deploy_scripts();
         self.config_version = version;
         tracing::info!(worker = self.index, version, "configuration applied");
     }

@@ -71,6 +71,12 @@ pub(crate) enum Command {
     SpreadCloses {
         over: Duration,
     },
+    /// A new generation took over after a binary upgrade: stop accepting, close the live
+    /// connections at random moments of `over` (bounded by their maximum connection time),
+    /// then exit.
+    Retire {
+        over: Duration,
+    },
 }
 
 /// A worker's answer to [`Command::Report`].
@@ -83,6 +89,8 @@ pub(crate) struct WorkerReport {
     pub(crate) stats: Stats,
     /// Accept to response-head-queued, in microseconds, since the worker started.
     pub(crate) handshake_us: hdrhistogram::Histogram<u64>,
+    /// Counters of each JavaScript function (by route name) on this worker.
+    pub(crate) functions: Vec<(String, wsedge_js::FunctionStats)>,
 }
 
 /// One live connection, for `wsedgectl connections`.

@@ -10,10 +10,13 @@
 //! buffer when.
 
 mod accept;
+mod bridge;
 mod commands;
 mod conn;
+mod functions;
 pub(crate) mod mailbox;
 mod reads;
+mod retire;
 mod splice;
 mod tls;
 
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 use wsedge_proto::firewall::{FirewallState, TraceEntry};
-use wsedge_proto::function::{Builtins, Delivery};
+use wsedge_proto::function::Delivery;
 use wsedge_proto::session::{CloseReason, Input, Output, Route};
 use wsedge_proto::wheel::{Tick, TimerWheel};
 use wsedge_ring::pipes::PipePool;
@@ -32,6 +35,7 @@ use wsedge_ring::{Completion, OpId, Owner, Ring, RingConfig, sys};
 
 use self::accept::Listener;
 use self::conn::Conn;
+use self::functions::Functions;
 use self::mailbox::{Command, Mailbox};
 use crate::access_log::AccessLog;
 use crate::bus::{Bus, BusMessage};
@@ -54,6 +58,8 @@ enum TimerKey {
     AcceptResume,
     /// A drain's deadline: what is left is closed.
     DrainDeadline,
+    /// The JavaScript functions' next timer (one entry for the whole host).
+    Functions,
 }
 
 /// What a worker is given at start.
@@ -71,6 +77,8 @@ pub(crate) struct WorkerSpec {
     pub(crate) peers: Vec<Mailbox>,
     /// Names this host on bus messages.
     pub(crate) host: u64,
+    /// The broker bridge, when `[broker]` is configured.
+    pub(crate) bridge: Option<crate::broker::Port>,
 }
 
 /// Field order matters: the ring (which owns the buffer ring) goes last, after every
@@ -92,7 +100,8 @@ pub(crate) struct Worker {
     wake_fd: RawFd,
     mailbox: Receiver<Command>,
     bus: Bus,
-    functions: Builtins,
+    /// The function host (JavaScript functions; the built-in ones are opened through it).
+    functions: Functions,
     pipes: PipePool,
     /// Stream reads that ended for want of provided buffers: re-armed when buffers are back.
     starved: Vec<(ConnId, wsedge_proto::session::Side)>,
@@ -167,7 +176,7 @@ impl Worker {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64))
             ^ (spec.index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Ok(Worker {
+        let mut worker = Worker {
             index: spec.index,
             routes: spec.settings.routes.iter().cloned().map(Rc::new).collect(),
             config_version: 0,
@@ -188,8 +197,8 @@ impl Worker {
             accept_paused: false,
             wake_fd: spec.wake_fd,
             mailbox: spec.mailbox,
-            bus: Bus::new(spec.peers, spec.host),
-            functions: Builtins,
+            bus: Bus::new(spec.peers, spec.host, spec.bridge),
+            functions: Functions::new(spec.index, workers, seed),
             starved: Vec::new(),
             log: spec.access_log,
             stats: Stats::default(),
@@ -207,7 +216,9 @@ impl Worker {
             handshake_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .map_err(std::io::Error::other)?,
             ring,
-        })
+        };
+        worker.deploy_scripts();
+        Ok(worker)
     }
 
     fn now(&self) -> Tick {
@@ -229,14 +240,19 @@ impl Worker {
     /// Runs until shut down and drained; returns the worker's counters.
     pub(crate) fn run(mut self) -> std::io::Result<Stats> {
         self.ring.read_wake(Owner(OWNER_WAKE), self.wake_fd);
+        // The modules' top-level code ran at deploy: what it asked for (outbound sockets).
+        self.pump_functions();
         loop {
             let now = self.now();
             self.fire_timers(now);
-            if self.exit_when_empty && self.conns.is_empty() {
+            // Not before the cancelled accepts have ended: a connection they still hand over
+            // is served, not left unaccepted.
+            if self.exit_when_empty && self.conns.is_empty() && self.accepts_ended() {
                 break;
             }
             self.arm_listeners();
             self.rearm_starved();
+            self.rearm_functions_timer(now);
             self.log.flush();
             let timeout = self
                 .wheel
@@ -251,7 +267,7 @@ impl Worker {
             self.completions = completions;
         }
         self.log.flush();
-        self.close_listeners();
+        self.drop_listeners();
         Ok(std::mem::take(&mut self.stats))
     }
 
@@ -264,9 +280,12 @@ impl Worker {
                     if let Some(slot) = self.live_slot(id) {
                         self.conns[slot].timer = None;
                         self.feed(slot, Input::Timeout);
+                        self.pump_functions();
+                        self.maybe_free(slot);
                     }
                 }
                 TimerKey::AcceptResume => self.accept_paused = false,
+                TimerKey::Functions => self.on_functions_timer(now),
                 TimerKey::DrainDeadline => {
                     let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                     for slot in slots {
@@ -308,7 +327,7 @@ impl Worker {
             return;
         };
         self.on_conn_completion(slot, purpose, c);
-        self.drain_bus();
+        self.pump_functions();
         self.maybe_free(slot);
     }
 
@@ -323,7 +342,8 @@ impl Worker {
                 }
             }
         }
-        self.drain_bus();
+        self.pump_functions();
+        self.drain_bridge();
         self.ring.read_wake(Owner(OWNER_WAKE), self.wake_fd);
     }
 

@@ -40,7 +40,7 @@ impl Worker {
                 trace: &mut self.fw_trace,
                 tls: conn.sides[0].transport.tls_facts().map(firewall_facts),
             }),
-            functions: &mut self.functions,
+            functions: &mut self.functions.host,
             conn: public,
             proto: conn.sides[0].transport.proto(),
             sni: conn.sides[0]

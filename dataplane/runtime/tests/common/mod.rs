@@ -411,6 +411,22 @@ impl Proxy {
         }
     }
 
+    /// Waits until `n` access-log lines have been received in all, and returns them all.
+    pub(crate) async fn logs(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.seen.len() < n {
+            match tokio::time::timeout_at(deadline, self.logs_rx.recv()).await {
+                Ok(Some(v)) => self.seen.push(v),
+                Ok(None) | Err(_) => panic!(
+                    "{} access-log lines within {timeout:?}, not {n}: {:#?}",
+                    self.seen.len(),
+                    self.seen
+                ),
+            }
+        }
+        self.seen.clone()
+    }
+
     /// Waits for an access-log line whose `reason` is `reason`.
     pub(crate) async fn wait_log_reason(&mut self, reason: &str, timeout: Duration) -> Value {
         self.wait_log(&format!("with reason {reason:?}"), timeout, |v| {

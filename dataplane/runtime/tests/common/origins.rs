@@ -83,8 +83,27 @@ impl EchoOrigin {
         Self::start_inner(Some(protocol.to_string())).await
     }
 
+    /// An echo origin on `addr` (an origin that was stopped comes back on its address);
+    /// retries the bind for up to 2 s while the old listener goes away.
+    pub(crate) async fn start_at(addr: SocketAddr) -> EchoOrigin {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Self::serve(listener, None),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    panic!("cannot bind {addr} again: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     async fn start_inner(protocol: Option<String>) -> EchoOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, protocol)
+    }
+
+    fn serve(listener: TcpListener, protocol: Option<String>) -> EchoOrigin {
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));

@@ -247,6 +247,28 @@ impl RawConn {
         }
     }
 
+    /// A connection to `addr` from source address `ip` (a loopback address other than
+    /// 127.0.0.1: the listeners steer clients to workers by source address).
+    pub(crate) async fn connect_from(ip: std::net::IpAddr, addr: SocketAddr) -> RawConn {
+        let socket = match ip {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+        let stream = socket
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr} from {ip}: {e}"));
+        stream.set_nodelay(true).expect("nodelay");
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Writes all of `bytes` in one write call sequence (one `write_all`).
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await

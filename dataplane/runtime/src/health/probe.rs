@@ -1,0 +1,174 @@
+//! The active checks themselves, blocking, on a thread of their own: a TCP connect, or a
+//! WebSocket handshake to the configured path that must be answered `101` with the right
+//! `Sec-WebSocket-Accept` (then a Close frame ends it politely). Everything ends within the
+//! check's timeout.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use wsedge_command::CheckKind;
+use wsedge_proto::accept::accept_key;
+use wsedge_proto::handshake::HeadLimits;
+use wsedge_proto::health::Failure;
+use wsedge_proto::response::parse_response;
+
+/// The key every check sends (its accept value is checked, so any fixed key does).
+const KEY: &str = "d3NlZGdlLWhlYWx0aC1rZXk=";
+/// A masked Close 1000 "health check" (client frames are masked; the mask is zero).
+const CLOSE: &[u8] = &[
+    0x88, 0x8e, 0, 0, 0, 0, 0x03, 0xe8, b'h', b'e', b'a', b'l', b't', b'h', b' ', b'c', b'h', b'e',
+    b'c', b'k',
+];
+
+/// Runs one check of `addr` within `timeout`.
+pub(crate) fn run(kind: &CheckKind, addr: SocketAddr, timeout: Duration) -> Result<(), Failure> {
+    let started = Instant::now();
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
+            Failure::ConnectTimeout
+        } else {
+            Failure::ConnectFailed
+        }
+    })?;
+    match kind {
+        CheckKind::Tcp => Ok(()),
+        CheckKind::WebSocket { path } => {
+            let left = timeout.saturating_sub(started.elapsed());
+            handshake(stream, addr, path, left)
+        }
+    }
+}
+
+fn handshake(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    left: Duration,
+) -> Result<(), Failure> {
+    if left.is_zero() {
+        return Err(Failure::Timeout);
+    }
+    let deadline = Instant::now() + left;
+    let _ = stream.set_nodelay(true);
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wsedge-health\r\n\r\n"
+    );
+    stream
+        .set_write_timeout(Some(left))
+        .map_err(|_| Failure::ConnectFailed)?;
+    stream.write_all(head.as_bytes()).map_err(io_failure)?;
+    let accept = accept_key(KEY.as_bytes());
+    let limits = HeadLimits::default();
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Timeout);
+        }
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(|_| Failure::BadAnswer)?;
+        let n = stream.read(&mut chunk).map_err(io_failure)?;
+        if n == 0 {
+            return Err(Failure::BadAnswer);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_response(&buf, &limits, Some(&accept)) {
+            Ok(None) => continue,
+            Ok(Some(r)) if r.upgraded => {
+                let _ = stream.write_all(CLOSE);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return Ok(());
+            }
+            Ok(Some(r)) => return Err(Failure::Status(r.status)),
+            Err(_) => return Err(Failure::BadAnswer),
+        }
+    }
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Failure::Timeout,
+        _ => Failure::BadAnswer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A one-shot origin answering the first request head with `answer(key)`.
+    fn origin(answer: impl FnOnce(&str) -> Vec<u8> + Send + 'static) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 512];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).expect("read");
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap_or("")
+                .to_owned();
+            let _ = s.write_all(&answer(&key));
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        addr
+    }
+
+    fn ws() -> CheckKind {
+        CheckKind::WebSocket {
+            path: "/healthz".into(),
+        }
+    }
+
+    const T: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn a_101_with_the_right_accept_passes() {
+        let addr = origin(|key| {
+            let accept = accept_key(key.as_bytes());
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                std::str::from_utf8(&accept).expect("ascii")
+            )
+            .into_bytes()
+        });
+        assert_eq!(run(&ws(), addr, T), Ok(()));
+    }
+
+    #[test]
+    fn a_wrong_accept_or_another_status_fails() {
+        let addr = origin(|_| {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".to_vec()
+        });
+        assert_eq!(run(&ws(), addr, T), Err(Failure::BadAnswer));
+        let addr = origin(|_| b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec());
+        assert_eq!(run(&ws(), addr, T), Err(Failure::Status(503)));
+    }
+
+    #[test]
+    fn silence_is_a_timeout_and_a_closed_port_a_connect_failure() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let started = Instant::now();
+        assert_eq!(run(&ws(), addr, T), Err(Failure::Timeout));
+        assert!(started.elapsed() < T + Duration::from_millis(300));
+        // A listening socket passes a TCP check even if it never answers.
+        assert_eq!(run(&CheckKind::Tcp, addr, T), Ok(()));
+        drop(listener);
+        assert_eq!(run(&CheckKind::Tcp, addr, T), Err(Failure::ConnectFailed));
+    }
+}

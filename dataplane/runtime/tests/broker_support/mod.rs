@@ -1,0 +1,340 @@
+//! Support for `tests/broker.rs`: a real `redis-server` or `nats-server` started by the test
+//! on a free port (killed on drop, restartable on the same port), the configuration of one
+//! "host" (a wsedge with a broadcast route at `/ch/`, a publish API and a `[broker]`), a
+//! `wsedge.v1` subscriber, and the publish API over plain HTTP.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::common::{Proxy, Ws, ws_connect_req, ws_request};
+
+/// A port nobody listens on right now.
+pub(crate) fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Which broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Redis,
+    Nats,
+}
+
+/// A broker server process of the test.
+#[derive(Debug)]
+pub(crate) struct Server {
+    pub(crate) kind: Kind,
+    pub(crate) port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// A server on a free port, up and accepting.
+    pub(crate) fn start(kind: Kind) -> Server {
+        Server::start_on(kind, free_port())
+    }
+
+    pub(crate) fn start_on(kind: Kind, port: u16) -> Server {
+        let mut s = Server {
+            kind,
+            port,
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    /// A server that is not running (yet): its port only.
+    pub(crate) fn absent(kind: Kind) -> Server {
+        Server {
+            kind,
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Starts the process and waits until its port accepts.
+    pub(crate) fn up(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            Kind::Redis => {
+                let mut c = Command::new("redis-server");
+                c.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+                    .args(["--appendonly", "no", "--protected-mode", "no"]);
+                c
+            }
+            Kind::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args(["-a", "127.0.0.1", "-p", &port]);
+                c
+            }
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the {:?} server: {e}", self.kind));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{:?} did not listen", self.kind);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL: no goodbye to its clients) and reaps it.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `redis-cli` against this server: its output.
+    pub(crate) fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One host: a wsedge with 2 workers, a broadcast route at `/ch/` for `wsedge.v1` clients,
+/// the publish API on `publish`, and a `[broker]` named `host`.
+pub(crate) fn host_toml(server: &Server, host: &str, publish: u16, extra: &str) -> String {
+    let backend = match server.kind {
+        Kind::Redis => "redis",
+        Kind::Nats => "nats",
+    };
+    format!(
+        "[dataplane]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\ndrain_timeout = \"1s\"\n\n\
+         [access_log]\ntarget = \"stdout\"\n\n\
+         [functions]\npublish_listen = \"127.0.0.1:{publish}\"\n\n\
+         [broker]\nbackend = \"{backend}\"\naddresses = [\"{url}\"]\nhost = \"{host}\"\n\
+         reconnect_min = \"50ms\"\nreconnect_max = \"300ms\"\n{extra}\n\n\
+         [[route]]\nname = \"chat\"\npath_prefix = \"/ch/\"\nfunction = \"broadcast\"\n",
+        url = server.url()
+    )
+}
+
+/// A started host and its publish API port.
+pub(crate) struct Host {
+    pub(crate) proxy: Proxy,
+    pub(crate) publish: u16,
+}
+
+pub(crate) async fn start_host(server: &Server, name: &str, extra: &str) -> Host {
+    let publish = free_port();
+    let proxy = Proxy::start_toml(&host_toml(server, name, publish, extra)).await;
+    Host { proxy, publish }
+}
+
+/// A `wsedge.v1` client of `addr` subscribed to `channel`.
+pub(crate) async fn subscriber(addr: SocketAddr, channel: &str) -> Ws {
+    let mut ws = v1_client(addr).await;
+    send_json(&mut ws, json!({"type": "subscribe", "channel": channel})).await;
+    let answer = next_json(&mut ws).await;
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+    ws
+}
+
+/// A `wsedge.v1` client of `addr`.
+pub(crate) async fn v1_client(addr: SocketAddr) -> Ws {
+    let mut request = ws_request(&format!("ws://{addr}/ch/"));
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("wsedge.v1"),
+    );
+    let (ws, resp) = ws_connect_req(addr, request).await.expect("handshake");
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+pub(crate) async fn send_json(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+/// The next JSON text message; panics after `secs` without one.
+pub(crate) async fn next_json_within(ws: &mut Ws, secs: u64) -> Option<Value> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(secs), ws.next()).await;
+        match next.ok()? {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("JSON")),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a JSON text message, got {other:?}"),
+        }
+    }
+}
+
+pub(crate) async fn next_json(ws: &mut Ws) -> Value {
+    next_json_within(ws, 20)
+        .await
+        .expect("no message within 20 s")
+}
+
+/// One HTTP/1.1 request to the publish API on `port`: status and JSON body.
+pub(crate) fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect publish API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+/// Publishes `text` on `channel` through host port `port`'s publish API.
+pub(crate) fn publish(port: u16, channel: &str, text: &str) {
+    let (status, body) = http(
+        port,
+        "POST",
+        &format!("/publish/{channel}"),
+        text.as_bytes(),
+    );
+    assert_eq!(status, 200, "publish: {body}");
+}
+
+/// The fleet's presence of `channel` as host port `port` reports it.
+pub(crate) fn presence(port: u16, channel: &str) -> Value {
+    let (status, body) = http(port, "GET", &format!("/channels/{channel}"), b"");
+    assert_eq!(status, 200, "presence: {body}");
+    body
+}
+
+/// Waits until the fleet's presence of `channel` totals `want` (presence is written a
+/// moment after a change; a host whose broker link is down is not counted).
+pub(crate) async fn wait_presence(port: u16, channel: &str, want: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http(port, "GET", &format!("/channels/{channel}"), b"");
+        if status == 200 && body["subscribers"] == want {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence of {channel} never reached {want}: last {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Publishes `sync` messages through `port` until every subscriber got one (so every host's
+/// broker subscription is live); later `sync`s are skipped by [`next_data`].
+pub(crate) async fn sync(port: u16, channel: &str, subs: &mut [Ws]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, ws) in subs.iter_mut().enumerate() {
+        loop {
+            publish(port, channel, "sync");
+            if next_json_within(ws, 1)
+                .await
+                .is_some_and(|v| v["data"] == "sync")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "subscriber {i} never got a sync");
+        }
+    }
+}
+
+/// The next message on `ws` that is not a `sync`.
+pub(crate) async fn next_data(ws: &mut Ws) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["data"] == "sync" {
+            continue;
+        }
+        return v;
+    }
+}
+
+/// Reads the metrics endpoint's value of family `name` (first sample) on `port`.
+pub(crate) fn metric(port: u16, name: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `wsedgectl --dataplane SOCKET args…` (built beside `wsedge`): its stdout; panics if it
+/// fails.
+pub(crate) fn wsedgectl(socket: &std::path::Path, args: &[&str]) -> String {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_wsedge")).with_file_name("wsedgectl");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build -p wsedgectl` first",
+        path.display()
+    );
+    let out = Command::new(path)
+        .arg("--dataplane")
+        .arg(socket)
+        .args(args)
+        .env("WSEDGECTL_LOG", "warn")
+        .output()
+        .expect("run wsedgectl");
+    assert!(out.status.success(), "wsedgectl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A control socket path and a metrics port for `extra` (after the `[broker]` keys).
+pub(crate) fn control_tables(name: &str) -> (std::path::PathBuf, u16, String) {
+    let socket = std::env::temp_dir().join(format!(
+        "wsedge-broker-{name}-{}-{}.sock",
+        std::process::id(),
+        free_port()
+    ));
+    let metrics = free_port();
+    let table = format!(
+        "\n[control]\nsocket = {:?}\nmetrics_listen = \"127.0.0.1:{metrics}\"\n",
+        socket.display().to_string()
+    );
+    (socket, metrics, table)
+}
