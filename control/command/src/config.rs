@@ -1551,6 +1551,27 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_keys() {
+        let route = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n";
+        let d = Config::from_toml(route, "t").expect("valid").dataplane;
+        assert_eq!(d.upgrade_drain_window, Duration::from_secs(60));
+        assert_eq!(d.max_old_generations, 2);
+        assert_eq!(d.upgrade_ready_timeout, Duration::from_secs(30));
+        let text = format!(
+            "[dataplane]\nupgrade_drain_window = \"5s\"\nmax_old_generations = 1\nupgrade_ready_timeout = \"2s\"\n{route}"
+        );
+        let d = Config::from_toml(&text, "t").expect("valid").dataplane;
+        assert_eq!(d.upgrade_drain_window, Duration::from_secs(5));
+        assert_eq!(d.max_old_generations, 1);
+        assert_eq!(d.upgrade_ready_timeout, Duration::from_secs(2));
+        let msg = error_of("[dataplane]\nupgrade_drain_window = \"soon\"\n");
+        assert!(
+            msg.starts_with("edge.toml:2: dataplane.upgrade_drain_window"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn route_debug_switch() {
         let text = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\ndebug = true\n";
         let config = Config::from_toml(text, "t").expect("valid");

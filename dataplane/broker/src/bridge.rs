@@ -40,6 +40,10 @@ pub trait Workers: Send {
     /// Hands a message (or a gap notice) to its worker's queue: false if the queue is full
     /// (the bridge drops it and counts).
     fn hand(&self, handoff: &Handoff) -> bool;
+
+    /// Called after a batch of [`Workers::hand`]s: wake the workers that were handed
+    /// something (one wake per worker and batch, not per message).
+    fn flush(&self) {}
 }
 
 /// One shard's link, for metrics and status.
@@ -265,6 +269,11 @@ impl Run {
     }
 
     fn apply(&mut self) {
+        self.apply_outputs();
+        self.sink.flush();
+    }
+
+    fn apply_outputs(&mut self) {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Connect { shard, epoch } => {

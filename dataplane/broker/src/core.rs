@@ -493,8 +493,10 @@ impl Core {
                 Self::hand_out(&mut self.out, &mut self.stats, c, &message);
             }
             // A channel past the bound: offered to every worker, each keeps it if it has
-            // subscribers.
-            None if full => {
+            // subscribers. Once any channel was refused, an unheld channel may be one whose
+            // subscribers are still waiting for their next count change to be taken (room
+            // came back since): it is offered too, so they never miss their host's messages.
+            None if full || self.stats.channels_refused > 0 => {
                 self.stats.publishes_local += 1;
                 for worker in 0..self.config.workers {
                     self.stats.deliveries += 1;
@@ -1026,8 +1028,12 @@ mod tests {
         // A publication on the refused channel is offered to every worker.
         core.publish(msg(ME, "c", "x", None));
         assert_eq!(handoffs(&drain(&mut core)).len(), 3);
-        // Room again: the next change of that worker's count is taken.
+        // Room again, but c's subscribers have not changed yet: c is still offered.
         core.interest(0, "b", 0, 0);
+        drain(&mut core);
+        core.publish(msg(ME, "c", "y", None));
+        assert_eq!(handoffs(&drain(&mut core)).len(), 3);
+        // The next change of that worker's count is taken.
         core.interest(1, "c", 2, 0);
         assert_eq!(core.channel_count(), 2);
         assert_eq!(core.local_count("c"), 2);

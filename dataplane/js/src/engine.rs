@@ -744,10 +744,16 @@ fn bindings<'js>(
     host.set("info", Function::new(ctx.clone(), move || info.clone())?)?;
 
     let n = Rc::clone(&name);
+    // The scratch runtime a script is checked in (version 0) runs its module code once
+    // before any version serves: its console output would be logged under no function.
+    let quiet = identity.version == 0;
     host.set(
         "logOn",
         Function::new(ctx.clone(), move |level: i32| -> bool {
             let _ = &n;
+            if quiet {
+                return false;
+            }
             match level {
                 0 => tracing::enabled!(target: "wsedge_js::console", tracing::Level::TRACE),
                 1 => tracing::enabled!(target: "wsedge_js::console", tracing::Level::DEBUG),

@@ -1,7 +1,7 @@
 //! A worker's copy of the configuration, in the shape its event loop uses: the route table
-//! and one [`Route`] record per route (origins with their balancer and shared health, relay, timers in
-//! milliseconds, frame limits, function, forwarding policy), head limits (with the path
-//! rules), the firewall, the relay resources and the JavaScript functions' code.
+//! and one [`Route`] record per route (origins with their balancer and shared health,
+//! relay, timers in milliseconds, frame limits, function, forwarding policy), head limits
+//! (with the path rules), the firewall, the relay resources and the JavaScript functions' code.
 //!
 //! Built from a validated `wsedge_command::Config`; each worker owns one and changes it only
 //! by messages (no sharing on the per-connection path).
@@ -38,12 +38,12 @@ pub(crate) struct Settings {
     /// Each `[[tls_listener]]`'s TLS, in file order: one rustls configuration (and one
     /// ticketer) shared by every worker. Empty until [`Settings::with_tls`].
     pub(crate) tls: Vec<ServerTls>,
-    /// Each TLS route's origin configuration, by route name (one rustls client config per
-    /// route, shared by every worker). Empty until [`Settings::with_origins`].
-    pub(crate) origin_tls: Vec<(String, OriginTls)>,
     /// Each `function = "js"` route's module, loaded and checked (run once in a scratch
     /// runtime) here, off the workers; every worker compiles the same bytes.
     pub(crate) scripts: Vec<ScriptRoute>,
+    /// Each TLS route's origin configuration, by route name (one rustls client config per
+    /// route, shared by every worker). Empty until [`Settings::with_origins`].
+    pub(crate) origin_tls: Vec<(String, OriginTls)>,
 }
 
 /// A `js` route's code and limits, as a worker deploys it.
@@ -149,8 +149,8 @@ impl Settings {
             max_connections: config.dataplane.max_connections_per_worker,
             drain_timeout: config.dataplane.drain_timeout,
             tls: Vec::new(),
-            origin_tls: Vec::new(),
             scripts,
+            origin_tls: Vec::new(),
         })
     }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use broker_support::{
     Kind, Server, control_tables, metric, next_data, next_json, next_json_within, presence,
-    publish, send_json, start_host, subscriber, sync, v1_client, wait_presence, wsedgectl,
+    publish, send_json, start_host, start_sharded_host, subscriber, sync, v1_client, wait_presence,
+    wsedgectl,
 };
 use common::within;
 use serde_json::json;
@@ -19,8 +20,8 @@ use serde_json::json;
 const CHANNEL: &str = "news";
 
 /// Three hosts, two subscribers on each, a `wsedge.v1` publisher on the first: every
-/// subscriber gets every message, in the publisher's order (its own included: the
-/// publisher's host gets it back through the broker like the others).
+/// subscriber gets every message, in the publisher's order (those of the publisher's host
+/// too: it gets its own publications back through the broker like the others).
 async fn fan_out_in_order(kind: Kind) {
     let server = Server::start(kind);
     let hosts = [
@@ -34,8 +35,11 @@ async fn fan_out_in_order(kind: Kind) {
             subs.push(subscriber(h.proxy.addr, CHANNEL).await);
         }
     }
-    sync(hosts[0].publish, CHANNEL, &mut subs).await;
-    let mut publisher = v1_client(hosts[0].proxy.addr).await;
+    // The publisher is a subscriber too: with echo_to_sender = false (the default) it does
+    // not get its own messages back through the broker; its host's other subscribers do.
+    let mut publisher = subscriber(hosts[0].proxy.addr, CHANNEL).await;
+    let ports: Vec<u16> = hosts.iter().map(|h| h.publish).collect();
+    sync(&ports, CHANNEL, &mut subs).await;
     const N: usize = 200;
     for i in 0..N {
         send_json(
@@ -55,6 +59,12 @@ async fn fan_out_in_order(kind: Kind) {
                 s / 2
             );
         }
+    }
+    while let Some(v) = next_json_within(&mut publisher, 1).await {
+        assert!(
+            !v["data"].is_number(),
+            "the publisher got its own message: {v}"
+        );
     }
 }
 
@@ -80,7 +90,7 @@ async fn one_broker_subscription_per_host_per_channel() {
                 subs.push(subscriber(h.proxy.addr, CHANNEL).await);
             }
         }
-        sync(a.publish, CHANNEL, &mut subs).await;
+        sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
         let numsub = server.redis_cli(&["PUBSUB", "NUMSUB", "wsedge:news"]);
         assert_eq!(
             numsub.lines().nth(1),
@@ -166,7 +176,7 @@ async fn broker_down_at_start_serves_local_only_then_joins() {
             assert_eq!(v, json!({"type": "gap", "channel": CHANNEL}));
         }
         let mut subs = [sub_a, sub_b];
-        sync(a.publish, CHANNEL, &mut subs).await;
+        sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
         publish(a.publish, CHANNEL, "shared");
         for ws in &mut subs {
             assert_eq!(next_data(ws).await["data"], "shared");
@@ -186,7 +196,7 @@ async fn restart_mid_stream(kind: Kind) {
             subscriber(a.proxy.addr, CHANNEL).await,
             subscriber(b.proxy.addr, CHANNEL).await,
         ];
-        sync(a.publish, CHANNEL, &mut subs).await;
+        sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
         publish(a.publish, CHANNEL, "before");
         for ws in &mut subs {
             assert_eq!(next_data(ws).await["data"], "before");
@@ -199,7 +209,7 @@ async fn restart_mid_stream(kind: Kind) {
             let v = next_data(ws).await;
             assert_eq!(v, json!({"type": "gap", "channel": CHANNEL}));
         }
-        sync(a.publish, CHANNEL, &mut subs).await;
+        sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
         publish(a.publish, CHANNEL, "after");
         for ws in &mut subs {
             assert_eq!(next_data(ws).await["data"], "after");
@@ -281,7 +291,7 @@ async fn a_full_worker_queue_drops_counts_and_sends_a_gap() {
         let a = start_host(&server, "host-a", "").await;
         let b = start_host(&server, "host-b", &format!("worker_queue = 1\n{control}")).await;
         let mut subs = [subscriber(b.proxy.addr, CHANNEL).await];
-        sync(a.publish, CHANNEL, &mut subs).await;
+        sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
         let mut publisher = v1_client(a.proxy.addr).await;
         const N: u64 = 3000;
         for i in 0..N {
@@ -308,7 +318,7 @@ async fn a_full_worker_queue_drops_counts_and_sends_a_gap() {
             if v["data"] == "end" {
                 break;
             }
-            if v["data"] == "sync" {
+            if v["data"].as_str().is_some_and(|d| d.starts_with("sync")) {
                 continue;
             }
             let i = v["data"].as_u64().expect("number");
@@ -362,7 +372,7 @@ async fn a_flood_of_channels_is_bounded_and_counted() {
         // c3 on host a: local publications still reach a's subscriber (and b's), b's do
         // not reach a.
         let mut remote = [remote_over];
-        sync(a.publish, "c3", &mut remote).await;
+        sync(&[a.publish], "c3", &mut remote).await;
         publish(a.publish, "c3", "from-a");
         assert_eq!(next_data(&mut over).await["data"], "from-a");
         assert_eq!(next_data(&mut remote[0]).await["data"], "from-a");
@@ -373,8 +383,102 @@ async fn a_flood_of_channels_is_bounded_and_counted() {
         }
         // c1 still crosses hosts.
         let mut c1 = [held.remove(0)];
-        sync(b.publish, "c1", &mut c1).await;
+        sync(&[b.publish], "c1", &mut c1).await;
         let _ = std::fs::remove_file(&socket);
+    })
+    .await;
+}
+
+/// A broker that requires credentials: hosts with the right ones share channels; a host
+/// with a wrong password stays local-only (its link down, as its metrics say).
+async fn credentials(kind: Kind) {
+    let server = Server::start_with_auth(kind, "edge", "s3cret");
+    // Redis's `requirepass` is the password of its `default` user.
+    let user = match kind {
+        Kind::Redis => "default",
+        Kind::Nats => "edge",
+    };
+    let good = format!("username = \"{user}\"\npassword = \"s3cret\"\n");
+    let a = start_host(&server, "host-a", &good).await;
+    let b = start_host(&server, "host-b", &good).await;
+    let (socket, metrics, control) = control_tables("auth");
+    let c = start_host(
+        &server,
+        "host-c",
+        &format!("username = \"{user}\"\npassword = \"wrong\"\n{control}"),
+    )
+    .await;
+    let mut subs = [
+        subscriber(a.proxy.addr, CHANNEL).await,
+        subscriber(b.proxy.addr, CHANNEL).await,
+    ];
+    sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
+    publish(b.publish, CHANNEL, "authed");
+    for ws in &mut subs {
+        assert_eq!(next_data(ws).await["data"], "authed");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(metrics, "wsedge_broker_link_failures_total") < Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host c never failed to log in"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
+    // Host c serves its own subscribers still.
+    let mut local = subscriber(c.proxy.addr, CHANNEL).await;
+    publish(c.publish, CHANNEL, "local");
+    assert_eq!(next_json(&mut local).await["data"], "local");
+    let _ = std::fs::remove_file(&socket);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_credentials_are_used_and_a_wrong_password_is_local_only() {
+    within(90, credentials(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_are_used_and_a_wrong_password_is_local_only() {
+    within(90, credentials(Kind::Nats)).await;
+}
+
+/// Two Redis servers, one shard each: channels spread over both (by their hash, the same
+/// on every host), and every one crosses hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_are_sharded_over_two_servers() {
+    within(90, async {
+        let r1 = Server::start(Kind::Redis);
+        let r2 = Server::start(Kind::Redis);
+        let a = start_sharded_host(&[&r1, &r2], "host-a", "").await;
+        let b = start_sharded_host(&[&r1, &r2], "host-b", "").await;
+        let channels: Vec<String> = (0..8).map(|i| format!("room{i}")).collect();
+        let mut all = Vec::new();
+        for ch in &channels {
+            let mut subs = [
+                subscriber(a.proxy.addr, ch).await,
+                subscriber(b.proxy.addr, ch).await,
+            ];
+            sync(&[a.publish, b.publish], ch, &mut subs).await;
+            publish(b.publish, ch, "hello");
+            for ws in &mut subs {
+                assert_eq!(next_data(ws).await["data"], "hello", "{ch}");
+            }
+            all.extend(subs);
+        }
+        // Each server holds the subscriptions of its channels, from both hosts.
+        let held = |s: &Server| {
+            s.redis_cli(&["PUBSUB", "CHANNELS", "wsedge:room*"])
+                .lines()
+                .count()
+        };
+        let (n1, n2) = (held(&r1), held(&r2));
+        assert_eq!(
+            n1 + n2,
+            8,
+            "every channel on exactly one server: {n1} + {n2}"
+        );
+        assert!(n1 > 0 && n2 > 0, "8 channels all on one shard: {n1} + {n2}");
     })
     .await;
 }

@@ -148,6 +148,7 @@ async fn a_killed_origin_is_ejected_within_fall_times_interval() {
         // Down after `fall` failed checks: at most one interval until the first, then
         // fall - 1 more (plus scheduling and polling slack).
         let bound = Duration::from_millis(INTERVAL_MS * 3 + 500);
+        eprintln!("killed origin down after {took:?} (interval {INTERVAL_MS} ms, fall 2)");
         assert!(took <= bound, "ejected after {took:?}, bound {bound:?}");
         let r = row(&origins(&dir).await, b_addr);
         assert_eq!(r["why"], "checks_failed: connect_failed", "{r}");
@@ -191,6 +192,7 @@ async fn a_revived_origin_is_readmitted_after_rise_checks() {
         // Up after `rise` good checks in a row: at most rise intervals (plus slack), and
         // never before rise - 1 intervals have passed.
         let bound = Duration::from_millis(INTERVAL_MS * 3 + 500);
+        eprintln!("revived origin up after {took:?} (interval {INTERVAL_MS} ms, rise 3)");
         assert!(took <= bound, "re-admitted after {took:?}, bound {bound:?}");
         assert!(
             took >= Duration::from_millis(INTERVAL_MS * 2 - 100),
@@ -384,6 +386,11 @@ async fn wsedgectl_origins_shows_each_pools_state() {
             .find(|l| l.starts_with("plain"))
             .unwrap_or_else(|| panic!("plain missing: {text}"));
         assert!(plain_line.contains("unwatched"), "{plain_line}");
+
+        // Through the control process too (it forwards the request to the dataplane).
+        let _daemon = control_support::Daemon::start(&dir).await;
+        let via_daemon = dir.ctl(&["--json", "origins"]).await.json();
+        assert_eq!(row(&via_daemon, dead)["state"], "down", "{via_daemon:#}");
 
         // `origins list` still lists the configured origins (through the dataplane here).
         let v = origins(&dir).await;

@@ -236,3 +236,40 @@ async fn a_deploy_that_does_not_compile_is_refused_and_the_old_code_serves() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wsedgectl_publish_and_presence_reach_js_subscribers() {
+    within(60, async {
+        let dir = ControlDir::new("jspublish");
+        let scripts = Scripts::new("publish");
+        let source = r#"
+export default {
+  fetch(request) {
+    const { socket, response } = upgradeWebSocket(request);
+    socket.onopen = () => { socket.subscribe("news"); socket.send("in"); };
+    return response;
+  },
+};
+"#;
+        let path = scripts.write("news.js", source);
+        let proxy =
+            Proxy::start_toml(&control_toml(&dir, &js_route("fn", "/fn", &path, &[]))).await;
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let mut ws = ws_connect(proxy.addr, "/fn").await;
+            assert_eq!(js_support::next_text(&mut ws).await, "in");
+            clients.push(ws);
+        }
+        let presence = dir.ctl_direct(&["--json", "presence", "news"]).await.json();
+        assert_eq!(presence["subscribers"], 4, "{presence:#}");
+        let published = dir
+            .ctl_direct(&["--json", "publish", "news", "extra! extra!"])
+            .await
+            .json();
+        assert_eq!(published["delivered"], 4, "{published:#}");
+        for ws in &mut clients {
+            assert_eq!(js_support::next_text(ws).await, "extra! extra!");
+        }
+    })
+    .await;
+}

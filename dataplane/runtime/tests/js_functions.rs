@@ -565,3 +565,111 @@ async fn a_script_that_does_not_compile_is_refused_with_its_line() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_goes_to_the_dataplane_log_with_the_function_name() {
+    within(60, async {
+        let scripts = Scripts::new("console");
+        let source = r#"
+console.info("module loaded on worker", wsedge.worker);
+export default {
+  fetch(request) {
+    const { socket, response } = upgradeWebSocket(request);
+    socket.onmessage = (event) => {
+      console.warn("got", event.data, { n: 1 });
+      socket.send("logged");
+    };
+    return response;
+  },
+};
+"#;
+        let path = scripts.write("handler.js", source);
+        let config = scripts.dir.join("console.toml");
+        std::fs::write(
+            &config,
+            config_toml(1, &js_route("talky", "/fn", &path, &[])),
+        )
+        .expect("write config");
+        // Spawned here (not through Proxy) to read its log on stderr.
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsedge"))
+            .arg("--config")
+            .arg(&config)
+            .env("WSEDGE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn wsedge");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[wsedge stderr] {line}");
+                // The log is coloured even into a pipe: compare the text without escapes.
+                let _ = tx.send(strip_ansi(&line));
+            }
+        });
+        let mut seen = Vec::new();
+        wait_line(&mut lines, &mut seen, |l| l.starts_with("wsedge: ready")).await;
+        let loaded = seen
+            .iter()
+            .find(|l| l.contains("module loaded on worker"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no console line from the module: {seen:#?}"));
+        assert!(loaded.contains("function=talky"), "{loaded}");
+        assert!(loaded.contains("INFO"), "{loaded}");
+        // Once per worker: the scratch runtime the script was checked in logs nothing.
+        let count = seen.iter().filter(|l| l.contains("module loaded")).count();
+        assert_eq!(count, 1, "{seen:#?}");
+        let addr: std::net::SocketAddr = seen
+            .iter()
+            .find_map(|l| l.strip_prefix("wsedge: listening on "))
+            .and_then(|a| a.split_whitespace().next()?.parse().ok())
+            .expect("a listening line");
+        let mut ws = common::ws_connect(addr, "/fn").await;
+        assert_eq!(ask(&mut ws, "hello").await, "logged");
+        let warned = wait_line(&mut lines, &mut seen, |l| l.contains("got hello")).await;
+        assert!(warned.contains("WARN"), "{warned}");
+        assert!(warned.contains("function=talky"), "{warned}");
+        let _ = child.kill();
+        let _ = child.wait();
+    })
+    .await;
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The next line of `lines` that `pred` accepts; every line read is kept in `seen`.
+async fn wait_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: &mut Vec<String>,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no such log line; seen: {seen:#?}"))
+            .expect("wsedge exited");
+        seen.push(line.clone());
+        if pred(&line) {
+            return line;
+        }
+    }
+}

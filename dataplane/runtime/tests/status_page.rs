@@ -215,9 +215,16 @@ async fn status_page_shows_live_numbers_and_updates_in_place() {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let config = Config::new()
-            .workers(2)
-            .route(Route::new("main", &[origin.addr]).relay("frames"));
+        // A watched pool with a dead origin: the page shows it down, the live one up.
+        let dead = common::dead_addr();
+        let config = Config::new().workers(2).route(
+            Route::new("main", &[origin.addr, dead])
+                .relay("frames")
+                .option(
+                    "health",
+                    "{ check = \"tcp\", interval = \"200ms\", timeout = \"100ms\", fall = 1 }",
+                ),
+        );
         let toml = dir.toml(&config, &format!("status_listen = \"127.0.0.1:{port}\""));
         let proxy = dir.start_dataplane(&toml).await;
         let _daemon = Daemon::start(&dir).await;
@@ -254,8 +261,20 @@ async fn status_page_shows_live_numbers_and_updates_in_place() {
             history.as_str().is_some_and(|t| t.contains("desired at start")),
             "{history}"
         );
-        let health = page.eval("document.getElementById('origin-health').textContent").await;
-        assert!(health.as_str().is_some_and(|t| t.contains("not measured yet")), "{health}");
+        page.wait_for(
+            "the dead origin down",
+            "document.getElementById('origin-health').textContent",
+            |v| v.as_str() == Some("1 of 2 watched origins down"),
+        )
+        .await;
+        let states = page
+            .eval("[...document.querySelectorAll('#origins tbody tr')].map(r => r.children[1].textContent + '=' + r.children[2].textContent).join(',')")
+            .await;
+        assert_eq!(
+            states.as_str(),
+            Some(format!("{}=up,{dead}=down", origin.addr).as_str()),
+            "{states}"
+        );
 
         // Two more clients: the same document updates in place.
         page.eval("window.__sameDocument = 'yes'").await;

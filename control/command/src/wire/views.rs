@@ -113,7 +113,7 @@ pub struct StatsReport {
 }
 
 /// One JavaScript function (a `js` route), summed over the workers: the rows of
-/// [`Request::FunctionsList`](super::Request::FunctionsList) and the per-function metrics.
+/// [`Request::FunctionsList`] and the per-function metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionRow {
     /// The route's name.

@@ -129,6 +129,34 @@ function render(s) {
     $("fleet").className = f.refused_revision || !f.etcd_reachable ? "bad" : "ok";
   }
 
+  const obody = $("origins").tBodies[0];
+  const okeys = new Set();
+  const pools = s.origin_health || [];
+  let watched = 0, down = 0;
+  for (const p of pools) {
+    for (const o of p.origins) {
+      const key = `o${p.route}-${o.addr}`;
+      okeys.add(key);
+      if (p.watched) watched++;
+      if (o.state === "down") down++;
+      const state = o.state + (o.slow_start_pct != null ? ` (slow start ${o.slow_start_pct}%)` : "");
+      const last = o.last_check ? o.last_check + (o.last_check_ago_ms != null ? ` ${duration(o.last_check_ago_ms)} ago` : "") : "-";
+      row(obody, [
+        { v: p.route, cls: "l" }, { v: o.addr, cls: "l", name: "addr" },
+        { v: p.watched ? state : "unwatched", cls: "l " + (o.state === "down" ? "bad" : p.watched ? "ok" : "muted"), name: "state" },
+        { v: o.why, cls: "l" }, { v: last, cls: "l" }, o.ejections,
+        { v: p.balance + (p.check ? ", " + p.check : ""), cls: "l" },
+      ], key);
+    }
+  }
+  prune(obody, okeys);
+  text("origin-health", s.origin_health == null
+    ? "not reachable: the dataplane did not answer"
+    : watched === 0
+      ? "no route has [route.health]: origins are not watched"
+      : `${down} of ${watched} watched origins down`);
+  $("origin-health").className = down > 0 ? "bad" : "muted";
+
   const hbody = $("history").tBodies[0];
   const hkeys = new Set();
   s.history.forEach((h, i) => {

@@ -232,6 +232,11 @@ pub(super) fn snapshot(daemon: &Daemon) -> Value {
         _ => Vec::new(),
     };
 
+    let origin_health = match daemon.call_dataplane(&Request::OriginsHealth) {
+        Ok(Response::Origins { pools }) => serde_json::to_value(pools).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+
     // Live connections per route and worker; bytes of live connections per worker (the
     // stats count a connection's bytes when it ends, so a rate needs both).
     let mut routes: BTreeMap<String, BTreeMap<usize, u64>> = BTreeMap::new();
@@ -305,9 +310,8 @@ pub(super) fn snapshot(daemon: &Daemon) -> Value {
         "connections_listed": connections.len(),
         "connections_capped": connections.len() as u64 >= u64::from(CONNECTION_SAMPLE),
         "history": daemon.history.list(),
-        // Origin health (issue 17, item 3) is measured by the dataplane's workers once that
-        // lands; the page has its place ready and shows "not measured" until then.
-        "origin_health": Value::Null,
+        // Every route's origins with their health, as the dataplane's registry sees them.
+        "origin_health": origin_health,
         "errors": errors,
     })
 }

@@ -15,6 +15,7 @@
 //!   to the worker's wake eventfd. A full queue refuses the message (the bridge counts the
 //!   drop and owes that worker's subscribers a `gap`); the bridge never waits on a worker.
 
+use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
@@ -57,19 +58,31 @@ impl Port {
 /// The workers' queues, as the bridge holds them.
 struct Queues {
     queues: Vec<(SyncSender<Handoff>, RawFd)>,
+    /// Workers handed something since the last [`Workers::flush`].
+    woken: Vec<Cell<bool>>,
 }
 
 impl Workers for Queues {
     fn hand(&self, handoff: &Handoff) -> bool {
-        let Some((tx, wake_fd)) = self.queues.get(handoff.worker) else {
+        let Some((tx, _)) = self.queues.get(handoff.worker) else {
             return false;
         };
         match tx.try_send(handoff.clone()) {
             Ok(()) => {
-                sys::eventfd_signal(*wake_fd);
+                self.woken[handoff.worker].set(true);
                 true
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// One eventfd write per worker and batch: a burst of a thousand messages costs each
+    /// worker one wake, not a thousand.
+    fn flush(&self) {
+        for ((_, wake_fd), woken) in self.queues.iter().zip(&self.woken) {
+            if woken.replace(false) {
+                sys::eventfd_signal(*wake_fd);
+            }
         }
     }
 }
@@ -88,7 +101,13 @@ pub(crate) fn start(
         queues.push((tx, fd));
         receivers.push(rx);
     }
-    let handle = wsedge_broker::start(config, host, wake_fds.len(), Box::new(Queues { queues }))?;
+    let woken = queues.iter().map(|_| Cell::new(false)).collect();
+    let handle = wsedge_broker::start(
+        config,
+        host,
+        wake_fds.len(),
+        Box::new(Queues { queues, woken }),
+    )?;
     let ports = receivers
         .into_iter()
         .enumerate()

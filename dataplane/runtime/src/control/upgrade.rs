@@ -2,11 +2,12 @@
 //! configuration in force (handed to the next generation) and the workers' mailboxes (to
 //! retire them).
 
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use wsedge_command::Config;
-use wsedge_command::wire::server::Failure;
+use wsedge_command::wire::server::{Failure, Server, Threads};
+use wsedge_command::wire::{Client, Request, Response};
 
 use super::{Shared, WORKER_REPLY_TIMEOUT};
 use crate::worker::mailbox::{Command, Mailbox, WorkerReport};
@@ -24,6 +25,41 @@ impl Shared {
 
     pub(crate) fn mailboxes(&self) -> &[Mailbox] {
         &self.mailboxes
+    }
+
+    /// After a failed upgrade: if the control socket's path no longer reaches this process
+    /// (the new binary bound it, then died or was killed), binds it again, so the
+    /// generation that keeps serving stays reachable by its path.
+    pub(crate) fn reclaim_control_socket(self: &Arc<Self>) {
+        let control = self.current().config.control.clone();
+        let Some(path) = control.socket.clone() else {
+            return;
+        };
+        let answering = Client::connect(&path, Duration::from_secs(1))
+            .and_then(|mut c| c.call(&Request::Status))
+            .ok()
+            .and_then(|r| match r {
+                Response::Status(s) => s.dataplane.map(|d| d.pid),
+                _ => None,
+            });
+        if answering == Some(self.pid) {
+            return;
+        }
+        let threads = Threads {
+            accept: "wsedge-control",
+            peer: "wsedge-ctl-peer",
+        };
+        let served = self.clone();
+        let bound = Server::bind_replacing(&path, &control)
+            .and_then(|server| server.spawn(threads, move |request| served.handle(request)));
+        match bound {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), "control socket bound again after the failed upgrade")
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot bind the control socket again after the failed upgrade")
+            }
+        }
     }
 
     /// The workers' reports for a status: all of them, or, once a newer generation took

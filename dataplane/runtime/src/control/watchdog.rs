@@ -17,6 +17,10 @@ pub(super) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
         .name("wsedge-watchdog".to_owned())
         .spawn(move || {
             loop {
+                // Replaced by a binary upgrade: the new generation is the one watched.
+                if shared.upgrade.retired() {
+                    return;
+                }
                 match shared.reports() {
                     Ok(_) => wsedge_command::notify::watchdog_ping(),
                     Err(f) => tracing::error!(

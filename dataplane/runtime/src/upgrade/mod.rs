@@ -227,6 +227,11 @@ impl Upgrader {
             .filter(|d| !d.as_os_str().is_empty())
             .map_or_else(std::env::temp_dir, Path::to_path_buf);
         tracing::info!(binary = %binary.display(), generation = self.generation + 1, "upgrade: starting the new binary");
+        // Whatever the new binary did before it failed, this generation stays reachable.
+        let failed = |m: String| {
+            shared.reclaim_control_socket();
+            failed(m)
+        };
         let started = spawn::start(&binary, &self.args, &dir, deadline)
             .map_err(|m| failed(upgrade_failed(&m)))?;
         let spawn::Started { mut child, stream } = started;

@@ -13,8 +13,9 @@ use crate::conn_id::ConnId;
 const BATCH: usize = 4096;
 
 impl Worker {
-    /// Delivers what the bridge queued for this worker. What is left past [`BATCH`] waits
-    /// for the next wake (the bridge signals the eventfd on every handoff).
+    /// Delivers what the bridge queued for this worker. Past [`BATCH`], the worker wakes
+    /// itself (its eventfd) to take the rest after the ring's completions: the bridge wakes
+    /// a worker once per batch of handoffs, not per handoff.
     pub(super) fn drain_bridge(&mut self) {
         let mut targets = Vec::new();
         for _ in 0..BATCH {
@@ -36,6 +37,7 @@ impl Worker {
                 self.deliver(&message, &mut targets);
             }
         }
+        wsedge_ring::sys::eventfd_signal(self.wake_fd);
     }
 
     /// Tells this worker's subscribers of `channel` (of `route`, or of every route) that

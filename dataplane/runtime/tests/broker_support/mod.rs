@@ -35,6 +35,8 @@ pub(crate) struct Server {
     pub(crate) kind: Kind,
     pub(crate) port: u16,
     child: Option<Child>,
+    /// User and password the server requires (Redis: the password only).
+    auth: Option<(String, String)>,
 }
 
 impl Server {
@@ -48,6 +50,19 @@ impl Server {
             kind,
             port,
             child: None,
+            auth: None,
+        };
+        s.up();
+        s
+    }
+
+    /// A server on a free port that requires `user` / `password`.
+    pub(crate) fn start_with_auth(kind: Kind, user: &str, password: &str) -> Server {
+        let mut s = Server {
+            kind,
+            port: free_port(),
+            child: None,
+            auth: Some((user.to_owned(), password.to_owned())),
         };
         s.up();
         s
@@ -59,6 +74,7 @@ impl Server {
             kind,
             port: free_port(),
             child: None,
+            auth: None,
         }
     }
 
@@ -78,11 +94,17 @@ impl Server {
                 let mut c = Command::new("redis-server");
                 c.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
                     .args(["--appendonly", "no", "--protected-mode", "no"]);
+                if let Some((_, password)) = &self.auth {
+                    c.args(["--requirepass", password]);
+                }
                 c
             }
             Kind::Nats => {
                 let mut c = Command::new("nats-server");
                 c.args(["-a", "127.0.0.1", "-p", &port]);
+                if let Some((user, password)) = &self.auth {
+                    c.args(["--user", user, "--pass", password]);
+                }
                 c
             }
         };
@@ -128,6 +150,13 @@ impl Drop for Server {
 /// One host: a wsedge with 2 workers, a broadcast route at `/ch/` for `wsedge.v1` clients,
 /// the publish API on `publish`, and a `[broker]` named `host`.
 pub(crate) fn host_toml(server: &Server, host: &str, publish: u16, extra: &str) -> String {
+    hosts_toml(&[server], host, publish, extra)
+}
+
+/// [`host_toml`] with every server of `servers` in `addresses` (one shard each by default).
+pub(crate) fn hosts_toml(servers: &[&Server], host: &str, publish: u16, extra: &str) -> String {
+    let server = servers[0];
+    let urls: Vec<String> = servers.iter().map(|s| format!("{:?}", s.url())).collect();
     let backend = match server.kind {
         Kind::Redis => "redis",
         Kind::Nats => "nats",
@@ -136,10 +165,10 @@ pub(crate) fn host_toml(server: &Server, host: &str, publish: u16, extra: &str) 
         "[dataplane]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\ndrain_timeout = \"1s\"\n\n\
          [access_log]\ntarget = \"stdout\"\n\n\
          [functions]\npublish_listen = \"127.0.0.1:{publish}\"\n\n\
-         [broker]\nbackend = \"{backend}\"\naddresses = [\"{url}\"]\nhost = \"{host}\"\n\
+         [broker]\nbackend = \"{backend}\"\naddresses = [{urls}]\nhost = \"{host}\"\n\
          reconnect_min = \"50ms\"\nreconnect_max = \"300ms\"\n{extra}\n\n\
          [[route]]\nname = \"chat\"\npath_prefix = \"/ch/\"\nfunction = \"broadcast\"\n",
-        url = server.url()
+        urls = urls.join(", ")
     )
 }
 
@@ -150,8 +179,13 @@ pub(crate) struct Host {
 }
 
 pub(crate) async fn start_host(server: &Server, name: &str, extra: &str) -> Host {
+    start_sharded_host(&[server], name, extra).await
+}
+
+/// A host whose `[broker]` lists every server of `servers`.
+pub(crate) async fn start_sharded_host(servers: &[&Server], name: &str, extra: &str) -> Host {
     let publish = free_port();
-    let proxy = Proxy::start_toml(&host_toml(server, name, publish, extra)).await;
+    let proxy = Proxy::start_toml(&hosts_toml(servers, name, publish, extra)).await;
     Host { proxy, publish }
 }
 
@@ -259,29 +293,41 @@ pub(crate) async fn wait_presence(port: u16, channel: &str, want: u64) -> Value 
     }
 }
 
-/// Publishes `sync` messages through `port` until every subscriber got one (so every host's
-/// broker subscription is live); later `sync`s are skipped by [`next_data`].
-pub(crate) async fn sync(port: u16, channel: &str, subs: &mut [Ws]) {
+/// Makes sure every subscriber's host holds a live broker subscription: publishes
+/// `sync:<port>` through each host of `ports` until every subscriber got one from each. A
+/// subscriber's own host may deliver its publications directly (while its subscription is
+/// pending), so only another host's `sync` proves the subscription: pass every host.
+/// Later `sync`s are skipped by [`next_data`].
+pub(crate) async fn sync(ports: &[u16], channel: &str, subs: &mut [Ws]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     for (i, ws) in subs.iter_mut().enumerate() {
-        loop {
-            publish(port, channel, "sync");
-            if next_json_within(ws, 1)
-                .await
-                .is_some_and(|v| v["data"] == "sync")
-            {
-                break;
+        for &port in ports {
+            let token = format!("sync:{port}");
+            'port: loop {
+                publish(port, channel, &token);
+                while let Some(v) = next_json_within(ws, 1).await {
+                    if v["data"] == token.as_str() {
+                        break 'port;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "subscriber {i} never got a sync from {port}"
+                );
             }
-            assert!(Instant::now() < deadline, "subscriber {i} never got a sync");
         }
     }
+}
+
+fn is_sync(v: &Value) -> bool {
+    v["data"].as_str().is_some_and(|d| d.starts_with("sync"))
 }
 
 /// The next message on `ws` that is not a `sync`.
 pub(crate) async fn next_data(ws: &mut Ws) -> Value {
     loop {
         let v = next_json(ws).await;
-        if v["data"] == "sync" {
+        if is_sync(&v) {
             continue;
         }
         return v;
