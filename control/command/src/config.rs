@@ -1407,7 +1407,7 @@ impl Validator<'_> {
         }
         let health = raw
             .health
-            .map(|h| self.health(index, h, origin_tls.is_some(), function.is_some()))
+            .map(|h| self.health(index, h, function.is_some()))
             .transpose()?;
         let balance: Policy = raw.balance.map(Into::into).unwrap_or_default();
         let hash_key = self.hash_key(index, balance, raw.hash_key)?;

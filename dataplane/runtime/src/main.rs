@@ -144,7 +144,10 @@ fn main() -> ExitCode {
     // Origin health: one registry for the process, kept across configuration pushes.
     let health = health::Registry::new();
     let settings = match settings::Settings::from_config(&config, count, &health) {
-        Ok(s) => s.with_tls(&tls.store).with_origins(tls.origins),
+        Ok(s) => {
+            health.set_origin_tls(&tls.origins);
+            s.with_tls(&tls.store).with_origins(tls.origins)
+        }
         Err(e) => {
             eprintln!("wsedge: invalid configuration: {e}");
             if let Some(i) = &inherited {

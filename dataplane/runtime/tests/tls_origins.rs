@@ -195,3 +195,49 @@ async fn tls_origins_are_verified_with_sni_and_refusals_are_502() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_health_checks_speak_tls_to_tls_origins() {
+    within(60, async {
+        let pki = Pki::new("origins-health");
+        let leaf = pki.leaf("origin", &["origin.test"], KeyKind::Ecdsa);
+        let other_ca = Pki::new("origins-health-other");
+        let origin = TlsEchoOrigin::start(&leaf).await;
+        let health = "{ check = \"websocket\", path = \"/health\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }";
+        let config = Config::new()
+            .route(tls_route("checked", origin.addr, Some("origin.test"), &pki).option("health", health))
+            .route(
+                tls_route("distrusted", origin.addr, Some("origin.test"), &other_ca)
+                    .option("health", health),
+            );
+        let mut proxy = Proxy::start(&config).await;
+        // Several check periods: the trusted route's checks complete TLS handshakes (the origin
+        // records each), the distrusted route's fail on the certificate.
+        let mut checks = 0;
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            checks = origin.sni.lock().expect("lock").len();
+            if checks >= 3 {
+                break;
+            }
+        }
+        assert!(checks >= 3, "websocket checks over TLS reached the origin {checks} times");
+        assert!(
+            origin
+                .sni
+                .lock()
+                .expect("lock")
+                .iter()
+                .all(|n| n.as_deref() == Some("origin.test")),
+            "checks send origin_server_name as SNI"
+        );
+        // The trusted route's origin stays up; the distrusted one is down: 503, not 502.
+        let mut ws = upgrade(&proxy, "/checked").await.expect("101: the origin is up");
+        common::assert_echo(&mut ws, Message::text("checked")).await;
+        assert_eq!(upgrade(&proxy, "/distrusted").await.err(), Some(503));
+        proxy
+            .wait_log_reason("no_live_origin", Duration::from_secs(5))
+            .await;
+    })
+    .await;
+}

@@ -124,6 +124,14 @@ impl OriginTls {
         self
     }
 
+    /// The name the origin at `addr` is verified against (and sent as SNI when it is a DNS
+    /// name): `origin_server_name`, else the address.
+    pub fn server_name_for(&self, addr: IpAddr) -> ServerName<'static> {
+        self.server_name
+            .clone()
+            .unwrap_or(ServerName::IpAddress(addr.into()))
+    }
+
     /// A connection to the origin at `addr`.
     pub fn connect(&self, addr: IpAddr) -> Result<TlsClient, TlsError> {
         TlsClient::new(self, addr)
@@ -152,10 +160,7 @@ pub struct TlsClient {
 impl TlsClient {
     /// Starts the handshake (the ClientHello waits in `take_ciphertext`).
     pub fn new(tls: &OriginTls, addr: IpAddr) -> Result<TlsClient, TlsError> {
-        let name = tls
-            .server_name
-            .clone()
-            .unwrap_or(ServerName::IpAddress(addr.into()));
+        let name = tls.server_name_for(addr);
         let peer = match &name {
             ServerName::DnsName(d) => format!("origin {addr} ({})", d.as_ref()),
             _ => format!("origin {addr}"),

@@ -115,12 +115,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Validator<'_> {
     /// Validates route `index`'s `[route.health]` table (`span` locates the route for errors
-    /// about the route as a whole). `tls`: the route's origins speak TLS.
+    /// about the route as a whole).
     pub(super) fn health(
         &self,
         index: usize,
         raw: Spanned<RawHealth>,
-        tls: bool,
         function: bool,
     ) -> Result<HealthConfig, ConfigError> {
         let field = |name: &str| format!("route[{index}].health.{name}");
@@ -216,13 +215,6 @@ impl Validator<'_> {
                     }
                     CheckKind::Tcp
                 } else {
-                    if tls {
-                        return Err(self.invalid(
-                            check_span,
-                            &field("check"),
-                            "a WebSocket check over TLS is not supported yet: use check = \"tcp\"",
-                        ));
-                    }
                     let path = raw
                         .path
                         .clone()

@@ -480,8 +480,9 @@ impl Shared {
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e.to_string()))?;
         let settings = Settings::from_config(&config, self.mailboxes.len(), &self.health)
             .map_err(|e| Failure::new(ErrorKind::InvalidConfig, e))?
-            .with_tls(&certs)
-            .with_origins(origins);
+            .with_tls(&certs);
+        self.health.set_origin_tls(&origins);
+        let settings = settings.with_origins(origins);
         for index in 0..self.mailboxes.len() {
             let command = Command::Apply {
                 version,

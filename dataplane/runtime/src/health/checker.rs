@@ -57,11 +57,12 @@ fn round(registry: &Registry, wake: &mpsc::Sender<()>) -> u64 {
             next = next.min(now.saturating_add(interval));
             let (shared, wake, kind, addr) =
                 (pool.clone(), wake.clone(), check.kind.clone(), slot.addr);
+            let tls = pool.tls();
             let timeout = check.timeout;
             let spawned = std::thread::Builder::new()
                 .name("wsedge-check".to_owned())
                 .spawn(move || {
-                    let result = probe::run(&kind, addr, timeout);
+                    let result = probe::run(&kind, addr, timeout, tls.as_ref());
                     if let Err(failure) = result {
                         tracing::debug!(route = %shared.route, origin = %addr, failure = %failure.label(), "health check failed");
                     }

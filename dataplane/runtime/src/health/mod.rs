@@ -121,6 +121,20 @@ impl Registry {
         out
     }
 
+    /// Gives each pool in force its route's origin TLS (`None` for a plain route), so
+    /// active `websocket` checks speak TLS where the route does.
+    pub(crate) fn set_origin_tls(&self, origins: &[(String, wsedge_tls::OriginTls)]) {
+        for entry in lock(&self.entries).iter() {
+            if let Some(pool) = &entry.pool {
+                let tls = origins
+                    .iter()
+                    .find(|(route, _)| *route == entry.route)
+                    .map(|(_, tls)| tls.clone());
+                pool.set_tls(tls);
+            }
+        }
+    }
+
     /// The pools in force that have health.
     pub(crate) fn pools(&self) -> Vec<Arc<Pool>> {
         lock(&self.entries)

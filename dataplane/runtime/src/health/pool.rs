@@ -60,6 +60,8 @@ pub(crate) struct Pool {
     pub(crate) origins: Vec<Slot>,
     settings: Mutex<PoolSettings>,
     retry_after: AtomicU32,
+    /// The route's TLS to its origins (active `websocket` checks speak it too).
+    tls: Mutex<Option<wsedge_tls::OriginTls>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -90,7 +92,17 @@ impl Pool {
                 .collect(),
             retry_after: AtomicU32::new(settings.retry_after_secs),
             settings: Mutex::new(settings),
+            tls: Mutex::new(None),
         }
+    }
+
+    /// The route's origin TLS, for the active checks.
+    pub(crate) fn tls(&self) -> Option<wsedge_tls::OriginTls> {
+        lock(&self.tls).clone()
+    }
+
+    pub(crate) fn set_tls(&self, tls: Option<wsedge_tls::OriginTls>) {
+        *lock(&self.tls) = tls;
     }
 
     pub(crate) fn settings(&self) -> PoolSettings {

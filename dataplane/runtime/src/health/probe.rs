@@ -1,7 +1,8 @@
 //! The active checks themselves, blocking, on a thread of their own: a TCP connect, or a
 //! WebSocket handshake to the configured path that must be answered `101` with the right
-//! `Sec-WebSocket-Accept` (then a Close frame ends it politely). Everything ends within the
-//! check's timeout.
+//! `Sec-WebSocket-Accept` (then a Close frame ends it politely), over TLS when the route's
+//! origins speak it (verified as the route's connections are: a certificate the route does
+//! not trust fails the check). Everything ends within the check's timeout.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,16 +14,23 @@ use wsedge_proto::handshake::HeadLimits;
 use wsedge_proto::health::Failure;
 use wsedge_proto::response::parse_response;
 
-/// The key every check sends (its accept value is checked, so any fixed key does).
-const KEY: &str = "d3NlZGdlLWhlYWx0aC1rZXk=";
+/// The key every check sends (its accept value is checked, so any fixed key does, as long
+/// as it is the base64 of 16 bytes, as RFC 6455 requires: strict origins such as
+/// tungstenite refuse any other with a 400). "wsedge-health-ke".
+const KEY: &str = "d3NlZGdlLWhlYWx0aC1rZQ==";
 /// A masked Close 1000 "health check" (client frames are masked; the mask is zero).
 const CLOSE: &[u8] = &[
     0x88, 0x8e, 0, 0, 0, 0, 0x03, 0xe8, b'h', b'e', b'a', b'l', b't', b'h', b' ', b'c', b'h', b'e',
     b'c', b'k',
 ];
 
-/// Runs one check of `addr` within `timeout`.
-pub(crate) fn run(kind: &CheckKind, addr: SocketAddr, timeout: Duration) -> Result<(), Failure> {
+/// Runs one check of `addr` within `timeout` (`tls`: the route's TLS to its origins).
+pub(crate) fn run(
+    kind: &CheckKind,
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&wsedge_tls::OriginTls>,
+) -> Result<(), Failure> {
     let started = Instant::now();
     let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
         if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock {
@@ -35,29 +43,39 @@ pub(crate) fn run(kind: &CheckKind, addr: SocketAddr, timeout: Duration) -> Resu
         CheckKind::Tcp => Ok(()),
         CheckKind::WebSocket { path } => {
             let left = timeout.saturating_sub(started.elapsed());
-            handshake(stream, addr, path, left)
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => handshake(stream, addr, path, left, timeouts),
+                Some(tls) => {
+                    let conn = wsedge_tls::rustls::ClientConnection::new(
+                        tls.config().clone(),
+                        tls.server_name_for(addr.ip()),
+                    )
+                    .map_err(|_| Failure::ConnectFailed)?;
+                    let stream = wsedge_tls::rustls::StreamOwned::new(conn, stream);
+                    handshake(stream, addr, path, left, |s, d| timeouts(&s.sock, d))
+                }
+            }
         }
     }
 }
 
-fn handshake(
-    mut stream: TcpStream,
+fn handshake<S: Read + Write>(
+    mut stream: S,
     addr: SocketAddr,
     path: &str,
     left: Duration,
+    set_timeouts: impl Fn(&S, Duration) -> std::io::Result<()>,
 ) -> Result<(), Failure> {
     if left.is_zero() {
         return Err(Failure::Timeout);
     }
     let deadline = Instant::now() + left;
-    let _ = stream.set_nodelay(true);
     let head = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: wsedge-health\r\n\r\n"
     );
-    stream
-        .set_write_timeout(Some(left))
-        .map_err(|_| Failure::ConnectFailed)?;
+    set_timeouts(&stream, left).map_err(|_| Failure::ConnectFailed)?;
     stream.write_all(head.as_bytes()).map_err(io_failure)?;
     let accept = accept_key(KEY.as_bytes());
     let limits = HeadLimits::default();
@@ -68,9 +86,7 @@ fn handshake(
         if left.is_zero() {
             return Err(Failure::Timeout);
         }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|_| Failure::BadAnswer)?;
+        set_timeouts(&stream, left).map_err(|_| Failure::BadAnswer)?;
         let n = stream.read(&mut chunk).map_err(io_failure)?;
         if n == 0 {
             return Err(Failure::BadAnswer);
@@ -79,14 +95,21 @@ fn handshake(
         match parse_response(&buf, &limits, Some(&accept)) {
             Ok(None) => continue,
             Ok(Some(r)) if r.upgraded => {
+                // The socket closes when the stream is dropped.
                 let _ = stream.write_all(CLOSE);
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                let _ = stream.flush();
                 return Ok(());
             }
             Ok(Some(r)) => return Err(Failure::Status(r.status)),
             Err(_) => return Err(Failure::BadAnswer),
         }
     }
+}
+
+/// Both timeouts of the socket under a check.
+fn timeouts(s: &TcpStream, d: Duration) -> std::io::Result<()> {
+    s.set_read_timeout(Some(d))?;
+    s.set_write_timeout(Some(d))
 }
 
 fn io_failure(e: std::io::Error) -> Failure {
@@ -146,7 +169,7 @@ mod tests {
             )
             .into_bytes()
         });
-        assert_eq!(run(&ws(), addr, T), Ok(()));
+        assert_eq!(run(&ws(), addr, T, None), Ok(()));
     }
 
     #[test]
@@ -154,9 +177,31 @@ mod tests {
         let addr = origin(|_| {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n".to_vec()
         });
-        assert_eq!(run(&ws(), addr, T), Err(Failure::BadAnswer));
+        assert_eq!(run(&ws(), addr, T, None), Err(Failure::BadAnswer));
         let addr = origin(|_| b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec());
-        assert_eq!(run(&ws(), addr, T), Err(Failure::Status(503)));
+        assert_eq!(run(&ws(), addr, T, None), Err(Failure::Status(503)));
+    }
+
+    #[test]
+    fn the_key_is_sixteen_bytes_in_base64() {
+        let decoded: Vec<u8> = {
+            // A tiny decoder: the key uses no '+' or '/'.
+            let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut bits = 0u32;
+            let mut n = 0;
+            let mut out = Vec::new();
+            for c in KEY.bytes().filter(|c| *c != b'=') {
+                let v = alphabet.iter().position(|a| *a == c).expect("base64") as u32;
+                bits = (bits << 6) | v;
+                n += 6;
+                if n >= 8 {
+                    n -= 8;
+                    out.push((bits >> n) as u8);
+                }
+            }
+            out
+        };
+        assert_eq!(decoded, b"wsedge-health-ke");
     }
 
     #[test]
@@ -164,11 +209,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let started = Instant::now();
-        assert_eq!(run(&ws(), addr, T), Err(Failure::Timeout));
+        assert_eq!(run(&ws(), addr, T, None), Err(Failure::Timeout));
         assert!(started.elapsed() < T + Duration::from_millis(300));
         // A listening socket passes a TCP check even if it never answers.
-        assert_eq!(run(&CheckKind::Tcp, addr, T), Ok(()));
+        assert_eq!(run(&CheckKind::Tcp, addr, T, None), Ok(()));
         drop(listener);
-        assert_eq!(run(&CheckKind::Tcp, addr, T), Err(Failure::ConnectFailed));
+        assert_eq!(
+            run(&CheckKind::Tcp, addr, T, None),
+            Err(Failure::ConnectFailed)
+        );
     }
 }
