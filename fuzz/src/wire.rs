@@ -20,7 +20,7 @@ use std::io::{self, Read};
 use arbitrary::Unstructured;
 use serde_json::Value;
 use wsedge_command::wire::{
-    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
+    Applied, CertInfo, ConfigText, Connection, DaemonStatus, DataplaneStatus, Envelope, ErrorKind,
     FunctionRow, GenerationStatus, LimitsView, ListEntryView, ListView, MAX_FRAME, OriginHealth,
     PROTOCOL_VERSION, Percentiles, PoolHealth, Request, Response, RouteRow, StatsReport, Status,
     Upgraded, WireError, WorkerStats, WorkerStatus, decode_request, decode_response, read_frame,
@@ -590,12 +590,12 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
     Ok(response)
 }
 
-fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertView>> {
+fn cert_views(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<CertInfo>> {
     (0..u.int_in_range(0..=2)?)
         .map(|_| {
-            Ok(CertView {
+            Ok(CertInfo {
                 id: u.arbitrary()?,
-                file: u.arbitrary()?,
+                cert_file: u.arbitrary::<String>()?.into(),
                 names: u.arbitrary()?,
                 default: u.arbitrary()?,
                 subject: u.arbitrary()?,

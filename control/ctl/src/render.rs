@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use wsedge_command::wire::{
-    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, Percentiles,
+    Applied, CertInfo, ConfigText, Connection, FunctionRow, LimitsView, ListView, Percentiles,
     PoolHealth, RouteRow, StatsReport, Status, WorkerStats,
 };
 
@@ -525,7 +525,7 @@ pub(crate) fn applied(a: &Applied) -> String {
 }
 
 /// `certs`: one row per certificate, with its expiry as a UTC date and how far off it is.
-pub(crate) fn certs(certs: &[CertView], unix_now: u64) -> String {
+pub(crate) fn certs(certs: &[CertInfo], unix_now: u64) -> String {
     if certs.is_empty() {
         return "no certificates (no [[certificate]] in the configuration)\n".to_owned();
     }

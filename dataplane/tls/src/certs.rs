@@ -20,11 +20,13 @@ use crate::spec::{CertificateSpec, NamePattern};
 /// PEM files larger than this are refused before parsing (a chain is a few KiB).
 const MAX_PEM_FILE: u64 = 1 << 20;
 
-/// What `wsedgectl certs` lists about one certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `wsedgectl certs` lists about one certificate; the control protocol carries it as is
+/// (its `certs` answers).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CertInfo {
     pub id: String,
     /// The leaf's PEM file.
+    #[serde(rename = "file")]
     pub cert_file: std::path::PathBuf,
     /// The SNI names it is served for (the override, or its DNS names).
     pub names: Vec<String>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::MAX_FRAME;
 use super::health::PoolHealth;
 use super::views::{
-    Applied, CertView, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow,
+    Applied, CertInfo, ConfigText, Connection, FunctionRow, LimitsView, ListView, RouteRow,
     StatsReport, Status, Upgraded,
 };
 
@@ -240,12 +240,12 @@ pub enum Response {
     },
     /// Answer to [`Request::Certs`].
     Certs {
-        certificates: Vec<CertView>,
+        certificates: Vec<CertInfo>,
     },
     /// Answer to [`Request::CertsReload`]: what now serves, and how many workers confirmed
     /// serving it.
     CertsReloaded {
-        certificates: Vec<CertView>,
+        certificates: Vec<CertInfo>,
         workers_confirmed: usize,
     },
     /// Answer to [`Request::FunctionsList`].

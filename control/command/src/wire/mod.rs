@@ -36,7 +36,7 @@ pub use messages::{
     Response, check_channel, is_valid_channel,
 };
 pub use views::{
-    Applied, CertView, ConfigText, Connection, DaemonStatus, DataplaneStatus, FunctionRow,
+    Applied, CertInfo, ConfigText, Connection, DaemonStatus, DataplaneStatus, FunctionRow,
     GenerationStatus, LimitsView, ListEntryView, ListView, Percentiles, RouteRow, StatsReport,
     Status, Upgraded, WorkerStats, WorkerStatus, config_hash, is_rejection, limits_view,
     list_views, route_rows,

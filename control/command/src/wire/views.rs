@@ -295,28 +295,8 @@ pub struct Applied {
     pub restart_required: Vec<String>,
 }
 
-/// One `[[certificate]]` in force, for `wsedgectl certs` (answers to [`Request::Certs`] and
-/// [`Request::CertsReload`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CertView {
-    pub id: String,
-    /// The leaf's PEM file.
-    pub file: String,
-    /// The SNI names it is served for (exact names and `*.` wildcards).
-    pub names: Vec<String>,
-    /// Served to clients without SNI or with an unknown name.
-    pub default: bool,
-    /// RFC 4514 style (`CN=example.com, O=...`).
-    pub subject: String,
-    pub issuer: String,
-    /// Validity, Unix seconds.
-    pub not_before: i64,
-    pub not_after: i64,
-    /// `ECDSA P-256`, `RSA 2048`...
-    pub key_type: String,
-    /// Certificates in the chain file, the leaf included.
-    pub chain_len: usize,
-}
+/// A certificate as `certs` lists it: the TLS crate's own record.
+pub use wsedge_tls::CertInfo;
 
 /// Answer to [`Request::ConfigShow`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use wsedge_command::wire::server::Failure;
-use wsedge_command::wire::{CertView, ErrorKind};
+use wsedge_command::wire::ErrorKind;
 use wsedge_tls::{CertInfo, CertStore};
 
 use super::{Shared, WORKER_REPLY_TIMEOUT};
@@ -21,13 +21,13 @@ use crate::worker::mailbox::Command;
 
 impl Shared {
     /// Every certificate in force.
-    pub(super) fn certs(&self) -> Vec<CertView> {
+    pub(super) fn certs(&self) -> Vec<CertInfo> {
         views(&self.current().certs)
     }
 
     /// Reads the certificate files of the configuration in force again and hands the new
     /// listeners to every worker. Returns what now serves and how many workers confirmed.
-    pub(crate) fn reload_certs(&self) -> Result<(Vec<CertView>, usize), Failure> {
+    pub(crate) fn reload_certs(&self) -> Result<(Vec<CertInfo>, usize), Failure> {
         let mut current = self.current();
         let source = current.source.clone();
         let store = current.certs.reload(&current.config.tls).map_err(|e| {
@@ -78,21 +78,6 @@ impl Shared {
     }
 }
 
-fn views(store: &CertStore) -> Vec<CertView> {
-    store.certificates().map(view).collect()
-}
-
-fn view(c: &CertInfo) -> CertView {
-    CertView {
-        id: c.id.clone(),
-        file: c.cert_file.display().to_string(),
-        names: c.names.clone(),
-        default: c.default,
-        subject: c.subject.clone(),
-        issuer: c.issuer.clone(),
-        not_before: c.not_before,
-        not_after: c.not_after,
-        key_type: c.key_type.clone(),
-        chain_len: c.chain_len,
-    }
+fn views(store: &CertStore) -> Vec<CertInfo> {
+    store.certificates().cloned().collect()
 }

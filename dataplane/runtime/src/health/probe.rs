@@ -87,7 +87,12 @@ fn handshake<S: Read + Write>(
             return Err(Failure::Timeout);
         }
         set_timeouts(&stream, left).map_err(|_| Failure::BadAnswer)?;
-        let n = stream.read(&mut chunk).map_err(io_failure)?;
+        let n = match stream.read(&mut chunk) {
+            // A read with a timeout is never restarted after a signal (signal(7)): try again
+            // within what is left.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.map_err(io_failure)?,
+        };
         if n == 0 {
             return Err(Failure::BadAnswer);
         }
@@ -208,11 +213,17 @@ mod tests {
     fn silence_is_a_timeout_and_a_closed_port_a_connect_failure() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // A peer that accepts and holds the connection but never answers.
+        let silent = std::thread::spawn({
+            let listener = listener.try_clone().expect("clone");
+            move || listener.accept().map(|(held, _)| held)
+        });
         let started = Instant::now();
         assert_eq!(run(&ws(), addr, T, None), Err(Failure::Timeout));
         assert!(started.elapsed() < T + Duration::from_millis(300));
         // A listening socket passes a TCP check even if it never answers.
         assert_eq!(run(&CheckKind::Tcp, addr, T, None), Ok(()));
+        drop(silent.join().expect("silent peer"));
         drop(listener);
         assert_eq!(
             run(&CheckKind::Tcp, addr, T, None),
