@@ -12,8 +12,8 @@
 use std::sync::mpsc;
 use std::time::Instant;
 
-use wsedge_command::wire::server::Failure;
 use wsedge_command::wire::ErrorKind;
+use wsedge_command::wire::server::Failure;
 use wsedge_tls::{CertInfo, CertStore};
 
 use super::{Shared, WORKER_REPLY_TIMEOUT};
