@@ -92,6 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "Miri has no AF_UNIX sockets (run by cargo test)")]
     fn sends_datagrams_to_a_path_and_to_an_abstract_socket() {
         let dir = std::env::temp_dir().join(format!("wsedge-notify-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
