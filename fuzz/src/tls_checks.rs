@@ -256,11 +256,14 @@ pub fn tls(data: &[u8]) {
         }
         m => {
             let name = ServerName::try_from("a.test").expect("name");
-            let mut client = ClientConnection::new(f.client.clone(), name).expect("client");
-            client.set_buffer_limit(None);
+            let mut client = Peer {
+                conn: ClientConnection::new(f.client.clone(), name).expect("client"),
+                dead: false,
+            };
+            client.conn.set_buffer_limit(None);
             if m == 2 {
                 for _ in 0..8 {
-                    let to_server = client_records(&mut client);
+                    let to_server = client_records(&mut client.conn);
                     s.feed_all(&to_server);
                     let to_client = s.take_ciphertext();
                     if to_server.is_empty() && to_client.is_empty() {
@@ -297,14 +300,30 @@ fn client_records(client: &mut ClientConnection) -> Vec<u8> {
     out
 }
 
-fn to_client_conn(client: &mut ClientConnection, bytes: &[u8]) {
+/// The real rustls client the ops drive. Once it has failed (a fatal alert sent) it is dead:
+/// rustls wants such a connection dropped, and asserts (debug builds) if it is used again.
+struct Peer {
+    conn: ClientConnection,
+    dead: bool,
+}
+
+fn to_client_conn(peer: &mut Peer, bytes: &[u8]) {
+    if peer.dead {
+        return;
+    }
+    let client = &mut peer.conn;
     let mut rd = bytes;
     while !rd.is_empty() {
         match client.read_tls(&mut rd) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Err(_) => {
+                peer.dead = true;
+                return;
+            }
             Ok(_) => {}
         }
         if client.process_new_packets().is_err() {
+            peer.dead = true;
             return;
         }
         let mut sink = [0u8; 4096];
@@ -316,7 +335,7 @@ fn to_client_conn(client: &mut ClientConnection, bytes: &[u8]) {
     }
 }
 
-fn run_op(s: &mut Checked, client: &mut ClientConnection, op: Op) {
+fn run_op(s: &mut Checked, client: &mut Peer, op: Op) {
     match op {
         Op::Feed(bytes) => s.feed(&bytes),
         Op::TakePlaintext => {
@@ -333,12 +352,19 @@ fn run_op(s: &mut Checked, client: &mut ClientConnection, op: Op) {
             s.closed = true;
             assert!(s.server.seal(b"x").is_err(), "seal after close_notify");
         }
+        Op::ClientSend(_) | Op::ClientClose if client.dead => {}
         Op::ClientSend(data) => {
-            let _ = client.writer().write_all(&data);
+            let _ = client.conn.writer().write_all(&data);
         }
-        Op::ClientClose => client.send_close_notify(),
+        Op::ClientClose => {
+            client.conn.send_close_notify();
+            // rustls's client asserts (debug builds) if it must send a fatal alert after its
+            // close_notify: it reads nothing more here (the server side drops input after its
+            // own close_notify for the same reason).
+            client.dead = true;
+        }
         Op::Deliver { cut, flip } => {
-            let mut bytes = client_records(client);
+            let mut bytes = client_records(&mut client.conn);
             if let Some((at, x)) = flip
                 && !bytes.is_empty()
             {

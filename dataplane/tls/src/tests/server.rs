@@ -638,6 +638,18 @@ fn close_notify_both_ways() {
     assert_eq!(got, b"last");
     assert!(pair.server.feed(b"more").expect("after close").peer_closed);
 
+    // After the server's close_notify, a malformed record from the client is dropped unread
+    // (rustls would send a fatal alert after its close_notify, which it asserts against).
+    let mut pair = handshake(&store, &ClientOpts::default(), "a.test");
+    pair.assert_ok();
+    pair.server.close_notify();
+    let garbage = [0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5];
+    let p = pair.server.feed(&garbage).expect("dropped, not an error");
+    assert_eq!(p.consumed, garbage.len());
+    let mut got = Vec::new();
+    pair.server.take_plaintext(&mut got);
+    assert!(got.is_empty());
+
     // Closed before the client's hello: over, nothing to send, nothing accepted later
     // (found by the tls fuzz target: a later handshake used to accept seals).
     let mut server = store.listener(0).expect("l0").accept();
