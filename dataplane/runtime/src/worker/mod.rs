@@ -290,6 +290,9 @@ impl Worker {
                     let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                     for slot in slots {
                         self.feed(slot, Input::Abort(CloseReason::Shutdown));
+                        // A session closed with no operation in flight gets no completion
+                        // that would free it: free it here, or the worker never empties.
+                        self.maybe_free(slot);
                     }
                 }
             }
@@ -440,6 +443,7 @@ impl Worker {
                 CloseReason::Drained
             };
             self.feed(slot, Input::DrainBy { deadline, reason });
+            self.maybe_free(slot);
         }
     }
 
