@@ -130,24 +130,20 @@ pub fn decode_at(
     } else {
         None
     };
-    let skip = if flags & FLAG_SKIP != 0 {
-        let field = bytes.get(at..at + 8).ok_or(DecodeError::Truncated)?;
-        at += 8;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(field);
-        Some(u64::from_le_bytes(b))
-    } else {
-        None
+    // An optional u64 field, present when its flag is set.
+    let field = |flag: u8, at: &mut usize| -> Result<Option<u64>, DecodeError> {
+        if flags & flag == 0 {
+            return Ok(None);
+        }
+        if bytes.len() < *at + 8 {
+            return Err(DecodeError::Truncated);
+        }
+        let value = u64_at(*at);
+        *at += 8;
+        Ok(Some(value))
     };
-    let published_us = if flags & FLAG_TIME != 0 {
-        let field = bytes.get(at..at + 8).ok_or(DecodeError::Truncated)?;
-        at += 8;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(field);
-        Some(u64::from_le_bytes(b))
-    } else {
-        None
-    };
+    let skip = field(FLAG_SKIP, &mut at)?;
+    let published_us = field(FLAG_TIME, &mut at)?;
     let body = &bytes[at..];
     let text = || {
         std::str::from_utf8(body)
