@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # WebSocket conformance: Autobahn|Testsuite's fuzzingclient against the bundled echo origin
 # directly (the baseline) and through wsedge in each relay mode, then a per-case comparison;
-# and against wsedge's own `echo` function and a JavaScript echo function (`js`: the shipped
-# docs/examples/functions/echo.js on a `function = "js"` route).
+# over `wss://` through wsedge terminating TLS (`wss`); and against wsedge's own `echo`
+# function and a JavaScript echo function (`js`: the shipped docs/examples/functions/echo.js
+# on a `function = "js"` route).
 #
-#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames,auto,echo,js] [--keep]
+#   scripts/autobahn.sh [--smoke] [--modes buffered,splice,frames,auto,wss,echo,js] [--debug] [--keep]
 #
 #   --smoke   a representative subset of cases (scripts/autobahn/cases.json), ~5 s per
 #             server; what CI runs (scripts/test.sh)
-#   --modes   relay modes to put wsedge in, `echo` for the echo function and `js` for the
-#             JavaScript echo (default: all six). A mode this build's `wsedge --check`
-#             rejects is skipped with a loud message, never passed.
+#   --modes   relay modes to put wsedge in, `wss` for `wss://` (a [[tls_listener]], relay
+#             buffered, a throwaway CA and leaf from scripts/dev-certs.sh made under the work
+#             directory; the fuzzingclient verifies the leaf for 127.0.0.1 against that CA
+#             only), `echo` for the echo function and `js` for the JavaScript echo (default:
+#             all seven). A mode this build's `wsedge --check` rejects is skipped with a loud
+#             message, never passed.
+#   --debug   use (and build) the debug binaries instead of release ones
 #   --keep    keep the work directory (configs, specs, process logs) even on success
 #
 # Passes (exit 0) only if no case is FAILED in any run and every case's behavior through
@@ -23,15 +28,17 @@
 set -euo pipefail
 
 SET=full
-MODES=buffered,splice,frames,auto,echo,js
+MODES=buffered,splice,frames,auto,wss,echo,js
 KEEP=0
+PROFILE=release
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SET=smoke ;;
         --modes) MODES=${2:?--modes needs a list}; shift ;;
         --modes=*) MODES=${1#--modes=} ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --debug) PROFILE=debug ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "autobahn.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -40,7 +47,7 @@ done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HERE=$ROOT/scripts/autobahn
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$CARGO_TARGET_DIR/release
+BIN=$CARGO_TARGET_DIR/$PROFILE
 # Reports and the venv always go under the repository's own target/ (git-ignored), whatever
 # CARGO_TARGET_DIR says, so they are found in one place.
 OUT=$ROOT/target/autobahn
@@ -55,8 +62,8 @@ banner() { printf '\n!!!!!!!!!!\n!!! %s\n!!!!!!!!!!\n\n' "$*" >&2; }
 IFS=, read -r -a MODE_LIST <<< "$MODES"
 for m in "${MODE_LIST[@]}"; do
     case "$m" in
-        buffered|splice|frames|auto|echo|js) ;;
-        *) echo "autobahn.sh: unknown mode '$m' (buffered, splice, frames, auto, echo, js)" >&2; exit 2 ;;
+        buffered|splice|frames|auto|wss|echo|js) ;;
+        *) echo "autobahn.sh: unknown mode '$m' (buffered, splice, frames, auto, wss, echo, js)" >&2; exit 2 ;;
     esac
 done
 command -v python3 >/dev/null || die "python3 is needed for the result comparison"
@@ -85,12 +92,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# listening_addr NAME PID PREFIX: waits for "PREFIX ADDR" in NAME's log and prints ADDR.
-# Both servers bind port 0 and print the port the kernel chose: no free-port guessing.
+# listening_addr NAME PID PREFIX: waits for "PREFIX ADDR" (or "PREFIX ADDR (tls)") in NAME's
+# log and prints ADDR. Both servers bind port 0 and print the port the kernel chose: no
+# free-port guessing.
 listening_addr() {
     local name=$1 pid=$2 prefix=$3 i addr
     for i in $(seq 200); do
-        addr=$(sed -n "s/^$prefix \\(127\\.0\\.0\\.1:[0-9]*\\)\$/\\1/p" "$WORK/$name.log" | head -1)
+        addr=$(sed -n "s/^$prefix \\(127\\.0\\.0\\.1:[0-9]*\\)\\( (tls)\\)\\{0,1\\}\$/\\1/p" "$WORK/$name.log" | head -1)
         if [ -n "$addr" ]; then
             echo "$addr"
             return 0
@@ -138,20 +146,29 @@ setup_suite() {
 }
 
 # --- run the fuzzingclient against one server ---------------------------------------------
-# run_suite MODE URL: fresh report dir target/autobahn/MODE/ (stale cases from an older run
-# would otherwise be read as this run's), bounded by a timeout so a hung relay fails the run.
+# run_suite MODE URL [CA]: fresh report dir target/autobahn/MODE/ (stale cases from an older
+# run would otherwise be read as this run's), bounded by a timeout so a hung relay fails the
+# run. With CA (a wss:// URL), the fuzzingclient verifies the server's certificate for the
+# URL's address against that CA file and nothing else: the spec names the host
+# ("hostname", so Twisted's optionsForClientTLS checks the certificate and the address) and
+# SSL_CERT_FILE makes the CA OpenSSL's default trust. Without "hostname" the suite would
+# connect with Twisted's ClientContextFactory, which verifies nothing.
 SUITE_SECONDS=0
 run_suite() {
-    local mode=$1 url=$2 dir=$OUT/$1 t0 t1 rc=0 pid
+    local mode=$1 url=$2 ca=${3:-} dir=$OUT/$1 t0 t1 rc=0 pid host=()
     rm -rf "$dir"
     mkdir -p "$dir"
+    if [ -n "$ca" ]; then
+        host=(--hostname "$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlsplit(sys.argv[1]).hostname)' "$url")")
+    fi
     python3 "$HERE/report.py" spec --cases-file "$HERE/cases.json" --set "$SET" \
-        --outdir "$dir" --agent "$mode" --url "$url" > "$WORK/spec-$mode.json"
-    log "$mode: fuzzingclient against $url ($SET cases)"
+        --outdir "$dir" --agent "$mode" --url "$url" "${host[@]+"${host[@]}"}" > "$WORK/spec-$mode.json"
+    log "$mode: fuzzingclient against $url ($SET cases${ca:+, certificate verified against $ca})"
     t0=$(date +%s.%N)
     # Run from the work dir: wstest may drop files in its working directory.
-    (cd "$WORK" && exec timeout "$SUITE_TIMEOUT" "$VENV/wstest-venv/bin/wstest" \
-        -m fuzzingclient -s "$WORK/spec-$mode.json") > "$WORK/wstest-$mode.log" 2>&1 &
+    (cd "$WORK" && if [ -n "$ca" ]; then export SSL_CERT_FILE=$ca; fi && exec timeout "$SUITE_TIMEOUT" \
+        "$VENV/wstest-venv/bin/wstest" -m fuzzingclient -s "$WORK/spec-$mode.json") \
+        > "$WORK/wstest-$mode.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait "$pid" || rc=$?
@@ -177,9 +194,13 @@ setup_suite
 
 # Release binaries: what ships, and fast enough that the big-message cases (9.*) are not
 # slowed by the build profile. In CI this is a no-op: scripts/bench.sh --smoke has just
-# run the same command.
-log "building (release): wsedge, wsedge-bench"
-(cd "$ROOT" && cargo build --release -q -p wsedge -p wsedge-bench) || die "build failed"
+# run the same command. --debug: the debug binaries `cargo test` builds anyway.
+log "building ($PROFILE): wsedge, wsedge-bench"
+if [ "$PROFILE" = release ]; then
+    (cd "$ROOT" && cargo build --release -q -p wsedge -p wsedge-bench) || die "build failed"
+else
+    (cd "$ROOT" && cargo build -q -p wsedge -p wsedge-bench) || die "build failed"
+fi
 for b in wsedge wsedge-origin; do
     [ -x "$BIN/$b" ] || die "missing $BIN/$b after the build"
 done
@@ -195,7 +216,31 @@ run_suite direct "ws://$ORIGIN"
 
 for mode in "${MODE_LIST[@]}"; do
     cfg=$WORK/wsedge-$mode.toml
-    if [ "$mode" = echo ]; then
+    scheme=ws
+    ca=
+    if [ "$mode" = wss ]; then
+        # wss://: the same relay (buffered) behind a TLS listener instead of the plain one,
+        # with a CA and leaf made now (never committed): the ECDSA P-256 leaf for localhost,
+        # 127.0.0.1 and ::1, served to clients without SNI (the suite sends none to an IP).
+        "$ROOT/scripts/dev-certs.sh" "$WORK/certs" 2> "$WORK/dev-certs.log" \
+            || { cat "$WORK/dev-certs.log" >&2; die "scripts/dev-certs.sh failed"; }
+        sed -e "s/@ORIGIN@/$ORIGIN/" -e "s/@RELAY@/buffered/" \
+            -e 's/^listen = \["127.0.0.1:0"\]$/listen = []/' "$HERE/wsedge.toml.in" > "$cfg"
+        cat >> "$cfg" <<EOF
+
+[[certificate]]
+id = "localhost"
+cert = "$WORK/certs/localhost.pem"
+key = "$WORK/certs/localhost.key"
+default = true
+
+[[tls_listener]]
+listen = ["127.0.0.1:0"]
+EOF
+        grep -q '^listen = \[\]$' "$cfg" || die "wss: could not turn the plain listener off in $cfg"
+        scheme=wss
+        ca=$WORK/certs/ca.pem
+    elif [ "$mode" = echo ]; then
         # The edge's own echo function: the same file with the route answered by wsedge.
         sed -e '/^origins = /d' -e 's/^relay = .*/function = "echo"/' "$HERE/wsedge.toml.in" > "$cfg"
     elif [ "$mode" = js ]; then
@@ -221,7 +266,7 @@ for mode in "${MODE_LIST[@]}"; do
     start "wsedge-$mode" "$BIN/wsedge" --config "$cfg"
     pid=$STARTED
     addr=$(listening_addr "wsedge-$mode" "$pid" "wsedge: listening on")
-    run_suite "$mode" "ws://$addr"
+    run_suite "$mode" "$scheme://$addr" "$ca"
     kill -0 "$pid" 2>/dev/null || die "wsedge ($mode) died during the suite; see $WORK/wsedge-$mode.log"
     stop "$pid"
     RUNS+=("$mode=$OUT/$mode")

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Helper for scripts/autobahn.sh (Python 3, standard library only).
 
-  report.py spec --cases-file F --set full|smoke --outdir D --agent A --url U
-      Prints the fuzzingclient spec (JSON) for one server.
+  report.py spec --cases-file F --set full|smoke --outdir D --agent A --url U [--hostname H]
+      Prints the fuzzingclient spec (JSON) for one server. With --hostname (a wss:// URL),
+      the fuzzingclient verifies the server's certificate for H against OpenSSL's default
+      trust (SSL_CERT_FILE when set) and sends H as SNI unless it is an IP address;
+      without it, a wss:// server's certificate is not verified at all.
 
   report.py compare [--skipped MODE]... [--markdown FILE] direct=DIR MODE=DIR...
       Reads DIR/index.json of every run, prints a per-mode summary table and every case
@@ -28,9 +31,12 @@ def cmd_spec(args):
     with open(args.cases_file) as f:
         sets = json.load(f)
     chosen = sets[args.set]
+    server = {"agent": args.agent, "url": args.url}
+    if args.hostname:
+        server["hostname"] = args.hostname
     spec = {
         "outdir": args.outdir,
-        "servers": [{"agent": args.agent, "url": args.url}],
+        "servers": [server],
         "cases": chosen["cases"],
         "exclude-cases": chosen.get("exclude-cases", []),
         "exclude-agent-cases": {},
@@ -138,6 +144,7 @@ def main():
     s.add_argument("--outdir", required=True)
     s.add_argument("--agent", required=True)
     s.add_argument("--url", required=True)
+    s.add_argument("--hostname", help="wss://: the name (or IP address) the certificate must be valid for")
     c = sub.add_parser("compare")
     c.add_argument("--skipped", action="append", default=[])
     c.add_argument("--endpoint", action="append", default=[],
