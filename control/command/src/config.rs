@@ -16,6 +16,7 @@ use wsedge_proto::firewall::Cidr;
 pub use wsedge_proto::forwarding::{Forwarding, XRealIp};
 use wsedge_proto::handshake::MAX_HEADERS_CAP;
 pub use wsedge_proto::path::EncodedSlashes;
+pub use wsedge_proto::route::SniPattern;
 
 use crate::error::ConfigError;
 
@@ -304,6 +305,10 @@ pub enum HostMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub name: String,
+    /// `sni`: the TLS server names the route is for (the syntax of certificate names: exact
+    /// or a one-label `*.` wildcard); `Any` when unset. A route with `sni` never matches a
+    /// plain connection or a TLS client without SNI.
+    pub sni: SniPattern,
     pub host: HostMatch,
     pub path_prefix: String,
     /// The origin pool: non-empty (unless a function answers), at most
@@ -617,6 +622,7 @@ struct RouteOverrides {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
+    sni: Option<Spanned<String>>,
     host: Option<Spanned<String>>,
     path_prefix: Option<Spanned<String>>,
     /// Each address keeps its own span, so a bad one is reported at its own line.
@@ -826,9 +832,10 @@ impl Validator<'_> {
             },
         };
         let mut routes: Vec<Route> = Vec::with_capacity(raw.routes.len());
+        let tls_listeners = !raw.tls_listeners.is_empty();
         for (index, spanned) in raw.routes.into_iter().enumerate() {
             let span = spanned.get_ref().name.span();
-            let route = self.route(index, spanned.into_inner(), &limits, &http)?;
+            let route = self.route(index, spanned.into_inner(), &limits, &http, tls_listeners)?;
             if routes.iter().any(|r| r.name == route.name) {
                 return Err(self.invalid(
                     span,
@@ -1279,6 +1286,7 @@ impl Validator<'_> {
         raw: RawRoute,
         defaults: &Limits,
         http: &HttpConfig,
+        tls_listeners: bool,
     ) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("route[{index}].{name}");
         let mut raw_function = RawFunction {
@@ -1312,6 +1320,26 @@ impl Validator<'_> {
                 "must be 1-64 printable characters without spaces",
             ));
         }
+        let sni = match raw.sni {
+            None => SniPattern::Any,
+            Some(n) => {
+                let span = n.span();
+                let pattern = wsedge_tls::NamePattern::parse(n.get_ref())
+                    .map_err(|e| self.invalid(span.clone(), &field("sni"), e))?;
+                if !tls_listeners {
+                    return Err(self.invalid(
+                        span,
+                        &field("sni"),
+                        "no [[tls_listener]]: a route with sni matches only TLS connections \
+                         whose client sent that name, so it could never match",
+                    ));
+                }
+                match pattern {
+                    wsedge_tls::NamePattern::Exact(name) => SniPattern::Exact(name),
+                    wsedge_tls::NamePattern::Wildcard(parent) => SniPattern::Wildcard(parent),
+                }
+            }
+        };
         let host = match raw.host {
             None => HostMatch::Any,
             Some(h) => {
@@ -1424,6 +1452,7 @@ impl Validator<'_> {
         let frames = self.frame_options(index, &mut raw_frames)?;
         Ok(Route {
             name,
+            sni,
             host,
             path_prefix,
             origins,

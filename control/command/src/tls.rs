@@ -424,6 +424,49 @@ mod tests {
     }
 
     #[test]
+    fn routes_select_on_sni_with_certificate_name_syntax() {
+        use crate::SniPattern;
+        let listener = "[[tls_listener]]\nlisten = [\"127.0.0.1:8443\"]\n";
+        let text = format!(
+            "{CERT}{listener}[[route]]\nname = \"api\"\nsni = \"API.example.com\"\norigins = [\"127.0.0.1:1\"]\n\
+             [[route]]\nname = \"any\"\nsni = \"*.Example.com\"\norigins = [\"127.0.0.1:2\"]\n{ROUTE}"
+        );
+        let config = Config::from_toml(&text, "t").expect("valid");
+        let sni: Vec<&SniPattern> = config.routes.iter().map(|r| &r.sni).collect();
+        assert_eq!(
+            sni,
+            [
+                &SniPattern::Exact("api.example.com".into()),
+                &SniPattern::Wildcard("example.com".into()),
+                &SniPattern::Any,
+            ]
+        );
+        let route = |sni: &str| {
+            format!("[[route]]\nname = \"a\"\nsni = \"{sni}\"\norigins = [\"127.0.0.1:1\"]\n")
+        };
+        for (text, want) in [
+            (
+                format!("{CERT}{listener}{}", route("127.0.0.1")),
+                "edge.toml:9: route[0].sni: \"127.0.0.1\" is an IP address",
+            ),
+            (
+                format!("{CERT}{listener}{}", route("a.*.example.com")),
+                "edge.toml:9: route[0].sni: \"a.*.example.com\" is not a DNS name",
+            ),
+            (
+                format!(
+                    "[dataplane]\nlisten = [\"127.0.0.1:8080\"]\n{}",
+                    route("a.test")
+                ),
+                "edge.toml:5: route[0].sni: no [[tls_listener]]",
+            ),
+        ] {
+            let msg = error_of(&text);
+            assert!(msg.starts_with(want), "{msg}\nwanted: {want}");
+        }
+    }
+
+    #[test]
     fn full_tls_settings() {
         let text = format!(
             "{CERT}names = [\"Example.com\", \"*.example.com\"]\ndefault = true\n\

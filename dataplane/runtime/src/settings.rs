@@ -105,13 +105,13 @@ impl Settings {
             .build()
             .map_err(|e| format!("firewall: {e}"))?;
         let scripts = load_scripts(config)?;
-        let table = RouteTable::new(config.routes.iter().map(|r| {
+        let table = RouteTable::with_sni(config.routes.iter().map(|r| {
             let host = match &r.host {
                 HostMatch::Any => HostPattern::Any,
                 HostMatch::Exact(h) => HostPattern::Exact(h.clone()),
                 HostMatch::Suffix(s) => HostPattern::Suffix(s.clone()),
             };
-            (host, r.path_prefix.clone())
+            (r.sni.clone(), host, r.path_prefix.clone())
         }));
         let pools = health.pools_for(config);
         let routes = config

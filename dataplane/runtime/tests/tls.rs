@@ -20,10 +20,10 @@ use tokio_tungstenite::client_async_with_config;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::origins::EchoOrigin;
-use common::{within, ws_config};
+use common::{Config, Proxy, Route, within, ws_config, ws_connect_req, ws_request};
 use tls_support::{
-    Client, KeyKind, Pki, certificate, echo, free_port, metrics, proxy, read_to_close, sample,
-    served, tls_addr,
+    Client, KeyKind, Pki, TLS_LISTENER, certificate, echo, free_port, metrics, proxy,
+    read_to_close, sample, served, tls_addr,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -444,6 +444,67 @@ async fn a_host_other_than_the_sni_is_misdirected() {
         );
         // No SNI (a client connecting to an address): no name to compare.
         assert_eq!(status("127.0.0.1", "b.test").await, 101);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_select_on_the_sni_name_and_never_on_plain_connections() {
+    within(60, async {
+        let pki = Pki::new("sni-routes");
+        let a = pki.leaf("a", &["a.test"], KeyKind::Ecdsa);
+        let w = pki.leaf("w", &["*.w.test"], KeyKind::Ecdsa);
+        let api = EchoOrigin::start().await;
+        let wild = EchoOrigin::start().await;
+        // Two routes on the same path, told apart only by the TLS server name.
+        let config = Config::new()
+            .route(Route::new("api", &[api.addr]).option("sni", "\"a.test\""))
+            .route(Route::new("wild", &[wild.addr]).option("sni", "\"*.w.test\""))
+            .table(&format!(
+                "{}{}\n{TLS_LISTENER}",
+                certificate("a", &a, false),
+                certificate("w", &w, false)
+            ));
+        let mut proxy = Proxy::start(&config).await;
+        let addr = tls_addr(&proxy);
+        let client = Client::new(&pki);
+
+        let mut ws = client.wss(addr, "a.test", "/to-api").await;
+        echo(&mut ws, Message::text("for a.test")).await;
+        let mut ws2 = client.wss(addr, "x.w.test", "/to-wild").await;
+        echo(&mut ws2, Message::text("for x.w.test")).await;
+        let paths =
+            |o: &EchoOrigin| -> Vec<String> { o.requests().into_iter().map(|r| r.path).collect() };
+        assert_eq!(paths(&api), ["/to-api"], "SNI a.test: the api route");
+        assert_eq!(
+            paths(&wild),
+            ["/to-wild"],
+            "SNI x.w.test: the wildcard route"
+        );
+        drop((ws, ws2));
+        let line = proxy
+            .wait_log("of the api route", Duration::from_secs(5), |l| {
+                l["route"] == "api"
+            })
+            .await;
+        assert_eq!(line["sni"], "a.test", "{line}");
+        assert_eq!(line["status"], 101, "{line}");
+
+        // The plain listener, asking for the same Host: no route with sni matches it.
+        let plain = proxy.addrs[0];
+        let req = ws_request(&format!("ws://a.test:{}/to-api", plain.port()));
+        match ws_connect_req(plain, req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 404)
+            }
+            other => panic!("a plain connection reached an sni route: {other:?}"),
+        }
+        assert_eq!(
+            paths(&api),
+            ["/to-api"],
+            "no plain request reached the api origin"
+        );
+        assert_eq!(paths(&wild), ["/to-wild"]);
     })
     .await;
 }

@@ -42,7 +42,8 @@ pub struct HeadContext<'a> {
     pub proto: &'a str,
     /// The server name the client's TLS handshake was made for (SNI), on a TLS listener: a
     /// request for another Host is answered 421, so routing by Host is routing by SNI (and
-    /// the firewall's `sni` criterion cannot be bypassed with another Host).
+    /// the firewall's `sni` criterion cannot be bypassed with another Host). Routes with an
+    /// `sni` condition match only when this is set (never on a plain listener).
     pub sni: Option<&'a str>,
 }
 
@@ -140,7 +141,7 @@ pub(super) fn decide(
             reason: CloseReason::Misdirected,
         };
     }
-    let Some(index) = cx.routes.find(request.host, request.path()) else {
+    let Some(index) = cx.routes.find(cx.sni, request.host, request.path()) else {
         return HeadDecision::Reject {
             status: 404,
             reason: CloseReason::NoRoute,

@@ -66,6 +66,8 @@ pub struct Sim {
     pub bus: Option<Rc<RefCell<dyn Bus>>>,
     /// The worker's function host for the client's head (`Builtins` when unset).
     pub host: Option<SharedHost>,
+    /// The SNI of a TLS connection (`None`: plain TCP, the default).
+    pub sni: Option<String>,
     out: Vec<Output>,
 }
 
@@ -109,6 +111,7 @@ impl Sim {
             conn: 1,
             bus: None,
             host: None,
+            sni: None,
             out: Vec::new(),
         };
         sim.apply(out);
@@ -304,6 +307,7 @@ impl Sim {
         let shared_bus = self.bus.clone();
         let route_list = std::mem::take(&mut self.route_list);
         let routes = std::mem::take(&mut self.routes);
+        let sni = self.sni.clone();
         let mut cx = HeadContext {
             routes: &routes,
             route_list: &route_list,
@@ -316,8 +320,8 @@ impl Sim {
             }),
             functions,
             conn: self.conn,
-            proto: "http",
-            sni: None,
+            proto: if sni.is_some() { "https" } else { "http" },
+            sni: sni.as_deref(),
         };
         let n = bytes.len() as i32;
         let input = Input::HeadRead {

@@ -160,6 +160,37 @@ fn an_upgrade_relays_the_101_then_the_held_early_bytes_then_both_ways() {
 }
 
 #[test]
+fn an_sni_route_is_chosen_only_on_a_tls_connection_for_that_name() {
+    use crate::route::{HostPattern, RouteTable, SniPattern};
+    // Route 0 only for SNI edge.test, route 1 for anything: same path, same host.
+    let sim = |sni: Option<&str>| {
+        let mut sim = Sim::new(
+            cfg(),
+            vec![
+                route(RelayMode::Buffered, &["10.0.0.1:9000"]),
+                route(RelayMode::Buffered, &["10.0.0.2:9000"]),
+            ],
+        );
+        sim.routes = RouteTable::with_sni([
+            (
+                SniPattern::Exact("edge.test".into()),
+                HostPattern::Any,
+                "/".to_owned(),
+            ),
+            (SniPattern::Any, HostPattern::Any, "/".to_owned()),
+        ]);
+        sim.sni = sni.map(str::to_owned);
+        sim.client_head(&upgrade_head()); // Host: edge.test:8080
+        sim.connects.clone()
+    };
+    let addr = |a: &str| vec![a.parse::<std::net::SocketAddr>().expect("addr")];
+    assert_eq!(sim(Some("edge.test")), addr("10.0.0.1:9000"));
+    assert_eq!(sim(Some("EDGE.test.")), addr("10.0.0.1:9000"));
+    // Plain TCP (or TLS without SNI): never the sni route.
+    assert_eq!(sim(None), addr("10.0.0.2:9000"));
+}
+
+#[test]
 fn a_declined_upgrade_is_relayed_with_connection_close_then_a_lingering_close() {
     let mut sim = Sim::new(cfg(), vec![route(RelayMode::Buffered, &["10.0.0.1:9000"])]);
     let mut head = upgrade_head();
