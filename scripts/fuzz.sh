@@ -5,7 +5,8 @@
 #   scripts/fuzz.sh SECONDS TARGET...   only these targets
 #   scripts/fuzz.sh --smoke [SECONDS]   stable toolchain, no libFuzzer: replays the committed
 #                                       corpus and runs deterministic mutations for SECONDS
-#                                       (default 3) per target, as a normal test binary (CI)
+#                                       (default 3) per target, as a normal test binary (CI;
+#                                       dev profile, main target directory)
 #
 # libFuzzer mode needs cargo-fuzz (installed with `cargo install cargo-fuzz` if missing) and
 # a nightly toolchain; without nightly it uses stable with RUSTC_BOOTSTRAP=1. New inputs go to
@@ -29,8 +30,10 @@ if [ "$1" = "--smoke" ]; then
     secs=${2:-3}
     cd "$FUZZ"
     echo "fuzz smoke: ${#TARGETS[@]} targets x ${secs} s (corpus replay + deterministic mutations)"
-    WSEDGE_FUZZ_SMOKE_SECS="$secs" cargo test --release --no-default-features --test smoke \
-        -- --test-threads 1 --nocapture
+    # The dev profile (overflow checks and debug assertions on) in the main target directory,
+    # where scripts/test.sh has built the same dependencies: no second build for CI.
+    CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target} WSEDGE_FUZZ_SMOKE_SECS="$secs" \
+        cargo test --no-default-features --test smoke -- --test-threads 1 --nocapture
     exit $?
 fi
 

@@ -6,7 +6,7 @@
 //! passed. A failing input is written to `artifacts/<target>/smoke-crash-<hash>` and the
 //! test fails naming it; replay it with `cargo fuzz run <target> <file>` or this test.
 //!
-//!   cargo test --release --no-default-features --test smoke
+//!   cargo test --no-default-features --test smoke     (scripts/fuzz.sh --smoke; --release: more inputs)
 //!   WSEDGE_FUZZ_REPLAY=artifacts/session/crash-x cargo test --no-default-features --test smoke session
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
