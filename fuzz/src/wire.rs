@@ -482,6 +482,7 @@ fn arbitrary_response(u: &mut Unstructured<'_>) -> arbitrary::Result<Response> {
                 .map(|_| {
                     Ok(RouteRow {
                         name: u.arbitrary()?,
+                        sni: u.arbitrary()?,
                         host: u.arbitrary()?,
                         path_prefix: u.arbitrary()?,
                         origins: u.arbitrary()?,

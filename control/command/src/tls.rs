@@ -441,6 +441,12 @@ mod tests {
                 &SniPattern::Any,
             ]
         );
+        let rows = crate::wire::route_rows(&config);
+        let shown: Vec<Option<&str>> = rows.iter().map(|r| r.sni.as_deref()).collect();
+        assert_eq!(
+            shown,
+            [Some("api.example.com"), Some("*.example.com"), None]
+        );
         let route = |sni: &str| {
             format!("[[route]]\nname = \"a\"\nsni = \"{sni}\"\norigins = [\"127.0.0.1:1\"]\n")
         };

@@ -351,20 +351,30 @@ pub(crate) fn connections(list: &[Connection]) -> String {
     )
 }
 
+/// The routes; an SNI column only when some route selects on SNI.
 pub(crate) fn routes(routes: &[RouteRow]) -> String {
+    let with_sni = routes.iter().any(|r| r.sni.is_some());
     let rows: Vec<Vec<String>> = routes
         .iter()
         .map(|r| {
-            vec![
-                r.name.clone(),
+            let mut row = vec![r.name.clone()];
+            if with_sni {
+                row.push(r.sni.clone().unwrap_or_else(|| "*".to_owned()));
+            }
+            row.extend([
                 r.host.clone(),
                 r.path_prefix.clone(),
                 r.relay.clone(),
                 r.origins.join(", "),
-            ]
+            ]);
+            row
         })
         .collect();
-    table(&["ROUTE", "HOST", "PATH", "RELAY", "ORIGINS"], &rows)
+    if with_sni {
+        table(&["ROUTE", "SNI", "HOST", "PATH", "RELAY", "ORIGINS"], &rows)
+    } else {
+        table(&["ROUTE", "HOST", "PATH", "RELAY", "ORIGINS"], &rows)
+    }
 }
 
 pub(crate) fn origins(routes: &[RouteRow]) -> String {
@@ -646,6 +656,28 @@ mod tests {
             ],
         );
         assert_eq!(t, "  ID  NAME\n   7  chat\n1234  x\n");
+    }
+
+    #[test]
+    fn routes_table_has_an_sni_column_only_when_a_route_has_sni() {
+        let row = |name: &str, sni: Option<&str>| RouteRow {
+            name: name.into(),
+            sni: sni.map(Into::into),
+            host: "*".into(),
+            path_prefix: "/".into(),
+            origins: vec!["127.0.0.1:9001".into()],
+            relay: "buffered".into(),
+        };
+        assert_eq!(
+            routes(&[row("chat", None)]),
+            "ROUTE  HOST  PATH  RELAY     ORIGINS\nchat   *     /     buffered  127.0.0.1:9001\n"
+        );
+        assert_eq!(
+            routes(&[row("api", Some("*.example.com")), row("chat", None)]),
+            "ROUTE  SNI            HOST  PATH  RELAY     ORIGINS\n\
+             api    *.example.com  *     /     buffered  127.0.0.1:9001\n\
+             chat   *              *     /     buffered  127.0.0.1:9001\n"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(doc)]
 use super::Request;
-use crate::config::{Config, HostMatch, Limits, Route};
+use crate::config::{Config, HostMatch, Limits, Route, SniPattern};
 use crate::connection_id::ConnectionId;
 use crate::duration::format_duration;
 
@@ -314,6 +314,10 @@ pub struct ConfigText {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteRow {
     pub name: String,
+    /// The route's `sni` (`api.example.com`, `*.example.com`); absent when it has none
+    /// (and from a dataplane older than the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
     /// `*` for any host.
     pub host: String,
     pub path_prefix: String,
@@ -377,6 +381,11 @@ pub fn route_rows(config: &Config) -> Vec<RouteRow> {
 fn route_row(r: &Route) -> RouteRow {
     RouteRow {
         name: r.name.clone(),
+        sni: match &r.sni {
+            SniPattern::Any => None,
+            SniPattern::Exact(name) => Some(name.clone()),
+            SniPattern::Wildcard(parent) => Some(format!("*.{parent}")),
+        },
         host: match &r.host {
             HostMatch::Any => "*".to_owned(),
             HostMatch::Exact(h) => h.clone(),
@@ -482,6 +491,7 @@ mod tests {
         )
         .expect("valid");
         let rows = route_rows(&config);
+        assert_eq!(rows[0].sni, None);
         assert_eq!(rows[0].host, "*.x.org");
         assert_eq!(rows[0].origins, vec!["127.0.0.1:1"]);
         let global = limits_view(&config, None).expect("global");
