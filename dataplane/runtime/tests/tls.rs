@@ -7,6 +7,7 @@
 //! committed).
 
 mod common;
+mod js_support;
 mod tls_support;
 
 use std::net::SocketAddr;
@@ -505,6 +506,32 @@ async fn routes_select_on_the_sni_name_and_never_on_plain_connections() {
             "no plain request reached the api origin"
         );
         assert_eq!(paths(&wild), ["/to-wild"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_answers_messages_bigger_than_the_tls_send_bound() {
+    within(60, async {
+        let pki = Pki::new("fn-big");
+        let leaf = pki.leaf("localhost", &["localhost"], KeyKind::Ecdsa);
+        let origin = EchoOrigin::start().await;
+        let scripts = js_support::Scripts::new("tls-big");
+        let script = scripts.write(
+            "echo.js",
+            "export default { fetch(request) {\n  const { socket, response } = upgradeWebSocket(request);\n  socket.onmessage = (event) => socket.send(event.data);\n  return response;\n} };\n",
+        );
+        let route = js_support::js_route("jsecho", "/jsecho", &script, &[]);
+        let proxy = proxy(origin.addr, &certificate("localhost", &leaf, true), &route).await;
+        let addr = tls_addr(&proxy);
+        let client = Client::new(&pki);
+        let mut ws = client.wss(addr, "localhost", "/jsecho").await;
+        // A script's send is one chunk of its own: 1 MiB is four times the TLS side's
+        // 256 KiB send bound (such a chunk was once dropped without a word).
+        let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 11 % 251) as u8).collect();
+        echo(&mut ws, Message::binary(big)).await;
+        echo(&mut ws, Message::text("and after it")).await;
+        assert_eq!(origin.requests().len(), 0, "answered by the edge");
     })
     .await;
 }

@@ -16,8 +16,9 @@ pub struct TlsLimits {
     /// at 16 KiB, so larger values act as 16 KiB; at most one more read's worth of records
     /// (< 18 KiB) is decrypted past the limit.
     pub max_plaintext: usize,
-    /// Plaintext sealed but not yet taken as ciphertext; `seal` past it fails with
-    /// `SendQueueFull` and queues nothing.
+    /// Plaintext sealed but not yet taken as ciphertext; a `seal` that would go past it
+    /// while something is already held fails with `SendQueueFull` and queues nothing (one
+    /// write alone is always taken: a message bigger than the bound is still sent).
     pub max_unsent: usize,
 }
 
@@ -205,7 +206,7 @@ impl Core {
         if self.failed.is_some() || self.closing {
             return Err(TlsError::Closed);
         }
-        if self.unsent + plaintext.len() > self.limits.max_unsent {
+        if self.unsent > 0 && self.unsent + plaintext.len() > self.limits.max_unsent {
             return Err(TlsError::SendQueueFull {
                 queued: self.unsent,
                 limit: self.limits.max_unsent,

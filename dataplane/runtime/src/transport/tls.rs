@@ -235,7 +235,8 @@ impl TlsTransport {
     /// Encrypts a chunk the session queued; a provided buffer it names is released once its
     /// bytes are copied. Before the handshake finished (or after a failure) there are no
     /// keys: the bytes are dropped (the session's answers to a client that never finished
-    /// its handshake, such as a 408, cannot be sent).
+    /// its handshake, such as a 408, cannot be sent). Any other refusal fails the side: the
+    /// connection ends rather than go on with a hole in its stream.
     pub(crate) fn seal(&mut self, chunk: Chunk, bufs: &mut BufRing) -> Sealed {
         let n = chunk.remaining();
         let plain = if chunk.is_relayed() {
@@ -259,6 +260,12 @@ impl TlsTransport {
         };
         if let Some(buf) = chunk.releases() {
             bufs.give_back(buf);
+        }
+        if let Err(e) = &sealed
+            && *e != TlsError::NotReady
+            && self.failure.is_none()
+        {
+            self.failure = Some(e.clone());
         }
         let mut out = Vec::new();
         if sealed.is_ok() {

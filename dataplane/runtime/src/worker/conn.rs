@@ -134,6 +134,11 @@ impl Worker {
             let Some(slot) = self.live_slot(id) else {
                 continue;
             };
+            // A seal the transport refused (not for want of keys) failed the side.
+            let refused = match deferred {
+                Deferred::Sent { to, .. } => Some(to),
+                _ => None,
+            };
             let input = match deferred {
                 Deferred::ConnectFailed => Input::Connected(Err(ConnectFailure::Local)),
                 Deferred::ReadEnded(side) => Input::ReadEnded(side),
@@ -149,6 +154,11 @@ impl Worker {
                 Deferred::Sent { to, relayed, own } => Input::Sent { to, relayed, own },
             };
             self.feed(slot, input);
+            if let Some(side) = refused
+                && self.conns.contains(slot)
+            {
+                self.tls_check_failed(slot, side);
+            }
         }
         if self.conns.contains(slot) {
             self.rearm_timer(slot);

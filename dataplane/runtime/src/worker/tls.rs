@@ -139,7 +139,7 @@ impl Worker {
 
     /// A failed TLS ends the connection once nothing is left to write (the alert): counted
     /// by kind, and `CloseReason::Tls` for the session.
-    fn tls_check_failed(&mut self, slot: usize, side: Side) {
+    pub(super) fn tls_check_failed(&mut self, slot: usize, side: Side) {
         let Some(c) = self.conns.get_mut(slot) else {
             return;
         };
