@@ -36,6 +36,7 @@ pub use wsedge_tls::spec::{
     TlsVersion,
 };
 
+use crate::config::FunctionKind;
 use crate::error::ConfigError;
 use crate::firewall::Invalid;
 
@@ -310,16 +311,49 @@ pub(crate) fn parse_origin(text: &str) -> Result<(SocketAddr, bool), String> {
 }
 
 /// A route's origin TLS settings. `wss` says whether its `origins` were written `wss://`
-/// (`Some(true)` all, `Some(false)` none; mixed pools are refused before this).
+/// (`Some(true)` all, `Some(false)` none; mixed pools are refused before this). A `js`
+/// route's are the trust for its scripts' `wss://` sockets: `origin_ca` or the system's
+/// store, each socket verified against the name in its URL.
 pub(crate) fn origin_tls(
     index: usize,
     raw: RawOriginTls,
     wss: Option<bool>,
     origins_span: Range<usize>,
-    has_function: bool,
+    function: Option<FunctionKind>,
     invalid: Invalid<'_>,
 ) -> Result<Option<OriginTlsSpec>, ConfigError> {
     let field = |f: &str| format!("route[{index}].{f}");
+    if function == Some(FunctionKind::Js) {
+        for (name, span) in [
+            ("origin_tls", raw.origin_tls.as_ref().map(Spanned::span)),
+            (
+                "origin_server_name",
+                raw.origin_server_name.as_ref().map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span {
+                return Err(invalid(
+                    span,
+                    &field(name),
+                    "a js route has no origins: its scripts' wss:// sockets are verified against the name in their URL (origin_ca sets the CAs they trust)".into(),
+                ));
+            }
+        }
+        let ca = match raw.origin_ca {
+            None => None,
+            Some(ca) => {
+                if let Some(why) = path_problem(ca.get_ref()) {
+                    return Err(invalid(ca.span(), &field("origin_ca"), why.into()));
+                }
+                Some(ca.into_inner())
+            }
+        };
+        return Ok(Some(OriginTlsSpec {
+            server_name: None,
+            ca,
+        }));
+    }
+    let has_function = function.is_some();
     let flag = raw.origin_tls.as_ref().map(|f| (*f.get_ref(), f.span()));
     let tls = match (flag, wss) {
         (Some((false, span)), Some(true)) => {

@@ -661,20 +661,32 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// A `ws://` URL's address, `Host` value and request target (no name resolution:
-/// `localhost` is 127.0.0.1, anything else must be an address).
-pub(crate) fn ws_target(href: &str) -> Result<(SocketAddr, String, String), String> {
+/// Where a `new WebSocket(url)` goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct WsTarget {
+    pub(crate) addr: SocketAddr,
+    /// The `Host` header's value.
+    pub(crate) host: String,
+    /// The request target (path and query).
+    pub(crate) target: String,
+    /// `wss://`: the name the peer's certificate must carry (`localhost`, or the address).
+    pub(crate) tls: Option<String>,
+}
+
+/// A `ws://` or `wss://` URL's address, `Host` value, request target and TLS name (no name
+/// resolution: `localhost` is 127.0.0.1, anything else must be an address).
+pub(crate) fn ws_target(href: &str) -> Result<WsTarget, String> {
     let url = url::Url::parse(href).map_err(|e| format!("{href}: {e}"))?;
-    match url.scheme() {
-        "ws" => {}
-        "wss" => {
+    let secure = match url.scheme() {
+        "ws" => false,
+        "wss" => true,
+        other => {
             return Err(format!(
-                "{href}: wss:// needs TLS, which is not supported yet"
+                "{href}: the scheme must be ws:// or wss://, not {other}:"
             ));
         }
-        other => return Err(format!("{href}: the scheme must be ws://, not {other}:")),
-    }
-    let port = url.port().unwrap_or(80);
+    };
+    let port = url.port().unwrap_or(if secure { 443 } else { 80 });
     let ip: IpAddr = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
@@ -691,7 +703,18 @@ pub(crate) fn ws_target(href: &str) -> Result<(SocketAddr, String, String), Stri
         target.push('?');
         target.push_str(q);
     }
-    Ok((SocketAddr::new(ip, port), host, target))
+    // The certificate is checked against the name the script wrote: `localhost`, or the
+    // address (an IP address SAN), without brackets for IPv6.
+    let tls = secure.then(|| match url.host() {
+        Some(url::Host::Domain(d)) => d.to_owned(),
+        _ => ip.to_string(),
+    });
+    Ok(WsTarget {
+        addr: SocketAddr::new(ip, port),
+        host,
+        target,
+        tls,
+    })
 }
 
 /// The edge's client handshake for `new WebSocket`: the head and the accept value.
@@ -1070,7 +1093,12 @@ fn bindings<'js>(
         Function::new(
             ctx.clone(),
             move |ctx: Ctx<'js>, href: String, protocols: Vec<String>| -> rquickjs::Result<f64> {
-                let (addr, host, target) = ws_target(&href)
+                let WsTarget {
+                    addr,
+                    host,
+                    target,
+                    tls,
+                } = ws_target(&href)
                     .map_err(|m| Exception::throw_syntax(&ctx, &format!("WebSocket: {m}")))?;
                 if let Some(p) = protocols.iter().find(|p| !is_token(p)) {
                     return Err(Exception::throw_syntax(
@@ -1083,7 +1111,12 @@ fn bindings<'js>(
                 random[..8].copy_from_slice(&st.random().to_ne_bytes());
                 random[8..].copy_from_slice(&st.random().to_ne_bytes());
                 let (head, accept) = client_head(&host, &target, &protocols, random);
-                let requested = Peer::Requested { addr, head, accept };
+                let requested = Peer::Requested {
+                    addr,
+                    head,
+                    accept,
+                    tls,
+                };
                 // The peer of the connection being handled, if it has none yet.
                 if let Some(id) = st.current
                     && let Some(c) = st.conns.get_mut(&id)
@@ -1231,20 +1264,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ws_targets_need_an_address_and_plain_ws() {
-        let (addr, host, target) = ws_target("ws://127.0.0.1:9001/feed?x=1").expect("ok");
-        assert_eq!(addr, "127.0.0.1:9001".parse().expect("addr"));
+    fn ws_targets_need_an_address_and_a_ws_scheme() {
+        let t = ws_target("ws://127.0.0.1:9001/feed?x=1").expect("ok");
+        assert_eq!(t.addr, "127.0.0.1:9001".parse().expect("addr"));
         assert_eq!(
-            (host.as_str(), target.as_str()),
-            ("127.0.0.1:9001", "/feed?x=1")
+            (t.host.as_str(), t.target.as_str(), t.tls),
+            ("127.0.0.1:9001", "/feed?x=1", None)
         );
-        let (addr, _, target) = ws_target("ws://localhost/").expect("ok");
-        assert_eq!((addr.port(), target.as_str()), (80, "/"));
-        assert!(
-            ws_target("wss://127.0.0.1/")
-                .expect_err("tls")
-                .contains("TLS")
+        let t = ws_target("ws://localhost/").expect("ok");
+        assert_eq!((t.addr.port(), t.target.as_str()), (80, "/"));
+        // wss://: port 443 by default, verified against the name written.
+        let t = ws_target("wss://127.0.0.1/x").expect("ok");
+        assert_eq!((t.addr.port(), t.tls.as_deref()), (443, Some("127.0.0.1")));
+        let t = ws_target("wss://localhost:8443/").expect("ok");
+        assert_eq!(
+            (t.addr, t.host.as_str(), t.tls.as_deref()),
+            (
+                "127.0.0.1:8443".parse().expect("addr"),
+                "localhost:8443",
+                Some("localhost")
+            )
         );
+        let t = ws_target("wss://[::1]:9443/").expect("ok");
+        assert_eq!(t.tls.as_deref(), Some("::1"));
         assert!(
             ws_target("ws://example.com/")
                 .expect_err("dns")

@@ -217,10 +217,19 @@ impl JsSession {
                         }
                     }
                     if let Peer::Requested { .. } = conn.peer
-                        && let Peer::Requested { addr, head, accept } =
-                            std::mem::replace(&mut conn.peer, Peer::Asked)
+                        && let Peer::Requested {
+                            addr,
+                            head,
+                            accept,
+                            tls,
+                        } = std::mem::replace(&mut conn.peer, Peer::Asked)
                     {
-                        cx.actions.push(FnAction::OpenPeer { addr, head, accept });
+                        cx.actions.push(FnAction::OpenPeer {
+                            addr,
+                            head,
+                            accept,
+                            tls,
+                        });
                     }
                     shutdown = conn.shutdown.take();
                 }

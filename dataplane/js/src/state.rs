@@ -43,6 +43,8 @@ pub(crate) enum Peer {
         addr: SocketAddr,
         head: Vec<u8>,
         accept: [u8; 28],
+        /// `wss://`: the name the peer's certificate is verified against.
+        tls: Option<String>,
     },
     /// Connecting, open or done (the session knows).
     Asked,

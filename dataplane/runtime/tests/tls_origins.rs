@@ -2,9 +2,11 @@
 //! `origin_tls` reaches a `wss://` origin (a rustls server under tokio-tungstenite, made by
 //! the test), verified against the route's `origin_ca`, with SNI = `origin_server_name`; a
 //! certificate for another name, or from a CA the route does not trust, is a 502 whose
-//! access-log reason is `origin_tls_error`, and other connections are not affected.
+//! access-log reason is `origin_tls_error`, and other connections are not affected. A `js`
+//! route's scripts open `wss://` sockets verified the same way, against their URL's name.
 
 mod common;
+mod js_support;
 mod tls_support;
 
 use std::net::SocketAddr;
@@ -238,6 +240,92 @@ async fn websocket_health_checks_speak_tls_to_tls_origins() {
         proxy
             .wait_log_reason("no_live_origin", Duration::from_secs(5))
             .await;
+    })
+    .await;
+}
+
+/// A script proxying its client to `wss://{target}/up`: the close of the upstream reaches the
+/// client as 1000 when clean, else 4002 with the upstream's code.
+fn wss_proxy_script(target: &str) -> String {
+    r#"
+export default {
+  fetch(request) {
+    const { socket, response } = upgradeWebSocket(request);
+    const upstream = new WebSocket("wss://TARGET/up");
+    const early = [];
+    upstream.onopen = () => { for (const m of early) upstream.send(m); early.length = 0; };
+    upstream.onmessage = (event) => socket.send(event.data);
+    upstream.onclose = (event) =>
+      socket.close(event.wasClean ? 1000 : 4002, "upstream closed " + event.code);
+    socket.onmessage = (event) =>
+      upstream.readyState === WebSocket.OPEN ? upstream.send(event.data) : early.push(event.data);
+    socket.onclose = () => upstream.close();
+    return response;
+  },
+};
+"#
+    .replace("TARGET", target)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_opens_wss_sockets_verified_against_their_url_name() {
+    within(90, async {
+        let pki = Pki::new("js-wss");
+        let leaf = pki.leaf("origin", &["localhost", "127.0.0.1"], KeyKind::Ecdsa);
+        let other_ca = Pki::new("js-wss-other");
+        let origin = TlsEchoOrigin::start(&leaf).await;
+        let scripts = js_support::Scripts::new("wss");
+        let by_name = scripts.write(
+            "name.js",
+            &wss_proxy_script(&format!("localhost:{}", origin.addr.port())),
+        );
+        let by_ip = scripts.write("ip.js", &wss_proxy_script(&origin.addr.to_string()));
+        let ca = |p: &Pki| format!("origin_ca = {:?}", p.ca_path.display().to_string());
+        let config = Config::new()
+            .table(&js_support::js_route(
+                "byname",
+                "/byname",
+                &by_name,
+                &[&ca(&pki)],
+            ))
+            .table(&js_support::js_route("byip", "/byip", &by_ip, &[&ca(&pki)]))
+            .table(&js_support::js_route(
+                "distrusted",
+                "/distrusted",
+                &by_name,
+                &[&ca(&other_ca)],
+            ));
+        let proxy = Proxy::start(&config).await;
+
+        // Verified against `localhost`, sent as SNI; the relay works both ways, big ones too.
+        let mut ws = common::ws_connect(proxy.addr, "/byname").await;
+        common::assert_echo(&mut ws, Message::text("through a wss:// socket")).await;
+        let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 7 % 251) as u8).collect();
+        common::assert_echo(&mut ws, Message::binary(big)).await;
+        assert_eq!(
+            origin.sni.lock().expect("lock").as_slice(),
+            [Some("localhost".to_owned())],
+            "one handshake, SNI = the URL's name"
+        );
+        // By address: checked against the certificate's IP address, no SNI.
+        let mut ip = common::ws_connect(proxy.addr, "/byip").await;
+        common::assert_echo(&mut ip, Message::text("by address")).await;
+        assert_eq!(origin.sni.lock().expect("lock").last(), Some(&None));
+
+        // A CA the route does not trust: the socket fails (close 1006, not clean), the
+        // origin never finishes a handshake, and the other sockets keep working.
+        let before = origin.sni.lock().expect("lock").len();
+        let mut bad = common::ws_connect(proxy.addr, "/distrusted").await;
+        bad.send(Message::text("never relayed"))
+            .await
+            .expect("send");
+        let (code, reason) = js_support::close_of(&mut bad)
+            .await
+            .expect("the script closes the client");
+        assert_eq!((code, reason.as_str()), (4002, "upstream closed 1006"));
+        assert_eq!(origin.sni.lock().expect("lock").len(), before);
+        common::assert_echo(&mut ws, Message::text("still up")).await;
+        common::assert_echo(&mut ip, Message::text("still up")).await;
     })
     .await;
 }

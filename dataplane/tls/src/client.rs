@@ -136,6 +136,15 @@ impl OriginTls {
     pub fn connect(&self, addr: IpAddr) -> Result<TlsClient, TlsError> {
         TlsClient::new(self, addr)
     }
+
+    /// A connection to `addr` verified against `name` instead of the configured one (a
+    /// script's `wss://` socket: the name in its URL, a DNS name or an IP address).
+    pub fn connect_named(&self, name: &str, addr: IpAddr) -> Result<TlsClient, TlsError> {
+        let server = ServerName::try_from(name.to_owned()).map_err(|_| TlsError::Handshake {
+            detail: format!("{name:?} is not a DNS name or IP address"),
+        })?;
+        TlsClient::with_name(self, server, addr)
+    }
 }
 
 /// What a finished origin handshake negotiated.
@@ -160,7 +169,14 @@ pub struct TlsClient {
 impl TlsClient {
     /// Starts the handshake (the ClientHello waits in `take_ciphertext`).
     pub fn new(tls: &OriginTls, addr: IpAddr) -> Result<TlsClient, TlsError> {
-        let name = tls.server_name_for(addr);
+        TlsClient::with_name(tls, tls.server_name_for(addr), addr)
+    }
+
+    fn with_name(
+        tls: &OriginTls,
+        name: ServerName<'static>,
+        addr: IpAddr,
+    ) -> Result<TlsClient, TlsError> {
         let peer = match &name {
             ServerName::DnsName(d) => format!("origin {addr} ({})", d.as_ref()),
             _ => format!("origin {addr}"),

@@ -45,6 +45,7 @@ impl FunctionSession for Bridge {
             addr: self.spec.addr,
             head,
             accept,
+            tls: None,
         });
     }
 

@@ -259,12 +259,15 @@ pub enum FnAction {
     SendClient(Chunk),
     /// Bytes (whole frames) to the peer.
     SendPeer(Chunk),
-    /// Open the peer: connect to `addr`, send `head` (a WebSocket client handshake) and expect
-    /// a 101 carrying `accept`.
+    /// Open the peer: connect to `addr` (over TLS when `tls` names the server to verify),
+    /// send `head` (a WebSocket client handshake) and expect a 101 carrying `accept`.
     OpenPeer {
         addr: SocketAddr,
         head: Vec<u8>,
         accept: [u8; 28],
+        /// `Some(name)`: a `wss://` peer, verified against `name` (a DNS name or an IP
+        /// address); `None`: plain TCP.
+        tls: Option<String>,
     },
     /// The function is done (its close handshake ended, or it gives up): what was queued to
     /// the client is written (bounded wait), then the connection closes.

@@ -129,7 +129,12 @@ impl Session {
             FnAction::SendClient(_) if self.is_clientless() => {}
             FnAction::SendClient(chunk) => self.queue_own(Side::Client, chunk, env),
             FnAction::SendPeer(chunk) => self.queue_own(Side::Origin, chunk, env),
-            FnAction::OpenPeer { addr, head, accept } => {
+            FnAction::OpenPeer {
+                addr,
+                head,
+                accept,
+                tls,
+            } => {
                 let Stage::Function(_) = self.stage else {
                     return;
                 };
@@ -150,6 +155,7 @@ impl Session {
                     connected: false,
                     key: None,
                     for_function: Some(function),
+                    peer_tls: tls,
                 }));
                 self.origin = Some(addr);
                 let connect_ms = route.map_or(5_000, |r| r.timers.connect_ms);

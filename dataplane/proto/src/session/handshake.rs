@@ -124,6 +124,7 @@ impl Session {
                     connected: false,
                     key: forward.key,
                     for_function: None,
+                    peer_tls: None,
                 }));
                 self.connect(&route, env);
                 if self.ending == Ending::Open {

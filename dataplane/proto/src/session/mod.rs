@@ -110,6 +110,19 @@ struct OriginStage {
     key: Option<u64>,
     /// A function waits for this peer (`bridge`, a script's outbound socket).
     for_function: Option<Box<FunctionStage>>,
+    /// A function's `wss://` peer: the name its certificate is verified against.
+    peer_tls: Option<String>,
+}
+
+/// How the worker opens a session's origin side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTransport<'a> {
+    /// As the route's origins are configured (`origin_tls`, `wss://` origins, or plain).
+    Route,
+    /// A function's plain `ws://` peer.
+    Plain,
+    /// A function's `wss://` peer, verified against this name.
+    Tls { name: &'a str },
 }
 
 /// The stream relay's per-direction splice state.
@@ -303,6 +316,18 @@ impl Session {
             Stage::Function(f) => f.clientless,
             Stage::Origin(o) => o.for_function.as_ref().is_some_and(|f| f.clientless),
             _ => false,
+        }
+    }
+
+    /// How the origin side being connected is to be opened: a function's peer says itself
+    /// whether it is `wss://`; an origin pool's transport is the route's.
+    pub fn peer_transport(&self) -> PeerTransport<'_> {
+        match &self.stage {
+            Stage::Origin(o) if o.for_function.is_some() => match &o.peer_tls {
+                Some(name) => PeerTransport::Tls { name },
+                None => PeerTransport::Plain,
+            },
+            _ => PeerTransport::Route,
         }
     }
 

@@ -108,6 +108,11 @@ fn upgraded(relay: RelayMode, early: &[u8]) -> Sim {
     head.extend_from_slice(early);
     sim.client_head(&head);
     assert_eq!(sim.connects, vec!["10.0.0.1:9000".parse().expect("addr")]);
+    assert_eq!(
+        sim.session.peer_transport(),
+        PeerTransport::Route,
+        "an origin pool's own transport"
+    );
     assert!(
         sim.watching,
         "the client is watched while the origin answers"
@@ -840,9 +845,11 @@ fn a_wake_reaches_an_upgraded_function_and_not_one_whose_peer_connects() {
         addr: "10.0.0.9:9000".parse().expect("addr"),
         head: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         accept: [b'a'; 28],
+        tls: None,
     });
     sim.handle(Input::Wake);
     assert_eq!(sim.connects.len(), 1);
+    assert_eq!(sim.session.peer_transport(), PeerTransport::Plain);
     let before = calls.borrow().len();
     sim.handle(Input::Wake);
     assert_eq!(calls.borrow().len(), before, "its peer's event comes first");
@@ -857,6 +864,7 @@ fn an_upgrade_after_the_peer_opened_hands_the_early_bytes_to_the_function() {
         addr: "10.0.0.9:9000".parse().expect("addr"),
         head: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         accept,
+        tls: None,
     });
     let mut head = upgrade_head();
     head.extend_from_slice(&masked(OpCode::Text, b"early"));
@@ -884,6 +892,7 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
         addr: "10.0.0.9:9000".parse().expect("addr"),
         head: b"GET /feed HTTP/1.1\r\n\r\n".to_vec(),
         accept: crate::accept::accept_key(KEY.as_bytes()),
+        tls: Some("feed.test".into()),
     }]));
     let function = Box::new(Scripted {
         calls: Rc::clone(&calls),
@@ -901,6 +910,11 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
     );
     assert!(sim.session.is_clientless());
     assert_eq!(sim.connects, vec!["10.0.0.9:9000".parse().expect("addr")]);
+    // A wss:// peer: the worker opens it over TLS, verified against the URL's name.
+    assert_eq!(
+        sim.session.peer_transport(),
+        PeerTransport::Tls { name: "feed.test" }
+    );
     sim.connected(Ok(()));
     sim.flush(Side::Origin);
     assert_eq!(sim.text(Side::Origin), "GET /feed HTTP/1.1\r\n\r\n");
@@ -935,6 +949,7 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
         addr: "10.0.0.9:9000".parse().expect("addr"),
         head: b"GET /feed HTTP/1.1\r\n\r\n".to_vec(),
         accept: crate::accept::accept_key(KEY.as_bytes()),
+        tls: None,
     }]));
     let bus: Rc<std::cell::RefCell<dyn Bus>> =
         Rc::new(std::cell::RefCell::new(crate::function::NoBus));

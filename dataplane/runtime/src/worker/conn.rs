@@ -6,7 +6,7 @@
 use std::os::fd::RawFd;
 
 use wsedge_proto::session::{
-    CloseReason, ConnectFailure, Env, Input, Metric, Output, Session, Side,
+    CloseReason, ConnectFailure, Env, Input, Metric, Output, PeerTransport, Session, Side,
 };
 use wsedge_proto::wheel::{Tick, TimerId};
 use wsedge_ring::{Completion, OpData, OpId, OpKind, Owner, SendQueue, sys};
@@ -284,21 +284,28 @@ impl Worker {
             sys::close(io.fd);
             io.fd = -1;
         }
-        // A TLS route's origin gets a fresh TLS client per attempt; a plain one none.
-        io.transport = match c
+        // A TLS route's origin gets a fresh TLS client per attempt; a plain one none. A
+        // function's peer says itself (ws:// or wss://); its route holds the trust for it.
+        let route_tls = c
             .session
             .route()
-            .and_then(|r| self.settings.origin_tls(&r.name))
-        {
+            .and_then(|r| self.settings.origin_tls(&r.name));
+        let client = match (c.session.peer_transport(), route_tls) {
+            (PeerTransport::Plain, _) | (PeerTransport::Route, None) => None,
+            (PeerTransport::Route, Some(tls)) => Some(tls.connect(addr.ip())),
+            (PeerTransport::Tls { name }, Some(tls)) => Some(tls.connect_named(name, addr.ip())),
+            (PeerTransport::Tls { .. }, None) => Some(Err(wsedge_tls::TlsError::Handshake {
+                detail: "no trusted CA for wss:// on this route (set origin_ca, or install the system trust store)".into(),
+            })),
+        };
+        io.transport = match client {
             None => Transport::Plain,
-            Some(tls) => match tls.connect(addr.ip()) {
-                Ok(client) => Transport::origin_tls(client),
-                Err(e) => {
-                    tracing::warn!(worker = self.index, error = %e, "cannot start TLS to the origin");
-                    self.deferred.push((c.id, Deferred::ConnectFailed));
-                    return;
-                }
-            },
+            Some(Ok(client)) => Transport::origin_tls(client),
+            Some(Err(e)) => {
+                tracing::warn!(worker = self.index, error = %e, "cannot start TLS to the origin");
+                self.deferred.push((c.id, Deferred::ConnectFailed));
+                return;
+            }
         };
         match sys::tcp_socket(&addr) {
             Ok(fd) => {
