@@ -83,9 +83,13 @@ pub fn parse_since(value: &str) -> Result<Since, SinceError> {
 /// The `since` parameter of a request target (`/ch/lobby?since=5:abc`): `Ok(None)` when
 /// there is none; an error when it is malformed, empty or given twice.
 pub fn query_since(target: &str) -> Result<Option<Since>, SinceError> {
-    let Some((_, query)) = target.split_once('?') else {
-        return Ok(None);
-    };
+    target
+        .split_once('?')
+        .map_or(Ok(None), |(_, query)| since_of_query(query))
+}
+
+/// The `since` parameter of a query string (what follows the `?`); see [`query_since`].
+pub fn since_of_query(query: &str) -> Result<Option<Since>, SinceError> {
     let mut found = None;
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -530,6 +534,10 @@ mod tests {
             Ok(Some(since(3, "e")))
         );
         assert_eq!(query_since("/ch/lobby?sincex=1"), Ok(None));
+        // What the handshake gives: the query alone (its path has none).
+        assert_eq!(since_of_query("since=3:e&x"), Ok(Some(since(3, "e"))));
+        assert_eq!(since_of_query(""), Ok(None));
+        assert_eq!(since_of_query("since=3"), Err(SinceError));
         for bad in [
             "/c?since",
             "/c?since=",

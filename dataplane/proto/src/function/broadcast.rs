@@ -18,7 +18,7 @@ use crate::channels::{
 use crate::chunk::Chunk;
 use crate::endpoint::{EndpointConfig, EndpointEvent, Mode, ServerEndpoint, frame_message};
 use crate::frame::OpCode;
-use crate::recovery::{Item, Live, Merge, Since, Step, positioned_frame, query_since};
+use crate::recovery::{Item, Live, Merge, Since, Step, positioned_frame, since_of_query};
 use crate::session::CloseReason;
 use crate::upgrade::{BROADCAST_V1, offers_protocol};
 
@@ -60,7 +60,11 @@ impl Broadcast {
             status: 400,
             reason: CloseReason::BadSince,
         };
-        let since = query_since(request.request.path()).map_err(|_| bad_since)?;
+        let since = request
+            .request
+            .query()
+            .map_or(Ok(None), since_of_query)
+            .map_err(|_| bad_since)?;
         // History only for v1 clients (raw ones cannot be told positions or notices).
         let recoverable = v1 && channel.is_some_and(|c| bus.recoverable(c));
         if since.is_some() && !recoverable {
