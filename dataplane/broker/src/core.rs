@@ -571,6 +571,11 @@ impl Core {
     /// it was made: handoffs of one burst are made before any of them is handed over), and
     /// clears what is owed. Called just before handing it to the worker's queue.
     pub fn claim_gap(&mut self, handoff: &mut Handoff) {
+        // A recovery answer is for one connection: the gap stays owed to the channel's
+        // next message (every subscriber of the worker gets it there).
+        if handoff.answer.is_some() {
+            return;
+        }
         if let Some(c) = self.channels.get_mut(&handoff.channel)
             && let Some(owed) = c.gap.get_mut(handoff.worker)
         {

@@ -352,4 +352,49 @@ mod tests {
         assert_eq!(answers(&drain(&mut core)).len(), 1);
         assert_ne!(core.poll_timeout(), Some(0));
     }
+
+    #[test]
+    fn an_answer_leaves_an_owed_gap_to_the_next_message() {
+        let mut core = core();
+        core.interest(1, "chat:a", 1, NOW);
+        core.link(0, 1, LinkEvent::Subscribed("chat:a".into()), NOW);
+        core.recover(request(7, None));
+        drain(&mut core);
+        // A message for worker 1 is dropped: a gap is owed to its subscribers.
+        let record = |text: &str| {
+            let m = crate::Message {
+                route: None,
+                channel: Arc::from("chat:a"),
+                payload: Arc::new(wsedge_proto::function::Payload::Text(text.into())),
+                skip: None,
+                host: 9,
+                position: None,
+            };
+            crate::wire::encode(&m, 1)
+        };
+        // One burst: a message, the answer, a message; the first is dropped (the worker's
+        // queue is full), so a gap is owed: the answer passes without taking it, the next
+        // message carries it.
+        core.link(0, 1, LinkEvent::Message("chat:a".into(), record("x")), NOW);
+        let token = *core.recoveries.keys().next().expect("pending");
+        let position = Position {
+            offset: 1,
+            epoch: Arc::from("e"),
+        };
+        let answer = Answer::Position(position);
+        core.link(0, 1, LinkEvent::History { token, answer }, NOW);
+        core.link(0, 1, LinkEvent::Message("chat:a".into(), record("y")), NOW);
+        let mut gaps = Vec::new();
+        for (i, out) in drain(&mut core).into_iter().enumerate() {
+            if let Output::Deliver(mut h) = out {
+                core.claim_gap(&mut h);
+                if i == 0 {
+                    core.dropped(&h);
+                } else {
+                    gaps.push((h.answer.is_some(), h.gap));
+                }
+            }
+        }
+        assert_eq!(gaps, [(true, false), (false, true)]);
+    }
 }
