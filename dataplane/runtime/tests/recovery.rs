@@ -3,8 +3,9 @@
 //! a recoverable namespace's channel is told its position; reconnecting with
 //! `?since=<offset>:<epoch>` it gets exactly what it missed, in order, then live messages,
 //! each once (while publications go on during its reconnection); an offset no longer kept,
-//! past the top, or of another epoch gets a clear `cannot_recover`; a channel outside the
-//! namespace behaves as before.
+//! past the top, or of another epoch gets a clear `cannot_recover`; with the broker gone,
+//! `unavailable`, and a new epoch once it is back; a channel outside the namespace behaves
+//! as before.
 
 mod broker_support;
 mod common;
@@ -14,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use broker_support::start_host;
-use broker_support::{Kind, Server, control_tables, next_json, next_json_within, publish};
+use broker_support::{Kind, Server, control_tables, metric, next_json, next_json_within, publish};
 use common::{Ws, within, ws_connect_req, ws_request};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -284,6 +285,64 @@ async fn what_cannot_be_recovered_is_said_clearly() {
         assert_eq!(recoveries(metrics, "epoch"), 2);
         assert_eq!(recoveries(metrics, "trimmed"), 2);
         assert_eq!(recoveries(metrics, "recovered"), 1);
+        let _ = std::fs::remove_file(&socket);
+    })
+    .await;
+}
+
+/// The broker goes away (a Redis with no persistence: its histories go with it). A client
+/// that connects meanwhile is told `unavailable` and gets this host's messages (with no
+/// position); when the broker is back it gets a `gap`, and a client reconnecting with its
+/// old position is told `cannot_recover` (`epoch`) with the new history's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_went_away_is_unavailable_then_a_new_epoch() {
+    within(120, async {
+        let mut server = Server::start(Kind::Redis);
+        let (socket, metrics, control) = control_tables("lost");
+        let a = start_host(&server, "host-a", &format!("{}{control}", recovery(5))).await;
+        let (mut ws, notice) = positioned(a.proxy.addr, ROOM).await;
+        let epoch = notice["epoch"].as_str().expect("epoch").to_owned();
+        publish(a.publish, ROOM, "m1");
+        assert_eq!(message(&next_json(&mut ws).await, &epoch), (1, "m1".into()));
+        drop(ws);
+        server.kill();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(metrics, "wsedge_broker_up") != Some(0.0) {
+            assert!(Instant::now() < deadline, "the link never went down");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let since = format!("1:{epoch}");
+        let (mut ws, notice) = recovering(a.proxy.addr, ROOM, Some(&since)).await;
+        assert_eq!(
+            notice,
+            json!({"type": "cannot_recover", "channel": ROOM, "reason": "unavailable"})
+        );
+        publish(a.publish, ROOM, "local");
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"type": "message", "channel": ROOM, "data": "local"}),
+            "delivered on this host, with no position"
+        );
+        server.up();
+        assert_eq!(
+            next_json(&mut ws).await,
+            json!({"type": "gap", "channel": ROOM})
+        );
+        drop(ws);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let notice = loop {
+            let (_ws, notice) = recovering(a.proxy.addr, ROOM, Some(&since)).await;
+            if notice["reason"] != "unavailable" {
+                break notice;
+            }
+            assert!(Instant::now() < deadline, "the link never came back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(notice["type"], "cannot_recover", "{notice}");
+        assert_eq!(notice["reason"], "epoch", "{notice}");
+        assert_eq!(notice["offset"], 0, "{notice}");
+        assert_ne!(notice["epoch"], epoch.as_str(), "{notice}");
+        assert!(recoveries(metrics, "unavailable") >= 1);
         let _ = std::fs::remove_file(&socket);
     })
     .await;
