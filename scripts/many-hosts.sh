@@ -57,6 +57,8 @@ many-hosts: three hosts on ws://127.0.0.1:8181/ch/, :8182/ch/, :8183/ch/
   subscribe: websocat -H 'Sec-WebSocket-Protocol: wsedge.v1' ws://127.0.0.1:8182/ch/lobby
   publish:   curl -d hello http://127.0.0.1:8191/publish/lobby
   presence:  curl http://127.0.0.1:8193/channels/lobby
+  recovery:  websocat -H 'Sec-WebSocket-Protocol: wsedge.v1' ws://127.0.0.1:8181/ch/chat:room
+             (a position notice first; reconnect with ?since=<offset>:<epoch> of the last message)
 Ctrl-C stops them.
 TXT
 wait

@@ -70,6 +70,53 @@ pub struct BrokerConfig {
     /// First and longest wait between reconnection attempts.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Namespaces whose channels keep a history clients recover from (Redis only).
+    pub recovery: Vec<RecoveryConfig>,
+}
+
+/// A recoverable namespace (`[[broker.recovery]]`): every channel `<namespace>:<rest>` keeps
+/// its recent messages in a Redis stream, with an offset and an epoch (docs/broker.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// The channels' name up to their first `:`.
+    pub namespace: String,
+    /// Messages kept per channel (`XADD … MAXLEN ~ size`): a client further behind cannot
+    /// recover.
+    pub history_size: u64,
+    /// A channel's history is dropped when nothing was published on it for this long.
+    pub history_ttl: Duration,
+    /// A channel's position (its epoch and last offset) is kept this long after its last
+    /// publication; past it, the channel's next history has a new epoch.
+    pub meta_ttl: Duration,
+}
+
+impl BrokerConfig {
+    /// The recoverable namespace `channel` belongs to, if any.
+    pub fn recovery_of(&self, channel: &str) -> Option<&RecoveryConfig> {
+        recovery_of(&self.recovery, channel)
+    }
+}
+
+/// The namespace of `recovery` that `channel` (`<namespace>:<rest>`) belongs to, if any.
+pub fn recovery_of<'a>(
+    recovery: &'a [RecoveryConfig],
+    channel: &str,
+) -> Option<&'a RecoveryConfig> {
+    let (namespace, _) = channel.split_once(':')?;
+    recovery.iter().find(|r| r.namespace == namespace)
+}
+
+/// One `[[broker.recovery]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRecovery {
+    namespace: Spanned<String>,
+    #[serde(default)]
+    history_size: Option<Spanned<i64>>,
+    #[serde(default)]
+    history_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    meta_ttl: Option<Spanned<String>>,
 }
 
 /// The `[broker]` table as written.
@@ -101,6 +148,8 @@ pub(crate) struct RawBroker {
     reconnect_min: Option<Spanned<String>>,
     #[serde(default)]
     reconnect_max: Option<Spanned<String>>,
+    #[serde(default)]
+    recovery: Option<Spanned<Vec<RawRecovery>>>,
 }
 
 /// A host name for presence: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
@@ -254,6 +303,74 @@ pub(crate) fn validate<E>(
             "must not be shorter than reconnect_min".into(),
         ));
     }
+    let mut recovery = Vec::new();
+    if let Some(tables) = raw.recovery {
+        if backend == BrokerBackend::Nats && !tables.get_ref().is_empty() {
+            return Err(invalid(
+                tables.span(),
+                "broker.recovery",
+                "recovery needs a broker that keeps history (Redis Streams): NATS core keeps \
+                 none; use backend = \"redis\" or remove [[broker.recovery]]"
+                    .into(),
+            ));
+        }
+        for table in tables.into_inner() {
+            let ns = table.namespace.get_ref();
+            let ok = (1..=64).contains(&ns.len())
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok || recovery.iter().any(|r: &RecoveryConfig| &r.namespace == ns) {
+                return Err(invalid(
+                    table.namespace.span(),
+                    "broker.recovery.namespace",
+                    format!(
+                        "{ns:?}: 1 to 64 of A-Z a-z 0-9 . _ - (a channel's name up to its \
+                         first ':'), each namespace once"
+                    ),
+                ));
+            }
+            let history_size = match table.history_size {
+                None => 100,
+                Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as u64,
+                Some(n) => {
+                    return Err(invalid(
+                        n.span(),
+                        "broker.recovery.history_size",
+                        "must be from 1 to 1000000".into(),
+                    ));
+                }
+            };
+            let history_ttl = duration(
+                table.history_ttl,
+                "broker.recovery.history_ttl",
+                Duration::from_secs(600),
+                Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600),
+                "from 1s to 720h",
+            )?;
+            let meta_span = table.meta_ttl.as_ref().map(Spanned::span);
+            let meta_ttl = duration(
+                table.meta_ttl,
+                "broker.recovery.meta_ttl",
+                Duration::from_secs(30 * 24 * 3600).max(history_ttl),
+                Duration::from_secs(1)..=Duration::from_secs(365 * 24 * 3600),
+                "from 1s to 8760h",
+            )?;
+            if meta_ttl < history_ttl {
+                return Err(invalid(
+                    meta_span.unwrap_or(span.clone()),
+                    "broker.recovery.meta_ttl",
+                    "must not be shorter than history_ttl".into(),
+                ));
+            }
+            recovery.push(RecoveryConfig {
+                namespace: table.namespace.into_inner(),
+                history_size,
+                history_ttl,
+                meta_ttl,
+            });
+        }
+    }
     Ok(BrokerConfig {
         backend,
         addresses,
@@ -267,6 +384,7 @@ pub(crate) fn validate<E>(
         presence_ttl,
         reconnect_min,
         reconnect_max,
+        recovery,
     })
 }
 
@@ -331,6 +449,69 @@ mod tests {
         );
         assert!(is_valid_host(&b.host), "{}", b.host);
         assert_eq!(Config::from_toml("", "b").expect("valid").broker, None);
+    }
+
+    #[test]
+    fn recovery_namespaces_validate() {
+        let c = with_broker(
+            "addresses = [\"redis://n:1\"]\n[[broker.recovery]]\nnamespace = \"chat\"\nhistory_size = 50\nhistory_ttl = \"5m\"\n[[broker.recovery]]\nnamespace = \"game.v2\"",
+        )
+        .expect("valid");
+        let b = c.broker.expect("broker");
+        assert_eq!(b.recovery.len(), 2);
+        let chat = b.recovery_of("chat:room-1").expect("chat");
+        assert_eq!(
+            (chat.history_size, chat.history_ttl, chat.meta_ttl),
+            (
+                50,
+                Duration::from_secs(300),
+                Duration::from_secs(30 * 24 * 3600)
+            )
+        );
+        assert_eq!(
+            b.recovery_of("game.v2:x").map(|r| r.history_size),
+            Some(100)
+        );
+        for plain in ["chat", "chatroom:1", "game:x", ":chat"] {
+            assert_eq!(b.recovery_of(plain), None, "{plain}");
+        }
+        for (table, field) in [
+            ("namespace = \"a:b\"", "broker.recovery.namespace"),
+            ("namespace = \"\"", "broker.recovery.namespace"),
+            (
+                "namespace = \"a\"\nhistory_size = 0",
+                "broker.recovery.history_size",
+            ),
+            (
+                "namespace = \"a\"\nhistory_ttl = \"0s\"",
+                "broker.recovery.history_ttl",
+            ),
+            (
+                "namespace = \"a\"\nhistory_ttl = \"2h\"\nmeta_ttl = \"1h\"",
+                "broker.recovery.meta_ttl",
+            ),
+            ("namespace = \"a\"\nsize = 1", "size"),
+            (
+                "namespace = \"a\"\n[[broker.recovery]]\nnamespace = \"a\"",
+                "broker.recovery.namespace",
+            ),
+        ] {
+            let e = with_broker(&format!(
+                "addresses = [\"redis://n:1\"]\n[[broker.recovery]]\n{table}"
+            ))
+            .expect_err(table)
+            .to_string();
+            assert!(e.contains(field), "{table}: {e}");
+        }
+        let e = with_broker(
+            "backend = \"nats\"\naddresses = [\"nats://n:1\"]\n[[broker.recovery]]\nnamespace = \"chat\"",
+        )
+        .expect_err("nats")
+        .to_string();
+        assert!(
+            e.contains("broker.recovery") && e.contains("NATS core keeps none"),
+            "{e}"
+        );
     }
 
     #[test]

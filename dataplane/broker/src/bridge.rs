@@ -27,6 +27,8 @@ pub enum Input {
     },
     /// A local publication.
     Publish(Message),
+    /// A subscriber's recovery (after its interest was reported).
+    Recover(crate::core::RecoveryRequest),
     /// An event of a shard's link.
     Link {
         shard: usize,
@@ -257,6 +259,7 @@ impl Run {
                 count,
             } => self.core.interest(worker, &channel, count, now),
             Input::Publish(message) => self.core.publish(message),
+            Input::Recover(request) => self.core.recover(request),
             Input::Link {
                 shard,
                 epoch,

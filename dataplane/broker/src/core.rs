@@ -18,12 +18,22 @@
 //!   get a `gap` (messages from other hosts may have been missed); a worker whose queue was
 //!   full gets a `gap` before its next message of that channel;
 //! - at most `max_channels` channels; past it a channel is served on this host only
-//!   (every worker is offered its local publications) and counted.
+//!   (every worker is offered its local publications) and counted;
+//! - a subscriber's recovery is read once its channel's subscription is confirmed
+//!   ([`recovery`]), and always answered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use wsedge_proto::function::ConnKey;
+use wsedge_proto::recovery::{Answer, Since};
+
 use crate::{HostId, Message, wire};
+
+mod recovery;
+mod stats;
+pub use recovery::{RecoveryRequest, RecoveryStats};
+pub use stats::{LAG_BOUNDS_US, Lag, Stats};
 
 /// Milliseconds on the bridge's clock.
 pub type Millis = u64;
@@ -37,6 +47,15 @@ pub enum LinkCmd {
     Publish(Arc<str>, Vec<u8>),
     /// This host's subscriber count of the channel (0: gone), for the fleet's presence.
     Presence(Arc<str>, u64),
+    /// Read the channel's history (after `since`, or only its position); answer with
+    /// [`LinkEvent::History`] and the same token. Sent only once the channel's
+    /// subscription is confirmed, so whatever is published after the read reaches this host
+    /// live.
+    History {
+        token: u64,
+        channel: Arc<str>,
+        since: Option<Since>,
+    },
 }
 
 /// What a shard's link reports.
@@ -50,6 +69,8 @@ pub enum LinkEvent {
     Subscribed(Arc<str>),
     /// A record arrived on a channel's subject.
     Message(Arc<str>, Vec<u8>),
+    /// A history read's answer.
+    History { token: u64, answer: Answer },
 }
 
 /// A message (or a gap notice) for one worker.
@@ -61,6 +82,8 @@ pub struct Handoff {
     pub message: Option<Arc<Message>>,
     /// Messages of this channel may have been lost before this point.
     pub gap: bool,
+    /// Not a message: a recovery's answer for this one connection of the worker.
+    pub answer: Option<(ConnKey, Arc<Answer>)>,
 }
 
 /// What the bridge must do.
@@ -111,65 +134,6 @@ pub struct CoreConfig {
     pub presence_refresh_ms: u64,
     /// How long presence changes are gathered before they are written.
     pub presence_delay_ms: u64,
-}
-
-/// Upper bounds of the lag histogram's buckets, in microseconds (the last bucket is +Inf).
-pub const LAG_BOUNDS_US: [u64; 11] = [
-    500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000,
-];
-
-/// Publication-to-arrival time of the records received from the broker: the receiving
-/// host's clock minus the publishing host's (so across hosts it includes their clock
-/// offset; NTP keeps that well under a millisecond).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Lag {
-    /// Records per bucket of [`LAG_BOUNDS_US`] (not cumulative), then past the last bound.
-    pub buckets: [u64; 12],
-    pub sum_us: u64,
-    pub count: u64,
-}
-
-impl Lag {
-    fn record(&mut self, us: u64) {
-        let i = LAG_BOUNDS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(LAG_BOUNDS_US.len());
-        self.buckets[i] += 1;
-        self.sum_us = self.sum_us.saturating_add(us);
-        self.count += 1;
-    }
-}
-
-/// Counters since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Publication-to-arrival time of timed records.
-    pub lag: Lag,
-    /// Local publications handed to the broker.
-    pub publishes_out: u64,
-    /// Records received from the broker (own echoes included).
-    pub publishes_in: u64,
-    /// Local publications delivered here directly (shard down, or subscription pending).
-    pub publishes_local: u64,
-    /// Messages handed to workers.
-    pub deliveries: u64,
-    /// Messages a worker's full queue refused.
-    pub drops: u64,
-    /// Gap notices (per channel and event: a reconnection, a drop).
-    pub gaps: u64,
-    /// New channels refused past `max_channels`.
-    pub channels_refused: u64,
-    /// Records that were not ours, or broken.
-    pub decode_errors: u64,
-    /// Own echoes already delivered directly.
-    pub duplicates: u64,
-    /// Records for a channel no worker wants any more.
-    pub unrouted: u64,
-    /// Times a shard came up after having been down (the first connection excluded).
-    pub reconnects: u64,
-    /// Failed connection attempts and lost connections.
-    pub link_failures: u64,
 }
 
 /// A shard link's state.
@@ -238,6 +202,11 @@ pub struct Core {
     /// The wall clock (Unix microseconds) as the bridge last set it: publications carry it,
     /// arrivals are measured against it. `None`: records are not timed.
     wall_us: Option<u64>,
+    /// Recoveries not answered yet, by token.
+    recoveries: HashMap<u64, recovery::Pending>,
+    next_token: u64,
+    /// Answers a full worker queue refused: handed again at the next timeout.
+    retry: Vec<Handoff>,
 }
 
 /// The shard of `channel` among `shards`: FNV-1a, the same on every host and build.
@@ -275,6 +244,9 @@ impl Core {
             out: VecDeque::new(),
             stats: Stats::default(),
             wall_us: None,
+            recoveries: HashMap::new(),
+            next_token: 1,
+            retry: Vec::new(),
         }
     }
 
@@ -326,7 +298,9 @@ impl Core {
     /// The earliest time [`Core::on_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let retry = self.shards.iter().filter_map(|s| s.retry_at).min();
-        [retry, self.presence_due, Some(self.refresh_due)]
+        // Refused answers are tried again at once (the bridge waits at least 1 ms).
+        let answers = (!self.retry.is_empty()).then_some(0);
+        [retry, self.presence_due, Some(self.refresh_due), answers]
             .into_iter()
             .flatten()
             .min()
@@ -339,8 +313,11 @@ impl Core {
         self.rng
     }
 
-    /// Reconnections due, presence writes due.
+    /// Reconnections due, presence writes due, refused answers.
     pub fn on_timeout(&mut self, now: Millis) {
+        for handoff in std::mem::take(&mut self.retry) {
+            self.out.push_back(Output::Deliver(handoff));
+        }
         for (index, shard) in self.shards.iter_mut().enumerate() {
             if shard.state == LinkState::Down && shard.retry_at.is_some_and(|t| t <= now) {
                 shard.state = LinkState::Connecting;
@@ -455,6 +432,7 @@ impl Core {
         if c.interested == 0 {
             let (shard, sub) = (c.shard, c.sub);
             self.channels.remove(&name);
+            self.forget_parked(&name);
             if sub != Sub::None && self.shards[shard].state == LinkState::Up {
                 self.out.push_back(Output::Link {
                     shard,
@@ -505,6 +483,7 @@ impl Core {
                         channel: Arc::clone(&message.channel),
                         message: Some(Arc::clone(&message)),
                         gap: false,
+                        answer: None,
                     }));
                 }
             }
@@ -524,6 +503,7 @@ impl Core {
                 channel: Arc::clone(&m.channel),
                 message: Some(Arc::clone(m)),
                 gap: std::mem::take(&mut c.gap[worker]),
+                answer: None,
             }));
         }
     }
@@ -532,6 +512,11 @@ impl Core {
     /// it was made: handoffs of one burst are made before any of them is handed over), and
     /// clears what is owed. Called just before handing it to the worker's queue.
     pub fn claim_gap(&mut self, handoff: &mut Handoff) {
+        // A recovery answer is for one connection: the gap stays owed to the channel's
+        // next message (every subscriber of the worker gets it there).
+        if handoff.answer.is_some() {
+            return;
+        }
         if let Some(c) = self.channels.get_mut(&handoff.channel)
             && let Some(owed) = c.gap.get_mut(handoff.worker)
         {
@@ -541,6 +526,11 @@ impl Core {
 
     /// A worker's queue was full: `handoff` was not delivered.
     pub fn dropped(&mut self, handoff: &Handoff) {
+        if handoff.answer.is_some() {
+            // Its subscriber waits for it: kept, handed again.
+            self.retry.push(handoff.clone());
+            return;
+        }
         if handoff.message.is_some() {
             self.stats.drops += 1;
         }
@@ -579,15 +569,18 @@ impl Core {
                 for c in self.channels.values_mut().filter(|c| c.shard == shard) {
                     c.sub = Sub::None;
                 }
+                self.fail_recoveries(shard);
             }
             LinkEvent::Subscribed(name) => {
                 if let Some(c) = self.channels.get_mut(&name)
                     && c.sub == Sub::Pending
                 {
                     c.sub = Sub::Live;
+                    self.send_parked(&name);
                 }
             }
             LinkEvent::Message(name, bytes) => self.on_record(&name, &bytes),
+            LinkEvent::History { token, answer } => self.on_history(token, answer),
         }
     }
 
@@ -617,6 +610,7 @@ impl Core {
                         channel: Arc::clone(name),
                         message: None,
                         gap: true,
+                        answer: None,
                     }));
                 }
             }
@@ -632,7 +626,7 @@ impl Core {
 
     fn on_record(&mut self, name: &Arc<str>, bytes: &[u8]) {
         self.stats.publishes_in += 1;
-        let Ok((mut message, seq, published_us)) = wire::decode_at(name, bytes) else {
+        let Ok((mut message, seq, published_us)) = wire::decode_any(name, bytes) else {
             self.stats.decode_errors += 1;
             return;
         };
@@ -646,7 +640,11 @@ impl Core {
         // A record on the subject proves the subscription.
         if c.sub == Sub::Pending {
             c.sub = Sub::Live;
+            self.send_parked(name);
         }
+        let Some(c) = self.channels.get_mut(name) else {
+            return;
+        };
         if message.host == self.config.host {
             if seq <= c.local_upto {
                 self.stats.duplicates += 1;
@@ -690,6 +688,7 @@ mod tests {
             payload: Arc::new(Payload::Text(text.into())),
             skip,
             host,
+            position: None,
         }
     }
 

@@ -8,6 +8,7 @@
 //!
 //! - [`core`]: the decisions, pure (reference counts, routing, gaps, backoff, presence);
 //! - [`wire`]: the record a publication travels as;
+//! - [`history`]: channel histories in Redis Streams, for recovery (the scripts, the reply);
 //! - [`bridge`]: the thread that drives the core, and its [`Handle`];
 //! - [`redis`] and [`nats`]: the [`Broker`] backends, blocking clients on threads of their
 //!   own per shard.
@@ -16,6 +17,7 @@
 
 pub mod bridge;
 pub mod core;
+pub mod history;
 pub mod nats;
 pub mod redis;
 pub mod wire;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
 use wsedge_proto::function::{ConnKey, Payload};
+use wsedge_proto::recovery::Position;
 
 pub use bridge::{Handle, Input, Status, Workers, start};
 
@@ -41,6 +44,9 @@ pub struct Message {
     /// The publisher, when it must not receive its own message (a key of `host` only).
     pub skip: Option<ConnKey>,
     pub host: HostId,
+    /// Its place in the channel's history (a recoverable namespace's channel, as the
+    /// broker gave it); `None` for a message not (yet) through the broker.
+    pub position: Option<Position>,
 }
 
 /// One host's subscribers of a channel, as the fleet's presence reports them.

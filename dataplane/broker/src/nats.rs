@@ -264,6 +264,11 @@ enum Write_ {
 #[derive(Debug)]
 struct NatsLink {
     tx: Sender<Write_>,
+    /// Where a history read is answered at once: NATS core keeps no history (the
+    /// configuration refuses a recoverable namespace with NATS; this is the belt).
+    events: Sender<Input>,
+    shard: usize,
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Write_ {
@@ -281,6 +286,19 @@ impl Drop for NatsLink {
 
 impl Link for NatsLink {
     fn send(&self, cmd: LinkCmd) {
+        if let LinkCmd::History { token, .. } = cmd {
+            let answer = wsedge_proto::recovery::Answer::Failed {
+                failure: wsedge_proto::recovery::Failure::Unavailable,
+                position: None,
+            };
+            report(
+                &self.events,
+                self.shard,
+                self.epoch,
+                LinkEvent::History { token, answer },
+            );
+            return;
+        }
         let _ = self.tx.send(Write_::Cmd(cmd));
     }
 }
@@ -290,6 +308,7 @@ impl Broker for Nats {
         let (tx, rx) = mpsc::channel();
         let settings = self.settings(shard);
         let own = tx.clone();
+        let link_events = events.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("wsedge-nats{shard}"))
             .spawn(move || {
@@ -304,7 +323,12 @@ impl Broker for Nats {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a broker link thread");
         }
-        Box::new(NatsLink { tx })
+        Box::new(NatsLink {
+            tx,
+            events: link_events,
+            shard,
+            epoch,
+        })
     }
 
     fn presence(&self, shard: usize, channel: &str) -> Result<Vec<HostCount>, String> {
@@ -546,6 +570,8 @@ impl Writer {
                 }
                 Ok(())
             }
+            // Answered by the link itself (see `NatsLink`).
+            Write_::Cmd(LinkCmd::History { .. }) => Ok(()),
         }
     }
 

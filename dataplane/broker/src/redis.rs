@@ -12,16 +12,23 @@
 //! Every write also sets the key's expiry, so a channel whose hosts all went away disappears;
 //! a reader ignores fields past their own expiry (a host that died without deleting its
 //! field). Redis 7.0 has no per-field expiry, hence the expiry in the value.
+//!
+//! A channel of a recoverable namespace (`[[broker.recovery]]`) is published by a script
+//! that also keeps its history (a stream), and its history is read by another, on the
+//! publisher's connection (see [`crate::history`]): a read queued after a publication of
+//! this host sees it.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
-use wsedge_command::broker::BrokerConfig;
+use wsedge_command::broker::{BrokerConfig, RecoveryConfig, recovery_of};
+use wsedge_proto::recovery::{Answer, Failure, Since, decide};
 
 use crate::bridge::{LinkTx, report};
 use crate::core::{LinkCmd, LinkEvent};
+use crate::history::{self, PUBLISH_SCRIPT, READ_SCRIPT};
 use crate::{Broker, HostCount, Input, Link};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,6 +46,7 @@ pub struct Redis {
     prefix: String,
     host: String,
     ttl: Duration,
+    recovery: Vec<RecoveryConfig>,
 }
 
 impl Redis {
@@ -69,6 +77,7 @@ impl Redis {
             prefix: config.prefix.clone(),
             host: config.host.clone(),
             ttl: config.presence_ttl,
+            recovery: config.recovery.clone(),
         }
     }
 
@@ -112,7 +121,9 @@ impl Link for RedisLink {
     fn send(&self, cmd: LinkCmd) {
         let _ = match cmd {
             LinkCmd::Subscribe(_) | LinkCmd::Unsubscribe(_) => self.sub.send(cmd),
-            LinkCmd::Publish(..) | LinkCmd::Presence(..) => self.publ.send(cmd),
+            LinkCmd::Publish(..) | LinkCmd::Presence(..) | LinkCmd::History { .. } => {
+                self.publ.send(cmd)
+            }
         };
     }
 }
@@ -136,6 +147,7 @@ struct RedisShared {
     prefix: String,
     host: String,
     ttl: Duration,
+    recovery: Vec<RecoveryConfig>,
 }
 
 impl Broker for Redis {
@@ -146,6 +158,7 @@ impl Broker for Redis {
             prefix: self.prefix.clone(),
             host: self.host.clone(),
             ttl: self.ttl,
+            recovery: self.recovery.clone(),
         });
         let ctx = Ctx {
             redis: shared,
@@ -297,17 +310,37 @@ fn run_subscriber(
 fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) {
     let ttl_ms = ctx.redis.ttl.as_millis() as u64;
     let presence_key = |c: &str| format!("{}presence:{c}", ctx.redis.prefix);
+    let mut epochs = Epochs::new(&ctx.redis.host, ctx.shard);
     while let Ok(first) = rx.recv() {
         let mut pipe = redis::pipe();
         let mut next = Some(first);
         let mut n = 0;
+        // A history read waits for the publications queued before it (one pipeline).
+        let mut read = None;
         while let Some(cmd) = next.take() {
             match cmd {
                 LinkCmd::Publish(channel, record) => {
-                    pipe.cmd("PUBLISH")
-                        .arg(format!("{}{channel}", ctx.redis.prefix))
-                        .arg(record)
-                        .ignore();
+                    let pubsub = format!("{}{channel}", ctx.redis.prefix);
+                    match recovery_of(&ctx.redis.recovery, &channel) {
+                        Some(r) => {
+                            let prefix = &ctx.redis.prefix;
+                            pipe.cmd("EVAL")
+                                .arg(PUBLISH_SCRIPT)
+                                .arg(2)
+                                .arg(history::meta_key(prefix, &channel))
+                                .arg(history::stream_key(prefix, &channel))
+                                .arg(record)
+                                .arg(epochs.propose())
+                                .arg(r.history_size)
+                                .arg(r.history_ttl.as_millis() as u64)
+                                .arg(r.meta_ttl.as_millis() as u64)
+                                .arg(pubsub)
+                                .ignore();
+                        }
+                        None => {
+                            pipe.cmd("PUBLISH").arg(pubsub).arg(record).ignore();
+                        }
+                    }
                 }
                 LinkCmd::Presence(channel, 0) => {
                     pipe.cmd("HDEL")
@@ -324,19 +357,120 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
                         .ignore();
                     pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
                 }
+                LinkCmd::History {
+                    token,
+                    channel,
+                    since,
+                } => read = Some((token, channel, since)),
                 LinkCmd::Subscribe(_) | LinkCmd::Unsubscribe(_) => {}
             }
             n += 1;
-            if n < BATCH {
+            if n < BATCH && read.is_none() {
                 next = rx.try_recv().ok();
             }
         }
-        if pipe.is_empty() {
-            continue;
-        }
-        if let Err(e) = pipe.exec(&mut con) {
+        if !pipe.is_empty()
+            && let Err(e) = pipe.exec(&mut con)
+        {
+            if let Some((token, ..)) = read {
+                ctx.report(LinkEvent::History {
+                    token,
+                    answer: unavailable(),
+                });
+            }
             ctx.report(LinkEvent::Down(e.to_string()));
             return;
         }
+        if let Some((token, channel, since)) = read {
+            let (answer, failed) = read_history(&mut con, ctx, &mut epochs, &channel, since);
+            ctx.report(LinkEvent::History { token, answer });
+            if let Some(e) = failed {
+                ctx.report(LinkEvent::Down(e));
+                return;
+            }
+        }
+    }
+}
+
+fn unavailable() -> Answer {
+    Answer::Failed {
+        failure: Failure::Unavailable,
+        position: None,
+    }
+}
+
+/// Reads `channel`'s history for a subscriber, and decides its answer. The error when the
+/// connection failed (the link goes down); a reply Redis refused only fails this read.
+fn read_history(
+    con: &mut redis::Connection,
+    ctx: &Ctx,
+    epochs: &mut Epochs,
+    channel: &Arc<str>,
+    since: Option<Since>,
+) -> (Answer, Option<String>) {
+    let Some(r) = recovery_of(&ctx.redis.recovery, channel) else {
+        return (unavailable(), None);
+    };
+    let prefix = &ctx.redis.prefix;
+    // The first offset wanted, when it can be compared in Lua (its numbers are doubles).
+    let first = since
+        .as_ref()
+        .filter(|s| s.offset < 1 << 52)
+        .map_or(String::new(), |s| (s.offset + 1).to_string());
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
+        .arg(READ_SCRIPT)
+        .arg(2)
+        .arg(history::meta_key(prefix, channel))
+        .arg(history::stream_key(prefix, channel))
+        .arg(epochs.propose())
+        .arg(r.meta_ttl.as_millis() as u64)
+        .arg(since.as_ref().map_or("", |s| s.epoch.as_str()))
+        .arg(first)
+        .arg(r.history_size)
+        .query(con);
+    match reply {
+        Ok(reply) => match history::read_reply(channel, &reply) {
+            Ok((epoch, top, entries)) => (
+                decide(since.as_ref(), &epoch, top, entries, r.history_size),
+                None,
+            ),
+            Err(bad) => {
+                tracing::warn!(%channel, what = bad.0, "a channel history read returned something unexpected");
+                (unavailable(), None)
+            }
+        },
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
+            (unavailable(), Some(e.to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(%channel, error = %e, "a channel history read failed");
+            (unavailable(), None)
+        }
+    }
+}
+
+/// Proposes epochs for histories that start (the scripts take one only when the channel
+/// has none): the time, and a number of this host, link and proposal.
+struct Epochs {
+    seed: u64,
+    count: u64,
+}
+
+impl Epochs {
+    fn new(host: &str, shard: usize) -> Epochs {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new();
+        Epochs {
+            seed: random.hash_one((host, shard, unix_ms())),
+            count: 0,
+        }
+    }
+
+    fn propose(&mut self) -> String {
+        self.count += 1;
+        let unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        history::propose_epoch(unix_us, self.seed ^ self.count.wrapping_mul(0x9E37_79B9))
     }
 }

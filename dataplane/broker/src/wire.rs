@@ -16,15 +16,30 @@
 //! The channel is not in the record: it is the subject the record arrives on. Anything else
 //! on a subject of ours (another program publishing there, a newer format) is refused by
 //! [`decode`] and counted; it never reaches a subscriber.
+//!
+//! A channel of a recoverable namespace (docs/broker.md, "Recovery") is published by a Redis
+//! script that gives the message its offset in the channel's history and publishes the
+//! record behind its position, in ASCII (Lua builds it):
+//!
+//! ```text
+//! 0      'W' (0x57), then 2 (a positioned record)
+//! 2      <offset, decimal> ':' <epoch> '\n'
+//!        the record above
+//! ```
+//!
+//! The history itself (a Redis stream) keeps the plain record; the entry's id is the offset.
 
 use std::sync::Arc;
 
 use wsedge_proto::function::Payload;
+use wsedge_proto::recovery::{MAX_EPOCH_LEN, Position, is_valid_epoch};
 
 use crate::Message;
 
 const MAGIC: u8 = b'W';
 const VERSION: u8 = 1;
+/// The second byte of a positioned record.
+pub const POSITIONED: u8 = 2;
 const HEADER: usize = 20;
 const FLAG_ROUTE: u8 = 1;
 const FLAG_SKIP: u8 = 2;
@@ -163,10 +178,53 @@ pub fn decode_at(
             payload: Arc::new(payload),
             skip,
             host,
+            position: None,
         },
         seq,
         published_us,
     ))
+}
+
+/// Reads a record that arrived on `channel`, positioned or not: the message (with its
+/// position, if it has one), its origin's sequence number and its publication time.
+pub fn decode_any(
+    channel: &Arc<str>,
+    bytes: &[u8],
+) -> Result<(Message, u64, Option<u64>), DecodeError> {
+    if bytes.len() < 2 || bytes[0] != MAGIC || bytes[1] != POSITIONED {
+        return decode_at(channel, bytes);
+    }
+    let rest = &bytes[2..];
+    let end = rest
+        .iter()
+        .take(20 + 1 + MAX_EPOCH_LEN + 1)
+        .position(|&b| b == b'\n')
+        .ok_or(DecodeError::Truncated)?;
+    let head = std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::Malformed)?;
+    let (offset, epoch) = head.split_once(':').ok_or(DecodeError::Malformed)?;
+    let offset: u64 = offset.parse().map_err(|_| DecodeError::Malformed)?;
+    if !offset.to_string().eq(offset_text(head)) || !is_valid_epoch(epoch) {
+        return Err(DecodeError::Malformed);
+    }
+    let (mut message, seq, time) = decode_at(channel, &rest[end + 1..])?;
+    message.position = Some(Position {
+        offset,
+        epoch: Arc::from(epoch),
+    });
+    Ok((message, seq, time))
+}
+
+/// The offset part of `<offset>:<epoch>` (digits only: no sign, no leading zero).
+fn offset_text(head: &str) -> &str {
+    head.split_once(':').map_or(head, |(o, _)| o)
+}
+
+/// A positioned record, as the Redis script builds it (for tests and tools).
+pub fn encode_positioned(record: &[u8], position: &Position) -> Vec<u8> {
+    let mut out = vec![MAGIC, POSITIONED];
+    out.extend_from_slice(format!("{}:{}\n", position.offset, position.epoch).as_bytes());
+    out.extend_from_slice(record);
+    out
 }
 
 #[cfg(test)]
@@ -180,6 +238,52 @@ mod tests {
             payload: Arc::new(payload),
             skip,
             host: 0x0102_0304_0506_0708,
+            position: None,
+        }
+    }
+
+    #[test]
+    fn positioned_records_round_trip_and_refuse_bad_heads() {
+        let channel: Arc<str> = Arc::from("chat:1");
+        let m = message(Some("r"), None, Payload::Text("hi".into()));
+        let record = encode_at(&m, 5, Some(77));
+        let position = Position {
+            offset: 12,
+            epoch: Arc::from("Ab-9"),
+        };
+        let bytes = encode_positioned(&record, &position);
+        assert!(bytes.starts_with(b"W\x0212:Ab-9\n"));
+        let (back, seq, t) = decode_any(&channel, &bytes).expect("decodes");
+        assert_eq!((seq, t), (5, Some(77)));
+        assert_eq!(back.position, Some(position));
+        assert_eq!(back.payload, m.payload);
+        // A plain record passes through with no position.
+        assert_eq!(
+            decode_any(&channel, &record).expect("plain").0.position,
+            None
+        );
+        for bad in [
+            &b"W\x02"[..],
+            b"W\x0212:Ab-9",
+            b"W\x0212Ab\n",
+            b"W\x02:e\n",
+            b"W\x02012:e\n",
+            b"W\x02+12:e\n",
+            b"W\x0212:e e\n",
+            b"W\x0212:\n",
+            b"W\x0299999999999999999999:e\n",
+        ] {
+            let mut b = bad.to_vec();
+            b.extend_from_slice(&record);
+            assert!(
+                decode_any(&channel, &b).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Cut anywhere: refused, never a panic.
+        for len in 0..bytes.len() - 3 {
+            assert!(decode_any(&channel, &bytes[..len]).is_err(), "cut at {len}");
         }
     }
 

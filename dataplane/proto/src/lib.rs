@@ -19,6 +19,7 @@ pub mod function;
 pub mod handshake;
 pub mod health;
 pub mod path;
+pub mod recovery;
 pub mod response;
 pub mod route;
 pub mod session;

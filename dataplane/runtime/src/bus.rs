@@ -9,7 +9,8 @@
 //! mailboxes. With a bridge, a publication goes to the bridge only, and every subscriber of
 //! this host (this worker's included) gets it back from the bridge: through the broker's
 //! loopback, so every host sees one order per channel (docs/broker.md). The bridge also
-//! hears of every change of this worker's subscriber count of a channel.
+//! hears of every change of this worker's subscriber count of a channel, and of every
+//! subscriber that recovers its channel's history (a recoverable namespace, docs/broker.md).
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use wsedge_proto::channels::{Hub, HubError, HubLimits};
 use wsedge_proto::function::{self, ConnKey, Payload};
+use wsedge_proto::recovery::{Position, Since};
 
 use crate::broker::Port;
 use crate::worker::mailbox::{Command, Mailbox};
@@ -35,6 +37,8 @@ pub(crate) struct BusMessage {
     /// The publisher, when it must not receive its own message.
     pub(crate) skip: Option<ConnKey>,
     pub(crate) host: HostId,
+    /// Its place in its channel's history (a recoverable channel's, through the broker).
+    pub(crate) position: Option<Position>,
 }
 
 /// The bus of one worker.
@@ -146,6 +150,7 @@ impl function::Bus for Bus {
             payload: Arc::new(payload),
             skip,
             host: self.host,
+            position: None,
         };
         if let Some(port) = &self.bridge {
             port.publish(wsedge_broker::Message {
@@ -154,6 +159,7 @@ impl function::Bus for Bus {
                 payload: message.payload,
                 skip: message.skip,
                 host: message.host,
+                position: None,
             });
             return;
         }
@@ -167,5 +173,15 @@ impl function::Bus for Bus {
             });
         }
         self.outbox.push_back(message);
+    }
+
+    fn recoverable(&self, channel: &str) -> bool {
+        self.bridge.as_ref().is_some_and(|p| p.recoverable(channel))
+    }
+
+    fn recover(&mut self, _route: &str, channel: &str, conn: ConnKey, since: Option<Since>) {
+        if let Some(port) = &self.bridge {
+            port.recover(channel, conn, since);
+        }
     }
 }

@@ -2,6 +2,12 @@
 //! envelopes) and publish; a message reaches every subscriber on every worker (through the
 //! [`Bus`]), framed once per worker and format. A subscriber whose queue passes its bound is
 //! sent Close 1013 and dropped (`slow_consumer`), so one slow client never holds the others.
+//!
+//! On a channel that keeps a history ([`Bus::recoverable`]), a `wsedge.v1` client's path
+//! channel is read back first: with `?since=<offset>:<epoch>` the messages it missed, else
+//! only the current position; its live messages are held meanwhile and merged after
+//! ([`crate::recovery::Merge`]). A malformed `since`, or one that cannot apply (a raw
+//! client, no path channel, a channel with no history), is refused with 400.
 
 use super::{BroadcastSpec, Bus, Delivery, FnAction, FnCx, FunctionRequest, FunctionSession};
 use super::{Payload, Refused};
@@ -12,6 +18,7 @@ use crate::channels::{
 use crate::chunk::Chunk;
 use crate::endpoint::{EndpointConfig, EndpointEvent, Mode, ServerEndpoint, frame_message};
 use crate::frame::OpCode;
+use crate::recovery::{Item, Live, Merge, Since, Step, positioned_frame, since_of_query};
 use crate::session::CloseReason;
 use crate::upgrade::{BROADCAST_V1, offers_protocol};
 
@@ -27,6 +34,11 @@ pub struct Broadcast {
     /// The endpoint finished: nothing more is sent or delivered.
     done: bool,
     events: Vec<EndpointEvent>,
+    /// The path channel keeps a history: its position, and the switch from history to
+    /// live (v1 clients only).
+    merge: Option<Merge>,
+    /// What to recover from (asked for at the upgrade).
+    since: Option<Since>,
 }
 
 impl Broadcast {
@@ -42,6 +54,22 @@ impl Broadcast {
                 status: 404,
                 reason: CloseReason::NoRoute,
             })?;
+        let offered = request.request.header("sec-websocket-protocol");
+        let v1 = offers_protocol(offered, BROADCAST_V1);
+        let bad_since = Refused {
+            status: 400,
+            reason: CloseReason::BadSince,
+        };
+        let since = request
+            .request
+            .query()
+            .map_or(Ok(None), since_of_query)
+            .map_err(|_| bad_since)?;
+        // History only for v1 clients (raw ones cannot be told positions or notices).
+        let recoverable = v1 && channel.is_some_and(|c| bus.recoverable(c));
+        if since.is_some() && !recoverable {
+            return Err(bad_since);
+        }
         if let Some(name) = channel {
             bus.subscribe(request.route, name, request.conn, spec.limits)
                 .map_err(|e| Refused {
@@ -49,17 +77,18 @@ impl Broadcast {
                     reason: CloseReason::Overloaded,
                 })?;
         }
-        let offered = request.request.header("sec-websocket-protocol");
         Ok(Broadcast {
             spec: spec.clone(),
             endpoint: ServerEndpoint::new(EndpointConfig {
                 max_message_len: request.max_message,
                 mode: Mode::Messages,
             }),
-            v1: offers_protocol(offered, BROADCAST_V1),
+            v1,
             path_channel: channel.map(str::to_owned),
             done: false,
             events: Vec::new(),
+            merge: recoverable.then(|| Merge::reading(spec.max_send_queue)),
+            since,
         })
     }
 
@@ -82,6 +111,29 @@ impl Broadcast {
             self.done = true;
             cx.bus.leave_all(cx.route, cx.conn);
             cx.actions.push(FnAction::Finish(reason));
+        }
+    }
+
+    /// Sends what a recovery answer released: its notice, then messages (within the send
+    /// queue's bound, as any delivery).
+    fn send_steps(&mut self, channel: &str, steps: Vec<Step>, cx: &mut FnCx<'_>) {
+        let mut queued = cx.queued_to_client;
+        for step in steps {
+            let frame = match step {
+                Step::Notice(json) => {
+                    let mut frame = Vec::with_capacity(json.len() + 4);
+                    frame_message(OpCode::Text, &json, &mut frame);
+                    frame
+                }
+                Step::Message(item) => {
+                    positioned_frame(channel, item.payload.published(), item.position.as_ref())
+                }
+            };
+            queued += frame.len();
+            if queued > self.spec.max_send_queue {
+                return self.close(1013, CloseReason::SlowConsumer, cx);
+            }
+            cx.send_client(Chunk::own(frame));
         }
     }
 
@@ -130,6 +182,14 @@ impl FunctionSession for Broadcast {
         cx.actions.push(FnAction::Upgrade {
             protocol: self.v1.then(|| BROADCAST_V1.to_owned()),
         });
+        // Asked once the client is upgraded: the answer (which comes through the broker
+        // bridge, never within this call) finds it open.
+        if self.merge.is_some()
+            && let Some(channel) = &self.path_channel
+        {
+            cx.bus
+                .recover(cx.route, channel, cx.conn, self.since.take());
+        }
     }
 
     fn on_client(&mut self, data: &mut [u8], cx: &mut FnCx<'_>) {
@@ -163,6 +223,25 @@ impl FunctionSession for Broadcast {
     fn on_delivery(&mut self, delivery: &mut Delivery, cx: &mut FnCx<'_>) {
         if self.done || !self.endpoint.is_open() {
             return;
+        }
+        let on_path = self.path_channel.as_deref() == Some(&*delivery.channel);
+        if let Some(answer) = delivery.recovery() {
+            if let (true, Some(merge)) = (on_path, self.merge.as_mut()) {
+                let steps = merge.on_answer(&delivery.channel, cx.route, answer);
+                self.send_steps(&delivery.channel.clone(), steps, cx);
+            }
+            return;
+        }
+        if let (true, false, Some(merge)) = (on_path, delivery.is_gap(), self.merge.as_mut()) {
+            let item = Item {
+                position: delivery.position().cloned(),
+                payload: delivery.payload.clone(),
+            };
+            match merge.on_live(&item) {
+                Live::Deliver => {}
+                Live::Held | Live::Duplicate => return,
+                Live::Overflow => return self.close(1013, CloseReason::SlowConsumer, cx),
+            }
         }
         let frame = if self.v1 {
             delivery.v1_frame()

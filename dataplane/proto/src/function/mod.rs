@@ -39,6 +39,7 @@ use std::sync::Arc;
 use crate::channels::{HubError, HubLimits, Published};
 use crate::chunk::Chunk;
 use crate::handshake::Request;
+use crate::recovery::{Answer, Position, Since, positioned_frame};
 use crate::session::CloseReason;
 use crate::wheel::Tick;
 
@@ -157,6 +158,10 @@ pub struct Delivery {
     /// A `gap` notice, not a message: messages of the channel may have been lost (the
     /// broker was unreachable, or this worker's queue overflowed); `payload` is empty.
     gap: bool,
+    /// The message's place in its channel's history (recoverable channels only).
+    position: Option<Position>,
+    /// Not a message: the answer to this one subscriber's recovery ([`Bus::recover`]).
+    answer: Option<Arc<Answer>>,
 }
 
 impl Delivery {
@@ -167,7 +172,39 @@ impl Delivery {
             raw: None,
             v1: None,
             gap: false,
+            position: None,
+            answer: None,
         }
+    }
+
+    /// A message with its place in its channel's history (carried in the v1 envelope).
+    pub fn positioned(
+        channel: Arc<str>,
+        payload: Arc<Payload>,
+        position: Option<Position>,
+    ) -> Self {
+        Delivery {
+            position,
+            ..Delivery::new(channel, payload)
+        }
+    }
+
+    /// The answer to one subscriber's recovery of `channel` (see [`crate::recovery`]).
+    pub fn answer(channel: Arc<str>, answer: Arc<Answer>) -> Self {
+        Delivery {
+            answer: Some(answer),
+            ..Delivery::new(channel, Arc::new(Payload::Text(String::new())))
+        }
+    }
+
+    /// The message's position, if its channel keeps a history.
+    pub fn position(&self) -> Option<&Position> {
+        self.position.as_ref()
+    }
+
+    /// The recovery answer this delivery carries, if it is one (not a message).
+    pub fn recovery(&self) -> Option<&Arc<Answer>> {
+        self.answer.as_ref()
     }
 
     /// A `gap` notice on `channel` (see [`Delivery::is_gap`]).
@@ -197,11 +234,12 @@ impl Delivery {
     /// The message in a `wsedge.v1` envelope, framed on first use.
     pub fn v1_frame(&mut self) -> Rc<[u8]> {
         let (channel, payload, gap) = (&self.channel, &self.payload, self.gap);
+        let position = self.position.as_ref();
         Rc::clone(self.v1.get_or_insert_with(|| {
             if gap {
                 Rc::from(crate::channels::gap_frame(channel))
             } else {
-                Rc::from(crate::channels::v1_frame(channel, payload.published()))
+                Rc::from(positioned_frame(channel, payload.published(), position))
             }
         }))
     }
@@ -225,6 +263,15 @@ pub trait Bus {
     /// Publishes on `channel` of `route`: delivered to every subscriber (but `skip`) on every
     /// worker, after the current event (never re-entering the publisher).
     fn publish(&mut self, route: &str, channel: &str, payload: Payload, skip: Option<ConnKey>);
+    /// Whether `channel` keeps a history its subscribers can recover from (a recoverable
+    /// namespace, with a broker that keeps history).
+    fn recoverable(&self, _channel: &str) -> bool {
+        false
+    }
+    /// Reads `channel`'s history for `conn` (subscribed to it): the messages after `since`,
+    /// or only the current position. The answer reaches that one connection later, as a
+    /// [`Delivery::answer`], always (a [`crate::recovery::Failure::Unavailable`] when it cannot be read).
+    fn recover(&mut self, _route: &str, _channel: &str, _conn: ConnKey, _since: Option<Since>) {}
 }
 
 /// A bus with no channels (tests, and functions that use none).

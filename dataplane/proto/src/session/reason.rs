@@ -88,6 +88,9 @@ pub enum CloseReason {
     SlowConsumer,
     /// A client published where clients may not (Close 1008).
     PublishForbidden,
+    /// A `broadcast` request's `since` is malformed, or asks what cannot be recovered (a
+    /// raw client, a channel that keeps no history): 400 at the handshake.
+    BadSince,
     /// A firewall rule refused the handshake.
     Firewall(Refusal),
     /// A function failed: an exception in its handler, its CPU budget or its memory cap
@@ -181,6 +184,7 @@ impl CloseReason {
             CloseReason::NotWebSocket => "not_websocket",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::PublishForbidden => "publish_forbidden",
+            CloseReason::BadSince => "bad_since",
             CloseReason::Firewall(refusal) => refusal.as_str(),
             CloseReason::FunctionError => "function_error",
             CloseReason::FunctionTimeout => "function_timeout",
@@ -225,6 +229,7 @@ impl CloseReason {
             | CloseReason::Firewall(_)
             | CloseReason::SlowConsumer
             | CloseReason::PublishForbidden
+            | CloseReason::BadSince
             | CloseReason::MessageRate
             | CloseReason::MessageTooBig(Side::Client)
             | CloseReason::ProtocolError(Side::Client) => Fault::Client,

@@ -9,8 +9,9 @@
 //! worker it would put blocking sockets on the hot path. Its own thread talks to the
 //! workers exactly as the control plane does: a channel and the worker's eventfd.
 //!
-//! - worker to bridge: [`Port::interest`] and [`Port::publish`] send
-//!   [`wsedge_broker::Input`]s on an mpsc channel (never blocks);
+//! - worker to bridge: [`Port::interest`], [`Port::publish`] and [`Port::recover`] send
+//!   [`wsedge_broker::Input`]s on an mpsc channel (never blocks); a recovery is sent after
+//!   the subscriber's interest, on the same channel, so the bridge holds the channel by then;
 //! - bridge to worker: a bounded queue per worker (`[broker] worker_queue`) plus a write
 //!   to the worker's wake eventfd. A full queue refuses the message (the bridge counts the
 //!   drop and owes that worker's subscribers a `gap`); the bridge never waits on a worker.
@@ -20,9 +21,11 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 
-use wsedge_broker::core::Handoff;
+use wsedge_broker::core::{Handoff, RecoveryRequest};
 use wsedge_broker::{Handle, HostId, Input, Message, Workers};
-use wsedge_command::broker::BrokerConfig;
+use wsedge_command::broker::{BrokerConfig, RecoveryConfig, recovery_of};
+use wsedge_proto::function::ConnKey;
+use wsedge_proto::recovery::Since;
 use wsedge_ring::sys;
 
 /// A worker's connection to the bridge.
@@ -31,6 +34,8 @@ pub(crate) struct Port {
     worker: usize,
     to_bridge: Sender<Input>,
     from_bridge: Receiver<Handoff>,
+    /// The recoverable namespaces (`[[broker.recovery]]`).
+    recovery: Arc<[RecoveryConfig]>,
 }
 
 impl Port {
@@ -47,6 +52,22 @@ impl Port {
     /// subscribers (this worker's included) get it back from there.
     pub(crate) fn publish(&self, message: Message) {
         let _ = self.to_bridge.send(Input::Publish(message));
+    }
+
+    /// Whether `channel` keeps a history (a recoverable namespace's channel).
+    pub(crate) fn recoverable(&self, channel: &str) -> bool {
+        recovery_of(&self.recovery, channel).is_some()
+    }
+
+    /// Reads `channel`'s history for subscriber `conn` of this worker: the answer comes
+    /// back as a handoff for that connection.
+    pub(crate) fn recover(&self, channel: &str, conn: ConnKey, since: Option<Since>) {
+        let _ = self.to_bridge.send(Input::Recover(RecoveryRequest {
+            worker: self.worker,
+            conn,
+            channel: Arc::from(channel),
+            since,
+        }));
     }
 
     /// The next message (or gap notice) the bridge handed to this worker.
@@ -102,6 +123,7 @@ pub(crate) fn start(
         receivers.push(rx);
     }
     let woken = queues.iter().map(|_| Cell::new(false)).collect();
+    let recovery: Arc<[RecoveryConfig]> = config.recovery.clone().into();
     let handle = wsedge_broker::start(
         config,
         host,
@@ -115,6 +137,7 @@ pub(crate) fn start(
             worker,
             to_bridge: handle.sender(),
             from_bridge,
+            recovery: Arc::clone(&recovery),
         })
         .collect();
     tracing::info!(

@@ -1,6 +1,7 @@
 //! The broker bridge's metrics (`wsedge_broker_*`, docs/broker.md and docs/monitoring):
 //! each shard link's state, publishes in and out, deliveries, drops, gaps, refused
-//! channels, reconnections, the publication-to-arrival lag, from the bridge's [`Status`].
+//! channels, reconnections, the publication-to-arrival lag, recovery answers by outcome,
+//! from the bridge's [`Status`].
 
 use wsedge_broker::Status;
 use wsedge_broker::core::LAG_BOUNDS_US;
@@ -89,6 +90,27 @@ pub(super) fn render(out: &mut String, status: &Status) {
     for (name, help, value) in counters {
         family(out, name, "counter", help);
         sample(out, name, &[], value);
+    }
+    let r = &s.recovery;
+    family(
+        out,
+        "wsedge_broker_recoveries_total",
+        "counter",
+        "Recovery answers given to subscribers of recoverable channels, by outcome: recovered (missed messages given back), position (no since), epoch/trimmed/unavailable (cannot recover).",
+    );
+    for (outcome, value) in [
+        ("recovered", r.recovered),
+        ("position", r.positioned),
+        ("epoch", r.epoch),
+        ("trimmed", r.trimmed),
+        ("unavailable", r.unavailable),
+    ] {
+        sample(
+            out,
+            "wsedge_broker_recoveries_total",
+            &[("outcome", outcome)],
+            value,
+        );
     }
     family(
         out,

@@ -44,6 +44,7 @@ impl Shared {
                 payload: message,
                 skip: None,
                 host: self.host,
+                position: None,
             });
             return Ok(local);
         }

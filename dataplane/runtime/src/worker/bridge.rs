@@ -1,6 +1,7 @@
 //! What the broker bridge hands this worker (docs/broker.md): channel messages from every
 //! host (this one's included, through the broker's loopback) and `gap` notices, delivered
-//! to this worker's subscribers like any bus message.
+//! to this worker's subscribers like any bus message; and recovery answers, each for one
+//! subscriber (docs/broker.md, "Recovery").
 
 use wsedge_proto::function::Delivery;
 use wsedge_proto::session::Input;
@@ -22,6 +23,10 @@ impl Worker {
             let Some(handoff) = self.bus.bridge().and_then(|p| p.next()) else {
                 return;
             };
+            if let Some((conn, answer)) = handoff.answer {
+                self.deliver_answer(conn, Delivery::answer(handoff.channel, answer));
+                continue;
+            }
             if handoff.gap {
                 let route = handoff.message.as_ref().and_then(|m| m.route.clone());
                 self.deliver_gap(route.as_deref(), &handoff.channel, &mut targets);
@@ -33,11 +38,25 @@ impl Worker {
                     payload: m.payload.clone(),
                     skip: m.skip,
                     host: m.host,
+                    position: m.position.clone(),
                 };
                 self.deliver(&message, &mut targets);
             }
         }
         wsedge_ring::sys::eventfd_signal(self.wake_fd);
+    }
+
+    /// A recovery's answer, to the one subscriber that asked (if it is still here).
+    fn deliver_answer(&mut self, conn: u64, mut delivery: Delivery) {
+        let (worker, id) = ConnId::from_public(conn);
+        let Some(slot) = self.live_slot(id).filter(|_| worker == self.index) else {
+            return;
+        };
+        if self.conns[slot].session.is_closed() {
+            return;
+        }
+        self.feed(slot, Input::Deliver(&mut delivery));
+        self.maybe_free(slot);
     }
 
     /// Tells this worker's subscribers of `channel` (of `route`, or of every route) that

@@ -83,6 +83,7 @@ impl Worker {
                     payload: message,
                     skip,
                     host: 0,
+                    position: None,
                 };
                 let mut targets = Vec::new();
                 let delivered = self.deliver(&message, &mut targets);

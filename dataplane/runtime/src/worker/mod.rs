@@ -365,7 +365,11 @@ impl Worker {
         self.bus
             .subscribers(message.route.as_deref(), &message.channel, targets);
         // Framed at most once per format, for every subscriber of this worker.
-        let mut delivery = Delivery::new(message.channel.clone(), message.payload.clone());
+        let mut delivery = Delivery::positioned(
+            message.channel.clone(),
+            message.payload.clone(),
+            message.position.clone(),
+        );
         let mut delivered = 0;
         for &key in targets.iter() {
             if Some(key) == message.skip {
