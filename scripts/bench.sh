@@ -69,6 +69,7 @@ ORIGIN=127.0.0.1:$ORIGIN_PORT
 CPUS=$(nproc)
 SRC=127.0.0.1-127.0.0.50
 
+# IDLE_BESIDE: idle connections held open during the latency-64-idle2k run;
 # RELAYS: wsedge relay modes run; FANOUT_N: subscriber counts of the fan-out runs;
 # SETTLE: seconds before counting the connections a target still holds after a flood.
 case $MODE in
@@ -77,9 +78,11 @@ case $MODE in
     quick) DUR=2; SETTLE=2; WARM=0.5; IDLE_N=2000; IDLE_HOLD=1; VARIANTS="1"; ROUNDS=3
            RELAYS="buffered splice auto frames"; FANOUT_N="1000" ;;
     smoke) DUR=1; SETTLE=0.5; WARM=0.3; IDLE_N=200; IDLE_HOLD=0.5; VARIANTS="1"; ROUNDS=1
+           IDLE_BESIDE=200
            RELAYS="buffered splice auto"; FANOUT_N="" ;;
 esac
 ROUNDS=${RUNS:-$ROUNDS}
+IDLE_BESIDE=${IDLE_BESIDE:-2000}
 case $ROUNDS in ''|*[!0-9]*|0) echo "bench.sh: --runs needs a positive number" >&2; exit 2 ;; esac
 
 # The flood regression check (CI runs it in --smoke; the other modes print it from their
@@ -236,6 +239,16 @@ scenarios() {
         --duration "$DUR" --warmup "$WARM"
     load "$label" cpu-16k-10k latency --connections 100 --size 16384 --rate 10000 \
         --duration "$DUR" --warmup "$WARM"
+    # 20 active connections beside 2,000 idle ones through the same target (idle ones from a
+    # second generator process, held a little longer than the measured run).
+    "$BIN/wsedge-load" idle --target "$URL" --connections "$IDLE_BESIDE" \
+        --duration "$(awk -v d="$DUR" -v w="$WARM" 'BEGIN { print d + w + 3 }')" \
+        --source-addrs "$SRC" > "$RUN/idle-beside.log" 2>&1 &
+    local idle_pid=$!
+    sleep 2
+    load "$label" latency-64-idle2k latency --connections 20 --size 64 --rate 1000 \
+        --duration "$DUR" --warmup "$WARM"
+    wait "$idle_pid" || die "$label: the idle connections beside the latency run failed ($(tail -3 "$RUN/idle-beside.log"))"
     load "$label" handshakes handshakes --concurrency 50 --size 64 \
         --duration "$DUR" --warmup "$WARM" --source-addrs "$SRC"
     load "$label" idle idle --connections "$IDLE_N" --duration "$IDLE_HOLD" \

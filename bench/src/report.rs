@@ -36,6 +36,9 @@ pub const CPU_16K: &str = "cpu-16k-10k";
 pub const HANDSHAKES: &str = "handshakes";
 /// Idle connections held.
 pub const IDLE: &str = "idle";
+/// 64 B at 1k msg/s over 20 connections while 2,000 other connections stay idle: what idle
+/// connections cost the active ones (issue 12, defect 7: a steady 5-6 ms p99 once).
+pub const LAT_IDLE: &str = "latency-64-idle2k";
 
 /// Our generator's name in the records.
 pub const OURS: &str = "wsedge-load";
@@ -246,6 +249,7 @@ pub fn markdown(r: &Runs, host: &str, charts: bool) -> String {
             fmt_num(g(IDLE, "results.opened").map(|x| x.median), 0),
         );
     }
+    s += &idle_latency_table(r);
     s += &unbounded_tables(r);
     let _ = writeln!(
         s,
@@ -294,6 +298,36 @@ pub fn markdown(r: &Runs, host: &str, charts: bool) -> String {
         }
     } else {
         let _ = writeln!(s, "\n(No charts: no TrueType font found; set WSEDGE_FONT.)");
+    }
+    s
+}
+
+/// Round trips of a few active connections while many others stay idle.
+fn idle_latency_table(r: &Runs) -> String {
+    let mut s = String::new();
+    if !r
+        .labels
+        .iter()
+        .any(|l| r.stat(l, LAT_IDLE, "results.p99_ms").is_some())
+    {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\n## Latency beside idle connections\n\n64 B at 1,000 msg/s over 20 connections while \
+         2,000 other connections through the same target stay open and silent [wsedge-load].\n\n\
+         | target | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|"
+    );
+    for l in &r.labels {
+        let g = |f: &str| fmt_stat(r.stat(l, LAT_IDLE, f), 3);
+        let _ = writeln!(
+            s,
+            "| {l} | {} | {} | {} | {} |",
+            g("results.p50_ms"),
+            g("results.p99_ms"),
+            g("results.p999_ms"),
+            g("results.max_ms"),
+        );
     }
     s
 }
@@ -610,6 +644,12 @@ fn targets(r: &Runs) -> String {
             "64 B @10k p99 ≤ direct p99 + 0.1 ms [wsedge-load]",
             g(l, LAT_64, OURS, "results.p99_ms")
                 .zip(g("direct", LAT_64, OURS, "results.p99_ms").map(|d| d + 0.1)),
+            le,
+            " ms",
+        );
+        c.row(
+            "64 B p99 beside 2,000 idle connections ≤ HAProxy's [wsedge-load]",
+            g(l, LAT_IDLE, OURS, "results.p99_ms").zip(g(&hap, LAT_IDLE, OURS, "results.p99_ms")),
             le,
             " ms",
         );

@@ -2,8 +2,9 @@
 //! borrowed from the worker's pool -> the other socket, with non-blocking `splice(2)`
 //! syscalls on the worker after a `PollAdd` said the source is readable (io_uring's own
 //! `Splice` goes through a kernel worker thread per call, which costs more than the copy it
-//! saves: docs/benchmarks.md, "Splice relay"). The session is told what moved
-//! (`Spliced`, `SpliceWritten`), the source's EOF, or that no pipe could be had.
+//! saves: docs/benchmarks.md, "Relay buffers, splice and the handshake path: what was
+//! tried"). The session is told what moved (`Spliced`, `SpliceWritten`), the source's EOF,
+//! or that no pipe could be had.
 
 use wsedge_proto::session::{Input, Side};
 use wsedge_ring::pipes::Pipe;
