@@ -20,7 +20,7 @@
 //! - at most `max_channels` channels; past it a channel is served on this host only
 //!   (every worker is offered its local publications) and counted;
 //! - a subscriber's recovery is read once its channel's subscription is confirmed
-//!   ([`recovery`]), and always answered.
+//!   (`core/recovery.rs`), and always answered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
