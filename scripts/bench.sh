@@ -112,20 +112,18 @@ fi
 [ "$MODE" = smoke ] && TCPKALI=""
 read -r -a TCPKALI_EXTRA <<< "${TCPKALI_ARGS:-}"
 
-log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "FAILED: $*"; exit 1; }
+BENCH_TAG=bench
+# shellcheck source=lib/bench-common.sh
+. "$ROOT/scripts/lib/bench-common.sh"
 
 # --- processes we start: pids recorded here, and only these are killed -------------------
 PROC_LOG_DIR=$RUN
 # shellcheck source=lib/processes.sh
 . "$ROOT/scripts/lib/processes.sh"
-OLD_PORT_RANGE=""
 cleanup() {
     local rc=$?
     stop_all
-    if [ -n "$OLD_PORT_RANGE" ]; then
-        sysctl -qw net.ipv4.ip_local_port_range="$OLD_PORT_RANGE" || true
-    fi
+    restore_port_range
     cp "$RUN"/*.log "$OUT/logs/" 2>/dev/null || true
     rm -rf "$RUN"
     [ $rc -eq 0 ] || log "exit $rc; logs in $OUT/logs"
@@ -133,13 +131,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# need_free_port PORT: fail if something already listens there (it would answer for us).
-need_free_port() {
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-        die "port $1 is already in use (set ORIGIN_PORT / PROXY_PORT)"
-    fi
-}
 
 # --- setup ------------------------------------------------------------------------------
 if [ $BUILD = 1 ]; then
@@ -151,39 +142,17 @@ for b in wsedge wsedge-origin wsedge-load wsedge-report; do
 done
 
 if [ $MODE != smoke ]; then
-    if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-        log "installing nginx and haproxy from the distribution's packages"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy \
-            || die "cannot install nginx/haproxy"
-    fi
+    install_proxies
     # Host tuning: a wide ephemeral port range for the handshake loops (restored on exit).
-    if [ "$(id -u)" = 0 ]; then
-        OLD_PORT_RANGE=$(sysctl -n net.ipv4.ip_local_port_range | tr -s '\t ' ' ')
-        sysctl -qw net.ipv4.ip_local_port_range="1024 65000" || OLD_PORT_RANGE=""
-    fi
+    widen_port_range
 fi
 
-cat > "$OUT/host.txt" <<EOF
-date_utc: $STAMP
-mode: $MODE
-kernel: $(uname -r)
-cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $CPUS
-memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
-nofile: $(ulimit -n)
-port_range: $(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr -s '\t ' ' ')
-somaxconn: $(sysctl -n net.core.somaxconn 2>/dev/null)
-tcp_tw_reuse: $(sysctl -n net.ipv4.tcp_tw_reuse 2>/dev/null)
-nginx: $(if command -v nginx >/dev/null; then nginx -v 2>&1 | sed 's/.*nginx\///'; else echo none; fi)
-haproxy: $(if command -v haproxy >/dev/null; then haproxy -v | head -1 | awk '{print $3}'; else echo none; fi)
-git: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-rounds: $ROUNDS
+write_host_txt "$OUT/host.txt" "$STAMP"
+cat >> "$OUT/host.txt" <<EOF
 tcpkali: ${TCPKALI:-none}${TCPKALI:+ $("$TCPKALI" --version 2>&1 | head -1)}${TCPKALI_ARGS:+ (extra arguments: $TCPKALI_ARGS)}
 loadavg_at_start: $(cut -d' ' -f1-3 /proc/loadavg)
 EOF
-LOAD1=$(cut -d' ' -f1 /proc/loadavg)
-if awk -v l="$LOAD1" -v c="$CPUS" 'BEGIN { exit !(l > c / 2) }'; then
-    log "warning: load average $LOAD1 on $CPUS CPUs: other work will skew the figures"
-fi
+warn_if_busy
 
 # The origin runs for the whole benchmark, with all cores.
 need_free_port "$ORIGIN_PORT"

@@ -167,7 +167,7 @@ impl Runs {
     }
 }
 
-fn fmt_num(v: Option<f64>, digits: usize) -> String {
+pub(crate) fn fmt_num(v: Option<f64>, digits: usize) -> String {
     match v {
         None => "n/a".into(),
         Some(x) if x.abs() >= 1e6 => format!("{:.2}M", x / 1e6),
@@ -177,7 +177,7 @@ fn fmt_num(v: Option<f64>, digits: usize) -> String {
 }
 
 /// "median (min–max)", the spread left out for a single run; runs without the figure noted.
-fn fmt_stat(s: Option<Stat>, digits: usize) -> String {
+pub(crate) fn fmt_stat(s: Option<Stat>, digits: usize) -> String {
     let Some(s) = s else {
         return "n/a".into();
     };

@@ -1,13 +1,14 @@
 //! `wsedge-load`: the benchmark load generator. Modes: `throughput`, `flood`, `latency`,
-//! `handshakes`, `idle`, `fanout`, and `tcpkali` (drives an independent generator). Prints a
-//! human summary, or one JSON object with `--json`; exits 3 when a run found corrupted or
-//! misrouted messages (after writing its record).
+//! `handshakes`, `idle`, `fanout`, and `tcpkali` and `s-time` (drive independent tools).
+//! `handshakes`, `throughput` and `flood` also run over `wss://` (`--tls-ca`, `--tls-name`,
+//! `--resume`). Prints a human summary, or one JSON object with `--json`; exits 3 when a run
+//! found corrupted or misrouted messages (after writing its record).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use wsedge_bench::load::{self, Common, client};
+use wsedge_bench::load::{self, Common, client, tls};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
@@ -21,8 +22,12 @@ enum Mode {
     Tcpkali,
     /// A fixed total --rate over N connections: round-trip percentiles (from scheduled send time).
     Latency,
-    /// --concurrency loops of connect, upgrade, one echo, close: sessions/s and percentiles.
+    /// --concurrency loops of connect, upgrade, one echo, close: sessions/s and percentiles;
+    /// over wss:// each starts with a TLS handshake, full or (--resume) resumed.
     Handshakes,
+    /// TLS handshakes/s from --concurrency copies of `openssl s_time` (-new, or -reuse with
+    /// --resume) against a wss:// target: an independent tool, no WebSocket.
+    STime,
     /// Open N connections and hold them: target RSS before, after and per connection.
     Idle,
     /// N subscribers and one publisher on a broadcast channel (--target ws://HOST/ch/NAME):
@@ -37,9 +42,29 @@ struct Args {
     /// What to measure.
     #[arg(value_enum)]
     mode: Mode,
-    /// Where to send load: ws://HOST:PORT/PATH (loopback only).
+    /// Where to send load: ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:9001/")]
     target: String,
+    /// wss://: PEM file of the CA the target's certificate must chain to (required).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// wss://: the server name sent as SNI, checked in the certificate and used as the Host.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+    /// wss://: resume TLS sessions (each handshake loop reuses its previous session) instead
+    /// of a full handshake every time; s-time: `-reuse` instead of `-new`.
+    #[arg(long)]
+    resume: bool,
+    /// wss://: TLS versions offered: 1.2, 1.3 or any (both; the server chooses).
+    #[arg(long, default_value = "any")]
+    tls_version: String,
+    /// wss://: key exchange groups offered, in order (x25519, secp256r1, secp384r1,
+    /// x25519mlkem768). X25519 alone by default: the group OpenSSL 3.0 peers use.
+    #[arg(long, value_delimiter = ',', default_value = "x25519")]
+    tls_groups: Vec<String>,
+    /// S-time mode: the openssl binary.
+    #[arg(long, default_value = "openssl")]
+    openssl: std::path::PathBuf,
     /// Connections (throughput, latency, idle).
     #[arg(long, default_value_t = 100)]
     connections: usize,
@@ -59,7 +84,7 @@ struct Args {
     /// (fanout, 0 = keep --depth outstanding).
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
-    /// Concurrent connect/upgrade/echo/close loops (handshakes).
+    /// Concurrent connect/upgrade/echo/close loops (handshakes); s_time copies (s-time).
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
     /// Handshakes in flight while opening connections.
@@ -137,7 +162,26 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(a: Args) -> anyhow::Result<()> {
-    let target = client::Target::parse(&a.target)?;
+    let mut target = client::Target::parse(&a.target)?;
+    let version = tls::Version::parse(&a.tls_version)?;
+    if target.wss && !matches!(a.mode, Mode::STime) {
+        anyhow::ensure!(
+            matches!(a.mode, Mode::Handshakes | Mode::Throughput | Mode::Flood),
+            "over wss:// only the handshakes, throughput, flood and s-time modes run"
+        );
+        let ca = a.tls_ca.clone().ok_or_else(|| {
+            anyhow::anyhow!("a wss:// target needs --tls-ca FILE (the CA to trust)")
+        })?;
+        target = target.with_tls(tls::TlsClient::new(&tls::Options {
+            ca,
+            name: a.tls_name.clone(),
+            resume: a.resume,
+            version,
+            groups: a.tls_groups.clone(),
+        })?);
+    }
+    // The TLS mode the record names (null for ws://).
+    let tls_mode = target.tls.as_ref().map(|t| t.describe());
     let src = Arc::new(client::SourceAddrs::parse(a.source_addrs.as_deref())?);
     let c = Common {
         connections: a.connections,
@@ -176,6 +220,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
             };
             ("tcpkali", load::tcpkali::run(&c, &target, &opts).await?)
         }
+        Mode::STime => {
+            let opts = load::stime::Options {
+                openssl: a.openssl.clone(),
+                resume: a.resume,
+                version,
+                ca: a.tls_ca.clone(),
+            };
+            ("s_time", load::stime::run(&c, &target, &opts).await?)
+        }
         Mode::Latency => ("latency", load::latency::run(&c, target, src).await?),
         Mode::Handshakes => ("handshakes", load::handshakes::run(&c, target, src).await?),
         Mode::Fanout => ("fanout", load::fanout::run(&c, target, src).await?),
@@ -194,7 +247,12 @@ async fn run(a: Args) -> anyhow::Result<()> {
             ("idle", o)
         }
     };
-    let rec = load::record(name, &a.label, &a.scenario, &a.target, &c, &out);
+    let mut rec = load::record(name, &a.label, &a.scenario, &a.target, &c, &out);
+    if let Some(t) = tls_mode {
+        rec["tls"] = t;
+    } else if name == "s_time" {
+        rec["tls"] = out.results["tls"].clone();
+    }
     if let Some(path) = &a.json_out {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

@@ -1,6 +1,7 @@
 //! `wsedge-report`: turns the runs scripts/bench.sh collected (JSON lines) into
 //! results.json, results.md (medians and spreads, target checks) and PNG charts; with
-//! `--check-floor`, also the CI regression check (exit 1 on a gross regression).
+//! `--check-floor`, also the CI regression check (exit 1 on a gross regression); with `--tls`,
+//! the report of scripts/bench-tls.sh (handshakes, CPU per handshake, 16 KiB over wss://).
 
 use std::path::PathBuf;
 
@@ -30,6 +31,9 @@ struct Args {
     /// Regression check: the scenario (an unbounded flood).
     #[arg(long, default_value = wsedge_bench::report::UFLOOD_64)]
     check_scenario: String,
+    /// The runs are scripts/bench-tls.sh's: write the TLS report (no charts).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +46,11 @@ fn main() -> anyhow::Result<()> {
     };
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
-        wsedge_bench::report::write_all(&runs, &host, out)?;
+        if a.tls {
+            wsedge_bench::report_tls::write_all(&runs, &host, out)?;
+        } else {
+            wsedge_bench::report::write_all(&runs, &host, out)?;
+        }
         eprintln!("wsedge-report: wrote {}", out.join("results.md").display());
     }
     if let Some(floor) = a.check_floor {

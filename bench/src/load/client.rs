@@ -1,40 +1,54 @@
 //! Client connections for the load generator: target URL and source-address parsing,
-//! TCP connect from a chosen source address, and the WebSocket opening handshake.
+//! TCP connect from a chosen source address, TLS for `wss://` targets, and the WebSocket
+//! opening handshake.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::tls::{Facts, TlsClient};
 use crate::frame;
 
-/// Where the load goes: `ws://HOST:PORT/PATH`.
+/// Where the load goes: `ws://HOST:PORT/PATH` or `wss://HOST:PORT/PATH`.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// Resolved address.
     pub addr: SocketAddr,
-    /// `HOST:PORT` as written, for the Host header.
+    /// `HOST:PORT` as written (with TLS, the server name and the port), for the Host header.
     pub host: String,
     /// Request path (with query), at least "/".
     pub path: String,
+    /// The URL is `wss://`.
+    pub wss: bool,
+    /// The TLS client of a `wss://` target (set with [`Target::with_tls`]).
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl Target {
-    /// Parses and resolves a `ws://` URL.
+    /// Parses and resolves a `ws://` or `wss://` URL (a `wss://` target also needs
+    /// [`Target::with_tls`] before connections open).
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("ws://")
-            .context("target must be a ws:// URL")?;
+        let (rest, wss) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => bail!("target must be a ws:// or wss:// URL"),
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         let with_port = if host.contains(':') {
             host.to_owned()
+        } else if wss {
+            format!("{host}:443")
         } else {
             format!("{host}:80")
         };
@@ -49,7 +63,112 @@ impl Target {
             addr,
             host: host.to_owned(),
             path: path.to_owned(),
+            wss,
+            tls: None,
         })
+    }
+
+    /// The same target reached over TLS with `client`. The Host header becomes the server
+    /// name (with the port) when that is a DNS name: a TLS terminator may insist that Host
+    /// and SNI agree (wsedge answers 421 otherwise).
+    pub fn with_tls(mut self, client: TlsClient) -> Self {
+        if client.name().parse::<IpAddr>().is_err() {
+            self.host = format!("{}:{}", client.name(), self.addr.port());
+        }
+        self.tls = Some(Arc::new(client));
+        self
+    }
+
+    /// The same target, its TLS client with a session cache of its own (see
+    /// [`TlsClient::own_cache`]); a plain target as it is.
+    pub fn own_session_cache(&self) -> Self {
+        let mut t = self.clone();
+        t.tls = self.tls.as_ref().map(|c| Arc::new(c.own_cache()));
+        t
+    }
+
+    /// Fails for a `wss://` target: for the modes that only speak plain `ws://`.
+    pub fn require_plain(&self, mode: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.wss,
+            "{mode} mode does not run over wss:// (ws:// only)"
+        );
+        Ok(())
+    }
+
+    fn tls_client(&self) -> anyhow::Result<Option<&TlsClient>> {
+        match (&self.tls, self.wss) {
+            (Some(c), _) => Ok(Some(c)),
+            (None, true) => bail!("a wss:// target needs --tls-ca"),
+            (None, false) => Ok(None),
+        }
+    }
+}
+
+/// A client connection: plain TCP, or TLS over TCP for `wss://` targets.
+#[derive(Debug)]
+pub enum Conn {
+    /// `ws://`.
+    Tcp(TcpStream),
+    /// `wss://`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    /// The TCP stream of a plain connection (the modes that need the socket itself).
+    pub fn into_tcp(self) -> anyhow::Result<TcpStream> {
+        match self {
+            Conn::Tcp(s) => Ok(s),
+            Conn::Tls(_) => bail!("this mode needs plain ws:// connections"),
+        }
+    }
+
+    /// What the TLS handshake negotiated (None on a plain connection).
+    pub fn tls_facts(&self) -> Option<Facts> {
+        match self {
+            Conn::Tcp(_) => None,
+            Conn::Tls(s) => Some(Facts::of(s.get_ref().1)),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -178,9 +297,14 @@ fn check_upgrade_response(head: &[u8], key: &str) -> anyhow::Result<()> {
 }
 
 /// Sends the upgrade request and reads the 101; returns bytes that followed the response head.
-pub async fn handshake(s: &mut TcpStream, t: &Target) -> anyhow::Result<Vec<u8>> {
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    t: &Target,
+) -> anyhow::Result<Vec<u8>> {
     let key = make_key();
     s.write_all(upgrade_request(t, &key).as_bytes()).await?;
+    // Over TLS the request may still sit in the session's buffer: send it before reading.
+    s.flush().await?;
     let mut buf = Vec::with_capacity(512);
     let end = loop {
         if let Some(e) = frame::head_end(&buf) {
@@ -198,13 +322,16 @@ pub async fn handshake(s: &mut TcpStream, t: &Target) -> anyhow::Result<Vec<u8>>
     Ok(buf[end..].to_vec())
 }
 
-/// The same handshake on a blocking socket (its read timeout bounds each read); returns the
-/// bytes that followed the response head. For probes timed on their own thread, so the
-/// generator's event loop does not add to what they measure.
-pub fn handshake_blocking(s: &mut std::net::TcpStream, t: &Target) -> anyhow::Result<Vec<u8>> {
-    use std::io::{Read, Write};
+/// The same handshake on a blocking socket (its read timeout bounds each read), plain or TLS;
+/// returns the bytes that followed the response head. For probes timed on their own thread,
+/// so the generator's event loop does not add to what they measure.
+pub fn handshake_blocking<S: io::Read + io::Write + ?Sized>(
+    s: &mut S,
+    t: &Target,
+) -> anyhow::Result<Vec<u8>> {
     let key = make_key();
     s.write_all(upgrade_request(t, &key).as_bytes())?;
+    s.flush()?;
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     let end = loop {
@@ -224,11 +351,62 @@ pub fn handshake_blocking(s: &mut std::net::TcpStream, t: &Target) -> anyhow::Re
     Ok(buf[end..].to_vec())
 }
 
-/// Connect + handshake in one call.
+/// Connect + handshake in one call (plain `ws://` targets only).
 pub async fn open(t: &Target, src: Option<IpAddr>) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+    t.require_plain("this")?;
     let mut s = connect(t.addr, src).await?;
     let rest = handshake(&mut s, t).await?;
     Ok((s, rest))
+}
+
+/// Connect, TLS handshake for a `wss://` target, WebSocket handshake; returns the connection
+/// and the bytes that followed the 101.
+pub async fn open_conn(t: &Target, src: Option<IpAddr>) -> anyhow::Result<(Conn, Vec<u8>)> {
+    let tls = t.tls_client()?;
+    let tcp = connect(t.addr, src).await?;
+    let mut s = match tls {
+        None => Conn::Tcp(tcp),
+        Some(c) => Conn::Tls(Box::new(c.connect(tcp).await.context("TLS handshake")?)),
+    };
+    let rest = handshake(&mut s, t).await?;
+    Ok((s, rest))
+}
+
+/// Something a blocking probe reads and writes: a socket, or TLS over one.
+pub trait BlockingStream: io::Read + io::Write + Send {}
+impl<S: io::Read + io::Write + Send> BlockingStream for S {}
+
+/// A blocking connection of a probe: the stream (plain or TLS) and its socket (a second
+/// handle, for timeouts).
+pub struct BlockingConn {
+    /// Where the WebSocket bytes go.
+    pub stream: Box<dyn BlockingStream>,
+    /// The TCP socket under it.
+    pub socket: std::net::TcpStream,
+}
+
+impl std::fmt::Debug for BlockingConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingConn")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connect (within `timeout`), TLS handshake for a `wss://` target and WebSocket handshake on
+/// a blocking socket whose reads time out after `timeout`.
+pub fn open_blocking(t: &Target, timeout: std::time::Duration) -> anyhow::Result<BlockingConn> {
+    let tls = t.tls_client()?;
+    let s = std::net::TcpStream::connect_timeout(&t.addr, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    let socket = s.try_clone()?;
+    let mut stream: Box<dyn BlockingStream> = match tls {
+        None => Box::new(s),
+        Some(c) => Box::new(c.connect_blocking(s)?),
+    };
+    handshake_blocking(&mut *stream, t)?;
+    Ok(BlockingConn { stream, socket })
 }
 
 /// Incremental parser of server→client frames that skips payloads without copying them.

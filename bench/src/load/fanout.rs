@@ -134,8 +134,8 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     };
     let target = Arc::new(target);
     let t_open = Instant::now();
-    let subs = super::open_many(&target, &src, c.connections, c.open_concurrency).await?;
-    let mut publisher = super::open_many(&target, &src, 1, 1).await?;
+    let subs = super::open_many_tcp(&target, &src, c.connections, c.open_concurrency).await?;
+    let mut publisher = super::open_many_tcp(&target, &src, 1, 1).await?;
     let open_s = t_open.elapsed().as_secs_f64();
     let (pub_stream, pub_rest) = publisher.pop().expect("one publisher");
     drop(pub_rest);

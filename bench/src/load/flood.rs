@@ -17,7 +17,7 @@
 //!   msg/s min / median / max, connections that got nothing), the messages still in flight
 //!   at the end, CPU per delivered message of the target, the origin and the generator.
 //! - A probe thread opens a fresh connection every `--probe-interval` during the measured
-//!   window and times TCP connect + upgrade (p50/p99/max): do new clients starve while the
+//!   window and times TCP connect (+ TLS handshake on `wss://`) + upgrade (p50/p99/max): do new clients starve while the
 //!   others flood? Probes use blocking sockets on their own thread so the generator's busy
 //!   event loop does not add to what they measure; a probe that gets no 101 within 5 s
 //!   counts as a timeout (recorded at 5 s) as well as a failure.
@@ -26,6 +26,8 @@
 //!   opening of the rest); 0 opens them all before any flood starts. `--settle S` waits S
 //!   seconds after every socket is closed and counts the connections the target still holds
 //!   ESTABLISHED on its port.
+//! - Over `wss://` every connection is a TLS session (full handshake) and the reader and the
+//!   writer share it (`tokio::io::split`); "sent" is then what the TLS session accepted.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -34,10 +36,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::client::{self, SourceAddrs, Target};
+use super::client::{self, Conn, SourceAddrs, Target};
 use super::{Common, Outcome, hist};
 use crate::{frame, procstat};
 
@@ -319,9 +321,9 @@ impl FrameBatch {
     }
 }
 
-/// Writes frames as fast as the socket accepts them, until an error.
-async fn writer(
-    w: &mut tokio::net::tcp::WriteHalf<'_>,
+/// Writes frames as fast as the socket (or the TLS session) accepts them, until an error.
+async fn writer<W: AsyncWrite + Unpin>(
+    w: &mut W,
     mut batch: FrameBatch,
     base: Instant,
     stats: &ConnStats,
@@ -346,8 +348,8 @@ async fn writer(
 }
 
 /// Reads, counts and checks echoes until EOF, an error or a Close.
-async fn reader(
-    r: &mut tokio::net::tcp::ReadHalf<'_>,
+async fn reader<R: AsyncRead + Unpin>(
+    r: &mut R,
     mut mr: MarkerReader,
     rest: Vec<u8>,
     base: Instant,
@@ -393,10 +395,11 @@ async fn reader(
 }
 
 /// One connection: flood and read until the stop signal; returns its latency histogram and
-/// why it ended early, if it did.
+/// why it ended early, if it did. A plain socket is split into its borrowed halves; a TLS
+/// stream, whose one session both directions share, with `tokio::io::split`.
 #[allow(clippy::too_many_arguments)]
 async fn conn_task(
-    mut s: tokio::net::TcpStream,
+    s: Conn,
     rest: Vec<u8>,
     id: u64,
     size: usize,
@@ -404,18 +407,42 @@ async fn conn_task(
     base: Instant,
     stats: Arc<Vec<ConnStats>>,
     shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> (Histogram<u64>, Option<String>) {
+    let st = &stats[id as usize];
+    st.open.store(true, Ordering::Relaxed);
+    let batch = FrameBatch::new(id, size, frames_per_write);
+    let mr = MarkerReader::new(id, size);
+    match s {
+        Conn::Tcp(mut s) => {
+            let (mut r, mut w) = s.split();
+            drive(&mut r, &mut w, batch, mr, rest, base, st, &shared, stop).await
+        }
+        Conn::Tls(s) => {
+            let (mut r, mut w) = tokio::io::split(s);
+            drive(&mut r, &mut w, batch, mr, rest, base, st, &shared, stop).await
+        }
+    }
+}
+
+/// The writer and the reader of one connection, until the stop signal or an early end.
+#[allow(clippy::too_many_arguments)]
+async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    r: &mut R,
+    w: &mut W,
+    batch: FrameBatch,
+    mr: MarkerReader,
+    rest: Vec<u8>,
+    base: Instant,
+    st: &ConnStats,
+    shared: &Shared,
     mut stop: watch::Receiver<bool>,
 ) -> (Histogram<u64>, Option<String>) {
     let mut h = hist();
-    let st = &stats[id as usize];
-    st.open.store(true, Ordering::Relaxed);
-    let (mut r, mut w) = s.split();
-    let batch = FrameBatch::new(id, size, frames_per_write);
-    let mr = MarkerReader::new(id, size);
     let why = |what: &str, e: Option<String>| Some(format!("{what}: {}", e.unwrap_or_default()));
     let early = tokio::select! {
-        e = writer(&mut w, batch, base, st) => why("write", e.err().map(|e| e.to_string())),
-        e = reader(&mut r, mr, rest, base, st, &shared, &mut h) => why("read", e.err().map(|e| e.to_string())),
+        e = writer(w, batch, base, st) => why("write", e.err().map(|e| e.to_string())),
+        e = reader(r, mr, rest, base, st, shared, &mut h) => why("read", e.err().map(|e| e.to_string())),
         _ = stop.wait_for(|s| *s) => None,
     };
     if early.is_some() && !*stop.borrow() {
@@ -454,16 +481,11 @@ fn probe_loop(t: Arc<Target>, interval: Duration, stop: Arc<AtomicBool>) -> Prob
         }
         next += interval;
         let t0 = Instant::now();
-        let res = (|| -> anyhow::Result<std::net::TcpStream> {
-            let mut s = std::net::TcpStream::connect_timeout(&t.addr, PROBE_TIMEOUT)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(PROBE_TIMEOUT))?;
-            client::handshake_blocking(&mut s, &t)?;
-            Ok(s)
-        })();
+        // Connect, TLS handshake on a wss:// target, upgrade.
+        let res = client::open_blocking(&t, PROBE_TIMEOUT);
         let took = t0.elapsed();
         match res {
-            Ok(mut s) => {
+            Ok(mut c) => {
                 let _ = p.h.record((took.as_nanos() as u64).max(1_000));
                 p.ok += 1;
                 // Leave politely: a Close, then our FIN (the socket is dropped).
@@ -474,9 +496,10 @@ fn probe_loop(t: Arc<Target>, interval: Duration, stop: Arc<AtomicBool>) -> Prob
                     &1000u16.to_be_bytes(),
                     MASK,
                 );
-                let _ = s.write_all(&close);
-                let _ = s.set_read_timeout(Some(Duration::from_millis(1)));
-                let _ = s.read(&mut [0u8; 64]);
+                let _ = c.stream.write_all(&close);
+                let _ = c.stream.flush();
+                let _ = c.socket.set_read_timeout(Some(Duration::from_millis(1)));
+                let _ = c.stream.read(&mut [0u8; 64]);
             }
             Err(e) => {
                 let timed_out = took >= PROBE_TIMEOUT
@@ -537,6 +560,8 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     let mut tasks = Vec::with_capacity(c.connections);
 
     let open_t0 = Instant::now();
+    // What the TLS handshakes negotiated (wss://; the connections opened before the flood).
+    let mut tls = None;
     if c.connect_rate > 0.0 {
         // tcpkali's ramp-up: each connection floods as soon as it is open.
         let gap = Duration::from_secs_f64(1.0 / c.connect_rate);
@@ -546,7 +571,8 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
             let (t, ip) = (target.clone(), src.pick());
             let (stats, shared, stop) = (stats.clone(), shared.clone(), stop_rx.clone());
             openers.push(tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), client::open(&t, ip)).await {
+                match tokio::time::timeout(Duration::from_secs(10), client::open_conn(&t, ip)).await
+                {
                     Ok(Ok((s, rest))) => {
                         shared.opened.fetch_add(1, Ordering::Relaxed);
                         Some(tokio::spawn(conn_task(
@@ -575,6 +601,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
         }
     } else {
         let conns = super::open_many(&target, &src, c.connections, c.open_concurrency).await?;
+        tls = super::tls_tally(&conns);
         shared.opened.store(conns.len() as u64, Ordering::Relaxed);
         for (id, (s, rest)) in conns.into_iter().enumerate() {
             tasks.push(tokio::spawn(conn_task(
@@ -772,6 +799,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     Ok(Outcome {
         human,
         results: json!({
+            "tls": tls,
             "sent_msgs_per_s": sent,
             "recv_msgs_per_s": recv,
             "msgs_per_s": recv,

@@ -1,6 +1,13 @@
 //! `handshakes` mode: M concurrent loops that each connect, upgrade, exchange one message,
-//! close (WebSocket close handshake, then TCP) and start over; reports sessions/s and the
-//! latency of the handshake (TCP connect through the 101) and of the whole session.
+//! close (WebSocket close handshake, then TCP) and start over; reports sessions/s, the
+//! latency of the handshake (TCP connect through the 101) and of the whole session, and the
+//! target's CPU seconds per 1,000 sessions.
+//!
+//! Over `wss://` each session begins with a TLS handshake (counted in the handshake latency):
+//! a full one every time, or with `--resume` a resumption of the loop's previous session
+//! (each loop has its own session cache, as one reconnecting client would). The record
+//! counts full and resumed handshakes in the measured window (`results.tls`), so a
+//! "resumed handshakes/s" figure says how many really were.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,19 +18,22 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{self, FrameCounter, SourceAddrs, Target};
+use super::tls::{Facts, Tally};
 use super::{Common, Outcome, hist};
 use crate::frame;
 
-/// One session; returns the handshake duration.
+/// One session; returns the handshake duration and, over TLS, what the handshake was.
 async fn session(
     t: &Target,
     src: Option<std::net::IpAddr>,
     msg: &[u8],
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, Option<Facts>)> {
     let t0 = Instant::now();
-    let (mut s, rest) = client::open(t, src).await?;
+    let (mut s, rest) = client::open_conn(t, src).await?;
     let hs = t0.elapsed();
+    let facts = s.tls_facts();
     s.write_all(msg).await?;
+    s.flush().await?;
     let mut fc = FrameCounter::default();
     let mut got = fc.feed(&rest).0;
     let mut buf = [0u8; 4096];
@@ -40,6 +50,7 @@ async fn session(
         [9, 8, 7, 6],
     );
     s.write_all(&close).await?;
+    s.flush().await?;
     // Wait for the peer's Close and its end of stream, so the server closes TCP first.
     let wait = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -51,7 +62,7 @@ async fn session(
     });
     wait.await
         .map_err(|_| anyhow::anyhow!("no close from the peer"))?;
-    Ok(hs)
+    Ok((hs, facts))
 }
 
 /// Runs the handshakes mode.
@@ -71,7 +82,9 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     let sessions = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..c.concurrency.max(1) {
-        let (t, src, msg) = (target.clone(), src.clone(), msg.clone());
+        // With --resume, every loop resumes its own previous session.
+        let t = Arc::new(target.own_session_cache());
+        let (src, msg) = (src.clone(), msg.clone());
         let (recording, stop, errors, sessions) = (
             recording.clone(),
             stop.clone(),
@@ -80,14 +93,18 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
         );
         tasks.push(tokio::spawn(async move {
             let (mut hs, mut total) = (hist(), hist());
+            let mut tally = Tally::default();
             let mut last_err = None;
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
                 match session(&t, src.pick(), &msg).await {
-                    Ok(d) if recording.load(Ordering::Relaxed) => {
+                    Ok((d, facts)) if recording.load(Ordering::Relaxed) => {
                         let _ = hs.record((d.as_nanos() as u64).max(1_000));
                         let _ = total.record((t0.elapsed().as_nanos() as u64).max(1_000));
                         sessions.fetch_add(1, Ordering::Relaxed);
+                        if let Some(f) = facts {
+                            tally.add(f);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -99,7 +116,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
                     }
                 }
             }
-            (hs, total, last_err)
+            (hs, total, tally, last_err)
         }));
     }
     tokio::time::sleep(c.warmup).await;
@@ -112,14 +129,23 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     recording.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let (mut hs, mut total) = (hist(), hist());
+    let mut tally = Tally::default();
     let mut last_err = None;
     for t in tasks {
-        let (a, b, e) = t.await?;
+        let (a, b, tl, e) = t.await?;
         hs.add(a)?;
         total.add(b)?;
+        tally.merge(&tl);
         last_err = last_err.or(e);
     }
-    let rate = (n1 - n0) as f64 / usage.wall_s;
+    let n = n1 - n0;
+    let rate = n as f64 / usage.wall_s;
+    // Target CPU seconds per 1,000 sessions of the window.
+    let cpu_per_1k = usage
+        .target_cpu_s
+        .filter(|_| n > 0)
+        .map(|s| 1000.0 * s / n as f64);
+    let tls = target.tls.is_some().then(|| tally.to_json());
     let ms = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1e6;
     let errs = errors.load(Ordering::Relaxed);
     let mut human = format!(
@@ -137,6 +163,20 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     if let Some(e) = &last_err {
         human += &format!(" (last: {e})");
     }
+    if let Some(x) = cpu_per_1k {
+        human += &format!("; target CPU {x:.3} s per 1,000 sessions");
+    }
+    if target.tls.is_some() {
+        human += &format!(
+            "\nhandshakes: TLS {} / {} / {}: {} full, {} resumed ({:.1} % resumed)",
+            tally.last.map_or("?", |f| f.version),
+            tally.last.map_or("?", |f| f.cipher),
+            tally.last.map_or("?", |f| f.kx),
+            tally.full,
+            tally.resumed,
+            100.0 * tally.resumed_fraction().unwrap_or(0.0),
+        );
+    }
     Ok(Outcome {
         human,
         results: json!({
@@ -150,8 +190,10 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
             "session_p99_ms": ms(&total, 0.99),
             "errors": errs,
             "last_error": last_err,
+            "target_cpu_s_per_1k_sessions": cpu_per_1k,
+            "tls": tls,
         }),
         usage,
-        relayed_bytes: (n1 - n0) as f64 * 2.0 * c.size as f64,
+        relayed_bytes: n as f64 * 2.0 * c.size as f64,
     })
 }

@@ -25,7 +25,7 @@ pub const PER_PROCESS_MAX: usize = 19_000;
 /// are open and holds until its stdin closes.
 pub async fn run_child(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::Result<()> {
     let conns =
-        super::open_many(&Arc::new(target), &src, c.connections, c.open_concurrency).await?;
+        super::open_many_tcp(&Arc::new(target), &src, c.connections, c.open_concurrency).await?;
     println!("opened {}", conns.len());
     let mut line = String::new();
     let _ = tokio::io::stdin().read_to_string(&mut line).await;
@@ -67,7 +67,8 @@ pub async fn run(
         }
         children.push(cmd.spawn()?);
     }
-    let mine_conns = super::open_many(&Arc::new(target), &src, mine, c.open_concurrency).await?;
+    let mine_conns =
+        super::open_many_tcp(&Arc::new(target), &src, mine, c.open_concurrency).await?;
     let mut opened = mine_conns.len();
     for ch in &mut children {
         let out = ch

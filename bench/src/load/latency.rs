@@ -27,7 +27,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     anyhow::ensure!(c.size >= 8, "latency mode needs --size >= 8");
     anyhow::ensure!(c.rate > 0.0, "latency mode needs --rate > 0");
     let target = Arc::new(target);
-    let conns = super::open_many(&target, &src, c.connections, c.open_concurrency).await?;
+    let conns = super::open_many_tcp(&target, &src, c.connections, c.open_concurrency).await?;
     let mut writers = Vec::new();
     let mut read_side = Vec::new();
     let start = Instant::now() + Duration::from_millis(100);

@@ -8,8 +8,10 @@ pub mod flood;
 pub mod handshakes;
 pub mod idle;
 pub mod latency;
+pub mod stime;
 pub mod tcpkali;
 pub mod throughput;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,11 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::procstat;
-use client::{SourceAddrs, Target};
+use client::{Conn, SourceAddrs, Target};
 
 /// A latency histogram in nanoseconds, 1 µs to 120 s, 3 significant digits (every mode's).
 fn hist() -> Histogram<u64> {
@@ -139,20 +140,21 @@ pub struct Outcome {
     pub relayed_bytes: f64,
 }
 
-/// Opens `n` WebSocket connections, at most `concurrency` handshakes at a time.
+/// Opens `n` WebSocket connections (over TLS for a `wss://` target), at most `concurrency`
+/// handshakes at a time.
 pub async fn open_many(
     target: &Arc<Target>,
     src: &Arc<SourceAddrs>,
     n: usize,
     concurrency: usize,
-) -> anyhow::Result<Vec<(TcpStream, Vec<u8>)>> {
+) -> anyhow::Result<Vec<(Conn, Vec<u8>)>> {
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let permit = sem.clone().acquire_owned().await?;
         let (t, ip): (Arc<Target>, Option<IpAddr>) = (target.clone(), src.pick());
         tasks.push(tokio::spawn(async move {
-            let r = client::open(&t, ip).await;
+            let r = client::open_conn(&t, ip).await;
             drop(permit);
             r
         }));
@@ -167,6 +169,30 @@ pub async fn open_many(
     Ok(out)
 }
 
+/// [`open_many`] for the modes that need the sockets themselves (plain `ws://` only).
+pub async fn open_many_tcp(
+    target: &Arc<Target>,
+    src: &Arc<SourceAddrs>,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(tokio::net::TcpStream, Vec<u8>)>> {
+    target.require_plain("this")?;
+    open_many(target, src, n, concurrency)
+        .await?
+        .into_iter()
+        .map(|(c, rest)| Ok((c.into_tcp()?, rest)))
+        .collect()
+}
+
+/// What the TLS handshakes of opened connections negotiated (None for plain connections).
+pub fn tls_tally(conns: &[(Conn, Vec<u8>)]) -> Option<Value> {
+    let mut t = tls::Tally::default();
+    for f in conns.iter().filter_map(|(c, _)| c.tls_facts()) {
+        t.add(f);
+    }
+    (t.full + t.resumed > 0).then(|| t.to_json())
+}
+
 /// Builds the JSON record of one run.
 pub fn record(
     mode: &str,
@@ -178,11 +204,12 @@ pub fn record(
 ) -> Value {
     let u = o.usage;
     let gb = o.relayed_bytes / 1e9;
-    // Every figure says which generator produced it: ours, or tcpkali driven by `tcpkali` mode.
-    let generator = if mode == "tcpkali" {
-        "tcpkali"
-    } else {
-        "wsedge-load"
+    // Every figure says which generator produced it: ours, or the independent tool a mode
+    // drives (tcpkali, openssl s_time).
+    let generator = match mode {
+        "tcpkali" => "tcpkali",
+        "s_time" => stime::GENERATOR,
+        _ => "wsedge-load",
     };
     json!({
         "mode": mode,

@@ -3,7 +3,8 @@
 //!
 //! Each connection is one task that writes a pre-built, pre-masked batch of frames and, for
 //! every echoed message it reads back, writes one more frame. The generator never touches
-//! payload bytes in the hot loop: it parses frame headers and skips payloads.
+//! payload bytes in the hot loop: it parses frame headers and skips payloads. Over `wss://`
+//! each connection is a TLS session (full handshake) and the record says what it negotiated.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +44,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
 
     // Open every connection first, so the measured window has all of them running.
     let conns = super::open_many(&target, &src, c.connections, c.open_concurrency).await?;
+    let tls = super::tls_tally(&conns);
     let mut tasks = Vec::new();
     for (mut s, rest) in conns {
         let (batch, counters, stop) = (batch.clone(), counters.clone(), stop.clone());
@@ -53,7 +55,8 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
             let mut inflight = (depth as u64).saturating_sub(m);
             counters.recv_msgs.fetch_add(m, Ordering::Relaxed);
             counters.recv_bytes.fetch_add(b, Ordering::Relaxed);
-            if s.write_all(&batch).await.is_err() {
+            // flush: over TLS, the last records may still be in the session (a no-op on TCP).
+            if s.write_all(&batch).await.is_err() || s.flush().await.is_err() {
                 return;
             }
             counters
@@ -80,7 +83,9 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
                 // Refill what came back, one write for the whole batch.
                 let k = (depth as u64 - inflight) as usize;
                 if k > 0 {
-                    if s.write_all(&batch[..k * frame_len]).await.is_err() {
+                    if s.write_all(&batch[..k * frame_len]).await.is_err()
+                        || s.flush().await.is_err()
+                    {
                         return;
                     }
                     inflight += k as u64;
@@ -138,6 +143,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     Ok(Outcome {
         human,
         results: json!({
+            "tls": tls,
             "sent_msgs_per_s": sent,
             "recv_msgs_per_s": recv,
             "msgs_per_s": recv,
