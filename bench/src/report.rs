@@ -315,7 +315,7 @@ fn idle_latency_table(r: &Runs) -> String {
     let _ = writeln!(
         s,
         "\n## Latency beside idle connections\n\n64 B at 1,000 msg/s over 20 connections while \
-         2,000 other connections through the same target stay open and silent [wsedge-load].\n\n\
+         2,000 other connections (200 in `--smoke`) through the same target stay open and silent [wsedge-load].\n\n\
          | target | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|"
     );
     for l in &r.labels {
