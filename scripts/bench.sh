@@ -11,6 +11,10 @@
 #            no sysctls; ends with the flood regression check (CI)
 #   --runs N rounds: every target and scenario runs N times, rounds interleaved, and the report
 #            gives medians with their spread
+#   WORKERS="1" (environment): the worker/thread counts to run, instead of the mode's (--full:
+#            "1 <cores>"); a --full run of every target and variant takes well over an hour
+#            now (17 targets x 11 scenarios x 3 rounds), `WORKERS=1 --only direct,wsedge,haproxy`
+#            about a third of that
 #   --only direct,wsedge,nginx,haproxy,fanout,echofn   run only these targets (default: all
 #            but echofn)
 #   echofn:  wsedge answering itself, no origin: the built-in echo function and the
@@ -82,6 +86,7 @@ case $MODE in
            RELAYS="buffered splice auto"; FANOUT_N="" ;;
 esac
 ROUNDS=${RUNS:-$ROUNDS}
+VARIANTS=${WORKERS:-$VARIANTS}
 IDLE_BESIDE=${IDLE_BESIDE:-2000}
 case $ROUNDS in ''|*[!0-9]*|0) echo "bench.sh: --runs needs a positive number" >&2; exit 2 ;; esac
 
