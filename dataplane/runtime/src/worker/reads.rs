@@ -78,6 +78,18 @@ impl Worker {
             (n, Some(buf)) if n > 0 && !self.conns[slot].sides[i].transport.is_plain() => {
                 self.tls_recv(slot, side, buf, n as usize);
             }
+            (n, Some(buf)) if n > 0 && self.ring_is_low() => {
+                // Spilled: copied out and the buffer given back at once (see ring_is_low).
+                let mut data = self.ring.buffers().bytes(buf, n as usize).to_vec();
+                self.ring.buffers().give_back(buf);
+                self.feed(
+                    slot,
+                    Input::RecvOwned {
+                        from: side,
+                        data: &mut data,
+                    },
+                );
+            }
             (n, Some(buf)) if n > 0 => {
                 let now = self.now();
                 let conn = &mut self.conns[slot];
@@ -146,6 +158,18 @@ impl Worker {
             );
             conn.ops += 1;
         }
+    }
+
+    /// Whether at most an eighth of the provided buffers is left in the ring. Bytes read then
+    /// are copied out and their buffer given back at once, so relayed bytes waiting for a
+    /// slow peer can never hold every buffer: if they could, no side could be read any more
+    /// (not even the origin whose answers would unblock those sends) and the whole worker
+    /// would wedge (seen: an unbounded flood through 350 connections, 2 x 64 KiB in flight
+    /// each, against 1,024 buffers). The copies stay bounded by `max_in_flight` per side.
+    pub(super) fn ring_is_low(&mut self) -> bool {
+        let ring = self.ring.buffers();
+        let count = usize::from(ring.count());
+        count.saturating_sub(ring.held()) <= count / 8
     }
 
     /// Re-arms the stream reads that ended for want of buffers, once buffers are back.

@@ -63,6 +63,7 @@ impl Worker {
     pub(super) fn tls_recv(&mut self, slot: usize, side: Side, buf: BufId, n: usize) {
         let now = self.now();
         let size = self.ring.buffers().size() as usize;
+        let low = self.ring_is_low();
         let c = &mut self.conns[slot];
         let Transport::Tls(t) = &mut c.sides[side.index()].transport else {
             return;
@@ -79,6 +80,19 @@ impl Worker {
         };
         match delivery {
             Ok(Delivery::InPlace(0)) | Err(()) => self.ring.buffers().give_back(buf),
+            Ok(Delivery::InPlace(m)) if low => {
+                // Spilled, as a plain read is (reads.rs, ring_is_low).
+                let mut plain = data[..m].to_vec();
+                self.ring.buffers().give_back(buf);
+                c.session.handle(
+                    Input::RecvOwned {
+                        from: side,
+                        data: &mut plain,
+                    },
+                    &mut env,
+                );
+                self.apply_outputs(slot);
+            }
             Ok(Delivery::InPlace(m)) => {
                 let data = &mut data[..m];
                 c.session.handle(
