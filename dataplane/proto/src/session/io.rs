@@ -81,7 +81,8 @@ pub enum Input<'a> {
         data: &'a mut [u8],
     },
     /// Bytes from a side that are in no provided buffer: a transport made them (TLS
-    /// plaintext that did not fit the buffer its ciphertext came in). Relayed by copy.
+    /// plaintext that did not fit the buffer its ciphertext came in), or the worker copied
+    /// them out of a ring running low. Relayed by copy.
     RecvOwned { from: Side, data: &'a mut [u8] },
     /// A side sent EOF.
     Eof(Side),
