@@ -69,7 +69,12 @@ impl Worker {
             return;
         };
         let data = self.ring.buffers().bytes_mut(buf, size);
-        let delivery = t.received(data, n);
+        let delivery = match t.received(data, n) {
+            // Spilled, as a plain read is (reads.rs, ring_is_low): relayed as owned bytes and
+            // the buffer given back at once.
+            Ok(Delivery::InPlace(m)) if m > 0 && low => Ok(Delivery::Owned(data[..m].to_vec())),
+            d => d,
+        };
         let mut env = Env {
             now,
             cfg: &self.settings.session,
@@ -80,19 +85,6 @@ impl Worker {
         };
         match delivery {
             Ok(Delivery::InPlace(0)) | Err(()) => self.ring.buffers().give_back(buf),
-            Ok(Delivery::InPlace(m)) if low => {
-                // Spilled, as a plain read is (reads.rs, ring_is_low).
-                let mut plain = data[..m].to_vec();
-                self.ring.buffers().give_back(buf);
-                c.session.handle(
-                    Input::RecvOwned {
-                        from: side,
-                        data: &mut plain,
-                    },
-                    &mut env,
-                );
-                self.apply_outputs(slot);
-            }
             Ok(Delivery::InPlace(m)) => {
                 let data = &mut data[..m];
                 c.session.handle(
