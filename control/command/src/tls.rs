@@ -323,6 +323,16 @@ pub(crate) fn origin_tls(
     invalid: Invalid<'_>,
 ) -> Result<Option<OriginTlsSpec>, ConfigError> {
     let field = |f: &str| format!("route[{index}].{f}");
+    // The CA bundle's path, for an origin pool and a js route alike.
+    let checked_ca = |ca: Option<Spanned<PathBuf>>| -> Result<Option<PathBuf>, ConfigError> {
+        match ca {
+            Some(ca) => match path_problem(ca.get_ref()) {
+                Some(why) => Err(invalid(ca.span(), &field("origin_ca"), why.into())),
+                None => Ok(Some(ca.into_inner())),
+            },
+            None => Ok(None),
+        }
+    };
     if function == Some(FunctionKind::Js) {
         for (name, span) in [
             ("origin_tls", raw.origin_tls.as_ref().map(Spanned::span)),
@@ -339,15 +349,7 @@ pub(crate) fn origin_tls(
                 ));
             }
         }
-        let ca = match raw.origin_ca {
-            None => None,
-            Some(ca) => {
-                if let Some(why) = path_problem(ca.get_ref()) {
-                    return Err(invalid(ca.span(), &field("origin_ca"), why.into()));
-                }
-                Some(ca.into_inner())
-            }
-        };
+        let ca = checked_ca(raw.origin_ca)?;
         return Ok(Some(OriginTlsSpec {
             server_name: None,
             ca,
@@ -413,15 +415,7 @@ pub(crate) fn origin_tls(
             Some(text.to_ascii_lowercase())
         }
     };
-    let ca = match raw.origin_ca {
-        None => None,
-        Some(ca) => {
-            if let Some(why) = path_problem(ca.get_ref()) {
-                return Err(invalid(ca.span(), &field("origin_ca"), why.into()));
-            }
-            Some(ca.into_inner())
-        }
-    };
+    let ca = checked_ca(raw.origin_ca)?;
     Ok(Some(OriginTlsSpec { server_name, ca }))
 }
 
