@@ -338,24 +338,18 @@ async fn upgrade_head_to_origin_carries_forwarded_headers() {
 /// A ring that runs low is spilled (bytes copied out, buffers given back at once): with a
 /// ring of 16 buffers (512 KiB) under 8 connections that each write 20,000 small messages
 /// (one write each, so each read of the proxy takes a whole buffer for a few bytes) while
-/// reading their echoes, the spill path carries most of the traffic, and every echo must
-/// still come back intact and in order. (The wedge the spill prevents, every buffer held by
-/// bytes waiting for an origin that waits to be read, needs a release build and floods of
-/// 100 connections to show; docs/benchmarks.md says how it was reproduced.)
+/// reading their echoes (`scenarios::concurrent_echo`), the spill path carries most of the
+/// traffic, and every echo must still come back intact and in order. (The wedge the spill
+/// prevents, every buffer held by bytes waiting for an origin that waits to be read, needs a
+/// release build and floods of 100 connections to show; docs/benchmarks.md says how it was
+/// reproduced.)
 async fn low_ring(relay: &str) {
     let origin = EchoOrigin::start().await;
     let config = Config::new()
         .route(Route::new("echo", &[origin.addr]).relay(relay))
         .table("[relay]\nbuffer_count = 16\n");
     let proxy = Proxy::start(&config).await;
-    let mut clients = Vec::new();
-    for _ in 0..8 {
-        let ws = ws_connect(proxy.addr, "/").await;
-        clients.push(tokio::spawn(small_echo(ws, 20_000)));
-    }
-    for c in clients {
-        c.await.expect("a client's echoes");
-    }
+    scenarios::concurrent_echo(proxy.addr, 8, 20_000).await;
     // And the worker still serves a new connection.
     let mut ws = ws_connect(proxy.addr, "/").await;
     assert_echo(&mut ws, Message::text("after the flood")).await;
@@ -369,27 +363,4 @@ async fn a_ring_running_low_still_relays_everything_in_order_buffered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_running_low_still_relays_everything_in_order_frames() {
     within(120, low_ring("frames")).await;
-}
-
-/// Writes `messages` 64 B text messages on `ws`, one write each, from a task while reading
-/// their echoes: each must come back, in order.
-async fn small_echo(ws: common::Ws, messages: u32) {
-    use futures_util::{SinkExt, StreamExt};
-    let (mut tx, mut rx) = ws.split();
-    let writer = tokio::spawn(async move {
-        for i in 0..messages {
-            tx.send(Message::text(format!("{i:064}")))
-                .await
-                .expect("send");
-        }
-    });
-    for i in 0..messages {
-        let got = tokio::time::timeout(std::time::Duration::from_secs(20), rx.next())
-            .await
-            .unwrap_or_else(|_| panic!("no echo of message {i} within 20 s"))
-            .expect("stream ended")
-            .expect("read");
-        assert_eq!(got, Message::text(format!("{i:064}")), "echo {i}");
-    }
-    writer.await.expect("writer");
 }
