@@ -195,17 +195,23 @@ pub(crate) fn fmt_stat(s: Option<Stat>, digits: usize) -> String {
     out
 }
 
-/// The Markdown report.
-pub fn markdown(r: &Runs, host: &str, charts: bool) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "# wsedge benchmark results\n");
+/// Writes a report's title and host block; returns how many runs each cell is the median
+/// of (`3`, or `2 to 3` when targets ran unevenly). Shared by the TLS report.
+pub(crate) fn head(s: &mut String, title: &str, r: &Runs, host: &str) -> String {
+    let _ = writeln!(s, "{title}\n");
     let _ = writeln!(s, "```\n{}\n```\n", host.trim());
     let (rmin, rmax) = r.run_counts();
-    let runs = if rmin == rmax {
+    if rmin == rmax {
         format!("{rmin}")
     } else {
         format!("{rmin} to {rmax}")
-    };
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(r: &Runs, host: &str, charts: bool) -> String {
+    let mut s = String::new();
+    let runs = head(&mut s, "# wsedge benchmark results", r, host);
     let _ = writeln!(
         s,
         "Every cell is the **median of {runs} runs, with the spread (min–max) in brackets**; \

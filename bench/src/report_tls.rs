@@ -84,14 +84,7 @@ fn fmt_ratio(x: Option<f64>) -> String {
 /// The Markdown report.
 pub fn markdown(r: &Runs, host: &str) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# wsedge TLS benchmark results\n");
-    let _ = writeln!(s, "```\n{}\n```\n", host.trim());
-    let (rmin, rmax) = r.run_counts();
-    let runs = if rmin == rmax {
-        format!("{rmin}")
-    } else {
-        format!("{rmin} to {rmax}")
-    };
+    let runs = crate::report::head(&mut s, "# wsedge TLS benchmark results", r, host);
     let _ = writeln!(
         s,
         "Every cell is the **median of {runs} runs, with the spread (min–max) in brackets**; \
