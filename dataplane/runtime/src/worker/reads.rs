@@ -160,8 +160,9 @@ impl Worker {
         }
     }
 
-    /// Whether at most an eighth of the provided buffers is left in the ring. Bytes read then
-    /// are copied out and their buffer given back at once, so relayed bytes waiting for a
+    /// Whether at most a sixty-fourth of the provided buffers (at least one) is left in the
+    /// ring: any reserve keeps the worker from wedging, a small one copies less. Bytes read
+    /// then are copied out and their buffer given back at once, so relayed bytes waiting for a
     /// slow peer can never hold every buffer: if they could, no side could be read any more
     /// (not even the origin whose answers would unblock those sends) and the whole worker
     /// would wedge (seen: an unbounded flood through 350 connections, 2 x 64 KiB in flight
@@ -169,7 +170,7 @@ impl Worker {
     pub(super) fn ring_is_low(&mut self) -> bool {
         let ring = self.ring.buffers();
         let count = usize::from(ring.count());
-        count.saturating_sub(ring.held()) <= count / 8
+        count.saturating_sub(ring.held()) <= (count / 64).max(1)
     }
 
     /// Re-arms the stream reads that ended for want of buffers, once buffers are back.
