@@ -185,7 +185,7 @@ if want echofn; then
 fi
 
 if [ $MODE != smoke ]; then
-    install_proxies
+    if want nginx || want haproxy; then install_proxies; fi
     # Host tuning: a wide ephemeral port range for the handshake loops (restored on exit).
     widen_port_range
 fi
