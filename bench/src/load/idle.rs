@@ -95,18 +95,25 @@ pub async fn run(
         drop(ch.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(10), ch.wait()).await;
     }
-    let per = if opened > 0 {
-        (rss2.max(rss1) as f64 - rss0 as f64) / opened as f64
-    } else {
-        0.0
+    // Per connection: the larger of the two readings (growth while holding is charged), and
+    // the reading after the hold alone (what a target that gives memory back once quiet,
+    // like wsedge's trim, holds for idle connections).
+    let per_conn = |rss: u64| {
+        if opened > 0 {
+            (rss as f64 - rss0 as f64) / opened as f64
+        } else {
+            0.0
+        }
     };
+    let (per, per_held) = (per_conn(rss2.max(rss1)), per_conn(rss2));
     let human = format!(
-        "idle: {opened} connections opened in {open_s:.1} s by {processes} process(es); target RSS {:.1} MiB before, {:.1} MiB after ({:.1} after holding {:.0} s): {:.0} B per connection; {alive}/{mine} of this process's connections answered a ping",
+        "idle: {opened} connections opened in {open_s:.1} s by {processes} process(es); target RSS {:.1} MiB before, {:.1} MiB after ({:.1} after holding {:.0} s): {:.0} B per connection ({:.0} B after the hold); {alive}/{mine} of this process's connections answered a ping",
         rss0 as f64 / 1048576.0,
         rss1 as f64 / 1048576.0,
         rss2 as f64 / 1048576.0,
         hold.as_secs_f64(),
-        per
+        per,
+        per_held
     );
     Ok(Outcome {
         human,
@@ -118,6 +125,7 @@ pub async fn run(
             "rss_after_bytes": rss1,
             "rss_held_bytes": rss2,
             "rss_per_conn_bytes": per,
+            "rss_per_conn_held_bytes": per_held,
             "alive_checked": mine,
             "alive": alive,
         }),

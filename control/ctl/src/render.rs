@@ -294,6 +294,12 @@ pub(crate) fn stats(s: &StatsReport) -> String {
             ended.join(", ")
         }
     );
+    let t = &s.total;
+    let _ = writeln!(
+        out,
+        "read ring:          {} of {} buffers held, {} reads spilled, {} starved",
+        t.ring_buffers_held, t.ring_buffers, t.reads_spilled, t.reads_starved
+    );
     out.push_str(&handshake_summary(s.total.handshake_latency));
     out
 }
@@ -733,12 +739,22 @@ mod tests {
             }],
             total: WorkerStats {
                 handshake_latency: Some(p),
+                ring_buffers: 1024,
+                ring_buffers_held: 3,
+                reads_spilled: 7,
+                reads_starved: 2,
                 ..WorkerStats::default()
             },
             functions: Vec::new(),
         };
         let text = stats(&report);
         assert!(text.contains("   950us   1.4ms   2.1ms\n"), "{text}");
+        assert!(
+            text.contains(
+                "read ring:          3 of 1024 buffers held, 7 reads spilled, 2 starved\n"
+            ),
+            "{text}"
+        );
         assert!(!text.contains("not measured"), "{text}");
     }
 

@@ -1,7 +1,8 @@
 //! Thin, checked wrappers over the syscalls the dataplane makes outside io_uring: sockets
 //! and listeners (with the SO_REUSEPORT steering program), splice and pipes, eventfd,
 //! signals, CPU affinity, anonymous mappings and peer credentials; `handoff` passes
-//! descriptors between processes (`SCM_RIGHTS`) for the binary upgrade.
+//! descriptors between processes (`SCM_RIGHTS`) for the binary upgrade; `alloc` asks the
+//! allocator (mimalloc) to give freed memory back.
 //!
 //! Each wrapper returns `io::Result` (or ignores an error the caller has no use for) and
 //! keeps its `unsafe` to one FFI call with its `// SAFETY:` argument, so callers (the
@@ -12,6 +13,7 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
+pub mod alloc;
 pub mod handoff;
 
 pub(crate) fn check(ret: libc::c_int) -> io::Result<libc::c_int> {

@@ -21,6 +21,10 @@ pub(crate) struct Stats {
     pub(crate) slow_consumers: u64,
     /// Splice directions relayed buffered instead because no pipe could be created.
     pub(crate) splice_fallbacks: u64,
+    /// Stream reads copied out of the buffer ring because it ran low (worker/reads.rs
+    /// `ring_is_low`), and reads that found it empty (re-armed once buffers came back).
+    pub(crate) reads_spilled: u64,
+    pub(crate) reads_starved: u64,
     pub(crate) messages_from_origins: u64,
     /// Close codes seen in Close frames (from either side) and sent by the proxy, by route.
     pub(crate) close_codes_seen: BTreeMap<(String, u16), u64>,
@@ -47,6 +51,8 @@ impl Stats {
         self.messages_from_clients += other.messages_from_clients;
         self.slow_consumers += other.slow_consumers;
         self.splice_fallbacks += other.splice_fallbacks;
+        self.reads_spilled += other.reads_spilled;
+        self.reads_starved += other.reads_starved;
         self.messages_from_origins += other.messages_from_origins;
         for (key, n) in &other.close_codes_seen {
             *self.close_codes_seen.entry(key.clone()).or_default() += n;

@@ -181,6 +181,18 @@ pub struct WorkerStats {
     /// Splice directions relayed buffered because no pipe could be created (fd exhaustion).
     #[serde(default)]
     pub splice_fallbacks: u64,
+    /// The worker's provided-buffer ring (where reads land): its buffers and those held now
+    /// (relayed bytes waiting for a send). A ring that stays nearly all held means reads are
+    /// being copied out (`reads_spilled`) or stalled for buffers (`reads_starved`).
+    #[serde(default)]
+    pub ring_buffers: u64,
+    #[serde(default)]
+    pub ring_buffers_held: u64,
+    /// Stream reads copied out of the ring because it ran low, and reads that found it empty.
+    #[serde(default)]
+    pub reads_spilled: u64,
+    #[serde(default)]
+    pub reads_starved: u64,
     /// TLS handshakes finished on TLS listeners, and how many resumed a session.
     #[serde(default)]
     pub tls_handshakes: u64,
@@ -207,6 +219,10 @@ impl WorkerStats {
         self.messages_from_clients += other.messages_from_clients;
         self.messages_from_origins += other.messages_from_origins;
         self.splice_fallbacks += other.splice_fallbacks;
+        self.ring_buffers += other.ring_buffers;
+        self.ring_buffers_held += other.ring_buffers_held;
+        self.reads_spilled += other.reads_spilled;
+        self.reads_starved += other.reads_starved;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_resumed += other.tls_resumed;
         for (kind, n) in &other.tls_errors {

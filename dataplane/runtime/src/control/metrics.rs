@@ -184,7 +184,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
         1,
     );
 
-    let simple: [(&str, &str, &str, Field); 9] = [
+    let simple: [(&str, &str, &str, Field); 13] = [
         (
             "wsedge_config_version",
             "gauge",
@@ -226,6 +226,30 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
             "counter",
             "Splice directions relayed buffered because no pipe could be created.",
             |w| w.splice_fallbacks,
+        ),
+        (
+            "wsedge_ring_buffers",
+            "gauge",
+            "Provided buffers in each worker's read ring.",
+            |w| w.ring_buffers,
+        ),
+        (
+            "wsedge_ring_buffers_held",
+            "gauge",
+            "Ring buffers held now (relayed bytes waiting for a send); near wsedge_ring_buffers means reads are being copied out or stalled.",
+            |w| w.ring_buffers_held,
+        ),
+        (
+            "wsedge_reads_spilled_total",
+            "counter",
+            "Stream reads copied out of the ring because it ran low (its buffer given back at once).",
+            |w| w.reads_spilled,
+        ),
+        (
+            "wsedge_reads_starved_total",
+            "counter",
+            "Stream reads that found the ring empty (re-armed once buffers came back).",
+            |w| w.reads_starved,
         ),
         (
             "wsedge_tls_handshakes_total",

@@ -33,6 +33,8 @@ impl Worker {
                     live: self.conns.len(),
                     accepting: self.accepting,
                     stats: self.stats.clone(),
+                    ring_buffers: usize::from(self.ring.buffers().count()),
+                    ring_held: self.ring.buffers().held(),
                     handshake_us: self.handshake_us.clone(),
                     functions: self.functions.stats(),
                 });

@@ -87,6 +87,10 @@ pub(crate) struct WorkerReport {
     pub(crate) live: usize,
     pub(crate) accepting: bool,
     pub(crate) stats: Stats,
+    /// The provided-buffer ring: its buffers, and those held now (relayed bytes waiting
+    /// for a send, a read being handled).
+    pub(crate) ring_buffers: usize,
+    pub(crate) ring_held: usize,
     /// Accept to response-head-queued, in microseconds, since the worker started.
     pub(crate) handshake_us: hdrhistogram::Histogram<u64>,
     /// Counters of each JavaScript function (by route name) on this worker.

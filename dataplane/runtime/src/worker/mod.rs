@@ -19,6 +19,7 @@ mod reads;
 mod retire;
 mod splice;
 mod tls;
+mod trim;
 
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -60,6 +61,8 @@ enum TimerKey {
     DrainDeadline,
     /// The JavaScript functions' next timer (one entry for the whole host).
     Functions,
+    /// The memory trim's tick (trim.rs).
+    Trim,
 }
 
 /// What a worker is given at start.
@@ -123,6 +126,7 @@ pub(crate) struct Worker {
     fw_state: FirewallState,
     fw_trace: Vec<TraceEntry>,
     handshake_us: hdrhistogram::Histogram<u64>,
+    trim: trim::Trim,
     ring: Ring,
 }
 
@@ -215,6 +219,7 @@ impl Worker {
             // 1 µs to 1 h, 2 significant digits: a few KiB per worker.
             handshake_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .map_err(std::io::Error::other)?,
+            trim: trim::Trim::default(),
             ring,
         };
         worker.deploy_scripts();
@@ -242,6 +247,7 @@ impl Worker {
         self.ring.read_wake(Owner(OWNER_WAKE), self.wake_fd);
         // The modules' top-level code ran at deploy: what it asked for (outbound sockets).
         self.pump_functions();
+        self.arm_trim();
         loop {
             let now = self.now();
             self.fire_timers(now);
@@ -285,6 +291,7 @@ impl Worker {
                     }
                 }
                 TimerKey::AcceptResume => self.accept_paused = false,
+                TimerKey::Trim => self.on_trim_timer(),
                 TimerKey::Functions => self.on_functions_timer(now),
                 TimerKey::DrainDeadline => {
                     let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();

@@ -80,6 +80,7 @@ impl Worker {
             }
             (n, Some(buf)) if n > 0 && self.ring_is_low() => {
                 // Spilled: copied out and the buffer given back at once (see ring_is_low).
+                self.stats.reads_spilled += 1;
                 let mut data = self.ring.buffers().bytes(buf, n as usize).to_vec();
                 self.ring.buffers().give_back(buf);
                 self.feed(
@@ -123,6 +124,7 @@ impl Worker {
                 // read stays on meanwhile).
                 let c = &mut self.conns[slot];
                 if !c.sides[i].stopping {
+                    self.stats.reads_starved += 1;
                     c.sides[i].recv = None;
                     self.starved.push((c.id, side));
                     return;
