@@ -111,13 +111,30 @@ impl Endpoint {
     /// Handles the next bytes from the other side (unmasked in place), appending what they
     /// meant to `out`. `mask` masks this side's replies on the client side.
     pub(crate) fn on_bytes(&mut self, chunk: &mut [u8], mask: u32, out: &mut Vec<Event>) {
+        self.on_bytes_upto(chunk, mask, out, usize::MAX);
+    }
+
+    /// [`Endpoint::on_bytes`], stopping after `messages` whole messages: returns how many
+    /// bytes of `chunk` it used. The rest (untouched) is to be handed back later, first.
+    pub(crate) fn on_bytes_upto(
+        &mut self,
+        chunk: &mut [u8],
+        mask: u32,
+        out: &mut Vec<Event>,
+        messages: usize,
+    ) -> usize {
         let mut pos = 0;
-        while self.state != State::Closed {
+        let mut seen = 0;
+        while self.state != State::Closed && seen < messages {
             let event = match self.tracker.poll_event(chunk, &mut pos) {
                 Ok(Some(event)) => event,
-                Ok(None) => return,
-                Err(e) => return self.fail(e, mask, out),
+                Ok(None) => return chunk.len(),
+                Err(e) => {
+                    self.fail(e, mask, out);
+                    return chunk.len();
+                }
             };
+            seen += usize::from(matches!(event, FrameEvent::MessageEnd { .. }));
             let step = match event {
                 FrameEvent::Header { header, .. } => {
                     self.frame = Some(header);
@@ -133,9 +150,15 @@ impl Endpoint {
                 FrameEvent::MessageEnd { opcode, .. } => self.on_message_end(opcode, out),
             };
             if let Err(e) = step {
-                return self.fail(e, mask, out);
+                self.fail(e, mask, out);
+                return chunk.len();
             }
         }
+        if self.state == State::Closed {
+            // Nothing after the end is read.
+            return chunk.len();
+        }
+        pos
     }
 
     fn on_payload(

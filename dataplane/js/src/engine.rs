@@ -372,17 +372,20 @@ impl Engine {
         self.drain_jobs(current);
         let failed = failed || self.state.borrow().errors != errors_before;
         self.entries = self.entries.wrapping_add(1);
-        let slow = started.elapsed() >= Duration::from_millis(2);
+        let took = started.elapsed();
+        let slow = took >= Duration::from_millis(2);
         if (failed || slow || self.entries.is_multiple_of(1024)) && !self.oom {
             // At the cap QuickJS may not even allocate its error (it throws `null`), and a
             // script may catch the error and go on: a runtime (nearly) full is at its cap.
             // Measuring walks the heap, so it is done after a failure, a slow event (where
-            // big allocations happen) and every 1024th event.
+            // big allocations happen) and every 1024th event; a collection (another walk)
+            // only when the heap looks full, to see whether it is.
             if let Some(rt) = self.runtime.as_ref() {
-                rt.run_gc();
-                let used = rt.memory_usage().malloc_size.max(0) as usize;
-                if used >= self.limits.memory_limit / 10 * 9 {
-                    self.oom = true;
+                let full = self.limits.memory_limit / 10 * 9;
+                let used = |rt: &Runtime| rt.memory_usage().malloc_size.max(0) as usize;
+                if used(rt) >= full {
+                    rt.run_gc();
+                    self.oom = used(rt) >= full;
                 }
             }
         }
@@ -391,7 +394,7 @@ impl Engine {
         {
             let mut stats = self.stats.borrow_mut();
             stats.invocations += 1;
-            stats.cpu_us += started.elapsed().as_micros() as u64;
+            stats.cpu_us += took.as_micros() as u64;
         }
         if self.oom {
             self.teardown();
@@ -463,6 +466,7 @@ impl Engine {
         st.timers.clear();
         st.timer_queue.clear();
         st.outbound.clear();
+        st.deferred.clear();
         let ids: Vec<ConnId> = st.conns.keys().copied().collect();
         for id in ids {
             if let Some(conn) = st.conns.get_mut(&id) {
@@ -485,13 +489,15 @@ impl Engine {
     ) {
         self.enter(Some(id), now, |ctx, hooks| {
             let start = hooks.start.clone().restore(ctx)?;
-            start.call::<_, ()>((id as f64, method, url, headers.to_vec()))
+            start.call::<_, ()>((id, method, url, headers.to_vec()))
         });
     }
 
     /// A socket event (`peer`: the connection's outbound socket).
     pub(crate) fn event(&mut self, id: ConnId, peer: bool, now: Tick, event: SocketEvent) {
-        let socket = (id * 2 + u64::from(peer)) as f64;
+        // Ids go to JavaScript as integers (a u64 that fits becomes one): the prelude's tables are
+        // keyed by them, and a float key is turned into a string first.
+        let socket = id * 2 + u64::from(peer);
         self.enter(Some(id), now, |ctx, hooks| {
             let dispatch = hooks.event.clone().restore(ctx)?;
             match event {
@@ -519,7 +525,13 @@ impl Engine {
 
     /// Runs the timers due at `now`, then drains jobs left by a capped drain.
     pub(crate) fn timers(&mut self, now: Tick) {
-        self.state.borrow_mut().expire(now);
+        {
+            let mut st = self.state.borrow_mut();
+            for id in std::mem::take(&mut st.deferred) {
+                st.touch(id);
+            }
+            st.expire(now);
+        }
         // Each due timer fires once per tick (an interval is re-armed a period later).
         let mut fired = 0;
         while !self.dead && fired < self.limits.job_cap {
@@ -530,7 +542,7 @@ impl Engine {
             fired += 1;
             self.enter(None, now, |ctx, hooks| {
                 let fire = hooks.fire.clone().restore(ctx)?;
-                fire.call::<_, ()>((id as f64, last))
+                fire.call::<_, ()>((id, last))
             });
         }
         if self.jobs_pending() {
@@ -543,7 +555,7 @@ impl Engine {
         if self.dead {
             return None;
         }
-        if self.jobs_pending() {
+        if self.jobs_pending() || !self.state.borrow().deferred.is_empty() {
             return Some(now);
         }
         self.state.borrow().next_due()
@@ -899,13 +911,13 @@ fn bindings<'js>(
     let st = Rc::clone(state);
     host.set(
         "setTimer",
-        Function::new(ctx.clone(), move |delay: f64, repeat: bool| -> f64 {
+        Function::new(ctx.clone(), move |delay: f64, repeat: bool| -> u64 {
             let delay = if delay.is_finite() && delay > 0.0 {
                 delay as u64
             } else {
                 0
             };
-            st.borrow_mut().set_timer(delay, repeat) as f64
+            st.borrow_mut().set_timer(delay, repeat)
         })?,
     )?;
     let st = Rc::clone(state);
@@ -1092,7 +1104,7 @@ fn bindings<'js>(
         "connect",
         Function::new(
             ctx.clone(),
-            move |ctx: Ctx<'js>, href: String, protocols: Vec<String>| -> rquickjs::Result<f64> {
+            move |ctx: Ctx<'js>, href: String, protocols: Vec<String>| -> rquickjs::Result<u64> {
                 let WsTarget {
                     addr,
                     host,
@@ -1126,7 +1138,7 @@ fn bindings<'js>(
                 {
                     c.peer = requested;
                     st.touch(id);
-                    return Ok((id * 2 + 1) as f64);
+                    return Ok(id * 2 + 1);
                 }
                 // A connection of its own, with no client.
                 let id = st.add_conn(Conn {
@@ -1135,7 +1147,7 @@ fn bindings<'js>(
                     ..Conn::default()
                 });
                 st.outbound.push(id);
-                Ok((id * 2 + 1) as f64)
+                Ok(id * 2 + 1)
             },
         )?,
     )?;

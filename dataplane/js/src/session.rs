@@ -17,6 +17,12 @@ use crate::endpoint::{Endpoint, Event};
 use crate::engine::{Engine, SocketEvent};
 use crate::state::{ConnId, Decision, Fault, Peer};
 
+/// Client messages handed to the script per event of a connection. The rest of a read waits,
+/// with the client's reads stopped, for the next turn of the worker's loop: a client that
+/// floods cannot hold the worker (its other connections, its accepts) for longer than this
+/// many handlers take.
+pub(crate) const MESSAGES_PER_TURN: usize = 128;
+
 /// The request a connection started with, until its `fetch` is called.
 #[derive(Debug)]
 pub(crate) struct StartInfo {
@@ -45,6 +51,14 @@ pub struct JsSession {
     /// The request was a WebSocket upgrade (an answer without one is `not_upgraded`).
     websocket: bool,
     finished: bool,
+    /// Frames to the client (0) and the peer (1) not yet handed to the session.
+    out: [Vec<u8>; 2],
+    /// Handling a read: `out` is emitted at its end, not after each message.
+    batch: bool,
+    /// Client bytes not handed to the script yet (beyond [`MESSAGES_PER_TURN`]), from
+    /// `backlog_at` on.
+    backlog: Vec<u8>,
+    backlog_at: usize,
 }
 
 impl JsSession {
@@ -67,6 +81,10 @@ impl JsSession {
             peer_told: false,
             websocket,
             finished: false,
+            out: Default::default(),
+            batch: false,
+            backlog: Vec::new(),
+            backlog_at: 0,
         }
     }
 
@@ -83,6 +101,10 @@ impl JsSession {
             peer_told: false,
             websocket: false,
             finished: false,
+            out: Default::default(),
+            batch: false,
+            backlog: Vec::new(),
+            backlog_at: 0,
         }
     }
 
@@ -134,42 +156,75 @@ impl JsSession {
         st.conns.get(&self.id).is_some_and(|c| c.peer != Peer::None)
     }
 
-    /// Frames the script queued to the client, ahead of what the edge sends now.
-    fn flush_client(&mut self, cx: &mut FnCx<'_>) {
+    /// Moves the frames the script queued to the client into the session's outgoing bytes
+    /// (they go out with [`JsSession::emit`]).
+    fn flush_client(&mut self) {
         if self.server.is_none() {
             return;
         }
         let engine = self.engine.borrow();
         let mut st = engine.state.borrow_mut();
-        if let Some(conn) = st.conns.get_mut(&self.id)
-            && !conn.to_client.is_empty()
-        {
-            cx.send_client(Chunk::own(std::mem::take(&mut conn.to_client)));
+        if let Some(conn) = st.conns.get_mut(&self.id) {
+            append(&mut self.out[0], &mut conn.to_client);
         }
     }
 
-    fn flush_peer(&mut self, cx: &mut FnCx<'_>) {
+    fn flush_peer(&mut self) {
         if self.peer.is_none() {
             return;
         }
         let engine = self.engine.borrow();
         let mut st = engine.state.borrow_mut();
-        if let Some(conn) = st.conns.get_mut(&self.id)
-            && !conn.to_peer.is_empty()
-        {
-            cx.send_peer(Chunk::own(std::mem::take(&mut conn.to_peer)));
+        if let Some(conn) = st.conns.get_mut(&self.id) {
+            append(&mut self.out[1], &mut conn.to_peer);
         }
+    }
+
+    /// Hands the outgoing bytes of both sides to the session, one chunk per side: the frames
+    /// of every message of a read go out together (a chunk per message made a send per 16
+    /// messages, and the socket's sends took a loop turn each).
+    fn emit(&mut self, cx: &mut FnCx<'_>) {
+        if !self.out[0].is_empty() {
+            cx.send_client(Chunk::own(std::mem::take(&mut self.out[0])));
+        }
+        if !self.out[1].is_empty() {
+            cx.send_peer(Chunk::own(std::mem::take(&mut self.out[1])));
+        }
+    }
+
+    /// Sends `frame` to the client after everything the script queued before it.
+    fn send_client(&mut self, frame: Chunk, cx: &mut FnCx<'_>) {
+        self.flush_client();
+        self.emit(cx);
+        cx.send_client(frame);
+    }
+
+    /// Sends `frame` to the peer after everything the script queued before it.
+    fn send_peer(&mut self, frame: Chunk, cx: &mut FnCx<'_>) {
+        self.flush_peer();
+        self.emit(cx);
+        cx.send_peer(frame);
     }
 
     fn finish(&mut self, reason: CloseReason, cx: &mut FnCx<'_>) {
         if !self.finished {
             self.finished = true;
+            // What was queued goes out before the end (sends after it are dropped).
+            self.emit(cx);
             cx.finish(reason);
         }
     }
 
-    /// Hands the session what the script asked for; see the module docs.
+    /// Hands the session what the script asked for; see the module docs. Inside a read
+    /// (`batch`), frames wait in `out` for the end of the read.
     fn drain(&mut self, cx: &mut FnCx<'_>) {
+        self.take_outbox(cx);
+        if !self.batch {
+            self.emit(cx);
+        }
+    }
+
+    fn take_outbox(&mut self, cx: &mut FnCx<'_>) {
         // Opening the socket runs the script's `open` handlers, which may queue more.
         for _ in 0..4 {
             if self.finished {
@@ -186,7 +241,7 @@ impl JsSession {
                     return;
                 };
                 conn.woken = false;
-                conn.buffered = cx.queued_to_client;
+                conn.buffered = cx.queued_to_client + self.out[0].len();
                 if let Some(f) = conn.fault {
                     fault = Some(f);
                 } else {
@@ -247,22 +302,21 @@ impl JsSession {
                 self.tell(false, now, SocketEvent::Open);
                 continue;
             }
-            self.flush_client(cx);
+            self.flush_client();
             let close_client = self.take_close(false);
-            if let (Some((code, reason)), Some(server)) = (close_client, self.server.as_mut()) {
-                let mask = 0;
-                if let Some(frame) = server.close(code, &reason, mask) {
-                    cx.send_client(Chunk::own(frame));
-                }
+            if let (Some((code, reason)), Some(server)) = (close_client, self.server.as_mut())
+                && let Some(frame) = server.close(code, &reason, 0)
+            {
+                self.send_client(Chunk::own(frame), cx);
             }
-            self.flush_peer(cx);
+            self.flush_peer();
             let close_peer = self.take_close(true);
             if let Some((code, reason)) = close_peer {
                 let mask = self.mask();
                 if let Some(peer) = self.peer.as_mut()
                     && let Some(frame) = peer.close(code, &reason, mask)
                 {
-                    cx.send_peer(Chunk::own(frame));
+                    self.send_peer(Chunk::own(frame), cx);
                 }
             }
             if let Some((code, reason)) = shutdown {
@@ -270,6 +324,78 @@ impl JsSession {
             }
             return;
         }
+    }
+
+    /// Hands the client's messages in `data` to the script, at most [`MESSAGES_PER_TURN`]:
+    /// returns the bytes used (the rest is untouched).
+    fn client_bytes(&mut self, data: &mut [u8], cx: &mut FnCx<'_>) -> usize {
+        let Some(server) = self.server.as_mut() else {
+            return data.len();
+        };
+        let mut events = Vec::new();
+        let used = server.on_bytes_upto(data, 0, &mut events, MESSAGES_PER_TURN);
+        self.touch(cx.now);
+        self.batch = true;
+        for event in events {
+            if self.finished {
+                break;
+            }
+            match event {
+                Event::Send(frame) => self.send_client(Chunk::own(frame), cx),
+                Event::Message { text, payload } => {
+                    self.tell(false, cx.now, SocketEvent::Message { text, payload });
+                    self.drain(cx);
+                }
+                Event::Closed {
+                    code,
+                    reason,
+                    clean,
+                    error,
+                } => {
+                    let cause = match error {
+                        Some(e) if e.close_code() == 1009 => {
+                            CloseReason::MessageTooBig(wsedge_proto::session::Side::Client)
+                        }
+                        Some(_) => CloseReason::ProtocolError(wsedge_proto::session::Side::Client),
+                        None if self.server_told => CloseReason::OriginClosed,
+                        None => CloseReason::ClientClosed,
+                    };
+                    if let Some(e) = error {
+                        self.tell(false, cx.now, SocketEvent::Error(e.to_string()));
+                    }
+                    self.tell_server_closed(code, reason, clean, cx.now);
+                    self.drain(cx);
+                    self.finish(cause, cx);
+                }
+            }
+        }
+        self.batch = false;
+        self.drain(cx);
+        used
+    }
+
+    /// Hands the script the next messages waiting since an earlier turn.
+    fn client_backlog(&mut self, cx: &mut FnCx<'_>) {
+        if self.backlog_at >= self.backlog.len() || self.finished {
+            return;
+        }
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let at = self.backlog_at;
+        let used = self.client_bytes(&mut backlog[at..], cx);
+        self.backlog_at = at + used;
+        if self.backlog_at < backlog.len() && !self.finished {
+            self.backlog = backlog;
+            self.defer();
+        } else {
+            // All handed over: its storage goes (a quiet connection keeps none).
+            self.backlog_at = 0;
+        }
+    }
+
+    /// Asks for a wake at the next turn of the worker's loop.
+    fn defer(&self) {
+        let engine = self.engine.borrow();
+        engine.state.borrow_mut().deferred.push(self.id);
     }
 
     fn take_close(&mut self, peer: bool) -> Option<(u16, String)> {
@@ -287,8 +413,10 @@ impl JsSession {
     }
 
     /// The script failed: 1011 (or 500 before the upgrade), and finish.
+    /// What the failing call queued is not sent; what earlier events queued is.
     fn fail(&mut self, fault: Fault, cx: &mut FnCx<'_>) {
         let now = cx.now;
+        self.emit(cx);
         if self.clientless {
             let mask = self.mask();
             if let Some(frame) = self.peer.as_mut().and_then(|p| p.close(1011, "", mask)) {
@@ -325,17 +453,17 @@ impl JsSession {
     fn shutdown(&mut self, code: u16, reason: CloseReason, cx: &mut FnCx<'_>) {
         let now = cx.now;
         if self.clientless {
-            self.flush_peer(cx);
+            self.flush_peer();
             let mask = self.mask();
             if let Some(frame) = self.peer.as_mut().and_then(|p| p.close(code, "", mask)) {
-                cx.send_peer(Chunk::own(frame));
+                self.send_peer(Chunk::own(frame), cx);
             }
             self.tell_peer_closed(code, String::new(), true, now);
             return self.finish(reason, cx);
         }
-        self.flush_client(cx);
+        self.flush_client();
         if let Some(frame) = self.server.as_mut().and_then(|s| s.close(code, "", 0)) {
-            cx.send_client(Chunk::own(frame));
+            self.send_client(Chunk::own(frame), cx);
         }
         self.tell_server_closed(code, String::new(), true, now);
         self.finish(reason, cx);
@@ -370,49 +498,26 @@ impl FunctionSession for JsSession {
     }
 
     fn on_client(&mut self, data: &mut [u8], cx: &mut FnCx<'_>) {
-        let Some(server) = self.server.as_mut() else {
+        if self.server.is_none() || self.finished {
             return;
-        };
-        let mut events = Vec::new();
-        server.on_bytes(data, 0, &mut events);
-        self.touch(cx.now);
-        for event in events {
-            if self.finished {
-                break;
-            }
-            match event {
-                Event::Send(frame) => {
-                    self.flush_client(cx);
-                    cx.send_client(Chunk::own(frame));
-                }
-                Event::Message { text, payload } => {
-                    self.tell(false, cx.now, SocketEvent::Message { text, payload });
-                    self.drain(cx);
-                }
-                Event::Closed {
-                    code,
-                    reason,
-                    clean,
-                    error,
-                } => {
-                    let cause = match error {
-                        Some(e) if e.close_code() == 1009 => {
-                            CloseReason::MessageTooBig(wsedge_proto::session::Side::Client)
-                        }
-                        Some(_) => CloseReason::ProtocolError(wsedge_proto::session::Side::Client),
-                        None if self.server_told => CloseReason::OriginClosed,
-                        None => CloseReason::ClientClosed,
-                    };
-                    if let Some(e) = error {
-                        self.tell(false, cx.now, SocketEvent::Error(e.to_string()));
-                    }
-                    self.tell_server_closed(code, reason, clean, cx.now);
-                    self.drain(cx);
-                    self.finish(cause, cx);
-                }
-            }
         }
-        self.drain(cx);
+        if self.backlog_at < self.backlog.len() {
+            // Behind the bytes waiting for the next turn.
+            self.backlog.extend_from_slice(data);
+            return;
+        }
+        let used = self.client_bytes(data, cx);
+        if used < data.len() && !self.finished {
+            self.backlog.clear();
+            self.backlog.extend_from_slice(&data[used..]);
+            self.backlog_at = 0;
+            self.defer();
+        }
+    }
+
+    fn wants_client(&self) -> bool {
+        // Reads stop while bytes wait for the next turn (the client is pushed back by TCP).
+        self.backlog_at >= self.backlog.len()
     }
 
     fn on_client_gone(&mut self, cx: &mut FnCx<'_>) {
@@ -428,15 +533,13 @@ impl FunctionSession for JsSession {
         };
         let mut events = Vec::new();
         peer.on_bytes(data, mask, &mut events);
+        self.batch = true;
         for event in events {
             if self.finished {
                 break;
             }
             match event {
-                Event::Send(frame) => {
-                    self.flush_peer(cx);
-                    cx.send_peer(Chunk::own(frame));
-                }
+                Event::Send(frame) => self.send_peer(Chunk::own(frame), cx),
                 Event::Message { text, payload } => {
                     self.tell(true, cx.now, SocketEvent::Message { text, payload });
                     self.drain(cx);
@@ -464,6 +567,7 @@ impl FunctionSession for JsSession {
                 }
             }
         }
+        self.batch = false;
         self.drain(cx);
     }
 
@@ -515,21 +619,24 @@ impl FunctionSession for JsSession {
         {
             return;
         }
-        self.flush_client(cx);
+        self.flush_client();
         let frame = delivery.raw_frame();
         let limit = self.engine.borrow().limits().max_send_queue;
         if cx.queued_to_client + frame.len() > limit {
             if let Some(close) = self.server.as_mut().and_then(|s| s.close(1013, "", 0)) {
-                cx.send_client(Chunk::own(close));
+                self.send_client(Chunk::own(close), cx);
             }
             self.tell_server_closed(1013, String::new(), false, cx.now);
             self.drain(cx);
             return self.finish(CloseReason::SlowConsumer, cx);
         }
-        cx.send_client(Chunk::Shared {
-            data: frame,
-            off: 0,
-        });
+        self.send_client(
+            Chunk::Shared {
+                data: frame,
+                off: 0,
+            },
+            cx,
+        );
     }
 
     fn on_shutdown(&mut self, code: u16, reason: CloseReason, cx: &mut FnCx<'_>) {
@@ -550,6 +657,18 @@ impl FunctionSession for JsSession {
 
     fn on_wake(&mut self, cx: &mut FnCx<'_>) {
         self.drain(cx);
+        self.client_backlog(cx);
+    }
+}
+
+/// Moves `from`'s bytes to the end of `to` (no copy when `to` is empty); `from` keeps its
+/// storage otherwise, for the next frames.
+fn append(to: &mut Vec<u8>, from: &mut Vec<u8>) {
+    if to.is_empty() {
+        std::mem::swap(to, from);
+    } else {
+        to.extend_from_slice(from);
+        from.clear();
     }
 }
 

@@ -150,6 +150,9 @@ pub(crate) struct State {
     /// The connection whose event is being handled (and whose promise jobs run after it).
     pub(crate) current: Option<ConnId>,
     pub(crate) wakes: Vec<ConnId>,
+    /// Connections with client bytes left for the next turn of the worker's loop (woken by
+    /// the host's timer, due at once: not by this turn's wakes, or they would not wait).
+    pub(crate) deferred: Vec<ConnId>,
     /// Client-less connections to create.
     pub(crate) outbound: Vec<ConnId>,
     pub(crate) bus_ops: Vec<BusOp>,
@@ -176,6 +179,7 @@ impl State {
             next_conn: 1,
             current: None,
             wakes: Vec::new(),
+            deferred: Vec::new(),
             outbound: Vec::new(),
             bus_ops: Vec::new(),
             timers: HashMap::new(),

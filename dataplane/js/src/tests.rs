@@ -21,6 +21,7 @@ use wsedge_proto::session::{
 };
 use wsedge_proto::wheel::Tick;
 
+use crate::session::MESSAGES_PER_TURN;
 use crate::{JsHost, Limits, Script, ScriptError};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -389,6 +390,122 @@ fn echo_script_answers_the_upgrade_and_echoes_text_and_binary() {
         "{}",
         w.head(plain)
     );
+}
+
+/// The replies to the messages of one read leave as one chunk, in order, a ping's Pong
+/// between them in its place: a chunk per message made the worker's socket write 16 messages
+/// per loop turn (the JS echo's stall under a flood, docs/benchmarks.md).
+#[test]
+fn the_replies_to_one_read_go_out_as_one_chunk() {
+    let mut w = World::new(&[("echo", "/echo", "echo.js")], Limits::default());
+    let c = w.connect("/echo");
+    let n = MESSAGES_PER_TURN;
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        let opcode = if i % 2 == 0 {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        encode_frame(
+            opcode,
+            true,
+            format!("m{i}").as_bytes(),
+            Some([7, 1, 2, 3]),
+            &mut bytes,
+        );
+    }
+    let sim = w.sim(c);
+    sim.recv(Side::Client, &bytes);
+    assert_eq!(sim.sides[0].queue.len(), 1, "{n} replies, one chunk");
+    // A ping in the middle: the replies before it, its Pong, the replies after it.
+    let mut bytes = Vec::new();
+    encode_frame(OpCode::Text, true, b"a", Some([7, 1, 2, 3]), &mut bytes);
+    encode_frame(OpCode::Ping, true, b"p", Some([7, 1, 2, 3]), &mut bytes);
+    encode_frame(OpCode::Text, true, b"b", Some([7, 1, 2, 3]), &mut bytes);
+    sim.recv(Side::Client, &bytes);
+    assert_eq!(sim.sides[0].queue.len(), 4);
+    w.settle();
+    let frames = w.frames(c);
+    assert_eq!(frames.len(), n + 3);
+    for (i, (opcode, payload)) in frames.iter().take(n).enumerate() {
+        let want = if i % 2 == 0 {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        assert_eq!(
+            (*opcode, payload.as_slice()),
+            (want, format!("m{i}").as_bytes())
+        );
+    }
+    assert_eq!(
+        frames[n..].to_vec(),
+        vec![
+            (OpCode::Text, b"a".to_vec()),
+            (OpCode::Pong, b"p".to_vec()),
+            (OpCode::Text, b"b".to_vec())
+        ]
+    );
+}
+
+/// Text frames `m{from}`.. `m{to - 1}`, masked, back to back.
+fn numbered(from: usize, to: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in from..to {
+        encode_frame(
+            OpCode::Text,
+            true,
+            format!("m{i}").as_bytes(),
+            Some([7, 1, 2, 3]),
+            &mut bytes,
+        );
+    }
+    bytes
+}
+
+/// A read of many messages is handed to the script [`MESSAGES_PER_TURN`] at a time, a batch
+/// per turn of the worker's loop (the host's timer, due at once), the client's reads stopped
+/// meanwhile: a flooding client holds the worker for one batch per turn, not for its backlog.
+#[test]
+fn a_flood_in_one_read_reaches_the_script_a_batch_per_turn() {
+    let mut w = World::new(&[("echo", "/echo", "echo.js")], Limits::default());
+    let c = w.connect("/echo");
+    let n = MESSAGES_PER_TURN * 3 + 5;
+    let invocations = |w: &World| w.host.borrow().stats()[0].1.invocations;
+    let before = invocations(&w);
+    let sim = w.sim(c);
+    sim.recv(Side::Client, &numbered(0, n));
+    assert!(sim.sides[0].stopping, "reads stop while messages wait");
+    // A read that completed meanwhile queues behind them.
+    sim.recv(Side::Client, &numbered(n, n + 2));
+    w.settle();
+    assert_eq!(w.frames(c).len(), MESSAGES_PER_TURN);
+    assert_eq!(invocations(&w) - before, MESSAGES_PER_TURN as u64);
+    let mut turns = 1;
+    while w.frames(c).len() < n + 2 {
+        assert_eq!(
+            w.host.borrow().poll_timeout(),
+            Some(w.now),
+            "the rest is due at once"
+        );
+        {
+            let mut bus = w.bus.borrow_mut();
+            w.host.borrow_mut().on_timeout(w.now, &mut *bus);
+        }
+        w.settle();
+        turns += 1;
+        assert_eq!(w.frames(c).len(), (MESSAGES_PER_TURN * turns).min(n + 2));
+        assert!(turns <= 4, "{turns} turns");
+    }
+    assert_eq!(w.host.borrow().poll_timeout(), None, "nothing waits");
+    let texts = w.texts(c);
+    assert!(texts.iter().enumerate().all(|(i, t)| *t == format!("m{i}")));
+    // Once the stopped read ended, the client is read again.
+    w.sim(c).read_ended(Side::Client);
+    assert!(w.sims[&c].sides[0].reading && !w.sims[&c].sides[0].stopping);
+    w.text(c, "again");
+    assert_eq!(w.texts(c).last().map(String::as_str), Some("again"));
 }
 
 #[test]

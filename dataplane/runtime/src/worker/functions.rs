@@ -47,6 +47,11 @@ impl Functions {
         }
     }
 
+    /// The host's timer is due now: the loop goes on without waiting.
+    pub(super) fn due(&self, now: Tick) -> bool {
+        self.timer.is_some_and(|(_, at)| at <= now)
+    }
+
     /// Counters per function (route name) on this worker.
     pub(super) fn stats(&self) -> Vec<(String, FunctionStats)> {
         self.host.stats()

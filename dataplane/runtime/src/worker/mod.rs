@@ -260,10 +260,14 @@ impl Worker {
             self.rearm_starved();
             self.rearm_functions_timer(now);
             self.log.flush();
-            let timeout = self
-                .wheel
-                .next_expiration()
-                .map(|t| Duration::from_millis(t.saturating_sub(now).max(1)));
+            // Function work left for this turn (a capped read, a capped pump) does not wait.
+            let timeout = if self.functions.due(now) {
+                Some(Duration::ZERO)
+            } else {
+                self.wheel
+                    .next_expiration()
+                    .map(|t| Duration::from_millis(t.saturating_sub(now).max(1)))
+            };
             self.ring.submit_and_wait(timeout)?;
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.drain(&mut completions);
