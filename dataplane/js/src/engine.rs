@@ -564,26 +564,43 @@ impl Engine {
 
 // ----- the native bindings ---------------------------------------------------------------
 
-/// The bytes of a `Uint8Array` (the prelude passes binary data as one), copied.
-///
-/// rquickjs 0.14 has no safe accessor for a typed array's bytes: this is the crate's only
-/// `unsafe`.
-#[allow(unsafe_code)]
-fn copy_bytes(array: &TypedArray<'_, u8>) -> Vec<u8> {
-    // SAFETY: the slice borrows memory the engine owns only until JavaScript runs again; it
-    // is copied at once, and no JavaScript runs while it is borrowed.
-    unsafe { array.as_bytes() }.map_or_else(Vec::new, <[u8]>::to_vec)
+/// Binary data from JavaScript: a `Uint8Array` (the prelude passes views as one) or an
+/// `ArrayBuffer` (as a received message's data is: sent back without making a view of it).
+enum Binary<'js> {
+    View(TypedArray<'js, u8>),
+    Buffer(ArrayBuffer<'js>),
 }
 
-/// Message data from JavaScript: a string (text) or a `Uint8Array` (binary).
+/// The bytes of binary data, copied.
+///
+/// rquickjs 0.14 has no safe accessor for a typed array's or a buffer's bytes: this is the
+/// crate's only `unsafe`.
+#[allow(unsafe_code)]
+fn copy_bytes(data: &Binary<'_>) -> Vec<u8> {
+    // SAFETY: the slice borrows memory the engine owns only until JavaScript runs again; it
+    // is copied at once, and no JavaScript runs while it is borrowed.
+    let bytes = unsafe {
+        match data {
+            Binary::View(array) => array.as_bytes(),
+            Binary::Buffer(buffer) => buffer.as_bytes(),
+        }
+    };
+    bytes.map_or_else(Vec::new, <[u8]>::to_vec)
+}
+
+/// Message data from JavaScript: a string (text), a `Uint8Array` or an `ArrayBuffer`
+/// (binary).
 fn data_of(ctx: &Ctx<'_>, data: &Value<'_>) -> rquickjs::Result<(bool, Vec<u8>)> {
     if let Some(s) = data.as_string() {
         return Ok((true, s.to_string()?.into_bytes()));
     }
-    if let Some(object) = data.as_object()
-        && let Ok(array) = TypedArray::<u8>::from_object(object.clone())
-    {
-        return Ok((false, copy_bytes(&array)));
+    if let Some(object) = data.as_object() {
+        if let Ok(array) = TypedArray::<u8>::from_object(object.clone()) {
+            return Ok((false, copy_bytes(&Binary::View(array))));
+        }
+        if let Some(buffer) = ArrayBuffer::from_object(object.clone()) {
+            return Ok((false, copy_bytes(&Binary::Buffer(buffer))));
+        }
     }
     Err(Exception::throw_type(
         ctx,
@@ -825,7 +842,7 @@ fn bindings<'js>(
         Function::new(
             ctx.clone(),
             |ctx: Ctx<'js>, data: TypedArray<'js, u8>, fatal: bool| -> rquickjs::Result<String> {
-                let bytes = copy_bytes(&data);
+                let bytes = copy_bytes(&Binary::View(data));
                 if fatal {
                     String::from_utf8(bytes)
                         .map_err(|_| Exception::throw_type(&ctx, "TextDecoder: invalid UTF-8"))
@@ -1042,7 +1059,7 @@ fn bindings<'js>(
                 let socket = socket as u64;
                 let (id, peer) = (socket / 2, socket % 2 == 1);
                 let mut st = st.borrow_mut();
-                let mask = st.random() as u32;
+                let mask = if peer { st.random() as u32 } else { 0 };
                 let Some(c) = st.conns.get_mut(&id) else {
                     return Ok(());
                 };

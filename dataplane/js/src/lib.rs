@@ -15,7 +15,7 @@
 //! of the API), `state` (what the bindings change), `session`, `host`, and `endpoint` (the
 //! WebSocket framing of both sides, over proto's frame tracker).
 
-// rquickjs 0.14 has no safe way to read a typed array's bytes: `engine::copy_bytes` is the
+// rquickjs 0.14 has no safe way to read a typed array's or a buffer's bytes: `engine::copy_bytes` is the
 // only `unsafe` here (allowed there alone, with its SAFETY argument).
 #![deny(unsafe_code)]
 

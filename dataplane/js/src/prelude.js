@@ -454,7 +454,8 @@
     send(data) {
       if (this._state === CONNECTING) throw new DOMException("send: the socket is not open yet", "InvalidStateError");
       if (this._state !== OPEN) return;
-      if (typeof data === "string") return host.send(this._id, data);
+      // A string or an ArrayBuffer (a received message's data) goes as it is.
+      if (typeof data === "string" || data instanceof ArrayBuffer) return host.send(this._id, data);
       const v = view(data);
       if (!v) return host.send(this._id, String(data));
       host.send(this._id, v);
