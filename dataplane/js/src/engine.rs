@@ -57,6 +57,9 @@ impl Default for Limits {
     }
 }
 
+/// JavaScript CPU time between two measurements of a runtime's memory (see `Engine::enter`).
+const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(20);
+
 /// Who this runtime is, for `globalThis.wsedge` and the logs.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
@@ -147,8 +150,8 @@ pub(crate) struct Engine {
     stats: Rc<RefCell<FunctionStats>>,
     /// An allocation failed at the memory cap during the last entry.
     oom: bool,
-    /// Entries so far (the memory check samples them).
-    entries: u64,
+    /// CPU time of the entries since the memory was last measured.
+    unchecked: Duration,
     /// Torn down: no JavaScript runs any more.
     pub(crate) dead: bool,
 }
@@ -317,7 +320,7 @@ impl Engine {
             identity,
             stats,
             oom: false,
-            entries: 0,
+            unchecked: Duration::ZERO,
             dead: false,
         })
     }
@@ -371,15 +374,18 @@ impl Engine {
         }
         self.drain_jobs(current);
         let failed = failed || self.state.borrow().errors != errors_before;
-        self.entries = self.entries.wrapping_add(1);
         let took = started.elapsed();
         let slow = took >= Duration::from_millis(2);
-        if (failed || slow || self.entries.is_multiple_of(1024)) && !self.oom {
+        self.unchecked += took;
+        if (failed || slow || self.unchecked >= MEMORY_CHECK_EVERY) && !self.oom {
             // At the cap QuickJS may not even allocate its error (it throws `null`), and a
             // script may catch the error and go on: a runtime (nearly) full is at its cap.
-            // Measuring walks the heap, so it is done after a failure, a slow event (where
-            // big allocations happen) and every 1024th event; a collection (another walk)
-            // only when the heap looks full, to see whether it is.
+            // Measuring walks the whole heap (built-ins included: ~1.7M instructions for a
+            // small one, which at every 1024th event was an eighth of an echo's cost), so it
+            // is done after a failure, a slow event (where big allocations happen) and every
+            // 20 ms of JavaScript; a collection (another walk) only when the heap looks full,
+            // to see whether it is.
+            self.unchecked = Duration::ZERO;
             if let Some(rt) = self.runtime.as_ref() {
                 let full = self.limits.memory_limit / 10 * 9;
                 let used = |rt: &Runtime| rt.memory_usage().malloc_size.max(0) as usize;
