@@ -241,6 +241,47 @@ fn check(rc: libc::c_int, step: &'static str) -> Result<(), KtlsError> {
     }
 }
 
+/// Sends a `close_notify` alert through the kernel's TLS (a record of type alert, 21, with
+/// level warning and description close_notify), the orderly end of the TLS stream before
+/// the write side is shut. Without blocking: a full socket buffer just skips it (the FIN
+/// follows anyway).
+pub fn send_close_notify(fd: RawFd) -> io::Result<()> {
+    /// Aligned room for one control message of one byte.
+    #[repr(C, align(8))]
+    struct CmsgBuf([u8; 64]);
+    const ALERT_RECORD: u8 = 21;
+    let alert = [1u8, 0]; // warning, close_notify
+    let mut cbuf = CmsgBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: alert.as_ptr().cast_mut().cast(),
+        iov_len: alert.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(1) } as _;
+    // SAFETY: msg_control points at `cbuf` (64 bytes, aligned for cmsghdr), more than the
+    // CMSG_SPACE(1) given as its length, so CMSG_FIRSTHDR is non-null and CMSG_DATA points
+    // inside `cbuf` with room for the one byte written.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_TLS;
+        (*cmsg).cmsg_type = libc::TLS_SET_RECORD_TYPE;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(1) as _;
+        *libc::CMSG_DATA(cmsg) = ALERT_RECORD;
+    }
+    // SAFETY: `msg` points at `iov` (over `alert`) and `cbuf`, all alive for the call.
+    let rc = unsafe { libc::sendmsg(fd, &raw const msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Whether a failed `recv`/`splice` on a socket with kTLS RX means "the next record is not
 /// application data" (an alert, `close_notify` included, or a post-handshake message): the
 /// kernel will not hand it over without a control message, so that direction is over.
@@ -415,6 +456,22 @@ mod tests {
                 .contains("does not take this TLS version or cipher")
         );
         assert!(is_control_record(libc::EIO) && !is_control_record(libc::EAGAIN));
+    }
+
+    /// The alert's `sendmsg` is well formed: on a socket without kTLS the kernel ignores the
+    /// `SOL_TLS` control message and the two alert bytes arrive as they are (under kTLS they
+    /// would travel as an alert record instead).
+    #[test]
+    fn close_notify_sendmsg_is_well_formed() {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        send_close_notify(client.as_raw_fd()).expect("sendmsg");
+        let mut got = [0u8; 2];
+        server.read_exact(&mut got).expect("read");
+        assert_eq!(got, [1, 0], "warning, close_notify");
     }
 
     /// The probe agrees with the kernel's list, and on a kernel without kTLS says so with

@@ -176,7 +176,7 @@ impl Transport {
 
     /// The session shuts the write side: TLS first queues its `close_notify` (returned, to
     /// write before the shutdown). `None`: shut down now (kTLS: the worker has the kernel
-    /// send it first).
+    /// send it first, `wsedge_ring::ktls::send_close_notify`).
     pub(crate) fn close_notify(&mut self) -> Option<Chunk> {
         match self {
             Transport::Tls(t) if !t.in_kernel() => t.close_notify(),

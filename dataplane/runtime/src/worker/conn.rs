@@ -259,7 +259,13 @@ impl Worker {
                         io.queue.push(chunk);
                         self.kick_send(slot, side);
                     }
-                    None => sys::shutdown(io.fd, libc::SHUT_WR),
+                    None => {
+                        if io.transport.is_ktls() {
+                            // The kernel seals it; best effort (the FIN follows anyway).
+                            let _ = wsedge_ring::ktls::send_close_notify(io.fd);
+                        }
+                        sys::shutdown(io.fd, libc::SHUT_WR);
+                    }
                 }
             }
             Output::Abort(side) => {

@@ -36,7 +36,7 @@ impl Worker {
         let id = self.conns[slot].id;
         match self.ktls_step(slot) {
             Step::Splice => self.splice_start(slot, from),
-            Step::Wait => self.conns[slot].splice_waiting[from.index()] = true,
+            Step::Wait => self.splice_wait(slot, from),
             Step::Buffered => self.deferred.push((id, Deferred::SpliceUnavailable(from))),
             Step::Broken => self.deferred.push((id, Deferred::Abort(CloseReason::Tls))),
         }
@@ -54,10 +54,19 @@ impl Worker {
             c.splice_waiting[from.index()] = false;
             match self.ktls_step(slot) {
                 Step::Splice => self.splice_start(slot, from),
-                Step::Wait => self.conns[slot].splice_waiting[from.index()] = true,
+                Step::Wait => self.splice_wait(slot, from),
                 Step::Buffered => self.feed(slot, Input::SpliceUnavailable(from)),
                 Step::Broken => self.feed(slot, Input::Abort(CloseReason::Tls)),
             }
+        }
+    }
+
+    /// The splice from `from` waits for a send to complete; records rustls still holds are
+    /// queued, so that one will.
+    fn splice_wait(&mut self, slot: usize, from: Side) {
+        self.conns[slot].splice_waiting[from.index()] = true;
+        for side in [Side::Client, Side::Origin] {
+            self.tls_flush(slot, side);
         }
     }
 
