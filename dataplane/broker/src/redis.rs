@@ -28,7 +28,7 @@ use wsedge_proto::recovery::{Answer, Failure, Since, decide};
 
 use crate::bridge::{LinkTx, report};
 use crate::core::{LinkCmd, LinkEvent};
-use crate::history::{self, PUBLISH_SCRIPT, READ_SCRIPT};
+use crate::history::{self, Script, Scripts};
 use crate::{Broker, HostCount, Input, Link};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,6 +47,7 @@ pub struct Redis {
     host: String,
     ttl: Duration,
     recovery: Vec<RecoveryConfig>,
+    scripts: Scripts,
 }
 
 impl Redis {
@@ -78,6 +79,7 @@ impl Redis {
             host: config.host.clone(),
             ttl: config.presence_ttl,
             recovery: config.recovery.clone(),
+            scripts: Scripts::new(),
         }
     }
 
@@ -148,6 +150,7 @@ struct RedisShared {
     host: String,
     ttl: Duration,
     recovery: Vec<RecoveryConfig>,
+    scripts: Scripts,
 }
 
 impl Broker for Redis {
@@ -159,6 +162,7 @@ impl Broker for Redis {
             host: self.host.clone(),
             ttl: self.ttl,
             recovery: self.recovery.clone(),
+            scripts: self.scripts.clone(),
         });
         let ctx = Ctx {
             redis: shared,
@@ -313,6 +317,8 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
     let mut epochs = Epochs::new(&ctx.redis.host, ctx.shard);
     while let Ok(first) = rx.recv() {
         let mut pipe = redis::pipe();
+        // Every reply is looked at (none ignored): a `NOSCRIPT` is retried, see `send`.
+        pipe.ignore_errors();
         let mut next = Some(first);
         let mut n = 0;
         // A history read waits for the publications queued before it (one pipeline).
@@ -324,38 +330,35 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
                     match recovery_of(&ctx.redis.recovery, &channel) {
                         Some(r) => {
                             let prefix = &ctx.redis.prefix;
-                            pipe.cmd("EVAL")
-                                .arg(PUBLISH_SCRIPT)
-                                .arg(2)
-                                .arg(history::meta_key(prefix, &channel))
-                                .arg(history::stream_key(prefix, &channel))
+                            let mut call = ctx.redis.scripts.publish.call(
+                                history::meta_key(prefix, &channel),
+                                history::stream_key(prefix, &channel),
+                            );
+                            call.arg(epochs.propose())
+                                .arg(r.meta_ttl.as_millis() as u64)
                                 .arg(record)
-                                .arg(epochs.propose())
                                 .arg(r.history_size)
                                 .arg(r.history_ttl.as_millis() as u64)
-                                .arg(r.meta_ttl.as_millis() as u64)
-                                .arg(pubsub)
-                                .ignore();
+                                .arg(pubsub);
+                            pipe.add_command(call);
                         }
                         None => {
-                            pipe.cmd("PUBLISH").arg(pubsub).arg(record).ignore();
+                            pipe.cmd("PUBLISH").arg(pubsub).arg(record);
                         }
                     }
                 }
                 LinkCmd::Presence(channel, 0) => {
                     pipe.cmd("HDEL")
                         .arg(presence_key(&channel))
-                        .arg(&ctx.redis.host)
-                        .ignore();
+                        .arg(&ctx.redis.host);
                 }
                 LinkCmd::Presence(channel, count) => {
                     let key = presence_key(&channel);
                     pipe.cmd("HSET")
                         .arg(&key)
                         .arg(&ctx.redis.host)
-                        .arg(format!("{count} {}", unix_ms() + ttl_ms))
-                        .ignore();
-                    pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+                        .arg(format!("{count} {}", unix_ms() + ttl_ms));
+                    pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms);
                 }
                 LinkCmd::History {
                     token,
@@ -370,7 +373,7 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
             }
         }
         if !pipe.is_empty()
-            && let Err(e) = pipe.exec(&mut con)
+            && let Err(e) = send(&mut con, &ctx.redis.scripts.publish, &pipe)
         {
             if let Some((token, ..)) = read {
                 ctx.report(LinkEvent::History {
@@ -389,6 +392,48 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
                 return;
             }
         }
+    }
+}
+
+/// Sends the publisher's pipeline (built with `ignore_errors`: one reply per command). The
+/// script calls Redis refused with `NOSCRIPT` (it restarted, or its scripts were flushed)
+/// are sent again, once, after `SCRIPT LOAD`: they did not run, and nothing else is sent
+/// twice. Any other error fails the pipeline (the link goes down).
+fn send(
+    con: &mut redis::Connection,
+    script: &Script,
+    pipe: &redis::Pipeline,
+) -> redis::RedisResult<()> {
+    let replies: Vec<redis::Value> = pipe.query(con)?;
+    let mut again = redis::pipe();
+    for (cmd, reply) in pipe.cmd_iter().zip(replies) {
+        if let redis::Value::ServerError(e) = reply {
+            let e = redis::RedisError::from(e);
+            if !history::is_noscript(&e) {
+                return Err(e);
+            }
+            again.add_command(cmd.clone());
+        }
+    }
+    if !again.is_empty() {
+        script.load().exec(con)?;
+        again.exec(con)?;
+    }
+    Ok(())
+}
+
+/// Runs a script call, loading the script first if Redis does not have it (`NOSCRIPT`).
+fn eval<T: redis::FromRedisValue>(
+    con: &mut redis::Connection,
+    script: &Script,
+    call: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match call.query(con) {
+        Err(e) if history::is_noscript(&e) => {
+            script.load().exec(con)?;
+            call.query(con)
+        }
+        other => other,
     }
 }
 
@@ -417,17 +462,17 @@ fn read_history(
         .as_ref()
         .filter(|s| s.offset < 1 << 52)
         .map_or(String::new(), |s| (s.offset + 1).to_string());
-    let reply: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
-        .arg(READ_SCRIPT)
-        .arg(2)
-        .arg(history::meta_key(prefix, channel))
-        .arg(history::stream_key(prefix, channel))
-        .arg(epochs.propose())
+    let script = &ctx.redis.scripts.read;
+    let mut call = script.call(
+        history::meta_key(prefix, channel),
+        history::stream_key(prefix, channel),
+    );
+    call.arg(epochs.propose())
         .arg(r.meta_ttl.as_millis() as u64)
         .arg(since.as_ref().map_or("", |s| s.epoch.as_str()))
         .arg(first)
-        .arg(r.history_size)
-        .query(con);
+        .arg(r.history_size);
+    let reply: redis::RedisResult<redis::Value> = eval(con, script, &call);
     match reply {
         Ok(reply) => match history::read_reply(channel, &reply) {
             Ok((epoch, top, entries)) => (
