@@ -41,7 +41,8 @@ const BATCH: usize = 256;
 /// The Redis backend.
 #[derive(Debug)]
 pub struct Redis {
-    servers: Vec<ConnectionInfo>,
+    /// Each shard's server, or why it cannot be reached (its `tls_ca` unreadable).
+    servers: Vec<Result<ConnectionInfo, String>>,
     addresses: Vec<String>,
     prefix: String,
     host: String,
@@ -59,15 +60,42 @@ impl Redis {
         if let Some(password) = &config.password {
             settings = settings.set_password(password);
         }
+        // `rediss://` with `tls_ca`: those CAs only (read once, here), else the system's.
+        let ca = config.tls_ca.as_ref().map(|path| {
+            std::fs::read(path).map_err(|e| format!("broker.tls_ca {}: {e}", path.display()))
+        });
         let servers = (0..config.shards)
             .map(|i| {
                 let address = &config.addresses[i % config.addresses.len()];
                 let (host, port) = split_authority(&address.authority);
-                ConnectionAddr::Tcp(host, port)
+                let addr = if address.tls {
+                    ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host, port)
+                };
+                let info = addr
                     .into_connection_info()
                     .map(|info| info.set_redis_settings(settings.clone()))
                     // INVARIANT: a TCP address always converts.
-                    .unwrap_or_else(|_| unreachable!("a TCP address converts"))
+                    .unwrap_or_else(|_| unreachable!("a TCP address converts"));
+                match (&ca, address.tls) {
+                    (Some(Ok(pem)), true) => {
+                        let certs = redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.clone()),
+                        };
+                        redis::Client::build_with_tls(info, certs)
+                            .map(|c| c.get_connection_info().clone())
+                            .map_err(|e| format!("broker.tls_ca: {e}"))
+                    }
+                    (Some(Err(e)), true) => Err(e.clone()),
+                    _ => Ok(info),
+                }
             })
             .collect();
         Redis {
@@ -84,15 +112,7 @@ impl Redis {
     }
 
     fn connect(&self, shard: usize) -> Result<redis::Connection, String> {
-        let client = redis::Client::open(self.servers[shard].clone()).map_err(|e| e.to_string())?;
-        let con = client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(|e| format!("{}: {e}", self.addresses[shard]))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        con.set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        Ok(con)
+        self.clone_for_thread(shard).connect()
     }
 
     fn presence_key(&self, channel: &str) -> String {
@@ -212,7 +232,7 @@ impl Broker for Redis {
 
 /// What a link thread needs to connect on its own.
 struct Servers {
-    info: ConnectionInfo,
+    info: Result<ConnectionInfo, String>,
     address: String,
 }
 
@@ -227,7 +247,8 @@ impl Redis {
 
 impl Servers {
     fn connect(&self) -> Result<redis::Connection, String> {
-        let client = redis::Client::open(self.info.clone()).map_err(|e| e.to_string())?;
+        let info = self.info.clone()?;
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let con = client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .map_err(|e| format!("{}: {e}", self.address))?;
