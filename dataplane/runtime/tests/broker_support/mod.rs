@@ -37,6 +37,8 @@ pub(crate) struct Server {
     child: Option<Child>,
     /// User and password the server requires (Redis: the password only).
     auth: Option<(String, String)>,
+    /// Redis over TLS only: its certificate, key and CA files (`rediss://`).
+    tls: Option<[std::path::PathBuf; 3]>,
 }
 
 impl Server {
@@ -51,6 +53,24 @@ impl Server {
             port,
             child: None,
             auth: None,
+            tls: None,
+        };
+        s.up();
+        s
+    }
+
+    /// A Redis that speaks TLS only, with `cert` and `key` (clients need no certificate).
+    pub(crate) fn start_redis_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Server {
+        let mut s = Server {
+            kind: Kind::Redis,
+            port: free_port(),
+            child: None,
+            auth: None,
+            tls: Some([cert.to_owned(), key.to_owned(), ca.to_owned()]),
         };
         s.up();
         s
@@ -63,6 +83,7 @@ impl Server {
             port: free_port(),
             child: None,
             auth: Some((user.to_owned(), password.to_owned())),
+            tls: None,
         };
         s.up();
         s
@@ -75,11 +96,13 @@ impl Server {
             port: free_port(),
             child: None,
             auth: None,
+            tls: None,
         }
     }
 
     pub(crate) fn url(&self) -> String {
         match self.kind {
+            Kind::Redis if self.tls.is_some() => format!("rediss://127.0.0.1:{}", self.port),
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
@@ -96,6 +119,22 @@ impl Server {
                     .args(["--appendonly", "no", "--protected-mode", "no"]);
                 if let Some((_, password)) = &self.auth {
                     c.args(["--requirepass", password]);
+                }
+                if let Some([cert, key, ca]) = &self.tls {
+                    c.args([
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        &port,
+                        "--tls-auth-clients",
+                        "no",
+                    ])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca);
                 }
                 c
             }
