@@ -2,6 +2,7 @@
 //! the target, the origin and the generator itself), connection opening, and the JSON /
 //! human output. Each mode lives in its own module.
 
+pub mod broker;
 pub mod client;
 pub mod fanout;
 pub mod flood;
