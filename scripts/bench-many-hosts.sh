@@ -64,10 +64,6 @@ if [ "$MODE" = smoke ]; then
 else
     OUT=${OUT:-$ROOT/bench/results/$STAMP-hosts}
 fi
-mkdir -p "$OUT/logs"
-RUN=$(mktemp -d /tmp/wsedge-bench-hosts.XXXXXX)
-JSONL=$OUT/runs.jsonl
-: > "$JSONL"
 
 case $MODE in
     full)  S=${S:-3000}; DUR=${DUR:-10}; WARM=${WARM:-2}; ROUNDS=3 ;;
@@ -80,12 +76,23 @@ THREADS=${THREADS:-1}
 REDIS_PORT=${REDIS_PORT:-19379}
 BASE_PORT=${BASE_PORT:-19180}
 REDIS_SERVER=${REDIS_SERVER:-redis-server}
-SUBS=$((3 * S))
 SRC=127.0.0.1-127.0.0.200
 LABEL=wsedge-w$WORKERS
+for shape in ${SHAPES//,/ }; do
+    case $shape in
+        cross-host|single-host|single-host-nobroker) ;;
+        *) echo "bench-many-hosts.sh: unknown shape $shape (cross-host, single-host, single-host-nobroker)" >&2; exit 2 ;;
+    esac
+done
 for v in S RATE WORKERS THREADS ROUNDS; do
     case ${!v} in ''|*[!0-9]*|0) echo "bench-many-hosts.sh: $v needs a positive number" >&2; exit 2 ;; esac
 done
+SUBS=$((3 * S))
+
+mkdir -p "$OUT/logs"
+RUN=$(mktemp -d /tmp/wsedge-bench-hosts.XXXXXX)
+JSONL=$OUT/runs.jsonl
+: > "$JSONL"
 
 BENCH_TAG=bench-many-hosts
 # shellcheck source=lib/bench-common.sh
@@ -223,7 +230,6 @@ run_shape() {
         single-host-nobroker)
             fanout "$shape" "$ch" --target "$(url 4 "$ch")" --connections "$SUBS" \
                 --duration "$DUR" --warmup "$WARM" --pid "$NOBROKER_PID" --json-out "$JSONL" ;;
-        *) die "unknown shape $shape (cross-host, single-host, single-host-nobroker)" ;;
     esac
     # The instances close the run's subscribers before the next run opens its own.
     sleep 1

@@ -81,7 +81,7 @@ fn checks(r: &Runs) -> String {
          {GOAL_P99_EXTRA_MS} ms, cross-host deliveries/s ≥ {GOAL_DELIVERIES}× single-host's \
          (both with the broker). A shape whose runs lost deliveries (`missing` > 0) or fell \
          behind the publish rate measured a backlog, not a latency: read its row first.\n\n\
-         | label | p99 cross / single (+ ms) | deliveries/s cross / single | vs no broker: p99 + ms, deliveries/s | verdict |\n\
+         | label | p99, cross − single | deliveries/s, cross / single | vs no broker: p99 cross − bare, deliveries/s cross / bare | verdict |\n\
          |---|---|---|---|---|\n"
     );
     for l in &r.labels {
@@ -98,7 +98,7 @@ fn checks(r: &Runs) -> String {
             cross
                 .zip(b)
                 .map(|(c, b)| c.median - b.median)
-                .map_or_else(|| "n/a".into(), |x| format!("{x:+.2}"))
+                .map_or_else(|| "n/a".into(), |x| format!("{x:+.2} ms"))
         };
         let d = "results.deliveries_per_s";
         let dr = ratio(q(CROSS, d), q(SINGLE, d));
@@ -112,7 +112,7 @@ fn checks(r: &Runs) -> String {
         };
         let _ = writeln!(
             s,
-            "| {l} | {} | {} | {} ms, {} | p99: {}; deliveries/s: {} |",
+            "| {l} | {} | {} | {}, {} | p99: {}; deliveries/s: {} |",
             extra(single),
             fmt_ratio(dr),
             extra(bare),
@@ -183,7 +183,7 @@ mod tests {
         // p99 3.5 vs 1.5 (+2.00: met, the bound is inclusive); 2.7M / 3.0M = 0.90 (met).
         assert!(
             md.contains(
-                "| wsedge-w1 | +2.00 | 0.90× | +2.50 ms, 0.75× | p99: met; deliveries/s: met |"
+                "| wsedge-w1 | +2.00 ms | 0.90× | +2.50 ms, 0.75× | p99: met; deliveries/s: met |"
             ),
             "{md}"
         );
