@@ -20,19 +20,12 @@ fn common(connections: usize, rate: f64) -> Common {
     Common {
         connections,
         size: 64,
-        depth: 1,
         duration: Duration::from_millis(1000),
         warmup: Duration::from_millis(200),
         rate,
-        concurrency: 1,
         open_concurrency: 16,
         pids: vec![std::process::id()],
-        origin_pids: vec![],
-        sender_threads: 1,
-        write_bytes: 64 * 1024,
-        connect_rate: 0.0,
-        probe_interval: Duration::ZERO,
-        settle: Duration::ZERO,
+        ..Common::default()
     }
 }
 
