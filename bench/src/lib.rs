@@ -1,11 +1,12 @@
 //! wsedge benchmark tooling: a fast echo origin (also the demo origin), a load generator with
 //! throughput, latency, handshake and idle-memory modes (over `ws://`, and the handshake and
 //! throughput ones over `wss://`), and the report writers that turn runs into Markdown tables
-//! and PNG charts.
+//! and PNG charts (plain, TLS, many hosts).
 
 pub mod frame;
 pub mod load;
 pub mod origin;
 pub mod procstat;
 pub mod report;
+pub mod report_hosts;
 pub mod report_tls;
