@@ -15,11 +15,17 @@
 #            "1 <cores>"); a --full run of every target and variant takes well over an hour
 #            now (17 targets x 11 scenarios x 3 rounds), `WORKERS=1 --only direct,wsedge,haproxy`
 #            about a third of that
-#   --only direct,wsedge,nginx,haproxy,fanout,echofn   run only these targets (default: all
-#            but echofn)
-#   echofn:  wsedge answering itself, no origin: the built-in echo function and the
-#            JavaScript echo (docs/examples/functions/echo.js), through the same scenarios
-#            (labels wsedge-fnecho-wN, wsedge-fnjs-wN); `--only echofn` runs just those
+#   --only direct,wsedge,nginx,haproxy,fanout,echofn,jsfanout   run only these targets
+#            (default: direct,wsedge,nginx,haproxy,fanout; `functions` = echofn,fanout,jsfanout)
+#   echofn:  echo servers that answer themselves, no origin: wsedge's built-in echo function,
+#            its JavaScript echo (docs/examples/functions/echo.js) and a Node.js `ws` echo
+#            server (bench/node/echo.mjs, one thread; npm ci into $CARGO_TARGET_DIR/bench-node),
+#            through the same scenarios (labels wsedge-fnecho-wN, wsedge-fnjs-wN, node-ws),
+#            then the idle scenario again in a fresh process of each (scenario idle-fresh)
+#   jsfanout: fan-out from a JavaScript publish (bench/functions/room.js, label
+#            wsedge-jsroom-wN), the same runs as `fanout` (the built-in broadcast function)
+#   --smoke with --only: the targets asked for, less nginx and haproxy (packages); fan-out
+#            with 100 subscribers
 #
 # Every scenario runs with both load shapes: the depth-limited floods of `wsedge-load
 # throughput` and the unbounded floods of `wsedge-load flood`; and with tcpkali too, when a
@@ -36,6 +42,7 @@ BUILD=1
 OUT=""
 RUNS=""
 ONLY=direct,wsedge,nginx,haproxy,fanout
+ONLY_GIVEN=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --full) MODE=full ;;
@@ -44,8 +51,8 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --out) OUT="$2"; shift ;;
         --runs) RUNS="$2"; shift ;;
-        --only) ONLY="$2"; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --only) ONLY="$2"; ONLY_GIVEN=1; shift ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -83,12 +90,24 @@ case $MODE in
            RELAYS="buffered splice auto frames"; FANOUT_N="1000" ;;
     smoke) DUR=1; SETTLE=0.5; WARM=0.3; IDLE_N=200; IDLE_HOLD=0.5; VARIANTS="1"; ROUNDS=1
            IDLE_BESIDE=200
-           RELAYS="buffered splice auto"; FANOUT_N="" ;;
+           RELAYS="buffered splice auto"; FANOUT_N="100" ;;
 esac
 ROUNDS=${RUNS:-$ROUNDS}
 VARIANTS=${WORKERS:-$VARIANTS}
 IDLE_BESIDE=${IDLE_BESIDE:-2000}
 case $ROUNDS in ''|*[!0-9]*|0) echo "bench.sh: --runs needs a positive number" >&2; exit 2 ;; esac
+
+# The targets. `functions` is issue 15's comparison. --smoke without --only runs direct and
+# wsedge (CI); with --only, what was asked less nginx and HAProxy (they need packages).
+ONLY=${ONLY//functions/echofn,fanout,jsfanout}
+if [ "$MODE" = smoke ]; then
+    if [ $ONLY_GIVEN = 0 ]; then
+        ONLY=direct,wsedge
+    else
+        ONLY=$(echo "$ONLY" | tr ',' '\n' | grep -vE '^(nginx|haproxy)$' | paste -sd, || true)
+    fi
+fi
+want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # The flood regression check (CI runs it in --smoke; the other modes print it from their
 # own rounds): wsedge with its default relay must deliver at least FLOOD_FLOOR x what the
@@ -146,8 +165,27 @@ for b in wsedge wsedge-origin wsedge-load wsedge-report; do
     [ -x "$BIN/$b" ] || die "missing $BIN/$b (build with: cargo build --release -p wsedge -p wsedge-bench)"
 done
 
+# The Node.js `ws` echo server (target node-ws): its pinned packages installed from
+# bench/node/package-lock.json into a directory under target/ (never committed), again only
+# when the lock file changed (npm ci empties node_modules first).
+NODE_DIR=$CARGO_TARGET_DIR/bench-node
+if want echofn; then
+    command -v node >/dev/null && command -v npm >/dev/null \
+        || die "the node-ws target (--only echofn) needs node (20 or later) and npm on PATH"
+    mkdir -p "$NODE_DIR"
+    if ! cmp -s "$ROOT/bench/node/package-lock.json" "$NODE_DIR/package-lock.json" \
+        || [ ! -d "$NODE_DIR/node_modules/ws" ]; then
+        cp "$ROOT/bench/node/package.json" "$ROOT/bench/node/package-lock.json" "$NODE_DIR/"
+        log "installing the node-ws echo server's packages: npm ci --prefix $NODE_DIR"
+        npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error >&2 \
+            || die "npm ci --prefix $NODE_DIR failed"
+    fi
+    cp "$ROOT/bench/node/echo.mjs" "$NODE_DIR/"
+    NODE_VERSIONS=$(node "$NODE_DIR/echo.mjs" --versions) || die "node-ws: $NODE_DIR/echo.mjs does not load"
+fi
+
 if [ $MODE != smoke ]; then
-    install_proxies
+    if want nginx || want haproxy; then install_proxies; fi
     # Host tuning: a wide ephemeral port range for the handshake loops (restored on exit).
     widen_port_range
 fi
@@ -157,6 +195,7 @@ cat >> "$OUT/host.txt" <<EOF
 tcpkali: ${TCPKALI:-none}${TCPKALI:+ $("$TCPKALI" --version 2>&1 | head -1)}${TCPKALI_ARGS:+ (extra arguments: $TCPKALI_ARGS)}
 loadavg_at_start: $(cut -d' ' -f1-3 /proc/loadavg)
 EOF
+[ -z "${NODE_VERSIONS:-}" ] || echo "node_ws: $NODE_VERSIONS" >> "$OUT/host.txt"
 warn_if_busy
 
 # The origin runs for the whole benchmark, with all cores.
@@ -255,19 +294,24 @@ run_wsedge() {
     stop "$pid"
 }
 
-# run_echofn KIND WORKERS: wsedge with one function route at /ws and no origin: KIND `echo`
-# is the built-in echo function, `js` the JavaScript echo (the shipped example). The relay
-# scenarios run against it (the origin idles).
-run_echofn() {
-    local kind=$1 workers=$2 label="wsedge-fn$1-w$2" fn
-    if [ "$kind" = js ]; then
-        fn="function = \"js\"
+# start_echofn KIND WORKERS LABEL LOG: starts an echo server that answers itself (no origin)
+# on PROXY_PORT, checks that it echoes, and sets URL and TARGET_PIDS. KIND `echo` is wsedge's
+# built-in echo function, `js` its JavaScript echo (the shipped example), both on one function
+# route at /ws with WORKERS workers; `node` the Node.js `ws` echo server (one thread).
+start_echofn() {
+    local kind=$1 workers=$2 label=$3 name=$4 fn
+    need_free_port "$PROXY_PORT"
+    if [ "$kind" = node ]; then
+        start "$name" node "$NODE_DIR/echo.mjs" "$PROXY_PORT"
+    else
+        if [ "$kind" = js ]; then
+            fn="function = \"js\"
 script = \"$ROOT/docs/examples/functions/echo.js\"
 memory_limit = 268435456"
-    else
-        fn='function = "echo"'
-    fi
-    cat > "$RUN/wsedge-echofn.toml" <<EOF
+        else
+            fn='function = "echo"'
+        fi
+        cat > "$RUN/wsedge-echofn.toml" <<EOF
 [dataplane]
 listen = ["127.0.0.1:$PROXY_PORT"]
 workers = $workers
@@ -280,27 +324,51 @@ name = "echofn"
 path_prefix = "/ws"
 $fn
 EOF
-    need_free_port "$PROXY_PORT"
-    start "$label" env WSEDGE_LOG=warn "$BIN/wsedge" --config "$RUN/wsedge-echofn.toml"
+        start "$name" env WSEDGE_LOG=warn "$BIN/wsedge" --config "$RUN/wsedge-echofn.toml"
+    fi
     local pid=$STARTED
-    wait_port "$PROXY_PORT" "$pid" "$label"
+    wait_port "$PROXY_PORT" "$pid" "$name"
     URL="ws://127.0.0.1:$PROXY_PORT/ws"
     TARGET_PIDS=("$pid")
     "$BIN/wsedge-load" handshakes --target "$URL" --concurrency 1 --duration 0.3 --warmup 0 \
         --json 2>&1 | grep -q '"errors":0' || {
-        tail -20 "$RUN/$label.log" >&2
+        tail -20 "$RUN/$name.log" >&2
         die "$label does not answer a WebSocket echo"
     }
-    scenarios "$label"
-    stop "$pid"
 }
 
-# run_fanout WORKERS: wsedge with one broadcast route; for each subscriber count N, a fixed
-# publish rate of 100,000/N msg/s (100k deliveries/s: latency to the last subscriber) and a
-# closed loop, 16 messages outstanding (the most deliveries/s). The records go to
-# fanout.jsonl (results.md covers the relay scenarios only).
+# run_echofn KIND WORKERS: the relay scenarios against one echo server (the origin idles);
+# then the idle scenario again in a fresh process (idle-fresh): the idle run after the floods
+# also counts allocator pages the floods left, and what a JS socket itself costs is the
+# difference between a fresh JS echo and a fresh built-in echo.
+run_echofn() {
+    local kind=$1 workers=$2 label="wsedge-fn$1-w$2"
+    [ "$kind" != node ] || label=node-ws
+    start_echofn "$kind" "$workers" "$label" "$label"
+    scenarios "$label"
+    stop "${TARGET_PIDS[0]}"
+    start_echofn "$kind" "$workers" "$label" "$label-fresh"
+    load "$label" idle-fresh idle --connections "$IDLE_N" --duration "$IDLE_HOLD" \
+        --source-addrs "$SRC"
+    stop "${TARGET_PIDS[0]}"
+}
+
+# run_fanout KIND WORKERS: wsedge with one fan-out route: KIND `broadcast` is the built-in
+# broadcast function (channel /ch/bench), `js` a JavaScript room that publishes every
+# message to its topic (bench/functions/room.js, /room/bench). For each subscriber count N,
+# a fixed publish rate of 100,000/N msg/s (100k deliveries/s: latency to the last
+# subscriber) and a closed loop, 16 messages outstanding (the most deliveries/s). The
+# records go to fanout.jsonl (in results.md: the functions section).
 run_fanout() {
-    local workers=$1 label="wsedge-broadcast-w$1" n spec
+    local kind=$1 workers=$2 label fn path n spec
+    if [ "$kind" = js ]; then
+        label="wsedge-jsroom-w$workers" path=/room/
+        fn="function = \"js\"
+script = \"$ROOT/bench/functions/room.js\"
+memory_limit = 268435456"
+    else
+        label="wsedge-broadcast-w$workers" path=/ch/ fn='function = "broadcast"'
+    fi
     cat > "$RUN/wsedge-fanout.toml" <<EOF
 [dataplane]
 listen = ["127.0.0.1:$PROXY_PORT"]
@@ -311,15 +379,15 @@ target = "off"
 
 [[route]]
 name = "fanout"
-path_prefix = "/ch/"
-function = "broadcast"
+path_prefix = "$path"
+$fn
 max_send_queue = 67108864
 EOF
     need_free_port "$PROXY_PORT"
     start "$label" env WSEDGE_LOG=warn "$BIN/wsedge" --config "$RUN/wsedge-fanout.toml"
     local pid=$STARTED
     wait_port "$PROXY_PORT" "$pid" "$label"
-    local url="ws://127.0.0.1:$PROXY_PORT/ch/bench" src=127.0.0.1-127.0.0.200
+    local url="ws://127.0.0.1:$PROXY_PORT${path}bench" src=127.0.0.1-127.0.0.200
     for n in $FANOUT_N; do
         for spec in "rate-$((100000 / n)):--rate $((100000 / n))" "closed-d16:--rate 0 --depth 16"; do
             log "$label / fanout-$n-${spec%%:*}"
@@ -367,8 +435,6 @@ run_haproxy() {
 
 T0=$(date +%s)
 log "mode $MODE, $ROUNDS round(s), tcpkali: ${TCPKALI:-not found}: results in $OUT"
-want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-[ $MODE = smoke ] && ONLY=$(echo "$ONLY" | tr ',' '\n' | grep -E '^(direct|wsedge)$' | paste -sd, || true)
 # Rounds are the outer loop: each target's runs are spread over the whole benchmark, so a
 # burst of other work on the host lands in one run of each target rather than in all runs
 # of one.
@@ -385,15 +451,22 @@ for round in $(seq "$ROUNDS"); do
             for kind in echo js; do run_echofn "$kind" "$w"; done
         fi
     done
+    # Node runs one thread whatever the worker counts: once per round.
+    if want echofn; then run_echofn node 1; fi
 done
-if want fanout && [ -n "$FANOUT_N" ]; then
-    for w in $VARIANTS; do run_fanout "$w"; done
+if [ -n "$FANOUT_N" ]; then
+    for w in $VARIANTS; do
+        if want fanout; then run_fanout broadcast "$w"; fi
+        if want jsfanout; then run_fanout js "$w"; fi
+    done
 fi
 log "runs done in $(( $(date +%s) - T0 )) s; writing the report"
 echo "loadavg_at_end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/host.txt"
 echo "runs_s: $(( $(date +%s) - T0 ))" >> "$OUT/host.txt"
+FANOUT_ARGS=()
+[ ! -s "$OUT/fanout.jsonl" ] || FANOUT_ARGS=(--fanout "$OUT/fanout.jsonl")
 "$BIN/wsedge-report" --runs "$JSONL" --host "$OUT/host.txt" --out "$OUT" \
-    || die "wsedge-report failed"
+    "${FANOUT_ARGS[@]+"${FANOUT_ARGS[@]}"}" || die "wsedge-report failed"
 log "done: $OUT/results.md"
 
 # The flood regression check: in --smoke, its own interleaved pairs (the smoke runs are

@@ -151,6 +151,82 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
+/// One data message put together from its frames, as far as the load generator's readers
+/// need it: a message may arrive in fragments (RFC 6455 §5.4; wsedge's built-in echo
+/// function forwards what it has of a frame as a fragment), and what identifies it (a
+/// marker, a send time) is in its first `K` payload bytes, wherever the fragments split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<const K: usize> {
+    /// The first frame's opcode.
+    pub opcode: u8,
+    /// Payload bytes over all its frames.
+    pub len: u64,
+    /// Its first `K` payload bytes (zero beyond `len`).
+    pub head: [u8; K],
+    /// Frames it came in.
+    pub frames: u32,
+    /// Broken framing: a continuation with no message open, a data frame that opened a
+    /// new message before the last one's FIN, or a masked frame from the server.
+    pub broken: bool,
+}
+
+/// Reassembles data messages frame by frame without copying payloads (the first `K` bytes
+/// aside): `start` with each data frame's header (opcode below 8; control frames may come
+/// between fragments and are not given to it), `payload` with its bytes in any pieces,
+/// `end` when the frame is complete.
+#[derive(Debug, Default)]
+pub struct Reassembly<const K: usize> {
+    cur: Option<Message<K>>,
+    have: usize,
+}
+
+impl<const K: usize> Reassembly<K> {
+    /// A data frame begins.
+    pub fn start(&mut self, h: &Header) {
+        let masked = h.mask.is_some();
+        match self.cur.as_mut() {
+            Some(m) if h.opcode == OP_CONT => {
+                m.frames += 1;
+                m.broken |= masked;
+            }
+            open => {
+                // A continuation with nothing open, or a new message inside one: broken.
+                let broken = masked || open.is_some() || h.opcode == OP_CONT;
+                self.cur = Some(Message {
+                    opcode: h.opcode,
+                    len: 0,
+                    head: [0; K],
+                    frames: 1,
+                    broken,
+                });
+                self.have = 0;
+            }
+        }
+    }
+
+    /// Payload bytes of the current data frame.
+    pub fn payload(&mut self, data: &[u8]) {
+        if let Some(m) = self.cur.as_mut() {
+            let k = data.len().min(K - self.have);
+            m.head[self.have..self.have + k].copy_from_slice(&data[..k]);
+            self.have += k;
+            m.len += data.len() as u64;
+        }
+    }
+
+    /// The current data frame is complete: the message, when that frame had FIN.
+    pub fn end(&mut self, fin: bool) -> Option<Message<K>> {
+        if fin { self.cur.take() } else { None }
+    }
+
+    /// A whole data frame at once.
+    pub fn frame(&mut self, h: &Header, payload: &[u8]) -> Option<Message<K>> {
+        self.start(h);
+        self.payload(payload);
+        self.end(h.fin)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +250,42 @@ mod tests {
             assert_eq!(body, payload);
             assert!(parse_header(&out[..h.header_len - 1]).is_none());
         }
+    }
+
+    #[test]
+    fn reassembly_joins_fragments_and_flags_broken_framing() {
+        let h = |fin: bool, opcode: u8, len: usize| {
+            let mut b = Vec::new();
+            write_header_fin(&mut b, fin, opcode, len, None);
+            parse_header(&b).unwrap()
+        };
+        let mut r = Reassembly::<4>::default();
+        // One byte, then three (a ping between them is not given), then the rest with FIN.
+        assert_eq!(r.frame(&h(false, OP_BINARY, 1), &[1]), None);
+        assert_eq!(r.frame(&h(false, OP_CONT, 3), &[2, 3, 4]), None);
+        r.start(&h(true, OP_CONT, 10));
+        r.payload(&[5; 4]);
+        r.payload(&[6; 6]);
+        let m = r.end(true).unwrap();
+        assert_eq!(
+            (m.opcode, m.len, m.head, m.frames, m.broken),
+            (OP_BINARY, 14, [1, 2, 3, 4], 3, false)
+        );
+        // Unfragmented; shorter than K.
+        let m = r.frame(&h(true, OP_TEXT, 2), &[9, 9]).unwrap();
+        assert_eq!(
+            (m.len, m.head, m.frames, m.broken),
+            (2, [9, 9, 0, 0], 1, false)
+        );
+        // A continuation with nothing open; a new message before the last one's FIN.
+        assert!(r.frame(&h(true, OP_CONT, 1), &[0]).unwrap().broken);
+        assert_eq!(r.frame(&h(false, OP_BINARY, 1), &[0]), None);
+        let m = r.frame(&h(true, OP_BINARY, 1), &[7]).unwrap();
+        assert!(m.broken && m.head[0] == 7, "{m:?}");
+        // A masked frame.
+        let mut b = Vec::new();
+        write_header(&mut b, OP_BINARY, 1, Some([1, 2, 3, 4]));
+        assert!(r.frame(&parse_header(&b).unwrap(), &[0]).unwrap().broken);
     }
 
     #[test]

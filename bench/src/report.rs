@@ -18,6 +18,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::{Value, json};
 
+use crate::report_functions;
+
 /// Scenario names used by scripts/bench.sh: the depth-limited 16 KiB flood (`throughput`).
 pub const FLOOD_16K: &str = "flood-16k";
 /// Depth-limited 64 B flood.
@@ -208,8 +210,9 @@ pub(crate) fn head(s: &mut String, title: &str, r: &Runs, host: &str) -> String 
     }
 }
 
-/// The Markdown report.
-pub fn markdown(r: &Runs, host: &str, charts: bool) -> String {
+/// The Markdown report; `fanout` holds the fan-out runs (scripts/bench.sh's fanout.jsonl),
+/// when there are any, for the functions section.
+pub fn markdown(r: &Runs, fanout: Option<&Runs>, host: &str, charts: bool) -> String {
     let mut s = String::new();
     let runs = head(&mut s, "# wsedge benchmark results", r, host);
     let _ = writeln!(
@@ -294,6 +297,7 @@ pub fn markdown(r: &Runs, host: &str, charts: bool) -> String {
         let _ = writeln!(s, "| {l} | {} |", cells.join(" | "));
     }
     s += &targets(r);
+    s += &report_functions::section(r, fanout);
     if charts {
         let _ = writeln!(
             s,
@@ -561,9 +565,9 @@ fn unbounded_tables(r: &Runs) -> String {
 }
 
 /// A check's verdict line.
-struct Checks<'a> {
-    s: String,
-    label: &'a str,
+pub(crate) struct Checks<'a> {
+    pub(crate) s: String,
+    pub(crate) label: &'a str,
 }
 
 impl Checks<'_> {
@@ -575,9 +579,21 @@ impl Checks<'_> {
         pass: fn(f64, f64) -> bool,
         unit: &str,
     ) {
+        self.row_noted(check, measured, pass, unit, "");
+    }
+
+    /// As `row`, with `note` (e.g. the figures a ratio came from) after the measured value.
+    pub(crate) fn row_noted(
+        &mut self,
+        check: &str,
+        measured: Option<(f64, f64)>,
+        pass: fn(f64, f64) -> bool,
+        unit: &str,
+        note: &str,
+    ) {
         let (m, v) = match measured {
             Some((a, b)) => (
-                format!("{a:.3}{unit} vs {b:.3}{unit}"),
+                format!("{a:.3}{unit} vs {b:.3}{unit}{note}"),
                 if pass(a, b) { "met" } else { "NOT met" },
             ),
             None => ("not measured".into(), "-"),
@@ -586,12 +602,13 @@ impl Checks<'_> {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b)
 }
 
 /// The targets (issue 18's, and the earlier depth-limited ones), checked on medians for
-/// every wsedge label against the HAProxy label with the same worker count and `direct`.
+/// every wsedge relay label against the HAProxy label with the same worker count and
+/// `direct` (the function echo servers have their own goals: `report_functions`).
 fn targets(r: &Runs) -> String {
     let mut out = String::from(
         "\n## Targets\n\nOn medians. `[gen]` names the generator of the figures compared.\n\n\
@@ -599,7 +616,11 @@ fn targets(r: &Runs) -> String {
     );
     let ge = |a: f64, b: f64| a >= b;
     let le = |a: f64, b: f64| a <= b;
-    for l in r.labels.iter().filter(|l| l.starts_with("wsedge")) {
+    for l in r
+        .labels
+        .iter()
+        .filter(|l| l.starts_with("wsedge") && !report_functions::is_function_label(l))
+    {
         let w = l.rsplit('-').next().unwrap_or("w1");
         let hap = format!("haproxy-{w}");
         let g = |lab: &str, sc: &str, gen_: &str, f: &str| {
@@ -969,13 +990,26 @@ pub fn latency_chart(
     Ok(())
 }
 
-/// Writes results.json, results.md and the charts into `out`.
-pub fn write_all(runs_text: &str, host: &str, out: &Path) -> anyhow::Result<()> {
+/// Writes results.json, results.md and the charts into `out`; `fanout_text`: the fan-out
+/// runs' JSON lines, if any (into results.json's `fanout` and the functions section).
+pub fn write_all(
+    runs_text: &str,
+    fanout_text: Option<&str>,
+    host: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
     let r = Runs::parse(runs_text)?;
+    let fan = fanout_text
+        .map(|t| Runs::parse(t).context("the fan-out runs"))
+        .transpose()?;
     let all: Vec<&Value> = r.by_key.values().flatten().collect();
+    let mut doc = json!({ "host": host, "runs": all });
+    if let Some(f) = &fan {
+        doc["fanout"] = json!(f.by_key.values().flatten().collect::<Vec<_>>());
+    }
     std::fs::write(
         out.join("results.json"),
-        serde_json::to_string_pretty(&json!({ "host": host, "runs": all }))?,
+        serde_json::to_string_pretty(&doc)?,
     )?;
     let charts = load_font();
     if charts {
@@ -1025,7 +1059,10 @@ pub fn write_all(runs_text: &str, host: &str, out: &Path) -> anyhow::Result<()> 
             }
         }
     }
-    std::fs::write(out.join("results.md"), markdown(&r, host, charts))?;
+    std::fs::write(
+        out.join("results.md"),
+        markdown(&r, fan.as_ref(), host, charts),
+    )?;
     Ok(())
 }
 
@@ -1064,7 +1101,7 @@ mod tests {
         let r = Runs::parse(&lines.join("\n")).unwrap();
         assert_eq!(r.labels.len(), 3);
         assert_eq!(r.run_counts(), (1, 3));
-        let md = markdown(&r, "host", false);
+        let md = markdown(&r, None, "host", false);
         assert!(
             md.contains("| wsedge-buffered-w1 | n/a | 70 (60–90) |"),
             "{md}"
@@ -1128,7 +1165,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!((k.median, k.n, k.missing), (600.0, 1, 1));
-        let md = markdown(&r, "host", false);
+        let md = markdown(&r, None, "host", false);
         assert!(md.contains("64 B delivered [tcpkali]"), "{md}");
         assert!(md.contains("600 [1 of 2 runs without]"), "{md}");
         assert!(md.contains("(1 failed)"), "{md}");

@@ -1,5 +1,6 @@
 //! `wsedge-report`: turns the runs scripts/bench.sh collected (JSON lines) into
-//! results.json, results.md (medians and spreads, target checks) and PNG charts; with
+//! results.json, results.md (medians and spreads, target checks, with `--fanout` the fan-out
+//! runs in the functions section) and PNG charts; with
 //! `--check-floor`, also the CI regression check (exit 1 on a gross regression); with `--tls`,
 //! the report of scripts/bench-tls.sh (handshakes, CPU per handshake, 16 KiB over wss://);
 //! with `--hosts`, that of scripts/bench-many-hosts.sh (fan-out across hosts through a broker).
@@ -16,6 +17,9 @@ struct Args {
     /// JSON lines written by `wsedge-load --json-out`.
     #[arg(long)]
     runs: PathBuf,
+    /// The fan-out runs (scripts/bench.sh's fanout.jsonl), for the functions section.
+    #[arg(long)]
+    fanout: Option<PathBuf>,
     /// Free-text host description for the report header.
     #[arg(long)]
     host: Option<PathBuf>,
@@ -48,6 +52,12 @@ fn main() -> anyhow::Result<()> {
         Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
         None => String::new(),
     };
+    let fanout = match &a.fanout {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out)?;
         if a.tls {
@@ -55,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         } else if a.hosts {
             wsedge_bench::report_hosts::write_all(&runs, &host, out)?;
         } else {
-            wsedge_bench::report::write_all(&runs, &host, out)?;
+            wsedge_bench::report::write_all(&runs, fanout.as_deref(), &host, out)?;
         }
         eprintln!("wsedge-report: wrote {}", out.join("results.md").display());
     }

@@ -207,6 +207,8 @@ async fn reader(
     let mut buf = rest;
     buf.reserve(64 * 1024);
     let mut pos = 0usize;
+    // A message the target sends in fragments is timed at its last one.
+    let mut msg = frame::Reassembly::<8>::default();
     loop {
         // Parse every complete frame.
         while let Some(hd) = frame::parse_header(&buf[pos..]) {
@@ -214,11 +216,13 @@ async fn reader(
             if buf.len() - pos < total {
                 break;
             }
-            if hd.opcode == frame::OP_BINARY && hd.len >= 8 {
-                let p = pos + hd.header_len;
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&buf[p..p + 8]);
-                let sched = u64::from_le_bytes(b);
+            let p = pos + hd.header_len;
+            if hd.opcode < 8
+                && let Some(m) = msg.frame(&hd, &buf[p..p + hd.len as usize])
+                && m.opcode == frame::OP_BINARY
+                && m.len >= 8
+            {
+                let sched = u64::from_le_bytes(m.head);
                 let now = start.elapsed().as_nanos() as u64;
                 n += 1;
                 if sched >= warmup_ns {
