@@ -9,6 +9,6 @@ pub mod load;
 pub mod origin;
 pub mod procstat;
 pub mod report;
-pub mod report_hosts;
 pub mod report_functions;
+pub mod report_hosts;
 pub mod report_tls;
