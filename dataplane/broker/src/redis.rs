@@ -67,7 +67,7 @@ impl Redis {
         let servers = (0..config.shards)
             .map(|i| {
                 let address = &config.addresses[i % config.addresses.len()];
-                let (host, port) = split_authority(&address.authority);
+                let (host, port) = (address.host().to_owned(), address.port());
                 let addr = if address.tls {
                     ConnectionAddr::TcpTls {
                         host,
@@ -121,12 +121,6 @@ impl Redis {
 }
 
 /// `host:port` (IPv6 in brackets) into its parts; the config validated the port.
-fn split_authority(authority: &str) -> (String, u16) {
-    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "6379"));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host.to_owned(), port.parse().unwrap_or(6379))
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -229,44 +229,55 @@ async fn nats_restart_mid_stream_resubscribes_and_sends_a_gap() {
     within(90, restart_mid_stream(Kind::Nats)).await;
 }
 
-/// Redis over TLS (`rediss://`, `tls_ca`): channels cross between two hosts; a host that
-/// does not trust the server's CA (the system's store) does not connect: local-only.
+/// TLS to the broker (`rediss://`, NATS `tls://`; `tls_ca`): channels cross between two
+/// hosts; a host that does not trust the server's CA (the system's store) does not
+/// connect: local-only, retrying.
+async fn over_tls(kind: Kind) {
+    let pki = tls_support::Pki::new("broker");
+    let leaf = pki.leaf("server", &["127.0.0.1"], tls_support::KeyKind::Ecdsa);
+    let server = Server::start_tls(kind, &leaf.cert, &leaf.key, &pki.ca_path);
+    let scheme = match kind {
+        Kind::Redis => "rediss://",
+        Kind::Nats => "tls://",
+    };
+    assert!(server.url().starts_with(scheme), "{}", server.url());
+    let ca = format!("tls_ca = {:?}\n", pki.ca_path.display().to_string());
+    let a = start_host(&server, "host-a", &ca).await;
+    let b = start_host(&server, "host-b", &ca).await;
+    let mut subs = [
+        subscriber(a.proxy.addr, CHANNEL).await,
+        subscriber(b.proxy.addr, CHANNEL).await,
+    ];
+    // Each host's messages reach the other's subscriber: both links are up over TLS.
+    sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
+    publish(b.publish, CHANNEL, "over TLS");
+    for ws in &mut subs {
+        assert_eq!(next_data(ws).await["data"], "over TLS");
+    }
+    // Without tls_ca the server's certificate is checked against the system's CAs:
+    // refused, the host stays local-only and keeps retrying.
+    let (socket, metrics, control) = control_tables("tls");
+    let _c = start_host(&server, "host-c", &control).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(metrics, "wsedge_broker_link_failures_total").unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the untrusted link never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
+    let _ = std::fs::remove_file(&socket);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_carries_channels_and_an_untrusted_server_is_refused() {
-    within(90, async {
-        let pki = tls_support::Pki::new("broker");
-        let leaf = pki.leaf("redis", &["127.0.0.1"], tls_support::KeyKind::Ecdsa);
-        let server = Server::start_redis_tls(&leaf.cert, &leaf.key, &pki.ca_path);
-        assert!(server.url().starts_with("rediss://"));
-        let ca = format!("tls_ca = {:?}\n", pki.ca_path.display().to_string());
-        let a = start_host(&server, "host-a", &ca).await;
-        let b = start_host(&server, "host-b", &ca).await;
-        let mut subs = [
-            subscriber(a.proxy.addr, CHANNEL).await,
-            subscriber(b.proxy.addr, CHANNEL).await,
-        ];
-        // Each host's messages reach the other's subscriber: both links are up over TLS.
-        sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
-        publish(b.publish, CHANNEL, "over TLS");
-        for ws in &mut subs {
-            assert_eq!(next_data(ws).await["data"], "over TLS");
-        }
-        // Without tls_ca the server's certificate is checked against the system's CAs:
-        // refused, the host stays local-only and keeps retrying.
-        let (socket, metrics, control) = control_tables("tls");
-        let _c = start_host(&server, "host-c", &control).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while metric(metrics, "wsedge_broker_link_failures_total").unwrap_or(0.0) < 2.0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the untrusted link never failed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
-        let _ = std::fs::remove_file(&socket);
-    })
-    .await;
+    within(90, over_tls(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_over_tls_carries_channels_and_an_untrusted_server_is_refused() {
+    within(90, over_tls(Kind::Nats)).await;
 }
 
 /// A JavaScript function whose sockets subscribe to a topic and forward a `gap` event to

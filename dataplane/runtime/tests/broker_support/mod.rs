@@ -37,7 +37,7 @@ pub(crate) struct Server {
     child: Option<Child>,
     /// User and password the server requires (Redis: the password only).
     auth: Option<(String, String)>,
-    /// Redis over TLS only: its certificate, key and CA files (`rediss://`).
+    /// TLS only: its certificate, key and CA files (`rediss://`, NATS `tls://`).
     tls: Option<[std::path::PathBuf; 3]>,
 }
 
@@ -59,14 +59,15 @@ impl Server {
         s
     }
 
-    /// A Redis that speaks TLS only, with `cert` and `key` (clients need no certificate).
-    pub(crate) fn start_redis_tls(
+    /// A server that speaks TLS only, with `cert` and `key` (clients need no certificate).
+    pub(crate) fn start_tls(
+        kind: Kind,
         cert: &std::path::Path,
         key: &std::path::Path,
         ca: &std::path::Path,
     ) -> Server {
         let mut s = Server {
-            kind: Kind::Redis,
+            kind,
             port: free_port(),
             child: None,
             auth: None,
@@ -104,6 +105,7 @@ impl Server {
         match self.kind {
             Kind::Redis if self.tls.is_some() => format!("rediss://127.0.0.1:{}", self.port),
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Nats if self.tls.is_some() => format!("tls://127.0.0.1:{}", self.port),
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
     }
@@ -143,6 +145,14 @@ impl Server {
                 c.args(["-a", "127.0.0.1", "-p", &port]);
                 if let Some((user, password)) = &self.auth {
                     c.args(["--user", user, "--pass", password]);
+                }
+                if let Some([cert, key, _]) = &self.tls {
+                    // INFO says tls_required; the client upgrades after reading it.
+                    c.arg("--tls")
+                        .arg("--tlscert")
+                        .arg(cert)
+                        .arg("--tlskey")
+                        .arg(key);
                 }
                 c
             }
