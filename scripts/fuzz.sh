@@ -17,7 +17,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 FUZZ="$ROOT/fuzz"
-TARGETS=(handshake response config session frames_relay frame path endpoint channels wire firewall tls)
+TARGETS=(handshake response config session frames_relay frame path endpoint channels wire firewall tls since)
 
 usage() {
     sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'

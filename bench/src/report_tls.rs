@@ -71,13 +71,15 @@ fn with_resumed(r: &Runs, label: &str, scenario: &str, generator: &str, rate: &s
     }
 }
 
-fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
+/// The ratio of two medians (None when either is missing or the divisor is 0). Shared by the
+/// many-hosts report.
+pub(crate) fn ratio(a: Option<Stat>, b: Option<Stat>) -> Option<f64> {
     a.zip(b)
         .filter(|(_, b)| b.median > 0.0)
         .map(|(a, b)| a.median / b.median)
 }
 
-fn fmt_ratio(x: Option<f64>) -> String {
+pub(crate) fn fmt_ratio(x: Option<f64>) -> String {
     x.map_or_else(|| "n/a".into(), |x| format!("{x:.2}×"))
 }
 

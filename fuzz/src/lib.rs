@@ -21,6 +21,8 @@
 //!   both streams (well-formed output, data kept, nothing after the proxy's Close);
 //! - [`firewall()`]: rule evaluation against a model of the documented semantics;
 //! - [`wire()`]: the control protocol's framing and decoding, with the allocator watched;
+//! - [`since()`]: a recovering client's `since=<offset>:<epoch>`, against the grammar, and
+//!   its round trip through `Display`;
 //! - [`tls()`]: `wsedge_tls::TlsServer`'s record feeding: raw bytes, and interleavings of
 //!   feed / take / seal / close with a real rustls client.
 //!
@@ -35,6 +37,7 @@ mod endpoint;
 mod firewall;
 mod frames_relay;
 mod session;
+mod since;
 mod wire;
 
 pub use channels::channels;
@@ -42,6 +45,7 @@ pub use endpoint::endpoint;
 pub use firewall::firewall;
 pub use frames_relay::frames_relay;
 pub use session::session;
+pub use since::since;
 pub use wire::wire;
 
 use std::borrow::Cow;

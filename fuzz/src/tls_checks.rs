@@ -60,6 +60,7 @@ fn fixture() -> &'static Fixture {
                 client_ca: None,
                 alpn: Alpn::Http11,
                 min_version: TlsVersion::Tls12,
+                ktls: Default::default(),
             }],
         })
         .expect("store");

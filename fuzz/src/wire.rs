@@ -380,6 +380,9 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
         tls_handshakes: u.arbitrary()?,
         tls_resumed: u.arbitrary()?,
         tls_errors: u.arbitrary::<BTreeMap<String, u64>>()?,
+        ktls_handoffs: u.arbitrary()?,
+        ktls_failures: u.arbitrary()?,
+        ktls_control_records: u.arbitrary()?,
     })
 }
 

@@ -261,6 +261,11 @@ fn channels() {
 }
 
 #[test]
+fn since() {
+    smoke("since", wsedge_fuzz::since);
+}
+
+#[test]
 fn wire() {
     smoke("wire", wsedge_fuzz::wire);
 }

@@ -1,6 +1,6 @@
-# Shared by the benchmark scripts (bench.sh, bench-tls.sh): logging, port checks and the
-# host description of a result directory. The sourcing script sets BENCH_TAG (the log
-# prefix), and for write_host_txt MODE, ROUNDS and ROOT.
+# Shared by the benchmark scripts (bench.sh, bench-tls.sh, bench-many-hosts.sh): logging,
+# port checks and the host description of a result directory. The sourcing script sets
+# BENCH_TAG (the log prefix), and for write_host_txt MODE, ROUNDS and ROOT.
 
 # log MSG...: a timestamped line on stderr.
 log() { printf '[%s %s] %s\n' "${BENCH_TAG:-bench}" "$(date -u +%H:%M:%S)" "$*" >&2; }

@@ -1,4 +1,5 @@
-# Processes a script starts, sourced by bench.sh, soak.sh, autobahn.sh and browser-check.sh.
+# Processes a script starts, sourced by bench.sh, bench-tls.sh, bench-many-hosts.sh, soak.sh,
+# autobahn.sh and browser-check.sh.
 # Every pid is recorded in PIDS and only those are ever stopped. The sourcing script sets
 # PROC_LOG_DIR (where each process's output goes) and defines `die`.
 

@@ -32,6 +32,8 @@ enum Mode {
     Idle,
     /// N subscribers and one publisher on a broadcast channel (--target ws://HOST/ch/NAME):
     /// deliveries/s and publish-to-last-subscriber percentiles; --rate 0 = --depth outstanding.
+    /// Across hosts: --subscribe-target spreads the subscribers (the publisher stays on
+    /// --target), --broker-pid / --broker-redis measure the broker.
     Fanout,
 }
 
@@ -129,6 +131,19 @@ struct Args {
     /// Idle mode: processes to spread connections over (raised to fit 19,000 per process).
     #[arg(long, default_value_t = 1)]
     processes: usize,
+    /// Fanout: subscribers connect to these URLs in turn (repeatable or a comma list;
+    /// subscriber i to the (i mod k)-th), e.g. one per wsedge instance sharing a broker; the
+    /// publisher stays on --target. Default: every subscriber on --target.
+    #[arg(long = "subscribe-target", value_delimiter = ',', value_name = "URL")]
+    subscribe_targets: Vec<String>,
+    /// Fanout: broker process(es) whose CPU is sampled in the window (repeatable), reported
+    /// per published message and per delivery.
+    #[arg(long = "broker-pid")]
+    broker_pids: Vec<u32>,
+    /// Fanout: redis://HOST:PORT whose `INFO stats` byte counters are read before and after
+    /// the window: the broker's bytes in and out per published message and per delivery.
+    #[arg(long, value_name = "URL")]
+    broker_redis: Option<String>,
     /// Label of the target in the JSON (direct, wsedge-buffered, nginx, ...).
     #[arg(long, default_value = "")]
     label: String,
@@ -203,6 +218,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
     if a.child {
         return load::idle::run_child(&c, target, src).await;
     }
+    anyhow::ensure!(
+        matches!(a.mode, Mode::Fanout)
+            || (a.subscribe_targets.is_empty()
+                && a.broker_pids.is_empty()
+                && a.broker_redis.is_none()),
+        "--subscribe-target, --broker-pid and --broker-redis are fanout options"
+    );
     if !matches!(a.mode, Mode::Idle) {
         anyhow::ensure!(
             a.connections.max(a.concurrency) <= load::idle::PER_PROCESS_MAX,
@@ -231,7 +253,20 @@ async fn run(a: Args) -> anyhow::Result<()> {
         }
         Mode::Latency => ("latency", load::latency::run(&c, target, src).await?),
         Mode::Handshakes => ("handshakes", load::handshakes::run(&c, target, src).await?),
-        Mode::Fanout => ("fanout", load::fanout::run(&c, target, src).await?),
+        Mode::Fanout => {
+            let opts = load::fanout::Options {
+                subscribe: a
+                    .subscribe_targets
+                    .iter()
+                    .map(|u| client::Target::parse(u))
+                    .collect::<anyhow::Result<_>>()?,
+                broker: load::broker::Watch {
+                    pids: a.broker_pids.clone(),
+                    redis: a.broker_redis.clone(),
+                },
+            };
+            ("fanout", load::fanout::run(&c, target, src, &opts).await?)
+        }
         Mode::Idle => {
             let hold = c.duration;
             let o = load::idle::run(

@@ -2,7 +2,8 @@
 //! results.json, results.md (medians and spreads, target checks, with `--fanout` the fan-out
 //! runs in the functions section) and PNG charts; with
 //! `--check-floor`, also the CI regression check (exit 1 on a gross regression); with `--tls`,
-//! the report of scripts/bench-tls.sh (handshakes, CPU per handshake, 16 KiB over wss://).
+//! the report of scripts/bench-tls.sh (handshakes, CPU per handshake, 16 KiB over wss://);
+//! with `--hosts`, that of scripts/bench-many-hosts.sh (fan-out across hosts through a broker).
 
 use std::path::PathBuf;
 
@@ -36,8 +37,11 @@ struct Args {
     #[arg(long, default_value = wsedge_bench::report::UFLOOD_64)]
     check_scenario: String,
     /// The runs are scripts/bench-tls.sh's: write the TLS report (no charts).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hosts")]
     tls: bool,
+    /// The runs are scripts/bench-many-hosts.sh's: write the many-hosts report (no charts).
+    #[arg(long)]
+    hosts: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +62,8 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(out)?;
         if a.tls {
             wsedge_bench::report_tls::write_all(&runs, &host, out)?;
+        } else if a.hosts {
+            wsedge_bench::report_hosts::write_all(&runs, &host, out)?;
         } else {
             wsedge_bench::report::write_all(&runs, fanout.as_deref(), &host, out)?;
         }

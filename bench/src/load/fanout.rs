@@ -7,6 +7,13 @@
 //! turn from `--source-addrs`, which lets the target's reuseport steering spread them over
 //! its workers. One more connection on the same URL is the publisher, opened last.
 //!
+//! Across hosts (wsedge instances sharing a broker, docs/broker.md): with
+//! `--subscribe-target URL` (repeatable), subscriber `i` connects to the `i % k`-th of
+//! those k URLs instead, and the publisher stays on `--target`; a message is complete when
+//! the last subscriber *anywhere* has it, so the latency spans the broker hop. With
+//! `--broker-pid` / `--broker-redis` the broker's CPU and bytes in the measured window are
+//! reported per message and per delivery (see [`super::broker`]).
+//!
 //! Each message is a binary frame whose payload starts with its sequence number and its
 //! send time (nanoseconds since the run started, both little-endian u64), padded to
 //! `--size`. With `--rate R > 0` the publisher sends R messages/s on a schedule and the send
@@ -32,7 +39,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::client::{SourceAddrs, Target, write_all_blocking};
-use super::{Common, Outcome, hist, set_timer_slack};
+use super::{Common, Outcome, broker, hist, set_timer_slack};
 use crate::frame;
 
 const MASK: [u8; 4] = [0x5a, 0x3c, 0x96, 0xe1];
@@ -110,8 +117,28 @@ struct SubEnd {
     closed_by_target: bool,
 }
 
-/// Runs the fan-out mode.
-pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::Result<Outcome> {
+/// Fan-out options beyond [`Common`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Where subscribers connect, in turn (empty: the publisher's target).
+    pub subscribe: Vec<Target>,
+    /// The broker whose cost is measured in the window.
+    pub broker: broker::Watch,
+}
+
+/// A target as a URL, for the record.
+fn url(t: &Target) -> String {
+    format!("ws://{}{}", t.host, t.path)
+}
+
+/// Runs the fan-out mode: subscribers spread over `o.subscribe` (or all on `target`), the
+/// publisher on `target`.
+pub async fn run(
+    c: &Common,
+    target: Target,
+    src: Arc<SourceAddrs>,
+    o: &Options,
+) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
         c.size >= STAMP,
         "fanout mode needs --size >= {STAMP} (sequence number and send time)"
@@ -133,8 +160,21 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
         n
     };
     let target = Arc::new(target);
+    let sub_targets: Vec<Arc<Target>> = if o.subscribe.is_empty() {
+        vec![target.clone()]
+    } else {
+        o.subscribe.iter().cloned().map(Arc::new).collect()
+    };
     let t_open = Instant::now();
-    let subs = super::open_many_tcp(&target, &src, c.connections, c.open_concurrency).await?;
+    // Round robin: target j gets subscribers j, j + k, j + 2k, ...
+    let k = sub_targets.len();
+    let mut subs = Vec::with_capacity(c.connections);
+    let mut spread = Vec::with_capacity(k);
+    for (j, t) in sub_targets.iter().enumerate() {
+        let n = (c.connections + k - 1 - j) / k;
+        subs.extend(super::open_many_tcp(t, &src, n, c.open_concurrency).await?);
+        spread.push(json!({ "target": url(t), "subscribers": n }));
+    }
     let mut publisher = super::open_many_tcp(&target, &src, 1, 1).await?;
     let open_s = t_open.elapsed().as_secs_f64();
     let (pub_stream, pub_rest) = publisher.pop().expect("one publisher");
@@ -196,6 +236,7 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
         tokio::time::sleep(start + c.warmup - now).await;
     }
     let probe = c.probe();
+    let broker_window = broker::start(&o.broker).await?;
     let t0 = Instant::now();
     let (d0, p0) = (
         shared.delivered.load(Ordering::Relaxed),
@@ -211,6 +252,10 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
     );
     let wall = t0.elapsed().as_secs_f64();
     let usage = probe.finish();
+    let broker = match broker_window {
+        Some(b) => b.finish(p1 - p0, d1 - d0).await?,
+        None => serde_json::Value::Null,
+    };
     while !pub_thread.is_finished() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -286,6 +331,13 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
         ms(pub_out.lag.max()),
         open_s,
     );
+    if k > 1 {
+        human += &format!(
+            "\nfanout: subscribers over {k} targets (round robin), publisher on {}",
+            url(&target)
+        );
+    }
+    human += &broker::line(&broker);
     if missing > 0 || short_subs > 0 || pub_out.stalled || pub_out.write_error {
         human += &format!(
             "\nfanout: PROBLEM: {short_subs} subscribers short ({closed_subs} closed by the target, {hung} still waiting), {} gaps, {} out of order, publisher stalled: {}, write error: {}",
@@ -328,6 +380,9 @@ pub async fn run(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::R
             "publisher_lag_max_ms": ms(pub_out.lag.max()),
             "open_s": open_s,
             "wall_s": wall,
+            "publish_target": url(&target),
+            "subscribe_targets": spread,
+            "broker": broker,
         }),
         usage,
         // Bytes the target moved in the window: each delivery out, plus the publications in.

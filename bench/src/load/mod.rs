@@ -2,6 +2,7 @@
 //! the target, the origin and the generator itself), connection opening, and the JSON /
 //! human output. Each mode lives in its own module.
 
+pub mod broker;
 pub mod client;
 pub mod fanout;
 pub mod flood;
@@ -39,8 +40,9 @@ fn set_timer_slack() {
     }
 }
 
-/// Options every mode reads (each uses the ones it needs).
-#[derive(Debug, Clone)]
+/// Options every mode reads (each uses the ones it needs). The default (zeros, no pids) is
+/// for tests, which set what their mode reads.
+#[derive(Debug, Clone, Default)]
 pub struct Common {
     /// Connections (throughput, latency, idle).
     pub connections: usize,

@@ -5,12 +5,13 @@
 //! ```toml
 //! [broker]
 //! backend = "redis"                         # or "nats"
-//! addresses = ["redis://127.0.0.1:6379"]    # nats://host:port for NATS
+//! addresses = ["redis://127.0.0.1:6379"]    # rediss:// for TLS; nats:// or tls:// for NATS
 //! host = "edge-1"                           # this host in presence (default: hostname-pid)
 //! prefix = "wsedge:"                        # namespace of every key and subject
 //! shards = 1                                # K connections; a channel's by its hash
 //! ```
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,13 +36,37 @@ impl BrokerBackend {
     }
 }
 
-/// One broker server: where to connect, as written (`redis://` or `nats://`).
+/// One broker server: where to connect, as written (`redis://`, `rediss://`, `nats://` or
+/// `tls://`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddress {
     /// `host:port`.
     pub authority: String,
     /// The URL as written (credentials excluded).
     pub url: String,
+    /// `rediss://` or `tls://`: TLS, the server's certificate verified against its host name.
+    pub tls: bool,
+}
+
+impl BrokerAddress {
+    /// The host name or IP address (an IPv6 one without its brackets): what the server's
+    /// certificate is verified against.
+    pub fn host(&self) -> &str {
+        let (host, _) = self.split();
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    /// The port (validated: present and not 0).
+    pub fn port(&self) -> u16 {
+        self.split().1.parse().unwrap_or_default()
+    }
+
+    fn split(&self) -> (&str, &str) {
+        // INVARIANT: parse_address refused an authority without a port.
+        self.authority
+            .rsplit_once(':')
+            .unwrap_or((&self.authority, ""))
+    }
 }
 
 /// The validated `[broker]` table.
@@ -53,6 +78,9 @@ pub struct BrokerConfig {
     /// Optional credentials (Redis `AUTH [user] password`, NATS `user`/`pass`).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The CA certificates (PEM) a `rediss://` or `tls://` server's certificate is verified
+    /// against; `None`: the system's trust store.
+    pub tls_ca: Option<PathBuf>,
     /// The first part of every Redis channel and key, or NATS subject.
     pub prefix: String,
     /// This host's name in presence (`GET /channels/<name>`).
@@ -133,6 +161,8 @@ pub(crate) struct RawBroker {
     #[serde(default)]
     tls: Option<Spanned<bool>>,
     #[serde(default)]
+    tls_ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
     prefix: Option<Spanned<String>>,
     #[serde(default)]
     host: Option<Spanned<String>>,
@@ -184,8 +214,8 @@ pub(crate) fn validate<E>(
         return Err(invalid(
             tls.span(),
             "broker.tls",
-            "TLS to the broker is not supported yet: reach it on a private network or \
-             through a local TLS tunnel (docs/broker.md)"
+            "TLS is chosen per address: write rediss://host:port (Redis) or tls://host:port \
+             (NATS); tls_ca sets the CAs the certificate is verified against"
                 .into(),
         ));
     }
@@ -204,6 +234,24 @@ pub(crate) fn validate<E>(
             .map_err(|m| invalid(span.clone(), "broker.addresses", m))?;
         addresses.push(address);
     }
+    let tls_ca = match raw.tls_ca {
+        None => None,
+        Some(ca) if ca.get_ref().as_os_str().is_empty() => {
+            return Err(invalid(
+                ca.span(),
+                "broker.tls_ca",
+                "must not be empty".into(),
+            ));
+        }
+        Some(ca) if !addresses.iter().any(|a| a.tls) => {
+            return Err(invalid(
+                ca.span(),
+                "broker.tls_ca",
+                "no address uses TLS (rediss://host:port or tls://host:port)".into(),
+            ));
+        }
+        Some(ca) => Some(ca.into_inner()),
+    };
     let prefix = match raw.prefix {
         None => match backend {
             BrokerBackend::Redis => "wsedge:".to_owned(),
@@ -376,6 +424,7 @@ pub(crate) fn validate<E>(
         addresses,
         username: raw.username,
         password: raw.password,
+        tls_ca,
         prefix,
         host,
         shards,
@@ -388,19 +437,26 @@ pub(crate) fn validate<E>(
     })
 }
 
-/// Reads `redis://host:port` or `nats://host:port` (the scheme must match the backend; no
-/// credentials in the URL: they go in `username`/`password`, kept out of logs).
+/// Reads `redis://host:port`, `rediss://host:port` (TLS), `nats://host:port` or
+/// `tls://host:port` (TLS; the scheme NATS clients use) (the scheme must match the backend;
+/// no credentials in the URL: they go in `username`/`password`, kept out of logs).
 fn parse_address(backend: BrokerBackend, url: &str) -> Result<BrokerAddress, String> {
-    let scheme = match backend {
-        BrokerBackend::Redis => "redis://",
-        BrokerBackend::Nats => "nats://",
+    let (scheme, rest) = match backend {
+        BrokerBackend::Redis => match url.strip_prefix("rediss://") {
+            Some(rest) => ("rediss://", Some(rest)),
+            None => ("redis://", url.strip_prefix("redis://")),
+        },
+        BrokerBackend::Nats => match url.strip_prefix("tls://") {
+            Some(rest) => ("tls://", Some(rest)),
+            None => ("nats://", url.strip_prefix("nats://")),
+        },
     };
-    let rest = url.strip_prefix(scheme).ok_or_else(|| {
-        if url.starts_with("rediss://") || url.starts_with("tls://") {
-            format!("{url:?}: TLS to the broker is not supported yet (docs/broker.md)")
-        } else {
-            format!("{url:?} must start with {scheme}")
-        }
+    let rest = rest.ok_or_else(|| {
+        let schemes = match backend {
+            BrokerBackend::Redis => "redis:// or rediss://",
+            BrokerBackend::Nats => "nats:// or tls://",
+        };
+        format!("{url:?} must start with {schemes}")
     })?;
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') || authority.contains('@') {
@@ -417,6 +473,7 @@ fn parse_address(backend: BrokerBackend, url: &str) -> Result<BrokerAddress, Str
     Ok(BrokerAddress {
         authority: authority.to_owned(),
         url: format!("{scheme}{authority}"),
+        tls: matches!(scheme, "rediss://" | "tls://"),
     })
 }
 
@@ -441,6 +498,22 @@ mod tests {
         assert_eq!(b.prefix, "wsedge:");
         assert_eq!((b.shards, b.host.as_str()), (4, "edge-1"));
         assert_eq!(b.presence_ttl, Duration::from_secs(10));
+        assert!(!b.addresses[0].tls && b.tls_ca.is_none());
+        // TLS per address, with the CAs it is verified against.
+        let c = with_broker(
+            "addresses = [\"rediss://r.example:6380\", \"redis://10.0.0.2:6379\"]\ntls_ca = \"/etc/wsedge/redis-ca.pem\"",
+        )
+        .expect("valid");
+        let b = c.broker.expect("broker");
+        assert_eq!(
+            (
+                b.addresses[0].tls,
+                b.addresses[0].url.as_str(),
+                b.addresses[1].tls
+            ),
+            (true, "rediss://r.example:6380", false)
+        );
+        assert_eq!(b.tls_ca, Some(PathBuf::from("/etc/wsedge/redis-ca.pem")));
         let c = with_broker("backend = \"nats\"\naddresses = [\"nats://n:4222\"]").expect("valid");
         let b = c.broker.expect("broker");
         assert_eq!(
@@ -448,6 +521,24 @@ mod tests {
             (BrokerBackend::Nats, "wsedge.", 1)
         );
         assert!(is_valid_host(&b.host), "{}", b.host);
+        assert!(!b.addresses[0].tls);
+        assert_eq!((b.addresses[0].host(), b.addresses[0].port()), ("n", 4222));
+        // NATS over TLS: tls://, as NATS clients write it, with or without tls_ca.
+        let c = with_broker(
+            "backend = \"nats\"\naddresses = [\"tls://n.example:4443\", \"tls://[::1]:4222\"]\ntls_ca = \"/etc/wsedge/nats-ca.pem\"",
+        )
+        .expect("valid");
+        let b = c.broker.expect("broker");
+        let a = &b.addresses;
+        assert_eq!(
+            (a[0].tls, a[0].url.as_str(), a[0].host(), a[0].port()),
+            (true, "tls://n.example:4443", "n.example", 4443)
+        );
+        assert_eq!((a[1].tls, a[1].host(), a[1].port()), (true, "::1", 4222));
+        assert_eq!(b.tls_ca, Some(PathBuf::from("/etc/wsedge/nats-ca.pem")));
+        let c = with_broker("backend = \"nats\"\naddresses = [\"tls://n:4222\"]").expect("valid");
+        let b = c.broker.expect("broker");
+        assert!(b.addresses[0].tls && b.tls_ca.is_none());
         assert_eq!(Config::from_toml("", "b").expect("valid").broker, None);
     }
 
@@ -519,7 +610,24 @@ mod tests {
         for (table, field) in [
             ("addresses = []", "broker.addresses"),
             ("addresses = [\"nats://n:1\"]", "broker.addresses"),
-            ("addresses = [\"rediss://n:1\"]", "broker.addresses"),
+            // Each backend's own schemes only.
+            ("addresses = [\"tls://n:1\"]", "broker.addresses"),
+            (
+                "backend = \"nats\"\naddresses = [\"rediss://n:1\"]",
+                "broker.addresses",
+            ),
+            (
+                "backend = \"nats\"\naddresses = [\"nats://n:1\"]\ntls_ca = \"ca.pem\"",
+                "broker.tls_ca",
+            ),
+            (
+                "addresses = [\"redis://n:1\"]\ntls_ca = \"ca.pem\"",
+                "broker.tls_ca",
+            ),
+            (
+                "addresses = [\"rediss://n:1\"]\ntls_ca = \"\"",
+                "broker.tls_ca",
+            ),
             ("addresses = [\"redis://u:p@n:1\"]", "broker.addresses"),
             ("addresses = [\"redis://n\"]", "broker.addresses"),
             (

@@ -23,6 +23,7 @@
 //! client_ca = "/etc/wsedge/client-ca.pem"       # with request / require
 //! alpn = ["http/1.1"]                           # or [] (no ALPN); h2 is refused
 //! min_version = "1.2"                           # or "1.3"
+//! ktls = "auto"                                 # auto | off | require (kernel TLS for splice)
 //! ```
 
 use std::net::SocketAddr;
@@ -32,8 +33,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 pub use wsedge_tls::spec::{
-    Alpn, CertificateSpec, ClientAuth, ListenerSpec, NamePattern, OriginTlsSpec, TlsConfig,
-    TlsVersion,
+    Alpn, CertificateSpec, ClientAuth, KtlsMode, ListenerSpec, NamePattern, OriginTlsSpec,
+    TlsConfig, TlsVersion,
 };
 
 use crate::config::FunctionKind;
@@ -59,6 +60,14 @@ enum RawClientAuth {
     Require,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawKtls {
+    Auto,
+    Off,
+    Require,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTlsListener {
@@ -68,6 +77,7 @@ pub(crate) struct RawTlsListener {
     client_ca: Option<Spanned<PathBuf>>,
     alpn: Option<Spanned<Vec<String>>>,
     min_version: Option<Spanned<String>>,
+    ktls: Option<RawKtls>,
 }
 
 /// The origin TLS keys of one route, as written.
@@ -294,6 +304,11 @@ pub(crate) fn validate(
             client_ca,
             alpn,
             min_version,
+            ktls: match raw.ktls {
+                None | Some(RawKtls::Auto) => KtlsMode::Auto,
+                Some(RawKtls::Off) => KtlsMode::Off,
+                Some(RawKtls::Require) => KtlsMode::Require,
+            },
         });
     }
     Ok(out)
@@ -507,6 +522,7 @@ mod tests {
              [[certificate]]\ncert = \"/r.pem\"\nkey = \"/r.key\"\n\
              [[tls_listener]]\nlisten = [\"0.0.0.0:443\", \"[::]:443\"]\ncertificates = [\"main\"]\n\
              client_auth = \"request\"\nclient_ca = \"/ca.pem\"\nalpn = []\nmin_version = \"1.3\"\n\
+             ktls = \"require\"\n\
              [[tls_listener]]\nlisten = [\"127.0.0.1:8443\"]\n{ROUTE}"
         );
         let config = Config::from_toml(&text, "t").expect("valid");
@@ -533,6 +549,23 @@ mod tests {
         assert_eq!(a.client_ca, Some(PathBuf::from("/ca.pem")));
         assert_eq!(a.alpn, Alpn::Off);
         assert_eq!(a.min_version, TlsVersion::Tls13);
+        // `require` parses anywhere: the kernel is checked at start and by `wsedge --check`.
+        assert_eq!(a.ktls, KtlsMode::Require);
+        assert_eq!(b.ktls, KtlsMode::Auto, "the default");
+        for (text, want) in [("off", KtlsMode::Off), ("auto", KtlsMode::Auto)] {
+            let one = format!(
+                "{CERT}[[tls_listener]]\nlisten = [\"127.0.0.1:443\"]\nktls = \"{text}\"\n{ROUTE}"
+            );
+            let config = Config::from_toml(&one, "t").expect("valid");
+            assert_eq!(config.tls.listeners[0].ktls, want);
+        }
+        let bad =
+            format!("{CERT}[[tls_listener]]\nlisten = [\"127.0.0.1:443\"]\nktls = \"on\"\n{ROUTE}");
+        let msg = error_of(&bad);
+        assert!(
+            msg.contains("ktls") && msg.contains("auto") && msg.contains("require"),
+            "{msg}"
+        );
         assert_eq!(b.certificates, None);
         assert_eq!(
             (b.client_auth, b.alpn, b.min_version),

@@ -23,33 +23,13 @@ use wsedge_proto::recovery::{Recovered, is_valid_epoch};
 
 use crate::wire;
 
-/// Publishes a record on a recoverable channel: gives it the next offset, appends it to the
-/// stream, refreshes both expiries, and publishes it behind its position.
+/// The lines both scripts start with: the channel's epoch, or, where its meta is gone, a new
+/// history (the proposed epoch, offset 0, the old stream deleted, the meta's expiry set).
 ///
-/// KEYS: meta, stream. ARGV: record, proposed epoch, history size, history TTL (ms), meta
-/// TTL (ms), pub/sub channel. Returns the offset.
-pub const PUBLISH_SCRIPT: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
-end
-local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'offset', 1))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'r', ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[6], 'W\2' .. offset .. ':' .. epoch .. '\n' .. ARGV[1])
-return offset
-";
-
-/// Reads a channel's history: its epoch, its top offset, and (when the client's epoch is
-/// the channel's and it is not too far behind) the entries from `first` on.
-///
-/// KEYS: meta, stream. ARGV: proposed epoch, meta TTL (ms), the client's epoch (or ``),
-/// the first offset wanted (or ``), the most entries wanted. Returns
-/// `{epoch, top, entries}` (entries as `XRANGE` gives them).
-pub const READ_SCRIPT: &str = r"
+/// KEYS: meta, stream. ARGV[1]: proposed epoch, ARGV[2]: meta TTL (ms).
+macro_rules! epoch_lines {
+    () => {
+        r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -57,7 +37,35 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-local top = redis.call('HGET', KEYS[1], 'offset')
+"
+    };
+}
+
+/// Publishes a record on a recoverable channel: gives it the next offset, appends it to the
+/// stream, refreshes both expiries, and publishes it behind its position.
+///
+/// KEYS: meta, stream. ARGV: proposed epoch, meta TTL (ms), record, history size, history
+/// TTL (ms), pub/sub channel. Returns the offset.
+pub const PUBLISH_SCRIPT: &str = concat!(
+    epoch_lines!(),
+    r"local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'offset', 1))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], offset .. '-0', 'r', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[6], 'W\2' .. offset .. ':' .. epoch .. '\n' .. ARGV[3])
+return offset
+"
+);
+
+/// Reads a channel's history: its epoch, its top offset, and (when the client's epoch is
+/// the channel's and it is not too far behind) the entries from `first` on.
+///
+/// KEYS: meta, stream. ARGV: proposed epoch, meta TTL (ms), the client's epoch (or ``),
+/// the first offset wanted (or ``), the most entries wanted. Returns
+/// `{epoch, top, entries}` (entries as `XRANGE` gives them).
+pub const READ_SCRIPT: &str = concat!(
+    epoch_lines!(),
+    r"local top = redis.call('HGET', KEYS[1], 'offset')
 local entries = {}
 if ARGV[4] ~= '' and epoch == ARGV[3] then
   local first = tonumber(ARGV[4])
@@ -67,7 +75,72 @@ if ARGV[4] ~= '' and epoch == ARGV[3] then
   end
 end
 return {epoch, top, entries}
-";
+"
+);
+
+/// A script as the link runs it: by its SHA1 (`EVALSHA`), loaded again (`SCRIPT LOAD`)
+/// when Redis answers `NOSCRIPT` (a restarted or flushed Redis has no scripts), so the
+/// script's text crosses the network once per connection rather than with every call.
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub code: &'static str,
+    /// Lower-case hex, as Redis names scripts.
+    pub sha: String,
+}
+
+impl Script {
+    pub fn new(code: &'static str) -> Script {
+        use sha1::Digest;
+        use std::fmt::Write;
+        let digest = sha1::Sha1::digest(code.as_bytes());
+        let mut sha = String::with_capacity(40);
+        for b in digest {
+            let _ = write!(sha, "{b:02x}");
+        }
+        Script { code, sha }
+    }
+
+    /// `EVALSHA <sha> 2 <meta> <stream>`, for the arguments to follow.
+    pub fn call(&self, meta: String, stream: String) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(2).arg(meta).arg(stream);
+        cmd
+    }
+
+    /// `SCRIPT LOAD`.
+    pub fn load(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("SCRIPT");
+        cmd.arg("LOAD").arg(self.code);
+        cmd
+    }
+}
+
+/// The link's two scripts, named once per backend.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    pub publish: Script,
+    pub read: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        Scripts {
+            publish: Script::new(PUBLISH_SCRIPT),
+            read: Script::new(READ_SCRIPT),
+        }
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts::new()
+    }
+}
+
+/// Whether Redis did not know a script (`NOSCRIPT`): load it and call again.
+pub fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
 
 /// The stream key of `channel`.
 pub fn stream_key(prefix: &str, channel: &str) -> String {
@@ -214,6 +287,25 @@ mod tests {
         ] {
             assert!(read_reply(&channel, &bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn scripts_are_named_by_their_sha1_and_share_their_epoch_lines() {
+        // SHA1("") and SHA1("abc"), FIPS 180 test vectors.
+        assert_eq!(
+            Script::new("").sha,
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+        );
+        assert_eq!(
+            Script::new("abc").sha,
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
+        let prologue = epoch_lines!();
+        assert!(PUBLISH_SCRIPT.starts_with(prologue) && READ_SCRIPT.starts_with(prologue));
+        assert_ne!(
+            Script::new(PUBLISH_SCRIPT).sha,
+            Script::new(READ_SCRIPT).sha
+        );
     }
 
     #[test]

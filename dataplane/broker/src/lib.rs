@@ -11,7 +11,7 @@
 //! - [`history`]: channel histories in Redis Streams, for recovery (the scripts, the reply);
 //! - [`bridge`]: the thread that drives the core, and its [`Handle`];
 //! - [`redis`] and [`nats`]: the [`Broker`] backends, blocking clients on threads of their
-//!   own per shard.
+//!   own per shard (NATS: `nats/conn.rs` connects, over `nats/stream.rs`, plain or TLS).
 
 #![forbid(unsafe_code)]
 

@@ -13,36 +13,40 @@
 //! `<prefix>%presence` (the channel name as payload, an inbox to reply to) and every host's
 //! link answers with its own count, from the presence the bridge hands it; the reader sums
 //! what arrives within [`PRESENCE_WINDOW`]. A host that is gone simply does not answer.
+//!
+//! TLS (`tls://` addresses): as NATS clients do, the server's `INFO` is read in plaintext,
+//! then the connection is upgraded (nats/stream.rs) and `CONNECT` goes encrypted.
+
+mod conn;
+mod stream;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wsedge_command::broker::BrokerConfig;
+use wsedge_tls::OriginTls;
 
 use crate::bridge::report;
 use crate::core::{LinkCmd, LinkEvent};
 use crate::{Broker, HostCount, Input, Link};
+use conn::{Conn, Settings, connect, read_line, read_msg};
+use stream::Stream;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The server pings every 2 minutes by default; a read this long without a byte is a dead
-/// connection.
-const READ_TIMEOUT: Duration = Duration::from_secs(300);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a presence request collects the hosts' answers.
 pub const PRESENCE_WINDOW: Duration = Duration::from_millis(300);
-/// The longest protocol line read (an `INFO` can be a few KiB).
-const MAX_LINE: usize = 64 * 1024;
 
 /// The NATS backend.
 #[derive(Debug)]
 pub struct Nats {
     addresses: Vec<String>,
     urls: Vec<String>,
+    /// Each shard's `tls://` server name, with the TLS client (or why there is none:
+    /// `tls_ca` unreadable, reported by each connection attempt); `None`: `nats://`.
+    tls: Vec<Option<(String, Result<OriginTls, String>)>>,
     prefix: String,
     host: String,
     user: Option<String>,
@@ -52,7 +56,23 @@ pub struct Nats {
 impl Nats {
     pub fn new(config: &BrokerConfig) -> Nats {
         let pick = |i: usize| &config.addresses[i % config.addresses.len()];
+        // Built once (the CA file or the system's store read here), shared by every shard.
+        let client = config.addresses.iter().any(|a| a.tls).then(|| {
+            OriginTls::trusting(
+                "broker.tls_ca",
+                "broker.tls_ca",
+                config.tls_ca.as_deref(),
+                None,
+            )
+            .map_err(|e| e.to_string())
+        });
         Nats {
+            tls: (0..config.shards)
+                .map(|i| match (pick(i), &client) {
+                    (a, Some(c)) if a.tls => Some((a.host().to_owned(), c.clone())),
+                    _ => None,
+                })
+                .collect(),
             addresses: (0..config.shards)
                 .map(|i| pick(i).authority.clone())
                 .collect(),
@@ -68,22 +88,13 @@ impl Nats {
         Settings {
             address: self.addresses[shard].clone(),
             url: self.urls[shard].clone(),
+            tls: self.tls[shard].clone(),
             prefix: self.prefix.clone(),
             host: self.host.clone(),
             user: self.user.clone(),
             pass: self.pass.clone(),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-struct Settings {
-    address: String,
-    url: String,
-    prefix: String,
-    host: String,
-    user: Option<String>,
-    pass: Option<String>,
 }
 
 /// The subject of `channel`.
@@ -100,155 +111,6 @@ fn channel_of(prefix: &str, subject: &str) -> Option<String> {
 
 fn presence_subject(prefix: &str) -> String {
     format!("{prefix}%presence")
-}
-
-/// A connected client: the server's `max_payload`, and the two halves.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
-    max_payload: usize,
-}
-
-/// Reads one `\r\n`-terminated line (without it), bounded.
-fn read_line(reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> Result<(), String> {
-    line.clear();
-    let n = reader
-        .by_ref()
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', line)
-        .map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Err("connection closed by the server".into());
-    }
-    if line.last() != Some(&b'\n') {
-        return Err("protocol line too long".into());
-    }
-    line.pop();
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    Ok(())
-}
-
-/// Connects, reads `INFO`, sends `CONNECT` and waits for the `PONG` that confirms it.
-fn connect(s: &Settings) -> Result<Conn, String> {
-    let addrs: Vec<SocketAddr> = s
-        .address
-        .to_socket_addrs()
-        .map_err(|e| format!("{}: {e}", s.url))?
-        .collect();
-    let mut last = format!("{}: no address", s.url);
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(st) => {
-                stream = Some(st);
-                break;
-            }
-            Err(e) => last = format!("{}: {e}", s.url),
-        }
-    }
-    let stream = stream.ok_or(last)?;
-    let _ = stream.set_nodelay(true);
-    stream
-        .set_read_timeout(Some(CONNECT_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(WRITE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = BufWriter::new(stream);
-    let mut line = Vec::new();
-    read_line(&mut reader, &mut line)?;
-    let info = line
-        .strip_prefix(b"INFO ")
-        .ok_or_else(|| format!("{}: not a NATS server (no INFO)", s.url))?;
-    let info: serde_json::Value =
-        serde_json::from_slice(info).map_err(|e| format!("{}: bad INFO: {e}", s.url))?;
-    let max_payload = info
-        .get("max_payload")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(1024 * 1024) as usize;
-    let mut connect = serde_json::json!({
-        "verbose": false,
-        "pedantic": false,
-        "lang": "rust-wsedge",
-        "version": env!("CARGO_PKG_VERSION"),
-        "name": format!("wsedge {}", s.host),
-        "protocol": 1,
-    });
-    if let Some(user) = &s.user {
-        connect["user"] = user.clone().into();
-    }
-    if let Some(pass) = &s.pass {
-        connect["pass"] = pass.clone().into();
-    }
-    let text = format!("CONNECT {connect}\r\nPING\r\n");
-    writer
-        .write_all(text.as_bytes())
-        .and_then(|()| writer.flush())
-        .map_err(|e| format!("{}: {e}", s.url))?;
-    loop {
-        read_line(&mut reader, &mut line)?;
-        match line.as_slice() {
-            b"PONG" => break,
-            b"PING" => {
-                let _ = writer.write_all(b"PONG\r\n").and_then(|()| writer.flush());
-            }
-            l if l.starts_with(b"-ERR") => {
-                return Err(format!("{}: {}", s.url, String::from_utf8_lossy(l)));
-            }
-            _ => {}
-        }
-    }
-    reader
-        .get_ref()
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    Ok(Conn {
-        reader,
-        writer,
-        max_payload,
-    })
-}
-
-/// A message as the reader parsed it.
-struct Msg {
-    subject: String,
-    reply: Option<String>,
-    payload: Vec<u8>,
-}
-
-/// Reads the payload of a `MSG`/`HMSG` line (`headers` bytes of headers first, skipped).
-fn read_msg(
-    reader: &mut BufReader<TcpStream>,
-    args: &[&str],
-    headers: bool,
-) -> Result<Msg, String> {
-    // MSG <subject> <sid> [reply] <#bytes>; HMSG <subject> <sid> [reply] <#hdr> <#total>
-    let fixed = if headers { 4 } else { 3 };
-    let bad = || "malformed MSG line".to_owned();
-    if args.len() != fixed && args.len() != fixed + 1 {
-        return Err(bad());
-    }
-    let reply = (args.len() == fixed + 1).then(|| args[2].to_owned());
-    let total: usize = args[args.len() - 1].parse().map_err(|_| bad())?;
-    let header_len: usize = if headers {
-        args[args.len() - 2].parse().map_err(|_| bad())?
-    } else {
-        0
-    };
-    if header_len > total || total > 64 * 1024 * 1024 {
-        return Err(bad());
-    }
-    let mut body = vec![0u8; total + 2];
-    reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-    body.truncate(total);
-    Ok(Msg {
-        subject: args[0].to_owned(),
-        reply,
-        payload: body.split_off(header_len),
-    })
 }
 
 /// What the writer thread takes: the bridge's commands and the reader's own needs.
@@ -336,6 +198,7 @@ impl Broker for Nats {
         let mut conn = connect(&s)?;
         conn.reader
             .get_ref()
+            .socket()
             .set_read_timeout(Some(Duration::from_millis(50)))
             .map_err(|e| e.to_string())?;
         let inbox = format!("_INBOX.wsedge.{}.{}", std::process::id(), nanos());
@@ -499,7 +362,7 @@ fn run(
 struct Writer {
     /// Set when the bridge closed the link (the reader's error is then no failure).
     closed: Arc<AtomicBool>,
-    out: BufWriter<TcpStream>,
+    out: BufWriter<Stream>,
     prefix: String,
     max_payload: usize,
     /// Channel → subscription id; sid 1 is the presence subject.
@@ -516,7 +379,7 @@ impl Writer {
             while let Some(w) = next.take() {
                 if matches!(w, Write_::Close) {
                     self.closed.store(true, Ordering::Release);
-                    let _ = self.out.get_ref().shutdown(std::net::Shutdown::Both);
+                    self.out.get_ref().shutdown();
                     return Ok(());
                 }
                 self.write(w).map_err(|e| e.to_string())?;
@@ -525,7 +388,7 @@ impl Writer {
             self.out.flush().map_err(|e| e.to_string())?;
         }
         // The bridge dropped the link: close the connection so the reader ends too.
-        let _ = self.out.get_ref().shutdown(std::net::Shutdown::Both);
+        self.out.get_ref().shutdown();
         Ok(())
     }
 

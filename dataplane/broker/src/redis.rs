@@ -28,7 +28,7 @@ use wsedge_proto::recovery::{Answer, Failure, Since, decide};
 
 use crate::bridge::{LinkTx, report};
 use crate::core::{LinkCmd, LinkEvent};
-use crate::history::{self, PUBLISH_SCRIPT, READ_SCRIPT};
+use crate::history::{self, Script, Scripts};
 use crate::{Broker, HostCount, Input, Link};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,12 +41,14 @@ const BATCH: usize = 256;
 /// The Redis backend.
 #[derive(Debug)]
 pub struct Redis {
-    servers: Vec<ConnectionInfo>,
+    /// Each shard's server, or why it cannot be reached (its `tls_ca` unreadable).
+    servers: Vec<Result<ConnectionInfo, String>>,
     addresses: Vec<String>,
     prefix: String,
     host: String,
     ttl: Duration,
     recovery: Vec<RecoveryConfig>,
+    scripts: Scripts,
 }
 
 impl Redis {
@@ -58,15 +60,42 @@ impl Redis {
         if let Some(password) = &config.password {
             settings = settings.set_password(password);
         }
+        // `rediss://` with `tls_ca`: those CAs only (read once, here), else the system's.
+        let ca = config.tls_ca.as_ref().map(|path| {
+            std::fs::read(path).map_err(|e| format!("broker.tls_ca {}: {e}", path.display()))
+        });
         let servers = (0..config.shards)
             .map(|i| {
                 let address = &config.addresses[i % config.addresses.len()];
-                let (host, port) = split_authority(&address.authority);
-                ConnectionAddr::Tcp(host, port)
+                let (host, port) = (address.host().to_owned(), address.port());
+                let addr = if address.tls {
+                    ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host, port)
+                };
+                let info = addr
                     .into_connection_info()
                     .map(|info| info.set_redis_settings(settings.clone()))
                     // INVARIANT: a TCP address always converts.
-                    .unwrap_or_else(|_| unreachable!("a TCP address converts"))
+                    .unwrap_or_else(|_| unreachable!("a TCP address converts"));
+                match (&ca, address.tls) {
+                    (Some(Ok(pem)), true) => {
+                        let certs = redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.clone()),
+                        };
+                        redis::Client::build_with_tls(info, certs)
+                            .map(|c| c.get_connection_info().clone())
+                            .map_err(|e| format!("broker.tls_ca: {e}"))
+                    }
+                    (Some(Err(e)), true) => Err(e.clone()),
+                    _ => Ok(info),
+                }
             })
             .collect();
         Redis {
@@ -78,19 +107,12 @@ impl Redis {
             host: config.host.clone(),
             ttl: config.presence_ttl,
             recovery: config.recovery.clone(),
+            scripts: Scripts::new(),
         }
     }
 
     fn connect(&self, shard: usize) -> Result<redis::Connection, String> {
-        let client = redis::Client::open(self.servers[shard].clone()).map_err(|e| e.to_string())?;
-        let con = client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(|e| format!("{}: {e}", self.addresses[shard]))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        con.set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        Ok(con)
+        self.clone_for_thread(shard).connect()
     }
 
     fn presence_key(&self, channel: &str) -> String {
@@ -99,12 +121,6 @@ impl Redis {
 }
 
 /// `host:port` (IPv6 in brackets) into its parts; the config validated the port.
-fn split_authority(authority: &str) -> (String, u16) {
-    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "6379"));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host.to_owned(), port.parse().unwrap_or(6379))
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -148,6 +164,7 @@ struct RedisShared {
     host: String,
     ttl: Duration,
     recovery: Vec<RecoveryConfig>,
+    scripts: Scripts,
 }
 
 impl Broker for Redis {
@@ -159,6 +176,7 @@ impl Broker for Redis {
             host: self.host.clone(),
             ttl: self.ttl,
             recovery: self.recovery.clone(),
+            scripts: self.scripts.clone(),
         });
         let ctx = Ctx {
             redis: shared,
@@ -208,7 +226,7 @@ impl Broker for Redis {
 
 /// What a link thread needs to connect on its own.
 struct Servers {
-    info: ConnectionInfo,
+    info: Result<ConnectionInfo, String>,
     address: String,
 }
 
@@ -223,7 +241,8 @@ impl Redis {
 
 impl Servers {
     fn connect(&self) -> Result<redis::Connection, String> {
-        let client = redis::Client::open(self.info.clone()).map_err(|e| e.to_string())?;
+        let info = self.info.clone()?;
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let con = client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .map_err(|e| format!("{}: {e}", self.address))?;
@@ -313,6 +332,8 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
     let mut epochs = Epochs::new(&ctx.redis.host, ctx.shard);
     while let Ok(first) = rx.recv() {
         let mut pipe = redis::pipe();
+        // Every reply is looked at (none ignored): a `NOSCRIPT` is retried, see `send`.
+        pipe.ignore_errors();
         let mut next = Some(first);
         let mut n = 0;
         // A history read waits for the publications queued before it (one pipeline).
@@ -324,38 +345,35 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
                     match recovery_of(&ctx.redis.recovery, &channel) {
                         Some(r) => {
                             let prefix = &ctx.redis.prefix;
-                            pipe.cmd("EVAL")
-                                .arg(PUBLISH_SCRIPT)
-                                .arg(2)
-                                .arg(history::meta_key(prefix, &channel))
-                                .arg(history::stream_key(prefix, &channel))
+                            let mut call = ctx.redis.scripts.publish.call(
+                                history::meta_key(prefix, &channel),
+                                history::stream_key(prefix, &channel),
+                            );
+                            call.arg(epochs.propose())
+                                .arg(r.meta_ttl.as_millis() as u64)
                                 .arg(record)
-                                .arg(epochs.propose())
                                 .arg(r.history_size)
                                 .arg(r.history_ttl.as_millis() as u64)
-                                .arg(r.meta_ttl.as_millis() as u64)
-                                .arg(pubsub)
-                                .ignore();
+                                .arg(pubsub);
+                            pipe.add_command(call);
                         }
                         None => {
-                            pipe.cmd("PUBLISH").arg(pubsub).arg(record).ignore();
+                            pipe.cmd("PUBLISH").arg(pubsub).arg(record);
                         }
                     }
                 }
                 LinkCmd::Presence(channel, 0) => {
                     pipe.cmd("HDEL")
                         .arg(presence_key(&channel))
-                        .arg(&ctx.redis.host)
-                        .ignore();
+                        .arg(&ctx.redis.host);
                 }
                 LinkCmd::Presence(channel, count) => {
                     let key = presence_key(&channel);
                     pipe.cmd("HSET")
                         .arg(&key)
                         .arg(&ctx.redis.host)
-                        .arg(format!("{count} {}", unix_ms() + ttl_ms))
-                        .ignore();
-                    pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+                        .arg(format!("{count} {}", unix_ms() + ttl_ms));
+                    pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms);
                 }
                 LinkCmd::History {
                     token,
@@ -370,7 +388,7 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
             }
         }
         if !pipe.is_empty()
-            && let Err(e) = pipe.exec(&mut con)
+            && let Err(e) = send(&mut con, &ctx.redis.scripts.publish, &pipe)
         {
             if let Some((token, ..)) = read {
                 ctx.report(LinkEvent::History {
@@ -389,6 +407,48 @@ fn run_publisher(mut con: redis::Connection, ctx: &Ctx, rx: &Receiver<LinkCmd>) 
                 return;
             }
         }
+    }
+}
+
+/// Sends the publisher's pipeline (built with `ignore_errors`: one reply per command). The
+/// script calls Redis refused with `NOSCRIPT` (it restarted, or its scripts were flushed)
+/// are sent again, once, after `SCRIPT LOAD`: they did not run, and nothing else is sent
+/// twice. Any other error fails the pipeline (the link goes down).
+fn send(
+    con: &mut redis::Connection,
+    script: &Script,
+    pipe: &redis::Pipeline,
+) -> redis::RedisResult<()> {
+    let replies: Vec<redis::Value> = pipe.query(con)?;
+    let mut again = redis::pipe();
+    for (cmd, reply) in pipe.cmd_iter().zip(replies) {
+        if let redis::Value::ServerError(e) = reply {
+            let e = redis::RedisError::from(e);
+            if !history::is_noscript(&e) {
+                return Err(e);
+            }
+            again.add_command(cmd.clone());
+        }
+    }
+    if !again.is_empty() {
+        script.load().exec(con)?;
+        again.exec(con)?;
+    }
+    Ok(())
+}
+
+/// Runs a script call, loading the script first if Redis does not have it (`NOSCRIPT`).
+fn eval<T: redis::FromRedisValue>(
+    con: &mut redis::Connection,
+    script: &Script,
+    call: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match call.query(con) {
+        Err(e) if history::is_noscript(&e) => {
+            script.load().exec(con)?;
+            call.query(con)
+        }
+        other => other,
     }
 }
 
@@ -417,17 +477,17 @@ fn read_history(
         .as_ref()
         .filter(|s| s.offset < 1 << 52)
         .map_or(String::new(), |s| (s.offset + 1).to_string());
-    let reply: redis::RedisResult<redis::Value> = redis::cmd("EVAL")
-        .arg(READ_SCRIPT)
-        .arg(2)
-        .arg(history::meta_key(prefix, channel))
-        .arg(history::stream_key(prefix, channel))
-        .arg(epochs.propose())
+    let script = &ctx.redis.scripts.read;
+    let mut call = script.call(
+        history::meta_key(prefix, channel),
+        history::stream_key(prefix, channel),
+    );
+    call.arg(epochs.propose())
         .arg(r.meta_ttl.as_millis() as u64)
         .arg(since.as_ref().map_or("", |s| s.epoch.as_str()))
         .arg(first)
-        .arg(r.history_size)
-        .query(con);
+        .arg(r.history_size);
+    let reply: redis::RedisResult<redis::Value> = eval(con, script, &call);
     match reply {
         Ok(reply) => match history::read_reply(channel, &reply) {
             Ok((epoch, top, entries)) => (

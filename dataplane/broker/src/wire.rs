@@ -222,7 +222,7 @@ fn offset_text(head: &str) -> &str {
 /// A positioned record, as the Redis script builds it (for tests and tools).
 pub fn encode_positioned(record: &[u8], position: &Position) -> Vec<u8> {
     let mut out = vec![MAGIC, POSITIONED];
-    out.extend_from_slice(format!("{}:{}\n", position.offset, position.epoch).as_bytes());
+    out.extend_from_slice(format!("{position}\n").as_bytes());
     out.extend_from_slice(record);
     out
 }

@@ -134,6 +134,10 @@ pub(crate) enum SocketEvent {
         clean: bool,
     },
     Error(String),
+    /// Messages of the socket's topic may have been lost (the broker's `gap` notice).
+    Gap {
+        topic: String,
+    },
 }
 
 /// One runtime; see the module docs.
@@ -525,6 +529,7 @@ impl Engine {
                     clean,
                 } => dispatch.call::<_, ()>((socket, 3, code, reason, clean)),
                 SocketEvent::Error(message) => dispatch.call::<_, ()>((socket, 4, message)),
+                SocketEvent::Gap { topic } => dispatch.call::<_, ()>((socket, 5, topic)),
             }
         });
     }
@@ -1231,6 +1236,16 @@ fn bindings<'js>(
                 st.bus_ops.push(BusOp::Unsubscribe(key, topic));
             }
             st.touch(id);
+        })?,
+    )?;
+    // A server socket's script listens for `gap`: only then does a gap enter JavaScript.
+    let st = Rc::clone(state);
+    host.set(
+        "listenGap",
+        Function::new(ctx.clone(), move |conn: f64| {
+            if let Some(c) = st.borrow_mut().conns.get_mut(&(conn as u64)) {
+                c.gap_listener = true;
+            }
         })?,
     )?;
     let st = Rc::clone(state);

@@ -491,6 +491,14 @@
       if (!this._l) this._l = {};
       const list = this._l[type] || (this._l[type] = []);
       if (!list.some((e) => e.fn === fn)) list.push({ fn, once });
+      if (type === "gap") this._gap();
+    }
+    // The engine enters JavaScript for a gap only on a server socket that listens for it.
+    _gap() {
+      if (this._id % 2 === 0 && !this._gl) {
+        this._gl = true;
+        host.listenGap(this._id / 2);
+      }
     }
     removeEventListener(type, fn) {
       const list = this._l && this._l[type];
@@ -517,13 +525,14 @@
     Object.defineProperty(WebSocket, name, { value, enumerable: true });
     Object.defineProperty(WebSocket.prototype, name, { value, enumerable: true });
   }
-  for (const type of ["open", "message", "close", "error"]) {
+  for (const type of ["open", "message", "close", "error", "gap"]) {
     Object.defineProperty(WebSocket.prototype, "on" + type, {
       get() {
         return this["_on" + type] || null;
       },
       set(fn) {
         this["_on" + type] = typeof fn === "function" ? fn : null;
+        if (type === "gap" && fn) this._gap();
       },
       configurable: true,
     });
@@ -531,7 +540,8 @@
   def("WebSocket", WebSocket);
 
   // Socket events from the engine: 0 open, 1 text, 2 binary, 3 close (code, reason, clean),
-  // 4 error (message). Exceptions in a handler are reported for the socket's connection.
+  // 4 error (message), 5 gap (topic). Exceptions in a handler are reported for the socket's
+  // connection.
   const event = (id, type, a, b, c) => {
     const s = sockets[id];
     if (!s) return;
@@ -557,6 +567,9 @@
           break;
         case 4:
           s.dispatchEvent(new ErrorEvent("error", { message: a, error: new Error(a) }));
+          break;
+        case 5:
+          s.dispatchEvent(new Event("gap", { topic: a }));
           break;
       }
     } catch (e) {

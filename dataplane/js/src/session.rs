@@ -3,7 +3,8 @@
 //! the peer's, for `new WebSocket`), turns their messages into socket events for the script,
 //! and turns what the script asked for (its runtime's outbox for this connection: the
 //! upgrade or an answer, frames, closes, a peer to open, channel operations) into
-//! [`FnAction`]s. Channel deliveries go to the client without entering JavaScript.
+//! [`FnAction`]s. Channel deliveries go to the client without entering JavaScript; a `gap`
+//! notice becomes the socket's `gap` event.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -469,6 +470,26 @@ impl JsSession {
         self.finish(reason, cx);
     }
 
+    /// A `gap` notice on `topic`: one `gap` event on the server socket, only if its script
+    /// listens for one (a socket with no listener costs no call into JavaScript). What the
+    /// handler sends goes out before the channel's next message.
+    fn on_gap(&mut self, topic: &str, cx: &mut FnCx<'_>) {
+        let listens = {
+            let engine = self.engine.borrow();
+            let st = engine.state.borrow();
+            st.conns
+                .get(&self.id)
+                .is_some_and(|c| c.gap_listener && c.topics.iter().any(|t| **t == *topic))
+        };
+        if !listens {
+            return;
+        }
+        self.flush_client();
+        let topic = topic.to_owned();
+        self.tell(false, cx.now, SocketEvent::Gap { topic });
+        self.drain(cx);
+    }
+
     fn touch(&self, now: u64) {
         let engine = self.engine.borrow();
         let mut st = engine.state.borrow_mut();
@@ -612,12 +633,11 @@ impl FunctionSession for JsSession {
     }
 
     fn on_delivery(&mut self, delivery: &mut Delivery, cx: &mut FnCx<'_>) {
-        // A gap notice is not a message (scripts get no event for it yet).
-        if delivery.is_gap()
-            || self.finished
-            || !self.server.as_ref().is_some_and(Endpoint::is_open)
-        {
+        if self.finished || !self.server.as_ref().is_some_and(Endpoint::is_open) {
             return;
+        }
+        if delivery.is_gap() {
+            return self.on_gap(&delivery.channel, cx);
         }
         self.flush_client();
         let frame = delivery.raw_frame();

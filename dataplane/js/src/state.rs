@@ -90,6 +90,8 @@ pub(crate) struct Conn {
     pub(crate) shutdown: Option<(u16, CloseReason)>,
     /// Topics its server socket is subscribed to.
     pub(crate) topics: Vec<Box<str>>,
+    /// Its server socket has a `gap` listener (`ongap` or `addEventListener("gap")`).
+    pub(crate) gap_listener: bool,
     pub(crate) woken: bool,
 }
 

@@ -209,14 +209,11 @@ impl World {
             let queue = std::mem::take(&mut self.bus.borrow_mut().queue);
             for (route, channel, payload, skip) in queue {
                 busy = true;
-                let subscribers: Vec<ConnKey> = self
-                    .bus
-                    .borrow()
-                    .hubs
-                    .get(&route)
-                    .map(|h| h.subscribers(&channel).collect())
-                    .unwrap_or_default();
-                for key in subscribers.into_iter().filter(|k| Some(*k) != skip) {
+                for key in self
+                    .subscribers(&route, &channel)
+                    .into_iter()
+                    .filter(|k| Some(*k) != skip)
+                {
                     if let Some(sim) = self.sims.get_mut(&key)
                         && sim.closed.is_none()
                     {
@@ -258,6 +255,30 @@ impl World {
             }
         }
         panic!("the loop never settled");
+    }
+
+    /// The bus's subscribers of `channel` on `route`.
+    fn subscribers(&self, route: &str, channel: &str) -> Vec<ConnKey> {
+        self.bus
+            .borrow()
+            .hubs
+            .get(route)
+            .map(|h| h.subscribers(channel).collect())
+            .unwrap_or_default()
+    }
+
+    /// A `gap` notice on `channel` of `route`, fed to each subscriber as the worker does
+    /// (one shared delivery).
+    fn gap(&mut self, route: &str, channel: &str) {
+        let mut delivery = Delivery::gap(std::sync::Arc::from(channel));
+        for key in self.subscribers(route, channel) {
+            if let Some(sim) = self.sims.get_mut(&key)
+                && sim.closed.is_none()
+            {
+                sim.handle(Input::Deliver(&mut delivery));
+            }
+        }
+        self.settle();
     }
 
     /// Moves the clock to `to`, firing host and session timers in order.
@@ -1017,6 +1038,54 @@ fn an_allocation_failure_a_handler_catches_still_tears_the_runtime_down() {
     assert_eq!(stats[0].1.restarts, 1, "{stats:?}");
     let last = w.frames(c).pop().expect("a close");
     assert_eq!((last.0, close_code(&last.1)), (OpCode::Close, 1011));
+}
+
+#[test]
+fn a_gap_is_one_event_on_each_listening_socket_and_costs_nothing_elsewhere() {
+    // `ongap` and a `gap` listener, a socket with none, and one that left its topic.
+    let source = r#"
+        export default {
+          fetch(request) {
+            const { socket, response } = upgradeWebSocket(request);
+            const mode = new URL(request.url).pathname;
+            socket.onopen = () => {
+              socket.subscribe("news");
+              if (mode === "/left") socket.unsubscribe("news");
+            };
+            if (mode !== "/deaf") {
+              socket.ongap = (e) => socket.send(`ongap:${e.type}:${e.topic}`);
+              socket.addEventListener("gap", (e) => socket.send(`listener:${e.topic}`));
+            }
+            socket.onmessage = (e) => socket.publish("news", e.data);
+            return response;
+          },
+        };"#;
+    let mut w = World::new(&[], Limits::default());
+    w.host
+        .borrow_mut()
+        .deploy("f", script(source).expect("compiles"), Limits::default())
+        .expect("deploys");
+    w.add_route("f", "/");
+    let (a, b) = (w.connect("/a"), w.connect("/b"));
+    let deaf = w.connect("/deaf");
+    let left = w.connect("/left");
+    let invocations = w.host.borrow().stats()[0].1.invocations;
+    w.gap("f", "news");
+    let told = ["ongap:gap:news", "listener:news"];
+    assert_eq!(w.texts(a), told);
+    assert_eq!(w.texts(b), told);
+    assert!(w.texts(deaf).is_empty() && w.texts(left).is_empty());
+    assert_eq!(
+        w.host.borrow().stats()[0].1.invocations,
+        invocations + 2,
+        "one call into JavaScript per listening socket, none for the others"
+    );
+    // What a handler sends comes before the channel's next message.
+    w.text(deaf, "next");
+    assert_eq!(w.texts(a), ["ongap:gap:news", "listener:news", "next"]);
+    // A gap on a topic nobody holds reaches nobody.
+    w.gap("f", "other");
+    assert_eq!(w.texts(a).len(), 3);
 }
 
 /// Rough figures, not a benchmark (run in release, alone: `cargo test -p wsedge-js --release

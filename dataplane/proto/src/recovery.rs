@@ -53,6 +53,20 @@ pub struct Since {
     pub epoch: String,
 }
 
+/// `<offset>:<epoch>`: what a client sends as `since`, and the head of a positioned record.
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.offset, self.epoch)
+    }
+}
+
+/// `<offset>:<epoch>`, which [`parse_since`] reads back.
+impl std::fmt::Display for Since {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.offset, self.epoch)
+    }
+}
+
 /// A `since` that is not `<offset>:<epoch>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("since must be <offset>:<epoch> (a decimal offset, an epoch of 1 to 64 A-Z a-z 0-9 _ -)")]
@@ -495,6 +509,11 @@ mod tests {
         assert_eq!(parse_since("0:A-b_9"), Ok(since(0, "A-b_9")));
         assert_eq!(parse_since("12%3Aef"), Ok(since(12, "ef")));
         assert_eq!(parse_since("12%3aef"), Ok(since(12, "ef")));
+        // What Display writes reads back (a leading zero is read, never written).
+        assert_eq!(parse_since("007:e"), Ok(since(7, "e")));
+        assert_eq!(since(7, "e").to_string(), "7:e");
+        let top = since(u64::MAX, "A-b_9");
+        assert_eq!(parse_since(&top.to_string()), Ok(top));
         let long = "e".repeat(64);
         assert_eq!(parse_since(&format!("1:{long}")), Ok(since(1, &long)));
         for bad in [

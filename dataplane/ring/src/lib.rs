@@ -7,7 +7,7 @@
 //! [`Completion`]s that name the [`Owner`] it gave. Above it, the runtime is safe code: it
 //! decides *what* to do; this crate makes sure the kernel only ever touches memory that is
 //! alive. Besides the ring it holds every libc wrapper the dataplane needs ([`sys`]) and the
-//! splice relay's pipe pool ([`pipes`]). It depends only on `wsedge-proto` (for the
+//! splice relay's pipe pool ([`pipes`]), and the kernel TLS hand-off and probe ([`ktls`]). It depends only on `wsedge-proto` (for the
 //! [`Chunk`]s a send takes).
 //!
 //! # The memory rule
@@ -43,6 +43,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod bufring;
+pub mod ktls;
 mod op;
 pub mod pipes;
 mod probe;

@@ -191,6 +191,16 @@ fn run(
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     wsedge_ring::probe().map_err(anyhow::Error::msg)?;
+    if !config.tls.listeners.is_empty() {
+        match wsedge_ring::ktls::support() {
+            Ok(()) => tracing::info!(
+                "kTLS available: splice and auto routes splice wss:// after the handshake"
+            ),
+            Err(why) => {
+                tracing::info!(%why, trial = why.trial.as_deref().unwrap_or(""), "kTLS unavailable: splice and auto routes relay wss:// buffered")
+            }
+        }
+    }
     anyhow::ensure!(
         count <= conn_id::MAX_WORKERS,
         "at most {} workers (a connection id names its worker in 8 bits)",

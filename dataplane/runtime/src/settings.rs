@@ -100,6 +100,12 @@ impl Settings {
         workers: usize,
         health: &Registry,
     ) -> Result<Settings, String> {
+        // `ktls = "require"` needs a kernel that takes TLS keys (probed once per process),
+        // at start, by `wsedge --check` and on a pushed configuration alike.
+        let kernel = wsedge_ring::ktls::support().as_ref();
+        config
+            .tls
+            .check_ktls(kernel.copied().map_err(|why| why as &dyn std::fmt::Display))?;
         let firewall = config
             .firewall
             .build()

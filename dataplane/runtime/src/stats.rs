@@ -19,7 +19,8 @@ pub(crate) struct Stats {
     pub(crate) messages_from_clients: u64,
     /// Broadcast subscribers closed because their send queue passed its bound.
     pub(crate) slow_consumers: u64,
-    /// Splice directions relayed buffered instead because no pipe could be created.
+    /// Splice directions relayed buffered instead: no pipe could be created, or TLS stayed
+    /// in user space.
     pub(crate) splice_fallbacks: u64,
     /// Stream reads copied out of the buffer ring because it ran low (worker/reads.rs
     /// `ring_is_low`), and reads that found it empty (re-armed once buffers came back).
@@ -34,6 +35,11 @@ pub(crate) struct Stats {
     pub(crate) tls_resumed: u64,
     /// TLS failures by kind (`wsedge_tls::TlsErrorKind` labels).
     pub(crate) tls_errors: BTreeMap<&'static str, u64>,
+    /// Client connections whose TLS went to the kernel (kTLS) for a splice, hand-offs the
+    /// kernel refused, and kTLS reads ended by a record that was not application data.
+    pub(crate) ktls_handoffs: u64,
+    pub(crate) ktls_failures: u64,
+    pub(crate) ktls_control_records: u64,
 }
 
 impl Stats {
@@ -65,5 +71,8 @@ impl Stats {
         for (kind, n) in &other.tls_errors {
             *self.tls_errors.entry(kind).or_default() += n;
         }
+        self.ktls_handoffs += other.ktls_handoffs;
+        self.ktls_failures += other.ktls_failures;
+        self.ktls_control_records += other.ktls_control_records;
     }
 }

@@ -1,14 +1,17 @@
 //! The seam between a socket and the session: what a side's bytes go through on their way in
-//! and out. Two variants: plain TCP, and TLS terminated in user space ([`tls`], over
-//! `wsedge-tls`'s sans-IO rustls server). The session only ever sees plaintext.
+//! and out. Two variants: plain TCP, and TLS ([`tls`]): terminated in user space over
+//! `wsedge-tls`'s sans-IO rustls server, or, after a hand-off, by the kernel (kTLS: the
+//! socket carries plaintext for user space, the kernel seals and opens the records). The
+//! session only ever sees plaintext.
 //!
 //! The worker calls the transport on each path: a head read's bytes, a stream read's bytes,
 //! each chunk the session queues ([`Transport::seal`]), each send completion
 //! ([`Transport::written`], which turns bytes written back into the session's units) and a
 //! write shutdown ([`Transport::close_notify`]). [`Transport::allows_splice`] tells the
 //! session whether its bytes may travel by splice (never under user-space TLS: the kernel
-//! would move ciphertext). The TLS-only steps (handshake records, alerts, the close after a
-//! failure) are driven by `worker/tls.rs`.
+//! would move ciphertext); [`Transport::splice_plan`] decides whether a user-space TLS side
+//! can go to the kernel first, and why not (`worker/ktls.rs` applies it). The TLS-only steps
+//! (handshake records, alerts, the close after a failure) are driven by `worker/tls.rs`.
 
 pub(crate) mod tls;
 
@@ -23,8 +26,56 @@ pub(crate) enum Transport {
     /// Plain TCP: bytes pass unchanged, in place.
     #[default]
     Plain,
-    /// TLS terminated here: ciphertext on the socket, plaintext for the session.
+    /// TLS terminated here: ciphertext on the socket, plaintext for the session; or, once
+    /// handed to the kernel ([`Transport::is_ktls`]), bytes pass unchanged as on plain TCP
+    /// (so splice works) and only the handshake's facts stay, for the access log. (One
+    /// boxed variant keeps `Transport` one pointer wide: a connection's memory budget.)
     Tls(Box<TlsTransport>),
+}
+
+/// What a side needs before the session's bytes from or to it may be spliced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SplicePlan {
+    /// Nothing: its socket carries the session's bytes as they are.
+    Ready,
+    /// Hand its TLS keys to the kernel first.
+    HandOff,
+    /// Not yet: user space still writes records on it (the 101, tickets); ask again once
+    /// its send queue is empty.
+    Wait,
+    /// Not on this connection: relay buffered.
+    Buffered(NoKtls),
+}
+
+/// Why a TLS side stays in user space (and its `splice`/`auto` relay buffered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoKtls {
+    /// `ktls = "off"` on the listener.
+    Off,
+    /// The kernel takes no TLS keys (`wsedge_ring::ktls::support` says why).
+    Kernel,
+    /// TLS to an origin stays in user space.
+    Origin,
+    /// The TLS connection failed.
+    Failed,
+    /// User space holds part of a record, or the client's stream read is still armed
+    /// (`auto` going bulk towards the client): the kernel would miss bytes.
+    Busy,
+}
+
+impl NoKtls {
+    /// Why, for the log line (`kernel`: what the probe found).
+    pub(crate) fn describe(self, kernel: &dyn std::fmt::Display) -> String {
+        match self {
+            NoKtls::Off => "ktls = \"off\" on this listener".into(),
+            NoKtls::Kernel => format!("this kernel has {kernel}"),
+            NoKtls::Origin => "TLS to the origin is terminated in user space".into(),
+            NoKtls::Failed => "the TLS connection failed".into(),
+            NoKtls::Busy => {
+                "user space held part of a TLS record or an armed read at the hand-off".into()
+            }
+        }
+    }
 }
 
 /// A chunk the session queued, once through the transport.
@@ -53,12 +104,41 @@ impl Transport {
     pub(crate) fn tls_facts(&self) -> Option<&wsedge_tls::HandshakeFacts> {
         match self {
             Transport::Tls(t) => t.facts(),
-            _ => None,
+            Transport::Plain => None,
         }
     }
 
-    pub(crate) fn is_plain(&self) -> bool {
-        matches!(self, Transport::Plain)
+    /// The socket carries the session's bytes unchanged (plain TCP, or kTLS).
+    pub(crate) fn bytes_pass(&self) -> bool {
+        match self {
+            Transport::Plain => true,
+            Transport::Tls(t) => t.in_kernel(),
+        }
+    }
+
+    /// The kernel holds this side's TLS keys.
+    pub(crate) fn is_ktls(&self) -> bool {
+        matches!(self, Transport::Tls(t) if t.in_kernel())
+    }
+
+    /// What this side needs before a splice: `sent` says nothing is queued or in flight to
+    /// its socket, `reading` that a read is armed on it, `kernel` whether the kernel takes
+    /// TLS keys.
+    pub(crate) fn splice_plan(&self, sent: bool, reading: bool, kernel: bool) -> SplicePlan {
+        match self {
+            Transport::Plain => SplicePlan::Ready,
+            Transport::Tls(t) => t.ktls_plan(sent, reading, kernel),
+        }
+    }
+
+    /// Takes the TLS keys out of a side [`splice_plan`](Self::splice_plan) said to hand off:
+    /// the side is kTLS from now on (its bytes pass unchanged), whatever the kernel then
+    /// does with the keys.
+    pub(crate) fn hand_off(&mut self) -> Result<wsedge_tls::KtlsHandoff, wsedge_tls::TlsError> {
+        match self {
+            Transport::Tls(t) => t.hand_off(),
+            Transport::Plain => Err(wsedge_tls::TlsError::Closed),
+        }
     }
 
     /// `X-Forwarded-Proto` for requests that came this way.
@@ -80,8 +160,8 @@ impl Transport {
     /// buffer's bytes to encrypt (the buffer is released once they are copied).
     pub(crate) fn seal(&mut self, chunk: Chunk, bufs: &mut BufRing) -> Sealed {
         match self {
-            Transport::Plain => Sealed::Chunk(chunk),
-            Transport::Tls(t) => t.seal(chunk, bufs),
+            Transport::Tls(t) if !t.in_kernel() => t.seal(chunk, bufs),
+            _ => Sealed::Chunk(chunk),
         }
     }
 
@@ -89,17 +169,18 @@ impl Transport {
     /// records are now written in full).
     pub(crate) fn written(&mut self, w: Written) -> Written {
         match self {
-            Transport::Plain => w,
-            Transport::Tls(t) => t.written(w),
+            Transport::Tls(t) if !t.in_kernel() => t.written(w),
+            _ => w,
         }
     }
 
     /// The session shuts the write side: TLS first queues its `close_notify` (returned, to
-    /// write before the shutdown). `None`: shut down now.
+    /// write before the shutdown). `None`: shut down now (kTLS: the worker has the kernel
+    /// send it first, `wsedge_ring::ktls::send_close_notify`).
     pub(crate) fn close_notify(&mut self) -> Option<Chunk> {
         match self {
-            Transport::Plain => None,
-            Transport::Tls(t) => t.close_notify(),
+            Transport::Tls(t) if !t.in_kernel() => t.close_notify(),
+            _ => None,
         }
     }
 
@@ -108,7 +189,7 @@ impl Transport {
     pub(crate) fn allows_splice(&self) -> bool {
         match self {
             Transport::Plain => true,
-            Transport::Tls(_) => false,
+            Transport::Tls(t) => t.in_kernel(),
         }
     }
 }

@@ -6,6 +6,8 @@
 
 mod broker_support;
 mod common;
+mod js_support;
+mod tls_support;
 
 use std::time::Duration;
 
@@ -225,6 +227,145 @@ async fn redis_restart_mid_stream_resubscribes_and_sends_a_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_mid_stream_resubscribes_and_sends_a_gap() {
     within(90, restart_mid_stream(Kind::Nats)).await;
+}
+
+/// TLS to the broker (`rediss://`, NATS `tls://`; `tls_ca`): channels cross between two
+/// hosts; a host that does not trust the server's CA (the system's store) does not
+/// connect: local-only, retrying.
+async fn over_tls(kind: Kind) {
+    let pki = tls_support::Pki::new("broker");
+    let leaf = pki.leaf("server", &["127.0.0.1"], tls_support::KeyKind::Ecdsa);
+    let server = Server::start_tls(kind, &leaf.cert, &leaf.key, &pki.ca_path);
+    let scheme = match kind {
+        Kind::Redis => "rediss://",
+        Kind::Nats => "tls://",
+    };
+    assert!(server.url().starts_with(scheme), "{}", server.url());
+    let ca = format!("tls_ca = {:?}\n", pki.ca_path.display().to_string());
+    let a = start_host(&server, "host-a", &ca).await;
+    let b = start_host(&server, "host-b", &ca).await;
+    let mut subs = [
+        subscriber(a.proxy.addr, CHANNEL).await,
+        subscriber(b.proxy.addr, CHANNEL).await,
+    ];
+    // Each host's messages reach the other's subscriber: both links are up over TLS.
+    sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
+    publish(b.publish, CHANNEL, "over TLS");
+    for ws in &mut subs {
+        assert_eq!(next_data(ws).await["data"], "over TLS");
+    }
+    // Without tls_ca the server's certificate is checked against the system's CAs:
+    // refused, the host stays local-only and keeps retrying.
+    let (socket, metrics, control) = control_tables("tls");
+    let _c = start_host(&server, "host-c", &control).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(metrics, "wsedge_broker_link_failures_total").unwrap_or(0.0) < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the untrusted link never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
+    let _ = std::fs::remove_file(&socket);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_carries_channels_and_an_untrusted_server_is_refused() {
+    within(90, over_tls(Kind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_over_tls_carries_channels_and_an_untrusted_server_is_refused() {
+    within(90, over_tls(Kind::Nats)).await;
+}
+
+/// A JavaScript function whose sockets subscribe to a topic and forward a `gap` event to
+/// their client as a text message.
+const GAP_JS: &str = r#"
+export default {
+  fetch(request) {
+    const { socket, response } = upgradeWebSocket(request);
+    socket.onopen = () => { socket.subscribe("news"); socket.send("joined"); };
+    socket.addEventListener("gap", (e) => socket.send(`gap:${e.type}:${e.topic}`));
+    return response;
+  },
+};
+"#;
+
+/// The next text on a JavaScript function's socket that is not a `sync` (`None`: nothing
+/// for `secs`).
+async fn next_js_text(ws: &mut common::Ws, secs: u64) -> Option<String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(secs), ws.next()).await;
+        match next.ok()? {
+            Some(Ok(Message::Text(t))) if t.starts_with("sync") => continue,
+            Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Publishes `sync` through `port` until `ws` gets one: its host's broker subscription
+/// carries messages again (a message other than a `sync` on the way is returned).
+async fn js_sync(port: u16, ws: &mut common::Ws) -> Vec<String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut others = Vec::new();
+    loop {
+        publish(port, CHANNEL, "sync");
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
+            match m {
+                Message::Text(t) if t == "sync" => return others,
+                Message::Text(t) => others.push(t.to_string()),
+                _ => {}
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no sync came back");
+    }
+}
+
+/// Redis restarted mid-stream: each socket of a JavaScript function subscribed to the topic
+/// gets one `gap` event (its handler's message reaches the client), then messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_function_gets_one_gap_event_per_socket_when_redis_restarts() {
+    within(90, async {
+        let mut server = Server::start(Kind::Redis);
+        let scripts = js_support::Scripts::new("gap");
+        let path = scripts.write("gap.js", GAP_JS);
+        let route = js_support::js_route("fn", "/fn/", &path, &[]);
+        let a = start_host(&server, "host-a", &format!("\n{route}")).await;
+        let mut socks = Vec::new();
+        for _ in 0..4 {
+            let mut ws = common::ws_connect(a.proxy.addr, "/fn/").await;
+            assert_eq!(next_js_text(&mut ws, 10).await.as_deref(), Some("joined"));
+            socks.push(ws);
+        }
+        for ws in &mut socks {
+            assert!(js_sync(a.publish, ws).await.is_empty());
+        }
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.up();
+        for ws in &mut socks {
+            let got = next_js_text(ws, 20).await;
+            assert_eq!(got.as_deref(), Some("gap:gap:news"));
+        }
+        // Messages cross again, and the gap was told once per socket.
+        for ws in &mut socks {
+            let on_the_way = js_sync(a.publish, ws).await;
+            assert!(on_the_way.is_empty(), "a second gap event? {on_the_way:?}");
+        }
+        publish(a.publish, CHANNEL, "after");
+        for ws in &mut socks {
+            assert_eq!(next_js_text(ws, 10).await.as_deref(), Some("after"));
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,6 +343,29 @@ async fn a_broker_that_went_away_is_unavailable_then_a_new_epoch() {
         assert_eq!(notice["offset"], 0, "{notice}");
         assert_ne!(notice["epoch"], epoch.as_str(), "{notice}");
         assert!(recoveries(metrics, "unavailable") >= 1);
+        // The restarted Redis had no scripts: the read above and this publication were
+        // refused `NOSCRIPT`, loaded and run again (EVALSHA, never the script's text with
+        // each call), and the publication is in the new history.
+        let new_epoch = notice["epoch"].as_str().expect("epoch").to_owned();
+        publish(a.publish, ROOM, "m2");
+        wait_top(&server, ROOM, 1).await;
+        let (mut ws, notice) =
+            recovering(a.proxy.addr, ROOM, Some(&format!("0:{new_epoch}"))).await;
+        assert_eq!(notice["type"], "recovered", "{notice}");
+        assert_eq!(
+            message(&next_json(&mut ws).await, &new_epoch),
+            (1, "m2".into())
+        );
+        let errors = server.redis_cli(&["INFO", "errorstats"]);
+        let noscript = errors
+            .lines()
+            .find_map(|l| l.strip_prefix("errorstat_NOSCRIPT:count="))
+            .and_then(|n| n.trim().parse::<u64>().ok());
+        eprintln!("after the restart: {noscript:?} NOSCRIPT answers");
+        assert!(noscript >= Some(2), "NOSCRIPT fallbacks: {errors}");
+        let commands = server.redis_cli(&["INFO", "commandstats"]);
+        assert!(commands.contains("cmdstat_evalsha:"), "{commands}");
+        assert!(!commands.contains("cmdstat_eval:"), "EVAL sent: {commands}");
         let _ = std::fs::remove_file(&socket);
     })
     .await;

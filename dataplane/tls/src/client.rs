@@ -5,6 +5,7 @@
 //! or else the origin's IP address; a refusal says why, for the 502 log line.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
@@ -12,7 +13,7 @@ use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
 
 use crate::client_auth::load_roots;
 use crate::core::{Core, Progress, TlsLimits};
-use crate::error::{StoreError, TlsError};
+use crate::error::{Peer, StoreError, TlsError};
 use crate::server::version_of;
 use crate::spec::{OriginTlsSpec, TlsVersion};
 
@@ -57,6 +58,9 @@ pub struct OriginTls {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
     limits: TlsLimits,
+    /// How certificate refusals name the server (`origin`) and the setting of its CAs.
+    role: &'static str,
+    ca_setting: &'static str,
 }
 
 impl OriginTls {
@@ -68,23 +72,13 @@ impl OriginTls {
         system: Option<&SystemRoots>,
     ) -> Result<OriginTls, StoreError> {
         let context = format!("route {route:?} origin_ca");
-        let roots = match &spec.ca {
-            Some(path) => Arc::new(load_roots(path).map_err(|source| StoreError::File {
-                context: context.clone(),
-                source,
-            })?),
-            None => match system {
-                Some(s) => s.roots.clone(),
-                None => SystemRoots::load().roots,
-            },
-        };
-        if roots.is_empty() {
-            return Err(StoreError::Setting {
-                context,
-                what: "no trusted CA: the system trust store is empty (install ca-certificates or set origin_ca)".into(),
-            });
-        }
-        let server_name = match &spec.server_name {
+        let mut tls = OriginTls::trusting(&context, "origin_ca", spec.ca.as_deref(), system)?;
+        let mut config = (*tls.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.enable_secret_extraction = true;
+        tls.config = Arc::new(config);
+        tls.role = "origin";
+        tls.server_name = match &spec.server_name {
             None => None,
             Some(name) => {
                 Some(
@@ -95,21 +89,53 @@ impl OriginTls {
                 )
             }
         };
+        Ok(tls)
+    }
+
+    /// A client of another protocol than HTTP (no ALPN, no kTLS hand-off), whose servers
+    /// are named per connection ([`OriginTls::connect_named`]): the broker's `tls://` NATS
+    /// links. Trusts the CAs of `ca` (a PEM bundle) or else the system's store (`system`,
+    /// or loaded here when `None`); `context` names the setting in errors, `setting` is
+    /// the one to set when the system's store is empty.
+    pub fn trusting(
+        context: &str,
+        setting: &'static str,
+        ca: Option<&Path>,
+        system: Option<&SystemRoots>,
+    ) -> Result<OriginTls, StoreError> {
+        let roots = match ca {
+            Some(path) => Arc::new(load_roots(path).map_err(|source| StoreError::File {
+                context: context.to_owned(),
+                source,
+            })?),
+            None => match system {
+                Some(s) => s.roots.clone(),
+                None => SystemRoots::load().roots,
+            },
+        };
+        if roots.is_empty() {
+            return Err(StoreError::Setting {
+                context: context.to_owned(),
+                what: format!(
+                    "no trusted CA: the system trust store is empty (install ca-certificates or set {setting})"
+                ),
+            });
+        }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| StoreError::Setting {
-                context: format!("route {route:?}"),
+                context: context.to_owned(),
                 what: e.to_string(),
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        config.enable_secret_extraction = true;
         Ok(OriginTls {
             config: Arc::new(config),
-            server_name,
+            server_name: None,
             limits: TlsLimits::default(),
+            role: "server",
+            ca_setting: setting,
         })
     }
 
@@ -162,7 +188,7 @@ pub struct TlsClient {
     conn: Box<ClientConnection>,
     core: Core,
     /// The name verified (for error messages).
-    peer: String,
+    peer: Peer,
     facts: Option<OriginFacts>,
 }
 
@@ -177,9 +203,13 @@ impl TlsClient {
         name: ServerName<'static>,
         addr: IpAddr,
     ) -> Result<TlsClient, TlsError> {
-        let peer = match &name {
-            ServerName::DnsName(d) => format!("origin {addr} ({})", d.as_ref()),
-            _ => format!("origin {addr}"),
+        let role = tls.role;
+        let peer = Peer {
+            name: match &name {
+                ServerName::DnsName(d) => format!("{role} {addr} ({})", d.as_ref()),
+                _ => format!("{role} {addr}"),
+            },
+            ca_setting: tls.ca_setting,
         };
         let mut conn = ClientConnection::new(tls.config.clone(), name)
             .map_err(|e| TlsError::from_rustls(e, Some(&peer)))?;

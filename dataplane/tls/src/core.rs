@@ -6,7 +6,7 @@ use std::io::{Read as _, Write as _};
 
 use rustls::ConnectionCommon;
 
-use crate::error::TlsError;
+use crate::error::{Peer, TlsError};
 
 /// Memory bounds of one TLS connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +128,7 @@ impl Core {
         &mut self,
         conn: &mut ConnectionCommon<D>,
         input: &[u8],
-        peer: Option<&str>,
+        peer: Option<&Peer>,
     ) -> Result<usize, TlsError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());

@@ -141,8 +141,9 @@ impl TlsError {
         }
     }
 
-    /// Maps a rustls error; `peer_name` (an origin's name) goes into certificate reasons.
-    pub(crate) fn from_rustls(error: Error, peer_name: Option<&str>) -> TlsError {
+    /// Maps a rustls error; `peer` (a server we are the client of) goes into certificate
+    /// reasons.
+    pub(crate) fn from_rustls(error: Error, peer_name: Option<&Peer>) -> TlsError {
         match error {
             Error::InvalidMessage(InvalidMessage::MessageTooLarge) => TlsError::OversizedRecord {
                 detail: "record or handshake message longer than TLS allows".into(),
@@ -211,14 +212,26 @@ fn alert_name(alert: AlertDescription) -> String {
     out
 }
 
+/// A server we are the TLS client of, as certificate refusals name it.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    /// `origin 10.0.0.7 (api.example)`, `server 127.0.0.1`.
+    pub(crate) name: String,
+    /// The setting that holds the CAs it is verified against (`origin_ca`).
+    pub(crate) ca_setting: &'static str,
+}
+
 /// Why a certificate was refused, in words an operator reads in a 502 log line.
-pub(crate) fn describe_certificate_error(e: &CertificateError, peer: Option<&str>) -> String {
-    let whose = peer.map_or_else(String::new, |p| format!("{p}: "));
+pub(crate) fn describe_certificate_error(e: &CertificateError, peer: Option<&Peer>) -> String {
+    let whose = peer.map_or_else(String::new, |p| format!("{}: ", p.name));
     let why = match e {
-        CertificateError::UnknownIssuer => {
-            "not signed by a trusted CA (unknown issuer; set origin_ca to the CA that signed it)"
-                .to_owned()
-        }
+        CertificateError::UnknownIssuer => match peer {
+            Some(p) => format!(
+                "not signed by a trusted CA (unknown issuer; set {} to the CA that signed it)",
+                p.ca_setting
+            ),
+            None => "not signed by a trusted CA (unknown issuer)".to_owned(),
+        },
         CertificateError::NotValidForName => "not valid for the name asked for".to_owned(),
         CertificateError::NotValidForNameContext {
             expected,

@@ -1,26 +1,17 @@
 //! Kernel TLS (kTLS): after the handshake, the traffic keys can go to the kernel
 //! (`setsockopt(TCP_ULP, "tls")`, then `SOL_TLS`/`TLS_TX` and `TLS_RX` with a
 //! `tls12_crypto_info_*` struct), so the socket carries plaintext for user space and splice
-//! works again. This module detects support at run time and builds those structs from the
-//! keys rustls hands over; the setsockopt calls belong to the ring crate (they need a raw fd).
-//!
-//! Layouts are `include/uapi/linux/tls.h`: a `tls_crypto_info { u16 version; u16
-//! cipher_type; }` header (native byte order), then `iv`, `key`, `salt`, `rec_seq` as byte
-//! arrays. [`CryptoInfo::to_bytes`] writes exactly that, so no `unsafe` cast is needed.
+//! works again. This module turns the keys rustls hands over into each direction's parts
+//! ([`CryptoInfo`]: version, cipher, iv, key, salt, next sequence number); the kernel's
+//! structs (libc's copies of `include/uapi/linux/tls.h`), the setsockopt calls and the
+//! run-time probe belong to the ring crate (`wsedge_ring::ktls`: they need a raw fd and
+//! `unsafe`).
 
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets};
 
 use crate::error::TlsError;
 use crate::spec::TlsVersion;
 
-/// `SOL_TLS`: the socket option level of `TLS_TX`/`TLS_RX`.
-pub const SOL_TLS: i32 = 282;
-/// `TLS_TX`: the send keys.
-pub const TLS_TX: i32 = 1;
-/// `TLS_RX`: the receive keys.
-pub const TLS_RX: i32 = 2;
-/// `TCP_ULP` (at `SOL_TCP`), set to `"tls"` first.
-pub const TCP_ULP: i32 = 31;
 /// `TLS_1_2_VERSION` / `TLS_1_3_VERSION` of `tls_crypto_info.version`.
 pub const TLS_1_2_VERSION: u16 = 0x0303;
 pub const TLS_1_3_VERSION: u16 = 0x0304;
@@ -28,21 +19,6 @@ pub const TLS_1_3_VERSION: u16 = 0x0304;
 pub const TLS_CIPHER_AES_GCM_128: u16 = 51;
 pub const TLS_CIPHER_AES_GCM_256: u16 = 52;
 pub const TLS_CIPHER_CHACHA20_POLY1305: u16 = 54;
-
-/// Where the kernel lists its upper-layer protocols.
-pub const AVAILABLE_ULP: &str = "/proc/sys/net/ipv4/tcp_available_ulp";
-
-/// Whether this kernel offers kTLS: `tls` is among its TCP upper-layer protocols. (The
-/// module may also load on first use on some systems; a failed `TCP_ULP` setsockopt is the
-/// final word, and the worker must fall back to user-space TLS then.)
-pub fn kernel_tls_available() -> bool {
-    std::fs::read_to_string(AVAILABLE_ULP).is_ok_and(|text| ulp_list_has_tls(&text))
-}
-
-/// Whether a `tcp_available_ulp` text (space-separated names) lists `tls`.
-pub fn ulp_list_has_tls(text: &str) -> bool {
-    text.split_ascii_whitespace().any(|ulp| ulp == "tls")
-}
 
 /// The key material of one direction in the kernel's shape.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,20 +49,6 @@ impl std::fmt::Debug for CryptoInfo {
 }
 
 impl CryptoInfo {
-    /// The struct's bytes as `setsockopt(SOL_TLS, TLS_TX/TLS_RX)` takes them:
-    /// `tls12_crypto_info_aes_gcm_128` (40 bytes), `_aes_gcm_256` (56) or
-    /// `_chacha20_poly1305` (56).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(56);
-        out.extend_from_slice(&self.version.to_ne_bytes());
-        out.extend_from_slice(&self.cipher_type.to_ne_bytes());
-        out.extend_from_slice(&self.iv);
-        out.extend_from_slice(&self.key);
-        out.extend_from_slice(&self.salt);
-        out.extend_from_slice(&self.rec_seq);
-        out
-    }
-
     /// The nonce of the record with sequence number `seq` under these keys, as the kernel
     /// computes it: TLS 1.3 and ChaCha20 XOR `seq` into `salt || iv`; TLS 1.2 AES-GCM sends
     /// `iv + (seq - rec_seq)` as its explicit nonce.
@@ -201,49 +163,32 @@ pub fn crypto_info(
 mod tests {
     use super::*;
 
+    /// Each part has the length linux/tls.h gives it for its cipher (the struct itself is
+    /// libc's, filled and size-checked by `wsedge_ring::ktls::Crypto`).
     #[test]
-    fn ulp_list_parsing() {
-        assert!(!ulp_list_has_tls("mptcp\n"));
-        assert!(ulp_list_has_tls("mptcp tls\n"));
-        assert!(ulp_list_has_tls("tls"));
-        assert!(!ulp_list_has_tls("tlsx espintcp"));
-        assert!(!ulp_list_has_tls(""));
-    }
-
-    #[test]
-    fn struct_layouts_match_linux_tls_h() {
-        let key16 = rustls::crypto::cipher::AeadKey::from([7u8; 32]);
-        // AeadKey::from makes a 32-byte key; build a 16-byte one through the struct instead.
-        let info = CryptoInfo {
-            version: TLS_1_3_VERSION,
-            cipher_type: TLS_CIPHER_AES_GCM_128,
-            iv: vec![1; 8],
-            key: vec![2; 16],
-            salt: vec![3; 4],
-            rec_seq: 5u64.to_be_bytes(),
-        };
-        let bytes = info.to_bytes();
-        assert_eq!(
-            bytes.len(),
-            40,
-            "sizeof(struct tls12_crypto_info_aes_gcm_128)"
-        );
-        assert_eq!(&bytes[..2], &0x0304u16.to_ne_bytes());
-        assert_eq!(&bytes[2..4], &51u16.to_ne_bytes());
-        assert_eq!(&bytes[4..12], &[1; 8]);
-        assert_eq!(&bytes[12..28], &[2; 16]);
-        assert_eq!(&bytes[28..32], &[3; 4]);
-        assert_eq!(&bytes[32..40], &[0, 0, 0, 0, 0, 0, 0, 5]);
-
+    fn parts_have_the_kernel_lengths() {
         let iv = rustls::crypto::cipher::Iv::new([9; 12]);
         let gcm256 = crypto_info(
             TlsVersion::Tls13,
-            0,
-            ConnectionTrafficSecrets::Aes256Gcm { key: key16, iv },
+            5,
+            ConnectionTrafficSecrets::Aes256Gcm {
+                key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
+                iv,
+            },
             Direction::Rx,
         )
         .expect("aes-256");
-        assert_eq!(gcm256.to_bytes().len(), 56, "sizeof(..._aes_gcm_256)");
+        assert_eq!(
+            (gcm256.version, gcm256.cipher_type),
+            (TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_256)
+        );
+        assert_eq!(
+            (gcm256.iv.len(), gcm256.key.len(), gcm256.salt.len()),
+            (8, 32, 4),
+            "TLS_CIPHER_AES_GCM_256_{{IV,KEY,SALT}}_SIZE"
+        );
+        assert_eq!(gcm256.salt, [9; 4], "salt: the first 4 bytes of the iv");
+        assert_eq!(gcm256.rec_seq, 5u64.to_be_bytes());
         let chacha = crypto_info(
             TlsVersion::Tls12,
             3,
@@ -254,15 +199,11 @@ mod tests {
             Direction::Tx,
         )
         .expect("chacha");
-        let bytes = chacha.to_bytes();
-        assert_eq!(bytes.len(), 56, "sizeof(..._chacha20_poly1305)");
-        assert_eq!(&bytes[2..4], &54u16.to_ne_bytes());
-        assert_eq!(
-            &bytes[4..16],
-            &[4; 12],
-            "chacha: the whole 12-byte iv, no salt"
-        );
-        assert_eq!(&bytes[48..56], &3u64.to_be_bytes());
+        assert_eq!(chacha.cipher_type, TLS_CIPHER_CHACHA20_POLY1305);
+        assert_eq!(chacha.iv, [4; 12], "chacha: the whole 12-byte iv, no salt");
+        assert!(chacha.salt.is_empty());
+        assert_eq!(chacha.key.len(), 32);
+        assert_eq!(chacha.rec_seq, 3u64.to_be_bytes());
     }
 
     /// TLS 1.2 AES-GCM send keys: the kernel's explicit nonces never repeat one that rustls

@@ -16,8 +16,8 @@
 //!   cipher, resumption, [`ClientCertStatus`]) feed routing, the firewall and the access log.
 //! - [`OriginTls`] / [`TlsClient`]: TLS to origins, verified against the system roots or a
 //!   route's CA, with refusal reasons fit for a 502 log line.
-//! - [`ktls`]: run-time kTLS detection and the kernel's crypto-info structs built from the
-//!   extracted traffic secrets.
+//! - [`ktls`]: each direction's kTLS key parts (`KtlsHandoff`) built from the extracted
+//!   traffic secrets (the kernel structs, setsockopt and run-time probe: `wsedge_ring::ktls`).
 //! - [`spec`]: the configuration model `wsedge-command` validates into.
 
 #![forbid(unsafe_code)]
@@ -40,8 +40,8 @@ pub use error::{LoadError, StoreError, TlsError, TlsErrorKind};
 pub use ktls::{CryptoInfo, KtlsHandoff};
 pub use server::{HandshakeFacts, PLAINTEXT_HTTP_RESPONSE, ServerTls, TlsServer};
 pub use spec::{
-    Alpn, CertificateSpec, ClientAuth, ListenerSpec, NamePattern, OriginTlsSpec, TlsConfig,
-    TlsVersion,
+    Alpn, CertificateSpec, ClientAuth, KtlsMode, ListenerSpec, NamePattern, OriginTlsSpec,
+    TlsConfig, TlsVersion,
 };
 pub use store::CertStore;
 

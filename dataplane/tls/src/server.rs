@@ -18,7 +18,7 @@ use crate::client_auth::{ClientAuthPolicy, ClientCertStatus};
 use crate::core::{Core, Progress, TlsLimits};
 use crate::error::TlsError;
 use crate::ktls::{KtlsHandoff, handoff};
-use crate::spec::TlsVersion;
+use crate::spec::{KtlsMode, TlsVersion};
 
 /// Answer for a client that spoke plain HTTP to a TLS port (what nginx answers, in clear).
 pub const PLAINTEXT_HTTP_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
@@ -40,9 +40,16 @@ pub struct ServerTls {
     pub(crate) resolver: Arc<SniResolver>,
     pub(crate) client_auth: ClientAuthPolicy,
     pub(crate) limits: TlsLimits,
+    /// The listener's `ktls` setting.
+    pub(crate) ktls: KtlsMode,
 }
 
 impl ServerTls {
+    /// The listener's `ktls` setting.
+    pub fn ktls(&self) -> KtlsMode {
+        self.ktls
+    }
+
     /// The rustls configuration every connection of this listener uses.
     pub fn config(&self) -> &Arc<ServerConfig> {
         &self.config
@@ -305,6 +312,11 @@ impl TlsServer {
     /// The handshake's facts, once it finished.
     pub fn facts(&self) -> Option<&HandshakeFacts> {
         self.facts.as_ref()
+    }
+
+    /// The `ktls` setting of the listener this connection came in on.
+    pub fn ktls_mode(&self) -> KtlsMode {
+        self.tls.ktls
     }
 
     /// Whether the keys can go to the kernel now: the handshake is done, nothing waits to

@@ -127,6 +127,55 @@ pub struct ListenerSpec {
     pub client_ca: Option<PathBuf>,
     pub alpn: Alpn,
     pub min_version: TlsVersion,
+    pub ktls: KtlsMode,
+}
+
+/// Whether a listener's connections hand their TLS to the kernel (kTLS) once the handshake
+/// is done, so that `splice` and `auto` routes can splice (HAProxy's `ktls on` bind option,
+/// nginx's `ssl_conf_command Options KTLS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KtlsMode {
+    /// When the kernel takes TLS keys and the route relays `splice` or `auto`; otherwise
+    /// TLS stays in user space and those routes relay `buffered`. The default.
+    #[default]
+    Auto,
+    /// Never: TLS always stays in user space.
+    Off,
+    /// As `auto`, and a host whose kernel cannot take TLS keys is refused at start (and by
+    /// `wsedge --check`).
+    Require,
+}
+
+impl KtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KtlsMode::Auto => "auto",
+            KtlsMode::Off => "off",
+            KtlsMode::Require => "require",
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Refuses a listener with `ktls = "require"` when the kernel cannot take TLS keys
+    /// (`kernel`: `Err(why)`, from `wsedge_ring::ktls::support`), naming the kernel setting.
+    pub fn check_ktls(&self, kernel: Result<(), &dyn fmt::Display>) -> Result<(), String> {
+        let Err(why) = kernel else {
+            return Ok(());
+        };
+        match self
+            .listeners
+            .iter()
+            .position(|l| l.ktls == KtlsMode::Require)
+        {
+            None => Ok(()),
+            Some(index) => Err(format!(
+                "tls_listener[{index}].ktls = \"require\", but this kernel has {why}: load the \
+                 kernel's TLS module (`modprobe tls`, so that /proc/sys/net/ipv4/tcp_available_ulp \
+                 lists \"tls\"; the kernel needs CONFIG_TLS), or set ktls = \"auto\""
+            )),
+        }
+    }
 }
 
 /// Whether a listener asks clients for a certificate.
@@ -196,6 +245,42 @@ pub struct OriginTlsSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn require_is_refused_without_kernel_tls() {
+        let mut config = TlsConfig::default();
+        let listener = |ktls| ListenerSpec {
+            listen: vec![],
+            certificates: None,
+            client_auth: ClientAuth::None,
+            client_ca: None,
+            alpn: Alpn::Http11,
+            min_version: TlsVersion::Tls12,
+            ktls,
+        };
+        config.listeners = vec![listener(KtlsMode::Auto), listener(KtlsMode::Require)];
+        let why = "no kTLS (tcp_available_ulp: mptcp)";
+        let e = config
+            .check_ktls(Err(&why))
+            .expect_err("require without kTLS");
+        assert!(
+            e.starts_with(
+                "tls_listener[1].ktls = \"require\", but this kernel has no kTLS (tcp_available_ulp: mptcp): "
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("modprobe tls") && e.contains("CONFIG_TLS"),
+            "{e}"
+        );
+        assert_eq!(config.check_ktls(Ok(())), Ok(()));
+        config.listeners[1].ktls = KtlsMode::Off;
+        assert_eq!(
+            config.check_ktls(Err(&why)),
+            Ok(()),
+            "auto and off run anywhere"
+        );
+    }
 
     #[test]
     fn name_patterns() {

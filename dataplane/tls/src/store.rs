@@ -157,6 +157,7 @@ impl CertStore {
                 resolver,
                 client_auth: policy,
                 limits: TlsLimits::default(),
+                ktls: spec.ktls,
             });
             resumption.push(state);
         }

@@ -178,7 +178,8 @@ pub struct WorkerStats {
     pub close_codes_seen: BTreeMap<String, u64>,
     #[serde(default)]
     pub close_codes_sent: BTreeMap<String, u64>,
-    /// Splice directions relayed buffered because no pipe could be created (fd exhaustion).
+    /// Splice directions relayed buffered: no pipe could be created (fd exhaustion), or TLS
+    /// stayed in user space (no kTLS).
     #[serde(default)]
     pub splice_fallbacks: u64,
     /// The worker's provided-buffer ring (where reads land): its buffers and those held now
@@ -201,6 +202,14 @@ pub struct WorkerStats {
     /// TLS failures by kind (`plaintext_http`, `bad_record`, `unknown_server_name`, ...).
     #[serde(default)]
     pub tls_errors: BTreeMap<String, u64>,
+    /// kTLS: client connections whose TLS went to the kernel for a splice, hand-offs the
+    /// kernel refused, and reads ended by a record that was not application data.
+    #[serde(default)]
+    pub ktls_handoffs: u64,
+    #[serde(default)]
+    pub ktls_failures: u64,
+    #[serde(default)]
+    pub ktls_control_records: u64,
 }
 
 impl WorkerStats {
@@ -225,6 +234,9 @@ impl WorkerStats {
         self.reads_starved += other.reads_starved;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_resumed += other.tls_resumed;
+        self.ktls_handoffs += other.ktls_handoffs;
+        self.ktls_failures += other.ktls_failures;
+        self.ktls_control_records += other.ktls_control_records;
         for (kind, n) in &other.tls_errors {
             *self.tls_errors.entry(kind.clone()).or_default() += n;
         }

@@ -184,7 +184,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
         1,
     );
 
-    let simple: [(&str, &str, &str, Field); 13] = [
+    let simple: [(&str, &str, &str, Field); 16] = [
         (
             "wsedge_config_version",
             "gauge",
@@ -224,7 +224,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
         (
             "wsedge_splice_fallbacks_total",
             "counter",
-            "Splice directions relayed buffered because no pipe could be created.",
+            "Splice directions relayed buffered: no pipe could be created, or TLS stayed in user space.",
             |w| w.splice_fallbacks,
         ),
         (
@@ -262,6 +262,24 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
             "counter",
             "TLS handshakes that resumed a session (ticket or session id).",
             |w| w.tls_resumed,
+        ),
+        (
+            "wsedge_ktls_handoffs_total",
+            "counter",
+            "TLS client connections handed to the kernel (kTLS) so their splice relay works.",
+            |w| w.ktls_handoffs,
+        ),
+        (
+            "wsedge_ktls_failures_total",
+            "counter",
+            "kTLS hand-offs the kernel refused.",
+            |w| w.ktls_failures,
+        ),
+        (
+            "wsedge_ktls_control_records_total",
+            "counter",
+            "kTLS reads ended by a record that was not application data (alert, close_notify, post-handshake message).",
+            |w| w.ktls_control_records,
         ),
     ];
     for (name, kind, help, field) in simple {

@@ -41,6 +41,9 @@ pub(super) fn worker_stats(r: &WorkerReport) -> WorkerStats {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), *v))
             .collect(),
+        ktls_handoffs: s.ktls_handoffs,
+        ktls_failures: s.ktls_failures,
+        ktls_control_records: s.ktls_control_records,
     }
 }
 

@@ -24,10 +24,11 @@ use std::collections::VecDeque;
 use wsedge_proto::chunk::Chunk;
 use wsedge_ring::{BufRing, Written};
 use wsedge_tls::{
-    HandshakeFacts, PLAINTEXT_HTTP_RESPONSE, Progress, TlsClient, TlsError, TlsServer,
+    HandshakeFacts, KtlsHandoff, KtlsMode, PLAINTEXT_HTTP_RESPONSE, Progress, TlsClient, TlsError,
+    TlsServer,
 };
 
-use super::Sealed;
+use super::{NoKtls, Sealed, SplicePlan};
 
 /// The TLS side of one socket: the edge as the server (a client's connection) or as the
 /// client (to a TLS origin).
@@ -35,6 +36,9 @@ use super::Sealed;
 enum Endpoint {
     Server(TlsServer),
     Client(TlsClient),
+    /// The server's keys went to the kernel (kTLS): no records pass through user space any
+    /// more; the handshake's facts stay for the access log.
+    Kernel(HandshakeFacts),
 }
 
 impl Endpoint {
@@ -42,6 +46,7 @@ impl Endpoint {
         match self {
             Endpoint::Server(s) => s.feed(cipher),
             Endpoint::Client(c) => c.feed(cipher),
+            Endpoint::Kernel(_) => Err(TlsError::Closed),
         }
     }
 
@@ -49,6 +54,7 @@ impl Endpoint {
         match self {
             Endpoint::Server(s) => s.take_plaintext(out),
             Endpoint::Client(c) => c.take_plaintext(out),
+            Endpoint::Kernel(_) => 0,
         }
     }
 
@@ -56,6 +62,7 @@ impl Endpoint {
         match self {
             Endpoint::Server(s) => s.take_ciphertext(out),
             Endpoint::Client(c) => c.take_ciphertext(out),
+            Endpoint::Kernel(_) => 0,
         }
     }
 
@@ -63,6 +70,7 @@ impl Endpoint {
         match self {
             Endpoint::Server(s) => s.seal(plaintext),
             Endpoint::Client(c) => c.seal(plaintext),
+            Endpoint::Kernel(_) => Err(TlsError::Closed),
         }
     }
 
@@ -70,6 +78,7 @@ impl Endpoint {
         match self {
             Endpoint::Server(s) => s.close_notify(),
             Endpoint::Client(c) => c.close_notify(),
+            Endpoint::Kernel(_) => {}
         }
     }
 
@@ -79,6 +88,7 @@ impl Endpoint {
         match self {
             Endpoint::Server(s) => !s.is_handshaking(),
             Endpoint::Client(_) => true,
+            Endpoint::Kernel(_) => false,
         }
     }
 }
@@ -144,6 +154,7 @@ impl TlsTransport {
     pub(crate) fn facts(&self) -> Option<&HandshakeFacts> {
         match &self.server {
             Endpoint::Server(s) => s.facts(),
+            Endpoint::Kernel(facts) => Some(facts),
             Endpoint::Client(_) => None,
         }
     }
@@ -151,6 +162,50 @@ impl TlsTransport {
     /// This side is the edge's TLS client to an origin.
     pub(crate) fn is_origin(&self) -> bool {
         matches!(self.server, Endpoint::Client(_))
+    }
+
+    /// Whether this side's keys can go to the kernel (see `Transport::splice_plan`).
+    pub(crate) fn ktls_plan(&self, sent: bool, reading: bool, kernel: bool) -> SplicePlan {
+        let server = match &self.server {
+            Endpoint::Server(server) => server,
+            Endpoint::Kernel(_) => return SplicePlan::Ready,
+            Endpoint::Client(_) => return SplicePlan::Buffered(NoKtls::Origin),
+        };
+        if self.failure.is_some() {
+            SplicePlan::Buffered(NoKtls::Failed)
+        } else if server.ktls_mode() == KtlsMode::Off {
+            SplicePlan::Buffered(NoKtls::Off)
+        } else if !kernel {
+            SplicePlan::Buffered(NoKtls::Kernel)
+        } else if server.is_handshaking() || server.wants_write() || !sent {
+            // Records user space still has to write (flushed by the worker): they must be on
+            // the wire before the kernel seals the next ones.
+            SplicePlan::Wait
+        } else if reading || !server.ktls_ready() {
+            // An armed read (the client's own direction still streams, under `auto`) may
+            // bring ciphertext after the keys left rustls; a partial record would be lost.
+            SplicePlan::Buffered(NoKtls::Busy)
+        } else {
+            SplicePlan::HandOff
+        }
+    }
+
+    /// Takes the traffic keys out for the kernel: from now on this side is kTLS (its bytes
+    /// pass unchanged) whatever the kernel then does with them, its facts kept for the log.
+    pub(crate) fn hand_off(&mut self) -> Result<KtlsHandoff, TlsError> {
+        let facts = match &self.server {
+            Endpoint::Server(server) => server.facts().cloned().ok_or(TlsError::NotReady)?,
+            _ => return Err(TlsError::Closed),
+        };
+        match std::mem::replace(&mut self.server, Endpoint::Kernel(facts)) {
+            Endpoint::Server(server) => server.into_ktls(),
+            _ => Err(TlsError::Closed),
+        }
+    }
+
+    /// The kernel holds this side's keys.
+    pub(crate) fn in_kernel(&self) -> bool {
+        matches!(self.server, Endpoint::Kernel(_))
     }
 
     /// Why the TLS failed, if it did.
@@ -354,5 +409,126 @@ mod tests {
         s.push(10, Written { relayed: 5, own: 0 });
         s.push(10, Written { relayed: 0, own: 2 });
         assert_eq!(s.written(20), Written { relayed: 5, own: 2 });
+    }
+
+    /// A finished handshake over memory with a rustls client (every record flushed), on a
+    /// listener with `ktls`; the client is returned to write more.
+    fn handshake(ktls: wsedge_tls::KtlsMode) -> (TlsServer, rustls::ClientConnection) {
+        use std::sync::Arc;
+        let leaf = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let dir = std::env::temp_dir().join(format!(
+            "wsedge-ktls-plan-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("c.pem"), leaf.cert.pem()).expect("cert");
+        std::fs::write(dir.join("c.key"), leaf.signing_key.serialize_pem()).expect("key");
+        let store = wsedge_tls::CertStore::load(&wsedge_tls::TlsConfig {
+            certificates: vec![wsedge_tls::CertificateSpec {
+                id: "c".into(),
+                cert: dir.join("c.pem"),
+                key: dir.join("c.key"),
+                names: None,
+                default: true,
+            }],
+            listeners: vec![wsedge_tls::ListenerSpec {
+                listen: vec!["127.0.0.1:1".parse().expect("addr")],
+                certificates: None,
+                client_auth: wsedge_tls::ClientAuth::None,
+                client_ca: None,
+                alpn: wsedge_tls::Alpn::Http11,
+                min_version: wsedge_tls::TlsVersion::Tls12,
+                ktls,
+            }],
+        })
+        .expect("store");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(leaf.cert.der().clone()).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut client =
+            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
+                .expect("client");
+        let mut server = store.listener(0).expect("listener").accept();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).expect("client records");
+            }
+            if !wire.is_empty() {
+                server.feed(&wire).expect("server reads");
+            }
+            let mut back = Vec::new();
+            server.take_ciphertext(&mut back);
+            if !back.is_empty() {
+                client.read_tls(&mut &back[..]).expect("client reads");
+                client.process_new_packets().expect("client handshake");
+            }
+        }
+        assert!(!server.is_handshaking() && !client.is_handshaking());
+        (server, client)
+    }
+
+    #[test]
+    fn ktls_plans_wait_for_written_records_and_refuse_what_the_kernel_would_miss() {
+        use wsedge_tls::KtlsMode;
+        let (server, mut client) = handshake(KtlsMode::Auto);
+        let mut t = TlsTransport::new(server);
+        // Sent, not reading, kernel able: hand off.
+        assert_eq!(t.ktls_plan(true, false, true), SplicePlan::HandOff);
+        // Records still queued to the socket: later.
+        assert_eq!(t.ktls_plan(false, false, true), SplicePlan::Wait);
+        // A read armed on the socket, or no kTLS in the kernel: buffered.
+        assert_eq!(
+            t.ktls_plan(true, true, true),
+            SplicePlan::Buffered(NoKtls::Busy)
+        );
+        assert_eq!(
+            t.ktls_plan(true, false, false),
+            SplicePlan::Buffered(NoKtls::Kernel)
+        );
+        // Half a record in user space: the kernel would miss its start.
+        use std::io::Write as _;
+        client.writer().write_all(b"half of this").expect("write");
+        let mut wire = Vec::new();
+        client.write_tls(&mut wire).expect("record");
+        let mut plain = Vec::new();
+        t.decrypt(&wire[..wire.len() / 2], &mut plain)
+            .expect("half");
+        assert_eq!(
+            t.ktls_plan(true, false, true),
+            SplicePlan::Buffered(NoKtls::Busy)
+        );
+        t.decrypt(&wire[wire.len() / 2..], &mut plain)
+            .expect("rest");
+        assert_eq!(plain, b"half of this");
+        assert_eq!(t.ktls_plan(true, false, true), SplicePlan::HandOff);
+
+        // The hand-off: keys out, the side's bytes pass unchanged, its facts stay.
+        let mut side = super::super::Transport::Tls(Box::new(t));
+        let keys = side.hand_off().expect("keys");
+        assert_eq!(keys.tx.key.len(), keys.rx.key.len());
+        assert!(side.is_ktls() && side.bytes_pass() && side.allows_splice());
+        assert_eq!(side.proto(), "https");
+        assert!(
+            side.tls_facts()
+                .is_some_and(|f| f.sni.as_deref() == Some("localhost"))
+        );
+        assert_eq!(side.splice_plan(false, true, false), SplicePlan::Ready);
+
+        // `ktls = "off"`: never, whatever the kernel.
+        let (server, _) = handshake(KtlsMode::Off);
+        let t = TlsTransport::new(server);
+        assert_eq!(
+            t.ktls_plan(true, false, true),
+            SplicePlan::Buffered(NoKtls::Off)
+        );
     }
 }

@@ -89,6 +89,9 @@ pub(super) struct Conn {
     /// When it was accepted, in µs since the worker started (handshake latency).
     pub(super) accepted_us: u64,
     pub(super) timer: Option<(TimerId, Tick)>,
+    /// Splices (by source side) waiting for TLS records to be written before the kTLS
+    /// hand-off (`ktls.rs`).
+    pub(super) splice_waiting: [bool; 2],
 }
 
 impl Conn {
@@ -100,6 +103,7 @@ impl Conn {
             ops: 0,
             accepted_us,
             timer: None,
+            splice_waiting: [false; 2],
         }
     }
 }
@@ -151,6 +155,7 @@ impl Worker {
                     },
                 },
                 Deferred::SpliceUnavailable(side) => Input::SpliceUnavailable(side),
+                Deferred::Abort(reason) => Input::Abort(reason),
                 Deferred::Sent { to, relayed, own } => Input::Sent { to, relayed, own },
             };
             self.feed(slot, input);
@@ -243,8 +248,8 @@ impl Worker {
                 if c.sides.iter().all(|io| io.transport.allows_splice()) {
                     self.splice_start(slot, from);
                 } else {
-                    // Under user-space TLS the kernel would move ciphertext: buffered.
-                    self.deferred.push((id, Deferred::SpliceUnavailable(from)));
+                    // Under user-space TLS the kernel would move ciphertext: kTLS or buffered.
+                    self.splice_requested(slot, from);
                 }
             }
             Output::ShutdownWrite(side) => {
@@ -254,7 +259,13 @@ impl Worker {
                         io.queue.push(chunk);
                         self.kick_send(slot, side);
                     }
-                    None => sys::shutdown(io.fd, libc::SHUT_WR),
+                    None => {
+                        if io.transport.is_ktls() {
+                            // The kernel seals it; best effort (the FIN follows anyway).
+                            let _ = wsedge_ring::ktls::send_close_notify(io.fd);
+                        }
+                        sys::shutdown(io.fd, libc::SHUT_WR);
+                    }
                 }
             }
             Output::Abort(side) => {

@@ -3,7 +3,7 @@
 //! thread. It has no policy: every completion becomes an input of a connection's
 //! [`Session`](wsedge_proto::session::Session), and every output of a session becomes an
 //! operation (`conn.rs`); the loop's own work is accepting (`accept.rs`), the mailbox
-//! (`commands.rs`), timers and the splice pump (`splice.rs`).
+//! (`commands.rs`), timers, the splice pump (`splice.rs`) and the kTLS hand-off (`ktls.rs`).
 //!
 //! The loop: fire expired timers, re-arm what needs it, submit and wait (until the next timer
 //! at most), then dispatch each completion. See docs/architecture.md for who owns which
@@ -14,6 +14,7 @@ mod bridge;
 mod commands;
 mod conn;
 mod functions;
+mod ktls;
 pub(crate) mod mailbox;
 mod reads;
 mod retire;
@@ -127,6 +128,8 @@ pub(crate) struct Worker {
     fw_trace: Vec<TraceEntry>,
     handshake_us: hdrhistogram::Histogram<u64>,
     trim: trim::Trim,
+    /// Routes whose kTLS use (true) or buffered fallback (false) was logged (`ktls.rs`).
+    ktls_said: std::collections::HashSet<(String, bool)>,
     ring: Ring,
 }
 
@@ -139,8 +142,11 @@ enum Deferred {
     ReadEnded(wsedge_proto::session::Side),
     /// A drain with a deadline is on: a connection that just upgraded hears of it.
     DrainBy(Tick),
-    /// A splice direction could not get a pipe.
+    /// A splice direction could not get a pipe, or stays in user-space TLS.
     SpliceUnavailable(wsedge_proto::session::Side),
+    /// The connection cannot go on (a kTLS hand-off the kernel refused after the keys left
+    /// rustls).
+    Abort(CloseReason),
     /// Bytes the transport dropped instead of writing (TLS without keys): written, for the
     /// session.
     Sent {
@@ -220,6 +226,7 @@ impl Worker {
             handshake_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
                 .map_err(std::io::Error::other)?,
             trim: trim::Trim::default(),
+            ktls_said: std::collections::HashSet::new(),
             ring,
         };
         worker.deploy_scripts();

@@ -75,7 +75,7 @@ impl Worker {
         let i = side.index();
         let ended = !c.more;
         match (c.result, c.buf) {
-            (n, Some(buf)) if n > 0 && !self.conns[slot].sides[i].transport.is_plain() => {
+            (n, Some(buf)) if n > 0 && !self.conns[slot].sides[i].transport.bytes_pass() => {
                 self.tls_recv(slot, side, buf, n as usize);
             }
             (n, Some(buf)) if n > 0 && self.ring_is_low() => {
@@ -138,6 +138,9 @@ impl Worker {
                 let io = &mut self.conns[slot].sides[i];
                 io.recv = None;
                 io.stopping = false;
+                if self.ktls_read_failed(slot, side, -e) {
+                    return;
+                }
                 return self.feed(slot, Input::Failed(side));
             }
             (_, Some(buf)) => self.ring.buffers().give_back(buf),

@@ -130,8 +130,12 @@ impl Worker {
                     self.pipes.put(pipe);
                     break;
                 }
-                Err(_) => {
+                Err(e) => {
                     self.pipes.put(pipe);
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    if self.ktls_read_failed(slot, from, errno) {
+                        return;
+                    }
                     return self.feed(slot, Input::Failed(from));
                 }
             }

@@ -30,7 +30,7 @@ impl Worker {
         let Transport::Tls(t) = &mut io.transport else {
             return Some((buf, result));
         };
-        if result <= 0 {
+        if result <= 0 || t.in_kernel() {
             return Some((buf, result));
         }
         let outcome = t.received_head(&mut buf);
@@ -141,6 +141,9 @@ impl Worker {
             sys::shutdown(io.fd, libc::SHUT_WR);
         }
         self.tls_check_failed(slot, side);
+        if self.conns.contains(slot) {
+            self.ktls_retry(slot);
+        }
     }
 
     /// A failed TLS ends the connection once nothing is left to write (the alert): counted

@@ -37,6 +37,8 @@ pub(crate) struct Server {
     child: Option<Child>,
     /// User and password the server requires (Redis: the password only).
     auth: Option<(String, String)>,
+    /// TLS only: its certificate, key and CA files (`rediss://`, NATS `tls://`).
+    tls: Option<[std::path::PathBuf; 3]>,
 }
 
 impl Server {
@@ -51,6 +53,25 @@ impl Server {
             port,
             child: None,
             auth: None,
+            tls: None,
+        };
+        s.up();
+        s
+    }
+
+    /// A server that speaks TLS only, with `cert` and `key` (clients need no certificate).
+    pub(crate) fn start_tls(
+        kind: Kind,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Server {
+        let mut s = Server {
+            kind,
+            port: free_port(),
+            child: None,
+            auth: None,
+            tls: Some([cert.to_owned(), key.to_owned(), ca.to_owned()]),
         };
         s.up();
         s
@@ -63,6 +84,7 @@ impl Server {
             port: free_port(),
             child: None,
             auth: Some((user.to_owned(), password.to_owned())),
+            tls: None,
         };
         s.up();
         s
@@ -75,12 +97,15 @@ impl Server {
             port: free_port(),
             child: None,
             auth: None,
+            tls: None,
         }
     }
 
     pub(crate) fn url(&self) -> String {
         match self.kind {
+            Kind::Redis if self.tls.is_some() => format!("rediss://127.0.0.1:{}", self.port),
             Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Nats if self.tls.is_some() => format!("tls://127.0.0.1:{}", self.port),
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
     }
@@ -97,6 +122,22 @@ impl Server {
                 if let Some((_, password)) = &self.auth {
                     c.args(["--requirepass", password]);
                 }
+                if let Some([cert, key, ca]) = &self.tls {
+                    c.args([
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        &port,
+                        "--tls-auth-clients",
+                        "no",
+                    ])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca);
+                }
                 c
             }
             Kind::Nats => {
@@ -104,6 +145,14 @@ impl Server {
                 c.args(["-a", "127.0.0.1", "-p", &port]);
                 if let Some((user, password)) = &self.auth {
                     c.args(["--user", user, "--pass", password]);
+                }
+                if let Some([cert, key, _]) = &self.tls {
+                    // INFO says tls_required; the client upgrades after reading it.
+                    c.arg("--tls")
+                        .arg("--tlscert")
+                        .arg(cert)
+                        .arg("--tlskey")
+                        .arg(key);
                 }
                 c
             }

@@ -253,6 +253,28 @@ pub(crate) struct Proxy {
     logs_rx: mpsc::UnboundedReceiver<Value>,
     /// Access-log lines received so far.
     seen: Vec<Value>,
+    /// The process's stderr (its log) after `wsedge: ready`.
+    err_rx: mpsc::UnboundedReceiver<String>,
+    /// Of which the lines read so far.
+    err_seen: Vec<String>,
+}
+
+/// A log line without its terminal colours (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn unique_config_path() -> PathBuf {
@@ -348,6 +370,33 @@ impl Proxy {
             addrs,
             logs_rx,
             seen: Vec::new(),
+            err_rx,
+            err_seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr (log) line containing every one of `needles`; panics with the
+    /// lines seen otherwise.
+    pub(crate) async fn wait_stderr(&mut self, needles: &[&str], timeout: Duration) -> String {
+        let matches = |line: &String| needles.iter().all(|n| line.contains(n));
+        if let Some(line) = self.err_seen.iter().find(|l| matches(l)) {
+            return line.clone();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.err_rx.recv()).await {
+                Ok(Some(line)) => {
+                    let line = strip_ansi(&line);
+                    self.err_seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) | Err(_) => panic!(
+                    "no stderr line with {needles:?} within {timeout:?}; lines seen: {:#?}",
+                    self.err_seen
+                ),
+            }
         }
     }
 

@@ -165,7 +165,15 @@ fn tls12_extracted_keys_protect_records_like_rustls() {
     let handoff = server.into_ktls().expect("hand-off");
     assert_eq!(handoff.rx.version, ktls::TLS_1_2_VERSION);
     assert_eq!(handoff.rx.cipher_type, TLS_CIPHER_AES_GCM_128);
-    assert_eq!(handoff.rx.to_bytes().len(), 40);
+    assert_eq!(
+        (
+            handoff.rx.iv.len(),
+            handoff.rx.key.len(),
+            handoff.rx.salt.len()
+        ),
+        (8, 16, 4),
+        "tls12_crypto_info_aes_gcm_128's parts"
+    );
     let rx_seq = u64::from_be_bytes(handoff.rx.rec_seq);
     let (typ, data) = tls12_gcm::open(&handoff.rx.key, &handoff.rx.salt, rx_seq, &wire);
     assert_eq!((typ, data.as_slice()), (0x17, &b"to the kernel"[..]));
@@ -213,11 +221,7 @@ fn hand_off_waits_for_a_record_boundary_and_an_empty_queue() {
 }
 
 #[test]
-fn constants_and_layouts_match_libc() {
-    assert_eq!(ktls::SOL_TLS, libc::SOL_TLS);
-    assert_eq!(ktls::TLS_TX, libc::TLS_TX);
-    assert_eq!(ktls::TLS_RX, libc::TLS_RX);
-    assert_eq!(ktls::TCP_ULP, libc::TCP_ULP);
+fn constants_match_libc() {
     assert_eq!(ktls::TLS_1_2_VERSION, libc::TLS_1_2_VERSION);
     assert_eq!(ktls::TLS_1_3_VERSION, libc::TLS_1_3_VERSION);
     assert_eq!(ktls::TLS_CIPHER_AES_GCM_128, libc::TLS_CIPHER_AES_GCM_128);
@@ -226,36 +230,22 @@ fn constants_and_layouts_match_libc() {
         ktls::TLS_CIPHER_CHACHA20_POLY1305,
         libc::TLS_CIPHER_CHACHA20_POLY1305
     );
-    assert_eq!(
-        std::mem::size_of::<libc::tls12_crypto_info_aes_gcm_128>(),
-        40
-    );
-    assert_eq!(
-        std::mem::size_of::<libc::tls12_crypto_info_aes_gcm_256>(),
-        56
-    );
-    assert_eq!(
-        std::mem::size_of::<libc::tls12_crypto_info_chacha20_poly1305>(),
-        56
-    );
 }
 
-/// The kernel half: a real socket handed to the kernel after a user-space handshake. Runs
-/// only where `/proc/sys/net/ipv4/tcp_available_ulp` lists `tls`.
+/// The kernel half: a real socket handed to the kernel after a user-space handshake, through
+/// the ring crate's setsockopt calls. Runs only where the kernel takes TLS keys
+/// (`wsedge_ring::ktls::support`: `tls` in `/proc/sys/net/ipv4/tcp_available_ulp`, confirmed
+/// on a loopback socket).
 #[test]
 fn kernel_hand_off_over_a_real_socket() {
-    if !ktls::kernel_tls_available() {
-        let ulps = std::fs::read_to_string(ktls::AVAILABLE_ULP)
-            .unwrap_or_else(|e| format!("unreadable: {e}"));
+    if let Err(why) = wsedge_ring::ktls::support() {
         eprintln!(
             "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
              SKIPPED: kernel TLS hand-off (setsockopt TCP_ULP \"tls\", TLS_TX, TLS_RX).\n\
-             This kernel has no kTLS: {} lists {:?}, without \"tls\"\n\
-             (kernel built without CONFIG_TLS). Key extraction and the crypto-info structs\n\
-             are tested above against the AEAD; the kernel itself is not exercised here.\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n",
-            ktls::AVAILABLE_ULP,
-            ulps.trim()
+             This kernel has {why}\n\
+             (kernel built without CONFIG_TLS, or `modprobe tls` not run). Key extraction is\n\
+             tested above against the AEAD; the kernel itself is not exercised here.\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
         );
         return;
     }
@@ -266,23 +256,22 @@ mod kernel {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    use nix::sys::socket::setsockopt;
-    use nix::sys::socket::sockopt::{TcpTlsRx, TcpTlsTx, TcpUlp, TlsCryptoInfo};
+    use std::os::fd::AsRawFd;
+
+    use wsedge_ring::ktls::Crypto;
 
     use super::*;
 
-    fn to_libc(info: &CryptoInfo) -> TlsCryptoInfo {
-        assert_eq!(info.cipher_type, TLS_CIPHER_AES_GCM_128);
-        TlsCryptoInfo::Aes128Gcm(libc::tls12_crypto_info_aes_gcm_128 {
-            info: libc::tls_crypto_info {
-                version: info.version,
-                cipher_type: info.cipher_type,
-            },
-            iv: info.iv.as_slice().try_into().expect("iv"),
-            key: info.key.as_slice().try_into().expect("key"),
-            salt: info.salt.as_slice().try_into().expect("salt"),
-            rec_seq: info.rec_seq,
-        })
+    fn kernel(info: &CryptoInfo) -> Crypto {
+        Crypto::new(
+            info.version,
+            info.cipher_type,
+            &info.iv,
+            &info.key,
+            &info.salt,
+            info.rec_seq,
+        )
+        .expect("parts fit linux/tls.h")
     }
 
     pub(super) fn run() {
@@ -320,9 +309,8 @@ mod kernel {
             server.feed(&buf[..n]).expect("feed");
         }
         let handoff = server.into_ktls().expect("hand-off");
-        setsockopt(&sock, TcpUlp::default(), b"tls").expect("TCP_ULP tls");
-        setsockopt(&sock, TcpTlsTx, &to_libc(&handoff.tx)).expect("TLS_TX");
-        setsockopt(&sock, TcpTlsRx, &to_libc(&handoff.rx)).expect("TLS_RX");
+        wsedge_ring::ktls::install(sock.as_raw_fd(), &kernel(&handoff.tx), &kernel(&handoff.rx))
+            .expect("TCP_ULP tls, TLS_TX, TLS_RX");
         sock.write_all(b"from the kernel")
             .expect("plain write, kernel encrypts");
         let mut got = [0u8; 13];

@@ -164,6 +164,7 @@ pub(crate) fn listener() -> ListenerSpec {
         client_ca: None,
         alpn: Alpn::Http11,
         min_version: TlsVersion::Tls12,
+        ktls: crate::KtlsMode::Auto,
     }
 }
 
