@@ -542,6 +542,10 @@ impl FunctionSession for JsSession {
     }
 
     fn on_client_gone(&mut self, cx: &mut FnCx<'_>) {
+        // What was read before the end reaches the script first (all of it: no more comes).
+        while self.backlog_at < self.backlog.len() && !self.finished {
+            self.client_backlog(cx);
+        }
         self.tell_server_closed(1006, String::new(), false, cx.now);
         self.drain(cx);
         self.finish(CloseReason::ClientClosed, cx);

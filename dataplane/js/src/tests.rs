@@ -527,6 +527,19 @@ fn a_flood_in_one_read_reaches_the_script_a_batch_per_turn() {
     assert!(w.sims[&c].sides[0].reading && !w.sims[&c].sides[0].stopping);
     w.text(c, "again");
     assert_eq!(w.texts(c).last().map(String::as_str), Some("again"));
+    // A client that leaves with messages still waiting: the script gets them, then the close.
+    let c = w.connect("/echo");
+    let before = invocations(&w);
+    w.sim(c)
+        .recv(Side::Client, &numbered(0, MESSAGES_PER_TURN + 3));
+    assert_eq!(invocations(&w) - before, MESSAGES_PER_TURN as u64);
+    w.sim(c).eof(Side::Client);
+    w.settle();
+    assert_eq!(
+        invocations(&w) - before,
+        MESSAGES_PER_TURN as u64 + 3 + 1,
+        "every message, then the close"
+    );
 }
 
 #[test]
