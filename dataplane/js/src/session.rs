@@ -634,6 +634,11 @@ impl FunctionSession for JsSession {
             }
         }
         self.drain(cx);
+        if self.backlog_at < self.backlog.len() && !self.finished {
+            // A wake while the peer connected did not reach this session (its stage was the
+            // peer's): the client's waiting messages go on at the next turn.
+            self.defer();
+        }
     }
 
     fn on_delivery(&mut self, delivery: &mut Delivery, cx: &mut FnCx<'_>) {
