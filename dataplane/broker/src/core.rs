@@ -53,7 +53,7 @@ pub type Millis = u64;
 pub enum LinkCmd {
     Subscribe(Arc<str>),
     Unsubscribe(Arc<str>),
-    /// An encoded record ([`wire::encode`]) for the channel's subject.
+    /// An encoded record ([`crate::wire::encode`]) for the channel's subject.
     Publish(Arc<str>, Vec<u8>),
     /// This host's subscriber count of the channel (0: gone), for the fleet's presence.
     Presence(Arc<str>, u64),

@@ -26,7 +26,7 @@ use crate::wire;
 /// The lines both scripts start with: the channel's epoch, or, where its meta is gone, a new
 /// history (the proposed epoch, offset 0, the old stream deleted, the meta's expiry set).
 ///
-/// KEYS: meta, stream. ARGV[1]: proposed epoch, ARGV[2]: meta TTL (ms).
+/// KEYS: meta, stream. ARGV\[1\]: proposed epoch, ARGV\[2\]: meta TTL (ms).
 macro_rules! epoch_lines {
     () => {
         r"

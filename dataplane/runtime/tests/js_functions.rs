@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::origins::EchoOrigin;
-use common::{Proxy, assert_echo, binary_payload, text_payload, within};
+use common::{Proxy, assert_echo, binary_payload, strip_ansi, text_payload, within};
 use functions_support::{config_toml, function_route};
 use futures_util::SinkExt;
 use js_support::{Scripts, ask, close_of, free_port, http_get, js_route, next_msg, next_text};
@@ -636,24 +636,6 @@ export default {
         let _ = child.wait();
     })
     .await;
-}
-
-/// `text` without ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The next line of `lines` that `pred` accepts; every line read is kept in `seen`.

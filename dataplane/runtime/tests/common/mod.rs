@@ -260,7 +260,7 @@ pub(crate) struct Proxy {
 }
 
 /// A log line without its terminal colours (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
