@@ -103,6 +103,23 @@ pub struct Runs {
 }
 
 impl Runs {
+    /// Writes `results.json` (the host block and every run) and `results.md` (`markdown`'s
+    /// report of these runs) into `out`: what the TLS and many-hosts reports write.
+    pub fn write_report(
+        &self,
+        host: &str,
+        out: &Path,
+        markdown: impl FnOnce(&Runs, &str) -> String,
+    ) -> anyhow::Result<()> {
+        let all: Vec<&Value> = self.by_key.values().flatten().collect();
+        std::fs::write(
+            out.join("results.json"),
+            serde_json::to_string_pretty(&json!({ "host": host, "runs": all }))?,
+        )?;
+        std::fs::write(out.join("results.md"), markdown(self, host))?;
+        Ok(())
+    }
+
     /// Parses JSON lines. Records without a `generator` (written before it existed) are ours.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut r = Self::default();

@@ -8,8 +8,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde_json::{Value, json};
-
 use crate::report::{Runs, fmt_stat};
 use crate::report_tls::{fmt_ratio, ratio};
 
@@ -126,20 +124,14 @@ fn checks(r: &Runs) -> String {
 
 /// Writes results.json and results.md into `out`.
 pub fn write_all(runs_text: &str, host: &str, out: &Path) -> anyhow::Result<()> {
-    let r = Runs::parse(runs_text)?;
-    let all: Vec<&Value> = r.by_key.values().flatten().collect();
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&json!({ "host": host, "runs": all }))?,
-    )?;
-    std::fs::write(out.join("results.md"), markdown(&r, host))?;
-    Ok(())
+    Runs::parse(runs_text)?.write_report(host, out, markdown)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::report::OURS;
+    use serde_json::{Value, json};
 
     fn run(scenario: &str, dps: f64, p99: f64, broker: bool) -> String {
         json!({

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::load::stime::GENERATOR as S_TIME;
 use crate::report::{OURS, Runs, Stat, fmt_num, fmt_stat};
@@ -286,19 +286,13 @@ fn negotiated(r: &Runs) -> String {
 
 /// Writes results.json and results.md into `out`.
 pub fn write_all(runs_text: &str, host: &str, out: &Path) -> anyhow::Result<()> {
-    let r = Runs::parse(runs_text)?;
-    let all: Vec<&Value> = r.by_key.values().flatten().collect();
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&json!({ "host": host, "runs": all }))?,
-    )?;
-    std::fs::write(out.join("results.md"), markdown(&r, host))?;
-    Ok(())
+    Runs::parse(runs_text)?.write_report(host, out, markdown)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn hs(label: &str, scenario: &str, rate: f64, resumed: f64, cpu: f64) -> String {
         json!({
