@@ -100,15 +100,7 @@ BENCH_TAG=bench-many-hosts
 PROC_LOG_DIR=$RUN
 # shellcheck source=lib/processes.sh
 . "$ROOT/scripts/lib/processes.sh"
-cleanup() {
-    local rc=$?
-    stop_all
-    cp "$RUN"/*.log "$RUN"/*.toml "$OUT/logs/" 2>/dev/null || true
-    rm -rf "$RUN"
-    [ $rc -eq 0 ] || log "exit $rc; logs in $OUT/logs"
-    exit $rc
-}
-trap cleanup EXIT
+trap 'end_run $? "logs in $OUT/logs"' EXIT
 trap 'exit 130' INT TERM
 
 want() { case ",$SHAPES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }

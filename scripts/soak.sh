@@ -75,15 +75,7 @@ die() { log "FAILED: $*"; exit 1; }
 PROC_LOG_DIR=$RUN
 # shellcheck source=lib/processes.sh
 . "$ROOT/scripts/lib/processes.sh"
-cleanup() {
-    local rc=$?
-    stop_all
-    cp "$RUN"/*.log "$RUN"/*.toml "$OUT/logs/" 2>/dev/null || true
-    rm -rf "$RUN"
-    [ $rc -eq 0 ] || log "exit $rc; results and logs in $OUT"
-    exit $rc
-}
-trap cleanup EXIT
+trap 'end_run $? "results and logs in $OUT"' EXIT
 trap 'exit 130' INT TERM
 
 # --- setup ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 # Processes a script starts, sourced by bench.sh, bench-tls.sh, bench-many-hosts.sh, soak.sh,
 # autobahn.sh and browser-check.sh.
 # Every pid is recorded in PIDS and only those are ever stopped. The sourcing script sets
-# PROC_LOG_DIR (where each process's output goes) and defines `die`.
+# PROC_LOG_DIR (where each process's output goes) and defines `die` (and `log`, for end_run).
 
 PIDS=()
 
@@ -27,6 +27,18 @@ stop_all() {
     local p
     for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]+"${PIDS[@]}"}"; do wait "$p" 2>/dev/null || true; done
+}
+
+# end_run RC WHERE: the end of a run whose work directory is $RUN (an EXIT trap's body):
+# stops every process we started, keeps the run's logs and configurations in $OUT/logs,
+# removes $RUN, and when RC is not 0 says so and WHERE to look; exits with RC.
+end_run() {
+    local rc=$1 where=$2
+    stop_all
+    cp "$RUN"/*.log "$RUN"/*.toml "$OUT/logs/" 2>/dev/null || true
+    rm -rf "$RUN"
+    [ "$rc" -eq 0 ] || log "exit $rc; $where"
+    exit "$rc"
 }
 
 # wait_port PORT PID NAME: until PORT accepts, or fail loudly if PID died / 10 s passed.
