@@ -377,6 +377,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
         ring_buffers_held: u.arbitrary()?,
         reads_spilled: u.arbitrary()?,
         reads_starved: u.arbitrary()?,
+        reads_rationed: u.arbitrary()?,
         tls_handshakes: u.arbitrary()?,
         tls_resumed: u.arbitrary()?,
         tls_errors: u.arbitrary::<BTreeMap<String, u64>>()?,

@@ -297,8 +297,8 @@ pub(crate) fn stats(s: &StatsReport) -> String {
     let t = &s.total;
     let _ = writeln!(
         out,
-        "read ring:          {} of {} buffers held, {} reads spilled, {} starved",
-        t.ring_buffers_held, t.ring_buffers, t.reads_spilled, t.reads_starved
+        "read ring:          {} of {} buffers held, {} reads spilled, {} starved, {} rationed",
+        t.ring_buffers_held, t.ring_buffers, t.reads_spilled, t.reads_starved, t.reads_rationed
     );
     out.push_str(&handshake_summary(s.total.handshake_latency));
     out
@@ -743,6 +743,7 @@ mod tests {
                 ring_buffers_held: 3,
                 reads_spilled: 7,
                 reads_starved: 2,
+                reads_rationed: 5,
                 ..WorkerStats::default()
             },
             functions: Vec::new(),
@@ -751,7 +752,7 @@ mod tests {
         assert!(text.contains("   950us   1.4ms   2.1ms\n"), "{text}");
         assert!(
             text.contains(
-                "read ring:          3 of 1024 buffers held, 7 reads spilled, 2 starved\n"
+                "read ring:          3 of 1024 buffers held, 7 reads spilled, 2 starved, 5 rationed\n"
             ),
             "{text}"
         );

@@ -53,7 +53,7 @@ pub mod sys;
 
 pub use bufring::BufRing;
 pub use op::{Completion, OpData, OpId, OpKind, Owner};
-pub use probe::probe;
+pub use probe::{probe, recv_limit};
 pub use ring::{Ring, RingConfig};
 pub use send::{SendQueue, SentChunks, Written};
 pub use wsedge_proto::chunk::{BufId, Chunk};

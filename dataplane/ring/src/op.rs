@@ -98,6 +98,8 @@ pub enum OpKind {
     RecvHead,
     /// Multishot recv into the provided-buffer ring: `buf` names the buffer.
     RecvMulti,
+    /// Single-shot recv into one provided buffer: `buf` names it (none on EOF or error).
+    RecvOne,
     /// One send of up to 16 chunks: `data` is `OpData::Sent`.
     Send,
     /// Connect: `result` is 0 or `-errno`.
@@ -158,7 +160,12 @@ pub(crate) enum Op {
         buf: Vec<u8>,
         asked: u32,
     },
+    /// `limit`: bytes after which the kernel ends it (0: none; needs Linux 6.16).
     RecvMulti {
+        fd: RawFd,
+        limit: u32,
+    },
+    RecvOne {
         fd: RawFd,
     },
     /// INVARIANT: the chunks (and the iovecs and message header pointing at them) are only
@@ -204,6 +211,7 @@ impl Op {
             Op::Wake { .. } => OpKind::Wake,
             Op::RecvHead { .. } => OpKind::RecvHead,
             Op::RecvMulti { .. } => OpKind::RecvMulti,
+            Op::RecvOne { .. } => OpKind::RecvOne,
             Op::Send { .. } => OpKind::Send,
             Op::Connect { .. } => OpKind::Connect,
             Op::Poll { .. } => OpKind::Poll,
@@ -233,7 +241,14 @@ impl Op {
                 debug_assert!(*asked as usize <= spare.len());
                 opcode::Recv::new(types::Fd(*fd), spare.as_mut_ptr().cast(), *asked).build()
             }
-            Op::RecvMulti { fd } => opcode::RecvMulti::new(types::Fd(*fd), BUF_GROUP).build(),
+            Op::RecvMulti { fd, limit } => {
+                let entry = opcode::RecvMulti::new(types::Fd(*fd), BUF_GROUP).build();
+                with_optlen(entry, *limit)
+            }
+            Op::RecvOne { fd } => opcode::Recv::new(types::Fd(*fd), std::ptr::null_mut(), 0)
+                .buf_group(BUF_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT),
             Op::Send { fd, sent } => {
                 if let [chunk] = sent.chunks.as_slice() {
                     let (ptr, len) = chunk_bytes(chunk, bufs);
@@ -284,10 +299,36 @@ impl Op {
             Op::Accept { .. }
             | Op::Wake { .. }
             | Op::RecvMulti { .. }
+            | Op::RecvOne { .. }
             | Op::Connect { .. }
             | Op::Poll { .. } => OpData::None,
         }
     }
+}
+
+/// Where `optlen` lies in a submission entry (`struct io_uring_sqe`, include/uapi/linux/
+/// io_uring.h: after opcode, flags, ioprio, fd, off, addr, len, op flags, user_data,
+/// buf_group and personality; it shares the word with splice_fd_in and file_index).
+const SQE_OPTLEN_OFFSET: usize = 44;
+const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+
+/// `entry` with `optlen` set: for a multishot recv, the bytes after which the kernel ends
+/// it (IORING_RECV_MSHOT_LIM, Linux 6.16; older kernels ignore the field). The io-uring
+/// crate has no setter for it.
+pub(crate) fn with_optlen(mut entry: squeue::Entry, optlen: u32) -> squeue::Entry {
+    if optlen != 0 {
+        let base: *mut squeue::Entry = &raw mut entry;
+        // SAFETY: `Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe` (size
+        // checked above); bytes 44..48 are its `optlen` word (4-aligned, inside the entry),
+        // which a recv's entry leaves zero and the kernel reads as a plain u32.
+        unsafe {
+            base.cast::<u8>()
+                .add(SQE_OPTLEN_OFFSET)
+                .cast::<u32>()
+                .write(optlen)
+        };
+    }
+    entry
 }
 
 /// The iovecs and message header of a batched send (boxed, so the header's pointer to the

@@ -234,7 +234,7 @@ fn detect(ring: &mut IoUring) -> Support {
     if let Some(buffers) = ProbeBuffers::register(ring) {
         support.buf_ring = true;
         if support.ext_arg {
-            support.multishot_recv = multishot_recv(ring);
+            support.multishot_recv = multishot_recv(ring, 0, b"x");
         }
         buffers.release(ring);
     }
@@ -334,13 +334,35 @@ fn wait_until_done(ring: &mut IoUring, user_data: u64, close: bool) {
     }
 }
 
-/// Whether a multishot recv stays armed after its first data (`None`: could not tell).
-fn multishot_recv(ring: &mut IoUring) -> Option<bool> {
+/// Whether the kernel ends a multishot recv at a byte limit (IORING_RECV_MSHOT_LIM, Linux
+/// 6.16; older kernels ignore the limit and keep the recv armed). Asked once per process,
+/// on a ring of its own.
+pub fn recv_limit() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let Ok(mut ring) = IoUring::new(8) else {
+            return false;
+        };
+        let Some(buffers) = ProbeBuffers::register(&ring) else {
+            return false;
+        };
+        // Two bytes waiting, a limit of one: the first completion reaches it.
+        let ended = multishot_recv(&mut ring, 1, b"xy") == Some(false);
+        buffers.release(&ring);
+        ended
+    })
+}
+
+/// Whether a multishot recv with a byte `limit` (0: none) stays armed after its first
+/// completion, `data` waiting (`None`: could not tell).
+fn multishot_recv(ring: &mut IoUring, limit: u32, data: &[u8]) -> Option<bool> {
     let (writer, reader) = std::os::unix::net::UnixStream::pair().ok()?;
-    (&writer).write_all(b"x").ok()?;
-    let entry = opcode::RecvMulti::new(types::Fd(reader.as_raw_fd()), PROBE_GROUP)
-        .build()
-        .user_data(PROBE_RECV);
+    (&writer).write_all(data).ok()?;
+    let entry = crate::op::with_optlen(
+        opcode::RecvMulti::new(types::Fd(reader.as_raw_fd()), PROBE_GROUP).build(),
+        limit,
+    )
+    .user_data(PROBE_RECV);
     // SAFETY: the recv refers to no memory of ours but the probe buffer ring, which stays
     // registered until after this function returns, and to `reader`, which outlives it (the
     // kernel holds its own reference to the file in any case).

@@ -175,8 +175,18 @@ impl Ring {
     /// the buffer (`buf`) that holds its bytes, held until given back. It ends (`!more`) on
     /// EOF, an error, a cancel, or `-ENOBUFS` when the ring has no free buffer (start it
     /// again once buffers were given back).
-    pub fn recv_multi(&mut self, owner: Owner, fd: RawFd) -> OpId {
-        self.start(owner, Op::RecvMulti { fd })
+    ///
+    /// `limit` (bytes, 0 for none) ends it once that many were received, with the completion
+    /// that reaches it, where the kernel can ([`crate::probe::recv_limit`]; elsewhere it is
+    /// ignored): the relay's window, so a read never runs far past its backpressure.
+    pub fn recv_multi(&mut self, owner: Owner, fd: RawFd, limit: u32) -> OpId {
+        self.start(owner, Op::RecvMulti { fd, limit })
+    }
+
+    /// Single-shot recv into one provided buffer (its only completion names it, unless EOF,
+    /// an error or `-ENOBUFS`): a read that can take at most one buffer, for rationing them.
+    pub fn recv_one(&mut self, owner: Owner, fd: RawFd) -> OpId {
+        self.start(owner, Op::RecvOne { fd })
     }
 
     /// Sends the front of `queue`: up to 16 chunks move into the operation (one `Send`, or

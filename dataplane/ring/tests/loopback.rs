@@ -131,7 +131,7 @@ fn hold_buffers(ring: &mut Ring, count: usize) -> Vec<(BufId, Vec<u8>)> {
     let size = ring.buffers().size() as usize;
     peer.write_all(&pattern(count * size, 99))
         .unwrap_or_else(|e| panic!("write: {e}"));
-    let op = ring.recv_multi(Owner(900), fd);
+    let op = ring.recv_multi(Owner(900), fd, 0);
     let mut held = Vec::new();
     let mut out = Vec::new();
     wait_for(ring, &mut out, "buffers to fill", |c| {
@@ -302,6 +302,74 @@ fn recv_head_never_reads_past_max_len_plus_one() {
 }
 
 #[test]
+fn recv_multi_with_a_limit_ends_once_the_limit_is_reached() {
+    if !wsedge_ring::recv_limit() {
+        eprintln!(
+            "SKIPPING recv_multi_with_a_limit: this kernel ignores multishot recv limits \
+             (IORING_RECV_MSHOT_LIM, Linux 6.16+); wsedge relays without them there"
+        );
+        return;
+    }
+    let size = 64;
+    let mut ring = ring_with(16, size);
+    let (mut peer, fd) = pair();
+    // Ten buffers' worth waiting; a limit of 2.5 buffers: the recv ends with the third.
+    let stream = pattern(10 * size as usize, 3);
+    peer.write_all(&stream).unwrap_or_else(|e| panic!("{e}"));
+    let recv = ring.recv_multi(Owner(4), fd, 160);
+    let mut out = Vec::new();
+    wait_for(&mut ring, &mut out, "the limited recv to end", |c| {
+        c.iter().any(|c| !c.more)
+    });
+    let bytes: usize = out.iter().map(|c| c.result.max(0) as usize).sum();
+    let last = out.last().unwrap_or_else(|| panic!("no completion"));
+    assert_eq!((last.op, last.kind), (recv, OpKind::RecvMulti));
+    assert!(last.result > 0, "ended by its limit, with data: {out:?}");
+    assert_eq!(
+        bytes,
+        3 * size as usize,
+        "up to the completion reaching 160: {out:?}"
+    );
+    assert!(!ring.is_live(recv));
+    for c in out {
+        ring.discard(c);
+    }
+    ring.buffers().publish();
+    sys::close(fd);
+}
+
+#[test]
+fn recv_one_takes_one_buffer_and_leaves_the_rest_in_the_socket() {
+    let size = 64;
+    let mut ring = ring_with(16, size);
+    let (mut peer, fd) = pair();
+    let stream = pattern(4 * size as usize, 5);
+    peer.write_all(&stream).unwrap_or_else(|e| panic!("{e}"));
+    let mut got = Vec::new();
+    for turn in 0..4 {
+        let recv = ring.recv_one(Owner(5), fd);
+        let c = next(&mut ring, "a one-shot recv");
+        need(&c, "recv with a provided buffer (Linux 5.19+)");
+        assert_eq!((c.op, c.kind, c.more), (recv, OpKind::RecvOne, false));
+        assert_eq!(c.result, size as i32, "turn {turn}: one buffer's worth");
+        let id = c
+            .buf
+            .unwrap_or_else(|| panic!("data without a buffer: {c:?}"));
+        assert_eq!(ring.buffers().held(), 1);
+        got.extend_from_slice(ring.buffers().bytes(id, size as usize));
+        ring.buffers().give_back(id);
+        ring.buffers().publish();
+    }
+    assert_eq!(got, stream, "bytes lost, duplicated or reordered");
+    peer.shutdown(Shutdown::Write)
+        .unwrap_or_else(|e| panic!("{e}"));
+    ring.recv_one(Owner(5), fd);
+    let eof = next(&mut ring, "EOF");
+    assert_eq!((eof.result, eof.buf), (0, None));
+    sys::close(fd);
+}
+
+#[test]
 fn recv_multi_fills_provided_buffers_until_enobufs_then_rearms() {
     let size = 64;
     let mut ring = ring_with(4, size);
@@ -314,7 +382,7 @@ fn recv_multi_fills_provided_buffers_until_enobufs_then_rearms() {
     let mut op = None;
     while got.len() < stream.len() {
         assert!(enobufs < 10, "no progress: {} bytes", got.len());
-        let recv = *op.get_or_insert_with(|| ring.recv_multi(Owner(3), fd));
+        let recv = *op.get_or_insert_with(|| ring.recv_multi(Owner(3), fd, 0));
         let mut out = Vec::new();
         let before = got.len();
         wait_for(&mut ring, &mut out, "the recv to end or all bytes", |c| {
@@ -690,7 +758,7 @@ fn poll_rdhup_completes_when_the_peer_closes_not_when_it_sends() {
 fn cancel_ends_a_multishot_recv_and_a_pending_poll() {
     let mut ring = ring();
     let (mut peer, fd) = pair();
-    let recv = ring.recv_multi(Owner(13), fd);
+    let recv = ring.recv_multi(Owner(13), fd, 0);
     peer.write_all(b"one").unwrap_or_else(|e| panic!("{e}"));
     let c = next(&mut ring, "data");
     need(
@@ -822,7 +890,7 @@ fn dropping_a_ring_with_operations_in_flight_reaps_them() {
     let efd = sys::eventfd().unwrap_or_else(|e| panic!("{e}"));
     sys::set_send_buffer(fd, 4096).unwrap_or_else(|e| panic!("{e}"));
     ring.accept_multi(Owner(1), lfd);
-    ring.recv_multi(Owner(2), fd);
+    ring.recv_multi(Owner(2), fd, 0);
     ring.read_wake(Owner(3), efd);
     ring.recv_head(Owner(4), efd, Vec::new(), 100);
     let mut queue = SendQueue::new();

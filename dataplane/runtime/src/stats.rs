@@ -23,9 +23,11 @@ pub(crate) struct Stats {
     /// in user space.
     pub(crate) splice_fallbacks: u64,
     /// Stream reads copied out of the buffer ring because it ran low (worker/reads.rs
-    /// `ring_is_low`), and reads that found it empty (re-armed once buffers came back).
+    /// `ring_is_low`), reads that found it empty, and the one-buffer reads that served the
+    /// ones waiting in turn (`rearm_starved`).
     pub(crate) reads_spilled: u64,
     pub(crate) reads_starved: u64,
+    pub(crate) reads_rationed: u64,
     pub(crate) messages_from_origins: u64,
     /// Close codes seen in Close frames (from either side) and sent by the proxy, by route.
     pub(crate) close_codes_seen: BTreeMap<(String, u16), u64>,
@@ -59,6 +61,7 @@ impl Stats {
         self.splice_fallbacks += other.splice_fallbacks;
         self.reads_spilled += other.reads_spilled;
         self.reads_starved += other.reads_starved;
+        self.reads_rationed += other.reads_rationed;
         self.messages_from_origins += other.messages_from_origins;
         for (key, n) in &other.close_codes_seen {
             *self.close_codes_seen.entry(key.clone()).or_default() += n;

@@ -189,11 +189,14 @@ pub struct WorkerStats {
     pub ring_buffers: u64,
     #[serde(default)]
     pub ring_buffers_held: u64,
-    /// Stream reads copied out of the ring because it ran low, and reads that found it empty.
+    /// Stream reads copied out of the ring because it ran low, reads that found it empty,
+    /// and the one-buffer reads that then served the waiting ones in turn.
     #[serde(default)]
     pub reads_spilled: u64,
     #[serde(default)]
     pub reads_starved: u64,
+    #[serde(default)]
+    pub reads_rationed: u64,
     /// TLS handshakes finished on TLS listeners, and how many resumed a session.
     #[serde(default)]
     pub tls_handshakes: u64,
@@ -232,6 +235,7 @@ impl WorkerStats {
         self.ring_buffers_held += other.ring_buffers_held;
         self.reads_spilled += other.reads_spilled;
         self.reads_starved += other.reads_starved;
+        self.reads_rationed += other.reads_rationed;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_resumed += other.tls_resumed;
         self.ktls_handoffs += other.ktls_handoffs;

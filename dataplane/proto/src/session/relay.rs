@@ -177,6 +177,24 @@ impl Session {
         self.progress(env);
     }
 
+    /// How many bytes a read of `from` armed now may bring before the kernel ends it: the
+    /// room left in its direction's in-flight window plus one more window. The driver hands
+    /// this to the kernel (a multishot recv's byte limit), so a flooding side holds at most
+    /// two windows of the worker's shared buffers even before the session's stop lands
+    /// (without a bound it held the whole ring and starved the other connections). Ending
+    /// reads exactly at the window costs a re-armed read every buffer or two (the depth-
+    /// limited 16 KiB relay lost a third); one window of slack keeps a flood fair at full
+    /// speed (docs/benchmarks.md). `None` where no window applies (the head, a function's
+    /// reads).
+    pub fn read_budget(&self, from: Side, cfg: &SessionConfig) -> Option<u64> {
+        let flow = &self.flows[from.index()];
+        let windowed = matches!(
+            self.stage,
+            Stage::Stream(_) | Stage::Frames(_) | Stage::Origin(_)
+        );
+        windowed.then(|| cfg.max_in_flight.saturating_sub(flow.in_flight) + cfg.max_in_flight)
+    }
+
     /// Whether `from` should be read now.
     pub(super) fn wants_read(&self, from: Side, env: &Env<'_>) -> bool {
         let flow = &self.flows[from.index()];

@@ -325,6 +325,7 @@ fn a_client_leaving_while_the_origin_answers_ends_it_at_once() {
 fn backpressure_stops_reading_a_side_until_its_bytes_are_written() {
     let mut sim = upgraded(RelayMode::Buffered, b"");
     sim.flush_all();
+    assert_eq!(sim.session.read_budget(Side::Client, &cfg()), Some(2000));
     for _ in 0..15 {
         sim.recv(Side::Client, &[b'x'; 64]);
     }
@@ -332,14 +333,22 @@ fn backpressure_stops_reading_a_side_until_its_bytes_are_written() {
         sim.sides[0].reading && !sim.sides[0].stopping,
         "960 < 1000 in flight"
     );
+    assert_eq!(
+        sim.session.read_budget(Side::Client, &cfg()),
+        Some(1040),
+        "a read armed now: the 40 bytes left in the window, and one window more"
+    );
+    assert_eq!(sim.session.read_budget(Side::Origin, &cfg()), Some(2000));
     sim.recv(Side::Client, &[b'x'; 64]);
     assert!(
         sim.sides[0].stopping,
         "1024 >= 1000 bytes in flight: stop reading"
     );
     sim.read_ended(Side::Client);
+    assert_eq!(sim.session.read_budget(Side::Client, &cfg()), Some(1000));
     sim.write(Side::Origin, 100);
     assert!(sim.sides[0].reading, "below the limit again: read");
+    assert_eq!(sim.session.read_budget(Side::Client, &cfg()), Some(1076));
     sim.flush_all();
     sim.check_freed();
 }

@@ -184,7 +184,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
         1,
     );
 
-    let simple: [(&str, &str, &str, Field); 16] = [
+    let simple: [(&str, &str, &str, Field); 17] = [
         (
             "wsedge_config_version",
             "gauge",
@@ -248,8 +248,14 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
         (
             "wsedge_reads_starved_total",
             "counter",
-            "Stream reads that found the ring empty (re-armed once buffers came back).",
+            "Stream reads that found the ring empty (served in turn once buffers came back).",
             |w| w.reads_starved,
+        ),
+        (
+            "wsedge_reads_rationed_total",
+            "counter",
+            "One-buffer reads that served the reads waiting for buffers, oldest first.",
+            |w| w.reads_rationed,
         ),
         (
             "wsedge_tls_handshakes_total",

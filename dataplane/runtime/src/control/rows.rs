@@ -32,6 +32,7 @@ pub(super) fn worker_stats(r: &WorkerReport) -> WorkerStats {
         ring_buffers_held: r.ring_held as u64,
         reads_spilled: s.reads_spilled,
         reads_starved: s.reads_starved,
+        reads_rationed: s.reads_rationed,
         close_codes_seen: by_route_and_code(&s.close_codes_seen),
         close_codes_sent: by_route_and_code(&s.close_codes_sent),
         tls_handshakes: s.tls_handshakes,

@@ -224,9 +224,8 @@ impl Worker {
             Output::Read(side) => {
                 let io = &mut c.sides[side.index()];
                 if io.recv.is_none() && io.fd >= 0 {
-                    io.recv = Some(self.ring.recv_multi(owner(id, Purpose::Recv, side), io.fd));
                     io.stopping = false;
-                    c.ops += 1;
+                    self.arm_read(slot, side);
                 }
             }
             Output::StopRead(side) => {
@@ -483,7 +482,9 @@ impl Worker {
                 };
                 self.on_head(slot, side, buf, c.result);
             }
-            (Some(Purpose::Recv), OpKind::RecvMulti) => self.on_recv(slot, side, c),
+            (Some(Purpose::Recv), OpKind::RecvMulti | OpKind::RecvOne) => {
+                self.on_recv(slot, side, c);
+            }
             (Some(Purpose::Send), OpKind::Send) => {
                 let OpData::Sent(sent) = c.data else {
                     return;

@@ -22,6 +22,7 @@ mod splice;
 mod tls;
 mod trim;
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -107,8 +108,11 @@ pub(crate) struct Worker {
     /// The function host (JavaScript functions; the built-in ones are opened through it).
     functions: Functions,
     pipes: PipePool,
-    /// Stream reads that ended for want of provided buffers: re-armed when buffers are back.
-    starved: Vec<(ConnId, wsedge_proto::session::Side)>,
+    /// Stream reads waiting for provided buffers, oldest first: served in turn, one buffer
+    /// each, as buffers come back (worker/reads.rs).
+    starved: VecDeque<(ConnId, wsedge_proto::session::Side)>,
+    /// The kernel ends multishot recvs at a byte limit (the relay's window).
+    recv_limit: bool,
     log: AccessLog,
     stats: Stats,
     start: Instant,
@@ -209,7 +213,8 @@ impl Worker {
             mailbox: spec.mailbox,
             bus: Bus::new(spec.peers, spec.host, spec.bridge),
             functions: Functions::new(spec.index, workers, seed),
-            starved: Vec::new(),
+            starved: VecDeque::new(),
+            recv_limit: wsedge_ring::recv_limit(),
             log: spec.access_log,
             stats: Stats::default(),
             start,

@@ -126,7 +126,7 @@ impl Worker {
                 if !c.sides[i].stopping {
                     self.stats.reads_starved += 1;
                     c.sides[i].recv = None;
-                    self.starved.push((c.id, side));
+                    self.starved.push_back((c.id, side));
                     return;
                 }
             }
@@ -156,13 +156,34 @@ impl Worker {
             io.stopping = false;
             self.feed(slot, Input::ReadEnded(side));
         } else if !conn.session.is_closed() {
-            // The kernel ended a multishot read the session still wants: re-arm it.
-            io.recv = Some(
-                self.ring
-                    .recv_multi(owner(conn.id, Purpose::Recv, side), io.fd),
-            );
-            conn.ops += 1;
+            // The kernel ended a read the session still wants (its budget reached, a
+            // rationed one-buffer read done): arm the next.
+            self.arm_read(slot, side);
         }
+    }
+
+    /// Arms `side`'s stream read. Normally a multishot recv the kernel ends at the session's
+    /// read budget (where it can: [`wsedge_ring::recv_limit`]), so a flooding side cannot
+    /// fill the shared buffer ring far past its backpressure before the session's stop
+    /// lands. While reads wait for buffers, buffers are rationed: the
+    /// side joins the back of that queue, served in turn one buffer at a time
+    /// ([`Worker::rearm_starved`]).
+    pub(super) fn arm_read(&mut self, slot: usize, side: Side) {
+        let conn = &mut self.conns[slot];
+        if !self.starved.is_empty() {
+            self.starved.push_back((conn.id, side));
+            return;
+        }
+        let limit = match conn.session.read_budget(side, &self.settings.session) {
+            Some(budget) if self.recv_limit => budget.clamp(1, u64::from(u32::MAX)) as u32,
+            _ => 0,
+        };
+        let io = &mut conn.sides[side.index()];
+        io.recv = Some(
+            self.ring
+                .recv_multi(owner(conn.id, Purpose::Recv, side), io.fd, limit),
+        );
+        conn.ops += 1;
     }
 
     /// Whether at most a sixty-fourth of the provided buffers (at least one) is left in the
@@ -178,22 +199,29 @@ impl Worker {
         count.saturating_sub(ring.held()) <= (count / 64).max(1)
     }
 
-    /// Re-arms the stream reads that ended for want of buffers, once buffers are back.
+    /// Serves the reads waiting for buffers, oldest first: as many as there are free
+    /// buffers, each a one-shot recv that can take one buffer at most. A side served comes
+    /// back to the queue's end for its next buffer while others wait, so under a flood every
+    /// connection gets its turn (with re-armed multishot reads the first few in line took
+    /// every returned buffer and the rest never got one); once nobody waits, reads are
+    /// multishot again.
     pub(super) fn rearm_starved(&mut self) {
-        if self.starved.is_empty()
-            || usize::from(self.ring.buffers().count()) <= self.ring.buffers().held()
-        {
-            return;
-        }
-        for (id, side) in std::mem::take(&mut self.starved) {
+        let ring = self.ring.buffers();
+        let mut free = usize::from(ring.count()).saturating_sub(ring.held());
+        while free > 0 {
+            let Some((id, side)) = self.starved.pop_front() else {
+                return;
+            };
             let Some(slot) = self.live_slot(id) else {
                 continue;
             };
             let c = &mut self.conns[slot];
             let io = &mut c.sides[side.index()];
-            if io.recv.is_none() && !c.session.is_closed() {
-                io.recv = Some(self.ring.recv_multi(owner(id, Purpose::Recv, side), io.fd));
+            if io.recv.is_none() && io.fd >= 0 && !c.session.is_closed() {
+                io.recv = Some(self.ring.recv_one(owner(id, Purpose::Recv, side), io.fd));
                 c.ops += 1;
+                self.stats.reads_rationed += 1;
+                free -= 1;
             }
         }
     }

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::origins::{EchoOrigin, OriginEvent};
-use super::raw::{OP_TEXT, RawConn, TEST_ACCEPT, client_frame, upgrade_head};
+use super::raw::{OP_BINARY, OP_TEXT, RawConn, TEST_ACCEPT, client_frame, upgrade_head};
 use super::{assert_echo, binary_payload, describe, next_data, text_payload, ws_connect};
 
 /// The payload sizes of the echo tests: the frame-length encoding boundaries and 1 MiB.
@@ -168,4 +168,54 @@ pub(crate) async fn concurrent_echo(addr: SocketAddr, conns: usize, msgs: usize)
         }
     }
     assert_eq!(done, conns);
+}
+
+/// An unbounded flood, as common load generators make it: `conns` connections each write
+/// 16 KiB binary frames as fast as the socket takes them for `secs` seconds while reading
+/// whatever comes back. Returns the bytes echoed to each connection (after a 101 each), so
+/// a test can see how evenly the proxy served them.
+pub(crate) async fn flood(addr: SocketAddr, conns: usize, secs: u64) -> Vec<u64> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let start = Arc::new(tokio::sync::Barrier::new(conns));
+    let mut set = JoinSet::new();
+    for c in 0..conns {
+        let start = Arc::clone(&start);
+        set.spawn(async move {
+            let mut conn = RawConn::connect(addr).await;
+            let head = upgrade_head(&format!("/flood/{c}"), "edge.test", &[]);
+            conn.send(head.as_bytes()).await.expect("upgrade request");
+            let answer = conn.read_head().await.expect("answer");
+            assert_eq!(answer.status(), 101, "conn {c}: {}", answer.text());
+            let (mut rx, mut tx) = conn.stream.into_split();
+            start.wait().await;
+            let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+            let frame = client_frame(OP_BINARY, &vec![c as u8; 16 * 1024], [1, 2, 3, 4]);
+            let writer = tokio::spawn(async move {
+                while tokio::time::timeout_at(until, tx.write_all(&frame))
+                    .await
+                    .is_ok()
+                {}
+                tx
+            });
+            let mut echoed = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(Ok(n)) = tokio::time::timeout_at(until, rx.read(&mut buf)).await {
+                assert!(n > 0, "conn {c}: closed during the flood");
+                echoed += n as u64;
+            }
+            drop(writer.await.expect("writer"));
+            (c, echoed)
+        });
+    }
+    let mut echoed = vec![0; conns];
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok((c, n)) => echoed[c] = n,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("connection task failed: {e}"),
+        }
+    }
+    echoed
 }
