@@ -617,6 +617,36 @@ fn a_function_is_sent_close_1001_on_a_drain_and_on_idle_time() {
     assert!(idle.sides[0].written.ends_with(&build_close(1001, "")));
 }
 
+/// A state a drain's deadline can find with nothing in flight: an `echo` client that
+/// half-closed. The function finishes and the session lingers with no read armed (the
+/// client's read ended with its EOF), nothing queued and no watch: only its timer would end
+/// it. The deadline's abort closes it (and drops that timer), so nothing else will come for
+/// it: the worker frees it right after the abort (worker/mod.rs, `tests/drain.rs`).
+#[test]
+fn a_half_closed_function_client_lingers_with_nothing_in_flight_until_aborted() {
+    let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
+    sim.client_head(&upgrade_head());
+    sim.flush_all();
+    sim.eof(Side::Client);
+    assert!(
+        matches!(sim.session.ending(), Ending::Lingering { .. }),
+        "{:?}",
+        sim.session.ending()
+    );
+    let client = &sim.sides[Side::Client.index()];
+    assert!(client.shut_write, "the client's write side is shut");
+    assert!(
+        !client.reading && client.head_buf.is_none() && client.queue.is_empty() && !sim.watching,
+        "something is in flight: {client:?}, watching {}",
+        sim.watching
+    );
+    assert!(sim.session.poll_timeout().is_some(), "its linger timer");
+    sim.handle(Input::Abort(CloseReason::Shutdown));
+    assert_eq!(sim.closed, Some(CloseReason::Shutdown));
+    assert_eq!(sim.session.poll_timeout(), None);
+    sim.check_freed();
+}
+
 fn bridge_route() -> Route {
     let mut r = function_route(FunctionSpec::Bridge(BridgeSpec {
         addr: "10.0.0.9:9000".parse().expect("addr"),

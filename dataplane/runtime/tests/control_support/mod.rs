@@ -66,9 +66,14 @@ impl ControlDir {
     /// `config` with a `[control]` table pointing into this directory; `extra` lines are
     /// added to that table.
     pub(crate) fn toml(&self, config: &Config, extra: &str) -> String {
+        format!("{}\n{}", config.to_toml(), self.control_table(extra))
+    }
+
+    /// The `[control]` table pointing into this directory, with `extra` lines (for a
+    /// configuration not written by [`Config`]).
+    pub(crate) fn control_table(&self, extra: &str) -> String {
         format!(
-            "{}\n[control]\nsocket = {:?}\ndaemon_socket = {:?}\nstate_file = {:?}\n{extra}",
-            config.to_toml(),
+            "[control]\nsocket = {:?}\ndaemon_socket = {:?}\nstate_file = {:?}\n{extra}",
             self.dataplane_socket.display().to_string(),
             self.daemon_socket.display().to_string(),
             self.state_file.display().to_string(),
