@@ -7,8 +7,8 @@
 //! without entering JavaScript; a `gap` notice becomes the socket's `gap` event.
 //!
 //! Here: the connection's state and the seam's entry points. `reads`: the sockets' messages
-//! into socket events; `outbox`: the script's requests into actions, and the ends the
-//! session makes itself.
+//! into socket events (one loop for both sockets, capped per turn); `outbox`: the script's
+//! requests into actions, and the ends the session makes itself.
 
 mod outbox;
 mod reads;
@@ -19,16 +19,21 @@ use std::rc::Rc;
 use wsedge_proto::chunk::Chunk;
 use wsedge_proto::frame::Role;
 use wsedge_proto::function::{Delivery, FnCx, FunctionSession, PeerEvent};
-use wsedge_proto::session::CloseReason;
+use wsedge_proto::session::{CloseReason, Side};
 
 use crate::endpoint::Endpoint;
 use crate::engine::{Engine, SocketEvent};
 use crate::state::{ConnId, Peer};
+use reads::Waiting;
 
-/// Client messages handed to the script per event of a connection. The rest of a read waits,
-/// with the client's reads stopped, for the next turn of the worker's loop: a client that
-/// floods cannot hold the worker (its other connections, its accepts) for longer than this
-/// many handlers take.
+/// Messages of one socket handed to the script per event of a connection. The rest of a read
+/// waits, with that socket's reads stopped ([`FunctionSession::wants_client`],
+/// [`FunctionSession::wants_peer`]), for the next turn of the worker's loop: a client or a
+/// peer that floods cannot hold the worker (its other connections, its accepts) for longer
+/// than this many handlers take.
+///
+/// [`FunctionSession::wants_client`]: wsedge_proto::function::FunctionSession::wants_client
+/// [`FunctionSession::wants_peer`]: wsedge_proto::function::FunctionSession::wants_peer
 pub(crate) const MESSAGES_PER_TURN: usize = 128;
 
 /// The request a connection started with, until its `fetch` is called.
@@ -63,10 +68,9 @@ pub struct JsSession {
     out: [Vec<u8>; 2],
     /// Handling a read: `out` is emitted at its end, not after each message.
     batch: bool,
-    /// Client bytes not handed to the script yet (beyond [`MESSAGES_PER_TURN`]), from
-    /// `backlog_at` on.
-    backlog: Vec<u8>,
-    backlog_at: usize,
+    /// Bytes read from the client (0) and the peer (1) and not handed to the script yet
+    /// (beyond [`MESSAGES_PER_TURN`]).
+    waiting: [Waiting; 2],
 }
 
 impl JsSession {
@@ -91,8 +95,7 @@ impl JsSession {
             finished: false,
             out: Default::default(),
             batch: false,
-            backlog: Vec::new(),
-            backlog_at: 0,
+            waiting: Default::default(),
         }
     }
 
@@ -111,8 +114,7 @@ impl JsSession {
             finished: false,
             out: Default::default(),
             batch: false,
-            backlog: Vec::new(),
-            backlog_at: 0,
+            waiting: Default::default(),
         }
     }
 
@@ -120,42 +122,43 @@ impl JsSession {
         self.engine.borrow().state.borrow_mut().random() as u32
     }
 
-    /// Tells the script about one of its sockets (the runtime may be gone: then nothing).
-    fn tell(&mut self, peer: bool, now: u64, event: SocketEvent) {
+    /// The socket on `side`: the client's (the script's server socket) or the peer's.
+    fn endpoint(&mut self, side: Side) -> Option<&mut Endpoint> {
+        match side {
+            Side::Client => self.server.as_mut(),
+            Side::Origin => self.peer.as_mut(),
+        }
+    }
+
+    /// Tells the script about its socket on `side` (the runtime may be gone: then nothing).
+    fn tell(&mut self, side: Side, now: u64, event: SocketEvent) {
         let mut engine = self.engine.borrow_mut();
         if !engine.dead {
-            engine.event(self.id, peer, now, event);
+            engine.event(self.id, side == Side::Origin, now, event);
         }
     }
 
-    fn tell_server_closed(&mut self, code: u16, reason: String, clean: bool, now: u64) {
-        if !self.server_told && !self.clientless {
-            self.server_told = true;
-            self.tell(
-                false,
-                now,
-                SocketEvent::Close {
-                    code,
-                    reason,
-                    clean,
-                },
-            );
+    /// Tells the script its socket on `side` closed, once: the server socket if there is a
+    /// client, the peer's if the script asked for one.
+    fn tell_closed(&mut self, side: Side, code: u16, reason: String, clean: bool, now: u64) {
+        let exists = match side {
+            Side::Client => !self.clientless,
+            Side::Origin => self.peer_asked(),
+        };
+        let told = match side {
+            Side::Client => &mut self.server_told,
+            Side::Origin => &mut self.peer_told,
+        };
+        if *told || !exists {
+            return;
         }
-    }
-
-    fn tell_peer_closed(&mut self, code: u16, reason: String, clean: bool, now: u64) {
-        if !self.peer_told && self.peer_asked() {
-            self.peer_told = true;
-            self.tell(
-                true,
-                now,
-                SocketEvent::Close {
-                    code,
-                    reason,
-                    clean,
-                },
-            );
-        }
+        *told = true;
+        let event = SocketEvent::Close {
+            code,
+            reason,
+            clean,
+        };
+        self.tell(side, now, event);
     }
 
     fn peer_asked(&self) -> bool {
@@ -199,67 +202,63 @@ impl FunctionSession for JsSession {
     }
 
     fn on_client(&mut self, data: &mut [u8], cx: &mut FnCx<'_>) {
-        if self.server.is_none() || self.finished {
-            return;
-        }
-        if self.backlog_at < self.backlog.len() {
-            // Behind the bytes waiting for the next turn.
-            self.backlog.extend_from_slice(data);
-            return;
-        }
-        let used = self.client_bytes(data, cx);
-        if used < data.len() && !self.finished {
-            self.backlog.clear();
-            self.backlog.extend_from_slice(&data[used..]);
-            self.backlog_at = 0;
-            self.defer();
+        if self.server.is_some() && !self.finished {
+            self.on_bytes(Side::Client, data, cx);
         }
     }
 
     fn wants_client(&self) -> bool {
         // Reads stop while bytes wait for the next turn (the client is pushed back by TCP).
-        self.backlog_at >= self.backlog.len()
+        self.waiting[Side::Client.index()].is_empty()
+    }
+
+    fn wants_peer(&self) -> bool {
+        self.waiting[Side::Origin.index()].is_empty()
     }
 
     fn on_client_gone(&mut self, cx: &mut FnCx<'_>) {
-        // What was read before the end reaches the script first (all of it: no more comes).
-        while self.backlog_at < self.backlog.len() && !self.finished {
-            self.client_backlog(cx);
-        }
-        self.tell_server_closed(1006, String::new(), false, cx.now);
+        // What was read before the end reaches the script first (all of it: no more comes);
+        // the peer's waiting messages too, before its socket closes with the connection.
+        self.read_all_waiting(Side::Client, cx);
+        self.tell_closed(Side::Client, 1006, String::new(), false, cx.now);
+        self.read_all_waiting(Side::Origin, cx);
         self.drain(cx);
         self.finish(CloseReason::ClientClosed, cx);
     }
 
     fn on_peer(&mut self, data: &mut [u8], cx: &mut FnCx<'_>) {
-        self.peer_bytes(data, cx);
+        if self.peer.is_some() && !self.finished {
+            self.on_bytes(Side::Origin, data, cx);
+        }
     }
 
     fn on_peer_event(&mut self, event: PeerEvent, cx: &mut FnCx<'_>) {
         match event {
             PeerEvent::Open => {
                 self.peer = Some(Endpoint::new(Role::Client, self.max_message));
-                self.tell(true, cx.now, SocketEvent::Open);
+                self.tell(Side::Origin, cx.now, SocketEvent::Open);
             }
             PeerEvent::Failed { reason } => {
                 self.tell(
-                    true,
+                    Side::Origin,
                     cx.now,
                     SocketEvent::Error(format!("the connection failed: {}", reason.as_str())),
                 );
-                self.tell_peer_closed(1006, String::new(), false, cx.now);
+                self.tell_closed(Side::Origin, 1006, String::new(), false, cx.now);
                 if self.clientless {
                     self.drain(cx);
                     return self.finish(reason, cx);
                 }
             }
             PeerEvent::Closed { reset } => {
+                // What the peer sent before its end reaches the script first.
+                self.read_all_waiting(Side::Origin, cx);
                 let done = self.peer.as_ref().is_some_and(Endpoint::is_closed);
                 if let Some(peer) = self.peer.as_mut() {
                     peer.abandon();
                 }
                 if !done {
-                    self.tell_peer_closed(1006, String::new(), false, cx.now);
+                    self.tell_closed(Side::Origin, 1006, String::new(), false, cx.now);
                 }
                 if self.clientless {
                     self.drain(cx);
@@ -273,7 +272,7 @@ impl FunctionSession for JsSession {
             }
         }
         self.drain(cx);
-        if self.backlog_at < self.backlog.len() && !self.finished {
+        if !self.waiting[Side::Client.index()].is_empty() && !self.finished {
             // A wake while the peer connected did not reach this session (its stage was the
             // peer's): the client's waiting messages go on at the next turn.
             self.defer();
@@ -287,18 +286,14 @@ impl FunctionSession for JsSession {
         if delivery.is_gap() {
             return self.on_gap(&delivery.channel, cx);
         }
-        self.flush_client();
+        self.flush(Side::Client);
         let frame = delivery.raw_frame();
         let limit = self.engine.borrow().limits().max_send_queue;
         if cx.queued_to_client + frame.len() > limit {
-            if let Some(close) = self.server.as_mut().and_then(|s| s.close(1013, "", 0)) {
-                self.send_client(Chunk::own(close), cx);
-            }
-            self.tell_server_closed(1013, String::new(), false, cx.now);
-            self.drain(cx);
-            return self.finish(CloseReason::SlowConsumer, cx);
+            return self.end(1013, false, CloseReason::SlowConsumer, cx);
         }
-        self.send_client(
+        self.send(
+            Side::Client,
             Chunk::Shared {
                 data: frame,
                 off: 0,
@@ -308,13 +303,19 @@ impl FunctionSession for JsSession {
     }
 
     fn on_shutdown(&mut self, code: u16, reason: CloseReason, cx: &mut FnCx<'_>) {
-        self.shutdown(code, reason, cx);
+        self.end(code, true, reason, cx);
     }
 
     fn on_closed(&mut self, cx: &mut FnCx<'_>) {
-        self.tell_server_closed(1006, String::new(), false, cx.now);
+        if !self.finished {
+            // The edge closes it (a reset, an abort): what was read reaches the script before
+            // the close, as in browsers (what the script sends now goes nowhere).
+            self.read_all_waiting(Side::Client, cx);
+            self.read_all_waiting(Side::Origin, cx);
+        }
+        self.tell_closed(Side::Client, 1006, String::new(), false, cx.now);
         if self.peer.as_ref().is_some_and(|p| !p.is_closed()) || self.peer.is_none() {
-            self.tell_peer_closed(1006, String::new(), false, cx.now);
+            self.tell_closed(Side::Origin, 1006, String::new(), false, cx.now);
         }
         self.finished = true;
         let engine = self.engine.borrow();
@@ -325,7 +326,8 @@ impl FunctionSession for JsSession {
 
     fn on_wake(&mut self, cx: &mut FnCx<'_>) {
         self.drain(cx);
-        self.client_backlog(cx);
+        self.read_waiting(Side::Client, cx);
+        self.read_waiting(Side::Origin, cx);
     }
 }
 

@@ -6,7 +6,7 @@
 use wsedge_proto::chunk::Chunk;
 use wsedge_proto::frame::Role;
 use wsedge_proto::function::{FnAction, FnCx};
-use wsedge_proto::session::CloseReason;
+use wsedge_proto::session::{CloseReason, Side};
 
 use super::JsSession;
 use crate::endpoint::Endpoint;
@@ -14,27 +14,20 @@ use crate::engine::SocketEvent;
 use crate::state::{Decision, Fault, Peer};
 
 impl JsSession {
-    /// Moves the frames the script queued to the client into the session's outgoing bytes
-    /// (they go out with [`JsSession::emit`]).
-    pub(super) fn flush_client(&mut self) {
-        if self.server.is_none() {
+    /// Moves the frames the script queued to `side` into the session's outgoing bytes (they
+    /// go out with [`JsSession::emit`]).
+    pub(super) fn flush(&mut self, side: Side) {
+        if self.endpoint(side).is_none() {
             return;
         }
         let engine = self.engine.borrow();
         let mut st = engine.state.borrow_mut();
         if let Some(conn) = st.conns.get_mut(&self.id) {
-            append(&mut self.out[0], &mut conn.to_client);
-        }
-    }
-
-    pub(super) fn flush_peer(&mut self) {
-        if self.peer.is_none() {
-            return;
-        }
-        let engine = self.engine.borrow();
-        let mut st = engine.state.borrow_mut();
-        if let Some(conn) = st.conns.get_mut(&self.id) {
-            append(&mut self.out[1], &mut conn.to_peer);
+            let queued = match side {
+                Side::Client => &mut conn.to_client,
+                Side::Origin => &mut conn.to_peer,
+            };
+            append(&mut self.out[side.index()], queued);
         }
     }
 
@@ -50,18 +43,14 @@ impl JsSession {
         }
     }
 
-    /// Sends `frame` to the client after everything the script queued before it.
-    pub(super) fn send_client(&mut self, frame: Chunk, cx: &mut FnCx<'_>) {
-        self.flush_client();
+    /// Sends `frame` to `side` after everything the script queued before it.
+    pub(super) fn send(&mut self, side: Side, frame: Chunk, cx: &mut FnCx<'_>) {
+        self.flush(side);
         self.emit(cx);
-        cx.send_client(frame);
-    }
-
-    /// Sends `frame` to the peer after everything the script queued before it.
-    pub(super) fn send_peer(&mut self, frame: Chunk, cx: &mut FnCx<'_>) {
-        self.flush_peer();
-        self.emit(cx);
-        cx.send_peer(frame);
+        match side {
+            Side::Client => cx.send_client(frame),
+            Side::Origin => cx.send_peer(frame),
+        }
     }
 
     pub(super) fn finish(&mut self, reason: CloseReason, cx: &mut FnCx<'_>) {
@@ -157,28 +146,28 @@ impl JsSession {
                     let mut st = engine.state.borrow_mut();
                     st.arm_deadline(self.id);
                 }
-                self.tell(false, now, SocketEvent::Open);
+                self.tell(Side::Client, now, SocketEvent::Open);
                 continue;
             }
-            self.flush_client();
+            self.flush(Side::Client);
             let close_client = self.take_close(false);
             if let (Some((code, reason)), Some(server)) = (close_client, self.server.as_mut())
                 && let Some(frame) = server.close(code, &reason, 0)
             {
-                self.send_client(Chunk::own(frame), cx);
+                self.send(Side::Client, Chunk::own(frame), cx);
             }
-            self.flush_peer();
+            self.flush(Side::Origin);
             let close_peer = self.take_close(true);
             if let Some((code, reason)) = close_peer {
                 let mask = self.mask();
                 if let Some(peer) = self.peer.as_mut()
                     && let Some(frame) = peer.close(code, &reason, mask)
                 {
-                    self.send_peer(Chunk::own(frame), cx);
+                    self.send(Side::Origin, Chunk::own(frame), cx);
                 }
             }
             if let Some((code, reason)) = shutdown {
-                self.shutdown(code, reason, cx);
+                self.end(code, true, reason, cx);
             }
             return;
         }
@@ -209,7 +198,7 @@ impl JsSession {
                 cx.send_peer(Chunk::own(frame));
             }
             if fault == Fault::Error {
-                self.tell_peer_closed(1006, String::new(), false, now);
+                self.tell_closed(Side::Origin, 1006, String::new(), false, now);
             }
             return self.finish(CloseReason::FunctionError, cx);
         }
@@ -219,7 +208,7 @@ impl JsSession {
                     cx.send_client(Chunk::own(frame));
                 }
                 if fault == Fault::Error {
-                    self.tell_server_closed(1011, String::new(), false, now);
+                    self.tell_closed(Side::Client, 1011, String::new(), false, now);
                 }
                 self.finish(CloseReason::FunctionError, cx);
             }
@@ -235,23 +224,29 @@ impl JsSession {
         }
     }
 
-    /// The edge ends it (drain, idle time, lifetime): Close `code`, the script told, finish.
-    pub(super) fn shutdown(&mut self, code: u16, reason: CloseReason, cx: &mut FnCx<'_>) {
-        let now = cx.now;
-        if self.clientless {
-            self.flush_peer();
-            let mask = self.mask();
-            if let Some(frame) = self.peer.as_mut().and_then(|p| p.close(code, "", mask)) {
-                self.send_peer(Chunk::own(frame), cx);
-            }
-            self.tell_peer_closed(code, String::new(), true, now);
-            return self.finish(reason, cx);
+    /// The edge ends the connection (drain, idle time, lifetime: `clean`; a slow consumer)
+    /// with Close `code` on its socket (the client's; a client-less session's peer), the
+    /// script told, and finishes. What both sockets read before reaches the script first,
+    /// every message before the `close` event as in browsers (bounded: no more is read);
+    /// what its handlers send goes out before the Close.
+    pub(super) fn end(&mut self, code: u16, clean: bool, reason: CloseReason, cx: &mut FnCx<'_>) {
+        self.read_all_waiting(Side::Client, cx);
+        self.read_all_waiting(Side::Origin, cx);
+        if self.finished {
+            // A message ended it (the client's own Close, a fault).
+            return;
         }
-        self.flush_client();
-        if let Some(frame) = self.server.as_mut().and_then(|s| s.close(code, "", 0)) {
-            self.send_client(Chunk::own(frame), cx);
+        let side = if self.clientless {
+            Side::Origin
+        } else {
+            Side::Client
+        };
+        self.flush(side);
+        let mask = if side == Side::Origin { self.mask() } else { 0 };
+        if let Some(frame) = self.endpoint(side).and_then(|e| e.close(code, "", mask)) {
+            self.send(side, Chunk::own(frame), cx);
         }
-        self.tell_server_closed(code, String::new(), true, now);
+        self.tell_closed(side, code, String::new(), clean, cx.now);
         self.finish(reason, cx);
     }
 }

@@ -239,17 +239,16 @@ impl Session {
             && !stage.finished
             && stage.function.wants_client()
             && (queued as u64) < env.cfg.max_in_flight;
-        let peer = stage.peer_open && !stage.finished;
-        match (wants, self.reading[0]) {
-            (true, Reading::Off) => self.read(Side::Client, env),
-            (false, Reading::Stream) => {
-                self.reading[0] = Reading::Stopping;
-                env.out.push(Output::StopRead(Side::Client));
+        let peer = stage.peer_open && !stage.finished && stage.function.wants_peer();
+        for (side, wants) in [(Side::Client, wants), (Side::Origin, peer)] {
+            match (wants, self.reading[side.index()]) {
+                (true, Reading::Off) => self.read(side, env),
+                (false, Reading::Stream) => {
+                    self.reading[side.index()] = Reading::Stopping;
+                    env.out.push(Output::StopRead(side));
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        if peer && self.reading[1] == Reading::Off {
-            self.read(Side::Origin, env);
         }
     }
 
