@@ -594,6 +594,11 @@ fn chat_rooms_fan_out_through_the_bus_with_presence() {
 
 /// Answers the edge's handshake on the peer side of `key` with a 101.
 fn accept_peer(w: &mut World, key: ConnKey) -> String {
+    accept_peer_with(w, key, &[])
+}
+
+/// [`accept_peer`], with `after` (the peer's first frames) in the same read as the 101.
+fn accept_peer_with(w: &mut World, key: ConnKey, after: &[u8]) -> String {
     let sim = w.sim(key);
     sim.connected(Ok(()));
     sim.flush(Side::Origin);
@@ -605,10 +610,10 @@ fn accept_peer(w: &mut World, key: ConnKey) -> String {
         .to_owned();
     let accept = String::from_utf8(wsedge_proto::accept::accept_key(edge_key.as_bytes()).to_vec())
         .expect("ascii");
-    sim.origin_answers(
-        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
-            .as_bytes(),
-    );
+    let mut answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+        .into_bytes();
+    answer.extend_from_slice(after);
+    sim.origin_answers(&answer);
     w.settle();
     request
 }
@@ -1265,6 +1270,33 @@ fn a_peers_messages_are_capped_per_turn_and_all_come_before_its_close() {
     let last = w.frames(c).pop().expect("the Close reply");
     assert_eq!((last.0, close_code(&last.1)), (OpCode::Close, 1000));
     assert_eq!(report(&mut w), format!("peer {n} 1006"));
+}
+
+/// A peer's first message may come in the same read as its 101 (a greeting): the script
+/// gets it, on a connection's peer and on a client-less socket.
+#[test]
+fn a_peers_message_that_came_with_its_101_reaches_the_script() {
+    let mut greeting = Vec::new();
+    encode_frame(OpCode::Text, true, b"hello", None, &mut greeting);
+    let mut w = world_with(COUNTER);
+    let c = w.connect("/peer");
+    accept_peer_with(&mut w, c, &greeting);
+    assert_eq!(w.texts(c), ["peer 1"]);
+    let feed = r#"
+        let report = "none";
+        const feed = new WebSocket("ws://127.0.0.1:9001/feed");
+        feed.onmessage = (e) => { report = e.data; };
+        export default { fetch() { return new Response(report); } };"#;
+    let mut w = world_with(feed);
+    assert_eq!(report(&mut w), "none");
+    let o = *w
+        .sims
+        .iter()
+        .find(|(_, s)| s.session.is_clientless())
+        .expect("a client-less session")
+        .0;
+    accept_peer_with(&mut w, o, &greeting);
+    assert_eq!(report(&mut w), "hello");
 }
 
 /// The same for a client-less session (a module-level `new WebSocket`) the edge drains.

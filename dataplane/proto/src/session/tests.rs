@@ -935,7 +935,8 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
-        ["start", "peer_event Open"]
+        ["start", "peer_event Open", "peer 4"],
+        "the peer's first message came with its 101: the function reads it"
     );
     assert!(sim.sides[1].reading, "the peer is read");
     assert!(!sim.sides[0].reading && !sim.watching, "there is no client");
