@@ -8,7 +8,7 @@ use std::rc::Rc;
 use rquickjs::function::Opt;
 use rquickjs::{ArrayBuffer, Ctx, Exception, Function, Object, TypedArray, Value};
 
-use super::{Identity, Limits};
+use super::Identity;
 use crate::state::{Fault, State};
 
 /// Binary data from JavaScript: a `Uint8Array` (the prelude passes views as one) or an
@@ -80,7 +80,6 @@ pub(super) fn bindings<'js>(
     ctx: &Ctx<'js>,
     state: &St,
     identity: &Identity,
-    limits: Limits,
 ) -> rquickjs::Result<Object<'js>> {
     let host = Object::new(ctx.clone())?;
     let name = Rc::clone(&identity.name);
@@ -263,6 +262,5 @@ pub(super) fn bindings<'js>(
         })?,
     )?;
     super::conn_bindings::install(ctx, &host, state)?;
-    let _ = limits;
     Ok(host)
 }

@@ -335,10 +335,6 @@ pub(super) fn install<'js>(ctx: &Ctx<'js>, host: &Object<'js>, state: &St) -> rq
                     payload,
                     skip,
                 });
-                if let Some(id) = st.current {
-                    // The session handling this event applies it with its bus.
-                    let _ = id;
-                }
                 Ok(())
             },
         )?,

@@ -230,7 +230,7 @@ impl Engine {
                         .map_or_else(|| "error".to_owned(), |e| e.to_string()),
                 )
             };
-            let host = bindings(&ctx, &state, &identity, limits).map_err(|e| caught(&ctx, e))?;
+            let host = bindings(&ctx, &state, &identity).map_err(|e| caught(&ctx, e))?;
             ctx.globals()
                 .set("__host", host)
                 .map_err(|e| caught(&ctx, e))?;
