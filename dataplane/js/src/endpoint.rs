@@ -108,14 +108,16 @@ impl Endpoint {
         self.buffer = Vec::new();
     }
 
-    /// Handles the next bytes from the other side (unmasked in place), appending what they
-    /// meant to `out`. `mask` masks this side's replies on the client side.
+    /// All of `chunk`: [`Endpoint::on_bytes_upto`] with no cap (the tests' shorthand).
+    #[cfg(test)]
     pub(crate) fn on_bytes(&mut self, chunk: &mut [u8], mask: u32, out: &mut Vec<Event>) {
         self.on_bytes_upto(chunk, mask, out, usize::MAX);
     }
 
-    /// [`Endpoint::on_bytes`], stopping after `messages` whole messages: returns how many
-    /// bytes of `chunk` it used. The rest (untouched) is to be handed back later, first.
+    /// Handles the next bytes from the other side (unmasked in place), appending what they
+    /// meant to `out`, stopping after `messages` whole messages: returns how many bytes of
+    /// `chunk` it used. The rest (untouched) is to be handed back later, first. `mask` masks
+    /// this side's replies on the client side.
     pub(crate) fn on_bytes_upto(
         &mut self,
         chunk: &mut [u8],

@@ -11,12 +11,13 @@
 //! optional hooks (`poll_timeout`/`on_timeout`, `poll_wake`, `poll_outbound`).
 //!
 //! Modules: `script` (loading a module graph, refusing one that does not start), `engine`
-//! (a runtime, its native bindings, budgets and faults; `prelude.js` is the JavaScript side
-//! of the API), `state` (what the bindings change), `session`, `host`, and `endpoint` (the
-//! WebSocket framing of both sides, over proto's frame tracker).
+//! (a runtime, budgets and faults; its `bindings`/`conn_bindings` are the native side of the
+//! API, `prelude.js` the JavaScript side), `state` (what the bindings change), `session` (a
+//! connection: `reads` for its sockets' messages, `outbox` for what its script asked), `host`,
+//! and `endpoint` (the WebSocket framing of both sides, over proto's frame tracker).
 
-// rquickjs 0.14 has no safe way to read a typed array's or a buffer's bytes: `engine::copy_bytes` is the
-// only `unsafe` here (allowed there alone, with its SAFETY argument).
+// rquickjs 0.14 has no safe way to read a typed array's or a buffer's bytes:
+// `engine::bindings::copy_bytes` is the only `unsafe` here (allowed there alone, with its SAFETY argument).
 #![deny(unsafe_code)]
 
 mod endpoint;

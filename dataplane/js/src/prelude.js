@@ -1,8 +1,8 @@
 // The JavaScript side of wsedge's function API (docs/functions.md, "JavaScript functions").
 // Evaluated once per runtime before the user's module, as a script, with `__host` (the
-// native bindings of engine.rs) in scope; it returns the three entry points the engine calls
-// (start a request, deliver a socket event, fire a timer) and deletes `__host` from the
-// global object so user code cannot reach it.
+// native bindings of engine/bindings.rs and engine/conn_bindings.rs) in scope; it returns
+// the three entry points the engine calls (start a request, deliver a socket event, fire a
+// timer) and deletes `__host` from the global object so user code cannot reach it.
 (function (host) {
   "use strict";
   const G = globalThis;

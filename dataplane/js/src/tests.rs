@@ -594,6 +594,11 @@ fn chat_rooms_fan_out_through_the_bus_with_presence() {
 
 /// Answers the edge's handshake on the peer side of `key` with a 101.
 fn accept_peer(w: &mut World, key: ConnKey) -> String {
+    accept_peer_with(w, key, &[])
+}
+
+/// [`accept_peer`], with `after` (the peer's first frames) in the same read as the 101.
+fn accept_peer_with(w: &mut World, key: ConnKey, after: &[u8]) -> String {
     let sim = w.sim(key);
     sim.connected(Ok(()));
     sim.flush(Side::Origin);
@@ -605,10 +610,10 @@ fn accept_peer(w: &mut World, key: ConnKey) -> String {
         .to_owned();
     let accept = String::from_utf8(wsedge_proto::accept::accept_key(edge_key.as_bytes()).to_vec())
         .expect("ascii");
-    sim.origin_answers(
-        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
-            .as_bytes(),
-    );
+    let mut answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+        .into_bytes();
+    answer.extend_from_slice(after);
+    sim.origin_answers(&answer);
     w.settle();
     request
 }
@@ -1099,6 +1104,233 @@ fn a_gap_is_one_event_on_each_listening_socket_and_costs_nothing_elsewhere() {
     // A gap on a topic nobody holds reaches nobody.
     w.gap("f", "other");
     assert_eq!(w.texts(a).len(), 3);
+}
+
+/// Counts each socket's messages (each one's count is echoed to the client) and keeps, for
+/// `/report`, the count its `close` event saw: the order of events is what it observes.
+const COUNTER: &str = r#"
+    let report = "none";
+    export default {
+      fetch(request) {
+        const url = new URL(request.url);
+        if (url.pathname === "/report") return new Response(report);
+        const { socket, response } = upgradeWebSocket(request);
+        let n = 0;
+        socket.onmessage = () => socket.send(String(++n));
+        socket.onclose = (e) => { report = `client ${n} ${e.code}`; };
+        if (url.pathname === "/peer") {
+          const peer = new WebSocket("ws://127.0.0.1:9001/feed");
+          let p = 0;
+          peer.onmessage = () => socket.send(`peer ${++p}`);
+          peer.onclose = (e) => { report = `peer ${p} ${e.code}`; };
+        }
+        return response;
+      },
+    };"#;
+
+/// A world serving `source` as the function `f` on `/`.
+fn world_with(source: &str) -> World {
+    let mut w = World::new(&[], Limits::default());
+    w.host
+        .borrow_mut()
+        .deploy("f", script(source).expect("compiles"), Limits::default())
+        .expect("deploys");
+    w.add_route("f", "/");
+    w
+}
+
+/// The body of the function's answer to `GET /report`.
+fn report(w: &mut World) -> String {
+    let r = w.request("GET /report HTTP/1.1\r\nHost: edge.test\r\n\r\n");
+    let text = w.sims[&r].text(Side::Client);
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// Text frames `p{from}`.. `p{to - 1}` from a peer (a server: unmasked), back to back.
+fn peer_numbered(from: usize, to: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in from..to {
+        encode_frame(
+            OpCode::Text,
+            true,
+            format!("p{i}").as_bytes(),
+            None,
+            &mut bytes,
+        );
+    }
+    bytes
+}
+
+/// Runs one turn of the worker's loop for the host (its due work: waiting messages).
+fn turn(w: &mut World) {
+    {
+        let mut bus = w.bus.borrow_mut();
+        w.host.borrow_mut().on_timeout(w.now, &mut *bus);
+    }
+    w.settle();
+}
+
+/// Browsers, Deno and Bun deliver every message a socket received before its `close` event:
+/// so does the edge when it closes a connection (a drain, a reset) while messages wait
+/// behind the per-turn cap. What their handlers send goes out before the edge's Close.
+#[test]
+fn every_message_read_reaches_the_script_before_the_edge_closes_the_client() {
+    let n = MESSAGES_PER_TURN + 5;
+    let mut w = world_with(COUNTER);
+    // A drain: Close 1001 after the waiting messages and their replies.
+    let c = w.connect("/");
+    w.sim(c).recv(Side::Client, &numbered(0, n));
+    w.settle();
+    assert_eq!(
+        w.texts(c).len(),
+        MESSAGES_PER_TURN,
+        "the cap holds the rest"
+    );
+    let now = w.now;
+    w.sim(c).handle(Input::CloseAt {
+        at: now,
+        reason: CloseReason::Drained,
+    });
+    w.sim(c).advance(now);
+    w.settle();
+    assert_eq!(report(&mut w), format!("client {n} 1001"));
+    let frames = w.frames(c);
+    let texts: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+    assert_eq!(w.texts(c), texts, "every reply, in order");
+    let last = frames.last().expect("a close");
+    assert_eq!(
+        (frames.len(), last.0, close_code(&last.1)),
+        (n + 1, OpCode::Close, 1001),
+        "the Close comes last"
+    );
+    // A reset: the script still gets every message read, then its close (1006).
+    let c = w.connect("/");
+    w.sim(c).recv(Side::Client, &numbered(0, n));
+    w.settle();
+    w.sim(c).handle(Input::Failed(Side::Client));
+    w.settle();
+    assert_eq!(w.sims[&c].closed, Some(CloseReason::ClientReset));
+    assert_eq!(report(&mut w), format!("client {n} 1006"));
+}
+
+/// An outbound socket's messages are capped per turn like the client's (its reads stop while
+/// some wait, and the worker comes back for them), and all of them reach the script before
+/// its `close` event.
+#[test]
+fn a_peers_messages_are_capped_per_turn_and_all_come_before_its_close() {
+    let n = MESSAGES_PER_TURN + 5;
+    let mut w = world_with(COUNTER);
+    let c = w.connect("/peer");
+    accept_peer(&mut w, c);
+    let peer_texts = |w: &World| {
+        w.texts(c)
+            .into_iter()
+            .filter(|t| t.starts_with("peer "))
+            .count()
+    };
+    w.sim(c).recv(Side::Origin, &peer_numbered(0, n));
+    w.settle();
+    assert_eq!(peer_texts(&w), MESSAGES_PER_TURN, "one batch per turn");
+    assert!(
+        w.sims[&c].sides[1].stopping,
+        "the peer's reads stop while messages wait"
+    );
+    assert_eq!(
+        w.host.borrow().poll_timeout(),
+        Some(w.now),
+        "the rest is due at once"
+    );
+    turn(&mut w);
+    assert_eq!(peer_texts(&w), n);
+    let texts: Vec<String> = (1..=n).map(|i| format!("peer {i}")).collect();
+    assert_eq!(w.texts(c), texts);
+    w.sim(c).read_ended(Side::Origin);
+    assert!(w.sims[&c].sides[1].reading, "then it is read again");
+    // The peer floods, then leaves: every message first, then its close.
+    w.sim(c).recv(Side::Origin, &peer_numbered(n, 2 * n));
+    w.settle();
+    assert_eq!(peer_texts(&w), n + MESSAGES_PER_TURN);
+    w.sim(c).eof(Side::Origin);
+    w.settle();
+    assert_eq!(peer_texts(&w), 2 * n);
+    assert_eq!(report(&mut w), format!("peer {} 1006", 2 * n));
+    assert_eq!(
+        w.sims[&c].closed, None,
+        "the client stays: its script decides"
+    );
+    // The client closes while the peer's messages wait: they still come before the peer's
+    // close (the connection's end closes its peer).
+    let c = w.connect("/peer");
+    accept_peer(&mut w, c);
+    w.sim(c).recv(Side::Origin, &peer_numbered(0, n));
+    w.settle();
+    w.send(c, OpCode::Close, &1000u16.to_be_bytes());
+    let last = w.frames(c).pop().expect("the Close reply");
+    assert_eq!((last.0, close_code(&last.1)), (OpCode::Close, 1000));
+    assert_eq!(report(&mut w), format!("peer {n} 1006"));
+}
+
+/// A peer's first message may come in the same read as its 101 (a greeting): the script
+/// gets it, on a connection's peer and on a client-less socket.
+#[test]
+fn a_peers_message_that_came_with_its_101_reaches_the_script() {
+    let mut greeting = Vec::new();
+    encode_frame(OpCode::Text, true, b"hello", None, &mut greeting);
+    let mut w = world_with(COUNTER);
+    let c = w.connect("/peer");
+    accept_peer_with(&mut w, c, &greeting);
+    assert_eq!(w.texts(c), ["peer 1"]);
+    let feed = r#"
+        let report = "none";
+        const feed = new WebSocket("ws://127.0.0.1:9001/feed");
+        feed.onmessage = (e) => { report = e.data; };
+        export default { fetch() { return new Response(report); } };"#;
+    let mut w = world_with(feed);
+    assert_eq!(report(&mut w), "none");
+    let o = *w
+        .sims
+        .iter()
+        .find(|(_, s)| s.session.is_clientless())
+        .expect("a client-less session")
+        .0;
+    accept_peer_with(&mut w, o, &greeting);
+    assert_eq!(report(&mut w), "hello");
+}
+
+/// The same for a client-less session (a module-level `new WebSocket`) the edge drains.
+#[test]
+fn a_clientless_sockets_waiting_messages_come_before_the_edges_close() {
+    let feed = r#"
+        let report = "none";
+        let n = 0;
+        const feed = new WebSocket("ws://127.0.0.1:9001/feed");
+        feed.onmessage = () => { report = `feed ${++n}`; };
+        feed.onclose = (e) => { report = `feed ${n} closed ${e.code}`; };
+        export default { fetch() { return new Response(report); } };"#;
+    let n = MESSAGES_PER_TURN + 5;
+    let mut w = world_with(feed);
+    assert_eq!(report(&mut w), "none");
+    let o = *w
+        .sims
+        .iter()
+        .find(|(_, s)| s.session.is_clientless())
+        .expect("a client-less session")
+        .0;
+    accept_peer(&mut w, o);
+    w.sim(o).recv(Side::Origin, &peer_numbered(0, n));
+    w.settle();
+    assert_eq!(report(&mut w), format!("feed {MESSAGES_PER_TURN}"));
+    assert!(w.sims[&o].sides[1].stopping);
+    let now = w.now;
+    w.sim(o).handle(Input::CloseAt {
+        at: now,
+        reason: CloseReason::Drained,
+    });
+    w.sim(o).advance(now);
+    w.settle();
+    assert_eq!(report(&mut w), format!("feed {n} closed 1001"));
 }
 
 /// Rough figures, not a benchmark (run in release, alone: `cargo test -p wsedge-js --release

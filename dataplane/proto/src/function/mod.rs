@@ -400,6 +400,12 @@ pub trait FunctionSession: Debug {
     fn wants_client(&self) -> bool {
         true
     }
+    /// Whether more of its peer's bytes are wanted now: a function that has the peer's bytes
+    /// still waiting (it hands a socket's messages over a turn at a time) says no, and asks
+    /// for a wake ([`FunctionHost::poll_wake`]) to go on; reads resume once it says yes.
+    fn wants_peer(&self) -> bool {
+        true
+    }
     /// The host said this connection has work outside its own events (`Input::Wake`, after
     /// [`FunctionHost::poll_wake`] named it): act on it now. Called only while the function
     /// is the session's stage (not while its peer connects: the peer's event comes next).

@@ -40,10 +40,11 @@ impl Session {
         self.function_waiting(env);
     }
 
-    /// After a function ran: while it has not answered its client (an async answer), the
-    /// client is watched (a client that leaves ends it) and the answer is due within the
-    /// route's origin handshake time (504); once upgraded, early client bytes held while its
-    /// peer opened go to it (unless it joined the peer, which takes them).
+    /// After a function ran: the peer's bytes that came with its 101 go to it (unless it
+    /// joined the peer, which takes them); while it has not answered its client (an async
+    /// answer), the client is watched (a client that leaves ends it) and the answer is due
+    /// within the route's origin handshake time (504); once upgraded, early client bytes held
+    /// while its peer opened go to it (unless it joined the peer).
     pub(super) fn function_waiting(&mut self, env: &mut Env<'_>) {
         if self.ending != Ending::Open {
             return;
@@ -51,7 +52,16 @@ impl Session {
         let Stage::Function(stage) = &mut self.stage else {
             return;
         };
-        if stage.clientless || stage.finished {
+        if stage.finished {
+            return;
+        }
+        if stage.peer_open && !stage.peer_early.is_empty() {
+            // The peer's bytes that came with its 101 (a function that joined its peer took
+            // them): the function reads them as the peer's first bytes.
+            let mut early = std::mem::take(&mut stage.peer_early);
+            return self.with_function(env, |f, cx| f.on_peer(&mut early, cx));
+        }
+        if stage.clientless {
             return;
         }
         if !stage.upgraded {
@@ -239,17 +249,16 @@ impl Session {
             && !stage.finished
             && stage.function.wants_client()
             && (queued as u64) < env.cfg.max_in_flight;
-        let peer = stage.peer_open && !stage.finished;
-        match (wants, self.reading[0]) {
-            (true, Reading::Off) => self.read(Side::Client, env),
-            (false, Reading::Stream) => {
-                self.reading[0] = Reading::Stopping;
-                env.out.push(Output::StopRead(Side::Client));
+        let peer = stage.peer_open && !stage.finished && stage.function.wants_peer();
+        for (side, wants) in [(Side::Client, wants), (Side::Origin, peer)] {
+            match (wants, self.reading[side.index()]) {
+                (true, Reading::Off) => self.read(side, env),
+                (false, Reading::Stream) => {
+                    self.reading[side.index()] = Reading::Stopping;
+                    env.out.push(Output::StopRead(side));
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        if peer && self.reading[1] == Reading::Off {
-            self.read(Side::Origin, env);
         }
     }
 

@@ -721,6 +721,8 @@ fn bridge_answers_502_when_its_peer_cannot_be_reached() {
 struct Scripted {
     calls: Calls,
     queued: Queued,
+    /// Its peer's bytes wait in it: it wants no more ([`FunctionSession::wants_peer`]).
+    peer_full: Rc<std::cell::Cell<bool>>,
 }
 
 impl Scripted {
@@ -759,6 +761,9 @@ impl FunctionSession for Scripted {
     fn on_wake(&mut self, cx: &mut FnCx<'_>) {
         self.emit("wake", cx);
     }
+    fn wants_peer(&self) -> bool {
+        !self.peer_full.get()
+    }
 }
 
 /// A host that opens one [`Scripted`] per request, sharing its test's handles.
@@ -777,6 +782,7 @@ impl crate::function::FunctionHost for ScriptedHost {
         Ok(Box::new(Scripted {
             calls: Rc::clone(&self.calls),
             queued: Rc::clone(&self.queued),
+            ..Scripted::default()
         }))
     }
 }
@@ -933,9 +939,11 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
         accept: crate::accept::accept_key(KEY.as_bytes()),
         tls: Some("feed.test".into()),
     }]));
+    let peer_full = Rc::new(std::cell::Cell::new(false));
     let function = Box::new(Scripted {
         calls: Rc::clone(&calls),
         queued: Rc::clone(&queued),
+        peer_full: Rc::clone(&peer_full),
     });
     let bus: Rc<std::cell::RefCell<dyn Bus>> =
         Rc::new(std::cell::RefCell::new(crate::function::NoBus));
@@ -966,12 +974,25 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
-        ["start", "peer_event Open"]
+        ["start", "peer_event Open", "peer 4"],
+        "the peer's first message came with its 101: the function reads it"
     );
     assert!(sim.sides[1].reading, "the peer is read");
     assert!(!sim.sides[0].reading && !sim.watching, "there is no client");
     sim.recv(Side::Origin, &unmasked(OpCode::Text, b"p2"));
     assert_eq!(calls.borrow().last().map(String::as_str), Some("peer 4"));
+    // A function with its peer's bytes still waiting stops the peer's reads until a wake
+    // finds it ready again.
+    peer_full.set(true);
+    sim.recv(Side::Origin, &unmasked(OpCode::Text, b"p3"));
+    assert!(sim.sides[1].stopping, "the peer's reads stop");
+    sim.read_ended(Side::Origin);
+    assert!(!sim.sides[1].reading);
+    sim.handle(Input::Wake);
+    assert!(!sim.sides[1].reading, "still full");
+    peer_full.set(false);
+    sim.handle(Input::Wake);
+    assert!(sim.sides[1].reading, "read again");
     // No idle time for a client-less session; a drain asks it to shut down.
     assert_eq!(sim.session.poll_timeout(), None);
     assert!(sim.session.can_close_gracefully());
@@ -996,8 +1017,8 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
         cfg(),
         function_route(FunctionSpec::Echo),
         Box::new(Scripted {
-            calls: Rc::new(std::cell::RefCell::new(Vec::new())),
             queued: Rc::clone(&queued),
+            ..Scripted::default()
         }),
         bus,
         10,
