@@ -8,11 +8,11 @@ mod broker_support;
 mod common;
 mod tls_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker_support::{
-    Host, Kind, Server, TlsOpts, control_tables, metric, nats_server_version, next_data, next_json,
-    publish, start_host, subscriber, sync,
+    Kind, Server, TlsOpts, channel_crosses, control_tables, nats_server_version, next_json,
+    publish, start_host, subscriber, wait_link_down,
 };
 use common::within;
 
@@ -31,30 +31,12 @@ fn tls_keys(pki: &tls_support::Pki, identity: Option<&tls_support::Leaf>) -> Str
     keys
 }
 
-/// Two hosts carry a channel between them through `server`.
-async fn channel_crosses(a: &Host, b: &Host) {
-    let mut subs = [
-        subscriber(a.proxy.addr, CHANNEL).await,
-        subscriber(b.proxy.addr, CHANNEL).await,
-    ];
-    sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
-    publish(a.publish, CHANNEL, "over mutual TLS");
-    for ws in &mut subs {
-        assert_eq!(next_data(ws).await["data"], "over mutual TLS");
-    }
-}
-
 /// A host whose link `server` refuses: its failures are counted (at least `failures`), its
 /// link is down, its log says `why`, and it still serves its own subscribers.
 async fn refused_but_local(server: &Server, name: &str, keys: &str, why: &[&str]) {
     let (socket, metrics, control) = control_tables(name);
     let mut c = start_host(server, name, &format!("{keys}{control}")).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(metrics, "wsedge_broker_link_failures_total").unwrap_or(0.0) < 2.0 {
-        assert!(Instant::now() < deadline, "{name}: the link never failed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
+    wait_link_down(metrics, 2.0, name).await;
     let mut needles = vec!["broker unreachable"];
     needles.extend_from_slice(why);
     let line = c
@@ -82,7 +64,7 @@ async fn mutual_tls(kind: Kind) {
     let with_cert = tls_keys(&pki, Some(&edge));
     let a = start_host(&server, "host-a", &with_cert).await;
     let b = start_host(&server, "host-b", &with_cert).await;
-    channel_crosses(&a, &b).await;
+    channel_crosses(&a, &b, CHANNEL, "over mutual TLS").await;
     refused_but_local(
         &server,
         "host-c",
@@ -139,7 +121,7 @@ async fn nats_tls_first_reaches_a_handshake_first_server() {
         let first = format!("{}tls_first = true\n", tls_keys(&pki, None));
         let a = start_host(&server, "host-a", &first).await;
         let b = start_host(&server, "host-b", &first).await;
-        channel_crosses(&a, &b).await;
+        channel_crosses(&a, &b, CHANNEL, "TLS first").await;
         refused_but_local(
             &server,
             "host-c",

@@ -496,3 +496,28 @@ pub(crate) fn control_tables(name: &str) -> (std::path::PathBuf, u16, String) {
     );
     (socket, metrics, table)
 }
+
+/// Two hosts carry `channel` between them: a subscriber on each, both links proven up
+/// ([`sync`]), then `text` published on `b` reaches both.
+pub(crate) async fn channel_crosses(a: &Host, b: &Host, channel: &str, text: &str) {
+    let mut subs = [
+        subscriber(a.proxy.addr, channel).await,
+        subscriber(b.proxy.addr, channel).await,
+    ];
+    sync(&[a.publish, b.publish], channel, &mut subs).await;
+    publish(b.publish, channel, text);
+    for ws in &mut subs {
+        assert_eq!(next_data(ws).await["data"], text);
+    }
+}
+
+/// Waits until the host whose metrics are on `metrics` counted `failures` broker link
+/// failures (`what` names it in the panic), then checks that its link is down.
+pub(crate) async fn wait_link_down(metrics: u16, failures: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(metrics, "wsedge_broker_link_failures_total").unwrap_or(0.0) < failures {
+        assert!(Instant::now() < deadline, "{what}: the link never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0), "{what}");
+}
