@@ -58,8 +58,8 @@ impl SystemRoots {
 }
 
 /// A client certificate and its key, loaded once from PEM files and checked to match (the
-/// same checks as a served `[[certificate]]`). Cheap to clone.
-#[derive(Debug, Clone)]
+/// same checks as a served `[[certificate]]`). Cheap to clone; `Debug` shows no key.
+#[derive(Clone)]
 pub struct ClientIdentity {
     key: Arc<CertifiedKey>,
     /// The files' text, for a client that builds its own TLS from PEM (the `redis` crate).
@@ -93,9 +93,22 @@ impl ClientIdentity {
     }
 }
 
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain_len", &self.key.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Presents the one client certificate to every server that asks.
-#[derive(Debug)]
 struct Presents(Arc<CertifiedKey>);
+
+impl std::fmt::Debug for Presents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Presents(client certificate)")
+    }
+}
 
 impl ResolvesClientCert for Presents {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {

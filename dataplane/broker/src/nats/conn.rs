@@ -186,7 +186,7 @@ fn read_info(
         // A `handshake_first` server says nothing until it gets a ClientHello.
         if s.tls.is_some() && !s.tls_first {
             format!(
-                "{}: no INFO from the server ({e}); a server with handshake_first waits for TLS first: set tls_first = true",
+                "{}: no INFO from the server ({e}); if it has handshake_first (it waits for TLS first), set tls_first = true",
                 s.url
             )
         } else {
@@ -441,7 +441,10 @@ mod tests {
         s.tls = Some(("127.0.0.1".into(), trusting(&ca)));
         let e = connect(&s).err().expect("refused");
         assert!(
-            e.contains("handshake_first waits for TLS first: set tls_first = true"),
+            e.contains("no INFO from the server")
+                && e.contains(
+                    "if it has handshake_first (it waits for TLS first), set tls_first = true"
+                ),
             "{e}"
         );
     }
