@@ -6,6 +6,8 @@
 //! [broker]
 //! backend = "redis"                         # or "nats"
 //! addresses = ["redis://127.0.0.1:6379"]    # rediss:// for TLS; nats:// or tls:// for NATS
+//! # tls_ca = "ca.pem"; tls_cert = "edge.pem"; tls_key = "edge.key"  (mutual TLS)
+//! # tls_first = true                        # NATS handshake_first servers
 //! host = "edge-1"                           # this host in presence (default: hostname-pid)
 //! prefix = "wsedge:"                        # namespace of every key and subject
 //! shards = 1                                # K connections; a channel's by its hash
@@ -81,6 +83,14 @@ pub struct BrokerConfig {
     /// The CA certificates (PEM) a `rediss://` or `tls://` server's certificate is verified
     /// against; `None`: the system's trust store.
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM chain) and its key presented to `rediss://` and `tls://`
+    /// servers that require one (mutual TLS); both or neither. Read by
+    /// [`crate::Config::load_tls`].
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// NATS `tls://` only: start TLS at once instead of after the server's `INFO` (the
+    /// server's `handshake_first: true`).
+    pub tls_first: bool,
     /// The first part of every Redis channel and key, or NATS subject.
     pub prefix: String,
     /// This host's name in presence (`GET /channels/<name>`).
@@ -119,6 +129,24 @@ pub struct RecoveryConfig {
 }
 
 impl BrokerConfig {
+    /// Reads the client certificate and key (`tls_cert`/`tls_key`), checked to match;
+    /// `None` without them. The error names the setting and the file at fault.
+    pub fn load_identity(&self) -> Result<Option<wsedge_tls::ClientIdentity>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        wsedge_tls::ClientIdentity::load(cert, key)
+            .map(Some)
+            .map_err(|e| {
+                let field = if &e.path == key {
+                    "broker.tls_key"
+                } else {
+                    "broker.tls_cert"
+                };
+                format!("{field}: {e}")
+            })
+    }
+
     /// The recoverable namespace `channel` belongs to, if any.
     pub fn recovery_of(&self, channel: &str) -> Option<&RecoveryConfig> {
         recovery_of(&self.recovery, channel)
@@ -162,6 +190,12 @@ pub(crate) struct RawBroker {
     tls: Option<Spanned<bool>>,
     #[serde(default)]
     tls_ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tls_cert: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tls_first: Option<Spanned<bool>>,
     #[serde(default)]
     prefix: Option<Spanned<String>>,
     #[serde(default)]
@@ -234,23 +268,58 @@ pub(crate) fn validate<E>(
             .map_err(|m| invalid(span.clone(), "broker.addresses", m))?;
         addresses.push(address);
     }
-    let tls_ca = match raw.tls_ca {
-        None => None,
-        Some(ca) if ca.get_ref().as_os_str().is_empty() => {
+    // A TLS file setting: not empty, and only with an address that uses TLS.
+    let tls_file = |path: Option<Spanned<PathBuf>>, field: &str| match path {
+        None => Ok(None),
+        Some(p) if p.get_ref().as_os_str().is_empty() => {
+            Err(invalid(p.span(), field, "must not be empty".into()))
+        }
+        Some(p) if !addresses.iter().any(|a| a.tls) => Err(invalid(
+            p.span(),
+            field,
+            "no address uses TLS (rediss://host:port or tls://host:port)".into(),
+        )),
+        Some(p) => Ok(Some(p.into_inner())),
+    };
+    let tls_ca = tls_file(raw.tls_ca, "broker.tls_ca")?;
+    // Mutual TLS: a certificate without its key (or the reverse) is a mistake, not a
+    // half-configured client.
+    let (tls_cert, tls_key) = match (raw.tls_cert, raw.tls_key) {
+        (Some(cert), None) => {
             return Err(invalid(
-                ca.span(),
-                "broker.tls_ca",
-                "must not be empty".into(),
+                cert.span(),
+                "broker.tls_cert",
+                "needs tls_key too (the client certificate's private key, PEM)".into(),
             ));
         }
-        Some(ca) if !addresses.iter().any(|a| a.tls) => {
+        (None, Some(key)) => {
             return Err(invalid(
-                ca.span(),
-                "broker.tls_ca",
-                "no address uses TLS (rediss://host:port or tls://host:port)".into(),
+                key.span(),
+                "broker.tls_key",
+                "needs tls_cert too (the client certificate chain, PEM)".into(),
             ));
         }
-        Some(ca) => Some(ca.into_inner()),
+        (cert, key) => (
+            tls_file(cert, "broker.tls_cert")?,
+            tls_file(key, "broker.tls_key")?,
+        ),
+    };
+    let tls_first = match raw.tls_first {
+        Some(t) if *t.get_ref() && backend != BrokerBackend::Nats => {
+            return Err(invalid(
+                t.span(),
+                "broker.tls_first",
+                "NATS only (a Redis server starts TLS at once already)".into(),
+            ));
+        }
+        Some(t) if *t.get_ref() && !addresses.iter().any(|a| a.tls) => {
+            return Err(invalid(
+                t.span(),
+                "broker.tls_first",
+                "no address uses TLS (tls://host:port)".into(),
+            ));
+        }
+        t => t.is_some_and(|t| t.into_inner()),
     };
     let prefix = match raw.prefix {
         None => match backend {
@@ -425,6 +494,9 @@ pub(crate) fn validate<E>(
         username: raw.username,
         password: raw.password,
         tls_ca,
+        tls_cert,
+        tls_key,
+        tls_first,
         prefix,
         host,
         shards,
@@ -543,6 +615,85 @@ mod tests {
     }
 
     #[test]
+    fn client_certificate_and_tls_first_validate() {
+        let c = with_broker(
+            "backend = \"nats\"\naddresses = [\"tls://n:4222\"]\ntls_cert = \"/etc/wsedge/edge.pem\"\ntls_key = \"/etc/wsedge/edge.key\"\ntls_first = true",
+        )
+        .expect("valid");
+        let b = c.broker.expect("broker");
+        assert_eq!(b.tls_cert, Some(PathBuf::from("/etc/wsedge/edge.pem")));
+        assert_eq!(b.tls_key, Some(PathBuf::from("/etc/wsedge/edge.key")));
+        assert!(b.tls_first);
+        let b = with_broker("addresses = [\"rediss://n:1\"]\ntls_first = false")
+            .expect("valid")
+            .broker
+            .expect("broker");
+        assert_eq!((b.tls_cert, b.tls_key, b.tls_first), (None, None, false));
+        // A certificate without its key: file:line: field: message, at the line written.
+        let e = with_broker("addresses = [\"rediss://n:1\"]\ntls_cert = \"c.pem\"")
+            .expect_err("no key")
+            .to_string();
+        assert!(
+            e.starts_with("b.toml:3: broker.tls_cert: needs tls_key too"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_client_certificate_is_loaded_and_checked_with_the_tls_files() {
+        let dir =
+            std::env::temp_dir().join(format!("wsedge-broker-identity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["edge".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let other_key = rcgen::KeyPair::generate().expect("key");
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path.display().to_string()
+        };
+        let (c, k) = (
+            write("edge.pem", cert.pem()),
+            write("edge.key", key.serialize_pem()),
+        );
+        let other = write("other.key", other_key.serialize_pem());
+        let load = |cert: &str, key: &str| {
+            let text =
+                format!("addresses = [\"rediss://n:1\"]\ntls_cert = {cert:?}\ntls_key = {key:?}");
+            with_broker(&text)
+                .expect("parses: no file is read")
+                .load_tls("b.toml")
+                .map(|loaded| loaded.broker.is_some())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(load(&c, &k), Ok(true));
+        let missing = dir.join("missing.key").display().to_string();
+        let e = load(&c, &missing).expect_err("missing");
+        assert!(
+            e.starts_with(&format!("b.toml: broker.tls_key: {missing}: cannot read")),
+            "{e}"
+        );
+        let e = load(&c, &other).expect_err("mismatched");
+        assert!(
+            e.starts_with(&format!(
+                "b.toml: broker.tls_key: {other}: this key does not belong to the certificate in {c}"
+            )),
+            "{e}"
+        );
+        let e = load(&k, &c).expect_err("swapped");
+        assert!(
+            e.starts_with(&format!(
+                "b.toml: broker.tls_cert: {k}: no PEM CERTIFICATE block"
+            )) && e.contains("cert and key swapped?"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn recovery_namespaces_validate() {
         let c = with_broker(
             "addresses = [\"redis://n:1\"]\n[[broker.recovery]]\nnamespace = \"chat\"\nhistory_size = 50\nhistory_ttl = \"5m\"\n[[broker.recovery]]\nnamespace = \"game.v2\"",
@@ -657,6 +808,28 @@ mod tests {
                 "broker.reconnect_max",
             ),
             ("addresses = [\"redis://n:1\"]\nwhat = 1", "what"),
+            // Mutual TLS: both files, and only with a TLS address.
+            (
+                "addresses = [\"rediss://n:1\"]\ntls_key = \"k.pem\"",
+                "broker.tls_key",
+            ),
+            (
+                "addresses = [\"redis://n:1\"]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"",
+                "broker.tls_cert",
+            ),
+            (
+                "addresses = [\"rediss://n:1\"]\ntls_cert = \"c.pem\"\ntls_key = \"\"",
+                "broker.tls_key",
+            ),
+            // TLS first: NATS, over tls://.
+            (
+                "addresses = [\"rediss://n:1\"]\ntls_first = true",
+                "broker.tls_first",
+            ),
+            (
+                "backend = \"nats\"\naddresses = [\"nats://n:1\"]\ntls_first = true",
+                "broker.tls_first",
+            ),
         ] {
             let e = with_broker(table).expect_err(table).to_string();
             assert!(e.contains(field), "{table}: {e}");

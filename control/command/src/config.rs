@@ -395,9 +395,10 @@ impl Config {
 
     /// Loads every file the TLS settings name: certificates and keys (checked to match), the
     /// listeners' client CA bundles, the routes' origin CA bundles (and the system trust
-    /// store if a TLS route uses it). `file` names the configuration in errors, which also
-    /// name the setting and the file at fault. Parsing ([`Config::from_toml`]) reads none
-    /// of these; `wsedge --check`, the dataplane's start and a reload run this.
+    /// store if a TLS route uses it), the broker's client certificate and key. `file` names
+    /// the configuration in errors, which also name the setting and the file at fault.
+    /// Parsing ([`Config::from_toml`]) reads none of these; `wsedge --check`, the
+    /// dataplane's start and a reload run this.
     pub fn load_tls(&self, file: &str) -> Result<LoadedTls, ConfigError> {
         let fail = |message: String| ConfigError::Load {
             file: file.to_owned(),
@@ -405,7 +406,15 @@ impl Config {
         };
         let store = wsedge_tls::CertStore::load(&self.tls).map_err(|e| fail(e.to_string()))?;
         let origins = self.load_origin_tls(file)?;
-        Ok(LoadedTls { store, origins })
+        let broker = match &self.broker {
+            Some(b) => b.load_identity().map_err(fail)?,
+            None => None,
+        };
+        Ok(LoadedTls {
+            store,
+            origins,
+            broker,
+        })
     }
 
     /// Each TLS route's origin configuration, by route name (its CA files read; the system
@@ -465,6 +474,8 @@ pub struct LoadedTls {
     pub store: wsedge_tls::CertStore,
     /// Each TLS route's origin configuration, by route name.
     pub origins: Vec<(String, wsedge_tls::OriginTls)>,
+    /// The client certificate presented to the broker (`[broker] tls_cert`/`tls_key`).
+    pub broker: Option<wsedge_tls::ClientIdentity>,
 }
 
 #[derive(Debug, Deserialize)]

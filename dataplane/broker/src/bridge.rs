@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wsedge_command::broker::{BrokerBackend, BrokerConfig};
+use wsedge_tls::ClientIdentity;
 
 use crate::core::{Backoff, Core, CoreConfig, Handoff, LinkCmd, LinkEvent, LinkState, Output};
 use crate::core::{Stats, shard_of};
@@ -124,16 +125,19 @@ fn state_name(state: LinkState) -> &'static str {
     }
 }
 
-/// Starts the bridge thread for `workers` workers of host `host`.
+/// Starts the bridge thread for `workers` workers of host `host`; `identity` is the client
+/// certificate presented to TLS brokers (`[broker] tls_cert`/`tls_key`, loaded with the
+/// configuration: `wsedge_command::Config::load_tls`).
 pub fn start(
     config: &BrokerConfig,
+    identity: Option<&ClientIdentity>,
     host: HostId,
     workers: usize,
     sink: Box<dyn Workers>,
 ) -> std::io::Result<Handle> {
     let broker: Arc<dyn Broker> = match config.backend {
-        BrokerBackend::Redis => Arc::new(crate::redis::Redis::new(config)),
-        BrokerBackend::Nats => Arc::new(crate::nats::Nats::new(config)),
+        BrokerBackend::Redis => Arc::new(crate::redis::Redis::new(config, identity)),
+        BrokerBackend::Nats => Arc::new(crate::nats::Nats::new(config, identity)),
     };
     let addresses: Vec<String> = (0..config.shards)
         .map(|i| config.addresses[i % config.addresses.len()].url.clone())
@@ -187,6 +191,7 @@ pub fn start(
         addresses,
         reported: vec![None; config.shards],
         start: Instant::now(),
+        identity: identity.is_some(),
     };
     std::thread::Builder::new()
         .name("wsedge-broker".to_owned())
@@ -207,6 +212,35 @@ struct Run {
     /// What was last logged per shard: up (true) or down (false).
     reported: Vec<Option<bool>>,
     start: Instant,
+    /// A client certificate is configured (`tls_cert`): how a refusal is explained.
+    identity: bool,
+}
+
+/// Adds the fix to a link error whose TLS alert says the server wants a client certificate
+/// or refused ours (the same words for both backends: the redis crate's rustls error and
+/// wsedge-tls's spell alerts differently, `CertificateRequired` / `bad_certificate`).
+fn explain(why: String, identity: bool) -> String {
+    let words = why.to_ascii_lowercase().replace('_', "");
+    let refused = [
+        "certificaterequired",
+        "badcertificate",
+        "unknownca",
+        "certificateunknown",
+    ];
+    if !words.contains("alert") || !refused.iter().any(|a| words.contains(a)) {
+        return why;
+    }
+    if identity {
+        format!(
+            "{why} (the server refused the client certificate of broker.tls_cert: is it \
+             signed by a CA the server trusts, for client authentication, and still valid?)"
+        )
+    } else {
+        format!(
+            "{why} (the server requires a client certificate: set [broker] tls_cert and \
+             tls_key)"
+        )
+    }
 }
 
 impl Run {
@@ -265,6 +299,10 @@ impl Run {
                 epoch,
                 event,
             } => {
+                let event = match event {
+                    LinkEvent::Down(why) => LinkEvent::Down(explain(why, self.identity)),
+                    other => other,
+                };
                 self.core.link(shard, epoch, event, now);
                 self.log_state(shard, now);
             }
@@ -351,4 +389,28 @@ pub(crate) fn report(events: &Sender<Input>, shard: usize, epoch: u64, event: Li
         epoch,
         event,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+
+    #[test]
+    fn certificate_refusals_name_the_settings() {
+        // The redis crate's words (rustls's error) and wsedge-tls's, with and without a
+        // client certificate configured.
+        let redis = "rediss://r:6380: received fatal alert: CertificateRequired".to_owned();
+        assert!(explain(redis.clone(), false).ends_with("set [broker] tls_cert and tls_key)"));
+        let nats = "peer sent alert bad_certificate".to_owned();
+        let e = explain(nats, true);
+        assert!(
+            e.contains("refused the client certificate of broker.tls_cert"),
+            "{e}"
+        );
+        // Anything else is left as it is.
+        let other = "connection refused (os error 111)".to_owned();
+        assert_eq!(explain(other.clone(), false), other);
+        let untrusted = "certificate refused: server 127.0.0.1: unknown issuer".to_owned();
+        assert_eq!(explain(untrusted.clone(), false), untrusted);
+    }
 }

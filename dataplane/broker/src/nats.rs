@@ -15,7 +15,10 @@
 //! what arrives within [`PRESENCE_WINDOW`]. A host that is gone simply does not answer.
 //!
 //! TLS (`tls://` addresses): as NATS clients do, the server's `INFO` is read in plaintext,
-//! then the connection is upgraded (nats/stream.rs) and `CONNECT` goes encrypted.
+//! then the connection is upgraded (nats/stream.rs) and `CONNECT` goes encrypted; with
+//! `tls_first` (a server's `handshake_first`) TLS starts at once and `INFO` comes
+//! encrypted. A client certificate (`tls_cert`/`tls_key`) is presented when the server
+//! asks (its `tls { verify: true }`).
 
 mod conn;
 mod stream;
@@ -28,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wsedge_command::broker::BrokerConfig;
-use wsedge_tls::OriginTls;
+use wsedge_tls::{ClientIdentity, OriginTls};
 
 use crate::bridge::report;
 use crate::core::{LinkCmd, LinkEvent};
@@ -47,6 +50,7 @@ pub struct Nats {
     /// Each shard's `tls://` server name, with the TLS client (or why there is none:
     /// `tls_ca` unreadable, reported by each connection attempt); `None`: `nats://`.
     tls: Vec<Option<(String, Result<OriginTls, String>)>>,
+    tls_first: bool,
     prefix: String,
     host: String,
     user: Option<String>,
@@ -54,7 +58,9 @@ pub struct Nats {
 }
 
 impl Nats {
-    pub fn new(config: &BrokerConfig) -> Nats {
+    /// `identity`: the client certificate presented to `tls://` servers that ask for one
+    /// (`[broker] tls_cert`/`tls_key`, loaded and checked with the configuration).
+    pub fn new(config: &BrokerConfig, identity: Option<&ClientIdentity>) -> Nats {
         let pick = |i: usize| &config.addresses[i % config.addresses.len()];
         // Built once (the CA file or the system's store read here), shared by every shard.
         let client = config.addresses.iter().any(|a| a.tls).then(|| {
@@ -64,6 +70,10 @@ impl Nats {
                 config.tls_ca.as_deref(),
                 None,
             )
+            .map(|tls| match identity {
+                Some(identity) => tls.with_identity(identity),
+                None => tls,
+            })
             .map_err(|e| e.to_string())
         });
         Nats {
@@ -73,6 +83,7 @@ impl Nats {
                     _ => None,
                 })
                 .collect(),
+            tls_first: config.tls_first,
             addresses: (0..config.shards)
                 .map(|i| pick(i).authority.clone())
                 .collect(),
@@ -89,6 +100,7 @@ impl Nats {
             address: self.addresses[shard].clone(),
             url: self.urls[shard].clone(),
             tls: self.tls[shard].clone(),
+            tls_first: self.tls_first,
             prefix: self.prefix.clone(),
             host: self.host.clone(),
             user: self.user.clone(),

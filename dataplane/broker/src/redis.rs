@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use wsedge_command::broker::{BrokerConfig, RecoveryConfig, recovery_of};
 use wsedge_proto::recovery::{Answer, Failure, Since, decide};
+use wsedge_tls::ClientIdentity;
 
 use crate::bridge::{LinkTx, report};
 use crate::core::{LinkCmd, LinkEvent};
@@ -52,7 +53,9 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub fn new(config: &BrokerConfig) -> Redis {
+    /// `identity`: the client certificate presented to `rediss://` servers (`[broker]
+    /// tls_cert`/`tls_key`, loaded and checked with the configuration).
+    pub fn new(config: &BrokerConfig, identity: Option<&ClientIdentity>) -> Redis {
         let mut settings = RedisConnectionInfo::default();
         if let Some(user) = &config.username {
             settings = settings.set_username(user);
@@ -63,6 +66,12 @@ impl Redis {
         // `rediss://` with `tls_ca`: those CAs only (read once, here), else the system's.
         let ca = config.tls_ca.as_ref().map(|path| {
             std::fs::read(path).map_err(|e| format!("broker.tls_ca {}: {e}", path.display()))
+        });
+        // The redis crate builds its rustls configuration from PEM text (it takes no
+        // `ClientConfig`): the identity's files as read and checked at load.
+        let client_tls = identity.map(|i| redis::ClientTlsConfig {
+            client_cert: i.cert_pem().to_vec(),
+            client_key: i.key_pem().to_vec(),
         });
         let servers = (0..config.shards)
             .map(|i| {
@@ -84,16 +93,16 @@ impl Redis {
                     // INVARIANT: a TCP address always converts.
                     .unwrap_or_else(|_| unreachable!("a TCP address converts"));
                 match (&ca, address.tls) {
-                    (Some(Ok(pem)), true) => {
+                    (Some(Err(e)), true) => Err(e.clone()),
+                    (ca, true) if ca.is_some() || client_tls.is_some() => {
                         let certs = redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem.clone()),
+                            client_tls: client_tls.clone(),
+                            root_cert: ca.as_ref().and_then(|c| c.as_ref().ok()).cloned(),
                         };
                         redis::Client::build_with_tls(info, certs)
                             .map(|c| c.get_connection_info().clone())
-                            .map_err(|e| format!("broker.tls_ca: {e}"))
+                            .map_err(|e| format!("broker TLS (tls_ca, tls_cert, tls_key): {e}"))
                     }
-                    (Some(Err(e)), true) => Err(e.clone()),
                     _ => Ok(info),
                 }
             })

@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     match run(
         config,
         (settings, health),
-        tls.store,
+        (tls.store, tls.broker),
         (text, source),
         count,
         cli.takeover,
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
 fn run(
     config: wsedge_command::Config,
     (settings, health): (settings::Settings, std::sync::Arc<health::Registry>),
-    certs: wsedge_tls::CertStore,
+    (certs, broker_identity): (wsedge_tls::CertStore, Option<wsedge_tls::ClientIdentity>),
     (text, source): (String, String),
     count: usize,
     takeover: bool,
@@ -263,8 +263,8 @@ fn run(
     let wake_fds: Vec<std::os::fd::RawFd> = mailboxes.iter().map(|m| m.wake_fd).collect();
     let (broker, mut ports) = match &config.broker {
         Some(b) => {
-            let (handle, ports) =
-                broker::start(b, host, &wake_fds).context("starting the broker bridge")?;
+            let (handle, ports) = broker::start(b, broker_identity.as_ref(), host, &wake_fds)
+                .context("starting the broker bridge")?;
             (Some(handle), ports.into_iter().map(Some).collect())
         }
         None => (None, (0..count).map(|_| None).collect::<Vec<_>>()),

@@ -12,9 +12,9 @@ mod tls_support;
 use std::time::Duration;
 
 use broker_support::{
-    Kind, Server, control_tables, metric, next_data, next_json, next_json_within, presence,
-    publish, send_json, start_host, start_sharded_host, subscriber, sync, v1_client, wait_presence,
-    wsedgectl,
+    Kind, Server, channel_crosses, control_tables, metric, next_data, next_json, next_json_within,
+    presence, publish, send_json, start_host, start_sharded_host, subscriber, sync, v1_client,
+    wait_link_down, wait_presence, wsedgectl,
 };
 use common::within;
 use serde_json::json;
@@ -244,29 +244,13 @@ async fn over_tls(kind: Kind) {
     let ca = format!("tls_ca = {:?}\n", pki.ca_path.display().to_string());
     let a = start_host(&server, "host-a", &ca).await;
     let b = start_host(&server, "host-b", &ca).await;
-    let mut subs = [
-        subscriber(a.proxy.addr, CHANNEL).await,
-        subscriber(b.proxy.addr, CHANNEL).await,
-    ];
     // Each host's messages reach the other's subscriber: both links are up over TLS.
-    sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
-    publish(b.publish, CHANNEL, "over TLS");
-    for ws in &mut subs {
-        assert_eq!(next_data(ws).await["data"], "over TLS");
-    }
+    channel_crosses(&a, &b, CHANNEL, "over TLS").await;
     // Without tls_ca the server's certificate is checked against the system's CAs:
     // refused, the host stays local-only and keeps retrying.
     let (socket, metrics, control) = control_tables("tls");
     let _c = start_host(&server, "host-c", &control).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(metrics, "wsedge_broker_link_failures_total").unwrap_or(0.0) < 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the untrusted link never failed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
+    wait_link_down(metrics, 2.0, "the untrusted host").await;
     let _ = std::fs::remove_file(&socket);
 }
 
@@ -549,24 +533,8 @@ async fn credentials(kind: Kind) {
         &format!("username = \"{user}\"\npassword = \"wrong\"\n{control}"),
     )
     .await;
-    let mut subs = [
-        subscriber(a.proxy.addr, CHANNEL).await,
-        subscriber(b.proxy.addr, CHANNEL).await,
-    ];
-    sync(&[a.publish, b.publish], CHANNEL, &mut subs).await;
-    publish(b.publish, CHANNEL, "authed");
-    for ws in &mut subs {
-        assert_eq!(next_data(ws).await["data"], "authed");
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(metrics, "wsedge_broker_link_failures_total") < Some(1.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "host c never failed to log in"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0));
+    channel_crosses(&a, &b, CHANNEL, "authed").await;
+    wait_link_down(metrics, 1.0, "host c logging in").await;
     // Host c serves its own subscribers still.
     let mut local = subscriber(c.proxy.addr, CHANNEL).await;
     publish(c.publish, CHANNEL, "local");

@@ -96,12 +96,16 @@ fn pem_problem(e: &pem::Error) -> String {
 
 /// Every `CERTIFICATE` block of a PEM file, in order (at least one).
 pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, LoadError> {
-    let bytes = read_pem_file(path)?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(path, &read_pem_file(path)?)
+}
+
+/// [`load_certs`] of bytes already read from `path`.
+fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LoadError::new(path, pem_problem(&e)))?;
     if certs.is_empty() {
-        let hint = if PrivateKeyDer::from_pem_slice(&bytes).is_ok() {
+        let hint = if PrivateKeyDer::from_pem_slice(bytes).is_ok() {
             " (it holds a private key: cert and key swapped?)"
         } else {
             ""
@@ -114,12 +118,11 @@ pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Lo
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
-    let bytes = read_pem_file(path)?;
-    match PrivateKeyDer::from_pem_slice(&bytes) {
+fn parse_key(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, LoadError> {
+    match PrivateKeyDer::from_pem_slice(bytes) {
         Ok(key) => Ok(key),
         Err(pem::Error::NoItemsFound) => {
-            let hint = if CertificateDer::pem_slice_iter(&bytes).next().is_some() {
+            let hint = if CertificateDer::pem_slice_iter(bytes).next().is_some() {
                 " (it holds a certificate: cert and key swapped?)"
             } else {
                 ""
@@ -135,17 +138,20 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
     }
 }
 
-/// Loads one `[[certificate]]`: the chain, the key, checks that they match, and reads the
-/// leaf for names and listing. Every error names the file at fault.
-pub(crate) fn load_certificate(
-    spec: &CertificateSpec,
+/// A chain and its key (PEM bytes read from `cert` and `key`), checked to match: a served
+/// certificate, or a client certificate ([`crate::ClientIdentity`]). Errors name the file.
+pub(crate) fn certified_key(
+    cert: &Path,
+    cert_pem: &[u8],
+    key: &Path,
+    key_pem: &[u8],
     provider: &CryptoProvider,
-) -> Result<LoadedCert, LoadError> {
-    let chain = load_certs(&spec.cert)?;
-    let key_der = load_key(&spec.key)?;
+) -> Result<CertifiedKey, LoadError> {
+    let chain = parse_certs(cert, cert_pem)?;
+    let key_der = parse_key(key, key_pem)?;
     let signing_key = provider.key_provider.load_private_key(key_der).map_err(|e| {
         LoadError::new(
-            &spec.key,
+            key,
             format!("unusable private key ({e}): ECDSA P-256/P-384, RSA 2048+ or Ed25519 are accepted"),
         )
     })?;
@@ -154,15 +160,23 @@ pub(crate) fn load_certificate(
         let what = match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
                 "this key does not belong to the certificate in {}",
-                spec.cert.display()
+                cert.display()
             ),
-            other => format!(
-                "cannot check the key against {}: {other}",
-                spec.cert.display()
-            ),
+            other => format!("cannot check the key against {}: {other}", cert.display()),
         };
-        return Err(LoadError::new(&spec.key, what));
+        return Err(LoadError::new(key, what));
     }
+    Ok(certified)
+}
+
+/// Loads one `[[certificate]]`: the chain, the key, checks that they match, and reads the
+/// leaf for names and listing. Every error names the file at fault.
+pub(crate) fn load_certificate(
+    spec: &CertificateSpec,
+    provider: &CryptoProvider,
+) -> Result<LoadedCert, LoadError> {
+    let (cert_pem, key_pem) = (read_pem_file(&spec.cert)?, read_pem_file(&spec.key)?);
+    let certified = certified_key(&spec.cert, &cert_pem, &spec.key, &key_pem, provider)?;
     let leaf = certified
         .cert
         .first()

@@ -2,18 +2,23 @@
 //! [`TlsClient`] (one per origin connection, the same sans-IO shape as
 //! [`crate::TlsServer`]). The origin's certificate is verified against the system's trust
 //! store or the route's `origin_ca`, for the route's `origin_server_name` (also sent as SNI)
-//! or else the origin's IP address; a refusal says why, for the 502 log line.
+//! or else the origin's IP address; a refusal says why, for the 502 log line. A client
+//! certificate ([`ClientIdentity`], the broker's `tls_cert`/`tls_key`) is presented when the
+//! server asks for one.
 
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore, SignatureScheme};
 
+use crate::certs::{certified_key, read_pem_file};
 use crate::client_auth::load_roots;
 use crate::core::{Core, Progress, TlsLimits};
-use crate::error::{Peer, StoreError, TlsError};
+use crate::error::{LoadError, Peer, StoreError, TlsError};
 use crate::server::version_of;
 use crate::spec::{OriginTlsSpec, TlsVersion};
 
@@ -49,6 +54,69 @@ impl SystemRoots {
 
     pub fn is_empty(&self) -> bool {
         self.roots.is_empty()
+    }
+}
+
+/// A client certificate and its key, loaded once from PEM files and checked to match (the
+/// same checks as a served `[[certificate]]`). Cheap to clone; `Debug` shows no key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    key: Arc<CertifiedKey>,
+    /// The files' text, for a client that builds its own TLS from PEM (the `redis` crate).
+    cert_pem: Arc<[u8]>,
+    key_pem: Arc<[u8]>,
+}
+
+impl ClientIdentity {
+    /// Reads the chain in `cert` and the private key in `key`; an error names the file at
+    /// fault (unreadable, no PEM block, cert and key swapped, a key of another certificate).
+    pub fn load(cert: &Path, key: &Path) -> Result<ClientIdentity, LoadError> {
+        let cert_pem = read_pem_file(cert)?;
+        let key_pem = read_pem_file(key)?;
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let certified = certified_key(cert, &cert_pem, key, &key_pem, &provider)?;
+        Ok(ClientIdentity {
+            key: Arc::new(certified),
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        })
+    }
+
+    /// The certificate chain file's PEM text.
+    pub fn cert_pem(&self) -> &[u8] {
+        &self.cert_pem
+    }
+
+    /// The private key file's PEM text.
+    pub fn key_pem(&self) -> &[u8] {
+        &self.key_pem
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain_len", &self.key.cert.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Presents the one client certificate to every server that asks.
+struct Presents(Arc<CertifiedKey>);
+
+impl std::fmt::Debug for Presents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Presents(client certificate)")
+    }
+}
+
+impl ResolvesClientCert for Presents {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -137,6 +205,15 @@ impl OriginTls {
             role: "server",
             ca_setting: setting,
         })
+    }
+
+    /// The same settings, presenting `identity` when a server asks for a client certificate
+    /// (mutual TLS: the broker's `tls_cert`/`tls_key`).
+    pub fn with_identity(mut self, identity: &ClientIdentity) -> OriginTls {
+        let mut config = (*self.config).clone();
+        config.client_auth_cert_resolver = Arc::new(Presents(Arc::clone(&identity.key)));
+        self.config = Arc::new(config);
+        self
     }
 
     /// The rustls configuration (session cache included: reconnects to an origin resume).

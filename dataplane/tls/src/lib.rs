@@ -15,7 +15,8 @@
 //! - [`TlsServer`]: one client connection; its [`HandshakeFacts`] (SNI, ALPN, version,
 //!   cipher, resumption, [`ClientCertStatus`]) feed routing, the firewall and the access log.
 //! - [`OriginTls`] / [`TlsClient`]: TLS to origins, verified against the system roots or a
-//!   route's CA, with refusal reasons fit for a 502 log line.
+//!   route's CA, with refusal reasons fit for a 502 log line; [`ClientIdentity`]: a client
+//!   certificate they present (mutual TLS to the broker).
 //! - [`ktls`]: each direction's kTLS key parts (`KtlsHandoff`) built from the extracted
 //!   traffic secrets (the kernel structs, setsockopt and run-time probe: `wsedge_ring::ktls`).
 //! - [`spec`]: the configuration model `wsedge-command` validates into.
@@ -33,7 +34,7 @@ pub mod spec;
 mod store;
 
 pub use certs::CertInfo;
-pub use client::{OriginFacts, OriginTls, SystemRoots, TlsClient};
+pub use client::{ClientIdentity, OriginFacts, OriginTls, SystemRoots, TlsClient};
 pub use client_auth::ClientCertStatus;
 pub use core::{Progress, TlsLimits};
 pub use error::{LoadError, StoreError, TlsError, TlsErrorKind};

@@ -24,6 +24,8 @@ pub(super) struct Settings {
     pub(super) address: String,
     pub(super) url: String,
     pub(super) tls: Option<(String, Result<OriginTls, String>)>,
+    /// Start TLS at once, before the server's `INFO` (`[broker] tls_first`).
+    pub(super) tls_first: bool,
     pub(super) prefix: String,
     pub(super) host: String,
     pub(super) user: Option<String>,
@@ -85,43 +87,44 @@ pub(super) fn connect(s: &Settings) -> Result<Conn, String> {
         .set_write_timeout(Some(WRITE_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let mut line = Vec::new();
-    let mut plain = BufReader::new(&stream);
-    read_line(&mut plain, &mut line)?;
-    let info = line
-        .strip_prefix(b"INFO ")
-        .ok_or_else(|| format!("{}: not a NATS server (no INFO)", s.url))?;
-    let info: serde_json::Value =
-        serde_json::from_slice(info).map_err(|e| format!("{}: bad INFO: {e}", s.url))?;
-    let offers = |key: &str| info.get(key).and_then(serde_json::Value::as_bool) == Some(true);
-    let stream = match &s.tls {
-        None if offers("tls_required") => {
-            return Err(format!(
-                "{}: the server requires TLS: write tls://{} in [broker] addresses",
-                s.url, s.address
-            ));
+    let (info, stream) = match &s.tls {
+        // TLS first (the server's `handshake_first`): the ClientHello before anything is
+        // read; `INFO` comes encrypted.
+        Some(tls) if s.tls_first => {
+            let mut reader = BufReader::new(upgrade(s, tls, stream)?);
+            let info = read_info(s, &mut reader, &mut line)?;
+            (info, reader)
         }
-        None => Stream::plain(stream),
-        Some(_) if !offers("tls_required") && !offers("tls_available") => {
-            return Err(format!(
-                "{}: the server does not offer TLS (enable it there, or write nats://{})",
-                s.url, s.address
-            ));
-        }
-        // The server waits for our ClientHello after its INFO: nothing else can be read.
-        Some(_) if !plain.buffer().is_empty() => {
-            return Err(format!("{}: bytes after INFO before TLS", s.url));
-        }
-        Some((name, client)) => {
-            let client = client.as_ref().map_err(|e| format!("{}: {e}", s.url))?;
-            let peer = stream.peer_addr().map_err(|e| e.to_string())?;
-            let session = client
-                .connect_named(name, peer.ip())
-                .map_err(|e| format!("{}: {e}", s.url))?;
-            Stream::tls(stream, session).map_err(|e| format!("{}: {e}", s.url))?
+        _ => {
+            let mut plain = BufReader::new(&stream);
+            let info = read_info(s, &mut plain, &mut line)?;
+            let offers =
+                |key: &str| info.get(key).and_then(serde_json::Value::as_bool) == Some(true);
+            let stream = match &s.tls {
+                None if offers("tls_required") => {
+                    return Err(format!(
+                        "{}: the server requires TLS: write tls://{} in [broker] addresses",
+                        s.url, s.address
+                    ));
+                }
+                None => Stream::plain(stream),
+                Some(_) if !offers("tls_required") && !offers("tls_available") => {
+                    return Err(format!(
+                        "{}: the server does not offer TLS (enable it there, or write nats://{})",
+                        s.url, s.address
+                    ));
+                }
+                // The server waits for our ClientHello after its INFO: nothing else can be read.
+                Some(_) if !plain.buffer().is_empty() => {
+                    return Err(format!("{}: bytes after INFO before TLS", s.url));
+                }
+                Some(tls) => upgrade(s, tls, stream)?,
+            };
+            (info, BufReader::new(stream))
         }
     };
-    let mut writer = BufWriter::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut reader = BufReader::new(stream);
+    let mut writer = BufWriter::new(stream.get_ref().try_clone().map_err(|e| e.to_string())?);
+    let mut reader = stream;
     let max_payload = info
         .get("max_payload")
         .and_then(serde_json::Value::as_u64)
@@ -147,7 +150,9 @@ pub(super) fn connect(s: &Settings) -> Result<Conn, String> {
         .and_then(|()| writer.flush())
         .map_err(|e| format!("{}: {e}", s.url))?;
     loop {
-        read_line(&mut reader, &mut line)?;
+        // A server refusing our client certificate says so here (TLS 1.3: after the
+        // handshake, on the first read).
+        read_line(&mut reader, &mut line).map_err(|e| format!("{}: {e}", s.url))?;
         match line.as_slice() {
             b"PONG" => break,
             b"PING" => {
@@ -168,6 +173,51 @@ pub(super) fn connect(s: &Settings) -> Result<Conn, String> {
         reader,
         writer,
         max_payload,
+    })
+}
+
+/// Reads the server's `INFO` line (plain, or the first line over TLS-first).
+fn read_info(
+    s: &Settings,
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+) -> Result<serde_json::Value, String> {
+    read_line(reader, line).map_err(|e| {
+        // A `handshake_first` server says nothing until it gets a ClientHello.
+        if s.tls.is_some() && !s.tls_first {
+            format!(
+                "{}: no INFO from the server ({e}); if it has handshake_first (it waits for TLS first), set tls_first = true",
+                s.url
+            )
+        } else {
+            format!("{}: {e}", s.url)
+        }
+    })?;
+    let info = line
+        .strip_prefix(b"INFO ")
+        .ok_or_else(|| format!("{}: not a NATS server (no INFO)", s.url))?;
+    serde_json::from_slice(info).map_err(|e| format!("{}: bad INFO: {e}", s.url))
+}
+
+/// Runs the TLS handshake on `stream` with the server named `name`.
+fn upgrade(
+    s: &Settings,
+    (name, client): &(String, Result<OriginTls, String>),
+    stream: TcpStream,
+) -> Result<Stream, String> {
+    let client = client.as_ref().map_err(|e| format!("{}: {e}", s.url))?;
+    let peer = stream.peer_addr().map_err(|e| e.to_string())?;
+    let session = client
+        .connect_named(name, peer.ip())
+        .map_err(|e| format!("{}: {e}", s.url))?;
+    Stream::tls(stream, session).map_err(|e| {
+        // A server that is not `handshake_first` sends its INFO in plaintext at once.
+        let hint = if s.tls_first {
+            " (tls_first: the server must have handshake_first: true)"
+        } else {
+            ""
+        };
+        format!("{}: {e}{hint}", s.url)
     })
 }
 
@@ -251,17 +301,39 @@ mod tests {
     /// A one-connection NATS server: sends `info`, then (with `tls`) upgrades, answers
     /// `PING` with `PONG` and a `MSG`. Returns the client's `CONNECT` line.
     fn server(info: &str, tls: Option<Arc<ServerConfig>>) -> (Settings, JoinHandle<String>) {
+        server_with(info, tls, false)
+    }
+
+    /// [`server`]; `handshake_first`: TLS before anything, `INFO` sent encrypted.
+    fn server_with(
+        info: &str,
+        tls: Option<Arc<ServerConfig>>,
+        handshake_first: bool,
+    ) -> (Settings, JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("addr").to_string();
         let info = format!("INFO {info}\r\n");
         let handle = std::thread::spawn(move || {
             let (mut sock, _) = listener.accept().expect("accept");
-            sock.write_all(info.as_bytes()).expect("info");
+            if !handshake_first {
+                sock.write_all(info.as_bytes()).expect("info");
+            }
             let Some(config) = tls else {
                 return String::new();
             };
             let conn = ServerConnection::new(config).expect("session");
             let mut tls = BufReader::new(StreamOwned::new(conn, sock));
+            if handshake_first {
+                // The handshake runs on this first write (or fails: no CONNECT then).
+                let out = tls.get_mut();
+                if out
+                    .write_all(info.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return String::new();
+                }
+            }
             let mut connect = String::new();
             let mut line = Vec::new();
             while read_line(&mut tls, &mut line).is_ok() {
@@ -281,6 +353,7 @@ mod tests {
             url: format!("nats://{address}"),
             address,
             tls: None,
+            tls_first: false,
             prefix: "wsedge.".into(),
             host: "h".into(),
             user: None,
@@ -325,6 +398,54 @@ mod tests {
         assert!(
             connect_line.contains(r#""tls_required":true"#),
             "{connect_line}"
+        );
+    }
+
+    #[test]
+    fn tls_first_starts_tls_before_info() {
+        let (ca, config) = pki("CA");
+        let info = r#"{"tls_required":true,"max_payload":2048}"#;
+        let (mut s, server) = server_with(info, Some(config), true);
+        s.tls = Some(("127.0.0.1".into(), trusting(&ca)));
+        s.tls_first = true;
+        let Conn {
+            mut reader,
+            writer,
+            max_payload,
+        } = connect(&s).expect("connect TLS-first");
+        // The INFO was read over TLS: its max_payload is the server's.
+        assert_eq!(max_payload, 2048);
+        let mut line = Vec::new();
+        read_line(&mut reader, &mut line).expect("MSG line");
+        assert_eq!(line, b"MSG wsedge.x 5 2");
+        writer.get_ref().shutdown();
+        drop((reader, writer));
+        assert!(server.join().expect("server").starts_with("CONNECT "));
+    }
+
+    #[test]
+    fn tls_first_mismatches_name_the_fix() {
+        let (ca, config) = pki("CA");
+        // tls_first against a server that sends its INFO in plaintext at once.
+        let (mut s, _server) = server(r#"{"tls_required":true}"#, Some(config.clone()));
+        s.tls = Some(("127.0.0.1".into(), trusting(&ca)));
+        s.tls_first = true;
+        let e = connect(&s).err().expect("refused");
+        assert!(
+            e.contains("tls_first: the server must have handshake_first: true"),
+            "{e}"
+        );
+        // A handshake_first server (silent until the ClientHello), tls_first unset: the
+        // INFO never comes within the connect timeout.
+        let (mut s, _server) = server_with(r#"{"tls_required":true}"#, Some(config), true);
+        s.tls = Some(("127.0.0.1".into(), trusting(&ca)));
+        let e = connect(&s).err().expect("refused");
+        assert!(
+            e.contains("no INFO from the server")
+                && e.contains(
+                    "if it has handshake_first (it waits for TLS first), set tls_first = true"
+                ),
+            "{e}"
         );
     }
 

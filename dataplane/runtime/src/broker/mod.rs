@@ -112,6 +112,7 @@ impl Workers for Queues {
 /// order.
 pub(crate) fn start(
     config: &BrokerConfig,
+    identity: Option<&wsedge_tls::ClientIdentity>,
     host: HostId,
     wake_fds: &[RawFd],
 ) -> std::io::Result<(Handle, Vec<Port>)> {
@@ -126,6 +127,7 @@ pub(crate) fn start(
     let recovery: Arc<[RecoveryConfig]> = config.recovery.clone().into();
     let handle = wsedge_broker::start(
         config,
+        identity,
         host,
         wake_fds.len(),
         Box::new(Queues { queues, woken }),

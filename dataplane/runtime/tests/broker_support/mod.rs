@@ -39,6 +39,17 @@ pub(crate) struct Server {
     auth: Option<(String, String)>,
     /// TLS only: its certificate, key and CA files (`rediss://`, NATS `tls://`).
     tls: Option<[std::path::PathBuf; 3]>,
+    tls_opts: TlsOpts,
+}
+
+/// What a TLS server asks of its clients.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TlsOpts {
+    /// Mutual TLS: a client certificate signed by the CA is required (Redis
+    /// `tls-auth-clients yes`, NATS `tls { verify: true }`).
+    pub(crate) verify_clients: bool,
+    /// NATS `handshake_first: true`: TLS before the server's INFO (nats-server 2.10+).
+    pub(crate) handshake_first: bool,
 }
 
 impl Server {
@@ -54,6 +65,7 @@ impl Server {
             child: None,
             auth: None,
             tls: None,
+            tls_opts: TlsOpts::default(),
         };
         s.up();
         s
@@ -66,12 +78,24 @@ impl Server {
         key: &std::path::Path,
         ca: &std::path::Path,
     ) -> Server {
+        Server::start_tls_with(kind, cert, key, ca, TlsOpts::default())
+    }
+
+    /// [`Server::start_tls`] asking `opts` of its clients.
+    pub(crate) fn start_tls_with(
+        kind: Kind,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        opts: TlsOpts,
+    ) -> Server {
         let mut s = Server {
             kind,
             port: free_port(),
             child: None,
             auth: None,
             tls: Some([cert.to_owned(), key.to_owned(), ca.to_owned()]),
+            tls_opts: opts,
         };
         s.up();
         s
@@ -85,6 +109,7 @@ impl Server {
             child: None,
             auth: Some((user.to_owned(), password.to_owned())),
             tls: None,
+            tls_opts: TlsOpts::default(),
         };
         s.up();
         s
@@ -98,6 +123,7 @@ impl Server {
             child: None,
             auth: None,
             tls: None,
+            tls_opts: TlsOpts::default(),
         }
     }
 
@@ -129,7 +155,11 @@ impl Server {
                         "--tls-port",
                         &port,
                         "--tls-auth-clients",
-                        "no",
+                        if self.tls_opts.verify_clients {
+                            "yes"
+                        } else {
+                            "no"
+                        },
                     ])
                     .arg("--tls-cert-file")
                     .arg(cert)
@@ -146,13 +176,27 @@ impl Server {
                 if let Some((user, password)) = &self.auth {
                     c.args(["--user", user, "--pass", password]);
                 }
-                if let Some([cert, key, _]) = &self.tls {
-                    // INFO says tls_required; the client upgrades after reading it.
-                    c.arg("--tls")
-                        .arg("--tlscert")
-                        .arg(cert)
-                        .arg("--tlskey")
-                        .arg(key);
+                if let Some([cert, key, ca]) = &self.tls {
+                    if self.tls_opts.handshake_first {
+                        // No command-line flag for it: a configuration file.
+                        let conf = cert.with_extension(format!("{port}.conf"));
+                        let text = format!(
+                            "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n  ca_file: {ca:?}\n  verify: {}\n  handshake_first: true\n}}\n",
+                            self.tls_opts.verify_clients
+                        );
+                        std::fs::write(&conf, text).expect("write nats-server config");
+                        c.arg("-c").arg(conf);
+                    } else {
+                        // INFO says tls_required; the client upgrades after reading it.
+                        c.arg("--tls")
+                            .arg("--tlscert")
+                            .arg(cert)
+                            .arg("--tlskey")
+                            .arg(key);
+                        if self.tls_opts.verify_clients {
+                            c.arg("--tlsverify").arg("--tlscacert").arg(ca);
+                        }
+                    }
                 }
                 c
             }
@@ -187,6 +231,25 @@ impl Server {
             .output()
             .expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// The installed `nats-server`'s version (`2.9.10` → `(2, 9)`), or why it is unknown.
+pub(crate) fn nats_server_version() -> Result<(u32, u32), String> {
+    let out = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run nats-server: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "nats-server: v2.9.10"
+    let version = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .ok_or_else(|| format!("no version in {text:?}"))?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => Ok((major, minor)),
+        _ => Err(format!("unparsable version {version:?}")),
     }
 }
 
@@ -432,4 +495,29 @@ pub(crate) fn control_tables(name: &str) -> (std::path::PathBuf, u16, String) {
         socket.display().to_string()
     );
     (socket, metrics, table)
+}
+
+/// Two hosts carry `channel` between them: a subscriber on each, both links proven up
+/// ([`sync`]), then `text` published on `b` reaches both.
+pub(crate) async fn channel_crosses(a: &Host, b: &Host, channel: &str, text: &str) {
+    let mut subs = [
+        subscriber(a.proxy.addr, channel).await,
+        subscriber(b.proxy.addr, channel).await,
+    ];
+    sync(&[a.publish, b.publish], channel, &mut subs).await;
+    publish(b.publish, channel, text);
+    for ws in &mut subs {
+        assert_eq!(next_data(ws).await["data"], text);
+    }
+}
+
+/// Waits until the host whose metrics are on `metrics` counted `failures` broker link
+/// failures (`what` names it in the panic), then checks that its link is down.
+pub(crate) async fn wait_link_down(metrics: u16, failures: f64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(metrics, "wsedge_broker_link_failures_total").unwrap_or(0.0) < failures {
+        assert!(Instant::now() < deadline, "{what}: the link never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(metrics, "wsedge_broker_up"), Some(0.0), "{what}");
 }

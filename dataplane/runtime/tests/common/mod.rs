@@ -257,6 +257,8 @@ pub(crate) struct Proxy {
     err_rx: mpsc::UnboundedReceiver<String>,
     /// Of which the lines read so far.
     err_seen: Vec<String>,
+    /// The stderr lines before `wsedge: ready` (colours stripped).
+    early: Vec<String>,
 }
 
 /// A log line without its terminal colours (`ESC [ ... m`).
@@ -372,6 +374,21 @@ impl Proxy {
             seen: Vec::new(),
             err_rx,
             err_seen: Vec::new(),
+            early: lines.iter().map(|l| strip_ansi(l)).collect(),
+        }
+    }
+
+    /// [`Proxy::wait_stderr`], the lines logged before `wsedge: ready` included (what the
+    /// process said while starting, e.g. a broker refusing it at once).
+    pub(crate) async fn wait_stderr_from_start(
+        &mut self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> String {
+        let matches = |line: &&String| needles.iter().all(|n| line.contains(n));
+        match self.early.iter().find(matches) {
+            Some(line) => line.clone(),
+            None => self.wait_stderr(needles, timeout).await,
         }
     }
 

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::{OriginTls, OriginTlsSpec, StoreError, TlsClient, TlsErrorKind};
+use crate::{
+    ClientCertStatus, ClientIdentity, OriginTls, OriginTlsSpec, StoreError, TlsClient, TlsErrorKind,
+};
 
 /// Runs a TlsClient against a TlsServer until quiet; returns both errors.
 fn run(client: &mut TlsClient, server: &mut TlsServer) -> (Option<TlsError>, Option<TlsError>) {
@@ -199,4 +201,47 @@ fn origin_settings_errors() {
             && text.contains(&missing.display().to_string()),
         "{text}"
     );
+}
+
+#[test]
+fn a_client_identity_is_presented_to_a_server_that_requires_one() {
+    let pki = Pki::new("client-identity");
+    let leaf = pki.leaf("origin", &["origin.test"], KeyKind::Ecdsa);
+    let mut l = listener();
+    l.client_auth = ClientAuth::Require;
+    l.client_ca = Some(pki.ca_path.clone());
+    let store = CertStore::load(&one_listener(vec![spec("o", &leaf, true)], l)).expect("store");
+    let trusting = || {
+        OriginTls::trusting("broker.tls_ca", "broker.tls_ca", Some(&pki.ca_path), None)
+            .expect("client")
+    };
+    // Without an identity: refused by the server.
+    let mut client = trusting().connect_named("origin.test", LOCAL).expect("c");
+    let mut server = store.listener(0).expect("l0").accept();
+    let (_, se) = run(&mut client, &mut server);
+    assert_eq!(
+        se.map(|e| e.kind()),
+        Some(TlsErrorKind::Certificate),
+        "no client certificate"
+    );
+    // With one: accepted, and the server saw a valid certificate.
+    let edge = pki.client_leaf("edge", "edge");
+    let identity = ClientIdentity::load(&edge.cert, &edge.key).expect("identity");
+    assert!(
+        !format!("{identity:?}").contains("PRIVATE"),
+        "Debug shows no key"
+    );
+    let tls = trusting().with_identity(&identity);
+    let mut client = tls.connect_named("origin.test", LOCAL).expect("c");
+    let mut server = store.listener(0).expect("l0").accept();
+    assert_eq!(run(&mut client, &mut server), (None, None));
+    assert_eq!(
+        server.facts().expect("facts").client_cert,
+        ClientCertStatus::Valid
+    );
+    // A key of another certificate: refused at load, naming the key file.
+    let other = pki.client_leaf("other", "other");
+    let e = ClientIdentity::load(&edge.cert, &other.key).expect_err("mismatch");
+    assert_eq!(e.path, other.key);
+    assert!(e.what.contains("does not belong to the certificate"), "{e}");
 }
