@@ -375,6 +375,7 @@ fn worker_stats(u: &mut Unstructured<'_>) -> arbitrary::Result<WorkerStats> {
         splice_fallbacks: u.arbitrary()?,
         ring_buffers: u.arbitrary()?,
         ring_buffers_held: u.arbitrary()?,
+        handshakes_in_progress: u.arbitrary()?,
         reads_spilled: u.arbitrary()?,
         reads_starved: u.arbitrary()?,
         reads_rationed: u.arbitrary()?,

@@ -9,6 +9,7 @@ mod common;
 mod control_support;
 
 use common::origins::{EchoOrigin, GREETING, RawOrigin};
+use common::raw::{RawConn, upgrade_head};
 use common::{
     Config, Proxy, Route, assert_echo, next_data, scenarios, within, ws_connect, ws_connect_req,
     ws_request,
@@ -411,6 +412,46 @@ async fn a_flood_through_a_small_ring_serves_every_connection() {
             total["reads_rationed"].as_u64().unwrap_or(0) > 0,
             "the ring never ran dry, so rationing was not driven: {total:#}"
         );
+    })
+    .await;
+}
+
+/// A client counts as handshaking from its accept until its answer (the worker shortens its
+/// splice turns meanwhile): a connection that has sent nothing yet is one, the same one
+/// after its 101 is none, and so is one that closed before sending its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_counts_clients_until_their_answer() {
+    within(30, async {
+        let origin = EchoOrigin::start().await;
+        let dir = control_support::ControlDir::new("hsgauge");
+        let config = Config::new().route(Route::new("echo", &[origin.addr]).relay("auto"));
+        let proxy = dir.start_dataplane(&dir.toml(&config, "")).await;
+        let gauge = || async {
+            let stats = dir.ctl_direct(&["--json", "stats"]).await.json();
+            stats["total"]["handshakes_in_progress"].as_u64()
+        };
+        let wait_for = |want: u64| async move {
+            let mut got = None;
+            for _ in 0..100 {
+                got = gauge().await;
+                if got == Some(want) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("handshakes_in_progress stayed {got:?}, expected {want}");
+        };
+        wait_for(0).await;
+        let mut waiting = RawConn::connect(proxy.addr).await;
+        let silent = RawConn::connect(proxy.addr).await;
+        wait_for(2).await;
+        drop(silent);
+        wait_for(1).await;
+        let head = upgrade_head("/ws", "edge.test", &[]);
+        waiting.send(head.as_bytes()).await.expect("head");
+        let answer = waiting.read_head().await.expect("answer");
+        assert_eq!(answer.status(), 101, "{}", answer.text());
+        wait_for(0).await;
     })
     .await;
 }

@@ -189,6 +189,10 @@ pub struct WorkerStats {
     pub ring_buffers: u64,
     #[serde(default)]
     pub ring_buffers_held: u64,
+    /// Clients accepted and not yet answered (their handshake in progress: TLS, head,
+    /// origin). While any waits, the worker's splice relay takes short turns.
+    #[serde(default)]
+    pub handshakes_in_progress: u64,
     /// Stream reads copied out of the ring because it ran low, reads that found it empty,
     /// and the one-buffer reads that then served the waiting ones in turn.
     #[serde(default)]
@@ -233,6 +237,7 @@ impl WorkerStats {
         self.splice_fallbacks += other.splice_fallbacks;
         self.ring_buffers += other.ring_buffers;
         self.ring_buffers_held += other.ring_buffers_held;
+        self.handshakes_in_progress += other.handshakes_in_progress;
         self.reads_spilled += other.reads_spilled;
         self.reads_starved += other.reads_starved;
         self.reads_rationed += other.reads_rationed;

@@ -184,7 +184,7 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
         1,
     );
 
-    let simple: [(&str, &str, &str, Field); 17] = [
+    let simple: [(&str, &str, &str, Field); 18] = [
         (
             "wsedge_config_version",
             "gauge",
@@ -238,6 +238,12 @@ pub(super) fn render(workers: &[WorkerStats], uptime_secs: f64, config: (u64, &s
             "gauge",
             "Ring buffers held now (relayed bytes waiting for a send); near wsedge_ring_buffers means reads are being copied out or stalled.",
             |w| w.ring_buffers_held,
+        ),
+        (
+            "wsedge_handshakes_in_progress",
+            "gauge",
+            "Clients accepted and not yet answered (TLS, head, origin handshake in progress).",
+            |w| w.handshakes_in_progress,
         ),
         (
             "wsedge_reads_spilled_total",

@@ -30,6 +30,7 @@ pub(super) fn worker_stats(r: &WorkerReport) -> WorkerStats {
         splice_fallbacks: s.splice_fallbacks,
         ring_buffers: r.ring_buffers as u64,
         ring_buffers_held: r.ring_held as u64,
+        handshakes_in_progress: r.handshaking as u64,
         reads_spilled: s.reads_spilled,
         reads_starved: s.reads_starved,
         reads_rationed: s.reads_rationed,

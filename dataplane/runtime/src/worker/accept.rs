@@ -146,6 +146,8 @@ impl Worker {
         let slot = entry.key();
         let id = ConnId::new(slot, self.next_generation);
         let mut conn = Conn::new(id, session, fd, accepted_us);
+        conn.handshaking = true;
+        self.handshaking += 1;
         if let Some(tls) = self
             .listeners
             .get(listener)

@@ -35,6 +35,7 @@ impl Worker {
                     stats: self.stats.clone(),
                     ring_buffers: usize::from(self.ring.buffers().count()),
                     ring_held: self.ring.buffers().held(),
+                    handshaking: self.handshaking,
                     handshake_us: self.handshake_us.clone(),
                     functions: self.functions.stats(),
                 });

@@ -92,6 +92,8 @@ pub(super) struct Conn {
     /// Splices (by source side) waiting for TLS records to be written before the kTLS
     /// hand-off (`ktls.rs`).
     pub(super) splice_waiting: [bool; 2],
+    /// A client accepted and not yet answered (counted in `Worker::handshaking`).
+    pub(super) handshaking: bool,
 }
 
 impl Conn {
@@ -104,6 +106,7 @@ impl Conn {
             accepted_us,
             timer: None,
             splice_waiting: [false; 2],
+            handshaking: false,
         }
     }
 }
@@ -354,6 +357,7 @@ impl Worker {
     fn count(&mut self, slot: usize, metric: Metric) {
         match metric {
             Metric::Upgraded => {
+                self.handshake_done(slot);
                 self.stats.upgraded += 1;
                 let took = self.now_us().saturating_sub(self.conns[slot].accepted_us);
                 let _ = self.handshake_us.record(took.max(1));
@@ -363,6 +367,7 @@ impl Worker {
                 }
             }
             Metric::PlainHttp => {
+                self.handshake_done(slot);
                 self.stats.plain_http += 1;
                 let took = self.now_us().saturating_sub(self.conns[slot].accepted_us);
                 let _ = self.handshake_us.record(took.max(1));
@@ -387,9 +392,20 @@ impl Worker {
         }
     }
 
+    /// A client's handshake is over (answered, or the connection closed): the splice relay
+    /// may take long turns again once no other one waits (`splice.rs`).
+    fn handshake_done(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.handshaking {
+            c.handshaking = false;
+            self.handshaking -= 1;
+        }
+    }
+
     /// The session is over: log it once, count it, and wake every operation still in flight
     /// (cancel, shut the sockets down); the slot is freed when the last one completed.
     fn close(&mut self, slot: usize, reason: CloseReason) {
+        self.handshake_done(slot);
         let now = self.now();
         let c = &mut self.conns[slot];
         if c.session.firewall_admitted() {

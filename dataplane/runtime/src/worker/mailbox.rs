@@ -91,6 +91,8 @@ pub(crate) struct WorkerReport {
     /// for a send, a read being handled).
     pub(crate) ring_buffers: usize,
     pub(crate) ring_held: usize,
+    /// Clients accepted and not yet answered.
+    pub(crate) handshaking: usize,
     /// Accept to response-head-queued, in microseconds, since the worker started.
     pub(crate) handshake_us: hdrhistogram::Histogram<u64>,
     /// Counters of each JavaScript function (by route name) on this worker.

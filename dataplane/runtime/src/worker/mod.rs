@@ -113,6 +113,8 @@ pub(crate) struct Worker {
     starved: VecDeque<(ConnId, wsedge_proto::session::Side)>,
     /// The kernel ends multishot recvs at a byte limit (the relay's window).
     recv_limit: bool,
+    /// Clients accepted and not yet answered: while any waits, splice turns are short.
+    handshaking: usize,
     log: AccessLog,
     stats: Stats,
     start: Instant,
@@ -215,6 +217,7 @@ impl Worker {
             functions: Functions::new(spec.index, workers, seed),
             starved: VecDeque::new(),
             recv_limit: wsedge_ring::recv_limit(),
+            handshaking: 0,
             log: spec.access_log,
             stats: Stats::default(),
             start,

@@ -16,6 +16,12 @@ use super::conn::splice_owner;
 /// Rounds of splices per wake-up: then the direction polls again (which completes at once if
 /// more is waiting), so other connections get their turn in between.
 const ROUNDS_PER_WAKEUP: usize = 8;
+/// Rounds per wake-up while a client's handshake is in progress on the worker. A handshake
+/// takes several turns of the loop (accept, head, connect, the origin's answer), and each
+/// turn runs every ready direction: at 8 pipefuls each, 50 flooding connections made a new
+/// client wait 136-174 ms; at one, 18-29 ms (docs/benchmarks.md, "Splice turns and new
+/// clients"). Only then: a poll per pipeful halves a saturated splice relay's throughput.
+const ROUNDS_WHILE_HANDSHAKING: usize = 1;
 
 /// One spliced direction: the pipe it holds while bytes are in it, and the poll it waits on.
 #[derive(Debug, Default)]
@@ -84,7 +90,12 @@ impl Worker {
     /// gave less than a pipeful (then polls for input again), the destination is full (polls
     /// for it), or the rounds are spent (polls again).
     fn splice_pump(&mut self, slot: usize, from: Side) {
-        for _ in 0..ROUNDS_PER_WAKEUP {
+        let rounds = if self.handshaking > 0 {
+            ROUNDS_WHILE_HANDSHAKING
+        } else {
+            ROUNDS_PER_WAKEUP
+        };
+        for _ in 0..rounds {
             if !self.conns.contains(slot) || self.conns[slot].session.is_closed() {
                 return;
             }
