@@ -34,7 +34,7 @@ use wsedge_proto::function::Delivery;
 use wsedge_proto::session::{CloseReason, Input, Output, Route};
 use wsedge_proto::wheel::{Tick, TimerWheel};
 use wsedge_ring::pipes::PipePool;
-use wsedge_ring::{Completion, OpId, Owner, Ring, RingConfig, sys};
+use wsedge_ring::{Completion, OpId, OpKind, Owner, Ring, RingConfig, sys};
 
 use self::accept::Listener;
 use self::conn::Conn;
@@ -123,6 +123,8 @@ pub(crate) struct Worker {
     drain_deadline: Option<Tick>,
     exit_when_empty: bool,
     completions: Vec<Completion>,
+    /// This turn's completions other than accepts (dispatched after them).
+    later: Vec<Completion>,
     expired: Vec<TimerKey>,
     /// The outputs of the session being handled (reused).
     out: Vec<Output>,
@@ -225,6 +227,7 @@ impl Worker {
             drain_deadline: None,
             exit_when_empty: false,
             completions: Vec::with_capacity(1024),
+            later: Vec::with_capacity(1024),
             expired: Vec::new(),
             out: Vec::with_capacity(16),
             deferred: Vec::new(),
@@ -285,11 +288,23 @@ impl Worker {
             };
             self.ring.submit_and_wait(timeout)?;
             let mut completions = std::mem::take(&mut self.completions);
+            let mut later = std::mem::take(&mut self.later);
             self.ring.drain(&mut completions);
+            // New clients first: counted as handshaking before this turn's splice work, they
+            // make that work yield after a pipeful already (splice.rs), so even the turn
+            // that accepts them is short.
             for c in completions.drain(..) {
+                if c.kind == OpKind::Accept {
+                    self.dispatch(c);
+                } else {
+                    later.push(c);
+                }
+            }
+            for c in later.drain(..) {
                 self.dispatch(c);
             }
             self.completions = completions;
+            self.later = later;
         }
         self.log.flush();
         self.drop_listeners();
