@@ -322,6 +322,10 @@ impl Shared {
             } => {
                 let timeout = timeout_ms.map(Duration::from_millis);
                 let over = over_ms.map(Duration::from_millis);
+                // The connections the drain is about to close, counted before it starts: a
+                // spread close due at once may be over before a report taken after it (then
+                // `drain --over` said "closing 19" of 20).
+                let live = self.reports()?.iter().map(|r| r.live as u64).sum();
                 for index in 0..self.mailboxes.len() {
                     if let Some(over) = over {
                         self.send(index, Command::SpreadCloses { over });
@@ -329,8 +333,6 @@ impl Shared {
                     self.send(index, Command::Drain { timeout });
                 }
                 tracing::info!(?timeout, ?over, "drain requested on the control socket");
-                // Reports queue behind the drain command, so they show accepting = false.
-                let live = self.reports()?.iter().map(|r| r.live as u64).sum();
                 Ok(Response::Draining {
                     workers: self.mailboxes.len(),
                     live,
