@@ -511,6 +511,15 @@ pub(crate) async fn channel_crosses(a: &Host, b: &Host, channel: &str, text: &st
     }
 }
 
+/// Waits until the host whose metrics are on `metrics` has its broker link up.
+pub(crate) async fn wait_link_up(metrics: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(metrics, "wsedge_broker_up") != Some(1.0) {
+        assert!(Instant::now() < deadline, "the broker link never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until the host whose metrics are on `metrics` counted `failures` broker link
 /// failures (`what` names it in the panic), then checks that its link is down.
 pub(crate) async fn wait_link_down(metrics: u16, failures: f64, what: &str) {
