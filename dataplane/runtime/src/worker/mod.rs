@@ -123,8 +123,8 @@ pub(crate) struct Worker {
     drain_deadline: Option<Tick>,
     exit_when_empty: bool,
     completions: Vec<Completion>,
-    /// This turn's completions other than accepts (dispatched after them).
-    later: Vec<Completion>,
+    /// This turn's completions include an accept (a client about to handshake).
+    accepts_in_turn: bool,
     expired: Vec<TimerKey>,
     /// The outputs of the session being handled (reused).
     out: Vec<Output>,
@@ -227,7 +227,7 @@ impl Worker {
             drain_deadline: None,
             exit_when_empty: false,
             completions: Vec::with_capacity(1024),
-            later: Vec::with_capacity(1024),
+            accepts_in_turn: false,
             expired: Vec::new(),
             out: Vec::with_capacity(16),
             deferred: Vec::new(),
@@ -288,23 +288,16 @@ impl Worker {
             };
             self.ring.submit_and_wait(timeout)?;
             let mut completions = std::mem::take(&mut self.completions);
-            let mut later = std::mem::take(&mut self.later);
             self.ring.drain(&mut completions);
-            // New clients first: counted as handshaking before this turn's splice work, they
-            // make that work yield after a pipeful already (splice.rs), so even the turn
-            // that accepts them is short.
+            // A new client in this batch makes the whole turn's splice work yield after a
+            // pipeful (splice.rs), also the work dispatched before its accept: even the turn
+            // that accepts it is short.
+            self.accepts_in_turn = completions.iter().any(|c| c.kind == OpKind::Accept);
             for c in completions.drain(..) {
-                if c.kind == OpKind::Accept {
-                    self.dispatch(c);
-                } else {
-                    later.push(c);
-                }
-            }
-            for c in later.drain(..) {
                 self.dispatch(c);
             }
+            self.accepts_in_turn = false;
             self.completions = completions;
-            self.later = later;
         }
         self.log.flush();
         self.drop_listeners();

@@ -16,7 +16,8 @@ use super::conn::splice_owner;
 /// Rounds of splices per wake-up: then the direction polls again (which completes at once if
 /// more is waiting), so other connections get their turn in between.
 const ROUNDS_PER_WAKEUP: usize = 8;
-/// Rounds per wake-up while a client's handshake is in progress on the worker. A handshake
+/// Rounds per wake-up while a client's handshake is in progress on the worker (or its
+/// accept is among the turn's completions). A handshake
 /// takes several turns of the loop (accept, head, connect, the origin's answer), and each
 /// turn runs every ready direction: at 8 pipefuls each, 50 flooding connections made a new
 /// client wait 136-174 ms; at one, 18-29 ms (docs/benchmarks.md, "Splice turns and new
@@ -90,7 +91,7 @@ impl Worker {
     /// gave less than a pipeful (then polls for input again), the destination is full (polls
     /// for it), or the rounds are spent (polls again).
     fn splice_pump(&mut self, slot: usize, from: Side) {
-        let rounds = if self.handshaking > 0 {
+        let rounds = if self.handshaking > 0 || self.accepts_in_turn {
             ROUNDS_WHILE_HANDSHAKING
         } else {
             ROUNDS_PER_WAKEUP
