@@ -248,6 +248,42 @@ impl Ring {
         self.ignored
     }
 
+    /// Takes what completed without submitting what is queued and without waiting: runs the
+    /// kernel's work deferred for this ring (with `DEFER_TASKRUN` operations that became
+    /// ready complete only when the ring's thread asks), so [`Ring::drain`] sees it. Queued
+    /// submissions stay queued, and so keep batching until the next submit.
+    pub fn reap(&mut self) -> io::Result<()> {
+        // The kernel ABI's flag (the crate keeps its constants private).
+        const IORING_ENTER_GETEVENTS: u32 = 1;
+        // SAFETY: nothing to submit and no argument (a null pointer of size 0): the kernel
+        // reads no memory of ours; GETEVENTS with min_complete 0 runs the deferred work and
+        // returns without waiting.
+        let result = unsafe {
+            self.uring
+                .submitter()
+                .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits what is queued (the backlog first, what still does not fit waits for the next
+    /// submit) without taking completions or waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.bufs.publish();
+        self.flush_backlog();
+        match self.uring.submit() {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+        self.flush_backlog();
+        Ok(())
+    }
+
     /// Publishes given-back buffers, submits what is queued and waits for at least one
     /// completion, at most `timeout` (forever when `None`). Interruptions and timeouts are
     /// not errors.

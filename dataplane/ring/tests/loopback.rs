@@ -912,3 +912,49 @@ fn dropping_a_ring_with_operations_in_flight_reaps_them() {
         sys::close(fd);
     }
 }
+
+/// `reap` takes what completed without submitting what is queued: a poll that became ready
+/// is taken, a poll only queued stays unsubmitted (though its socket is readable) until
+/// `submit`.
+#[test]
+fn reap_takes_completions_without_submitting_what_is_queued() {
+    let mut ring = ring();
+    let (mut ready_peer, ready_fd) = pair();
+    let (mut queued_peer, queued_fd) = pair();
+    let armed = ring.poll(Owner(1), ready_fd, libc::POLLIN as u32);
+    ring.submit().unwrap_or_else(|e| panic!("submit: {e}"));
+    queued_peer
+        .write_all(b"x")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let queued = ring.poll(Owner(2), queued_fd, libc::POLLIN as u32);
+    ready_peer.write_all(b"y").unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while out.is_empty() {
+        assert!(Instant::now() < deadline, "reap never took the ready poll");
+        thread::sleep(Duration::from_millis(5));
+        ring.reap().unwrap_or_else(|e| panic!("reap: {e}"));
+        ring.drain(&mut out);
+    }
+    assert_eq!(
+        out.iter().map(|c| c.op).collect::<Vec<_>>(),
+        vec![armed],
+        "only the submitted poll: {out:?}"
+    );
+    assert!(out[0].result > 0, "{:?}", out[0]);
+    // Still queued: nothing of it after another reap.
+    thread::sleep(Duration::from_millis(20));
+    ring.reap().unwrap_or_else(|e| panic!("reap: {e}"));
+    out.clear();
+    ring.drain(&mut out);
+    assert!(
+        out.is_empty(),
+        "a queued poll completed unsubmitted: {out:?}"
+    );
+    ring.submit().unwrap_or_else(|e| panic!("submit: {e}"));
+    let c = next(&mut ring, "the queued poll, once submitted");
+    assert_eq!(c.op, queued);
+    assert_eq!(ring.in_flight(), 0);
+    sys::close(ready_fd);
+    sys::close(queued_fd);
+}

@@ -416,9 +416,9 @@ async fn a_flood_through_a_small_ring_serves_every_connection() {
     .await;
 }
 
-/// A client counts as handshaking from its accept until its answer (the worker shortens its
-/// splice turns meanwhile): a connection that has sent nothing yet is one, the same one
-/// after its 101 is none, and so is one that closed before sending its head.
+/// A client counts as handshaking from its accept until its answer (its completions are
+/// served while a turn of relay work runs): a connection that has sent nothing yet is one,
+/// the same one after its 101 is none, and so is one that closed before sending its head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_in_progress_counts_clients_until_their_answer() {
     within(30, async {

@@ -21,6 +21,7 @@ mod retire;
 mod splice;
 mod tls;
 mod trim;
+mod turn;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -34,7 +35,7 @@ use wsedge_proto::function::Delivery;
 use wsedge_proto::session::{CloseReason, Input, Output, Route};
 use wsedge_proto::wheel::{Tick, TimerWheel};
 use wsedge_ring::pipes::PipePool;
-use wsedge_ring::{Completion, OpId, OpKind, Owner, Ring, RingConfig, sys};
+use wsedge_ring::{Completion, OpId, Owner, Ring, RingConfig, sys};
 
 use self::accept::Listener;
 use self::conn::Conn;
@@ -113,7 +114,7 @@ pub(crate) struct Worker {
     starved: VecDeque<(ConnId, wsedge_proto::session::Side)>,
     /// The kernel ends multishot recvs at a byte limit (the relay's window).
     recv_limit: bool,
-    /// Clients accepted and not yet answered: while any waits, splice turns are short.
+    /// Clients accepted and not yet answered (their completions never wait, turn.rs).
     handshaking: usize,
     log: AccessLog,
     stats: Stats,
@@ -123,8 +124,11 @@ pub(crate) struct Worker {
     drain_deadline: Option<Tick>,
     exit_when_empty: bool,
     completions: Vec<Completion>,
-    /// This turn's completions include an accept (a client about to handshake).
-    accepts_in_turn: bool,
+    /// Completions of established connections held back while a client handshakes, oldest
+    /// first (turn.rs).
+    waiting: VecDeque<Completion>,
+    /// Completions taken while a turn runs (reused; turn.rs).
+    early: Vec<Completion>,
     expired: Vec<TimerKey>,
     /// The outputs of the session being handled (reused).
     out: Vec<Output>,
@@ -227,7 +231,8 @@ impl Worker {
             drain_deadline: None,
             exit_when_empty: false,
             completions: Vec::with_capacity(1024),
-            accepts_in_turn: false,
+            waiting: VecDeque::new(),
+            early: Vec::new(),
             expired: Vec::new(),
             out: Vec::with_capacity(16),
             deferred: Vec::new(),
@@ -278,8 +283,9 @@ impl Worker {
             self.rearm_starved();
             self.rearm_functions_timer(now);
             self.log.flush();
-            // Function work left for this turn (a capped read, a capped pump) does not wait.
-            let timeout = if self.functions.due(now) {
+            // Function work left for this turn (a capped read, a capped pump) and relay work
+            // held back from the last one do not wait.
+            let timeout = if self.functions.due(now) || self.work_waiting() {
                 Some(Duration::ZERO)
             } else {
                 self.wheel
@@ -289,14 +295,7 @@ impl Worker {
             self.ring.submit_and_wait(timeout)?;
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.drain(&mut completions);
-            // A new client in this batch makes the whole turn's splice work yield after a
-            // pipeful (splice.rs), also the work dispatched before its accept: even the turn
-            // that accepts it is short.
-            self.accepts_in_turn = completions.iter().any(|c| c.kind == OpKind::Accept);
-            for c in completions.drain(..) {
-                self.dispatch(c);
-            }
-            self.accepts_in_turn = false;
+            self.dispatch_turn(&mut completions)?;
             self.completions = completions;
         }
         self.log.flush();
@@ -349,7 +348,7 @@ impl Worker {
                 self.on_wake();
                 return;
             }
-            o if o & (0xff << 56) == OWNER_ACCEPT => {
+            o if turn::is_accept(o) => {
                 self.on_accept((o & 0xffff_ffff) as usize, c.result, c.more);
                 return;
             }

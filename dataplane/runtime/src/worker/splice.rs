@@ -16,13 +16,6 @@ use super::conn::splice_owner;
 /// Rounds of splices per wake-up: then the direction polls again (which completes at once if
 /// more is waiting), so other connections get their turn in between.
 const ROUNDS_PER_WAKEUP: usize = 8;
-/// Rounds per wake-up while a client's handshake is in progress on the worker (or its
-/// accept is among the turn's completions). A handshake
-/// takes several turns of the loop (accept, head, connect, the origin's answer), and each
-/// turn runs every ready direction: at 8 pipefuls each, 50 flooding connections made a new
-/// client wait 136-174 ms; at one, 18-29 ms (docs/benchmarks.md, "Splice turns and new
-/// clients"). Only then: a poll per pipeful halves a saturated splice relay's throughput.
-const ROUNDS_WHILE_HANDSHAKING: usize = 1;
 
 /// One spliced direction: the pipe it holds while bytes are in it, and the poll it waits on.
 #[derive(Debug, Default)]
@@ -87,16 +80,11 @@ impl Worker {
         self.splice_pump(slot, from);
     }
 
-    /// Moves bytes from `from` through a pipe to the other side until the source is empty or
-    /// gave less than a pipeful (then polls for input again), the destination is full (polls
-    /// for it), or the rounds are spent (polls again).
+    /// Moves bytes from `from` through a pipe to the other side until the source is empty
+    /// (then polls for input again), the destination is full (polls for it), or the rounds are
+    /// spent (polls again).
     fn splice_pump(&mut self, slot: usize, from: Side) {
-        let rounds = if self.handshaking > 0 || self.accepts_in_turn {
-            ROUNDS_WHILE_HANDSHAKING
-        } else {
-            ROUNDS_PER_WAKEUP
-        };
-        for _ in 0..rounds {
+        for _ in 0..ROUNDS_PER_WAKEUP {
             if !self.conns.contains(slot) || self.conns[slot].session.is_closed() {
                 return;
             }
@@ -131,12 +119,13 @@ impl Worker {
                     if !self.splice_flush(slot, from) {
                         return;
                     }
-                    // Less than a pipeful: the source is most likely empty now. Polling
-                    // (which checks readiness first) is cheaper than a splice that would only
-                    // say EAGAIN.
-                    if n < self.pipes.size() as usize {
-                        break;
-                    }
+                    // Less than a pipeful does not end the wake-up: the sender may have
+                    // refilled the socket since. A socket whose reader takes one short read
+                    // per round trip never has its receive buffer grown by the kernel
+                    // (autotuning grows it only for a reader that takes more than the window
+                    // per round trip), and under a flood such a connection got a fifth of
+                    // the others' share (docs/benchmarks.md, "Turns of the loop and new
+                    // clients"). The price: one splice that says EAGAIN per wake-up.
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                     self.pipes.put(pipe);

@@ -1,0 +1,112 @@
+//! One turn's completions, and looks for new clients while a long turn runs.
+//!
+//! A turn of the loop dispatches what the ring handed back; a new client's accept (like each
+//! later step of its handshake: head, connect, the origin's answer) reaches the worker only
+//! when it next asks the kernel, which (with `DEFER_TASKRUN`) is also when the kernel runs
+//! the work deferred for the ring. Under a flood a turn is every ready relay direction's work
+//! (60 splice completions moving ~380 KB each made 11 ms turns), and a new client waited
+//! about a turn (p50 10 ms) before its accept completion was even seen, then a turn per
+//! step. Bounding a turn's relay work instead changed which direction was served when, and
+//! connections whose socket buffer the kernel had not grown starved (docs/benchmarks.md,
+//! "Turns of the loop and new clients"). So a turn keeps its relay work, and whenever
+//! [`LOOK_EVERY`] has passed since the worker last asked the kernel, it asks again without
+//! waiting or submitting (`Ring::reap`): the loop's own completions (accepts, the mailbox)
+//! and those of connections still handshaking are dispatched at once, and what handshake
+//! work queued (a head read, a connect, an answer) is submitted then; relay completions wait
+//! for the next turn, which dispatches them first and does not sleep while any wait. Relay
+//! submissions stay queued until the turn's end, so they still carry a whole turn's bytes.
+//!
+//! Order per connection is kept: a relay completion taken early goes after every completion
+//! of the turn's batch; those dispatched early belong to handshakes, whose operations are
+//! one-shot (no later completion of the same operation can be pending). A waiting
+//! completion still counts as an operation in flight of its connection (`Conn::ops`), so the
+//! connection is not freed under it.
+
+use std::time::{Duration, Instant};
+
+use wsedge_ring::Completion;
+
+use super::{OWNER_ACCEPT, OWNER_WAKE, Worker};
+use crate::conn_id::ConnId;
+
+/// How long relay work runs before the worker asks the kernel again (an `io_uring_enter` that
+/// runs the kernel's deferred work, which the turn's end would run anyway). The kernel runs a
+/// bounded batch of deferred work per call, so under a buffered flood a new client's
+/// completions wait behind the relay's: in A/B runs, looks every 250 µs left new clients at
+/// 28-32 ms there, every 10-20 µs at 8-16 ms (docs/benchmarks.md).
+const LOOK_EVERY: Duration = Duration::from_micros(20);
+
+impl Worker {
+    /// Dispatches what waited, then the turn's new `completions`, looking for new clients
+    /// while relay work runs long.
+    pub(super) fn dispatch_turn(
+        &mut self,
+        completions: &mut Vec<Completion>,
+    ) -> std::io::Result<()> {
+        let mut looked = Instant::now();
+        let mut waited = std::mem::take(&mut self.waiting);
+        // Handshake work dispatched since the last submission: what it queued (a head read, a
+        // connect, an answer) is submitted at the next look, not at the turn's end.
+        let mut handshake_queued = false;
+        for c in waited.drain(..).chain(completions.drain(..)) {
+            let relay = self.is_relay_work(&c);
+            self.dispatch(c);
+            if !relay {
+                handshake_queued = true;
+            } else if looked.elapsed() >= LOOK_EVERY {
+                self.look_for_new_clients(&mut handshake_queued)?;
+                looked = Instant::now();
+            }
+        }
+        if self.waiting.is_empty() {
+            // Keep the emptied queue's allocation.
+            self.waiting = waited;
+        }
+        Ok(())
+    }
+
+    /// Takes what completed, without waiting: handshake work now (and what handshake work
+    /// queued is submitted), relay work at the next turn. Submitting at every look instead
+    /// cost a buffered 16 KiB flood a quarter to a third more CPU per message (each send
+    /// carried less).
+    fn look_for_new_clients(&mut self, handshake_queued: &mut bool) -> std::io::Result<()> {
+        self.ring.reap()?;
+        let mut early = std::mem::take(&mut self.early);
+        self.ring.drain(&mut early);
+        for c in early.drain(..) {
+            if self.is_relay_work(&c) {
+                self.waiting.push_back(c);
+            } else {
+                *handshake_queued = true;
+                self.dispatch(c);
+            }
+        }
+        self.early = early;
+        if std::mem::take(handshake_queued) {
+            self.ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Completions wait for the next turn: it must not sleep.
+    pub(super) fn work_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// A completion of a connection past its handshake (or closed).
+    fn is_relay_work(&self, c: &Completion) -> bool {
+        let owner = c.owner.0;
+        if owner == OWNER_WAKE || is_accept(owner) {
+            return false;
+        }
+        let (id, _) = ConnId::from_owner(owner);
+        self.conns
+            .get(id.slot as usize)
+            .is_some_and(|conn| conn.id == id && !conn.handshaking)
+    }
+}
+
+/// A completion of one of the worker's multishot accepts.
+pub(super) fn is_accept(owner: u64) -> bool {
+    owner & (0xff << 56) == OWNER_ACCEPT
+}
