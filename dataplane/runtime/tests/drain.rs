@@ -1,13 +1,16 @@
-//! A drain's deadline frees what it closes, through the real binary: a connection that has no
-//! operation in flight when the deadline closes it gets no completion that would free it, so
-//! the worker frees it then (commit c0911fb; before it, such a connection stayed in its
-//! worker's table and the process never exited after SIGTERM).
+//! A drain's deadline frees what it closes, through the real binary (commit c0911fb: before
+//! it, a connection the deadline closed with no completion left to free it stayed in its
+//! worker's table, and the process never exited after SIGTERM).
 //!
-//! The state used: a built-in `echo` function whose client half-closes. The function
-//! finishes, the edge shuts its write side and lingers (up to 2 s) with no read armed (the
-//! client's read ended with its EOF), no send, no watch: only its linger timer would end it,
-//! and the drain's deadline cancels that timer when it closes the connection. The drain's
-//! deadline is set to fall inside the linger.
+//! The state used: a built-in `echo` connection lingering after the close handshake. The
+//! client sends a Close frame, the function answers it and finishes, and the edge shuts its
+//! write side and lingers (up to 2 s) for the client's EOF, which never comes: the client
+//! keeps its socket open. The drain's deadline is set to fall inside the linger; it closes
+//! the connection (cancelling the linger's read) and the worker must free it and, after
+//! SIGTERM, exit. (The state these tests used before, a client that half-closed, now closes
+//! at once: its EOF leaves nothing to drain. No state is known any more where a live
+//! connection has no operation in flight; the worker frees such a one at the deadline all
+//! the same, `worker/mod.rs`.)
 
 mod common;
 #[allow(dead_code)] // shared helpers; this file uses some of them
@@ -18,11 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::{Proxy, within};
 use control_support::ControlDir;
-use functions_support::{Client, config_toml, function_route, loopback};
+use functions_support::{Client, Msg, config_toml, function_route, loopback};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
-/// The drain's deadline: well inside the 2 s linger the half-closed connection is in.
+/// The drain's deadline: well inside the 2 s linger the connection is in.
 const DRAIN_TIMEOUT: &str = "300ms";
 
 /// One worker (the connection and the drain on the same one) serving `echo` on `/echo`, with
@@ -37,18 +39,19 @@ fn echo_config(extra: &str) -> String {
     format!("{short}\n{extra}")
 }
 
-/// An upgraded `echo` connection whose client has half-closed: once the edge's FIN arrives,
-/// the function has finished and the edge lingers with nothing in flight. The client keeps
-/// its socket open (its read side sees the FIN, nothing more).
+/// An upgraded `echo` connection lingering after the close handshake: the edge answered
+/// the client's Close and shut its write side; the client keeps its socket open (no EOF), so
+/// the edge waits for it until its linger deadline.
 async fn lingering_echo(proxy: &Proxy) -> Client {
     let mut c = Client::connect(loopback(1), proxy.addr, "/echo", None).await;
-    c.send_text("before the half-close").await;
+    c.send_text("before the close").await;
     let echoed = c.read_data().await;
-    assert_eq!(echoed.text(), "before the half-close");
-    c.stream.shutdown().await.expect("half-close");
+    assert_eq!(echoed.text(), "before the close");
+    c.send_close(1000).await;
+    assert_eq!(c.read_data().await, Msg::Close(Some(1000), Vec::new()));
     assert!(
         c.wait_eof(Duration::from_secs(5)).await,
-        "the edge did not shut its write side after the client's EOF"
+        "the edge did not shut its write side after the close handshake"
     );
     c
 }

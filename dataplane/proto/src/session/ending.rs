@@ -42,9 +42,10 @@ impl Session {
 
     /// Shuts the client's write side and drains what it still sends until its EOF or the
     /// linger deadline, so closing never resets an answer it has not read yet. The origin
-    /// side is torn down.
+    /// side is torn down. A client whose EOF has come has nothing left to drain: it closes
+    /// at once.
     pub(super) fn linger(&mut self, reason: CloseReason, env: &mut Env<'_>) {
-        if self.is_clientless() {
+        if self.is_clientless() || self.reading[Side::Client.index()] == Reading::Ended {
             return self.close(reason, env);
         }
         if self.origin.is_some() {
@@ -60,6 +61,8 @@ impl Session {
             Reading::Head => {}
             Reading::Stopping => {}
             Reading::Stream => {}
+            // Closed above.
+            Reading::Ended => {}
             Reading::Off => self.read(Side::Client, env),
         }
     }

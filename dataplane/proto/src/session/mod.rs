@@ -74,6 +74,8 @@ enum Reading {
     Stream,
     /// Stopping the stream read ([`Output::StopRead`] given, [`Input::ReadEnded`] awaited).
     Stopping,
+    /// The stream read ended with the socket's EOF: nothing is armed on this side again.
+    Ended,
 }
 
 /// The connection's stage; see the module docs.

@@ -98,14 +98,6 @@ impl Session {
             Ending::Open => {}
             _ => return,
         }
-        if let Stage::Function(_) = self.stage {
-            return match side {
-                Side::Client => self.with_function(env, |f, cx| f.on_client_gone(cx)),
-                Side::Origin => self.with_function(env, |f, cx| {
-                    f.on_peer_event(PeerEvent::Closed { reset: false }, cx);
-                }),
-            };
-        }
         if let Stage::Stream(relay) = &mut self.stage {
             relay.splicing[side.index()] = false;
         }
@@ -114,9 +106,17 @@ impl Session {
             flow.eof = true;
             self.first_eof.get_or_insert(side);
         }
-        if self.reading[side.index()] == Reading::Stream {
-            // The multishot read ended with the EOF.
-            self.reading[side.index()] = Reading::Off;
+        if let Reading::Stream | Reading::Off = self.reading[side.index()] {
+            // The multishot read (or the splice pump) ended with the EOF.
+            self.reading[side.index()] = Reading::Ended;
+        }
+        if let Stage::Function(_) = self.stage {
+            return match side {
+                Side::Client => self.with_function(env, |f, cx| f.on_client_gone(cx)),
+                Side::Origin => self.with_function(env, |f, cx| {
+                    f.on_peer_event(PeerEvent::Closed { reset: false }, cx);
+                }),
+            };
         }
         self.progress(env);
     }

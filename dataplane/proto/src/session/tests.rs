@@ -617,33 +617,40 @@ fn a_function_is_sent_close_1001_on_a_drain_and_on_idle_time() {
     assert!(idle.sides[0].written.ends_with(&build_close(1001, "")));
 }
 
-/// A state a drain's deadline can find with nothing in flight: an `echo` client that
-/// half-closed. The function finishes and the session lingers with no read armed (the
-/// client's read ended with its EOF), nothing queued and no watch: only its timer would end
-/// it. The deadline's abort closes it (and drops that timer), so nothing else will come for
-/// it: the worker frees it right after the abort (worker/mod.rs, `tests/drain.rs`).
+/// A function's client that half-closes: the function finishes and the session closes at
+/// once, its write side with the close (the client's EOF came: nothing is left to drain, so
+/// no linger). Before, it lingered with no read armed until its linger deadline (2 s).
 #[test]
-fn a_half_closed_function_client_lingers_with_nothing_in_flight_until_aborted() {
+fn a_half_closed_function_client_is_closed_at_once() {
     let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
     sim.client_head(&upgrade_head());
     sim.flush_all();
     sim.eof(Side::Client);
     assert!(
-        matches!(sim.session.ending(), Ending::Lingering { .. }),
-        "{:?}",
+        sim.closed.is_some(),
+        "still open after the client's EOF: {:?}",
         sim.session.ending()
     );
-    let client = &sim.sides[Side::Client.index()];
-    assert!(client.shut_write, "the client's write side is shut");
+    assert_eq!(sim.session.poll_timeout(), None, "no linger timer");
+    sim.check_freed();
+}
+
+/// The same client, lingering after the function closed (it sent a Close frame and was
+/// answered): its EOF, whenever it comes, ends the linger; until then its read stays armed.
+#[test]
+fn a_function_client_lingers_with_its_read_armed_until_its_eof() {
+    let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
+    sim.client_head(&upgrade_head());
+    sim.flush_all();
+    sim.recv(Side::Client, &masked(OpCode::Close, &close_payload(1000)));
+    sim.flush_all();
+    assert!(matches!(sim.session.ending(), Ending::Lingering { .. }));
     assert!(
-        !client.reading && client.head_buf.is_none() && client.queue.is_empty() && !sim.watching,
-        "something is in flight: {client:?}, watching {}",
-        sim.watching
+        sim.sides[Side::Client.index()].reading,
+        "the linger drains the client"
     );
-    assert!(sim.session.poll_timeout().is_some(), "its linger timer");
-    sim.handle(Input::Abort(CloseReason::Shutdown));
-    assert_eq!(sim.closed, Some(CloseReason::Shutdown));
-    assert_eq!(sim.session.poll_timeout(), None);
+    sim.eof(Side::Client);
+    assert_eq!(sim.closed, Some(CloseReason::ClientClosed));
     sim.check_freed();
 }
 
