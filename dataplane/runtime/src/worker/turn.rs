@@ -10,8 +10,8 @@
 //! connections whose socket buffer the kernel had not grown starved (docs/benchmarks.md,
 //! "Turns of the loop and new clients"). So a turn keeps its relay work, and whenever
 //! [`LOOK_EVERY`] has passed since the worker last asked the kernel, it asks again without
-//! waiting or submitting (`Ring::reap`): the loop's own completions (accepts, the mailbox)
-//! and those of connections still handshaking are dispatched at once, and what handshake
+//! waiting or submitting (`Ring::reap`): accepts and the completions of connections still
+//! handshaking are dispatched at once, and what handshake
 //! work queued (a head read, a connect, an answer) is submitted then; relay completions wait
 //! for the next turn, which dispatches them first and does not sleep while any wait. Relay
 //! submissions stay queued until the turn's end, so they still carry a whole turn's bytes.
@@ -93,10 +93,17 @@ impl Worker {
         !self.waiting.is_empty()
     }
 
-    /// A completion of a connection past its handshake (or closed).
+    /// A completion that keeps its place in the order: anything but an accept and the
+    /// completions of connections still handshaking. The wake stays in order too: the bus
+    /// deliveries it brings must not overtake the send completions before them (a
+    /// subscriber's queue would look fuller than it is, and a reader keeping up could be cut
+    /// off as a slow consumer).
     fn is_relay_work(&self, c: &Completion) -> bool {
         let owner = c.owner.0;
-        if owner == OWNER_WAKE || is_accept(owner) {
+        if owner == OWNER_WAKE {
+            return true;
+        }
+        if is_accept(owner) {
             return false;
         }
         let (id, _) = ConnId::from_owner(owner);
