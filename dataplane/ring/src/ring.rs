@@ -255,13 +255,13 @@ impl Ring {
     pub fn reap(&mut self) -> io::Result<()> {
         // The kernel ABI's flag (the crate keeps its constants private).
         const IORING_ENTER_GETEVENTS: u32 = 1;
-        // SAFETY: nothing to submit and no argument (a null pointer of size 0): the kernel
-        // reads no memory of ours; GETEVENTS with min_complete 0 runs the deferred work and
-        // returns without waiting.
+        // SAFETY: nothing to submit and no argument (a null pointer of size 0, `()`): the
+        // kernel reads no memory of ours; GETEVENTS with min_complete 0 runs the deferred
+        // work and returns without waiting.
         let result = unsafe {
             self.uring
                 .submitter()
-                .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+                .enter::<()>(0, 0, IORING_ENTER_GETEVENTS, None)
         };
         match result {
             Ok(_) => Ok(()),

@@ -190,7 +190,7 @@ pub struct WorkerStats {
     #[serde(default)]
     pub ring_buffers_held: u64,
     /// Clients accepted and not yet answered (their handshake in progress: TLS, head,
-    /// origin). While any waits, the worker's splice relay takes short turns.
+    /// origin). Their completions are served while a turn of relay work runs.
     #[serde(default)]
     pub handshakes_in_progress: u64,
     /// Stream reads copied out of the ring because it ran low, reads that found it empty,

@@ -562,6 +562,14 @@ fn a_plain_request_forwards_exactly_its_body() {
     sim.check_freed();
 }
 
+/// A client upgraded by the built-in `echo` function, its 101 written.
+fn upgraded_echo() -> Sim {
+    let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
+    sim.client_head(&upgrade_head());
+    sim.flush_all();
+    sim
+}
+
 #[test]
 fn echo_answers_the_upgrade_itself_and_ends_with_the_close_handshake() {
     let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
@@ -599,9 +607,7 @@ fn echo_answers_the_upgrade_itself_and_ends_with_the_close_handshake() {
 
 #[test]
 fn a_function_is_sent_close_1001_on_a_drain_and_on_idle_time() {
-    let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
-    sim.client_head(&upgrade_head());
-    sim.flush_all();
+    let mut sim = upgraded_echo();
     sim.handle(Input::DrainBy {
         deadline: 10_000,
         reason: CloseReason::Drained,
@@ -609,9 +615,7 @@ fn a_function_is_sent_close_1001_on_a_drain_and_on_idle_time() {
     sim.advance(7_000);
     sim.flush_all();
     assert!(sim.sides[0].written.ends_with(&build_close(1001, "")));
-    let mut idle = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
-    idle.client_head(&upgrade_head());
-    idle.flush_all();
+    let mut idle = upgraded_echo();
     idle.advance(60_000);
     idle.flush_all();
     assert!(idle.sides[0].written.ends_with(&build_close(1001, "")));
@@ -622,9 +626,7 @@ fn a_function_is_sent_close_1001_on_a_drain_and_on_idle_time() {
 /// no linger). Before, it lingered with no read armed until its linger deadline (2 s).
 #[test]
 fn a_half_closed_function_client_is_closed_at_once() {
-    let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
-    sim.client_head(&upgrade_head());
-    sim.flush_all();
+    let mut sim = upgraded_echo();
     sim.eof(Side::Client);
     assert!(
         sim.closed.is_some(),
@@ -639,9 +641,7 @@ fn a_half_closed_function_client_is_closed_at_once() {
 /// answered): its EOF, whenever it comes, ends the linger; until then its read stays armed.
 #[test]
 fn a_function_client_lingers_with_its_read_armed_until_its_eof() {
-    let mut sim = Sim::new(cfg(), vec![function_route(FunctionSpec::Echo)]);
-    sim.client_head(&upgrade_head());
-    sim.flush_all();
+    let mut sim = upgraded_echo();
     sim.recv(Side::Client, &masked(OpCode::Close, &close_payload(1000)));
     sim.flush_all();
     assert!(matches!(sim.session.ending(), Ending::Lingering { .. }));

@@ -392,8 +392,8 @@ impl Worker {
         }
     }
 
-    /// A client's handshake is over (answered, or the connection closed): the splice relay
-    /// may take long turns again once no other one waits (`splice.rs`).
+    /// A client's handshake is over (answered, or the connection closed): its completions
+    /// keep their place in the turn's order from now on (`turn.rs`).
     fn handshake_done(&mut self, slot: usize) {
         let c = &mut self.conns[slot];
         if c.handshaking {

@@ -124,8 +124,8 @@ pub(crate) struct Worker {
     drain_deadline: Option<Tick>,
     exit_when_empty: bool,
     completions: Vec<Completion>,
-    /// Completions of established connections held back while a client handshakes, oldest
-    /// first (turn.rs).
+    /// Completions a look took during the last turn that keep their place (relay work, the
+    /// wake), oldest first: the next turn dispatches them first (turn.rs).
     waiting: VecDeque<Completion>,
     /// Completions taken while a turn runs (reused; turn.rs).
     early: Vec<Completion>,

@@ -49,9 +49,9 @@ impl Worker {
         // connect, an answer) is submitted at the next look, not at the turn's end.
         let mut handshake_queued = false;
         for c in waited.drain(..).chain(completions.drain(..)) {
-            let relay = self.is_relay_work(&c);
+            let in_order = self.keeps_its_place(&c);
             self.dispatch(c);
-            if !relay {
+            if !in_order {
                 handshake_queued = true;
             } else if looked.elapsed() >= LOOK_EVERY {
                 self.look_for_new_clients(&mut handshake_queued)?;
@@ -74,7 +74,7 @@ impl Worker {
         let mut early = std::mem::take(&mut self.early);
         self.ring.drain(&mut early);
         for c in early.drain(..) {
-            if self.is_relay_work(&c) {
+            if self.keeps_its_place(&c) {
                 self.waiting.push_back(c);
             } else {
                 *handshake_queued = true;
@@ -98,7 +98,7 @@ impl Worker {
     /// deliveries it brings must not overtake the send completions before them (a
     /// subscriber's queue would look fuller than it is, and a reader keeping up could be cut
     /// off as a slow consumer).
-    fn is_relay_work(&self, c: &Completion) -> bool {
+    fn keeps_its_place(&self, c: &Completion) -> bool {
         let owner = c.owner.0;
         if owner == OWNER_WAKE {
             return true;
