@@ -116,7 +116,7 @@ pub enum OpData {
     /// `recv_head`'s buffer, its length advanced by the bytes received.
     Head(Vec<u8>),
     /// The chunks of a send, for [`crate::SendQueue::complete`] or [`crate::Ring::recycle`].
-    Sent(SentChunks),
+    Sent(Box<SentChunks>),
 }
 
 /// One completion of an operation.
@@ -146,19 +146,18 @@ pub(crate) enum Op {
     Accept {
         fd: RawFd,
     },
-    /// INVARIANT: `buf` has a spare capacity of at least 8 bytes, which the kernel may write
-    /// until the completion; nothing else touches it.
+    /// INVARIANT: the kernel may write the 8 bytes of `buf` until the completion; nothing
+    /// else touches them.
     Wake {
         fd: RawFd,
-        buf: Vec<u8>,
+        buf: Box<[u8; 8]>,
     },
-    /// INVARIANT: the kernel may write `asked` bytes of `buf`'s spare capacity, from
-    /// `buf.len()`, until the completion; `buf` is neither read, resized nor reallocated
-    /// meanwhile.
+    /// INVARIANT: the kernel may write `head.asked` bytes of `head.buf`'s spare capacity,
+    /// from `head.buf.len()`, until the completion; `head.buf` is neither read, resized nor
+    /// reallocated meanwhile.
     RecvHead {
         fd: RawFd,
-        buf: Vec<u8>,
-        asked: u32,
+        head: Box<HeadRead>,
     },
     /// `limit`: bytes after which the kernel ends it (0: none; needs Linux 6.16).
     RecvMulti {
@@ -173,7 +172,7 @@ pub(crate) enum Op {
     /// buffer ring and lies inside its buffer.
     Send {
         fd: RawFd,
-        sent: SentChunks,
+        sent: Box<SentChunks>,
     },
     /// INVARIANT: the address is only read by the kernel until the completion.
     Connect {
@@ -184,6 +183,15 @@ pub(crate) enum Op {
         fd: RawFd,
         events: u32,
     },
+}
+
+/// A head read's buffer and how many bytes of its spare capacity the kernel may write.
+/// Boxed in [`Op::RecvHead`]: every variant's memory is a pointer or two words, so a record
+/// in the op table is 32 bytes (each idle proxied connection keeps two recvs in it).
+#[derive(Debug)]
+pub(crate) struct HeadRead {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) asked: u32,
 }
 
 /// Where the unwritten bytes of `chunk` start, and how many there are. A `Chunk::Buf` must
@@ -231,15 +239,12 @@ impl Op {
             Op::Accept { fd } => opcode::AcceptMulti::new(types::Fd(*fd))
                 .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
                 .build(),
-            Op::Wake { fd, buf } => {
-                debug_assert!(buf.capacity() - buf.len() >= 8);
-                let spare = buf.spare_capacity_mut();
-                opcode::Read::new(types::Fd(*fd), spare.as_mut_ptr().cast(), 8).build()
-            }
-            Op::RecvHead { fd, buf, asked } => {
-                let spare = buf.spare_capacity_mut();
-                debug_assert!(*asked as usize <= spare.len());
-                opcode::Recv::new(types::Fd(*fd), spare.as_mut_ptr().cast(), *asked).build()
+            Op::Wake { fd, buf } => opcode::Read::new(types::Fd(*fd), buf.as_mut_ptr(), 8).build(),
+            Op::RecvHead { fd, head } => {
+                let asked = head.asked;
+                let spare = head.buf.spare_capacity_mut();
+                debug_assert!(asked as usize <= spare.len());
+                opcode::Recv::new(types::Fd(*fd), spare.as_mut_ptr().cast(), asked).build()
             }
             Op::RecvMulti { fd, limit } => {
                 let entry = opcode::RecvMulti::new(types::Fd(*fd), BUF_GROUP).build();
@@ -284,7 +289,8 @@ impl Op {
     /// The op's memory after its final completion with `result`: the kernel is done with it.
     pub(crate) fn finish(self, result: i32) -> OpData {
         match self {
-            Op::RecvHead { mut buf, asked, .. } => {
+            Op::RecvHead { head, .. } => {
+                let HeadRead { mut buf, asked } = *head;
                 if result > 0 {
                     let n = (result as u32).min(asked) as usize;
                     let new_len = (buf.len() + n).min(buf.capacity());

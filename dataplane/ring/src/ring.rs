@@ -14,7 +14,7 @@ use wsedge_proto::chunk::BufId;
 
 use crate::bufring::BufRing;
 use crate::op::{
-    CANCEL_USER_DATA, Completion, Op, OpData, OpId, Owner, next_generation, prepare_head,
+    CANCEL_USER_DATA, Completion, HeadRead, Op, OpData, OpId, Owner, next_generation, prepare_head,
 };
 use crate::send::SendQueue;
 use crate::sys::RawSockAddr;
@@ -38,6 +38,10 @@ struct Record {
     owner: Owner,
     op: Op,
 }
+
+// Every idle proxied connection keeps two records (a recv per side): issue 18's memory budget
+// per connection counts them. An op's own memory is boxed (see `Op`) to keep this.
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
 
 /// How long dropping a ring waits for its cancelled operations to complete before leaking
 /// their memory rather than freeing memory the kernel may still write.
@@ -157,7 +161,7 @@ impl Ring {
             owner,
             Op::Wake {
                 fd,
-                buf: Vec::with_capacity(8),
+                buf: Box::new([0; 8]),
             },
         )
     }
@@ -168,7 +172,8 @@ impl Ring {
     /// `OpData::Head(buf)` with its length advanced by the bytes received.
     pub fn recv_head(&mut self, owner: Owner, fd: RawFd, mut buf: Vec<u8>, max_len: usize) -> OpId {
         let asked = prepare_head(&mut buf, max_len);
-        self.start(owner, Op::RecvHead { fd, buf, asked })
+        let head = Box::new(HeadRead { buf, asked });
+        self.start(owner, Op::RecvHead { fd, head })
     }
 
     /// Multishot recv into the provided-buffer ring: each completion with `result > 0` names

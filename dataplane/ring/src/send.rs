@@ -14,8 +14,9 @@ use wsedge_proto::chunk::Chunk;
 use crate::bufring::BufRing;
 use crate::op::{MAX_BATCH, SendBatch};
 
-/// The chunks of one send operation, owned by it while the kernel reads them.
-#[derive(Debug)]
+/// The chunks of one send operation, owned by it while the kernel reads them. Boxed in the
+/// operation (its record in the op table stays 32 bytes: `ring.rs`) and reused by its queue.
+#[derive(Debug, Default)]
 pub struct SentChunks {
     /// At most [`MAX_BATCH`], in queue order.
     pub(crate) chunks: Vec<Chunk>,
@@ -72,7 +73,7 @@ impl SentChunks {
     }
 
     /// Gives back the provided buffers the chunks release and drops them.
-    pub(crate) fn release_all(self, bufs: &mut BufRing) {
+    pub(crate) fn release_all(&self, bufs: &mut BufRing) {
         for chunk in &self.chunks {
             if let Some(id) = chunk.releases() {
                 bufs.give_back(id);
@@ -142,7 +143,7 @@ impl SendQueue {
     /// Takes up to [`MAX_BATCH`] chunks from the front for a send, and marks it in flight.
     /// `None` if nothing is pending or a send is already in flight.
     /// Lends its `Chunk::Buf` buffers (see `SentChunks::lend`).
-    pub(crate) fn take_batch(&mut self, bufs: &mut BufRing) -> Option<SentChunks> {
+    pub(crate) fn take_batch(&mut self, bufs: &mut BufRing) -> Option<Box<SentChunks>> {
         self.inner.as_mut()?.take_batch(bufs)
     }
 
@@ -150,13 +151,13 @@ impl SendQueue {
     /// chunks are dropped (a releasing `Chunk::Buf` gives its buffer back); the partly written
     /// one and the unwritten ones go back to the front of the queue, in order, before anything
     /// pushed while the send was in flight.
-    pub fn complete(&mut self, sent: SentChunks, n: usize, bufs: &mut BufRing) -> Written {
+    pub fn complete(&mut self, sent: Box<SentChunks>, n: usize, bufs: &mut BufRing) -> Written {
         self.storage().complete(sent, n, bufs)
     }
 
     /// Accounts for a send that failed: its chunks and everything pending are dropped (the
     /// socket takes no more bytes), their provided buffers given back.
-    pub fn fail(&mut self, sent: SentChunks, bufs: &mut BufRing) {
+    pub fn fail(&mut self, sent: Box<SentChunks>, bufs: &mut BufRing) {
         self.storage().fail(sent, bufs);
     }
 
@@ -191,10 +192,9 @@ struct Queue {
     queued: usize,
     /// Bytes handed to the send in flight.
     in_flight: usize,
-    /// The last send's chunk vector (empty) and batch, for the next one: steady sending
-    /// allocates nothing.
-    spare_chunks: Vec<Chunk>,
-    spare_batch: Option<Box<SendBatch>>,
+    /// The last send's storage (its chunk vector emptied, its batch kept), for the next
+    /// one: steady sending allocates nothing.
+    spare: Option<Box<SentChunks>>,
 }
 
 impl Queue {
@@ -211,23 +211,16 @@ impl Queue {
         !self.pending.is_empty()
     }
 
-    fn take_batch(&mut self, bufs: &mut BufRing) -> Option<SentChunks> {
+    fn take_batch(&mut self, bufs: &mut BufRing) -> Option<Box<SentChunks>> {
         if self.sending || self.pending.is_empty() {
             return None;
         }
         let take = self.pending.len().min(MAX_BATCH);
-        let mut chunks = std::mem::take(&mut self.spare_chunks);
-        chunks.extend(self.pending.drain(..take));
-        let batch = if chunks.len() > 1 {
-            Some(self.spare_batch.take().unwrap_or_else(SendBatch::new))
-        } else {
-            None
-        };
-        let mut sent = SentChunks {
-            chunks,
-            batch,
-            lent: 0,
-        };
+        let mut sent = self.spare.take().unwrap_or_default();
+        sent.chunks.extend(self.pending.drain(..take));
+        if sent.chunks.len() > 1 && sent.batch.is_none() {
+            sent.batch = Some(SendBatch::new());
+        }
         let before = sent.bytes();
         sent.lend(bufs);
         self.in_flight = sent.bytes();
@@ -238,20 +231,16 @@ impl Queue {
     }
 
     /// Keeps a finished send's storage for the next one.
-    fn keep_storage(&mut self, mut chunks: Vec<Chunk>, batch: Option<Box<SendBatch>>) {
-        chunks.clear();
-        self.spare_chunks = chunks;
-        if batch.is_some() {
-            self.spare_batch = batch;
-        }
+    fn keep_storage(&mut self, mut sent: Box<SentChunks>) {
+        sent.chunks.clear();
+        sent.lent = 0;
+        self.spare = Some(sent);
     }
 
-    fn complete(&mut self, sent: SentChunks, n: usize, bufs: &mut BufRing) -> Written {
+    fn complete(&mut self, mut sent: Box<SentChunks>, n: usize, bufs: &mut BufRing) -> Written {
         self.sending = false;
         self.in_flight = 0;
-        let SentChunks {
-            mut chunks, batch, ..
-        } = sent;
+        let chunks = &mut sent.chunks;
         let mut left = n;
         let mut written = Written::default();
         let mut done = chunks.len();
@@ -278,22 +267,19 @@ impl Queue {
         for chunk in chunks.drain(..).rev() {
             self.pending.push_front(chunk);
         }
-        self.keep_storage(chunks, batch);
+        self.keep_storage(sent);
         written
     }
 
-    fn fail(&mut self, sent: SentChunks, bufs: &mut BufRing) {
+    fn fail(&mut self, mut sent: Box<SentChunks>, bufs: &mut BufRing) {
         self.sending = false;
         self.in_flight = 0;
-        let SentChunks {
-            mut chunks, batch, ..
-        } = sent;
-        for chunk in chunks.drain(..) {
+        for chunk in sent.chunks.drain(..) {
             if let Some(id) = chunk.releases() {
                 bufs.give_back(id);
             }
         }
-        self.keep_storage(chunks, batch);
+        self.keep_storage(sent);
         self.clear(bufs);
     }
 
@@ -312,8 +298,7 @@ impl Queue {
         if self.pending.is_empty() {
             self.pending = VecDeque::new();
         }
-        self.spare_chunks = Vec::new();
-        self.spare_batch = None;
+        self.spare = None;
     }
 }
 

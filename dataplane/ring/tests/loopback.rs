@@ -118,7 +118,7 @@ fn head(data: OpData) -> Vec<u8> {
     }
 }
 
-fn sent(data: OpData) -> SentChunks {
+fn sent(data: OpData) -> Box<SentChunks> {
     match data {
         OpData::Sent(s) => s,
         other => panic!("expected sent chunks, got {other:?}"),
