@@ -159,6 +159,10 @@ pub struct DataplaneConfig {
     /// Pin worker `i` to CPU `i % cpus` (the default). Off lets the scheduler move workers,
     /// which suits hosts where the proxy shares its cores with other busy processes.
     pub pin_workers: bool,
+    /// Let the kernel back the process's memory with transparent huge pages (default off:
+    /// the allocator asks for them, and they round every worker's heap up to 2 MiB steps,
+    /// with no throughput measured in return).
+    pub transparent_huge_pages: bool,
     /// Binary upgrade (`wsedgectl upgrade`, SIGUSR2): the window over which the old
     /// generation closes its connections once the new one is ready (default 60 s).
     pub upgrade_drain_window: Duration,
@@ -541,6 +545,7 @@ struct RawDataplane {
     drain_timeout: Option<Spanned<String>>,
     max_connections_per_worker: usize,
     pin_workers: bool,
+    transparent_huge_pages: bool,
     upgrade_drain_window: Option<Spanned<String>>,
     max_old_generations: usize,
     upgrade_ready_timeout: Option<Spanned<String>>,
@@ -554,6 +559,7 @@ impl Default for RawDataplane {
             drain_timeout: None,
             max_connections_per_worker: 50_000,
             pin_workers: true,
+            transparent_huge_pages: false,
             upgrade_drain_window: None,
             max_old_generations: 2,
             upgrade_ready_timeout: None,
@@ -1022,6 +1028,7 @@ impl Validator<'_> {
                 .unwrap_or(Duration::from_secs(10)),
             max_connections_per_worker: raw.max_connections_per_worker.max(1),
             pin_workers: raw.pin_workers,
+            transparent_huge_pages: raw.transparent_huge_pages,
             upgrade_drain_window: self
                 .duration(raw.upgrade_drain_window, "dataplane.upgrade_drain_window")?
                 .unwrap_or(Duration::from_secs(60)),
@@ -1590,6 +1597,16 @@ mod tests {
         assert!(config.firewall.rules.is_empty());
         assert!(config.dataplane.pin_workers);
         assert_eq!(config.relay.buffer_size, 32 * 1024);
+    }
+
+    #[test]
+    fn transparent_huge_pages_are_off_unless_asked_for() {
+        let route = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n";
+        let config = Config::from_toml(route, "t").expect("valid");
+        assert!(!config.dataplane.transparent_huge_pages);
+        let text = format!("[dataplane]\ntransparent_huge_pages = true\n{route}");
+        let config = Config::from_toml(&text, "t").expect("valid");
+        assert!(config.dataplane.transparent_huge_pages);
     }
 
     #[test]

@@ -69,6 +69,9 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_WORKER_DIED: u8 = 70;
 
 fn main() -> ExitCode {
+    // Huge pages off before anything else allocates (only later faults follow the setting).
+    // `run` sets them again from the configuration, and reports a failure then.
+    let _ = sys::set_transparent_huge_pages(false);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -191,6 +194,11 @@ fn run(
 ) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     wsedge_ring::probe().map_err(anyhow::Error::msg)?;
+    // Before the workers allocate their slabs: only later faults follow the setting.
+    let thp = config.dataplane.transparent_huge_pages;
+    if let Err(e) = sys::set_transparent_huge_pages(thp) {
+        tracing::warn!(error = %e, enabled = thp, "could not set transparent huge pages for the process");
+    }
     if !config.tls.listeners.is_empty() {
         match wsedge_ring::ktls::support() {
             Ok(()) => tracing::info!(

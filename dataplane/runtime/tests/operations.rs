@@ -8,7 +8,9 @@
 //!   configurations, through the exact daemon / `--dataplane apply` / daemon restart sequence;
 //! - configuration errors lead with `file:line: field: message` at the field's own line,
 //!   `wsedgectl stats` shows the measured handshake latency, and connection ids are short
-//!   (`1-42-7`), the same in `connections`, `kill`, the JSON views and the access log.
+//!   (`1-42-7`), the same in `connections`, `kill`, the JSON views and the access log;
+//! - transparent huge pages are off for the process unless `transparent_huge_pages = true`
+//!   (issue 18's idle memory).
 //!
 //! Needs the `wsedgectl` binary (`cargo test --workspace`); the metrics test also installs
 //! its parser with `scripts/prom-parser.sh` when `target/prom-venv` is missing.
@@ -632,6 +634,43 @@ async fn connection_ids_are_short_and_typed_back() {
         let bad = dir.ctl(&["kill", "1-2"]).await;
         assert_eq!(bad.code, 2, "{bad:#?}");
         assert!(bad.stderr.contains("1-42-7"), "{bad:#?}");
+    })
+    .await;
+}
+
+/// The kernel's view of the process's huge pages: `THP_enabled` in /proc/PID/status (Linux
+/// 5.0+), which `prctl(PR_SET_THP_DISABLE)` sets.
+fn thp_enabled(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("this kernel's /proc/PID/status has no THP_enabled line"));
+    value.trim() == "1"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_huge_pages_are_off_unless_configured() {
+    within(60, async {
+        let origin = EchoOrigin::start().await;
+        let config = Config::new()
+            .workers(1)
+            .route(Route::new("main", &[origin.addr]));
+        let default = Proxy::start_toml(&config.to_toml()).await;
+        assert!(!thp_enabled(default.pid()), "huge pages left on by default");
+        let mut ws = ws_connect(default.addr, "/").await;
+        assert_echo(&mut ws, Message::text("relays with them off")).await;
+
+        let toml = config.to_toml().replacen(
+            "[dataplane]\n",
+            "[dataplane]\ntransparent_huge_pages = true\n",
+            1,
+        );
+        let on = Proxy::start_toml(&toml).await;
+        assert!(
+            thp_enabled(on.pid()),
+            "transparent_huge_pages = true ignored"
+        );
     })
     .await;
 }

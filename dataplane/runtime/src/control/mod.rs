@@ -549,6 +549,10 @@ fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
         "dataplane.pin_workers",
     );
     check(
+        old.dataplane.transparent_huge_pages != new.dataplane.transparent_huge_pages,
+        "dataplane.transparent_huge_pages",
+    );
+    check(
         old.relay.buffer_size != new.relay.buffer_size,
         "relay.buffer_size",
     );
