@@ -24,7 +24,7 @@ use wsedge_proto::frame::{
     FrameTracker, OpCode, Role, TrackerConfig, apply_mask, encode_frame, parse_close_payload,
 };
 use wsedge_proto::session::frames::{FramesState, Piece, close_frame};
-use wsedge_proto::session::{FrameLimits, Side};
+use wsedge_proto::session::{CloseReason, FrameLimits, Side};
 
 /// One frame of a source stream.
 #[derive(Debug, Arbitrary)]
@@ -275,7 +275,7 @@ pub fn frames_relay(data: &[u8]) {
                     out[0].extend_from_slice(&now_bytes);
                 }
             }
-            Op::Graceful => state.graceful = true,
+            Op::Graceful => state.grace = Some((CloseReason::Drained, now)),
             Op::Advance(ms) => now += u64::from(ms),
         }
         for to in 0..2 {

@@ -201,6 +201,13 @@ impl<T> TimerWheel<T> {
         self.release(id.index)
     }
 
+    /// The deadline timer `id` was inserted with, while it is pending (`None` once it fired,
+    /// was cancelled, or `id` is otherwise stale). O(1). Its owner need not keep a copy.
+    pub fn deadline(&self, id: TimerId) -> Option<Tick> {
+        let entry = self.entries.get(id.index as usize)?;
+        (entry.generation == id.generation && entry.list != FREE).then_some(entry.deadline)
+    }
+
     /// Moves time forward to `now` and pushes the payload of every timer whose deadline is
     /// `<= now` onto `expired`.
     ///
@@ -613,6 +620,25 @@ mod tests {
         let mut big = TimerWheel::new(0);
         let far = (0..5).map(|i| big.insert(1, i)).last().unwrap();
         assert_eq!(wheel.cancel(far), None);
+    }
+
+    /// Every connection keeps one entry (issue 18's memory budget per idle connection): with
+    /// an 8-byte payload that has a niche (the worker's packed key), an entry is 32 bytes.
+    #[test]
+    fn an_entry_with_an_eight_byte_payload_is_32_bytes() {
+        assert_eq!(size_of::<Entry<std::num::NonZeroU64>>(), 32);
+    }
+
+    #[test]
+    fn deadline_is_known_while_pending_only() {
+        let mut wheel = TimerWheel::new(0);
+        let id = wheel.insert(70, 1);
+        assert_eq!(wheel.deadline(id), Some(70));
+        assert_eq!(drain(&mut wheel, 70), [1]);
+        assert_eq!(wheel.deadline(id), None, "fired");
+        let id = wheel.insert(80, 2);
+        wheel.cancel(id);
+        assert_eq!(wheel.deadline(id), None, "cancelled");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::reason::{CloseReason, Side};
 use crate::frame::{
     self, Event, FrameTracker, OpCode, Role, TrackerConfig, encode_frame, parse_close_payload,
 };
-use crate::wheel::Tick;
+use crate::wheel::{Deadline, Tick};
 
 /// A piece of what a chunk becomes on the way out.
 #[derive(Debug)]
@@ -79,8 +79,11 @@ pub struct FramesState {
     pings_sent: u64,
     /// Client message rate: capacity per second, tokens in thousandths, last refill.
     rate: Option<(u32, u64, Tick)>,
-    /// The proxy is ending the connection: close replies are absorbed.
-    pub graceful: bool,
+    /// The proxy is ending the connection (close replies are absorbed): why, and when its
+    /// grace period ends.
+    pub grace: Option<(CloseReason, Tick)>,
+    /// A keepalive ping is out; its pong is due by then.
+    pub ping_deadline: Deadline,
     /// After a violation: the Close (side, code) owed to the violator, sent once the other
     /// side finished (its answers to what came before the violation are still relayed).
     pub deferred_close: Option<(Side, u16)>,
@@ -110,7 +113,8 @@ impl FramesState {
             rate: limits
                 .client_message_rate
                 .map(|r| (r, u64::from(r) * 1000, now)),
-            graceful: false,
+            grace: None,
+            ping_deadline: Deadline::NEVER,
             deferred_close: None,
         }
     }
@@ -167,7 +171,7 @@ impl FramesState {
                         // unsolicited pongs; dropping those is harmless, RFC 6455 §5.5.3).
                         OpCode::Pong => from == Side::Client && self.ping.is_some(),
                         // A close reply to the proxy's Close.
-                        OpCode::Close => self.graceful,
+                        OpCode::Close => self.grace.is_some(),
                         _ => false,
                     };
                     self.dropping[f] = ours_to_absorb || self.close_sent[to];

@@ -74,8 +74,10 @@ impl Session {
         if outcome.close_received {
             self.first_close.get_or_insert(from);
         }
-        if outcome.pong {
-            self.ping_deadline = Deadline::NEVER;
+        if outcome.pong
+            && let Stage::Frames(state) = &mut self.stage
+        {
+            state.ping_deadline = Deadline::NEVER;
         }
         if let Some((code, reason)) = outcome.violation {
             self.frames_violation(from, code, reason, env);
@@ -122,16 +124,15 @@ impl Session {
         let Stage::Frames(state) = &mut self.stage else {
             return self.close(reason, env);
         };
-        if state.graceful {
+        if state.grace.is_some() {
             return;
         }
-        state.graceful = true;
         let Some(route) = self.route.clone() else {
             return self.close(reason, env);
         };
-        self.graceful = Some((reason, env.now.saturating_add(route.frames.close_grace_ms)));
-        self.ping_deadline = Deadline::NEVER;
-        self.close_at = None;
+        state.grace = Some((reason, env.now.saturating_add(route.frames.close_grace_ms)));
+        state.ping_deadline = Deadline::NEVER;
+        self.close_at = Deadline::NEVER;
         let (code, text) = (route.frames.close_code, route.frames.close_reason.as_str());
         self.frames_send_close(Side::Client, code, text, env);
         self.frames_send_close(Side::Origin, code, text, env);
@@ -150,10 +151,9 @@ impl Session {
         };
         // Its stream is broken: no close reply is expected from it.
         state.close_received[violator.index()] = true;
-        if state.graceful {
+        if state.grace.is_some() {
             return;
         }
-        state.graceful = true;
         // The other side first: what it still sends (answers to the violator's valid frames
         // before the violation) reaches the violator before its Close, as it would directly.
         state.deferred_close = Some((violator, code));
@@ -161,16 +161,16 @@ impl Session {
             .route
             .as_ref()
             .map_or(LINGER_MS, |r| r.frames.close_grace_ms);
-        self.graceful = Some((reason, env.now.saturating_add(grace)));
-        self.ping_deadline = Deadline::NEVER;
-        self.close_at = None;
+        state.grace = Some((reason, env.now.saturating_add(grace)));
+        state.ping_deadline = Deadline::NEVER;
+        self.close_at = Deadline::NEVER;
         self.frames_send_close(violator.other(), 1001, "going away", env);
     }
 
     /// The graceful close's progress: the Close owed to a violator once the other side is
     /// done; the end once both close handshakes are.
     pub(super) fn frames_progress(&mut self, env: &mut Env<'_>) {
-        let Some((reason, _)) = self.graceful else {
+        let Some((reason, _)) = self.grace() else {
             return;
         };
         let eof = [self.flows[0].eof, self.flows[1].eof];

@@ -167,7 +167,7 @@ impl Session {
                     for_function: Some(function),
                     peer_tls: tls,
                 }));
-                self.origin = Some(addr);
+                self.origin = Some(addr.into());
                 let connect_ms = route.map_or(5_000, |r| r.timers.connect_ms);
                 self.step_deadline = Deadline::at(env.now.saturating_add(connect_ms));
                 env.out.push(Output::Connect(addr));

@@ -180,7 +180,7 @@ impl Session {
         stage.tried |= 1 << index;
         stage.attempts += 1;
         self.hold_origin(route, Some(index));
-        self.origin = Some(addr);
+        self.origin = Some(addr.into());
         self.step_deadline = Deadline::at(env.now.saturating_add(route.timers.connect_ms));
         env.out.push(Output::Connect(addr));
     }
@@ -467,7 +467,7 @@ impl Session {
                     response,
                     traceback,
                     &route.name,
-                    self.origin,
+                    self.origin(),
                     env.worker,
                 ),
                 None => response,

@@ -20,6 +20,7 @@
 //! Outputs go into a sink the worker owns ([`Env::out`]) rather than a queue in each
 //! session: an idle connection then keeps no output buffer.
 
+mod addr;
 mod ending;
 mod flow;
 pub mod frames;
@@ -46,6 +47,7 @@ pub use io::{AfterFlush, ConnectFailure, Ending, Env, Input, Metric, Output, Pha
 pub use policy::{FrameLimits, LINGER_MS, RelayMode, Route, RouteTimers, SessionConfig};
 pub use reason::{CloseReason, Fault, Refusal, Side};
 
+use self::addr::PackedAddr;
 use self::flow::Flow;
 use self::frames::{ChunkOutcome, FramesState, Piece};
 use self::head::{HeadDecision, HeadFacts};
@@ -173,22 +175,21 @@ pub struct Session {
     stage: Stage,
     ending: Ending,
     route: Option<Rc<Route>>,
-    origin: Option<SocketAddr>,
+    origin: Option<PackedAddr>,
     /// The origin's index in its route's pool while this connection counts on it (least
     /// connections); `None` for a function's peer.
     origin_index: Option<u8>,
-    peer: SocketAddr,
+    peer: PackedAddr,
     accepted_at: Tick,
     last_activity: Tick,
     /// Deadline of the current handshake step (head, connect, origin answer).
     step_deadline: Deadline,
     max_deadline: Deadline,
-    /// A graceful close scheduled (a drain).
-    close_at: Option<(Tick, CloseReason)>,
-    /// A graceful close under way (frames): why, and when its grace ends.
-    graceful: Option<(CloseReason, Tick)>,
-    /// A keepalive ping is out (frames); its pong is due by then.
-    ping_deadline: Deadline,
+    /// A graceful close scheduled (a drain), for `close_reason`. Two fields rather than an
+    /// `Option<(Tick, CloseReason)>`: the reason packs with the small fields (issue 18's
+    /// memory budget).
+    close_at: Deadline,
+    close_reason: CloseReason,
     status: Option<u16>,
     websocket: bool,
     flows: [Flow; 2],
@@ -229,14 +230,13 @@ impl Session {
             route: None,
             origin: None,
             origin_index: None,
-            peer,
+            peer: peer.into(),
             accepted_at: now,
             last_activity: now,
             step_deadline: Deadline::at(now.saturating_add(cfg.handshake_ms)),
             max_deadline: Deadline::NEVER,
-            close_at: None,
-            graceful: None,
-            ping_deadline: Deadline::NEVER,
+            close_at: Deadline::NEVER,
+            close_reason: CloseReason::Drained,
             status: None,
             websocket: false,
             flows: [Flow::default(), Flow::default()],
@@ -284,14 +284,13 @@ impl Session {
             route: Some(route),
             origin: None,
             origin_index: None,
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)).into(),
             accepted_at: now,
             last_activity: now,
             step_deadline: Deadline::NEVER,
             max_deadline: Deadline::NEVER,
-            close_at: None,
-            graceful: None,
-            ping_deadline: Deadline::NEVER,
+            close_at: Deadline::NEVER,
+            close_reason: CloseReason::Drained,
             status: None,
             websocket: true,
             flows: [Flow::default(), Flow::default()],
@@ -350,11 +349,11 @@ impl Session {
 
     /// The origin (or peer) connected to, if any.
     pub fn origin(&self) -> Option<SocketAddr> {
-        self.origin
+        self.origin.map(PackedAddr::get)
     }
 
     pub fn peer(&self) -> SocketAddr {
-        self.peer
+        self.peer.get()
     }
 
     /// Bytes received from the client (its head, then what was relayed).
@@ -420,7 +419,7 @@ impl Session {
             Ending::Flushing { until, .. } | Ending::Lingering { until, .. } => return Some(until),
             Ending::Closed(_) => return None,
         }
-        if let Some((_, grace_end)) = self.graceful {
+        if let Some((_, grace_end)) = self.grace() {
             return Some(grace_end);
         }
         let relaying = matches!(
@@ -432,7 +431,8 @@ impl Session {
             .as_ref()
             .filter(|_| relaying && !self.is_clientless())
             .map(|r| self.last_activity.saturating_add(r.timers.idle_ms));
-        let ping_due = match (&self.stage, &self.route, self.ping_deadline.get()) {
+        let ping_deadline = self.ping_deadline();
+        let ping_due = match (&self.stage, &self.route, ping_deadline.get()) {
             (Stage::Frames(_), Some(r), None) => r
                 .frames
                 .keepalive_ms
@@ -444,8 +444,8 @@ impl Session {
             idle,
             self.max_deadline.get(),
             ping_due,
-            self.ping_deadline.get(),
-            self.close_at.map(|(t, _)| t),
+            ping_deadline.get(),
+            self.close_at.get(),
         ]
         .into_iter()
         .flatten()
@@ -540,8 +540,25 @@ impl Session {
     }
 
     fn schedule_close(&mut self, at: Tick, reason: CloseReason) {
-        if self.close_at.is_none_or(|(t, _)| at < t) {
-            self.close_at = Some((at, reason));
+        if self.close_at.get().is_none_or(|t| at < t) {
+            self.close_at = Deadline::at(at);
+            self.close_reason = reason;
+        }
+    }
+
+    /// A graceful close under way (frames): why, and when its grace ends.
+    fn grace(&self) -> Option<(CloseReason, Tick)> {
+        match &self.stage {
+            Stage::Frames(state) => state.grace,
+            _ => None,
+        }
+    }
+
+    /// When the keepalive ping that is out (frames) must have its pong.
+    fn ping_deadline(&self) -> Deadline {
+        match &self.stage {
+            Stage::Frames(state) => state.ping_deadline,
+            _ => Deadline::NEVER,
         }
     }
 }

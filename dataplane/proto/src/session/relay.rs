@@ -263,7 +263,7 @@ impl Session {
         }
         if let Some(reason) = self.finished() {
             if upgraded {
-                let reason = self.graceful.map_or(reason, |(r, _)| r);
+                let reason = self.grace().map_or(reason, |(r, _)| r);
                 self.close(reason, env);
             } else {
                 self.linger(reason, env);

@@ -1069,5 +1069,5 @@ fn an_outbound_session_runs_a_peer_with_no_client_and_closes_after_its_last_byte
 #[test]
 fn session_fits_its_memory_budget() {
     let size = std::mem::size_of::<Session>();
-    assert!(size <= 312, "Session is {size} B, over its 312 B budget");
+    assert!(size <= 264, "Session is {size} B, over its 264 B budget");
 }

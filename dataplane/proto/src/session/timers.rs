@@ -48,7 +48,7 @@ impl Session {
                 }
             };
         }
-        if let Some((reason, grace_end)) = self.graceful {
+        if let Some((reason, grace_end)) = self.grace() {
             // Only the grace period counts now: the close handshake is in progress.
             if now >= grace_end {
                 self.close(reason, env);
@@ -58,13 +58,11 @@ impl Session {
         if self.max_deadline.get().is_some_and(|d| now >= d) {
             return self.shutdown_gracefully(CloseReason::MaxConnectionTime, env);
         }
-        if let Some((at, reason)) = self.close_at
-            && now >= at
-        {
-            self.close_at = None;
-            return self.shutdown_gracefully(reason, env);
+        if self.close_at.get().is_some_and(|at| now >= at) {
+            self.close_at = Deadline::NEVER;
+            return self.shutdown_gracefully(self.close_reason, env);
         }
-        if self.ping_deadline.get().is_some_and(|d| now >= d) {
+        if self.ping_deadline().get().is_some_and(|d| now >= d) {
             return self.close(CloseReason::KeepaliveTimeout, env);
         }
         let Some(route) = self.route.clone() else {
@@ -86,10 +84,10 @@ impl Session {
             return self.close(CloseReason::IdleTimeout, env);
         }
         if let (Stage::Frames(state), Some(ms)) = (&mut self.stage, route.frames.keepalive_ms)
-            && !self.ping_deadline.is_set()
+            && !state.ping_deadline.is_set()
             && now >= self.last_activity.saturating_add(ms)
         {
-            self.ping_deadline =
+            state.ping_deadline =
                 Deadline::at(now.saturating_add(route.frames.keepalive_timeout_ms));
             let frame = state.ping_frame();
             self.frames_inject(Side::Client, frame, false, env);

@@ -166,7 +166,7 @@ impl Worker {
         if !self.accept_paused {
             self.accept_paused = true;
             let at = self.now() + ACCEPT_BACKOFF_MS;
-            self.wheel.insert(at, TimerKey::AcceptResume);
+            self.wheel.insert(at, TimerKey::AcceptResume.pack());
         }
     }
 }

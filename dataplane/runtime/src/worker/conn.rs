@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use wsedge_proto::session::{
     CloseReason, ConnectFailure, Env, Input, Metric, Output, PeerTransport, Session, Side,
 };
-use wsedge_proto::wheel::{Tick, TimerId};
+use wsedge_proto::wheel::TimerId;
 use wsedge_ring::{Completion, OpData, OpId, OpKind, Owner, SendQueue, sys};
 
 use super::splice::SpliceDir;
@@ -63,10 +63,14 @@ pub(super) struct SideIo {
     pub(super) recv: Option<OpId>,
     /// That read is being cancelled (the session asked to stop).
     pub(super) stopping: bool,
-    pub(super) connect: Option<OpId>,
-    pub(super) watch: Option<OpId>,
+    /// A side's one handshake operation: the connect on the origin side, the watch for the
+    /// client leaving while the origin answers on the client side (one field for both:
+    /// every connection keeps this record, idle ones too).
+    pub(super) pending: Option<OpId>,
     /// The splice relay of the bytes coming from this socket.
     pub(super) splice: Option<Box<SpliceDir>>,
+    /// That splice waits for TLS records to be written before the kTLS hand-off (`ktls.rs`).
+    pub(super) splice_waiting: bool,
 }
 
 impl SideIo {
@@ -85,15 +89,14 @@ pub(super) struct Conn {
     pub(super) session: Session,
     pub(super) sides: [SideIo; 2],
     /// Operations in flight (a multishot one counts once, until its final completion).
-    pub(super) ops: u32,
-    /// When it was accepted, in µs since the worker started (handshake latency).
-    pub(super) accepted_us: u64,
-    pub(super) timer: Option<(TimerId, Tick)>,
-    /// Splices (by source side) waiting for TLS records to be written before the kTLS
-    /// hand-off (`ktls.rs`).
-    pub(super) splice_waiting: [bool; 2],
+    pub(super) ops: u16,
     /// A client accepted and not yet answered (counted in `Worker::handshaking`).
     pub(super) handshaking: bool,
+    /// When it was accepted, in µs since the worker started, modulo 2^32 (71 minutes: a
+    /// handshake ends long before; see `handshake_took`).
+    accepted_us: u32,
+    /// Its one wheel entry (the wheel keeps the deadline).
+    pub(super) timer: Option<TimerId>,
 }
 
 impl Conn {
@@ -103,11 +106,15 @@ impl Conn {
             session,
             sides: [SideIo::new(fd), SideIo::new(-1)],
             ops: 0,
-            accepted_us,
-            timer: None,
-            splice_waiting: [false; 2],
             handshaking: false,
+            accepted_us: accepted_us as u32,
+            timer: None,
         }
+    }
+
+    /// µs from its accept to `now_us` (both in µs since the worker started).
+    pub(super) fn handshake_took(&self, now_us: u64) -> u64 {
+        u64::from((now_us as u32).wrapping_sub(self.accepted_us))
     }
 }
 
@@ -193,18 +200,18 @@ impl Worker {
             Output::Connect(addr) => self.connect(slot, addr),
             Output::WatchClient => {
                 let io = &mut c.sides[0];
-                if io.watch.is_none() {
+                if io.pending.is_none() {
                     let op = self.ring.poll(
                         owner(id, Purpose::Watch, Side::Client),
                         io.fd,
                         libc::POLLRDHUP as u32,
                     );
-                    io.watch = Some(op);
+                    io.pending = Some(op);
                     c.ops += 1;
                 }
             }
             Output::UnwatchClient => {
-                let op = c.sides[0].watch;
+                let op = c.sides[0].pending;
                 self.cancel(op);
             }
             Output::Send { to, chunk } => {
@@ -272,9 +279,9 @@ impl Worker {
             }
             Output::Abort(side) => {
                 let io = &mut c.sides[side.index()];
-                match io.connect {
-                    Some(op) => self.ring.cancel(op),
-                    None => sys::shutdown(io.fd, libc::SHUT_RDWR),
+                match (side, io.pending) {
+                    (Side::Origin, Some(connect)) => self.ring.cancel(connect),
+                    _ => sys::shutdown(io.fd, libc::SHUT_RDWR),
                 }
             }
             Output::Release(buf) => self.ring.buffers().give_back(buf),
@@ -324,7 +331,7 @@ impl Worker {
             Ok(fd) => {
                 let _ = sys::set_nodelay(fd);
                 io.fd = fd;
-                io.connect = Some(self.ring.connect(
+                io.pending = Some(self.ring.connect(
                     owner(c.id, Purpose::Connect, Side::Origin),
                     fd,
                     addr,
@@ -359,7 +366,7 @@ impl Worker {
             Metric::Upgraded => {
                 self.handshake_done(slot);
                 self.stats.upgraded += 1;
-                let took = self.now_us().saturating_sub(self.conns[slot].accepted_us);
+                let took = self.conns[slot].handshake_took(self.now_us());
                 let _ = self.handshake_us.record(took.max(1));
                 if let Some(deadline) = self.drain_deadline {
                     self.deferred
@@ -369,7 +376,7 @@ impl Worker {
             Metric::PlainHttp => {
                 self.handshake_done(slot);
                 self.stats.plain_http += 1;
-                let took = self.now_us().saturating_sub(self.conns[slot].accepted_us);
+                let took = self.conns[slot].handshake_took(self.now_us());
                 let _ = self.handshake_us.record(took.max(1));
             }
             Metric::Firewall => self.stats.firewall += 1,
@@ -411,7 +418,7 @@ impl Worker {
         if c.session.firewall_admitted() {
             self.fw_state.on_connection_close(c.session.peer().ip());
         }
-        if let Some((timer, _)) = c.timer.take() {
+        if let Some(timer) = c.timer.take() {
             self.wheel.cancel(timer);
         }
         *self.stats.closed.entry(reason.as_str()).or_default() += 1;
@@ -446,8 +453,7 @@ impl Worker {
         let mut ops = Vec::new();
         for io in &mut c.sides {
             ops.extend(io.recv.filter(|_| !io.stopping));
-            ops.extend(io.connect);
-            ops.extend(io.watch);
+            ops.extend(io.pending);
             if let Some(splice) = &io.splice {
                 ops.extend(splice.poll);
             }
@@ -467,7 +473,7 @@ impl Worker {
             return;
         }
         let mut c = self.conns.remove(slot);
-        if let Some((timer, _)) = c.timer.take() {
+        if let Some(timer) = c.timer.take() {
             self.wheel.cancel(timer);
         }
         for io in &mut c.sides {
@@ -534,7 +540,7 @@ impl Worker {
                 }
             }
             (Some(Purpose::Connect), OpKind::Connect) => {
-                self.conns[slot].sides[1].connect = None;
+                self.conns[slot].sides[1].pending = None;
                 let result = match -c.result {
                     0 => Ok(()),
                     libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
@@ -552,7 +558,7 @@ impl Worker {
                 }
             }
             (Some(Purpose::Watch), OpKind::Poll) => {
-                self.conns[slot].sides[0].watch = None;
+                self.conns[slot].sides[0].pending = None;
                 if c.result == -libc::ECANCELED {
                     return;
                 }
@@ -578,16 +584,15 @@ mod tests {
     use super::*;
 
     /// A connection's record lives in the worker's slab for its whole life, idle ones too
-    /// (issue 18: ≤ 512 B per idle proxied connection in all). Per-side state that only a
-    /// busy or special connection needs is boxed (the send queue's storage, a splice, TLS).
-    /// 464 B: the 448 B of issue 18's change plus the `Transport` (one pointer per side,
-    /// null for plain TCP) that TLS termination added.
+    /// (issue 18: ≤ 512 B per idle proxied connection in all, with its two recvs in the
+    /// ring's op table, 32 B each, and its timer-wheel entry, 32 B). Per-side state that only
+    /// a busy or special connection needs is boxed (the send queue's storage, a splice, TLS).
     #[test]
     fn connection_record_fits_its_memory_budget() {
         let (conn, side) = (std::mem::size_of::<Conn>(), std::mem::size_of::<SideIo>());
         assert!(
-            conn <= 464,
-            "Conn is {conn} B, over its 464 B budget (SideIo {side} B)"
+            conn <= 384,
+            "Conn is {conn} B, over its 384 B budget (SideIo {side} B)"
         );
     }
 }

@@ -190,7 +190,7 @@ impl Worker {
                 if let Some((timer, _)) = current {
                     self.wheel.cancel(timer);
                 }
-                let timer = self.wheel.insert(w, TimerKey::Functions);
+                let timer = self.wheel.insert(w, TimerKey::Functions.pack());
                 self.functions.timer = Some((timer, w));
             }
             (Some((timer, _)), None) => {

@@ -48,10 +48,10 @@ impl Worker {
             let Some(c) = self.conns.get_mut(slot) else {
                 return;
             };
-            if !c.splice_waiting[from.index()] || c.session.is_closed() {
+            if !c.sides[from.index()].splice_waiting || c.session.is_closed() {
                 continue;
             }
-            c.splice_waiting[from.index()] = false;
+            c.sides[from.index()].splice_waiting = false;
             match self.ktls_step(slot) {
                 Step::Splice => self.splice_start(slot, from),
                 Step::Wait => self.splice_wait(slot, from),
@@ -64,7 +64,7 @@ impl Worker {
     /// The splice from `from` waits for a send to complete; records rustls still holds are
     /// queued, so that one will.
     fn splice_wait(&mut self, slot: usize, from: Side) {
-        self.conns[slot].splice_waiting[from.index()] = true;
+        self.conns[slot].sides[from.index()].splice_waiting = true;
         for side in [Side::Client, Side::Origin] {
             self.tls_flush(slot, side);
         }

@@ -19,6 +19,7 @@ pub(crate) mod mailbox;
 mod reads;
 mod retire;
 mod splice;
+mod timer_key;
 mod tls;
 mod trim;
 mod turn;
@@ -41,6 +42,7 @@ use self::accept::Listener;
 use self::conn::Conn;
 use self::functions::Functions;
 use self::mailbox::{Command, Mailbox};
+use self::timer_key::{PackedKey, TimerKey};
 use crate::access_log::AccessLog;
 use crate::bus::{Bus, BusMessage};
 use crate::conn_id::ConnId;
@@ -53,20 +55,6 @@ const RING_ENTRIES: u32 = 4096;
 /// in their top byte).
 const OWNER_WAKE: u64 = 0xff << 56;
 const OWNER_ACCEPT: u64 = 0xfe << 56;
-
-/// What the timer wheel holds: a connection's one timer, or one of the loop's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimerKey {
-    Conn(ConnId),
-    /// Accepting resumes after running out of descriptors.
-    AcceptResume,
-    /// A drain's deadline: what is left is closed.
-    DrainDeadline,
-    /// The JavaScript functions' next timer (one entry for the whole host).
-    Functions,
-    /// The memory trim's tick (trim.rs).
-    Trim,
-}
 
 /// What a worker is given at start.
 #[derive(Debug)]
@@ -97,7 +85,7 @@ pub(crate) struct Worker {
     routes: Vec<Rc<Route>>,
     conns: Slab<Conn>,
     next_generation: u32,
-    wheel: TimerWheel<TimerKey>,
+    wheel: TimerWheel<PackedKey>,
     listeners: Vec<Listener>,
     accepting: bool,
     /// Accept ran out of descriptors and has not succeeded since (warn once per episode).
@@ -129,7 +117,7 @@ pub(crate) struct Worker {
     waiting: VecDeque<Completion>,
     /// Completions taken while a turn runs (reused; turn.rs).
     early: Vec<Completion>,
-    expired: Vec<TimerKey>,
+    expired: Vec<PackedKey>,
     /// The outputs of the session being handled (reused).
     out: Vec<Output>,
     /// Inputs the worker produced while applying outputs, fed after them.
@@ -307,7 +295,7 @@ impl Worker {
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(now, &mut expired);
         for key in expired.drain(..) {
-            match key {
+            match key.unpack() {
                 TimerKey::Conn(id) => {
                     if let Some(slot) = self.live_slot(id) {
                         self.conns[slot].timer = None;
@@ -428,14 +416,14 @@ impl Worker {
     fn rearm_timer(&mut self, slot: usize) {
         let c = &mut self.conns[slot];
         let want = c.session.poll_timeout();
-        match (c.timer, want) {
+        let armed = c.timer.and_then(|t| Some((t, self.wheel.deadline(t)?)));
+        match (armed, want) {
             (Some((_, at)), Some(w)) if w >= at => {}
             (current, Some(w)) => {
                 if let Some((timer, _)) = current {
                     self.wheel.cancel(timer);
                 }
-                let timer = self.wheel.insert(w, TimerKey::Conn(c.id));
-                c.timer = Some((timer, w));
+                c.timer = Some(self.wheel.insert(w, TimerKey::Conn(c.id).pack()));
             }
             (Some((timer, _)), None) => {
                 self.wheel.cancel(timer);
@@ -456,7 +444,7 @@ impl Worker {
             let deadline = now + t.as_millis() as Tick;
             if self.drain_deadline.is_none_or(|d| deadline < d) {
                 self.drain_deadline = Some(deadline);
-                self.wheel.insert(deadline, TimerKey::DrainDeadline);
+                self.wheel.insert(deadline, TimerKey::DrainDeadline.pack());
             }
             let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for slot in slots {
