@@ -72,7 +72,7 @@ impl SentChunks {
         }
     }
 
-    /// Gives back the provided buffers the chunks release and drops them.
+    /// Gives back the provided buffers the chunks release (the caller then drops them).
     pub(crate) fn release_all(&self, bufs: &mut BufRing) {
         for chunk in &self.chunks {
             if let Some(id) = chunk.releases() {

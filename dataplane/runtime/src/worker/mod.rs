@@ -298,7 +298,12 @@ impl Worker {
             match key.unpack() {
                 TimerKey::Conn(id) => {
                     if let Some(slot) = self.live_slot(id) {
-                        self.conns[slot].timer = None;
+                        // The entry that fired is gone from the wheel; one armed since (the
+                        // connection was fed earlier in this batch) is kept.
+                        let c = &mut self.conns[slot];
+                        if c.timer.is_some_and(|t| self.wheel.deadline(t).is_none()) {
+                            c.timer = None;
+                        }
                         self.feed(slot, Input::Timeout);
                         self.pump_functions();
                         self.maybe_free(slot);
