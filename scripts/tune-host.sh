@@ -28,8 +28,8 @@ if [ "$APPLY" = 1 ] && [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 
-# key|wanted|kind|why   (kind: min = at least this number, range = at least this wide,
-#                        exact = this value)
+# key|wanted|kind|why   (kind: min = at least this number, min0 = at least this number or 0
+#                        for no limit, range = at least this wide, exact = this value)
 SETTINGS=(
 "fs.file-max|4194304|min|every client and every origin connection is a descriptor; the system-wide cap must sit far above the sum of the services' LimitNOFILE"
 "fs.nr_open|1048576|min|the largest LimitNOFILE a process may get: wsedge.service asks for 1048576"
@@ -43,6 +43,7 @@ SETTINGS=(
 "net.ipv4.tcp_keepalive_time|600|max|idle WebSockets through NATs and load balancers: find dead peers in minutes, not after two hours"
 "net.core.rmem_max|16777216|min|lets relays with large buffers (relay.buffer_size, splice pipes) get big socket buffers when they ask"
 "net.core.wmem_max|16777216|min|the same for sending"
+"fs.pipe-user-pages-soft|1048576|min0|pages of pipe capacity a user without CAP_SYS_RESOURCE may hold (default 16384 = 64 MiB): wsedge.service runs as the user wsedge, each splice direction with bytes in flight holds a relay.pipe_size pipe (64 KiB) and each worker keeps up to relay.pipe_pool (256) free ones, so four workers can reach the default limit; past the limit new pipes get 8 KiB and wsedge relays those directions buffered (counted in wsedge_splice_fallbacks_total). Capacity, not memory: an empty pipe holds no pages"
 "vm.max_map_count|262144|min|each io_uring ring and provided-buffer ring is a mapping; many workers with big rings need more than the default 65530"
 )
 
@@ -53,6 +54,7 @@ ok_value() { # kind wanted have
     [ -n "$have" ] || return 1
     case "$kind" in
         min) [ "$have" -ge "$wanted" ] ;;
+        min0) [ "$have" = 0 ] || [ "$have" -ge "$wanted" ] ;;
         max) [ "$have" -le "$wanted" ] ;;
         exact) [ "$have" = "$wanted" ] ;;
         range)

@@ -189,7 +189,9 @@ pub struct RelayConfig {
     /// Buffers in each worker's ring (a power of two, up to 32768).
     pub buffer_count: u16,
     pub max_in_flight: u32,
+    /// Free pipes each worker keeps for the splice relay.
     pub pipe_pool: usize,
+    /// Bytes each splice pipe is asked to hold (4 KiB ..= 1 MiB).
     pub pipe_size: u32,
 }
 
@@ -610,6 +612,9 @@ impl Default for RawRelay {
             buffer_size: Spanned::new(0..0, 32 * 1024),
             buffer_count: Spanned::new(0..0, 1024),
             max_in_flight: Spanned::new(0..0, 64 * 1024),
+            // The kernel's default pipe size. 256 KiB pipes relayed unbounded 16 KiB floods
+            // faster but let the host's TCP memory reach its pressure mark, where some
+            // connections starved (docs/benchmarks.md, "Pipe size and TCP memory").
             pipe_pool: 256,
             pipe_size: Spanned::new(0..0, 64 * 1024),
         }

@@ -275,14 +275,23 @@ pub fn close(fd: RawFd) {
     }
 }
 
-/// A non-blocking pipe `(read end, write end)` of `size` bytes for the splice relay.
-pub fn pipe(size: u32) -> io::Result<(RawFd, RawFd)> {
+/// A non-blocking pipe for the splice relay, asked to hold `size` bytes: `(read end, write
+/// end, the capacity the kernel gave)`, which may be less than asked (see [`crate::pipes`]).
+pub fn pipe(size: u32) -> io::Result<(RawFd, RawFd, u32)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two ints.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
-    // SAFETY: plain fcntl on a pipe we own; failure leaves the default size, which is fine.
-    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, size as libc::c_int) };
-    Ok((fds[0], fds[1]))
+    // SAFETY: plain fcntl on a pipe we own. It returns the capacity the kernel set (it rounds
+    // up to pages); it fails (EPERM) for a user past `fs.pipe-user-pages-soft` without
+    // CAP_SYS_RESOURCE, and the pipe keeps the size it was made with.
+    let set = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, size as libc::c_int) };
+    let capacity = if set > 0 {
+        set
+    } else {
+        // SAFETY: plain fcntl on a pipe we own.
+        unsafe { libc::fcntl(fds[1], libc::F_GETPIPE_SZ) }
+    };
+    Ok((fds[0], fds[1], capacity.max(0) as u32))
 }
 
 /// One non-blocking `splice(2)` of up to `len` bytes from `from` to `to` (one of them a
