@@ -9,6 +9,7 @@
 #   w2-50addrs   2 workers, generator spread over 127.0.0.1-127.0.0.50 (the reuseport
 #                steering hashes the client address: one address, one worker)
 #   w2-1addr     2 workers, one source address: every connection on one worker
+#   w2-1addr-conn  the same with `steering = "connection"`: the kernel spreads them
 # each running the unbounded 64 B and 16 KiB floods (6 s) and the handshake loop (50 loops,
 # 4 s). Prints one line per run: delivered msg/s and wsedge's CPU per message (user + system
 # over delivered messages, whole process), the connections per worker seen mid-flood, and
@@ -41,12 +42,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# run_case NAME WORKERS PIN_OTHERS SOURCE_ADDRS
+# run_case NAME WORKERS PIN_OTHERS SOURCE_ADDRS [DATAPLANE_LINE]
 run_case() {
-    local name=$1 workers=$2 pin=$3 src=$4 dir
+    local name=$1 workers=$2 pin=$3 src=$4 extra=${5:-} dir
     dir=$(mktemp -d -p "$WORK")
     sed -e "s/@WORKERS@/$workers/" -e "s/@PORT@/19500/" -e "s/@ORIGIN@/127.0.0.1:19501/" \
         -e "s/@RELAY@/auto/" bench/wsedge.toml.tmpl >"$dir/w.toml"
+    [ -n "$extra" ] && sed -i "s|^\[dataplane\]\$|[dataplane]\n$extra|" "$dir/w.toml"
     printf '\n[control]\nsocket = "%s/dp.sock"\n' "$dir" >>"$dir/w.toml"
     local pin_cmd=() src_args=()
     [ "$pin" = 1 ] && pin_cmd=(taskset -c 1)
@@ -87,4 +89,5 @@ for round in $(seq "$ROUNDS"); do
     run_case "round $round w1-pinned" 1 1 ""
     run_case "round $round w2-50addrs" 2 0 "127.0.0.1-127.0.0.50"
     run_case "round $round w2-1addr" 2 0 ""
+    run_case "round $round w2-1addr-conn" 2 0 "" 'steering = "connection"'
 done

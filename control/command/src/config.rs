@@ -163,6 +163,8 @@ pub struct DataplaneConfig {
     /// the allocator asks for them, and they round every worker's heap up to 2 MiB steps,
     /// with no throughput measured in return).
     pub transparent_huge_pages: bool,
+    /// How the kernel spreads new connections over the workers' listeners.
+    pub steering: Steering,
     /// Binary upgrade (`wsedgectl upgrade`, SIGUSR2): the window over which the old
     /// generation closes its connections once the new one is ready (default 60 s).
     pub upgrade_drain_window: Duration,
@@ -268,6 +270,20 @@ pub struct HttpConfig {
     pub encoded_slashes: EncodedSlashes,
     /// The forwarding policy of routes that do not set their own.
     pub forwarding: Forwarding,
+}
+
+/// How new connections are spread over the workers (`[dataplane] steering`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Steering {
+    /// A hash of the client's address picks the worker: every connection of an address meets
+    /// the same worker, so per-address firewall limits are exact.
+    #[default]
+    ClientAddress,
+    /// The kernel's own choice per connection (a hash of the four-tuple): one busy address,
+    /// or many clients behind a few addresses (a NAT, a CDN, a balancer that hides them), is
+    /// spread over every worker; per-address limits then hold per worker.
+    Connection,
 }
 
 /// How the bytes of an upgraded connection travel between the two sockets.
@@ -548,6 +564,7 @@ struct RawDataplane {
     max_connections_per_worker: usize,
     pin_workers: bool,
     transparent_huge_pages: bool,
+    steering: Steering,
     upgrade_drain_window: Option<Spanned<String>>,
     max_old_generations: usize,
     upgrade_ready_timeout: Option<Spanned<String>>,
@@ -562,6 +579,7 @@ impl Default for RawDataplane {
             max_connections_per_worker: 50_000,
             pin_workers: true,
             transparent_huge_pages: false,
+            steering: Steering::ClientAddress,
             upgrade_drain_window: None,
             max_old_generations: 2,
             upgrade_ready_timeout: None,
@@ -1034,6 +1052,7 @@ impl Validator<'_> {
             max_connections_per_worker: raw.max_connections_per_worker.max(1),
             pin_workers: raw.pin_workers,
             transparent_huge_pages: raw.transparent_huge_pages,
+            steering: raw.steering,
             upgrade_drain_window: self
                 .duration(raw.upgrade_drain_window, "dataplane.upgrade_drain_window")?
                 .unwrap_or(Duration::from_secs(60)),
@@ -1612,6 +1631,21 @@ mod tests {
         let text = format!("[dataplane]\ntransparent_huge_pages = true\n{route}");
         let config = Config::from_toml(&text, "t").expect("valid");
         assert!(config.dataplane.transparent_huge_pages);
+    }
+
+    #[test]
+    fn steering_is_by_client_address_unless_asked_per_connection() {
+        let route = "[[route]]\nname = \"a\"\norigins = [\"127.0.0.1:1\"]\n";
+        let config = Config::from_toml(route, "t").expect("valid");
+        assert_eq!(config.dataplane.steering, Steering::ClientAddress);
+        let text = format!("[dataplane]\nsteering = \"connection\"\n{route}");
+        let config = Config::from_toml(&text, "t").expect("valid");
+        assert_eq!(config.dataplane.steering, Steering::Connection);
+        let msg = error_of("[dataplane]\nsteering = \"random\"\n");
+        assert!(
+            msg.starts_with("edge.toml:2: dataplane.steering: unknown variant `random`"),
+            "{msg}"
+        );
     }
 
     #[test]

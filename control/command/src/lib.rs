@@ -27,7 +27,7 @@ pub use config::{
     AccessLogTarget, ActiveCheck, BridgeTarget, CheckKind, Config, ControlConfig, DataplaneConfig,
     EncodedSlashes, Forwarding, FrameOptions, FunctionConfig, FunctionKind, FunctionsConfig,
     HashKey, HealthConfig, HostMatch, HttpConfig, Limits, LoadedTls, Policy, RelayConfig,
-    RelayMode, Route, ScriptConfig, SniPattern, XRealIp,
+    RelayMode, Route, ScriptConfig, SniPattern, Steering, XRealIp,
 };
 pub use connection_id::ConnectionId;
 pub use error::ConfigError;

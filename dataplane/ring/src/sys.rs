@@ -473,6 +473,26 @@ pub fn group_gid(name: &str) -> io::Result<u32> {
     Ok(unsafe { (*group).gr_gid })
 }
 
+/// Takes a steering program off a SO_REUSEPORT group (`fd`: any socket of it), so the kernel
+/// spreads new connections by its own hash of the four-tuple. A group without one is fine.
+pub fn steer_by_connection(fd: RawFd) -> io::Result<()> {
+    let zero: libc::c_int = 0;
+    // SAFETY: the option takes no value that is read; `zero` is alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_REUSEPORT_BPF,
+            (&raw const zero).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match check(rc) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
 /// Steers every connection from one client address to the same listener of a SO_REUSEPORT
 /// group of `workers` listeners (those that called `listen()` on this address, in that
 /// order), so per-address state (firewall rate limits and caps) stays in one worker.

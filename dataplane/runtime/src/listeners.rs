@@ -1,7 +1,8 @@
 //! The listening sockets, created by `main` before any worker starts: one `SO_REUSEPORT`
 //! listener per worker and `listen` address, in a fixed order (worker 0 first), so the
 //! reuseport steering program's index *i* is worker *i*, and port 0 is resolved once and
-//! reused by every worker.
+//! reused by every worker. [`steer`] then attaches that program, or takes it off for
+//! `steering = "connection"`.
 //!
 //! A second wsedge on an address already in use must not start: with `SO_REUSEPORT` on
 //! every socket, the kernel would let it join the running one's group, print `ready` and
@@ -16,6 +17,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 
+use wsedge_command::Steering;
 use wsedge_ring::sys::{self, Group};
 
 const BACKLOG: i32 = 4096;
@@ -82,19 +84,39 @@ pub(crate) fn open(
             }
             listeners.push(fd);
         }
-        // One client address -> one worker, so per-address firewall state is exact.
-        if workers > 1
-            && let Some(first) = per_worker.first().and_then(|l| l.last())
-            && let Err(e) = sys::steer_by_client_address(*first, workers)
-        {
-            tracing::warn!(bound = %at, error = %e, "cannot attach the reuseport steering program; per-address limits become per worker");
-        }
         if takeover {
             tracing::warn!(addr = %at, "--takeover: joined the listeners already on this address; new connections are shared with their process until it stops listening");
         }
         bound.push(at);
     }
     Ok(Listeners { per_worker, bound })
+}
+
+/// Sets how the kernel spreads each address's new connections over the workers' listeners
+/// (`[dataplane] steering`): a program hashing the client address (one address, one worker,
+/// so per-address firewall state is exact), or none (the kernel's hash of the four-tuple).
+/// Applied to opened and inherited listeners alike, so a binary upgrade into the other
+/// setting takes effect.
+pub(crate) fn steer(listeners: &Listeners, steering: Steering) {
+    let workers = listeners.per_worker.len();
+    let Some(first) = listeners.per_worker.first() else {
+        return;
+    };
+    for (fd, at) in first.iter().zip(&listeners.bound) {
+        match steering {
+            Steering::ClientAddress if workers > 1 => {
+                if let Err(e) = sys::steer_by_client_address(*fd, workers) {
+                    tracing::warn!(bound = %at, error = %e, "cannot attach the reuseport steering program; per-address limits become per worker");
+                }
+            }
+            Steering::ClientAddress => {}
+            Steering::Connection => {
+                if let Err(e) = sys::steer_by_connection(*fd) {
+                    tracing::warn!(bound = %at, error = %e, "cannot detach the reuseport steering program; each client address stays on one worker");
+                }
+            }
+        }
+    }
 }
 
 /// A process holding a listening socket, as `/proc` shows it.

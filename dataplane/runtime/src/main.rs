@@ -234,6 +234,7 @@ fn run(
         Some(i) => i.take_listeners(&plain).map_err(anyhow::Error::msg)?,
         None => listeners::open(&plain, count, takeover)?,
     };
+    listeners::steer(&listeners, config.dataplane.steering);
     let upgrader = std::sync::Arc::new(upgrade::Upgrader::new(
         inherited.as_ref().map_or(1, |i| i.generation),
         std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),

@@ -10,7 +10,9 @@
 //!   `wsedgectl stats` shows the measured handshake latency, and connection ids are short
 //!   (`1-42-7`), the same in `connections`, `kill`, the JSON views and the access log;
 //! - transparent huge pages are off for the process unless `transparent_huge_pages = true`
-//!   (issue 18's idle memory).
+//!   (issue 18's idle memory);
+//! - one client address's connections meet one worker unless `steering = "connection"`,
+//!   which spreads them over the workers (many clients behind a few addresses).
 //!
 //! Needs the `wsedgectl` binary (`cargo test --workspace`); the metrics test also installs
 //! its parser with `scripts/prom-parser.sh` when `target/prom-venv` is missing.
@@ -236,6 +238,50 @@ fn strict_parse(text: &str) -> Vec<Sample> {
 // ---------------------------------------------------------------------------------------------
 // 8. A second instance on a port in use
 // ---------------------------------------------------------------------------------------------
+
+/// The workers (access log `worker`) that served `n` echo connections from 127.0.0.1 through
+/// a 2-worker wsedge with `[dataplane]` `extra` lines.
+async fn workers_serving_one_address(origin: &EchoOrigin, extra: &str, n: usize) -> Vec<u64> {
+    let config = Config::new()
+        .workers(2)
+        .route(Route::new("main", &[origin.addr]));
+    let toml = config
+        .to_toml()
+        .replacen("[dataplane]\n", &format!("[dataplane]\n{extra}"), 1);
+    let mut proxy = Proxy::start_toml(&toml).await;
+    for i in 0..n {
+        let mut ws = ws_connect(proxy.addr, "/").await;
+        assert_echo(&mut ws, Message::text(format!("m{i}"))).await;
+        ws.close(None).await.expect("close");
+        common::wait_ws_end(&mut ws, Duration::from_secs(5)).await;
+    }
+    let lines = proxy.logs(n, Duration::from_secs(10)).await;
+    let mut workers: Vec<u64> = lines.iter().filter_map(|l| l["worker"].as_u64()).collect();
+    assert_eq!(workers.len(), n, "a worker in every line: {lines:#?}");
+    workers.sort_unstable();
+    workers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steering_keeps_an_address_on_one_worker_unless_set_per_connection() {
+    within(60, async {
+        let origin = EchoOrigin::start().await;
+        // 16 connections: with the kernel's per-connection hash all of them on one of two
+        // workers has a chance of 2 in 2^16.
+        let by_address = workers_serving_one_address(&origin, "", 16).await;
+        assert!(
+            by_address.first() == by_address.last(),
+            "default steering: one address, one worker: {by_address:?}"
+        );
+        let by_connection =
+            workers_serving_one_address(&origin, "steering = \"connection\"\n", 16).await;
+        assert!(
+            by_connection.contains(&0) && by_connection.contains(&1),
+            "steering = \"connection\": both workers serve the address: {by_connection:?}"
+        );
+    })
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_instance_on_a_port_in_use_is_refused() {

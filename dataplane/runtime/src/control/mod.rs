@@ -553,6 +553,10 @@ fn restart_fields(old: &Config, new: &Config) -> Vec<String> {
         "dataplane.transparent_huge_pages",
     );
     check(
+        old.dataplane.steering != new.dataplane.steering,
+        "dataplane.steering",
+    );
+    check(
         old.relay.buffer_size != new.relay.buffer_size,
         "relay.buffer_size",
     );
