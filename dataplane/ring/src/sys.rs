@@ -291,7 +291,13 @@ pub fn pipe(size: u32) -> io::Result<(RawFd, RawFd, u32)> {
         // SAFETY: plain fcntl on a pipe we own.
         unsafe { libc::fcntl(fds[1], libc::F_GETPIPE_SZ) }
     };
-    Ok((fds[0], fds[1], capacity.max(0) as u32))
+    if capacity <= 0 {
+        let e = io::Error::last_os_error();
+        close(fds[0]);
+        close(fds[1]);
+        return Err(e);
+    }
+    Ok((fds[0], fds[1], capacity as u32))
 }
 
 /// One non-blocking `splice(2)` of up to `len` bytes from `from` to `to` (one of them a
@@ -477,7 +483,7 @@ pub fn group_gid(name: &str) -> io::Result<u32> {
 /// spreads new connections by its own hash of the four-tuple. A group without one is fine.
 pub fn steer_by_connection(fd: RawFd) -> io::Result<()> {
     let zero: libc::c_int = 0;
-    // SAFETY: the option takes no value that is read; `zero` is alive for the call.
+    // SAFETY: the kernel reads one int from `zero` (alive for the call) and ignores it.
     let rc = unsafe {
         libc::setsockopt(
             fd,

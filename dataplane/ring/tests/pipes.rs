@@ -4,9 +4,13 @@
 //! direction then relays buffered) instead of splicing 8 KiB at a time, and take pipes again
 //! once the user holds fewer.
 //!
-//! Run as root, the test re-runs itself in a child process that drops to uid/gid 65534
-//! (`nobody`), since root here has CAP_SYS_ADMIN and the limit does not apply to it.
+//! Run as root, the test re-runs itself in a child process as uid/gid 65534 (`nobody`),
+//! since root here has CAP_SYS_ADMIN and the limit does not apply to it. Where the host
+//! cannot show the limit (no limit set, descriptors too few to reach it, pages so large
+//! that a shrunk pipe is not small, a child that cannot be started as 65534) the test says
+//! `NOT TESTED` and why, loudly.
 
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -24,30 +28,40 @@ fn soft_limit_pages() -> u64 {
         .expect("a number of pages")
 }
 
+/// The soft `RLIMIT_NOFILE` of this process (`/proc/self/limits`).
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("read /proc/self/limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
 #[test]
 fn the_pool_refuses_pipes_the_kernel_shrinks_at_the_users_pipe_limit() {
-    // SAFETY: geteuid only reads the calling thread's credentials.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
     if root && std::env::var_os(CHILD).is_none() {
         let exe = std::env::current_exe().expect("the test binary");
-        let mut child = Command::new(exe);
-        child
+        // Dropping from root to 65534 clears every capability (and, in std, the
+        // supplementary groups), so the per-user limit applies to the child.
+        let out = Command::new(exe)
             .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-            .env(CHILD, "1");
-        // SAFETY: only async-signal-safe calls between fork and exec; dropping from root to
-        // 65534 clears every capability, so the per-user limit applies to the child.
-        unsafe {
-            child.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(65534) != 0
-                    || libc::setuid(65534) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let out = child.output().expect("run the test as uid 65534");
+            .env(CHILD, "1")
+            .uid(65534)
+            .gid(65534)
+            .output();
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!(
+                    "NOT TESTED: cannot run the test binary as uid 65534 ({e}): a private \
+                     target directory, or no such uid in this user namespace"
+                );
+                return;
+            }
+        };
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -58,6 +72,7 @@ fn the_pool_refuses_pipes_the_kernel_shrinks_at_the_users_pipe_limit() {
             text.contains("1 passed"),
             "the child ran no test (filter?):\n{text}"
         );
+        eprint!("{text}");
         return;
     }
 
@@ -71,9 +86,26 @@ fn the_pool_refuses_pipes_the_kernel_shrinks_at_the_users_pipe_limit() {
         held.into_iter().for_each(|p| pool.put(p));
         return;
     }
-    // 1 MiB pipes: 256 pages each, so the limit comes after soft / 256 of them (fewer if
-    // this user already holds pipes elsewhere).
-    let bound = (soft * 4096 / SIZE as u64) as usize + 2;
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    if 2 * page >= u64::from(MIN_CAPACITY) {
+        eprintln!(
+            "NOT TESTED: {page}-byte pages: a shrunk pipe (two pages) is not below the floor"
+        );
+        return;
+    }
+    // 1 MiB pipes: the limit comes after soft * page / 1 MiB of them (fewer if this user
+    // already holds pipes elsewhere).
+    let bound = (soft * page / u64::from(SIZE)) as usize + 2;
+    let needed = 2 * bound as u64 + 32;
+    if needed > open_files_limit() {
+        eprintln!(
+            "NOT TESTED: reaching fs.pipe-user-pages-soft = {soft} pages takes {needed} \
+             descriptors, over this process's limit of {}",
+            open_files_limit()
+        );
+        return;
+    }
     let mut held = Vec::new();
     let refusal = loop {
         match pool.take() {
@@ -94,23 +126,23 @@ fn the_pool_refuses_pipes_the_kernel_shrinks_at_the_users_pipe_limit() {
             Err(e) => break e,
         }
     };
+    // Only the pipe that crossed the limit may have stayed at the kernel's default size.
+    let full = held.iter().filter(|p| p.capacity == SIZE).count();
     assert!(
-        !held.is_empty(),
-        "the first pipe was refused: this user held pipes already"
-    );
-    assert!(
-        held.iter().all(|p| p.capacity == SIZE),
-        "pipes before the limit got what was asked"
+        full + 1 >= held.len() && full > 0,
+        "pipes before the limit got what was asked: {full} of {}",
+        held.len()
     );
     assert_eq!(pool.refused(), 1, "one refusal counted");
     let text = refusal.to_string();
     assert!(
-        text.contains("fs.pipe-user-pages-soft") && text.contains("8192-byte pipe"),
+        text.contains("fs.pipe-user-pages-soft")
+            && text.contains(&format!("{}-byte pipe", 2 * page)),
         "the error says why: {text}"
     );
-    // Below the limit again, pipes come back at full size.
+    // Below the limit again, the pool hands out pipes again.
     held.into_iter().for_each(|p| pool.put(p));
     let pipe = pool.take().expect("a pipe once the others are closed");
-    assert_eq!(pipe.capacity, SIZE);
+    assert!(pipe.capacity >= MIN_CAPACITY);
     pool.put(pipe);
 }

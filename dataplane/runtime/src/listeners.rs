@@ -2,7 +2,7 @@
 //! listener per worker and `listen` address, in a fixed order (worker 0 first), so the
 //! reuseport steering program's index *i* is worker *i*, and port 0 is resolved once and
 //! reused by every worker. [`steer`] then attaches that program, or takes it off for
-//! `steering = "connection"`.
+//! `steering = "connection"` (not under `--takeover`: the group is the other process's).
 //!
 //! A second wsedge on an address already in use must not start: with `SO_REUSEPORT` on
 //! every socket, the kernel would let it join the running one's group, print `ready` and
@@ -93,16 +93,18 @@ pub(crate) fn open(
 }
 
 /// Sets how the kernel spreads each address's new connections over the workers' listeners
-/// (`[dataplane] steering`): a program hashing the client address (one address, one worker,
-/// so per-address firewall state is exact), or none (the kernel's hash of the four-tuple).
-/// Applied to opened and inherited listeners alike, so a binary upgrade into the other
-/// setting takes effect.
-pub(crate) fn steer(listeners: &Listeners, steering: Steering) {
-    let workers = listeners.per_worker.len();
-    let Some(first) = listeners.per_worker.first() else {
+/// (`[dataplane] steering`, `per_worker` and `bound` as in [`Listeners`]): a program hashing
+/// the client address (one address, one worker, so per-address firewall state is exact), or
+/// none (the kernel's hash of the four-tuple). `main` applies it to listeners it opened, and
+/// to inherited ones once the new generation is ready (so a binary upgrade into the other
+/// setting takes effect, and a failed one changes nothing); not to a group joined with
+/// `--takeover`, whose steering is the other process's.
+pub(crate) fn steer(per_worker: &[Vec<RawFd>], bound: &[SocketAddr], steering: Steering) {
+    let workers = per_worker.len();
+    let Some(first) = per_worker.first() else {
         return;
     };
-    for (fd, at) in first.iter().zip(&listeners.bound) {
+    for (fd, at) in first.iter().zip(bound) {
         match steering {
             Steering::ClientAddress if workers > 1 => {
                 if let Err(e) = sys::steer_by_client_address(*fd, workers) {

@@ -234,7 +234,22 @@ fn run(
         Some(i) => i.take_listeners(&plain).map_err(anyhow::Error::msg)?,
         None => listeners::open(&plain, count, takeover)?,
     };
-    listeners::steer(&listeners, config.dataplane.steering);
+    // How new connections spread over the workers. An inherited group is still the old
+    // generation's until this one reports ready (a failed upgrade must change nothing), so
+    // its steering is set after that; a group joined with --takeover is the other process's
+    // and keeps its steering.
+    let steer_later = match (inherited.is_some(), takeover) {
+        (false, false) => {
+            listeners::steer(
+                &listeners.per_worker,
+                &listeners.bound,
+                config.dataplane.steering,
+            );
+            None
+        }
+        (true, _) => Some((listeners.per_worker.clone(), listeners.bound.clone())),
+        (false, true) => None,
+    };
     let upgrader = std::sync::Arc::new(upgrade::Upgrader::new(
         inherited.as_ref().map_or(1, |i| i.generation),
         std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
@@ -357,6 +372,9 @@ fn run(
         let (pid, build) = (i.old_pid, i.old_build.clone());
         let link = i.ready().map_err(anyhow::Error::msg)?;
         upgrader.set_older(link, pid, build);
+        if let Some((per_worker, bound)) = &steer_later {
+            listeners::steer(per_worker, bound, config.dataplane.steering);
+        }
     }
     eprintln!(
         "wsedge: ready workers={count} generation={}",
