@@ -243,12 +243,13 @@ impl Session {
                 };
                 match self.reading[i] {
                     // `auto` going bulk: the stream read ends first (what it still delivers
-                    // is forwarded as usual), then the buffered bytes drain.
+                    // is forwarded as usual), then splicing starts at once; the driver
+                    // writes the pipe after the bytes still queued to `to` (`Output::Splice`).
                     Reading::Stream => {
                         self.reading[i] = Reading::Stopping;
                         env.out.push(Output::StopRead(from));
                     }
-                    Reading::Off if wants && !relay.splicing[i] && self.queued[to.index()] == 0 => {
+                    Reading::Off if wants && !relay.splicing[i] => {
                         relay.splicing[i] = true;
                         env.out.push(Output::Splice(from));
                     }

@@ -354,7 +354,7 @@ fn backpressure_stops_reading_a_side_until_its_bytes_are_written() {
 }
 
 #[test]
-fn auto_relay_switches_a_bulk_direction_to_splice_once_its_queue_is_empty() {
+fn auto_relay_switches_a_bulk_direction_to_splice_once_its_read_ended() {
     let mut sim = upgraded(RelayMode::Auto, b"");
     sim.flush_all();
     sim.recv(Side::Client, b"small");
@@ -365,13 +365,14 @@ fn auto_relay_switches_a_bulk_direction_to_splice_once_its_queue_is_empty() {
         sim.sides[0].stopping,
         "a full buffer: bulk, the stream read ends"
     );
+    assert!(!sim.sides[0].splicing, "not while the stream read is armed");
     sim.read_ended(Side::Client);
     assert!(
-        !sim.sides[0].splicing,
-        "not before the buffered bytes are written"
+        sim.sides[0].splicing,
+        "then splice, with the buffered bytes still queued (the driver writes them first)"
     );
+    assert!(!sim.sides[1].written.ends_with(&[b'b'; 64]), "still queued");
     sim.flush(Side::Origin);
-    assert!(sim.sides[0].splicing, "then splice");
     assert!(!sim.sides[1].splicing, "the other direction stays buffered");
     sim.handle(Input::Spliced {
         from: Side::Client,

@@ -534,6 +534,7 @@ impl Worker {
                         self.kick_send(slot, side);
                     }
                     self.tls_sent(slot, side);
+                    self.splice_resume(slot, side);
                 } else {
                     io.queue.fail(sent, self.ring.buffers());
                     self.feed(slot, Input::Failed(side));

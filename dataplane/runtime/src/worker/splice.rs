@@ -27,6 +27,9 @@ pub(super) struct SpliceDir {
     pub(super) poll: Option<OpId>,
     /// The poll waits for the destination to take what the pipe holds.
     waiting_out: bool,
+    /// The pipe waits for the destination's send queue to empty (bytes relayed buffered
+    /// before the switch go first); [`Worker::splice_resume`] continues.
+    held: bool,
 }
 
 impl Worker {
@@ -151,22 +154,48 @@ impl Worker {
         }
     }
 
+    /// The send queue of `to` emptied: a splice direction towards it whose pipe waited for
+    /// that writes it and goes on.
+    pub(super) fn splice_resume(&mut self, slot: usize, to: Side) {
+        let from = to.other();
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if c.session.is_closed() || !c.sides[to.index()].queue.is_empty() {
+            return;
+        }
+        let Some(splice) = c.sides[from.index()].splice.as_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut splice.held) {
+            return;
+        }
+        if self.splice_flush(slot, from) {
+            self.splice_pump(slot, from);
+        }
+    }
+
     /// Writes what the pipe of `from`'s direction holds to the other side. True when the
-    /// pipe is empty (and back in the pool); false when it waits for the destination or the
-    /// connection ended.
+    /// pipe is empty (and back in the pool); false when it waits for the destination (its
+    /// room, or its send queue: `held`) or the connection ended.
     fn splice_flush(&mut self, slot: usize, from: Side) -> bool {
         loop {
             if !self.conns.contains(slot) || self.conns[slot].session.is_closed() {
                 return false;
             }
             let c = &mut self.conns[slot];
-            let to_fd = c.sides[from.other().index()].fd;
+            let to = &c.sides[from.other().index()];
+            let (to_fd, to_busy) = (to.fd, !to.queue.is_empty());
             let Some(splice) = c.sides[from.index()].splice.as_mut() else {
                 return false;
             };
             let Some(pipe) = splice.pipe.as_ref() else {
                 return true;
             };
+            if to_busy && splice.in_pipe > 0 {
+                splice.held = true;
+                return false;
+            }
             if splice.in_pipe == 0 {
                 if let Some(pipe) = splice.pipe.take() {
                     self.pipes.put(pipe);
