@@ -274,6 +274,8 @@ fn apply(sim: &mut Sim, event: Event, websocket_request: &mut bool) {
             let from = side(origin);
             let n = usize::from(n % 4096) + 1;
             sim.handle(Input::Spliced { from, n });
+            // Like the driver: the pipe is written once the bytes queued before it are.
+            sim.flush(from.other());
             sim.handle(Input::SpliceWritten { from, n });
         }
         Event::SpliceUnavailable { origin } if sim.sides[side(origin).index()].splicing => {

@@ -27,8 +27,8 @@ pub enum Output {
     /// rest of the connection: [`Input::Spliced`], [`Input::SpliceWritten`] report progress.
     /// The driver writes the pipe to the other side only once that side's send queue is
     /// empty: an `auto` direction going bulk may still have bytes queued from its buffered
-    /// reads, and its socket is read into the pipe meanwhile (an unread socket keeps a small
-    /// receive buffer for good, docs/benchmarks.md "Pipe size and TCP memory").
+    /// reads; one pipeful of its socket is read at once and waits (an unread socket keeps a
+    /// small receive buffer for good, docs/benchmarks.md "Pipe size and TCP memory").
     Splice(Side),
     /// Shut a side's write half (a half-close travels on; a lingering close starts).
     ShutdownWrite(Side),

@@ -181,6 +181,15 @@ impl Sim {
     }
 
     fn env_handle(&mut self, input: Input<'_>, bus: &mut dyn Bus) {
+        // The driver's ordering rule for splice (`Output::Splice`): a pipe is written to a
+        // side only once everything queued to it before was written.
+        if let Input::SpliceWritten { from, .. } = input {
+            let to = from.other();
+            assert!(
+                self.sides[to.index()].queue.is_empty(),
+                "spliced bytes written to {to:?} ahead of its queue"
+            );
+        }
         let mut out = std::mem::take(&mut self.out);
         let mut env = Env {
             now: self.now,
