@@ -56,11 +56,6 @@ impl PipePool {
         }
     }
 
-    /// The size pipes are asked for (the kernel may round it, or give less).
-    pub fn size(&self) -> u32 {
-        self.size
-    }
-
     /// How many pipes the kernel made too small so far (each one a direction relayed
     /// buffered).
     pub fn refused(&self) -> u64 {

@@ -482,20 +482,10 @@ pub fn group_gid(name: &str) -> io::Result<u32> {
 /// Takes a steering program off a SO_REUSEPORT group (`fd`: any socket of it), so the kernel
 /// spreads new connections by its own hash of the four-tuple. A group without one is fine.
 pub fn steer_by_connection(fd: RawFd) -> io::Result<()> {
-    let zero: libc::c_int = 0;
-    // SAFETY: the kernel reads one int from `zero` (alive for the call) and ignores it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DETACH_REUSEPORT_BPF,
-            (&raw const zero).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    match check(rc) {
+    // The kernel reads an int for every SOL_SOCKET option; this one ignores it.
+    match set_int_opt(fd, libc::SOL_SOCKET, libc::SO_DETACH_REUSEPORT_BPF, 0) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        r => r.map(drop),
+        r => r,
     }
 }
 

@@ -96,23 +96,26 @@ impl Worker {
             let Some(splice) = c.sides[from.index()].splice.as_mut() else {
                 return;
             };
-            let refused = self.pipes.refused();
             let pipe = match splice.pipe.take() {
                 Some(p) => p,
-                None => match self.pipes.take() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // Nothing was read yet: the buffered relay takes this direction over
-                        // without losing a byte. A pipe the kernel made too small is said
-                        // once per worker (every direction after it would say the same).
-                        let now_refused = self.pipes.refused();
-                        if now_refused == refused || now_refused == 1 {
-                            tracing::warn!(worker = self.index, error = %e, "cannot create a splice pipe; relaying this direction buffered");
+                None => {
+                    let refused = self.pipes.refused();
+                    match self.pipes.take() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            // Nothing was read yet: the buffered relay takes this direction
+                            // over without losing a byte. A pipe the kernel made too small is
+                            // said once per worker (every direction after it would say the
+                            // same); other failures each time.
+                            let now_refused = self.pipes.refused();
+                            if now_refused == refused || now_refused == 1 {
+                                tracing::warn!(worker = self.index, error = %e, "cannot create a splice pipe; relaying this direction buffered");
+                            }
+                            c.sides[from.index()].splice = None;
+                            return self.feed(slot, Input::SpliceUnavailable(from));
                         }
-                        c.sides[from.index()].splice = None;
-                        return self.feed(slot, Input::SpliceUnavailable(from));
                     }
-                },
+                }
             };
             match sys::splice(fd, pipe.write, pipe.capacity) {
                 Ok(0) => {
