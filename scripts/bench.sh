@@ -80,7 +80,8 @@ ORIGIN=127.0.0.1:$ORIGIN_PORT
 CPUS=$(nproc)
 SRC=127.0.0.1-127.0.0.50
 
-# IDLE_BESIDE: idle connections held open during the latency-64-idle2k run;
+# IDLE_BESIDE: connections held open during the latency-64-idle2k run (silent) and the
+# latency-64-hb2k run (a heartbeat each per second);
 # RELAYS: wsedge relay modes run; FANOUT_N: subscriber counts of the fan-out runs;
 # SETTLE: seconds before counting the connections a target still holds after a flood.
 case $MODE in
@@ -253,15 +254,21 @@ scenarios() {
     load "$label" cpu-16k-10k latency --connections 100 --size 16384 --rate 10000 \
         --duration "$DUR" --warmup "$WARM"
     # 20 active connections beside 2,000 idle ones through the same target (idle ones from a
-    # second generator process, held a little longer than the measured run).
-    "$BIN/wsedge-load" idle --target "$URL" --connections "$IDLE_BESIDE" \
-        --duration "$(awk -v d="$DUR" -v w="$WARM" 'BEGIN { print d + w + 3 }')" \
-        --source-addrs "$SRC" > "$RUN/idle-beside.log" 2>&1 &
-    local idle_pid=$!
-    sleep 2
-    load "$label" latency-64-idle2k latency --connections 20 --size 64 --rate 1000 \
-        --duration "$DUR" --warmup "$WARM"
-    wait "$idle_pid" || die "$label: the idle connections beside the latency run failed ($(tail -3 "$RUN/idle-beside.log"))"
+    # second generator process, held a little longer than the measured run); then beside
+    # 2,000 that each send a heartbeat every second, all on one schedule (application
+    # heartbeats of clients that connected together).
+    local beside heartbeat
+    for beside in idle2k:0 hb2k:1; do
+        heartbeat=${beside#*:}
+        "$BIN/wsedge-load" idle --target "$URL" --connections "$IDLE_BESIDE" \
+            --duration "$(awk -v d="$DUR" -v w="$WARM" 'BEGIN { print d + w + 3 }')" \
+            --heartbeat "$heartbeat" --source-addrs "$SRC" > "$RUN/idle-beside.log" 2>&1 &
+        local idle_pid=$!
+        sleep 2
+        load "$label" "latency-64-${beside%:*}" latency --connections 20 --size 64 --rate 1000 \
+            --duration "$DUR" --warmup "$WARM"
+        wait "$idle_pid" || die "$label: the connections beside the latency run failed ($(tail -3 "$RUN/idle-beside.log"))"
+    done
     load "$label" handshakes handshakes --concurrency 50 --size 64 \
         --duration "$DUR" --warmup "$WARM" --source-addrs "$SRC"
     load "$label" idle idle --connections "$IDLE_N" --duration "$IDLE_HOLD" \

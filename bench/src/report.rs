@@ -41,6 +41,8 @@ pub const IDLE: &str = "idle";
 /// 64 B at 1k msg/s over 20 connections while 2,000 other connections stay idle: what idle
 /// connections cost the active ones (issue 12, defect 7: a steady 5-6 ms p99 once).
 pub const LAT_IDLE: &str = "latency-64-idle2k";
+/// The same beside connections that each send a heartbeat every second, on one schedule.
+pub const LAT_HEARTBEAT: &str = "latency-64-hb2k";
 
 /// Our generator's name in the records.
 pub const OURS: &str = "wsedge-load";
@@ -331,30 +333,46 @@ pub fn markdown(r: &Runs, fanout: Option<&Runs>, host: &str, charts: bool) -> St
 
 /// Round trips of a few active connections while many others stay idle.
 fn idle_latency_table(r: &Runs) -> String {
+    let beside = [
+        (
+            LAT_IDLE,
+            "Latency beside idle connections",
+            "stay open and silent",
+        ),
+        (
+            LAT_HEARTBEAT,
+            "Latency beside heartbeating connections",
+            "stay open and each send a 9-byte text message every second, all on one schedule \
+             (application heartbeats of clients that connected together: a burst each way \
+             every second)",
+        ),
+    ];
     let mut s = String::new();
-    if !r
-        .labels
-        .iter()
-        .any(|l| r.stat(l, LAT_IDLE, "results.p99_ms").is_some())
-    {
-        return s;
-    }
-    let _ = writeln!(
-        s,
-        "\n## Latency beside idle connections\n\n64 B at 1,000 msg/s over 20 connections while \
-         2,000 other connections (200 in `--smoke`) through the same target stay open and silent [wsedge-load].\n\n\
-         | target | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|"
-    );
-    for l in &r.labels {
-        let g = |f: &str| fmt_stat(r.stat(l, LAT_IDLE, f), 3);
+    for (scenario, title, what) in beside {
+        if !r
+            .labels
+            .iter()
+            .any(|l| r.stat(l, scenario, "results.p99_ms").is_some())
+        {
+            continue;
+        }
         let _ = writeln!(
             s,
-            "| {l} | {} | {} | {} | {} |",
-            g("results.p50_ms"),
-            g("results.p99_ms"),
-            g("results.p999_ms"),
-            g("results.max_ms"),
+            "\n## {title}\n\n64 B at 1,000 msg/s over 20 connections while 2,000 other \
+             connections (200 in `--smoke`) through the same target {what} [wsedge-load].\n\n\
+             | target | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|"
         );
+        for l in &r.labels {
+            let g = |f: &str| fmt_stat(r.stat(l, scenario, f), 3);
+            let _ = writeln!(
+                s,
+                "| {l} | {} | {} | {} | {} |",
+                g("results.p50_ms"),
+                g("results.p99_ms"),
+                g("results.p999_ms"),
+                g("results.max_ms"),
+            );
+        }
     }
     s
 }
@@ -694,6 +712,17 @@ fn targets(r: &Runs) -> String {
         c.row(
             "64 B p99 beside 2,000 idle connections ≤ HAProxy's [wsedge-load]",
             g(l, LAT_IDLE, OURS, "results.p99_ms").zip(g(&hap, LAT_IDLE, OURS, "results.p99_ms")),
+            le,
+            " ms",
+        );
+        c.row(
+            "64 B p99 beside 2,000 heartbeating connections ≤ HAProxy's [wsedge-load]",
+            g(l, LAT_HEARTBEAT, OURS, "results.p99_ms").zip(g(
+                &hap,
+                LAT_HEARTBEAT,
+                OURS,
+                "results.p99_ms",
+            )),
             le,
             " ms",
         );

@@ -131,6 +131,10 @@ struct Args {
     /// Idle mode: processes to spread connections over (raised to fit 19,000 per process).
     #[arg(long, default_value_t = 1)]
     processes: usize,
+    /// Idle mode: every held connection sends a small text message every SECONDS, all on one
+    /// schedule (application heartbeats), and reads the echoes; 0 = silent.
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    heartbeat: f64,
     /// Fanout: subscribers connect to these URLs in turn (repeatable or a comma list;
     /// subscriber i to the (i mod k)-th), e.g. one per wsedge instance sharing a broker; the
     /// publisher stays on --target. Default: every subscriber on --target.
@@ -216,7 +220,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         settle: Duration::from_secs_f64(a.settle),
     };
     if a.child {
-        return load::idle::run_child(&c, target, src).await;
+        return load::idle::run_child(&c, target, src, Duration::from_secs_f64(a.heartbeat)).await;
     }
     anyhow::ensure!(
         matches!(a.mode, Mode::Fanout)
@@ -268,17 +272,14 @@ async fn run(a: Args) -> anyhow::Result<()> {
             ("fanout", load::fanout::run(&c, target, src, &opts).await?)
         }
         Mode::Idle => {
-            let hold = c.duration;
-            let o = load::idle::run(
-                &c,
-                target,
-                src,
-                &a.target,
-                a.source_addrs.as_deref(),
-                a.processes,
-                hold,
-            )
-            .await?;
+            let opts = load::idle::Options {
+                url: a.target.clone(),
+                src_spec: a.source_addrs.clone(),
+                processes: a.processes,
+                hold: c.duration,
+                heartbeat: Duration::from_secs_f64(a.heartbeat),
+            };
+            let o = load::idle::run(&c, target, src, &opts).await?;
             ("idle", o)
         }
     };

@@ -6,6 +6,13 @@
 //! `--source-addrs` and, beyond one process, run several `wsedge-load idle` processes with
 //! `--processes P` (this process then starts P-1 copies of itself, each holding its share,
 //! and sums what they opened).
+//!
+//! `--heartbeat SECONDS` makes the held connections less than idle, as application
+//! heartbeats do (Socket.IO, Phoenix, STOMP and most chat clients send one every 15-30 s):
+//! each connection sends a small text message every SECONDS, all of them on one schedule
+//! (clients that connected together keep their phase), and reads the echoes. The `latency`
+//! mode beside it then shows what a burst of thousands of small messages costs the active
+//! connections' round trip.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -23,14 +30,34 @@ pub const PER_PROCESS_MAX: usize = 19_000;
 
 /// Opens `n` connections and holds them; as a child (`--child`), prints `opened N` when they
 /// are open and holds until its stdin closes.
-pub async fn run_child(c: &Common, target: Target, src: Arc<SourceAddrs>) -> anyhow::Result<()> {
+pub async fn run_child(
+    c: &Common,
+    target: Target,
+    src: Arc<SourceAddrs>,
+    heartbeat: Duration,
+) -> anyhow::Result<()> {
     let conns =
         super::open_many_tcp(&Arc::new(target), &src, c.connections, c.open_concurrency).await?;
     println!("opened {}", conns.len());
+    let beats = Heartbeats::start(conns, heartbeat);
     let mut line = String::new();
     let _ = tokio::io::stdin().read_to_string(&mut line).await;
-    drop(conns);
+    drop(beats.stop().await);
     Ok(())
+}
+
+/// What the idle mode does besides opening `Common::connections`.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The target's URL and `--source-addrs` as given, for the helper processes.
+    pub url: String,
+    pub src_spec: Option<String>,
+    /// Processes to spread the connections over (raised to fit [`PER_PROCESS_MAX`] each).
+    pub processes: usize,
+    /// How long the connections are held after opening.
+    pub hold: Duration,
+    /// Each connection sends a heartbeat this often, all on one schedule; zero = silent.
+    pub heartbeat: Duration,
 }
 
 /// Runs the idle mode, spawning `processes - 1` helper processes for part of the connections.
@@ -38,12 +65,11 @@ pub async fn run(
     c: &Common,
     target: Target,
     src: Arc<SourceAddrs>,
-    url: &str,
-    src_spec: Option<&str>,
-    processes: usize,
-    hold: Duration,
+    o: &Options,
 ) -> anyhow::Result<Outcome> {
-    let processes = processes
+    let (hold, heartbeat) = (o.hold, o.heartbeat);
+    let processes = o
+        .processes
         .max(c.connections.div_ceil(PER_PROCESS_MAX))
         .max(1);
     let share = c.connections.div_ceil(processes);
@@ -56,13 +82,14 @@ pub async fn run(
     let mut children = Vec::new();
     for _ in 1..processes {
         let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-        cmd.args(["idle", "--child", "--target", url])
+        cmd.args(["idle", "--child", "--target", &o.url])
             .args(["--connections", &share.to_string()])
             .args(["--open-concurrency", &c.open_concurrency.to_string()])
+            .args(["--heartbeat", &heartbeat.as_secs_f64().to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(s) = src_spec {
+        if let Some(s) = &o.src_spec {
             cmd.args(["--source-addrs", s]);
         }
         children.push(cmd.spawn()?);
@@ -84,10 +111,12 @@ pub async fn run(
         opened += n;
     }
     let open_s = t0.elapsed().as_secs_f64();
+    let beats = Heartbeats::start(mine_conns, heartbeat);
     tokio::time::sleep(settle).await;
     let rss1 = procstat::rss_sum(&c.pids);
     tokio::time::sleep(hold).await;
     let rss2 = procstat::rss_sum(&c.pids);
+    let (mine_conns, beat_counts) = beats.stop().await;
 
     // Check the held connections still relay: one ping each on this process's share.
     let alive = check_alive(mine_conns).await;
@@ -107,13 +136,23 @@ pub async fn run(
     };
     let (per, per_held) = (per_conn(rss2.max(rss1)), per_conn(rss2));
     let human = format!(
-        "idle: {opened} connections opened in {open_s:.1} s by {processes} process(es); target RSS {:.1} MiB before, {:.1} MiB after ({:.1} after holding {:.0} s): {:.0} B per connection ({:.0} B after the hold); {alive}/{mine} of this process's connections answered a ping",
+        "idle: {opened} connections opened in {open_s:.1} s by {processes} process(es); target RSS {:.1} MiB before, {:.1} MiB after ({:.1} after holding {:.0} s): {:.0} B per connection ({:.0} B after the hold); {alive}/{mine} of this process's connections answered a ping{}",
         rss0 as f64 / 1048576.0,
         rss1 as f64 / 1048576.0,
         rss2 as f64 / 1048576.0,
         hold.as_secs_f64(),
         per,
-        per_held
+        per_held,
+        if heartbeat.is_zero() {
+            String::new()
+        } else {
+            format!(
+                "; heartbeats every {:.1} s: {} sent, {} echoed (this process)",
+                heartbeat.as_secs_f64(),
+                beat_counts.sent,
+                beat_counts.echoed
+            )
+        }
     );
     Ok(Outcome {
         human,
@@ -128,6 +167,9 @@ pub async fn run(
             "rss_per_conn_held_bytes": per_held,
             "alive_checked": mine,
             "alive": alive,
+            "heartbeat_s": heartbeat.as_secs_f64(),
+            "heartbeats_sent": beat_counts.sent,
+            "heartbeats_echoed": beat_counts.echoed,
         }),
         usage: super::Usage {
             wall_s: open_s,
@@ -165,4 +207,93 @@ async fn check_alive(conns: Vec<(tokio::net::TcpStream, Vec<u8>)>) -> usize {
         }
     }
     ok
+}
+
+/// A held connection.
+type Held = (tokio::net::TcpStream, Vec<u8>);
+
+/// Heartbeats sent and echoes read back (frames counted by their 2-byte header: the echo of
+/// a 9-byte text message is 11 bytes).
+#[derive(Debug, Default, Clone, Copy)]
+struct BeatCounts {
+    sent: u64,
+    echoed: u64,
+}
+
+/// The connections' heartbeat tasks (none when the interval is zero).
+struct Heartbeats {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<(Held, BeatCounts)>>,
+    /// The connections themselves when there are no heartbeats.
+    held: Vec<Held>,
+}
+
+/// The heartbeat's payload, and the size of its echo (unmasked: 2-byte header).
+const BEAT: &[u8] = b"heartbeat";
+const ECHO_LEN: u64 = 2 + BEAT.len() as u64;
+
+impl Heartbeats {
+    /// Starts one task per connection, all ticking on one schedule from now + `every`.
+    fn start(conns: Vec<Held>, every: Duration) -> Heartbeats {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        if every.is_zero() {
+            return Heartbeats {
+                stop,
+                tasks: Vec::new(),
+                held: conns,
+            };
+        }
+        let mut frame = Vec::new();
+        frame::write_client_frame(&mut frame, frame::OP_TEXT, BEAT, [9, 8, 7, 6]);
+        let frame = Arc::new(frame);
+        let first = tokio::time::Instant::now() + every;
+        let tasks = conns
+            .into_iter()
+            .map(|(mut s, rest)| {
+                let (frame, mut rx) = (frame.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval_at(first, every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut counts = BeatCounts::default();
+                    let (mut buf, mut read) = ([0u8; 512], 0u64);
+                    loop {
+                        tokio::select! {
+                            _ = rx.changed() => break,
+                            _ = tick.tick() => {
+                                if s.write_all(&frame).await.is_err() {
+                                    break;
+                                }
+                                counts.sent += 1;
+                            }
+                            r = s.read(&mut buf) => match r {
+                                Ok(n) if n > 0 => read += n as u64,
+                                _ => break,
+                            },
+                        }
+                    }
+                    counts.echoed = read / ECHO_LEN;
+                    ((s, rest), counts)
+                })
+            })
+            .collect();
+        Heartbeats {
+            stop,
+            tasks,
+            held: Vec::new(),
+        }
+    }
+
+    /// Stops the heartbeats: the connections back, and what was sent and echoed.
+    async fn stop(self) -> (Vec<Held>, BeatCounts) {
+        let _ = self.stop.send(true);
+        let (mut held, mut total) = (self.held, BeatCounts::default());
+        for t in self.tasks {
+            if let Ok((conn, counts)) = t.await {
+                held.push(conn);
+                total.sent += counts.sent;
+                total.echoed += counts.echoed;
+            }
+        }
+        (held, total)
+    }
 }
