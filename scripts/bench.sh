@@ -262,12 +262,12 @@ scenarios() {
         heartbeat=${beside#*:}
         "$BIN/wsedge-load" idle --target "$URL" --connections "$IDLE_BESIDE" \
             --duration "$(awk -v d="$DUR" -v w="$WARM" 'BEGIN { print d + w + 3 }')" \
-            --heartbeat "$heartbeat" --source-addrs "$SRC" > "$RUN/idle-beside.log" 2>&1 &
+            --heartbeat "$heartbeat" --source-addrs "$SRC" > "$RUN/beside-${beside%:*}.log" 2>&1 &
         local idle_pid=$!
         sleep 2
         load "$label" "latency-64-${beside%:*}" latency --connections 20 --size 64 --rate 1000 \
             --duration "$DUR" --warmup "$WARM"
-        wait "$idle_pid" || die "$label: the connections beside the latency run failed ($(tail -3 "$RUN/idle-beside.log"))"
+        wait "$idle_pid" || die "$label: the connections beside the latency run failed ($(tail -3 "$RUN/beside-${beside%:*}.log"))"
     done
     load "$label" handshakes handshakes --concurrency 50 --size 64 \
         --duration "$DUR" --warmup "$WARM" --source-addrs "$SRC"

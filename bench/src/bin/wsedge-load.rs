@@ -219,6 +219,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
         probe_interval: Duration::from_secs_f64(a.probe_interval),
         settle: Duration::from_secs_f64(a.settle),
     };
+    anyhow::ensure!(
+        a.heartbeat.is_finite() && a.heartbeat >= 0.0,
+        "--heartbeat takes seconds, 0 or more (got {})",
+        a.heartbeat
+    );
     if a.child {
         return load::idle::run_child(&c, target, src, Duration::from_secs_f64(a.heartbeat)).await;
     }

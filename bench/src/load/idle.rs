@@ -117,6 +117,13 @@ pub async fn run(
     tokio::time::sleep(hold).await;
     let rss2 = procstat::rss_sum(&c.pids);
     let (mine_conns, beat_counts) = beats.stop().await;
+    // A run beside heartbeats the target did not relay would measure something else.
+    anyhow::ensure!(
+        beat_counts.echoed as f64 >= 0.9 * beat_counts.sent as f64,
+        "idle: {} heartbeats sent, only {} echoed",
+        beat_counts.sent,
+        beat_counts.echoed
+    );
 
     // Check the held connections still relay: one ping each on this process's share.
     let alive = check_alive(mine_conns).await;
@@ -253,7 +260,9 @@ impl Heartbeats {
                 let (frame, mut rx) = (frame.clone(), rx.clone());
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval_at(first, every);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    // A late tick keeps the schedule (Delay would move a connection whose
+                    // beat went out late off the common phase, spreading the burst).
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                     let mut counts = BeatCounts::default();
                     let (mut buf, mut read) = ([0u8; 512], 0u64);
                     loop {

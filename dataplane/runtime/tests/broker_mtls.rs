@@ -11,8 +11,8 @@ mod tls_support;
 use std::time::Duration;
 
 use broker_support::{
-    Kind, Server, TlsOpts, channel_crosses, control_tables, next_json, publish, start_host,
-    subscriber, wait_link_down,
+    Kind, Server, TlsOpts, channel_crosses, control_tables, nats_server_with_handshake_first,
+    next_json, publish, start_host, subscriber, wait_link_down,
 };
 use common::within;
 
@@ -98,6 +98,17 @@ async fn nats_mutual_tls_with_a_client_certificate_and_a_clear_refusal_without()
 /// channels; a host without it gets no INFO and is told to set it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_tls_first_reaches_a_handshake_first_server() {
+    // Found (or installed) before the time limit starts: a download is not the test.
+    if nats_server_with_handshake_first().is_none() {
+        eprintln!(
+            "SKIPPING nats_tls_first_reaches_a_handshake_first_server: the nats-server on PATH \
+             predates handshake_first (2.10) and scripts/nats-server-new.sh pins an x86_64 \
+             release only (this is {}); the client side is tested against a TLS-first server \
+             in wsedge-broker's nats::conn tests",
+            std::env::consts::ARCH
+        );
+        return;
+    }
     within(90, async {
         let pki = tls_support::Pki::new("broker-tls-first");
         let leaf = pki.leaf("server", &["127.0.0.1"], tls_support::KeyKind::Ecdsa);

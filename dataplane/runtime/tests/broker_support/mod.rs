@@ -173,6 +173,7 @@ impl Server {
             Kind::Nats => {
                 let mut c = Command::new(if self.tls_opts.handshake_first {
                     nats_server_with_handshake_first()
+                        .expect("no nats-server with handshake_first on this machine")
                 } else {
                     std::path::PathBuf::from("nats-server")
                 });
@@ -240,18 +241,22 @@ impl Server {
 
 /// A `nats-server` (2.10+) that knows `handshake_first`: the one on PATH when it is new enough,
 /// else the pinned upstream release that `scripts/nats-server-new.sh` installs under target/
-/// (Debian 12 ships 2.9.10). Panics, naming the cause, when neither can be had.
-pub(crate) fn nats_server_with_handshake_first() -> std::path::PathBuf {
-    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+/// (Debian 12 ships 2.9.10). `None` only where no pinned release exists (not x86_64): the
+/// caller skips, saying so. Panics, naming the cause, when the install fails.
+pub(crate) fn nats_server_with_handshake_first() -> Option<std::path::PathBuf> {
+    static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
         let on_path = std::path::PathBuf::from("nats-server");
         match nats_server_version(&on_path) {
-            Ok(v) if v >= (2, 10) => return on_path,
+            Ok(v) if v >= (2, 10) => return Some(on_path),
             Ok((major, minor)) => eprintln!(
                 "nats-server on PATH is {major}.{minor} (no handshake_first before 2.10): \
                  installing the pinned release with scripts/nats-server-new.sh"
             ),
             Err(e) => eprintln!("{e}: installing one with scripts/nats-server-new.sh"),
+        }
+        if std::env::consts::ARCH != "x86_64" {
+            return None;
         }
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../scripts/nats-server-new.sh");
@@ -268,7 +273,7 @@ pub(crate) fn nats_server_with_handshake_first() -> std::path::PathBuf {
         let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let v = nats_server_version(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(v >= (2, 10), "{} is {v:?}, not 2.10+", path.display());
-        path
+        Some(path)
     })
     .clone()
 }
