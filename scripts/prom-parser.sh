@@ -13,12 +13,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=$ROOT/target/prom-venv
 VERSION=0.26.0
 
-if [ "$(cat "$VENV/installed" 2>/dev/null)" != "$VERSION" ] || [ ! -x "$VENV/bin/python" ]; then
-    rm -rf "$VENV"
-    mkdir -p "$ROOT/target"
-    python3 -m venv "$VENV" >&2
-    "$VENV/bin/pip" install -q --disable-pip-version-check "prometheus-client==$VERSION" >&2
-    # The stamp is written last: a venv without it is a half-finished install, redone.
-    echo "$VERSION" > "$VENV/installed"
-fi
+. "$ROOT/scripts/lib/pinned-venv.sh"
+[ -x "$VENV/bin/python" ] || rm -f "$VENV/installed"
+pinned_venv "$VENV" "$VERSION" "prometheus-client==$VERSION"
 echo "$VENV/bin/python"
