@@ -298,7 +298,7 @@ pub enum RelayMode {
     /// and drain, message limits, proxy keepalive.
     Frames,
     /// Buffered until a direction fills a whole relay buffer in one recv (bulk traffic);
-    /// that direction then splices for the rest of the connection.
+    /// then both directions splice for the rest of the connection.
     Auto,
 }
 

@@ -132,7 +132,7 @@ pub enum PeerTransport<'a> {
 /// The stream relay's per-direction splice state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct StreamRelay {
-    /// `auto`: a recv from this side filled a whole buffer: its direction goes to splice.
+    /// `auto`: a recv from either side filled a whole buffer: this direction goes to splice.
     bulk: [bool; 2],
     /// No pipe could be had for this direction: it stays buffered.
     no_splice: [bool; 2],

@@ -24,7 +24,7 @@ pub enum RelayMode {
     /// Buffered, following WebSocket frame boundaries both ways.
     Frames,
     /// Buffered until a direction fills a whole relay buffer in one recv (bulk traffic);
-    /// that direction then splices for the rest of the connection.
+    /// then both directions splice for the rest of the connection.
     Auto,
 }
 

@@ -42,8 +42,14 @@ impl Session {
                     .route
                     .as_ref()
                     .is_some_and(|r| r.relay == RelayMode::Auto);
+                // Bulk traffic one way makes the whole connection bulk: the reverse
+                // direction splices too, before its own bytes arrive. Switching it later,
+                // once it too filled a buffer, left its socket's receive buffer at the size
+                // the buffered phase let the kernel grow it to, and an unbounded 16 KiB
+                // flood ran at 0.86-0.90x `splice` (docs/benchmarks.md, "Pipe size and TCP
+                // memory"); switched together, 0.98x.
                 if auto && n as u32 == env.cfg.buffer_size && self.status == Some(101) {
-                    relay.bulk[from.index()] = true;
+                    relay.bulk = [true; 2];
                 }
                 let forward = self.flows[from.index()].on_data(data);
                 if forward > 0 {

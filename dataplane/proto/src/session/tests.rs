@@ -354,7 +354,7 @@ fn backpressure_stops_reading_a_side_until_its_bytes_are_written() {
 }
 
 #[test]
-fn auto_relay_switches_a_bulk_direction_to_splice_once_its_read_ended() {
+fn auto_relay_switches_to_splice_both_ways_once_a_direction_goes_bulk() {
     let mut sim = upgraded(RelayMode::Auto, b"");
     sim.flush_all();
     sim.recv(Side::Client, b"small");
@@ -373,7 +373,12 @@ fn auto_relay_switches_a_bulk_direction_to_splice_once_its_read_ended() {
     );
     assert!(!sim.sides[1].written.ends_with(&[b'b'; 64]), "still queued");
     sim.flush(Side::Origin);
-    assert!(!sim.sides[1].splicing, "the other direction stays buffered");
+    assert!(
+        sim.sides[1].stopping && !sim.sides[1].splicing,
+        "the other direction, which sent nothing yet, goes bulk too: its read ends first"
+    );
+    sim.read_ended(Side::Origin);
+    assert!(sim.sides[1].splicing, "then it splices");
     sim.handle(Input::Spliced {
         from: Side::Client,
         n: 100,
