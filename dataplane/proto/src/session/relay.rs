@@ -46,8 +46,8 @@ impl Session {
                 // direction splices too, before its own bytes arrive. Switching it later,
                 // once it too filled a buffer, left its socket's receive buffer at the size
                 // the buffered phase let the kernel grow it to, and an unbounded 16 KiB
-                // flood ran at 0.86-0.90x `splice` (docs/benchmarks.md, "Pipe size and TCP
-                // memory"); switched together, 0.98x.
+                // flood ran at 0.86-0.95x `splice` (docs/benchmarks.md, "Pipe size and TCP
+                // memory"); switched together, 0.98-1.10x.
                 if auto && n as u32 == env.cfg.buffer_size && self.status == Some(101) {
                     relay.bulk = [true; 2];
                 }
