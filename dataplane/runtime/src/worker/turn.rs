@@ -75,13 +75,13 @@ impl Worker {
             self.dispatch(c);
         }
         self.early = first;
+        // What is left keeps its place (relay work, the wake): a connection still handshaking
+        // when its completion was classified had it taken early, and one does not go back
+        // to handshaking. So the loop classifies nothing again and looks on time alone.
         let mut waited = std::mem::take(&mut self.waiting);
         for c in waited.drain(..).chain(completions.drain(..)) {
-            let in_order = self.keeps_its_place(&c);
             self.dispatch(c);
-            if !in_order {
-                handshake_queued = true;
-            } else if Instant::now() >= next_look {
+            if Instant::now() >= next_look {
                 self.look_for_new_clients(&mut handshake_queued)?;
                 next_look = Instant::now() + LOOK_EVERY;
             }
