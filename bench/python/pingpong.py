@@ -5,7 +5,9 @@ sending its next one when the echo is in (RATE 0) or at RATE msg/s; after 1 s of
 prints the round trips' p50 / p99 / p99.9 / max in ms. Standard library only.
 
 Usage: pingpong.py HOST PORT N DURATION_S [RATE]"""
-import asyncio, base64, os, struct, sys, time
+import asyncio, base64, os, sys, time
+if len(sys.argv) < 5:
+    sys.exit(__doc__)
 host, port, n, dur = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 rate = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 def frame(payload):
