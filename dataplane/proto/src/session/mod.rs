@@ -132,8 +132,8 @@ pub enum PeerTransport<'a> {
 /// The stream relay's per-direction splice state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct StreamRelay {
-    /// `auto`: a recv from either side filled a whole buffer: this direction goes to splice.
-    bulk: [bool; 2],
+    /// `auto`: a recv from either side filled a whole buffer: both directions go to splice.
+    bulk: bool,
     /// No pipe could be had for this direction: it stays buffered.
     no_splice: [bool; 2],
     /// This direction is spliced.

@@ -49,7 +49,7 @@ impl Session {
                 // flood ran at 0.86-0.95x `splice` (docs/benchmarks.md, "Pipe size and TCP
                 // memory"); switched together, 0.98-1.10x.
                 if auto && n as u32 == env.cfg.buffer_size && self.status == Some(101) {
-                    relay.bulk = [true; 2];
+                    relay.bulk = true;
                 }
                 let forward = self.flows[from.index()].on_data(data);
                 if forward > 0 {
@@ -239,7 +239,7 @@ impl Session {
                 (Stage::Stream(relay), Some(route)) if upgraded => {
                     !relay.no_splice[i]
                         && (route.relay == RelayMode::Splice
-                            || (route.relay == RelayMode::Auto && relay.bulk[i]))
+                            || (route.relay == RelayMode::Auto && relay.bulk))
                 }
                 _ => false,
             };
